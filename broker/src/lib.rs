@@ -1,0 +1,1 @@
+//! rill-broker (being built; see its issue).

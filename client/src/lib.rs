@@ -1,0 +1,1 @@
+//! rill-client (being built; see its issue).

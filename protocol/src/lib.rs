@@ -1,0 +1,1 @@
+//! rill-protocol (being built; see its issue).

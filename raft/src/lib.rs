@@ -1,0 +1,1 @@
+//! rill-raft (being built; see its issue).

@@ -1,0 +1,1 @@
+//! rill-storage (being built; see its issue).

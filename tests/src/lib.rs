@@ -1,0 +1,1 @@
+//! Test harness for cluster-level integration tests (being built).

@@ -1,1 +1,35 @@
-//! rill-protocol (being built; see its issue).
+//! rill-protocol: the Kafka wire protocol as Rill speaks it, with no sockets and no runtime.
+//!
+//! # Layout
+//!
+//! * [`frame`] — [`frame::FrameCodec`], the tokio-util codec for 4-byte size-prefixed frames;
+//!   refuses oversized frames from the prefix alone.
+//! * [`header`] — request headers v0–v2 and response headers v0–v1, parsed by hand with every
+//!   read bounds-checked ([`header::parse_request_header`], [`header::write_response_header`],
+//!   and the client-side [`header::encode_request_header`] / [`header::parse_response_header`]).
+//! * [`versions`] — the table of served API versions ([`versions::SUPPORTED`]), the single
+//!   source of truth for ApiVersions and UNSUPPORTED_VERSION; header versions per api/version.
+//! * [`codec`] — message bodies through the vendored `kafka-protocol` codecs:
+//!   [`codec::decode_request`], [`codec::decode_request_kind`] (dispatch),
+//!   [`codec::encode_response`]; client side [`codec::encode_request`],
+//!   [`codec::decode_response`].
+//! * [`batch`] — RecordBatch v2: [`batch::BatchView`] (header fields in place, CRC32C
+//!   check), [`batch::batches`] (walk a records blob), [`batch::Records`] (record iterator),
+//!   [`batch::BatchBuilder`] (client; compression behind the `compression` feature).
+//! * [`error`] — [`ProtocolError`], one variant per cause, with
+//!   [`ProtocolError::kafka_error_code`].
+//!
+//! Message types come from `kafka-protocol` (re-exported as [`kafka_protocol`]) so that the
+//! broker and client use exactly the vendored, patched version.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod header;
+pub mod versions;
+
+pub use error::ProtocolError;
+pub use kafka_protocol;

@@ -1,0 +1,260 @@
+//! `rill bench produce|consume`: throughput and latency against a running broker.
+//!
+//! Produce latency is per record, from `send` to its acknowledgement (so it includes
+//! `linger_ms` and queueing behind earlier batches). Consume latency is per record, the
+//! time the application waited in `next()` — near zero while prefetched records are
+//! ready, a fetch round trip when they are not.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rill_client::{
+    Admin, ClientConfig, Consumer, ConsumerConfig, Error, NewTopic, Offset, Producer,
+    ProducerRecord, ResponseError, TopicPartition,
+};
+
+use crate::ProducerOptions;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Produce `--count` records of `--size` bytes and report throughput and latency.
+    Produce(ProduceBench),
+    /// Consume `--count` records from the beginning and report throughput and latency.
+    Consume(ConsumeBench),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ProduceBench {
+    /// Topic (created with `--partitions` if missing).
+    topic: String,
+    /// Value size in bytes.
+    #[arg(short, long, default_value_t = 1024)]
+    size: usize,
+    /// Number of records.
+    #[arg(short, long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Partitions to create the topic with if it does not exist.
+    #[arg(short, long, default_value_t = 1)]
+    partitions: i32,
+    /// Give records keys (`key-<n % 10000>`) instead of null keys (sticky partitioning).
+    #[arg(long)]
+    keyed: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    producer: ProducerOptions,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ConsumeBench {
+    /// Topic to read (all partitions, from the beginning).
+    topic: String,
+    /// Number of records to read.
+    #[arg(short, long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Expected value size, used only for the progress bar's byte rate.
+    #[arg(short, long, default_value_t = 1024)]
+    size: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub(crate) async fn run(client: ClientConfig, cmd: BenchCommand) -> Result<(), Error> {
+    match cmd {
+        BenchCommand::Produce(b) => produce(client, b).await,
+        BenchCommand::Consume(b) => consume(client, b).await,
+    }
+}
+
+fn progress(count: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(count);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: &Histogram<u64>) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    println!("{what}: {records} records, {bytes} bytes in {secs:.3} s");
+    println!(
+        "throughput: {:.1} MB/s, {:.0} records/s",
+        bytes as f64 / secs / 1e6,
+        records as f64 / secs
+    );
+    let ms = |q: f64| latency_us.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        ms(0.50),
+        ms(0.90),
+        ms(0.99),
+        ms(0.999),
+        latency_us.max() as f64 / 1000.0
+    );
+}
+
+async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
+    let admin = Admin::new(client.clone())?;
+    match admin
+        .create_topics(&[NewTopic::new(b.topic.clone(), b.partitions)])
+        .await
+    {
+        Ok(()) => {}
+        Err(Error::Broker {
+            code: ResponseError::TopicAlreadyExists,
+            ..
+        }) => {}
+        Err(e) => return Err(e),
+    }
+    let mut config = b.producer.config(client)?;
+    // The bench waits for metadata of a topic it may just have created.
+    config.metadata_wait_ms_max = 30_000;
+    let producer = Producer::new(config)?;
+    let partitions = producer.partitions_for(&b.topic).await?;
+    println!(
+        "producing {} records of {} bytes to {} ({} partitions, acks={}, compression={})",
+        b.count, b.size, b.topic, partitions, b.producer.acks, b.producer.compression
+    );
+    // One payload shared by every record: the bench measures the client and broker, not
+    // the allocator. Mixed bytes so compression has something (but not everything) to do.
+    let payload = Bytes::from(
+        (0..b.size)
+            .map(|i| (i % 251) as u8 ^ (i / 7) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let bar = progress(b.count, b.quiet);
+    let mut latency = histogram();
+    let mut inflight = FuturesUnordered::new();
+    let mut acked: u64 = 0;
+    let mut failed: u64 = 0;
+    let mut first_error: Option<Error> = None;
+    let started = Instant::now();
+    for n in 0..b.count {
+        let mut record = ProducerRecord::new(b.topic.clone(), payload.clone());
+        if b.keyed {
+            record.key = Some(Bytes::from(format!("key-{}", n % 10_000)));
+        }
+        let sent_at = Instant::now();
+        let delivery = producer.send(record).await?;
+        inflight.push(delivery.map(move |r| (sent_at.elapsed(), r)));
+        // Collect whatever is already acknowledged, without waiting.
+        while let Some(Some((took, result))) = inflight.next().now_or_never() {
+            settle(
+                took,
+                result,
+                &mut latency,
+                &mut acked,
+                &mut failed,
+                &mut first_error,
+            );
+        }
+        if n % 1024 == 0 {
+            bar.set_position(acked + failed);
+        }
+    }
+    while let Some((took, result)) = inflight.next().await {
+        settle(
+            took,
+            result,
+            &mut latency,
+            &mut acked,
+            &mut failed,
+            &mut first_error,
+        );
+        if (acked + failed) % 1024 == 0 {
+            bar.set_position(acked + failed);
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    producer.close().await?;
+    report("produced", acked, acked * b.size as u64, elapsed, &latency);
+    if let Some(e) = first_error {
+        println!("{failed} records failed; first error: {e}");
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn settle(
+    took: Duration,
+    result: Result<rill_client::RecordMetadata, Error>,
+    latency: &mut Histogram<u64>,
+    acked: &mut u64,
+    failed: &mut u64,
+    first_error: &mut Option<Error>,
+) {
+    match result {
+        Ok(_) => {
+            *acked += 1;
+            latency.saturating_record(took.as_micros().max(1) as u64);
+        }
+        Err(e) => {
+            *failed += 1;
+            first_error.get_or_insert(e);
+        }
+    }
+}
+
+async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
+    let mut consumer = Consumer::new(ConsumerConfig {
+        client,
+        ..ConsumerConfig::default()
+    })?;
+    let partitions = consumer.partitions_for(&b.topic).await?;
+    if partitions == 0 {
+        return Err(Error::UnknownTopic(b.topic));
+    }
+    let tps: Vec<TopicPartition> = (0..partitions)
+        .map(|p| TopicPartition::new(b.topic.clone(), p))
+        .collect();
+    consumer.assign(&tps);
+    for tp in &tps {
+        consumer.seek(tp, Offset::Beginning)?;
+    }
+    println!(
+        "consuming {} records (expected {} bytes each) from {} ({} partitions)",
+        b.count, b.size, b.topic, partitions
+    );
+    let bar = progress(b.count, b.quiet);
+    let mut latency = histogram();
+    let mut records: u64 = 0;
+    let mut bytes: u64 = 0;
+    let started = Instant::now();
+    while records < b.count {
+        let waited_from = Instant::now();
+        let Some(record) = consumer.next().await else {
+            break;
+        };
+        let record = record?;
+        latency.saturating_record(waited_from.elapsed().as_micros().max(1) as u64);
+        records += 1;
+        bytes += record.value.as_ref().map_or(0, |v| v.len() as u64)
+            + record.key.as_ref().map_or(0, |k| k.len() as u64);
+        if records % 1024 == 0 {
+            bar.set_position(records);
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    report("consumed", records, bytes, elapsed, &latency);
+    Ok(())
+}

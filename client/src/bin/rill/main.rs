@@ -1,0 +1,585 @@
+//! `rill`: command-line tool for Rill (and any Kafka-compatible broker).
+//!
+//! # Layout
+//!
+//! * `main.rs` — arguments (clap) and the topic/cluster/produce/consume commands.
+//! * `bench.rs` — `rill bench produce|consume`: progress bar, throughput, HDR latency.
+#![forbid(unsafe_code)]
+
+mod bench;
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use rill_client::{
+    Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord, Error,
+    NewTopic, Offset, Producer, ProducerConfig, ProducerRecord, TopicPartition,
+};
+
+/// Command-line tool for Rill and other Kafka-compatible brokers.
+#[derive(Parser, Debug)]
+#[command(name = "rill", version, about)]
+struct Cli {
+    /// Bootstrap broker(s), comma-separated host:port.
+    #[arg(
+        short = 'b',
+        long = "bootstrap-server",
+        env = "RILL_BOOTSTRAP",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    bootstrap: String,
+
+    /// Per-request timeout in milliseconds.
+    #[arg(long, default_value_t = 30_000, global = true)]
+    request_timeout_ms: u64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce records read from stdin, one per line.
+    Produce(ProduceArgs),
+    /// Consume records and print them to stdout.
+    Consume(ConsumeArgs),
+    /// Describe the cluster: id, controller, brokers.
+    Cluster,
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Number of partitions (-1: the broker's default).
+        #[arg(short, long, default_value_t = 1)]
+        partitions: i32,
+        /// Replication factor (-1: the broker's default).
+        #[arg(short, long, default_value_t = -1)]
+        replication_factor: i16,
+        /// Topic config as key=value (repeatable), e.g. retention.ms=60000.
+        #[arg(short, long = "config", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+    },
+    /// List topic names.
+    List,
+    /// Show partitions, leaders, replicas and configs.
+    Describe {
+        /// Topics to describe (all if none).
+        names: Vec<String>,
+        /// Also list every config, not only non-default ones.
+        #[arg(long)]
+        all_configs: bool,
+    },
+    /// Delete topics.
+    Delete {
+        /// Topics to delete.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Grow a topic to a new total partition count.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// New total number of partitions.
+        #[arg(short, long)]
+        partitions: i32,
+    },
+}
+
+/// Producer tuning shared by `produce` and `bench produce`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ProducerOptions {
+    /// Acknowledgements: 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    pub(crate) acks: String,
+    /// Compression: none, gzip, snappy, lz4, zstd.
+    #[arg(long, default_value = "none")]
+    pub(crate) compression: String,
+    /// How long a batch may wait for more records, in ms.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) linger_ms: u64,
+    /// Largest batch, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub(crate) batch_bytes_max: usize,
+    /// Memory for unacknowledged records, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub(crate) buffer_bytes_max: usize,
+}
+
+impl ProducerOptions {
+    pub(crate) fn config(&self, client: ClientConfig) -> Result<ProducerConfig, Error> {
+        Ok(ProducerConfig {
+            client,
+            acks: self.acks.parse::<Acks>()?,
+            compression: self.compression.parse::<Compression>()?,
+            linger_ms: self.linger_ms,
+            batch_bytes_max: self.batch_bytes_max,
+            buffer_bytes_max: self.buffer_bytes_max,
+            ..ProducerConfig::default()
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct ProduceArgs {
+    /// Topic to produce to.
+    topic: String,
+    /// Split each line at the first occurrence of this string into key and value.
+    #[arg(short = 'K', long)]
+    key_separator: Option<String>,
+    /// Header key=value added to every record (repeatable).
+    #[arg(short = 'H', long = "header", value_parser = parse_key_value)]
+    headers: Vec<(String, String)>,
+    /// Send every record to this partition (default: by key, or sticky for no key).
+    #[arg(short, long)]
+    partition: Option<i32>,
+    #[command(flatten)]
+    producer: ProducerOptions,
+}
+
+/// How `consume` prints records.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputFormat {
+    /// The value only.
+    Value,
+    /// key<TAB>value (`--key-separator` changes the tab).
+    Kv,
+    /// One JSON object per record with topic, partition, offset, timestamp, key, value, headers.
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct ConsumeArgs {
+    /// Topic to consume.
+    topic: String,
+    /// Partitions to read (repeatable; default: all).
+    #[arg(short, long = "partition")]
+    partitions: Vec<i32>,
+    /// Start at the earliest offset (the default when no other start is given).
+    #[arg(long, conflicts_with_all = ["offset", "from_time", "from_end"])]
+    from_beginning: bool,
+    /// Start at the log end: only new records.
+    #[arg(long, conflicts_with_all = ["offset", "from_time"])]
+    from_end: bool,
+    /// Start at this offset in every selected partition.
+    #[arg(short, long, conflicts_with = "from_time")]
+    offset: Option<i64>,
+    /// Start at the first record at or after this time: ms since the Unix epoch, or
+    /// relative like -30s, -5m, -2h, -1d.
+    #[arg(long, allow_hyphen_values = true)]
+    from_time: Option<String>,
+    /// Stop after this many records.
+    #[arg(short = 'c', long)]
+    count: Option<u64>,
+    /// Stop once every partition is read up to the end offset it had at start.
+    #[arg(short = 'e', long)]
+    exit_at_end: bool,
+    /// Output format.
+    #[arg(short = 'f', long, value_enum, default_value_t = OutputFormat::Value)]
+    format: OutputFormat,
+    /// Separator between key and value in `kv` format.
+    #[arg(short = 'K', long, default_value = "\t")]
+    key_separator: String,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Parses `--from-time`: absolute ms, or `-<n><s|m|h|d>` relative to now.
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        if ms >= 0 {
+            return Ok(ms);
+        }
+    }
+    let rel = s
+        .strip_prefix('-')
+        .ok_or_else(|| format!("bad time {s:?}: use ms since epoch or -30s/-5m/-2h/-1d"))?;
+    let (digits, unit) = rel.split_at(rel.len().saturating_sub(1));
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("bad relative time {s:?}"))?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("bad time unit in {s:?}")),
+    };
+    Ok(now_ms() - n * unit_ms)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rill: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rill: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let mut client = ClientConfig::new(&cli.bootstrap);
+    client.client_id = "rill-cli".to_owned();
+    client.request_timeout_ms = cli.request_timeout_ms;
+    match cli.command {
+        Command::Topic(cmd) => topic(client, cmd).await,
+        Command::Produce(args) => produce(client, args).await,
+        Command::Consume(args) => consume(client, args).await,
+        Command::Cluster => cluster(client).await,
+        Command::Bench(cmd) => bench::run(client, cmd).await,
+    }
+}
+
+async fn topic(client: ClientConfig, cmd: TopicCommand) -> Result<(), Error> {
+    let admin = Admin::new(client)?;
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+        } => {
+            let mut t = NewTopic::new(name.clone(), partitions);
+            t.replication_factor = replication_factor;
+            t.configs = configs.into_iter().collect();
+            admin.create_topics(&[t]).await?;
+            println!("created topic {name}");
+        }
+        TopicCommand::List => {
+            for name in admin.list_topics().await? {
+                println!("{name}");
+            }
+        }
+        TopicCommand::Describe { names, all_configs } => {
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            for t in admin.describe_topics(&refs).await? {
+                println!(
+                    "topic {}  partitions {}{}",
+                    t.name,
+                    t.partitions.len(),
+                    if t.is_internal { "  (internal)" } else { "" }
+                );
+                for p in &t.partitions {
+                    println!(
+                        "  partition {:>4}  leader {:>3}  epoch {:>4}  replicas {:?}  isr {:?}",
+                        p.partition, p.leader, p.leader_epoch, p.replicas, p.isr
+                    );
+                }
+                match admin.describe_topic_configs(&t.name).await {
+                    Ok(configs) => {
+                        for c in configs.iter().filter(|c| all_configs || !c.is_default) {
+                            println!(
+                                "  config {}={}",
+                                c.name,
+                                c.value.as_deref().unwrap_or("<null>")
+                            );
+                        }
+                    }
+                    Err(e) => println!("  configs unavailable: {e}"),
+                }
+            }
+        }
+        TopicCommand::Delete { names } => {
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            admin.delete_topics(&refs).await?;
+            println!("deleted {}", names.join(", "));
+        }
+        TopicCommand::AddPartitions { name, partitions } => {
+            admin.create_partitions(&name, partitions).await?;
+            println!("topic {name} now has {partitions} partitions");
+        }
+    }
+    Ok(())
+}
+
+async fn cluster(client: ClientConfig) -> Result<(), Error> {
+    let admin = Admin::new(client)?;
+    let c = admin.describe_cluster().await?;
+    println!("cluster id {}", c.cluster_id);
+    println!("controller {}", c.controller_id);
+    for b in c.brokers {
+        println!(
+            "broker {}  {}:{}{}",
+            b.node_id,
+            b.host,
+            b.port,
+            b.rack.map(|r| format!("  rack {r}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn produce(client: ClientConfig, args: ProduceArgs) -> Result<(), Error> {
+    let producer = Producer::new(args.producer.config(client)?)?;
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock();
+    let mut line = String::new();
+    let mut pending = Vec::new();
+    let mut sent: u64 = 0;
+    loop {
+        line.clear();
+        let n = lines
+            .read_line(&mut line)
+            .map_err(|e| Error::Config(format!("reading stdin: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        let text = line.strip_suffix('\n').unwrap_or(&line);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match text.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::copy_from_slice(k.as_bytes())), v),
+                None => (None, text),
+            },
+            None => (None, text),
+        };
+        let mut record =
+            ProducerRecord::new(args.topic.clone(), Bytes::copy_from_slice(value.as_bytes()));
+        record.key = key;
+        record.partition = args.partition;
+        for (k, v) in &args.headers {
+            record = record.with_header(k.clone(), Bytes::copy_from_slice(v.as_bytes()));
+        }
+        pending.push(producer.send(record).await?);
+        sent += 1;
+        // Settle reports as we go so memory stays bounded on long inputs.
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                d.await?;
+            }
+        }
+    }
+    producer.flush().await?;
+    for d in pending {
+        d.await?;
+    }
+    producer.close().await?;
+    eprintln!("produced {sent} record(s) to {}", args.topic);
+    Ok(())
+}
+
+async fn consume(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
+    let config = ConsumerConfig {
+        client: client.clone(),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(config)?;
+    let partitions: Vec<i32> = if args.partitions.is_empty() {
+        (0..consumer.partitions_for(&args.topic).await?).collect()
+    } else {
+        args.partitions.clone()
+    };
+    if partitions.is_empty() {
+        return Err(Error::UnknownTopic(args.topic));
+    }
+    let tps: Vec<TopicPartition> = partitions
+        .iter()
+        .map(|p| TopicPartition::new(args.topic.clone(), *p))
+        .collect();
+    consumer.assign(&tps);
+    let start = if let Some(o) = args.offset {
+        Offset::At(o)
+    } else if let Some(t) = &args.from_time {
+        Offset::Timestamp(parse_time(t).map_err(Error::Config)?)
+    } else if args.from_end {
+        Offset::End
+    } else {
+        Offset::Beginning
+    };
+    for tp in &tps {
+        consumer.seek(tp, start)?;
+    }
+    // With --exit-at-end: the end offset each partition had at start.
+    let mut remaining_ends: HashMap<i32, i64> = HashMap::new();
+    if args.exit_at_end {
+        for tp in &tps {
+            let end = consumer.latest_offset(tp).await?;
+            let begin = match start {
+                Offset::At(o) => o,
+                Offset::End => end,
+                _ => consumer.earliest_offset(tp).await?,
+            };
+            if end > begin {
+                remaining_ends.insert(tp.partition, end);
+            }
+        }
+        if remaining_ends.is_empty() {
+            return Ok(());
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut consumed: u64 = 0;
+    while let Some(record) = consumer.next().await {
+        let record = record?;
+        print_record(&mut out, &record, args.format, &args.key_separator)
+            .map_err(|e| Error::Config(format!("writing stdout: {e}")))?;
+        consumed += 1;
+        if args.count.is_some_and(|c| consumed >= c) {
+            break;
+        }
+        if args.exit_at_end {
+            if let Some(end) = remaining_ends.get(&record.partition) {
+                if record.offset + 1 >= *end {
+                    remaining_ends.remove(&record.partition);
+                }
+            }
+            if remaining_ends.is_empty() {
+                break;
+            }
+        }
+        // Keep interactive use responsive without a flush per record.
+        if consumed % 1024 == 0 {
+            let _ = out.flush();
+        }
+    }
+    out.flush()
+        .map_err(|e| Error::Config(format!("writing stdout: {e}")))?;
+    Ok(())
+}
+
+fn print_record(
+    out: &mut impl Write,
+    r: &ConsumerRecord,
+    format: OutputFormat,
+    key_separator: &str,
+) -> std::io::Result<()> {
+    let value = r.value.as_deref().unwrap_or_default();
+    match format {
+        OutputFormat::Value => {
+            out.write_all(value)?;
+            out.write_all(b"\n")
+        }
+        OutputFormat::Kv => {
+            out.write_all(r.key.as_deref().unwrap_or_default())?;
+            out.write_all(key_separator.as_bytes())?;
+            out.write_all(value)?;
+            out.write_all(b"\n")
+        }
+        OutputFormat::Json => {
+            write!(
+                out,
+                "{{\"topic\":{},\"partition\":{},\"offset\":{},\"timestamp\":{},\"key\":{},\"value\":{},\"headers\":{{",
+                json_str(r.topic.as_bytes()),
+                r.partition,
+                r.offset,
+                r.timestamp_ms,
+                r.key.as_deref().map_or_else(|| "null".to_owned(), json_str),
+                r.value.as_deref().map_or_else(|| "null".to_owned(), json_str),
+            )?;
+            for (i, h) in r.headers.iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                write!(
+                    out,
+                    "{}:{}",
+                    json_str(h.key.as_bytes()),
+                    h.value
+                        .as_deref()
+                        .map_or_else(|| "null".to_owned(), json_str)
+                )?;
+            }
+            out.write_all(b"}}\n")
+        }
+    }
+}
+
+/// A JSON string literal of (lossily UTF-8 decoded) bytes.
+fn json_str(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut s = String::with_capacity(text.len() + 2);
+    s.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            '\t' => s.push_str("\\t"),
+            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_and_absolute_times_parse() {
+        assert_eq!(parse_time("1700000000000").unwrap(), 1_700_000_000_000);
+        let t = parse_time("-5m").unwrap();
+        assert!((now_ms() - t - 300_000).abs() < 5_000);
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn json_escapes_control_characters_and_quotes() {
+        assert_eq!(json_str(b"a\"b\\c\nd\x01"), "\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
+
+    #[test]
+    fn cli_parses_bench_flags() {
+        let cli = Cli::try_parse_from([
+            "rill",
+            "bench",
+            "produce",
+            "t",
+            "--size",
+            "1024",
+            "--count",
+            "1000",
+            "--partitions",
+            "8",
+            "--acks",
+            "1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Bench(_)));
+    }
+}

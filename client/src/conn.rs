@@ -1,0 +1,370 @@
+//! One TCP connection to one broker: pipelined requests, correlation ids, a bound on
+//! requests in flight, a timeout on every request, and ApiVersions negotiation.
+//!
+//! Two tasks own the socket halves. The writer takes encoded frames from a bounded
+//! channel, registers each request that expects an answer with the reader *before*
+//! writing it (so a fast response always finds its entry), and batches writes until
+//! the channel is empty. The reader matches responses to requests in order — Kafka
+//! answers one connection's requests in request order — checks the correlation id,
+//! and hands the raw frame to the caller, who decodes it on its own task.
+//!
+//! Any socket error or a correlation mismatch breaks the connection: every waiting
+//! request fails with [`Error::Disconnected`] and the owner reconnects on next use.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::protocol::{Request, StrBytes};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+use crate::wire;
+
+/// A request waiting for its response.
+struct Pending {
+    correlation_id: i32,
+    reply: oneshot::Sender<Result<Bytes>>,
+    /// Held until the response arrives: this is what bounds requests in flight.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// An encoded frame for the writer, with its response slot (if one is expected).
+struct WriteJob {
+    frame: Bytes,
+    pending: Option<Pending>,
+}
+
+/// A connection to one broker. Cheap to share behind an `Arc`; all methods take `&self`.
+pub(crate) struct Connection {
+    addr: String,
+    client_id: StrBytes,
+    write_tx: mpsc::Sender<WriteJob>,
+    in_flight: Arc<Semaphore>,
+    next_correlation_id: AtomicI32,
+    /// Negotiated version per API key: the highest both sides support.
+    versions: HashMap<i16, i16>,
+    request_timeout: Duration,
+    broken: Arc<AtomicBool>,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` and negotiates API versions, within `connect_timeout_ms`.
+    pub(crate) async fn connect(addr: &str, config: &ClientConfig) -> Result<Connection> {
+        let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout {
+                api: "connect",
+                addr: addr.to_owned(),
+                timeout_ms: config.connect_timeout_ms,
+            })?
+            .map_err(|e| Error::io(addr, e))?;
+        stream.set_nodelay(true).map_err(|e| Error::io(addr, e))?;
+        let (read_half, write_half) = stream.into_split();
+
+        let broken = Arc::new(AtomicBool::new(false));
+        let (write_tx, write_rx) = mpsc::channel::<WriteJob>(config.in_flight_requests_max);
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let writer = tokio::spawn(write_loop(
+            addr.to_owned(),
+            write_half,
+            write_rx,
+            pending_tx,
+            broken.clone(),
+        ));
+        let frames = FramedRead::new(read_half, wire::frame_codec(config.response_bytes_max));
+        let reader = tokio::spawn(read_loop(
+            addr.to_owned(),
+            frames,
+            pending_rx,
+            broken.clone(),
+        ));
+
+        let mut conn = Connection {
+            addr: addr.to_owned(),
+            client_id: StrBytes::from_string(config.client_id.clone()),
+            write_tx,
+            in_flight: Arc::new(Semaphore::new(config.in_flight_requests_max)),
+            next_correlation_id: AtomicI32::new(0),
+            versions: HashMap::new(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            broken,
+            tasks: [writer, reader],
+        };
+        let versions = tokio::time::timeout(connect_timeout, conn.negotiate_versions())
+            .await
+            .map_err(|_| Error::Timeout {
+                api: "ApiVersions",
+                addr: addr.to_owned(),
+                timeout_ms: config.connect_timeout_ms,
+            })??;
+        conn.versions = versions;
+        Ok(conn)
+    }
+
+    /// Whether the connection failed and must be replaced.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire) || self.write_tx.is_closed()
+    }
+
+    /// The negotiated version of `api_key`, or `None` if there is no common version.
+    pub(crate) fn version(&self, api_key: ApiKey) -> Option<i16> {
+        self.versions.get(&(api_key as i16)).copied()
+    }
+
+    /// Sends `request` at the negotiated version and awaits its response.
+    pub(crate) async fn request<R: Request>(&self, request: &R) -> Result<R::Response> {
+        let version = self.version_of::<R>()?;
+        self.request_at(request, version).await
+    }
+
+    /// The negotiated version for request type `R`.
+    pub(crate) fn version_of<R: Request>(&self) -> Result<i16> {
+        let api_key = ApiKey::try_from(R::KEY)
+            .map_err(|_| Error::Protocol(format!("unknown api key {}", R::KEY)))?;
+        self.version(api_key).ok_or(Error::UnsupportedVersion {
+            api: wire::api_name(R::KEY),
+            addr: self.addr.clone(),
+        })
+    }
+
+    /// Sends `request` at `version` and awaits its response, within `request_timeout_ms`.
+    pub(crate) async fn request_at<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response> {
+        let frame = self.exchange(request, version, true).await?;
+        let frame = frame.expect("a request that expects a response gets a frame");
+        wire::decode_response::<R>(frame, version)
+    }
+
+    /// Sends `request` at `version` without waiting for (or expecting) a response:
+    /// Produce with `acks=0`. Returns once the frame is queued for writing.
+    pub(crate) async fn send_only<R: Request>(&self, request: &R, version: i16) -> Result<()> {
+        self.exchange(request, version, false).await.map(|_| ())
+    }
+
+    async fn exchange<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        expect_response: bool,
+    ) -> Result<Option<Bytes>> {
+        let api = wire::api_name(R::KEY);
+        let work = async {
+            if self.is_broken() {
+                return Err(Error::Disconnected {
+                    addr: self.addr.clone(),
+                });
+            }
+            let permit = self
+                .in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed)?;
+            let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
+            let frame = wire::encode_request(request, version, correlation_id, &self.client_id)?;
+            let (pending, reply_rx) = if expect_response {
+                let (reply, reply_rx) = oneshot::channel();
+                (
+                    Some(Pending {
+                        correlation_id,
+                        reply,
+                        _permit: permit,
+                    }),
+                    Some(reply_rx),
+                )
+            } else {
+                drop(permit);
+                (None, None)
+            };
+            self.write_tx
+                .send(WriteJob { frame, pending })
+                .await
+                .map_err(|_| Error::Disconnected {
+                    addr: self.addr.clone(),
+                })?;
+            match reply_rx {
+                None => Ok(None),
+                Some(rx) => match rx.await {
+                    Ok(result) => result.map(Some),
+                    Err(_) => Err(Error::Disconnected {
+                        addr: self.addr.clone(),
+                    }),
+                },
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A broker that does not answer in time is treated as gone: later
+                // responses on this connection could only be stale.
+                self.broken.store(true, Ordering::Release);
+                Err(Error::Timeout {
+                    api,
+                    addr: self.addr.clone(),
+                    timeout_ms: self.request_timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// ApiVersions handshake: ask at our highest version; a broker that does not know it
+    /// answers UNSUPPORTED_VERSION in the v0 layout with its own ranges, and we ask again
+    /// at the highest version both know.
+    async fn negotiate_versions(&self) -> Result<HashMap<i16, i16>> {
+        let ours = wire::client_api_version_range(ApiKey::ApiVersions);
+        let mut version = ours.1;
+        for _ in 0..2 {
+            let request = ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("rill-client"))
+                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+            let frame = self.exchange(&request, version, true).await?;
+            let frame = frame.expect("ApiVersions expects a response");
+            let response: ApiVersionsResponse = wire::decode_api_versions_response(frame, version)?;
+            if response.error_code == 35 {
+                // UNSUPPORTED_VERSION: retry at the broker's highest ApiVersions version.
+                let broker_max = response
+                    .api_keys
+                    .iter()
+                    .find(|k| k.api_key == ApiKey::ApiVersions as i16)
+                    .map(|k| k.max_version)
+                    .unwrap_or(0);
+                let next = broker_max.min(ours.1);
+                if next >= version {
+                    break;
+                }
+                version = next;
+                continue;
+            }
+            if let Some(err) = Error::from_code(response.error_code, None) {
+                return Err(err);
+            }
+            return Ok(negotiate(&response));
+        }
+        Err(Error::UnsupportedVersion {
+            api: "ApiVersions",
+            addr: self.addr.clone(),
+        })
+    }
+}
+
+/// For every API both sides know, the highest version inside both ranges.
+fn negotiate(response: &ApiVersionsResponse) -> HashMap<i16, i16> {
+    let mut versions = HashMap::new();
+    for broker in &response.api_keys {
+        let Ok(key) = ApiKey::try_from(broker.api_key) else {
+            continue;
+        };
+        let (ours_min, ours_max) = wire::client_api_version_range(key);
+        if ours_max < ours_min {
+            continue;
+        }
+        let high = ours_max.min(broker.max_version);
+        let low = ours_min.max(broker.min_version);
+        if high >= low {
+            versions.insert(broker.api_key, high);
+        }
+    }
+    versions
+}
+
+async fn write_loop(
+    addr: String,
+    write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    pending_tx: mpsc::UnboundedSender<Pending>,
+    broken: Arc<AtomicBool>,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, write_half);
+    while let Some(mut job) = jobs.recv().await {
+        // Coalesce whatever is queued into one write/flush.
+        loop {
+            if let Some(pending) = job.pending.take() {
+                if pending_tx.send(pending).is_err() {
+                    broken.store(true, Ordering::Release);
+                    return;
+                }
+            }
+            if let Err(e) = out.write_all(&job.frame).await {
+                tracing::debug!(%addr, error = %e, "write failed");
+                broken.store(true, Ordering::Release);
+                return;
+            }
+            match jobs.try_recv() {
+                Ok(next) => job = next,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = out.flush().await {
+            tracing::debug!(%addr, error = %e, "flush failed");
+            broken.store(true, Ordering::Release);
+            return;
+        }
+    }
+}
+
+async fn read_loop(
+    addr: String,
+    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, wire::FrameCodec>,
+    mut pending_rx: mpsc::UnboundedReceiver<Pending>,
+    broken: Arc<AtomicBool>,
+) {
+    let failure = loop {
+        let frame = match frames.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => break Error::Protocol(format!("reading from {addr}: {e}")),
+            None => break Error::Disconnected { addr: addr.clone() },
+        };
+        let Ok(pending) = pending_rx.try_recv() else {
+            break Error::Protocol(format!("{addr} sent a response nobody asked for"));
+        };
+        let correlation_id = match wire::peek_correlation_id(&frame) {
+            Ok(id) => id,
+            Err(e) => break e,
+        };
+        if correlation_id != pending.correlation_id {
+            break Error::Protocol(format!(
+                "{addr} answered correlation id {correlation_id}, expected {}",
+                pending.correlation_id
+            ));
+        }
+        // The caller may have timed out and gone; that is fine.
+        let _ = pending.reply.send(Ok(frame));
+    };
+    broken.store(true, Ordering::Release);
+    tracing::debug!(%addr, error = %failure, "connection closed");
+    pending_rx.close();
+    while let Ok(pending) = pending_rx.try_recv() {
+        let _ = pending.reply.send(Err(failure.clone()));
+    }
+}

@@ -1,0 +1,506 @@
+//! The consumer (assign mode): the application names the partitions, positions them with
+//! [`Consumer::seek`], and reads records as a [`Stream`].
+//!
+//! A background fetcher keeps one fetch per leader in flight and decodes responses into
+//! a bounded channel of `prefetch_responses_max` chunks, so the next records are usually
+//! ready when the application asks. Every assignment or seek bumps the partition's
+//! *epoch*; chunks fetched under an older epoch are dropped, so a seek is never followed
+//! by records from before it.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::admin::topic_name;
+use crate::cluster::Cluster;
+use crate::config::{ConsumerConfig, OffsetReset};
+use crate::error::{Error, Result};
+use crate::record::{ConsumerRecord, TopicPartition};
+
+/// A position to start reading from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    /// The log start offset (earliest record still kept).
+    Beginning,
+    /// The log end offset: only records produced from now on.
+    End,
+    /// An exact offset.
+    At(i64),
+    /// The first record whose timestamp is at or after this (ms since the Unix
+    /// epoch); the log end if there is none.
+    Timestamp(i64),
+}
+
+/// Kafka's ListOffsets sentinel timestamps.
+const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
+
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    Fetch(i64),
+    Resolve(Offset),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionState {
+    position: Position,
+    epoch: u64,
+}
+
+struct Shared {
+    cluster: Arc<Cluster>,
+    config: ConsumerConfig,
+    partitions: Mutex<HashMap<TopicPartition, PartitionState>>,
+    changed: Notify,
+}
+
+/// Records of one partition from one fetch, tagged with the epoch they were fetched at.
+struct Chunk {
+    tp: TopicPartition,
+    epoch: u64,
+    records: VecDeque<ConsumerRecord>,
+}
+
+/// An assign-mode consumer. Read records through its [`Stream`] implementation:
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rill_client::Error> {
+/// use futures::StreamExt;
+/// use rill_client::{Consumer, ConsumerConfig, Offset, TopicPartition};
+/// let mut consumer = Consumer::new(ConsumerConfig::new("127.0.0.1:9092"))?;
+/// let tp = TopicPartition::new("events", 0);
+/// consumer.assign(&[tp.clone()]);
+/// consumer.seek(&tp, Offset::Beginning)?;
+/// while let Some(record) = consumer.next().await {
+///     let record = record?;
+///     println!("{} {:?}", record.offset, record.value);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Consumer {
+    shared: Arc<Shared>,
+    chunks: mpsc::Receiver<Result<Chunk>>,
+    current: Option<Chunk>,
+    fetcher: JoinHandle<()>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.fetcher.abort();
+    }
+}
+
+impl Consumer {
+    /// A consumer with no partitions assigned. Starts its fetcher task on the current
+    /// tokio runtime; connects lazily.
+    pub fn new(config: ConsumerConfig) -> Result<Consumer> {
+        config.validate()?;
+        let cluster = Arc::new(Cluster::new(config.client.clone(), false)?);
+        let (tx, rx) = mpsc::channel(config.prefetch_responses_max);
+        let shared = Arc::new(Shared {
+            cluster,
+            config,
+            partitions: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        });
+        let fetcher = tokio::spawn(run_fetcher(shared.clone(), tx));
+        Ok(Consumer {
+            shared,
+            chunks: rx,
+            current: None,
+            fetcher,
+        })
+    }
+
+    /// Replaces the assignment. Newly assigned partitions start per
+    /// `auto_offset_reset` (earliest or latest) unless [`Consumer::seek`] positions them;
+    /// partitions kept keep their position.
+    pub fn assign(&mut self, partitions: &[TopicPartition]) {
+        let start = match self.shared.config.auto_offset_reset {
+            OffsetReset::Latest => Offset::End,
+            OffsetReset::Earliest | OffsetReset::None => Offset::Beginning,
+        };
+        {
+            let mut map = self.shared.partitions.lock().unwrap();
+            map.retain(|tp, _| partitions.contains(tp));
+            for tp in partitions {
+                map.entry(tp.clone()).or_insert(PartitionState {
+                    position: Position::Resolve(start),
+                    epoch: 0,
+                });
+            }
+        }
+        self.current = None;
+        self.shared.changed.notify_one();
+    }
+
+    /// The assigned partitions.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        let mut v: Vec<_> = self
+            .shared
+            .partitions
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Moves the read position of an assigned partition. Records fetched before the seek
+    /// are discarded.
+    pub fn seek(&mut self, tp: &TopicPartition, offset: Offset) -> Result<()> {
+        {
+            let mut map = self.shared.partitions.lock().unwrap();
+            let state = map.get_mut(tp).ok_or_else(|| Error::NotAssigned {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            })?;
+            state.epoch += 1;
+            state.position = match offset {
+                Offset::At(o) => Position::Fetch(o),
+                other => Position::Resolve(other),
+            };
+        }
+        if self.current.as_ref().is_some_and(|c| &c.tp == tp) {
+            self.current = None;
+        }
+        self.shared.changed.notify_one();
+        Ok(())
+    }
+
+    /// The offset of the earliest record still in the log (log start offset).
+    pub async fn earliest_offset(&self, tp: &TopicPartition) -> Result<i64> {
+        list_offset(&self.shared.cluster, tp, EARLIEST_TIMESTAMP).await
+    }
+
+    /// The log end offset (high watermark): the offset the next record will get.
+    pub async fn latest_offset(&self, tp: &TopicPartition) -> Result<i64> {
+        list_offset(&self.shared.cluster, tp, LATEST_TIMESTAMP).await
+    }
+
+    /// The offset of the first record with a timestamp at or after `timestamp_ms`, or
+    /// `None` if every record is older.
+    pub async fn offset_for_time(
+        &self,
+        tp: &TopicPartition,
+        timestamp_ms: i64,
+    ) -> Result<Option<i64>> {
+        let offset = list_offset(&self.shared.cluster, tp, timestamp_ms.max(0)).await?;
+        Ok((offset >= 0).then_some(offset))
+    }
+
+    /// Partition count of `topic`.
+    pub async fn partitions_for(&self, topic: &str) -> Result<i32> {
+        let m = self
+            .shared
+            .cluster
+            .topic(topic, Duration::from_millis(0))
+            .await?;
+        Ok(m.topics.get(topic).map_or(0, |t| t.partitions.len() as i32))
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<ConsumerRecord>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(chunk) = &mut this.current {
+                if let Some(record) = chunk.records.pop_front() {
+                    return Poll::Ready(Some(Ok(record)));
+                }
+                this.current = None;
+            }
+            match this.chunks.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The fetcher only stops when the consumer is dropped.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let current_epoch = this
+                        .shared
+                        .partitions
+                        .lock()
+                        .unwrap()
+                        .get(&chunk.tp)
+                        .map(|s| s.epoch);
+                    if current_epoch == Some(chunk.epoch) {
+                        this.current = Some(chunk);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One ListOffsets lookup against the partition's leader.
+async fn list_offset(cluster: &Cluster, tp: &TopicPartition, timestamp: i64) -> Result<i64> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match list_offset_once(cluster, tp, timestamp).await {
+            Ok(o) => return Ok(o),
+            Err(e) if e.is_retriable() && attempt < 5 => {
+                cluster.observe_error(&e);
+                tokio::time::sleep(cluster.config.backoff(attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn list_offset_once(cluster: &Cluster, tp: &TopicPartition, timestamp: i64) -> Result<i64> {
+    let metadata = cluster.topic(&tp.topic, Duration::from_millis(0)).await?;
+    let leader = metadata
+        .topics
+        .get(&tp.topic)
+        .and_then(|t| t.partitions.get(tp.partition as usize))
+        .ok_or_else(|| Error::UnknownPartition {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        })?
+        .leader;
+    let conn = cluster.broker_connection(leader).await?;
+    let request = ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(topic_name(&tp.topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(tp.partition)
+                .with_timestamp(timestamp)])]);
+    let response = conn.request(&request).await?;
+    let p = response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition_index == tp.partition)
+        .ok_or_else(|| Error::Protocol("ListOffsets response lacks the partition".into()))?;
+    if let Some(e) = Error::from_code(p.error_code, None) {
+        return Err(e);
+    }
+    Ok(p.offset)
+}
+
+/// The fetch loop: resolve positions, fetch from each leader, decode, hand over.
+async fn run_fetcher(shared: Arc<Shared>, tx: mpsc::Sender<Result<Chunk>>) {
+    let mut attempt: u32 = 0;
+    loop {
+        let snapshot: Vec<(TopicPartition, PartitionState)> = {
+            let map = shared.partitions.lock().unwrap();
+            map.iter().map(|(tp, s)| (tp.clone(), *s)).collect()
+        };
+        if snapshot.is_empty() {
+            shared.changed.notified().await;
+            continue;
+        }
+        match fetch_round(&shared, &tx, snapshot).await {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                if tx.is_closed() {
+                    return;
+                }
+                shared.cluster.observe_error(&e);
+                attempt += 1;
+                if !e.is_retriable() {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                } else {
+                    tracing::debug!(error = %e, attempt, "fetch failed; backing off");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(shared.cluster.config.backoff(attempt)) => {}
+                    _ = shared.changed.notified() => {}
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Sets `tp`'s fetch position unless a seek happened since `epoch`.
+fn advance(shared: &Shared, tp: &TopicPartition, epoch: u64, position: Position) {
+    if let Some(s) = shared.partitions.lock().unwrap().get_mut(tp) {
+        if s.epoch == epoch {
+            s.position = position;
+        }
+    }
+}
+
+async fn fetch_round(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Result<Chunk>>,
+    snapshot: Vec<(TopicPartition, PartitionState)>,
+) -> Result<()> {
+    let cluster = &shared.cluster;
+    // Resolve symbolic positions first.
+    let mut fetchable: Vec<(TopicPartition, u64, i64)> = Vec::new();
+    for (tp, state) in snapshot {
+        match state.position {
+            Position::Fetch(o) => fetchable.push((tp, state.epoch, o)),
+            Position::Resolve(spec) => {
+                let offset = match spec {
+                    Offset::Beginning => list_offset(cluster, &tp, EARLIEST_TIMESTAMP).await?,
+                    Offset::End => list_offset(cluster, &tp, LATEST_TIMESTAMP).await?,
+                    Offset::At(o) => o,
+                    Offset::Timestamp(ts) => match list_offset(cluster, &tp, ts.max(0)).await? {
+                        o if o >= 0 => o,
+                        _ => list_offset(cluster, &tp, LATEST_TIMESTAMP).await?,
+                    },
+                };
+                advance(shared, &tp, state.epoch, Position::Fetch(offset));
+                fetchable.push((tp, state.epoch, offset));
+            }
+        }
+    }
+    let mut topics_wanted: Vec<&str> = fetchable
+        .iter()
+        .map(|(tp, _, _)| tp.topic.as_str())
+        .collect();
+    topics_wanted.sort_unstable();
+    topics_wanted.dedup();
+    let mut metadata = cluster.metadata().await?;
+    for t in topics_wanted {
+        if !metadata.topics.contains_key(t) {
+            metadata = cluster.topic(t, Duration::from_millis(0)).await?;
+        }
+    }
+    let mut by_leader: HashMap<i32, Vec<(TopicPartition, u64, i64)>> = HashMap::new();
+    for (tp, epoch, offset) in fetchable {
+        let leader = metadata
+            .topics
+            .get(&tp.topic)
+            .and_then(|t| t.partitions.get(tp.partition as usize))
+            .map(|p| p.leader)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            })?;
+        by_leader
+            .entry(leader)
+            .or_default()
+            .push((tp, epoch, offset));
+    }
+    let fetches = by_leader
+        .into_iter()
+        .map(|(leader, parts)| fetch_from(shared, tx, leader, parts));
+    let results = futures::future::join_all(fetches).await;
+    results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
+}
+
+async fn fetch_from(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Result<Chunk>>,
+    leader: i32,
+    parts: Vec<(TopicPartition, u64, i64)>,
+) -> Result<()> {
+    let config = &shared.config;
+    let conn = shared.cluster.broker_connection(leader).await?;
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (tp, _, offset) in &parts {
+        let p = FetchPartition::default()
+            .with_partition(tp.partition)
+            .with_fetch_offset(*offset)
+            .with_partition_max_bytes(config.partition_fetch_bytes_max);
+        match topics.iter_mut().find(|t| *t.topic.0 == *tp.topic) {
+            Some(t) => t.partitions.push(p),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(topic_name(&tp.topic))
+                    .with_partitions(vec![p]),
+            ),
+        }
+    }
+    let request = FetchRequest::default()
+        .with_max_wait_ms(config.fetch_wait_ms_max)
+        .with_min_bytes(config.fetch_bytes_min)
+        .with_max_bytes(config.fetch_bytes_max)
+        .with_topics(topics);
+    let response = conn.request(&request).await?;
+    if let Some(e) = Error::from_code(response.error_code, None) {
+        return Err(e);
+    }
+    let mut retriable: Option<Error> = None;
+    for topic in response.responses {
+        let topic_arc: Arc<str> = Arc::from(topic.topic.0.as_str());
+        for pd in topic.partitions {
+            let Some((tp, epoch, offset)) = parts
+                .iter()
+                .find(|(tp, _, _)| *tp.topic == *topic_arc && tp.partition == pd.partition_index)
+                .cloned()
+            else {
+                continue;
+            };
+            match Error::from_code(pd.error_code, None) {
+                None => {}
+                Some(Error::Broker {
+                    code: kafka_protocol::error::ResponseError::OffsetOutOfRange,
+                    ..
+                }) => {
+                    match config.auto_offset_reset {
+                        OffsetReset::Earliest => {
+                            advance(shared, &tp, epoch, Position::Resolve(Offset::Beginning))
+                        }
+                        OffsetReset::Latest => {
+                            advance(shared, &tp, epoch, Position::Resolve(Offset::End))
+                        }
+                        OffsetReset::None => {
+                            let e = Error::OffsetOutOfRange {
+                                topic: tp.topic.clone(),
+                                partition: tp.partition,
+                                offset,
+                            };
+                            tx.send(Err(e)).await.map_err(|_| Error::Closed)?;
+                        }
+                    }
+                    continue;
+                }
+                Some(e) if e.is_retriable() => {
+                    retriable = Some(e);
+                    continue;
+                }
+                Some(e) => {
+                    tx.send(Err(e)).await.map_err(|_| Error::Closed)?;
+                    continue;
+                }
+            }
+            let Some(records) = pd.records else { continue };
+            if records.is_empty() {
+                continue;
+            }
+            let mut out = VecDeque::new();
+            let next =
+                crate::wire::decode_records(records, &topic_arc, tp.partition, offset, &mut out)?;
+            if let Some(next) = next.filter(|n| *n > offset) {
+                advance(shared, &tp, epoch, Position::Fetch(next));
+            }
+            if !out.is_empty() {
+                tx.send(Ok(Chunk {
+                    tp,
+                    epoch,
+                    records: out,
+                }))
+                .await
+                .map_err(|_| Error::Closed)?;
+            }
+        }
+    }
+    match retriable {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

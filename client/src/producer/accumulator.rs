@@ -1,0 +1,403 @@
+//! Per-partition batching, without I/O or clocks of its own (time comes in as `now`).
+//!
+//! Each partition has at most one *open* batch (still taking records), a queue of
+//! *closed* batches (encoded, waiting to be sent), and at most one batch *in flight*.
+//! One in flight per partition is what keeps order across retries: a failed batch goes
+//! back to the head of its queue and nothing behind it is sent until it succeeds or is
+//! given up.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::delivery::Completion;
+use crate::config::Compression;
+use crate::error::Result;
+use crate::partitioner::{partition_for_key, StickyPartitioner};
+use crate::record::ProducerRecord;
+use crate::wire::BatchWriter;
+
+/// An encoded batch waiting to be sent (or being sent, or waiting for a retry).
+#[derive(Debug)]
+pub(crate) struct ClosedBatch {
+    /// The RecordBatch bytes, built once and resent as they are on retries.
+    pub(crate) records: Bytes,
+    /// Records in the batch.
+    pub(crate) record_count: u32,
+    /// Bytes of `buffer_bytes_max` held by the batch until it completes.
+    pub(crate) reserved_bytes: usize,
+    /// Where the outcome goes.
+    pub(crate) completion: Arc<Completion>,
+    /// Sends so far.
+    pub(crate) attempts: u32,
+    /// When the batch was closed; `delivery_timeout_ms` counts from here.
+    pub(crate) closed_at: Instant,
+}
+
+struct OpenBatch {
+    writer: BatchWriter,
+    opened_at: Instant,
+    record_count: u32,
+    size_estimate_bytes: usize,
+    reserved_bytes: usize,
+    completion: Arc<Completion>,
+}
+
+#[derive(Default)]
+struct PartitionQueue {
+    open: Option<OpenBatch>,
+    closed: VecDeque<ClosedBatch>,
+    in_flight: Option<Arc<Completion>>,
+    /// The head of `closed` may not be sent before this (retry backoff).
+    retry_at: Option<Instant>,
+}
+
+impl PartitionQueue {
+    fn is_idle(&self) -> bool {
+        self.open.is_none() && self.closed.is_empty() && self.in_flight.is_none()
+    }
+}
+
+#[derive(Default)]
+struct TopicQueues {
+    partitions: Vec<PartitionQueue>,
+    sticky: StickyPartitioner,
+}
+
+/// Where `append` put a record.
+pub(crate) struct Appended {
+    /// The partition chosen (the delivery report carries it too; tests check it here).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) partition: i32,
+    pub(crate) completion: Arc<Completion>,
+    /// The record's index in its batch (offset = base offset + index).
+    pub(crate) index: u32,
+    /// A batch became ready to send: wake the sender.
+    pub(crate) batch_closed: bool,
+}
+
+/// A batch handed to the sender.
+pub(crate) struct Drained {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) batch: ClosedBatch,
+}
+
+/// All partitions' batches of one producer.
+pub(crate) struct Accumulator {
+    topics: HashMap<Arc<str>, TopicQueues>,
+    linger: Duration,
+    batch_bytes_max: usize,
+    compression: Compression,
+    /// While positive, linger is ignored (someone is waiting in `flush`).
+    pub(crate) flushes_pending: usize,
+}
+
+impl Accumulator {
+    pub(crate) fn new(linger: Duration, batch_bytes_max: usize, compression: Compression) -> Self {
+        Accumulator {
+            topics: HashMap::new(),
+            linger,
+            batch_bytes_max,
+            compression,
+            flushes_pending: 0,
+        }
+    }
+
+    /// Adds a record to its partition's open batch. `partition_count` comes from
+    /// metadata; an explicit `record.partition` was checked against it by the caller.
+    /// `reserved_bytes` of buffer memory were acquired for it.
+    pub(crate) fn append(
+        &mut self,
+        record: &ProducerRecord,
+        timestamp_ms: i64,
+        partition_count: i32,
+        reserved_bytes: usize,
+        now: Instant,
+    ) -> Result<Appended> {
+        let topic_queues = match self.topics.get_mut(record.topic.as_str()) {
+            Some(q) => q,
+            None => self
+                .topics
+                .entry(Arc::from(record.topic.as_str()))
+                .or_default(),
+        };
+        if topic_queues.partitions.len() < partition_count as usize {
+            topic_queues
+                .partitions
+                .resize_with(partition_count as usize, PartitionQueue::default);
+        }
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, partition_count),
+            (None, None) => topic_queues.sticky.partition(partition_count),
+        };
+        let queue = &mut topic_queues.partitions[partition as usize];
+        let size = record.size_estimate_bytes();
+        let mut batch_closed = false;
+
+        // Close the open batch if this record would push it past the limit.
+        if let Some(open) = &queue.open {
+            if open.record_count > 0 && open.size_estimate_bytes + size > self.batch_bytes_max {
+                close_open(queue, now)?;
+                topic_queues
+                    .sticky
+                    .on_batch_closed(partition, partition_count);
+                batch_closed = true;
+            }
+        }
+        let open = queue.open.get_or_insert_with(|| OpenBatch {
+            writer: BatchWriter::new(self.compression, timestamp_ms),
+            opened_at: now,
+            record_count: 0,
+            size_estimate_bytes: crate::wire::BATCH_OVERHEAD_BYTES,
+            reserved_bytes: 0,
+            completion: Arc::new(Completion::default()),
+        });
+        open.writer.push(record, timestamp_ms)?;
+        let index = open.record_count;
+        open.record_count += 1;
+        open.size_estimate_bytes += size;
+        open.reserved_bytes += reserved_bytes;
+        let completion = open.completion.clone();
+        if open.size_estimate_bytes >= self.batch_bytes_max {
+            close_open(queue, now)?;
+            topic_queues
+                .sticky
+                .on_batch_closed(partition, partition_count);
+            batch_closed = true;
+        }
+        Ok(Appended {
+            partition,
+            completion,
+            index,
+            batch_closed,
+        })
+    }
+
+    /// Closes batches whose linger expired (all open batches while a flush is pending)
+    /// and takes the head batch of every partition that has nothing in flight and is not
+    /// backing off. Returns them and the next instant something becomes due.
+    pub(crate) fn drain(&mut self, now: Instant) -> Result<(Vec<Drained>, Option<Instant>)> {
+        let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
+        let flushing = self.flushes_pending > 0;
+        for (topic, queues) in self.topics.iter_mut() {
+            let partition_count = queues.partitions.len() as i32;
+            for (index, queue) in queues.partitions.iter_mut().enumerate() {
+                if let Some(open) = &queue.open {
+                    let due = open.opened_at + self.linger;
+                    if flushing || due <= now {
+                        close_open(queue, now)?;
+                        queues.sticky.on_batch_closed(index as i32, partition_count);
+                    } else {
+                        next = Some(next.map_or(due, |n| n.min(due)));
+                    }
+                }
+                if queue.in_flight.is_some() || queue.closed.is_empty() {
+                    continue;
+                }
+                if let Some(retry_at) = queue.retry_at {
+                    if retry_at > now {
+                        next = Some(next.map_or(retry_at, |n| n.min(retry_at)));
+                        continue;
+                    }
+                    queue.retry_at = None;
+                }
+                let batch = queue.closed.pop_front().expect("checked non-empty");
+                queue.in_flight = Some(batch.completion.clone());
+                out.push(Drained {
+                    topic: topic.clone(),
+                    partition: index as i32,
+                    batch,
+                });
+            }
+        }
+        Ok((out, next))
+    }
+
+    /// The in-flight batch of a partition finished (delivered or given up).
+    pub(crate) fn complete(&mut self, topic: &str, partition: i32) {
+        if let Some(queue) = self.queue_mut(topic, partition) {
+            queue.in_flight = None;
+        }
+    }
+
+    /// The in-flight batch of a partition failed retriably: back to the head of its
+    /// queue, not to be sent before `retry_at`.
+    pub(crate) fn requeue(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: ClosedBatch,
+        retry_at: Instant,
+    ) {
+        let queue = self
+            .queue_mut(topic, partition)
+            .expect("a requeued batch's partition exists");
+        queue.in_flight = None;
+        queue.closed.push_front(batch);
+        queue.retry_at = Some(retry_at);
+    }
+
+    /// Completions of every batch not yet finished (for `flush`).
+    pub(crate) fn pending_completions(&self) -> Vec<Arc<Completion>> {
+        let mut out = Vec::new();
+        for queues in self.topics.values() {
+            for q in &queues.partitions {
+                if let Some(open) = &q.open {
+                    out.push(open.completion.clone());
+                }
+                out.extend(q.closed.iter().map(|b| b.completion.clone()));
+                if let Some(c) = &q.in_flight {
+                    out.push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether no batch is open, queued or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.topics
+            .values()
+            .all(|t| t.partitions.iter().all(PartitionQueue::is_idle))
+    }
+
+    fn queue_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionQueue> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+    }
+}
+
+fn close_open(queue: &mut PartitionQueue, now: Instant) -> Result<()> {
+    if let Some(open) = queue.open.take() {
+        let records = open.writer.finish()?;
+        queue.closed.push_back(ClosedBatch {
+            records,
+            record_count: open.record_count,
+            reserved_bytes: open.reserved_bytes,
+            completion: open.completion,
+            attempts: 0,
+            closed_at: now,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: Option<&'static str>, value_bytes: usize) -> ProducerRecord {
+        let mut r = ProducerRecord::new("t", vec![b'v'; value_bytes]);
+        r.key = key.map(|k| Bytes::from_static(k.as_bytes()));
+        r
+    }
+
+    fn acc(linger_ms: u64, batch_bytes_max: usize) -> Accumulator {
+        Accumulator::new(
+            Duration::from_millis(linger_ms),
+            batch_bytes_max,
+            Compression::None,
+        )
+    }
+
+    #[test]
+    fn keyed_records_go_to_the_kafka_partition_and_index_within_the_batch() {
+        let mut a = acc(10, 1 << 20);
+        let now = Instant::now();
+        let first = a
+            .append(&record(Some("foobar"), 10), 0, 10, 50, now)
+            .unwrap();
+        assert_eq!(first.partition, partition_for_key(b"foobar", 10));
+        let second = a
+            .append(&record(Some("foobar"), 10), 0, 10, 50, now)
+            .unwrap();
+        assert_eq!((first.index, second.index), (0, 1));
+        assert!(Arc::ptr_eq(&first.completion, &second.completion));
+    }
+
+    #[test]
+    fn batch_waits_for_linger_then_drains_once() {
+        let mut a = acc(10, 1 << 20);
+        let t0 = Instant::now();
+        a.append(&record(Some("k"), 10), 0, 1, 50, t0).unwrap();
+        let (ready, next) = a.drain(t0).unwrap();
+        assert!(ready.is_empty());
+        assert_eq!(next, Some(t0 + Duration::from_millis(10)));
+        let (ready, _) = a.drain(t0 + Duration::from_millis(10)).unwrap();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].batch.record_count, 1);
+        assert!(!a.is_idle(), "in flight until completed");
+        a.complete("t", 0);
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn full_batch_closes_without_waiting_for_linger() {
+        let mut a = acc(60_000, 1024);
+        let t0 = Instant::now();
+        let mut closed = false;
+        for _ in 0..20 {
+            closed |= a
+                .append(&record(Some("k"), 100), 0, 1, 150, t0)
+                .unwrap()
+                .batch_closed;
+        }
+        assert!(closed);
+        let (ready, _) = a.drain(t0).unwrap();
+        assert_eq!(ready.len(), 1, "one in flight per partition");
+        assert!(ready[0].batch.records.len() <= 1024);
+    }
+
+    #[test]
+    fn only_one_batch_per_partition_in_flight_and_retries_go_first() {
+        let mut a = acc(0, 256);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            a.append(&record(Some("k"), 100), 0, 1, 150, t0).unwrap();
+        }
+        let (mut ready, _) = a.drain(t0).unwrap();
+        assert_eq!(ready.len(), 1);
+        let first = ready.pop().unwrap();
+        let first_records = first.batch.records.clone();
+        assert!(a.drain(t0).unwrap().0.is_empty(), "head still in flight");
+        let retry_at = t0 + Duration::from_millis(100);
+        a.requeue("t", 0, first.batch, retry_at);
+        let (ready, next) = a.drain(t0).unwrap();
+        assert!(ready.is_empty(), "backing off");
+        assert_eq!(next, Some(retry_at));
+        let (ready, _) = a.drain(retry_at).unwrap();
+        assert_eq!(
+            ready[0].batch.records, first_records,
+            "the same batch again, first"
+        );
+    }
+
+    #[test]
+    fn flush_ignores_linger() {
+        let mut a = acc(60_000, 1 << 20);
+        let t0 = Instant::now();
+        a.append(&record(None, 10), 0, 4, 50, t0).unwrap();
+        assert!(a.drain(t0).unwrap().0.is_empty());
+        a.flushes_pending = 1;
+        assert_eq!(a.drain(t0).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn null_key_records_stick_to_one_partition_per_batch() {
+        let mut a = acc(60_000, 1 << 20);
+        let t0 = Instant::now();
+        let p = a.append(&record(None, 10), 0, 8, 50, t0).unwrap().partition;
+        for _ in 0..50 {
+            assert_eq!(
+                a.append(&record(None, 10), 0, 8, 50, t0).unwrap().partition,
+                p
+            );
+        }
+    }
+}

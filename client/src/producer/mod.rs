@@ -1,0 +1,421 @@
+//! The producer: `send` queues a record into its partition's batch and returns a
+//! [`DeliveryFuture`]; a background sender task closes batches by `linger_ms` /
+//! `batch_bytes_max`, groups them by leader into Produce requests, and retries failures
+//! with backoff, one batch in flight per partition so order holds.
+//!
+//! Memory is bounded: every queued record holds `buffer_bytes_max` budget (its size
+//! estimate) until its batch completes; `send` waits for budget when it is used up.
+//!
+//! Delivery is *at least once*: this producer is not idempotent, so a batch whose
+//! response was lost (e.g. the broker died after writing it) is written again on retry.
+
+mod accumulator;
+mod delivery;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::ProduceRequest;
+use tokio::sync::{Notify, Semaphore};
+
+use self::accumulator::{Accumulator, Drained};
+pub use self::delivery::DeliveryFuture;
+use crate::admin::topic_name;
+use crate::cluster::Cluster;
+use crate::config::{Acks, ProducerConfig};
+use crate::error::{Error, Result};
+use crate::record::ProducerRecord;
+
+/// Upper bound on the record bytes put into one Produce request; more batches for the
+/// same broker go into further requests.
+const REQUEST_RECORD_BYTES_MAX: usize = 16 << 20;
+
+struct Inner {
+    config: ProducerConfig,
+    cluster: Arc<Cluster>,
+    accumulator: Mutex<Accumulator>,
+    /// `buffer_bytes_max` worth of permits, one per byte of queued record estimate.
+    memory: Semaphore,
+    /// Wakes the sender: a batch closed, a batch completed, a flush started, close.
+    wake_sender: Notify,
+    closed: AtomicBool,
+}
+
+/// An asynchronous Kafka producer.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rill_client::Error> {
+/// use rill_client::{Producer, ProducerConfig, ProducerRecord};
+/// let producer = Producer::new(ProducerConfig::new("127.0.0.1:9092"))?;
+/// let delivery = producer
+///     .send(ProducerRecord::new("events", "hello").with_key("user-1"))
+///     .await?;                 // waits only if the buffer is full
+/// let written = delivery.await?; // waits for the broker's acknowledgement
+/// println!("partition {} offset {}", written.partition, written.offset);
+/// producer.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+impl Producer {
+    /// Creates a producer and starts its sender task (on the current tokio runtime).
+    /// Connects lazily, on the first `send`.
+    pub fn new(config: ProducerConfig) -> Result<Producer> {
+        config.validate()?;
+        let cluster = Arc::new(Cluster::new(
+            config.client.clone(),
+            config.allow_auto_topic_creation,
+        )?);
+        let inner = Arc::new(Inner {
+            accumulator: Mutex::new(Accumulator::new(
+                Duration::from_millis(config.linger_ms),
+                config.batch_bytes_max,
+                config.compression,
+            )),
+            memory: Semaphore::new(config.buffer_bytes_max),
+            wake_sender: Notify::new(),
+            closed: AtomicBool::new(false),
+            cluster,
+            config,
+        });
+        tokio::spawn(run_sender(inner.clone()));
+        Ok(Producer { inner })
+    }
+
+    /// Queues `record` for sending.
+    ///
+    /// Awaiting this waits for the topic's metadata (first use) and for buffer space
+    /// (back-pressure when `buffer_bytes_max` is in use); the returned
+    /// [`DeliveryFuture`] then resolves when the broker acknowledges the record, to its
+    /// partition and offset, or to the error that ended its delivery.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let size = record.size_estimate_bytes();
+        if size > inner.config.buffer_bytes_max || size > REQUEST_RECORD_BYTES_MAX {
+            return Err(Error::RecordTooLarge {
+                record_bytes: size,
+                limit_bytes: inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX),
+            });
+        }
+        let partition_count = self.partition_count(&record.topic).await?;
+        if let Some(p) = record.partition {
+            if p < 0 || p >= partition_count {
+                return Err(Error::UnknownPartition {
+                    topic: record.topic,
+                    partition: p,
+                });
+            }
+        }
+        let permit = inner
+            .memory
+            .acquire_many(size as u32)
+            .await
+            .map_err(|_| Error::Closed)?;
+        // The budget is returned by hand when the batch completes (see `finish_batch`),
+        // so a record costs no permit object.
+        permit.forget();
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let appended = {
+            let mut acc = inner.accumulator.lock().unwrap();
+            acc.append(&record, timestamp_ms, partition_count, size, Instant::now())
+        };
+        let appended = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                inner.memory.add_permits(size);
+                return Err(e);
+            }
+        };
+        if appended.batch_closed {
+            inner.wake_sender.notify_one();
+        }
+        Ok(DeliveryFuture::new(appended.completion, appended.index))
+    }
+
+    /// Partition count of `topic`, from cached metadata or after fetching it.
+    async fn partition_count(&self, topic: &str) -> Result<i32> {
+        if let Some(t) = self.inner.cluster.cached().topics.get(topic) {
+            return Ok(t.partitions.len() as i32);
+        }
+        let wait = Duration::from_millis(self.inner.config.metadata_wait_ms_max);
+        let metadata = self.inner.cluster.topic(topic, wait).await?;
+        metadata
+            .topics
+            .get(topic)
+            .map(|t| t.partitions.len() as i32)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+    }
+
+    /// Number of partitions of `topic` (fetching metadata if needed).
+    pub async fn partitions_for(&self, topic: &str) -> Result<i32> {
+        self.partition_count(topic).await
+    }
+
+    /// Sends every queued record now (ignoring `linger_ms`) and waits until each one
+    /// queued before this call is acknowledged or has failed. Failures are reported
+    /// through the records' [`DeliveryFuture`]s; `flush` itself only fails if the
+    /// producer is closed underneath it.
+    pub async fn flush(&self) -> Result<()> {
+        let completions = {
+            let mut acc = self.inner.accumulator.lock().unwrap();
+            acc.flushes_pending += 1;
+            acc.pending_completions()
+        };
+        self.inner.wake_sender.notify_one();
+        for c in completions {
+            let _ = c.wait().await;
+        }
+        self.inner.accumulator.lock().unwrap().flushes_pending -= 1;
+        Ok(())
+    }
+
+    /// Flushes, then stops accepting records. Dropping a producer without `close` still
+    /// delivers what was queued, in the background, while the runtime runs.
+    pub async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake_sender.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake_sender.notify_one();
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The sender loop: drain due batches, dispatch them, sleep until the next deadline or
+/// a wake-up. Ends when the producer is closed and nothing is left.
+async fn run_sender(inner: Arc<Inner>) {
+    loop {
+        let drained = inner.accumulator.lock().unwrap().drain(Instant::now());
+        let (batches, next_due) = match drained {
+            Ok(x) => x,
+            Err(e) => {
+                // Encoding a batch failed: a bug or an impossible record; nothing can be
+                // sent safely, so fail loudly rather than spin.
+                tracing::error!(error = %e, "producer could not encode a batch");
+                (Vec::new(), None)
+            }
+        };
+        if !batches.is_empty() {
+            dispatch(&inner, batches).await;
+        }
+        if inner.closed.load(Ordering::Acquire) && inner.accumulator.lock().unwrap().is_idle() {
+            return;
+        }
+        let wake = inner.wake_sender.notified();
+        match next_due {
+            Some(at) => {
+                tokio::select! {
+                    _ = wake => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => wake.await,
+        }
+    }
+}
+
+/// Groups batches by partition leader and starts one Produce request per leader
+/// (per `REQUEST_RECORD_BYTES_MAX` of records).
+async fn dispatch(inner: &Arc<Inner>, batches: Vec<Drained>) {
+    let metadata = match inner.cluster.metadata().await {
+        Ok(m) => m,
+        Err(e) => {
+            for d in batches {
+                retry_or_fail(inner, d, e.clone());
+            }
+            return;
+        }
+    };
+    let mut by_leader: HashMap<i32, Vec<Vec<Drained>>> = HashMap::new();
+    for d in batches {
+        let leader = metadata
+            .topics
+            .get(&*d.topic)
+            .and_then(|t| t.partitions.get(d.partition as usize))
+            .map_or(-1, |p| p.leader);
+        if leader < 0 {
+            inner.cluster.invalidate();
+            let error = Error::Broker {
+                code: kafka_protocol::error::ResponseError::LeaderNotAvailable,
+                message: Some(format!("no leader known for {}/{}", d.topic, d.partition)),
+            };
+            retry_or_fail(inner, d, error);
+            continue;
+        }
+        let requests = by_leader.entry(leader).or_default();
+        let fits = requests.last().is_some_and(|r| {
+            r.iter().map(|x| x.batch.records.len()).sum::<usize>() + d.batch.records.len()
+                <= REQUEST_RECORD_BYTES_MAX
+        });
+        if fits {
+            requests.last_mut().expect("checked").push(d);
+        } else {
+            requests.push(vec![d]);
+        }
+    }
+    for (leader, requests) in by_leader {
+        for batches in requests {
+            tokio::spawn(produce(inner.clone(), leader, batches));
+        }
+    }
+}
+
+/// Sends one Produce request and settles every batch in it.
+async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
+    let conn = match inner.cluster.broker_connection(leader).await {
+        Ok(c) => c,
+        Err(e) => {
+            inner.cluster.observe_error(&e);
+            for d in batches {
+                retry_or_fail(&inner, d, e.clone());
+            }
+            return;
+        }
+    };
+    let version = match conn.version_of::<ProduceRequest>() {
+        Ok(v) => v,
+        Err(e) => {
+            for d in batches {
+                fail(&inner, d, e.clone());
+            }
+            return;
+        }
+    };
+    let mut topic_data: Vec<TopicProduceData> = Vec::new();
+    for d in &batches {
+        let partition = PartitionProduceData::default()
+            .with_index(d.partition)
+            .with_records(Some(d.batch.records.clone()));
+        match topic_data.iter_mut().find(|t| *t.name.0 == *d.topic) {
+            Some(t) => t.partition_data.push(partition),
+            None => topic_data.push(
+                TopicProduceData::default()
+                    .with_name(topic_name(&d.topic))
+                    .with_partition_data(vec![partition]),
+            ),
+        }
+    }
+    let acks = inner.config.acks;
+    let request = ProduceRequest::default()
+        .with_acks(acks.as_i16())
+        .with_timeout_ms(inner.config.client.request_timeout_ms.min(i32::MAX as u64) as i32)
+        .with_topic_data(topic_data);
+
+    if acks == Acks::None {
+        let sent = conn.send_only(&request, version).await;
+        for d in batches {
+            match &sent {
+                Ok(()) => succeed(&inner, d, -1),
+                Err(e) => retry_or_fail(&inner, d, e.clone()),
+            }
+        }
+        return;
+    }
+
+    let response = match conn.request_at(&request, version).await {
+        Ok(r) => r,
+        Err(e) => {
+            inner.cluster.observe_error(&e);
+            for d in batches {
+                retry_or_fail(&inner, d, e.clone());
+            }
+            return;
+        }
+    };
+    for d in batches {
+        let answer = response
+            .responses
+            .iter()
+            .filter(|t| *t.name.0 == *d.topic)
+            .flat_map(|t| t.partition_responses.iter())
+            .find(|p| p.index == d.partition);
+        match answer {
+            None => {
+                let e = Error::Protocol(format!(
+                    "produce response has no entry for {}/{}",
+                    d.topic, d.partition
+                ));
+                fail(&inner, d, e);
+            }
+            Some(p) => match Error::from_code(p.error_code, p.error_message.as_deref()) {
+                None => succeed(&inner, d, p.base_offset),
+                Some(e) => {
+                    inner.cluster.observe_error(&e);
+                    retry_or_fail(&inner, d, e);
+                }
+            },
+        }
+    }
+}
+
+fn succeed(inner: &Inner, d: Drained, base_offset: i64) {
+    d.batch.completion.complete(Ok((d.partition, base_offset)));
+    finish_batch(inner, &d);
+}
+
+fn fail(inner: &Inner, d: Drained, error: Error) {
+    let attempts = d.batch.attempts + 1;
+    d.batch.completion.complete(Err(Error::DeliveryFailed {
+        attempts,
+        last_error: Box::new(error),
+    }));
+    finish_batch(inner, &d);
+}
+
+/// A failed send: requeue at the head of the partition with backoff if the error is
+/// retriable and neither `retries_max` nor `delivery_timeout_ms` ran out; else fail.
+fn retry_or_fail(inner: &Inner, mut d: Drained, error: Error) {
+    d.batch.attempts += 1;
+    let timed_out =
+        d.batch.closed_at.elapsed() >= Duration::from_millis(inner.config.delivery_timeout_ms);
+    if error.is_retriable() && d.batch.attempts < inner.config.retries_max && !timed_out {
+        tracing::debug!(
+            topic = %d.topic,
+            partition = d.partition,
+            records = d.batch.record_count,
+            attempt = d.batch.attempts,
+            error = %error,
+            "retrying batch"
+        );
+        let retry_at = Instant::now() + inner.config.client.backoff(d.batch.attempts);
+        inner
+            .accumulator
+            .lock()
+            .unwrap()
+            .requeue(&d.topic, d.partition, d.batch, retry_at);
+        inner.wake_sender.notify_one();
+    } else {
+        d.batch.attempts -= 1;
+        fail(inner, d, error);
+    }
+}
+
+fn finish_batch(inner: &Inner, d: &Drained) {
+    inner.memory.add_permits(d.batch.reserved_bytes);
+    inner
+        .accumulator
+        .lock()
+        .unwrap()
+        .complete(&d.topic, d.partition);
+    inner.wake_sender.notify_one();
+}

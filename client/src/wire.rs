@@ -1,0 +1,243 @@
+//! The client's only contact with `rill-protocol`: framing, request/response encoding,
+//! the version table, and record batches. Keeping it in one module keeps the rest of the
+//! crate about behaviour, not bytes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use kafka_protocol::protocol::{Decodable, Request, StrBytes};
+use rill_protocol::batch::{self, BatchBuilder, BatchView, Records};
+use rill_protocol::header::RequestHeader;
+use rill_protocol::{codec, versions};
+use tokio_util::codec::Decoder;
+
+use crate::config::Compression;
+use crate::error::{Error, Result};
+use crate::record::{ConsumerRecord, Header, ProducerRecord};
+
+/// Bytes of a RecordBatch v2 header (counted once per batch when sizing batches).
+pub(crate) const BATCH_OVERHEAD_BYTES: usize = batch::BATCH_HEADER_BYTES;
+
+/// Newest Fetch version the consumer speaks: v13+ address topics by id, which this
+/// client does not track.
+const FETCH_VERSION_MAX: i16 = 12;
+
+/// Length-prefixed frames; responses come out as whole payloads.
+#[derive(Debug)]
+pub(crate) struct FrameCodec(rill_protocol::frame::FrameCodec);
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>> {
+        self.0
+            .decode(src)
+            .map(|f| f.map(BytesMut::freeze))
+            .map_err(|e| Error::Protocol(e.to_string()))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io {
+            addr: String::new(),
+            source: Arc::new(e),
+        }
+    }
+}
+
+/// A frame decoder refusing responses larger than `response_bytes_max`.
+pub(crate) fn frame_codec(response_bytes_max: usize) -> FrameCodec {
+    FrameCodec(rill_protocol::frame::FrameCodec::new(response_bytes_max))
+}
+
+/// The versions this client can speak for `api_key` (inclusive), from rill-protocol's
+/// table; `(0, -1)` for an API it does not speak.
+pub(crate) fn client_api_version_range(api_key: ApiKey) -> (i16, i16) {
+    match versions::supported_range(api_key as i16) {
+        None => (0, -1),
+        Some(r) if api_key == ApiKey::Fetch => (r.min, r.max.min(FETCH_VERSION_MAX)),
+        Some(r) => (r.min, r.max),
+    }
+}
+
+/// A readable API name for errors.
+pub(crate) fn api_name(api_key: i16) -> &'static str {
+    match ApiKey::try_from(api_key) {
+        Ok(ApiKey::Produce) => "Produce",
+        Ok(ApiKey::Fetch) => "Fetch",
+        Ok(ApiKey::ListOffsets) => "ListOffsets",
+        Ok(ApiKey::Metadata) => "Metadata",
+        Ok(ApiKey::ApiVersions) => "ApiVersions",
+        Ok(ApiKey::CreateTopics) => "CreateTopics",
+        Ok(ApiKey::DeleteTopics) => "DeleteTopics",
+        Ok(ApiKey::CreatePartitions) => "CreatePartitions",
+        Ok(ApiKey::DescribeConfigs) => "DescribeConfigs",
+        Ok(ApiKey::DescribeCluster) => "DescribeCluster",
+        _ => "request",
+    }
+}
+
+/// A complete request frame (size prefix, header, body).
+pub(crate) fn encode_request<R: Request>(
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+    client_id: &StrBytes,
+) -> Result<Bytes> {
+    let header = RequestHeader {
+        api_key: R::KEY,
+        api_version: version,
+        correlation_id,
+        client_id: Some(client_id.as_str().to_owned()),
+    };
+    codec::encode_request(&header, request).map_err(|e| Error::Protocol(e.to_string()))
+}
+
+/// The correlation id at the front of a response payload.
+pub(crate) fn peek_correlation_id(frame: &[u8]) -> Result<i32> {
+    frame
+        .get(..4)
+        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| Error::Protocol("response shorter than its header".into()))
+}
+
+/// Decodes a response payload to a request of type `R` sent at `version`.
+pub(crate) fn decode_response<R: Request>(mut frame: Bytes, version: i16) -> Result<R::Response> {
+    codec::decode_response::<R::Response>(&mut frame, R::KEY, version)
+        .map(|(_, body)| body)
+        .map_err(|e| Error::Protocol(e.to_string()))
+}
+
+/// Decodes an ApiVersions response. A broker that does not know the requested version
+/// answers UNSUPPORTED_VERSION in the v0 layout, so on that error code (the body's first
+/// field in every version) the body is decoded as v0.
+pub(crate) fn decode_api_versions_response(
+    mut frame: Bytes,
+    version: i16,
+) -> Result<ApiVersionsResponse> {
+    // ApiVersions responses always use header v0: just the correlation id.
+    if frame.len() < 6 {
+        return Err(Error::Protocol("ApiVersions response too short".into()));
+    }
+    let _ = frame.split_to(4);
+    let error_code = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = if error_code == 35 { 0 } else { version };
+    ApiVersionsResponse::decode(&mut frame, version)
+        .map_err(|e| Error::Protocol(format!("ApiVersions v{version}: {e:#}")))
+}
+
+fn protocol_compression(c: Compression) -> batch::Compression {
+    match c {
+        Compression::None => batch::Compression::None,
+        Compression::Gzip => batch::Compression::Gzip,
+        Compression::Snappy => batch::Compression::Snappy,
+        Compression::Lz4 => batch::Compression::Lz4,
+        Compression::Zstd => batch::Compression::Zstd,
+    }
+}
+
+/// One batch being filled (wraps rill-protocol's `BatchBuilder`).
+#[derive(Debug)]
+pub(crate) struct BatchWriter {
+    builder: BatchBuilder,
+}
+
+/// Headers per record passed without a heap allocation; more use a `Vec`.
+const INLINE_HEADERS_MAX: usize = 8;
+
+impl BatchWriter {
+    pub(crate) fn new(compression: Compression, _first_timestamp_ms: i64) -> BatchWriter {
+        BatchWriter {
+            builder: BatchBuilder::new(protocol_compression(compression)),
+        }
+    }
+
+    pub(crate) fn push(&mut self, record: &ProducerRecord, timestamp_ms: i64) -> Result<()> {
+        let key = record.key.as_deref();
+        let value = record.value.as_deref();
+        let result = if record.headers.len() <= INLINE_HEADERS_MAX {
+            let mut inline: [(&str, Option<&[u8]>); INLINE_HEADERS_MAX] =
+                [("", None); INLINE_HEADERS_MAX];
+            for (slot, h) in inline.iter_mut().zip(&record.headers) {
+                *slot = (h.key.as_str(), h.value.as_deref());
+            }
+            self.builder
+                .push(timestamp_ms, key, value, &inline[..record.headers.len()])
+        } else {
+            let headers: Vec<(&str, Option<&[u8]>)> = record
+                .headers
+                .iter()
+                .map(|h| (h.key.as_str(), h.value.as_deref()))
+                .collect();
+            self.builder.push(timestamp_ms, key, value, &headers)
+        };
+        result.map_err(|e| Error::Protocol(e.to_string()))
+    }
+
+    pub(crate) fn finish(self) -> Result<Bytes> {
+        self.builder
+            .build()
+            .map_err(|e| Error::Protocol(e.to_string()))
+    }
+}
+
+/// Decodes the record batches in a fetched `records` blob into `out`, skipping records
+/// below `fetch_offset` (a fetch from mid-batch returns the whole batch) and control
+/// batches. Uncompressed keys and values are slices of `blob` (no copy).
+///
+/// Returns the offset to fetch next: after the last complete batch, or `None` if the blob
+/// held no complete batch.
+pub(crate) fn decode_records(
+    blob: Bytes,
+    topic: &Arc<str>,
+    partition: i32,
+    fetch_offset: i64,
+    out: &mut VecDeque<ConsumerRecord>,
+) -> Result<Option<i64>> {
+    let mut next = None;
+    for view in batch::batches(&blob) {
+        let view: BatchView<'_> = view.map_err(|e| Error::Protocol(e.to_string()))?;
+        next = Some(view.next_offset());
+        if view.is_control() || view.next_offset() <= fetch_offset {
+            continue;
+        }
+        view.validate_crc()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let source: Bytes;
+        let records = if view.compression_id() == 0 {
+            source = blob.clone();
+            view.records().map_err(|e| Error::Protocol(e.to_string()))?
+        } else {
+            source = view
+                .decompress_records()
+                .map_err(|e| Error::Protocol(e.to_string()))?;
+            Records::new(&source, &view)
+        };
+        for r in records {
+            let r = r.map_err(|e| Error::Protocol(e.to_string()))?;
+            if r.offset < fetch_offset {
+                continue;
+            }
+            out.push_back(ConsumerRecord {
+                topic: topic.clone(),
+                partition,
+                offset: r.offset,
+                timestamp_ms: r.timestamp,
+                key: r.key.map(|k| source.slice_ref(k)),
+                value: r.value.map(|v| source.slice_ref(v)),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| Header {
+                        key: (*k).to_owned(),
+                        value: v.map(|v| source.slice_ref(v)),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    Ok(next)
+}

@@ -92,7 +92,7 @@ fn start_frame(
 /// Encodes a complete response frame: size prefix, response header (v0 or v1 as `api_key` and
 /// `version` require), body. The buffer is allocated once at its exact size.
 ///
-/// For Fetch responses prefer the hand-written writer in `fetch` (coming next), which does not copy
+/// For Fetch responses prefer [`crate::fetch::encode_fetch_response`], which does not copy
 /// record bytes.
 pub fn encode_response<T: Encodable>(
     correlation_id: i32,

@@ -20,7 +20,7 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 * 1024 * 1024;
 /// * Encoding takes a *complete* frame, prefix included, as produced by
 ///   [`crate::codec::encode_response`] and [`crate::codec::encode_request`]: every `Bytes` that
 ///   goes on the wire in this crate is a whole frame. The prefix is checked against the length.
-///   (Fetch responses are better written with vectored I/O, see the `fetch` module.)
+///   (Fetch responses are better written with vectored I/O, see [`crate::fetch`].)
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
     frame_bytes_max: usize,

@@ -13,6 +13,9 @@
 //!   [`codec::decode_request`], [`codec::decode_request_kind`] (dispatch),
 //!   [`codec::encode_response`]; client side [`codec::encode_request`],
 //!   [`codec::decode_response`].
+//! * [`fetch`] — Fetch responses encoded by hand ([`fetch::encode_fetch_response`]) as small
+//!   metadata chunks plus the record slices from storage, for vectored writes without copying
+//!   record bytes.
 //! * [`batch`] — RecordBatch v2: [`batch::BatchView`] (header fields in place, CRC32C
 //!   check), [`batch::batches`] (walk a records blob), [`batch::Records`] (record iterator),
 //!   [`batch::BatchBuilder`] (client; compression behind the `compression` feature).
@@ -27,6 +30,7 @@
 pub mod batch;
 pub mod codec;
 pub mod error;
+pub mod fetch;
 pub mod frame;
 pub mod header;
 pub mod versions;

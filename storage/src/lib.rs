@@ -1,1 +1,78 @@
-//! rill-storage (being built; see its issue).
+//! # Layout
+//!
+//! `rill-storage` keeps one partition replica as a segmented, append-only log of
+//! Kafka RecordBatch v2 bytes in memory-mapped files. It knows nothing of networks
+//! or Raft.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`log`](crate::PartitionLog) | [`PartitionLog`]: open/recovery, append, read, roll, truncation, reset, retention, timestamps, leader epochs |
+//! | `flush` | [`FlushJob`]/[`FlushedTo`]: durability split so the fsync runs outside the caller's lock |
+//! | `segment` | one segment: file naming and creation, batch scanners for recovery, reads and index rebuilds |
+//! | `index` | sparse `.index` (relative offset u32 → position u32) and `.timeindex` (timestamp i64 → relative offset u32) |
+//! | `epoch` | the leader-epoch file (epoch → first offset) |
+//! | `checkpoint` | CRC-protected small files replaced atomically (temp, fsync, rename, fsync dir) |
+//! | [`batch`] | RecordBatch v2 header view, validation (length, magic, CRC32C), stamping, a small encoder |
+//! | `mmap` | the only `unsafe`: mappings whose published prefix may be handed out as zero-copy `Bytes`, and `fallocate` |
+//! | [`config`](LogConfig) | [`LogConfig`]: every bound with its default, validated by key |
+//! | [`error`](StorageError) | [`StorageError`], one variant per cause |
+//!
+//! ## On disk
+//!
+//! One directory per partition replica. Segments are named by their base offset in
+//! 20 digits: `00000000000000000000.log`, `.index`, `.timeindex`. The active segment
+//! is preallocated to `segment_bytes` with `fallocate` (a full disk fails the roll,
+//! never a page fault) and mapped writable; closed segments are trimmed to their
+//! used length and mapped read-only on demand, at most `open_maps_max` at a time.
+//! Next to them: `recovery-point-offset-checkpoint`, `log-start-offset-checkpoint`
+//! and `leader-epoch-checkpoint`, each with a CRC32 line.
+//!
+//! ## Using it
+//!
+//! ```
+//! use rill_storage::{batch, LogConfig, PartitionLog};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let mut log = PartitionLog::open(dir.path(), LogConfig::default())?;
+//! let mut produced = Vec::new();
+//! let record = batch::RecordSpec { timestamp_ms: 1_700_000_000_000, key: None, value: Some(b"hi") };
+//! batch::encode_uncompressed(&mut produced, 0, -1, &[record]);
+//! let info = log.append_as_leader(&produced, 1)?; // validates, copies once, stamps offset and epoch
+//! assert_eq!((info.base_offset, log.log_end_offset()), (0, 1));
+//! log.flush()?; // or prepare_flush() / FlushJob::run() / complete_flush() outside a lock
+//! let high_watermark = log.log_end_offset();
+//! let bytes = log.read(0, 1 << 20, high_watermark)?; // zero-copy slice of the map
+//! assert_eq!(bytes.len(), produced.len());
+//! assert_eq!(log.term_at(0), Some(1));
+//! log.close()?;
+//! # Ok::<(), rill_storage::StorageError>(())
+//! ```
+//!
+//! ## Guarantees
+//!
+//! * Every failure is a [`StorageError`]; a failed append leaves the log unchanged.
+//! * Nothing below [`PartitionLog::flushed_offset`] is lost by a crash; recovery keeps
+//!   every whole valid batch and cuts at the first torn or corrupt one.
+//! * `Bytes` from [`PartitionLog::read`] stay valid and unchanged after later appends,
+//!   truncations (a segment with live readers is rewritten into a new file rather
+//!   than cut in place), resets, retention and close.
+//! * Writes take `&mut self`, reads `&self`; wrap the log in a mutex to share it.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod batch;
+mod checkpoint;
+mod config;
+mod epoch;
+mod error;
+mod flush;
+mod index;
+mod log;
+mod mmap;
+mod segment;
+
+pub use config::{LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+pub use epoch::EpochEntry;
+pub use error::{Result, StorageError};
+pub use flush::{FlushJob, FlushedTo};
+pub use log::{AppendInfo, PartitionLog, RetentionOutcome, LOG_START_FILE, RECOVERY_POINT_FILE};

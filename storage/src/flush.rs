@@ -1,0 +1,201 @@
+//! Split flushes: [`PartitionLog::prepare_flush`](crate::PartitionLog::prepare_flush)
+//! under the caller's lock, [`FlushJob::run`] (the slow msync/fdatasync) outside
+//! it, [`PartitionLog::complete_flush`](crate::PartitionLog::complete_flush) under
+//! the lock again. This lets a broker group-commit many appends per fsync without
+//! blocking appends and reads during the sync.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::checkpoint;
+use crate::error::{Result, StorageError};
+use crate::log::{RECOVERY_POINT_FILE, RECOVERY_POINT_KEY};
+use crate::mmap::MapFile;
+
+/// The recovery-point checkpoint as last written, shared between the log and its
+/// flush jobs, with the generation (bumped by truncation and reset) that guards
+/// against a late job writing a checkpoint past a truncation.
+#[derive(Debug)]
+pub(crate) struct SharedCheckpoints {
+    state: Mutex<CheckpointState>,
+}
+
+#[derive(Debug)]
+struct CheckpointState {
+    generation: u64,
+    recovery_point: u64,
+}
+
+impl SharedCheckpoints {
+    pub(crate) fn new(recovery_point: u64) -> SharedCheckpoints {
+        SharedCheckpoints {
+            state: Mutex::new(CheckpointState {
+                generation: 0,
+                recovery_point,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CheckpointState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Truncation: from now on only jobs of `generation` may advance the checkpoint,
+    /// and it is lowered (durably) to `offset` if it was above.
+    pub(crate) fn lower_recovery_point(
+        &self,
+        dir: &Path,
+        offset: u64,
+        generation: u64,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        state.generation = generation;
+        if state.recovery_point > offset {
+            checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
+            state.recovery_point = offset;
+        }
+        Ok(())
+    }
+
+    /// Reset: the checkpoint moves to the new start offset.
+    pub(crate) fn reset(&self, dir: &Path, start_offset: u64, generation: u64) -> Result<()> {
+        let mut state = self.lock();
+        state.generation = generation;
+        checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, start_offset)?;
+        state.recovery_point = start_offset;
+        Ok(())
+    }
+
+    /// Writes `offset` if no truncation happened since `generation`.
+    pub(crate) fn write_recovery_point(
+        &self,
+        dir: &Path,
+        offset: u64,
+        generation: u64,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        if state.generation == generation {
+            checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
+            state.recovery_point = offset;
+        }
+        Ok(())
+    }
+
+    /// After a flush: advance the checkpoint to `offset` only if it still points into
+    /// an older segment than `active_base_offset` (so it is written about once per
+    /// roll, not once per flush; recovery always scans the active segment anyway).
+    fn advance(
+        &self,
+        dir: &Path,
+        offset: u64,
+        active_base_offset: u64,
+        generation: u64,
+    ) -> Result<()> {
+        let mut state = self.lock();
+        if state.generation == generation
+            && state.recovery_point < active_base_offset
+            && offset > state.recovery_point
+        {
+            checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
+            state.recovery_point = offset;
+        }
+        Ok(())
+    }
+}
+
+/// One mapped range to make durable.
+#[derive(Debug)]
+pub(crate) struct FlushRange {
+    pub(crate) map: Arc<MapFile>,
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+    /// After a truncation zeroed part of the file: fdatasync it whole as well.
+    pub(crate) full_sync: Option<Arc<File>>,
+    pub(crate) path: PathBuf,
+}
+
+/// The slow half of a flush, detached from the log: `Send + 'static`, it holds its
+/// own references to the maps and files, so it can run on any thread without the
+/// log's lock. Created by [`PartitionLog::prepare_flush`](crate::PartitionLog::prepare_flush).
+#[derive(Debug)]
+#[must_use = "a flush job does nothing until run"]
+pub struct FlushJob {
+    pub(crate) ranges: Vec<FlushRange>,
+    pub(crate) index_files: Vec<Arc<File>>,
+    pub(crate) dir: PathBuf,
+    pub(crate) sync_dir: bool,
+    pub(crate) dir_changes: u64,
+    pub(crate) target_offset: u64,
+    pub(crate) active_base_offset: u64,
+    pub(crate) active_position: usize,
+    pub(crate) active_full_sync: bool,
+    pub(crate) closed_synced: Vec<u64>,
+    pub(crate) generation: u64,
+    pub(crate) checkpoints: Arc<SharedCheckpoints>,
+}
+
+/// What a finished [`FlushJob`] made durable; hand it to
+/// [`PartitionLog::complete_flush`](crate::PartitionLog::complete_flush).
+#[derive(Debug, Clone)]
+pub struct FlushedTo {
+    pub(crate) offset: u64,
+    pub(crate) generation: u64,
+    pub(crate) dir_changes: u64,
+    pub(crate) active_base_offset: u64,
+    pub(crate) active_position: usize,
+    pub(crate) active_full_sync: bool,
+    pub(crate) closed_synced: Vec<u64>,
+}
+
+impl FlushedTo {
+    /// Every offset below this is durable (unless a truncation intervened, in which
+    /// case `complete_flush` ignores it).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl FlushJob {
+    /// The offset everything below which will be durable once the job has run.
+    pub fn target_offset(&self) -> u64 {
+        self.target_offset
+    }
+
+    /// Syncs: msync of the dirty mapped ranges, fdatasync of new index files, fsync
+    /// of the directory if segments were created or deleted, and (about once per
+    /// segment) the recovery-point checkpoint.
+    pub fn run(self) -> Result<FlushedTo> {
+        for r in &self.ranges {
+            r.map
+                .sync_range(r.from, r.to)
+                .map_err(|e| StorageError::io("msync segment", &r.path, e))?;
+            if let Some(file) = &r.full_sync {
+                file.sync_data()
+                    .map_err(|e| StorageError::io("fdatasync segment", &r.path, e))?;
+            }
+        }
+        for f in &self.index_files {
+            f.sync_data()
+                .map_err(|e| StorageError::io("fdatasync index", &self.dir, e))?;
+        }
+        if self.sync_dir {
+            checkpoint::sync_dir(&self.dir)?;
+        }
+        self.checkpoints.advance(
+            &self.dir,
+            self.target_offset,
+            self.active_base_offset,
+            self.generation,
+        )?;
+        Ok(FlushedTo {
+            offset: self.target_offset,
+            generation: self.generation,
+            dir_changes: self.dir_changes,
+            active_base_offset: self.active_base_offset,
+            active_position: self.active_position,
+            active_full_sync: self.active_full_sync,
+            closed_synced: self.closed_synced,
+        })
+    }
+}

@@ -1,0 +1,1323 @@
+//! [`PartitionLog`]: one partition replica's log, a sequence of segments with a
+//! start offset, an end offset, a leader-epoch file and a durable flush point.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::batch::{self, BatchHeader};
+use crate::checkpoint;
+use crate::config::LogConfig;
+use crate::epoch::{EpochCache, EpochEntry};
+use crate::error::{Result, StorageError};
+use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints};
+use crate::index::SegmentIndex;
+use crate::mmap::{self, MapFile};
+use crate::segment::{
+    self, create_active, delete_files, segment_path, Active, Loaded, Segment, Unsynced,
+    INDEX_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, TIME_INDEX_SUFFIX,
+};
+
+/// File name of the recovery-point checkpoint: recovery on open scans from the
+/// segment holding this offset.
+pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
+/// File name of the log-start checkpoint.
+pub const LOG_START_FILE: &str = "log-start-offset-checkpoint";
+pub(crate) const RECOVERY_POINT_KEY: &str = "recovery_point";
+const LOG_START_KEY: &str = "log_start_offset";
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub base_offset: u64,
+    /// Offset of the last record appended.
+    pub last_offset: u64,
+    /// Largest record timestamp among the appended batches (-1 if none).
+    pub max_timestamp_ms: i64,
+    /// Number of batches appended.
+    pub batch_count: usize,
+    /// Bytes appended.
+    pub bytes: usize,
+    /// Log end offset after the append (`last_offset + 1`).
+    pub log_end_offset: u64,
+}
+
+/// What [`PartitionLog::apply_retention`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    /// Whole segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes of log deleted.
+    pub bytes_deleted: u64,
+    /// Log start offset afterwards.
+    pub log_start_offset: u64,
+}
+
+#[derive(Debug, Default)]
+struct MapCache {
+    entries: Vec<CacheEntry>,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    base_offset: u64,
+    loaded: Arc<Loaded>,
+    last_used: u64,
+}
+
+/// One partition replica's log.
+///
+/// Thread-safety: writes take `&mut self`, reads take `&self` (a closed segment's
+/// map cache sits behind an internal mutex), so a `Mutex<PartitionLog>` or
+/// `RwLock<PartitionLog>` around it is enough. `Bytes` returned by [`read`] stay
+/// valid after any later append, truncation, reset, retention or close.
+///
+/// [`read`]: PartitionLog::read
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Ordered by base offset, contiguous; the last one is the active segment.
+    segments: Vec<Segment>,
+    active: Active,
+    log_start_offset: u64,
+    epochs: EpochCache,
+    /// Every offset below this is durable.
+    flushed_offset: u64,
+    /// Bumped by truncation and reset; flush completions from an older generation are ignored.
+    generation: u64,
+    checkpoints: Arc<SharedCheckpoints>,
+    cache: Mutex<MapCache>,
+    /// Directory entries created or removed (monotonic), and how many are known durable.
+    dir_changes: u64,
+    dir_changes_synced: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl PartitionLog {
+    /// Opens (creating if needed) the log in `dir`, recovering it: segments from the
+    /// one holding the recovery checkpoint on are scanned batch by batch (length,
+    /// magic, CRC32C, offset contiguity, epoch order); the first bad batch and
+    /// everything after it is truncated (reported with `tracing::warn!`), indexes are
+    /// rebuilt for the scanned part, and the result is synced before the checkpoint
+    /// moves to the log end.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog> {
+        config.validate()?;
+        fs::create_dir_all(dir).map_err(|e| StorageError::io("create log directory", dir, e))?;
+        let mut bases = Vec::new();
+        let mut index_bases = Vec::new();
+        let entries =
+            fs::read_dir(dir).map_err(|e| StorageError::io("list log directory", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("list log directory", dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(checkpoint::TMP_SUFFIX) || name.ends_with(SWAP_SUFFIX) {
+                let path = entry.path();
+                fs::remove_file(&path)
+                    .map_err(|e| StorageError::io("remove temp file", path, e))?;
+            } else if let Some(base) = segment::parse_log_name(name) {
+                bases.push(base);
+            } else if let Some(stem) = name
+                .strip_suffix(INDEX_SUFFIX)
+                .or_else(|| name.strip_suffix(TIME_INDEX_SUFFIX))
+            {
+                if let Some(base) = segment::parse_log_name(&format!("{stem}{LOG_SUFFIX}")) {
+                    index_bases.push(base);
+                }
+            }
+        }
+        bases.sort_unstable();
+        for base in index_bases {
+            if bases.binary_search(&base).is_err() {
+                delete_files(dir, base)?;
+            }
+        }
+
+        let mut epochs = EpochCache::load(dir)?;
+        let log_start_ck = checkpoint::read_u64(dir, LOG_START_FILE, LOG_START_KEY)?;
+        let recovery_ck = checkpoint::read_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY)?;
+        let log_start = log_start_ck.unwrap_or_else(|| bases.first().copied().unwrap_or(0));
+
+        // Segments wholly below the log start are leftovers of retention or reset.
+        let below = bases.partition_point(|&b| b < log_start);
+        for &base in &bases[..below] {
+            delete_files(dir, base)?;
+        }
+        bases.drain(..below);
+        if bases.first().is_some_and(|&b| b != log_start) {
+            // Only an interrupted reset leaves segments that start past the log start.
+            tracing::warn!(
+                dir = %dir.display(),
+                log_start,
+                first_segment = bases[0],
+                "segments do not start at the log start offset (interrupted reset); removing them"
+            );
+            for &base in &bases {
+                delete_files(dir, base)?;
+            }
+            bases.clear();
+        }
+
+        let mut log = if bases.is_empty() {
+            epochs.clear();
+            let capacity = config.segment_bytes as usize;
+            let (file, writer) = create_active(
+                &segment_path(dir, log_start, LOG_SUFFIX),
+                config.segment_bytes as usize,
+                &[],
+                false,
+            )?;
+            PartitionLog::assemble(
+                dir,
+                config,
+                vec![empty_segment(log_start)],
+                new_active(file, writer, capacity, 0),
+                log_start,
+                epochs,
+            )
+        } else {
+            Self::recover(dir, config, bases, log_start, recovery_ck, epochs)?
+        };
+        checkpoint::sync_dir(dir)?;
+        log.epochs.save(dir)?;
+        checkpoint::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
+        let end = log.log_end_offset();
+        checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end)?;
+        log.checkpoints = Arc::new(SharedCheckpoints::new(end));
+        log.flushed_offset = end;
+        Ok(log)
+    }
+
+    fn assemble(
+        dir: &Path,
+        config: LogConfig,
+        segments: Vec<Segment>,
+        active: Active,
+        log_start_offset: u64,
+        epochs: EpochCache,
+    ) -> PartitionLog {
+        PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            active,
+            log_start_offset,
+            epochs,
+            flushed_offset: log_start_offset,
+            generation: 0,
+            checkpoints: Arc::new(SharedCheckpoints::new(log_start_offset)),
+            cache: Mutex::new(MapCache::default()),
+            dir_changes: 0,
+            dir_changes_synced: 0,
+        }
+    }
+
+    fn recover(
+        dir: &Path,
+        config: LogConfig,
+        bases: Vec<u64>,
+        log_start: u64,
+        recovery_ck: Option<u64>,
+        mut epochs: EpochCache,
+    ) -> Result<PartitionLog> {
+        let recovery_point = recovery_ck.unwrap_or(0).max(log_start);
+        let recover_from = bases
+            .partition_point(|&b| b <= recovery_point)
+            .saturating_sub(1);
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len());
+        let mut expected_next = bases[0];
+        // Closed segments below the recovery point were flushed: trust their shape.
+        for &base in &bases[..recover_from] {
+            match segment::load_trusted(dir, base) {
+                Some(seg) if seg.base_offset == expected_next && seg.next_offset > base => {
+                    expected_next = seg.next_offset;
+                    segments.push(seg);
+                }
+                _ => break,
+            }
+        }
+        let scan_from = segments.len();
+        epochs.truncate_from(expected_next);
+        let mut active_index = SegmentIndex::new();
+        let mut active_last_batch = None;
+        let mut active_file = None;
+        for (k, &base) in bases.iter().enumerate().skip(scan_from) {
+            let path = segment_path(dir, base, LOG_SUFFIX);
+            if base != expected_next {
+                tracing::warn!(
+                    file = %path.display(),
+                    expected_base = expected_next,
+                    "segment does not follow the previous one; truncating the log here"
+                );
+                for &later in &bases[k..] {
+                    delete_files(dir, later)?;
+                }
+                break;
+            }
+            let file = segment::open_rw(&path)?;
+            let file_len = file
+                .metadata()
+                .map_err(|e| StorageError::io("stat segment", &path, e))?
+                .len() as usize;
+            let mut index = SegmentIndex::new();
+            let outcome = if file_len == 0 {
+                segment::scan(
+                    &[],
+                    base,
+                    0,
+                    base,
+                    true,
+                    config.index_interval_bytes,
+                    &mut index,
+                    None,
+                )
+            } else {
+                let map = MapFile::read_only(&file, file_len)
+                    .map_err(|e| StorageError::io("map segment", &path, e))?;
+                let view = map.view();
+                segment::scan(
+                    &view,
+                    base,
+                    0,
+                    base,
+                    true,
+                    config.index_interval_bytes,
+                    &mut index,
+                    Some(&mut epochs),
+                )
+            };
+            let is_last = k + 1 == bases.len() || outcome.corrupt.is_some();
+            if let Some((position, reason)) = outcome.corrupt {
+                tracing::warn!(
+                    file = %path.display(),
+                    position,
+                    reason,
+                    truncated_bytes = file_len - position,
+                    kept_offsets_below = outcome.next_offset,
+                    later_segments_removed = bases.len() - k - 1,
+                    "recovery truncated the log at a torn or corrupt batch"
+                );
+                for &later in &bases[k + 1..] {
+                    delete_files(dir, later)?;
+                }
+                // Zero the garbage so a later recovery cannot mistake it for batches
+                // that follow whatever is appended next.
+                mmap::zero_range(&file, position as u64, file_len as u64)
+                    .map_err(|e| StorageError::io("zero torn tail", &path, e))?;
+            }
+            if !is_last && file_len > outcome.end_pos {
+                file.set_len(outcome.end_pos as u64)
+                    .map_err(|e| StorageError::io("trim segment", &path, e))?;
+            }
+            file.sync_data()
+                .map_err(|e| StorageError::io("fdatasync segment", &path, e))?;
+            let mut seg = Segment {
+                base_offset: base,
+                next_offset: outcome.next_offset,
+                size_bytes: outcome.end_pos,
+                max_timestamp_ms: outcome.max_timestamp_ms,
+                flushed_bytes: outcome.end_pos,
+                unsynced: None,
+            };
+            expected_next = seg.next_offset;
+            if is_last {
+                active_index = index;
+                active_last_batch = outcome.last_batch_offset;
+                active_file = Some((file, file_len));
+                seg.flushed_bytes = seg.size_bytes;
+                segments.push(seg);
+                break;
+            }
+            if let Some(last) = outcome.last_batch_offset {
+                index.seal((last - base) as u32);
+            }
+            let (o, t) = index
+                .write_files(
+                    &segment_path(dir, base, INDEX_SUFFIX),
+                    &segment_path(dir, base, TIME_INDEX_SUFFIX),
+                )
+                .map_err(|e| StorageError::io("write index", &path, e))?;
+            for f in [o, t] {
+                f.sync_data()
+                    .map_err(|e| StorageError::io("fdatasync index", &path, e))?;
+            }
+            segments.push(seg);
+        }
+        // If the scan stopped at a gap, the last kept segment was closed: reopen it
+        // as the active one, rebuilding its in-memory index from its batches.
+        let (file, file_len) = match active_file {
+            Some(f) => f,
+            None => {
+                let seg = segments.last().expect("the first segment is always kept");
+                let path = segment_path(dir, seg.base_offset, LOG_SUFFIX);
+                let file = segment::open_rw(&path)?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| StorageError::io("stat segment", &path, e))?
+                    .len() as usize;
+                if seg.size_bytes > 0 {
+                    let map = MapFile::read_only(&file, seg.size_bytes)
+                        .map_err(|e| StorageError::io("map segment", &path, e))?;
+                    let view = map.view();
+                    let mut index = SegmentIndex::new();
+                    let out = segment::scan(
+                        &view,
+                        seg.base_offset,
+                        0,
+                        seg.base_offset,
+                        false,
+                        config.index_interval_bytes,
+                        &mut index,
+                        None,
+                    );
+                    active_index = index;
+                    active_last_batch = out.last_batch_offset;
+                }
+                (file, len)
+            }
+        };
+        let seg = segments.last().expect("at least one segment");
+        let path = segment_path(dir, seg.base_offset, LOG_SUFFIX);
+        let capacity = (config.segment_bytes as usize)
+            .max(file_len)
+            .max(seg.size_bytes);
+        mmap::allocate(&file, capacity as u64)
+            .map_err(|e| StorageError::io("allocate segment", &path, e))?;
+        let (_, writer) = MapFile::writable(&file, capacity, seg.size_bytes)
+            .map_err(|e| StorageError::io("map segment", &path, e))?;
+        // Stale index files of the active segment are rewritten when it closes.
+        let _ = fs::remove_file(segment_path(dir, seg.base_offset, INDEX_SUFFIX));
+        let _ = fs::remove_file(segment_path(dir, seg.base_offset, TIME_INDEX_SUFFIX));
+        let mut active = new_active(Arc::new(file), writer, capacity, seg.size_bytes);
+        active.index = active_index;
+        active.last_batch_offset = active_last_batch;
+        active.created_ms = now_ms();
+        let log_end = seg.next_offset;
+        epochs.truncate_from(log_end);
+        Ok(PartitionLog::assemble(
+            dir, config, segments, active, log_start, epochs,
+        ))
+    }
+
+    // ----- accessors -------------------------------------------------------------
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// First offset still in the log.
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    /// Offset the next appended record gets.
+    pub fn log_end_offset(&self) -> u64 {
+        self.active_segment().next_offset
+    }
+
+    /// Every offset below this is durable (survives a crash of process or machine).
+    pub fn flushed_offset(&self) -> u64 {
+        self.flushed_offset
+    }
+
+    /// Total bytes of all segments' batches.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size_bytes as u64).sum()
+    }
+
+    /// Number of segments (closed ones plus the active one).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Base offsets of all segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<u64> {
+        self.segments.iter().map(|s| s.base_offset).collect()
+    }
+
+    /// The leader-epoch entries (epoch, first offset), oldest first.
+    pub fn epoch_entries(&self) -> &[EpochEntry] {
+        self.epochs.entries()
+    }
+
+    /// The latest leader epoch in the log, if any batch carried one.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// The leader epoch (Raft term) of the batch holding `offset`; `None` outside
+    /// `[log_start_offset, log_end_offset)` or for batches without an epoch.
+    pub fn term_at(&self, offset: u64) -> Option<i32> {
+        if offset < self.log_start_offset || offset >= self.log_end_offset() {
+            return None;
+        }
+        self.epochs.epoch_for_offset(offset)
+    }
+
+    /// Same as [`term_at`](Self::term_at), Kafka's name.
+    pub fn epoch_for_offset(&self, offset: u64) -> Option<i32> {
+        self.term_at(offset)
+    }
+
+    /// Kafka's OffsetForLeaderEpoch (and Raft's divergence search): the largest epoch
+    /// in the log that is <= `epoch`, with the offset where it ends (the start of the
+    /// next epoch, or the log end offset). `None` if every epoch is larger.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, u64)> {
+        self.epochs
+            .end_offset_for_epoch(epoch, self.log_end_offset())
+    }
+
+    fn active_segment(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_segment_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
+    }
+
+    fn segment_index_for(&self, offset: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    fn out_of_range(&self, offset: u64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            offset,
+            log_start_offset: self.log_start_offset,
+            log_end_offset: self.log_end_offset(),
+        }
+    }
+
+    // ----- append ----------------------------------------------------------------
+
+    /// Leader append: validates `batches` (one or more whole RecordBatch v2: length,
+    /// magic, CRC32C), copies them once into the active segment, and stamps each
+    /// batch's baseOffset (from the log end offset on) and partitionLeaderEpoch in
+    /// place. Fails without changing the log.
+    pub fn append_as_leader(&mut self, batches: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
+        self.append_inner(batches, Some(leader_epoch))
+    }
+
+    /// Follower (replication) append: batches keep their offsets and epochs; the
+    /// first must start at the log end offset and the rest follow contiguously, and
+    /// epochs may not decrease. Fails without changing the log.
+    pub fn append(&mut self, batches: &[u8]) -> Result<AppendInfo> {
+        self.append_inner(batches, None)
+    }
+
+    fn append_inner(&mut self, input: &[u8], leader_epoch: Option<i32>) -> Result<AppendInfo> {
+        let log_end = self.log_end_offset();
+        if input.is_empty() {
+            return Err(StorageError::CorruptBatch {
+                position: 0,
+                reason: "empty append",
+            });
+        }
+        // Pass 1: validate everything before touching the log.
+        let mut pos = 0;
+        let mut next = log_end;
+        let mut max_ts = -1i64;
+        let mut batch_count = 0usize;
+        let mut epoch_floor = self.epochs.latest_epoch().unwrap_or(-1);
+        let mut new_epochs = false;
+        if let Some(epoch) = leader_epoch {
+            if epoch >= 0 && epoch < epoch_floor {
+                return Err(StorageError::EpochRegression {
+                    epoch,
+                    latest_epoch: epoch_floor,
+                });
+            }
+            new_epochs = self.epochs.needs_entry(epoch);
+        }
+        while pos < input.len() {
+            let header =
+                batch::parse_and_verify(&input[pos..]).map_err(|e| StorageError::CorruptBatch {
+                    position: pos,
+                    reason: e.reason(),
+                })?;
+            if leader_epoch.is_none() {
+                if header.base_offset != next as i64 {
+                    return Err(StorageError::NonContiguous {
+                        expected: next,
+                        actual: header.base_offset,
+                    });
+                }
+                if header.leader_epoch >= 0 {
+                    if header.leader_epoch < epoch_floor {
+                        return Err(StorageError::EpochRegression {
+                            epoch: header.leader_epoch,
+                            latest_epoch: epoch_floor,
+                        });
+                    }
+                    if header.leader_epoch > epoch_floor {
+                        new_epochs = true;
+                        epoch_floor = header.leader_epoch;
+                    }
+                }
+            }
+            next += u64::from(header.last_offset_delta as u32) + 1;
+            max_ts = max_ts.max(header.max_timestamp);
+            batch_count += 1;
+            pos += header.total_bytes;
+        }
+        let total = input.len();
+        if total as u64 > self.config.segment_bytes {
+            return Err(StorageError::BatchTooLarge {
+                batch_bytes: total,
+                segment_bytes: self.config.segment_bytes,
+            });
+        }
+        let last_offset = next - 1;
+        // Roll first if the append does not fit (by bytes or by relative offsets).
+        {
+            let seg = self.active_segment();
+            let fits_bytes = seg.size_bytes + total <= self.active.capacity;
+            let fits_offsets = last_offset - seg.base_offset <= u64::from(u32::MAX);
+            if !(fits_bytes && fits_offsets) {
+                self.roll()?;
+            }
+        }
+        // Record new epochs durably before the data that carries them.
+        if new_epochs {
+            let saved = self.epochs.clone();
+            match leader_epoch {
+                Some(epoch) => self.epochs.push(epoch, log_end),
+                None => {
+                    let mut p = 0;
+                    while p < input.len() {
+                        let h = BatchHeader::parse(&input[p..]).expect("validated above");
+                        if self.epochs.needs_entry(h.leader_epoch) {
+                            self.epochs.push(h.leader_epoch, h.base_offset as u64);
+                        }
+                        p += h.total_bytes;
+                    }
+                }
+            }
+            if let Err(e) = self.epochs.save(&self.dir) {
+                self.epochs = saved;
+                return Err(e);
+            }
+        }
+        // Pass 2: one copy into the map, then stamp and index in place.
+        let seg_base = self.active_segment().base_offset;
+        let start_pos = self.active_segment().size_bytes;
+        let end_pos = start_pos + total;
+        let interval = self.config.index_interval_bytes;
+        let active = &mut self.active;
+        if self.config.populate_ahead_bytes > 0 && end_pos > active.populated_to {
+            let to = (end_pos + self.config.populate_ahead_bytes as usize).min(active.capacity);
+            active.writer.map().populate_write(active.populated_to, to);
+            active.populated_to = to;
+        }
+        if start_pos == 0 {
+            active.created_ms = now_ms();
+        }
+        let dst = active.writer.unpublished_mut(start_pos, total);
+        dst.copy_from_slice(input);
+        let mut p = 0;
+        let mut offset = log_end;
+        let mut last_batch = None;
+        while p < total {
+            let h = BatchHeader::parse(&dst[p..]).expect("validated above");
+            if let Some(epoch) = leader_epoch {
+                batch::stamp(&mut dst[p..], offset, epoch);
+            }
+            active.index.on_batch(
+                interval,
+                (offset - seg_base) as u32,
+                (start_pos + p) as u32,
+                h.total_bytes as u32,
+                h.max_timestamp,
+            );
+            last_batch = Some(offset);
+            offset += u64::from(h.last_offset_delta as u32) + 1;
+            p += h.total_bytes;
+        }
+        debug_assert_eq!(offset, next);
+        active.writer.publish(end_pos);
+        active.high_written = active.high_written.max(end_pos);
+        active.last_batch_offset = last_batch;
+        let seg = self.active_segment_mut();
+        seg.size_bytes = end_pos;
+        seg.next_offset = next;
+        seg.max_timestamp_ms = seg.max_timestamp_ms.max(max_ts);
+        Ok(AppendInfo {
+            base_offset: log_end,
+            last_offset,
+            max_timestamp_ms: max_ts,
+            batch_count,
+            bytes: total,
+            log_end_offset: next,
+        })
+    }
+
+    // ----- roll ------------------------------------------------------------------
+
+    /// Closes the active segment and starts a new one at the log end offset (no-op
+    /// if the active segment is empty). On error the log is unchanged.
+    pub fn roll(&mut self) -> Result<()> {
+        let seg = self.active_segment();
+        if seg.size_bytes == 0 {
+            return Ok(());
+        }
+        let (old_base, new_base, size) = (seg.base_offset, seg.next_offset, seg.size_bytes);
+        let capacity = self.config.segment_bytes as usize;
+        let (file, writer) = create_active(
+            &segment_path(&self.dir, new_base, LOG_SUFFIX),
+            capacity,
+            &[],
+            false,
+        )?;
+        let new_path = segment_path(&self.dir, new_base, LOG_SUFFIX);
+        let old_path = segment_path(&self.dir, old_base, LOG_SUFFIX);
+        if let Some(last) = self.active.last_batch_offset {
+            self.active.index.seal((last - old_base) as u32);
+        }
+        let index_files = match self.active.index.write_files(
+            &segment_path(&self.dir, old_base, INDEX_SUFFIX),
+            &segment_path(&self.dir, old_base, TIME_INDEX_SUFFIX),
+        ) {
+            Ok((o, t)) => vec![Arc::new(o), Arc::new(t)],
+            Err(e) => {
+                drop((file, writer));
+                let _ = fs::remove_file(&new_path);
+                return Err(StorageError::io("write index", old_path, e));
+            }
+        };
+        // Trim to the used length. Safe for readers: every handed-out slice of this
+        // map lies below `size` (a truncation with live readers rewrites the file
+        // instead of lowering the end in place).
+        if let Err(e) = self.active.file.set_len(size as u64) {
+            tracing::warn!(file = %old_path.display(), error = %e, "could not trim closed segment");
+        }
+        let old = std::mem::replace(&mut self.active, new_active(file, writer, capacity, 0));
+        let old_map = old.writer.map().clone();
+        let closed = self.segments.last_mut().expect("active segment");
+        if closed.flushed_bytes < closed.size_bytes || closed.unsynced.is_none() {
+            closed.unsynced = Some(Unsynced {
+                map: old_map.clone(),
+                index_files,
+            });
+        }
+        self.segments.push(empty_segment(new_base));
+        self.dir_changes += 1;
+        self.cache_insert(
+            old_base,
+            Arc::new(Loaded {
+                map: Some(old_map),
+                index: old.index,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Rolls if the active segment is older than `segment_ms` (measured from its
+    /// first append, or from opening the log). Returns whether it rolled.
+    pub fn maybe_roll(&mut self, now_ms: i64) -> Result<bool> {
+        let Some(segment_ms) = self.config.segment_ms else {
+            return Ok(false);
+        };
+        if self.active_segment().size_bytes == 0
+            || now_ms.saturating_sub(self.active.created_ms) < segment_ms as i64
+        {
+            return Ok(false);
+        }
+        self.roll()?;
+        Ok(true)
+    }
+
+    // ----- read ------------------------------------------------------------------
+
+    /// Whole batches starting with the one that holds `start_offset`, from one
+    /// segment, as a zero-copy slice of the mapped file: at most `bytes_max` bytes
+    /// unless the first batch alone is larger (so a reader always progresses), and
+    /// never a batch whose last offset is >= `end_offset_exclusive` (pass the high
+    /// watermark). Empty when there is nothing to return; `OffsetOutOfRange` when
+    /// `start_offset` is below the log start or above the log end.
+    pub fn read(
+        &self,
+        start_offset: u64,
+        bytes_max: usize,
+        end_offset_exclusive: u64,
+    ) -> Result<Bytes> {
+        let log_end = self.log_end_offset();
+        if start_offset < self.log_start_offset || start_offset > log_end {
+            return Err(self.out_of_range(start_offset));
+        }
+        if start_offset == log_end || start_offset >= end_offset_exclusive {
+            return Ok(Bytes::new());
+        }
+        let i = self.segment_index_for(start_offset);
+        let seg = &self.segments[i];
+        let path = segment_path(&self.dir, seg.base_offset, LOG_SUFFIX);
+        if i + 1 == self.segments.len() {
+            return segment::slice_batches(
+                self.active.writer.map(),
+                &self.active.index,
+                seg.base_offset,
+                seg.size_bytes,
+                start_offset,
+                bytes_max,
+                end_offset_exclusive,
+                &path,
+            );
+        }
+        let loaded = self.load_closed(i)?;
+        let Some(map) = &loaded.map else {
+            return Ok(Bytes::new());
+        };
+        segment::slice_batches(
+            map,
+            &loaded.index,
+            seg.base_offset,
+            seg.size_bytes,
+            start_offset,
+            bytes_max,
+            end_offset_exclusive,
+            &path,
+        )
+    }
+
+    fn lock_cache(&self) -> MutexGuard<'_, MapCache> {
+        // A panic while holding the lock leaves the cache consistent (entries are
+        // whole), so a poisoned lock is still usable.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The map and indexes of closed segment `i`, mapping it if needed.
+    fn load_closed(&self, i: usize) -> Result<Arc<Loaded>> {
+        let seg = &self.segments[i];
+        {
+            let mut cache = self.lock_cache();
+            cache.tick += 1;
+            let tick = cache.tick;
+            if let Some(e) = cache
+                .entries
+                .iter_mut()
+                .find(|e| e.base_offset == seg.base_offset)
+            {
+                e.last_used = tick;
+                return Ok(e.loaded.clone());
+            }
+        }
+        let path = segment_path(&self.dir, seg.base_offset, LOG_SUFFIX);
+        let map = match &seg.unsynced {
+            Some(u) => Some(u.map.clone()),
+            None if seg.size_bytes == 0 => None,
+            None => {
+                let file = fs::File::open(&path)
+                    .map_err(|e| StorageError::io("open segment", &path, e))?;
+                Some(
+                    MapFile::read_only(&file, seg.size_bytes)
+                        .map_err(|e| StorageError::io("map segment", &path, e))?,
+                )
+            }
+        };
+        let index = SegmentIndex::load(
+            &segment_path(&self.dir, seg.base_offset, INDEX_SUFFIX),
+            &segment_path(&self.dir, seg.base_offset, TIME_INDEX_SUFFIX),
+            seg.size_bytes,
+        )
+        .unwrap_or_else(|| {
+            let mut index = SegmentIndex::new();
+            if let Some(map) = &map {
+                let view = map.view();
+                segment::scan(
+                    &view[..seg.size_bytes],
+                    seg.base_offset,
+                    0,
+                    seg.base_offset,
+                    false,
+                    self.config.index_interval_bytes,
+                    &mut index,
+                    None,
+                );
+            }
+            index
+        });
+        let loaded = Arc::new(Loaded { map, index });
+        self.cache_insert(seg.base_offset, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn cache_insert(&self, base_offset: u64, loaded: Arc<Loaded>) {
+        let mut cache = self.lock_cache();
+        cache.tick += 1;
+        let tick = cache.tick;
+        cache.entries.retain(|e| e.base_offset != base_offset);
+        cache.entries.push(CacheEntry {
+            base_offset,
+            loaded,
+            last_used: tick,
+        });
+        while cache.entries.len() > self.config.open_maps_max {
+            let oldest = cache
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(i, _)| i)
+                .expect("non-empty");
+            cache.entries.swap_remove(oldest);
+        }
+    }
+
+    fn cache_remove(&mut self, base_offset: u64) {
+        self.cache
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .retain(|e| e.base_offset != base_offset);
+    }
+
+    /// How many closed segments are currently mapped by the cache.
+    pub fn open_maps(&self) -> usize {
+        self.lock_cache().entries.len()
+    }
+
+    // ----- timestamps ------------------------------------------------------------
+
+    /// The first record whose timestamp is >= `timestamp_ms`, as (offset, timestamp).
+    /// Exact per record for uncompressed CreateTime batches; for compressed or
+    /// LogAppendTime batches, the batch's base offset and max timestamp.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(u64, i64)>> {
+        let Some(i) = self
+            .segments
+            .iter()
+            .position(|s| s.max_timestamp_ms >= timestamp_ms && s.size_bytes > 0)
+        else {
+            return Ok(None);
+        };
+        self.find_by_timestamp(i, timestamp_ms, |h| h.max_timestamp >= timestamp_ms)
+    }
+
+    /// The largest timestamp in the log and the offset of the first record carrying
+    /// it (batch base offset for compressed batches); `None` for an empty log or one
+    /// without timestamps.
+    pub fn max_timestamp(&self) -> Result<Option<(i64, u64)>> {
+        let Some((i, seg)) = self
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.size_bytes > 0 && s.max_timestamp_ms >= 0)
+            .max_by_key(|(i, s)| (s.max_timestamp_ms, std::cmp::Reverse(*i)))
+        else {
+            return Ok(None);
+        };
+        let ts = seg.max_timestamp_ms;
+        Ok(self
+            .find_by_timestamp(i, ts, |h| h.max_timestamp == ts)?
+            .map(|(offset, t)| (t, offset)))
+    }
+
+    fn find_by_timestamp(
+        &self,
+        i: usize,
+        timestamp_ms: i64,
+        matches: impl Fn(&BatchHeader) -> bool,
+    ) -> Result<Option<(u64, i64)>> {
+        let seg = &self.segments[i];
+        let path = segment_path(&self.dir, seg.base_offset, LOG_SUFFIX);
+        let loaded;
+        let (map, index) = if i + 1 == self.segments.len() {
+            (self.active.writer.map(), &self.active.index)
+        } else {
+            loaded = self.load_closed(i)?;
+            match &loaded.map {
+                Some(m) => (m, &loaded.index),
+                None => return Ok(None),
+            }
+        };
+        let view = map.view();
+        let data = &view[..seg.size_bytes];
+        let mut pos = index.position_for_timestamp(timestamp_ms);
+        while pos < data.len() {
+            let h = segment::parse_stored(data, pos, &path)?;
+            if matches(&h) {
+                let batch = &data[pos..pos + h.total_bytes];
+                return Ok(Some(
+                    batch::first_record_at_or_after(batch, &h, timestamp_ms)
+                        .unwrap_or((h.base_offset as u64, h.max_timestamp)),
+                ));
+            }
+            pos += h.total_bytes;
+        }
+        Ok(None)
+    }
+
+    // ----- truncation, reset, retention ------------------------------------------
+
+    /// Removes every batch holding an offset >= `offset` (a batch straddling it goes
+    /// whole, as in Kafka), returning the new log end offset. Handed-out `Bytes`
+    /// stay valid: if any reader holds a slice of the active segment, the kept prefix
+    /// is copied into a fresh file instead of being cut in place.
+    pub fn truncate_suffix(&mut self, offset: u64) -> Result<u64> {
+        let log_end = self.log_end_offset();
+        if offset >= log_end {
+            return Ok(log_end);
+        }
+        if offset < self.log_start_offset {
+            return Err(self.out_of_range(offset));
+        }
+        self.generation += 1;
+        // The recovery point must not trust data we are about to cut.
+        self.checkpoints
+            .lower_recovery_point(&self.dir, offset, self.generation)?;
+        let i = self.segment_index_for(offset);
+        let base = self.segments[i].base_offset;
+        let is_active = i + 1 == self.segments.len();
+        let path = segment_path(&self.dir, base, LOG_SUFFIX);
+
+        // Where the cut falls inside segment i.
+        let loaded;
+        let (source_map, source_index) = if is_active {
+            (Some(self.active.writer.map().clone()), &self.active.index)
+        } else {
+            loaded = self.load_closed(i)?;
+            (loaded.map.clone(), &loaded.index)
+        };
+        let cut_pos = match &source_map {
+            None => 0,
+            Some(map) => {
+                let view = map.view();
+                let data = &view[..self.segments[i].size_bytes];
+                let rel = (offset - base) as u32;
+                match segment::find_batch(data, source_index.position_for(rel), offset, &path)? {
+                    Some((pos, _)) => pos,
+                    None => data.len(),
+                }
+            }
+        };
+
+        // Drop later segments (newest first) and their cache entries.
+        while self.segments.len() > i + 1 {
+            let later = self.segments.pop().expect("len > i + 1");
+            self.cache_remove(later.base_offset);
+            delete_files(&self.dir, later.base_offset)?;
+            self.dir_changes += 1;
+        }
+        self.cache_remove(base);
+
+        let capacity = self.config.segment_bytes as usize;
+        let in_place = is_active && {
+            let old_high = self.active.high_written;
+            if self.active.writer.try_unpublish(cut_pos) {
+                // No reader holds any slice of this map: zero the cut tail in place.
+                let zero_to = old_high.max(cut_pos);
+                if zero_to - cut_pos <= 1 << 20 {
+                    self.active
+                        .writer
+                        .unpublished_mut(cut_pos, zero_to - cut_pos)
+                        .fill(0);
+                } else {
+                    mmap::zero_range(&self.active.file, cut_pos as u64, zero_to as u64)
+                        .map_err(|e| StorageError::io("zero truncated tail", &path, e))?;
+                }
+                self.active.high_written = cut_pos;
+                self.active.dirty_to = self.active.dirty_to.max(zero_to);
+                self.active.needs_full_sync = true;
+                true
+            } else {
+                false
+            }
+        };
+        if !in_place {
+            // Copy the kept prefix into a fresh file and swap it in: the old inode
+            // stays mapped for whoever still reads it.
+            let swap_path = segment_path(&self.dir, base, SWAP_SUFFIX);
+            let map = source_map.clone();
+            let view = map.as_ref().map(|m| m.view());
+            let prefix: &[u8] = view.as_ref().map_or(&[], |v| &v[..cut_pos]);
+            let (file, writer) = create_active(&swap_path, capacity.max(cut_pos), prefix, true)?;
+            drop(view);
+            fs::rename(&swap_path, &path)
+                .map_err(|e| StorageError::io("rename segment", &path, e))?;
+            checkpoint::sync_dir(&self.dir)?;
+            let _ = fs::remove_file(segment_path(&self.dir, base, INDEX_SUFFIX));
+            let _ = fs::remove_file(segment_path(&self.dir, base, TIME_INDEX_SUFFIX));
+            self.active = new_active(file, writer, capacity.max(cut_pos), cut_pos);
+            self.active.created_ms = now_ms();
+        }
+
+        // Rebuild the active segment's index and shape over the kept prefix.
+        let mut index = SegmentIndex::new();
+        let outcome = {
+            let map = self.active.writer.map().clone();
+            let view = map.view();
+            segment::scan(
+                &view[..cut_pos],
+                base,
+                0,
+                base,
+                false,
+                self.config.index_interval_bytes,
+                &mut index,
+                None,
+            )
+        };
+        self.active.index = index;
+        self.active.last_batch_offset = outcome.last_batch_offset;
+        let seg = &mut self.segments[i];
+        seg.next_offset = outcome.next_offset;
+        seg.size_bytes = cut_pos;
+        seg.max_timestamp_ms = outcome.max_timestamp_ms;
+        seg.flushed_bytes = seg.flushed_bytes.min(cut_pos);
+        seg.unsynced = None;
+        let new_end = seg.next_offset;
+        self.flushed_offset = self.flushed_offset.min(new_end);
+        if self.epochs.truncate_from(new_end) {
+            self.epochs.save(&self.dir)?;
+        }
+        Ok(new_end)
+    }
+
+    /// Empties the log and restarts it at `start_offset` (a Raft follower too far
+    /// behind the leader's log start). The leader-epoch file is cleared.
+    pub fn reset_to(&mut self, start_offset: u64) -> Result<()> {
+        self.generation += 1;
+        let capacity = self.config.segment_bytes as usize;
+        let swap_path = segment_path(&self.dir, start_offset, SWAP_SUFFIX);
+        let (file, writer) = create_active(&swap_path, capacity, &[], false)?;
+        // From here on the old content is gone logically: record that first, so an
+        // interrupted reset recovers to the new start.
+        self.checkpoints
+            .reset(&self.dir, start_offset, self.generation)
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&swap_path);
+            })?;
+        checkpoint::write_u64(&self.dir, LOG_START_FILE, LOG_START_KEY, start_offset)?;
+        for seg in std::mem::take(&mut self.segments) {
+            delete_files(&self.dir, seg.base_offset)?;
+        }
+        let path = segment_path(&self.dir, start_offset, LOG_SUFFIX);
+        fs::rename(&swap_path, &path).map_err(|e| StorageError::io("rename segment", &path, e))?;
+        checkpoint::sync_dir(&self.dir)?;
+        self.cache
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .clear();
+        self.segments.push(empty_segment(start_offset));
+        self.active = new_active(file, writer, capacity, 0);
+        self.log_start_offset = start_offset;
+        self.flushed_offset = start_offset;
+        self.dir_changes_synced = self.dir_changes;
+        if self.epochs.clear() {
+            self.epochs.save(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes whole closed segments, oldest first, while they are past
+    /// `retention_ms` (their newest timestamp is older than `now_ms - retention_ms`)
+    /// or the log without them is still at least `retention_bytes`; never the active
+    /// segment, and only segments wholly below `deletable_below_offset` (pass the
+    /// high watermark, so uncommitted data is never deleted). Advances the log start.
+    pub fn apply_retention(
+        &mut self,
+        now_ms: i64,
+        deletable_below_offset: u64,
+    ) -> Result<RetentionOutcome> {
+        let mut total = self.size_bytes();
+        let mut delete = 0;
+        let mut bytes_deleted = 0u64;
+        for seg in &self.segments[..self.segments.len() - 1] {
+            if seg.next_offset > deletable_below_offset {
+                break;
+            }
+            let expired = self.config.retention_ms.is_some_and(|ms| {
+                seg.max_timestamp_ms >= 0 && seg.max_timestamp_ms < now_ms.saturating_sub(ms)
+            });
+            let oversize = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - seg.size_bytes as u64 >= limit);
+            if !(expired || oversize) {
+                break;
+            }
+            total -= seg.size_bytes as u64;
+            bytes_deleted += seg.size_bytes as u64;
+            delete += 1;
+        }
+        if delete == 0 {
+            return Ok(RetentionOutcome {
+                log_start_offset: self.log_start_offset,
+                ..RetentionOutcome::default()
+            });
+        }
+        let new_start = self.segments[delete].base_offset;
+        // Record the new start before deleting, so a crash in between recovers to it.
+        checkpoint::write_u64(&self.dir, LOG_START_FILE, LOG_START_KEY, new_start)?;
+        self.log_start_offset = new_start;
+        for seg in self.segments.drain(..delete).collect::<Vec<_>>() {
+            self.cache_remove(seg.base_offset);
+            delete_files(&self.dir, seg.base_offset)?;
+        }
+        self.dir_changes += 1;
+        if self.epochs.truncate_prefix(new_start) {
+            self.epochs.save(&self.dir)?;
+        }
+        Ok(RetentionOutcome {
+            segments_deleted: delete,
+            bytes_deleted,
+            log_start_offset: new_start,
+        })
+    }
+
+    // ----- durability ------------------------------------------------------------
+
+    /// Makes everything appended so far durable; returns the flushed offset.
+    pub fn flush(&mut self) -> Result<u64> {
+        let job = self.prepare_flush();
+        let done = job.run()?;
+        self.complete_flush(done);
+        Ok(self.flushed_offset)
+    }
+
+    /// First half of a flush, cheap, under the caller's lock: collects what must be
+    /// synced. Run the returned job outside the lock, then pass its result to
+    /// [`complete_flush`](Self::complete_flush).
+    pub fn prepare_flush(&self) -> FlushJob {
+        let mut ranges = Vec::new();
+        let mut closed_synced = Vec::new();
+        let mut index_files = Vec::new();
+        let n = self.segments.len();
+        let active_seg = &self.segments[n - 1];
+        let active_to = active_seg.size_bytes.max(self.active.dirty_to);
+        if active_seg.flushed_bytes < active_to || self.active.needs_full_sync {
+            ranges.push(FlushRange {
+                map: self.active.writer.map().clone(),
+                from: active_seg.flushed_bytes.min(active_to),
+                to: active_to,
+                full_sync: self
+                    .active
+                    .needs_full_sync
+                    .then(|| self.active.file.clone()),
+                path: segment_path(&self.dir, active_seg.base_offset, LOG_SUFFIX),
+            });
+        }
+        for seg in self.segments[..n - 1].iter().rev() {
+            let Some(unsynced) = &seg.unsynced else { break };
+            ranges.push(FlushRange {
+                map: unsynced.map.clone(),
+                from: seg.flushed_bytes.min(seg.size_bytes),
+                to: seg.size_bytes,
+                full_sync: None,
+                path: segment_path(&self.dir, seg.base_offset, LOG_SUFFIX),
+            });
+            index_files.extend(unsynced.index_files.iter().cloned());
+            closed_synced.push(seg.base_offset);
+        }
+        FlushJob {
+            ranges,
+            index_files,
+            dir: self.dir.clone(),
+            sync_dir: self.dir_changes > self.dir_changes_synced,
+            dir_changes: self.dir_changes,
+            target_offset: self.log_end_offset(),
+            active_base_offset: active_seg.base_offset,
+            active_position: active_seg.size_bytes,
+            active_full_sync: self.active.needs_full_sync,
+            closed_synced,
+            generation: self.generation,
+            checkpoints: self.checkpoints.clone(),
+        }
+    }
+
+    /// Second half of a flush: records what the job made durable. Ignored if a
+    /// truncation or reset happened since [`prepare_flush`](Self::prepare_flush).
+    pub fn complete_flush(&mut self, done: FlushedTo) {
+        if done.generation != self.generation {
+            return;
+        }
+        self.flushed_offset = self.flushed_offset.max(done.offset);
+        self.dir_changes_synced = self.dir_changes_synced.max(done.dir_changes);
+        let n = self.segments.len();
+        for seg in &mut self.segments[..n - 1] {
+            if done.closed_synced.contains(&seg.base_offset)
+                || (seg.base_offset == done.active_base_offset && seg.next_offset <= done.offset)
+            {
+                seg.flushed_bytes = seg.size_bytes;
+                seg.unsynced = None;
+            }
+        }
+        // The segment that was active at prepare time (maybe closed since).
+        if let Some(seg) = self
+            .segments
+            .iter_mut()
+            .find(|s| s.base_offset == done.active_base_offset)
+        {
+            seg.flushed_bytes = seg.flushed_bytes.max(done.active_position);
+        }
+        let active_base = self.active_segment().base_offset;
+        if active_base == done.active_base_offset {
+            if done.active_full_sync {
+                self.active.needs_full_sync = false;
+            }
+            if self.active_segment().flushed_bytes >= self.active.dirty_to {
+                self.active.dirty_to = 0;
+            }
+        }
+    }
+
+    /// Flushes, records the log end as the recovery point, and closes the log.
+    pub fn close(mut self) -> Result<()> {
+        self.flush()?;
+        self.checkpoints
+            .write_recovery_point(&self.dir, self.log_end_offset(), self.generation)
+    }
+}
+
+fn empty_segment(base_offset: u64) -> Segment {
+    Segment {
+        base_offset,
+        next_offset: base_offset,
+        size_bytes: 0,
+        max_timestamp_ms: -1,
+        flushed_bytes: 0,
+        unsynced: None,
+    }
+}
+
+fn new_active(
+    file: Arc<fs::File>,
+    writer: crate::mmap::MapWriter,
+    capacity: usize,
+    size_bytes: usize,
+) -> Active {
+    let page = 4096;
+    Active {
+        file,
+        writer,
+        capacity,
+        index: SegmentIndex::new(),
+        populated_to: size_bytes / page * page,
+        high_written: size_bytes,
+        dirty_to: 0,
+        needs_full_sync: false,
+        created_ms: now_ms(),
+        last_batch_offset: None,
+    }
+}

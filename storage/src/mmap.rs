@@ -1,0 +1,333 @@
+//! The only module with `unsafe` code: memory maps of segment files and the
+//! `fallocate` system call.
+//!
+//! A [`MapFile`] is one mapping of a segment file. Its bytes split at a moving
+//! boundary, `published`:
+//! * below it, bytes are *published*: they may be read, through [`View`] guards and
+//!   through `Bytes` handed out by [`MapFile::bytes`], and are never written while any
+//!   such reader is registered;
+//! * at and above it, bytes are written by the single [`MapWriter`] of the map (if it
+//!   has one), and never read.
+//!
+//! Readers register in the `readers` counter before they check `published`, and the
+//! writer lowers `published` (truncation) only after it has seen no reader
+//! registered; both use `SeqCst`, so either the reader sees the lowered boundary and
+//! backs off, or the writer sees the reader and refuses (the caller then copies the
+//! kept prefix into a fresh file instead of overwriting the mapped one). This is what
+//! makes handing out zero-copy `Bytes` of a file we keep writing sound.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{Advice, MmapOptions, MmapRaw};
+
+/// One memory mapping of a segment file (see the module docs for the rules).
+pub(crate) struct MapFile {
+    raw: MmapRaw,
+    /// Bytes below this may be read and are immutable while readers are registered.
+    published: AtomicUsize,
+    /// Live [`View`]s and `Bytes` owners of this map.
+    readers: AtomicUsize,
+}
+
+impl std::fmt::Debug for MapFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapFile")
+            .field("len", &self.raw.len())
+            .field("published", &self.published.load(SeqCst))
+            .field("readers", &self.readers.load(SeqCst))
+            .finish()
+    }
+}
+
+impl MapFile {
+    /// Maps `capacity_bytes` of `file` read-write; `published_bytes` of it are already
+    /// valid content. Returns the map and its one writer.
+    pub(crate) fn writable(
+        file: &File,
+        capacity_bytes: usize,
+        published_bytes: usize,
+    ) -> io::Result<(Arc<MapFile>, MapWriter)> {
+        assert!(capacity_bytes > 0 && published_bytes <= capacity_bytes);
+        let raw = MmapOptions::new().len(capacity_bytes).map_raw(file)?;
+        let map = Arc::new(MapFile {
+            raw,
+            published: AtomicUsize::new(published_bytes),
+            readers: AtomicUsize::new(0),
+        });
+        let writer = MapWriter { map: map.clone() };
+        Ok((map, writer))
+    }
+
+    /// Maps the first `len_bytes` (> 0) of `file` read-only, all of them published.
+    pub(crate) fn read_only(file: &File, len_bytes: usize) -> io::Result<Arc<MapFile>> {
+        assert!(len_bytes > 0);
+        let raw = MmapOptions::new().len(len_bytes).map_raw_read_only(file)?;
+        Ok(Arc::new(MapFile {
+            raw,
+            published: AtomicUsize::new(len_bytes),
+            readers: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Current end of the published region.
+    pub(crate) fn published(&self) -> usize {
+        self.published.load(SeqCst)
+    }
+
+    /// Registers a reader of `[0, end)`; false (and nothing registered) if that
+    /// region is not published.
+    fn register(&self, end: usize) -> bool {
+        self.readers.fetch_add(1, SeqCst);
+        if end <= self.published.load(SeqCst) {
+            true
+        } else {
+            self.readers.fetch_sub(1, SeqCst);
+            false
+        }
+    }
+
+    /// A borrowed view of the whole published region, valid while the guard lives.
+    pub(crate) fn view(&self) -> View<'_> {
+        loop {
+            let end = self.published();
+            if self.register(end) {
+                return View { map: self, end };
+            }
+        }
+    }
+
+    /// A zero-copy `Bytes` of `[from, to)`, which must lie in the published region.
+    /// The `Bytes` keeps the mapping alive (and registered as a reader) until dropped.
+    pub(crate) fn bytes(self: &Arc<Self>, from: usize, to: usize) -> Bytes {
+        assert!(from <= to, "bad slice {from}..{to}");
+        assert!(
+            self.register(to),
+            "slice {from}..{to} reaches past the published region"
+        );
+        Bytes::from_owner(MapSlice {
+            map: self.clone(),
+            from,
+            to,
+        })
+    }
+
+    /// Makes `[from, to)` durable (`msync(MS_SYNC)`, which on Linux also syncs the file
+    /// data range like `fdatasync`).
+    pub(crate) fn sync_range(&self, from: usize, to: usize) -> io::Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        self.raw.flush_range(from, to - from)
+    }
+
+    /// Faults in `[from, to)` writable in one system call so later appends do not
+    /// fault page by page. Best effort: kernels before 5.14 do not know the advice.
+    pub(crate) fn populate_write(&self, from: usize, to: usize) {
+        if to > from {
+            let _ = self
+                .raw
+                .advise_range(Advice::PopulateWrite, from, to - from);
+        }
+    }
+}
+
+/// A registered, borrowed read of a map's published region.
+pub(crate) struct View<'a> {
+    map: &'a MapFile,
+    end: usize,
+}
+
+impl std::ops::Deref for View<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `[0, end)` was published when this view registered as a reader;
+        // the writer writes only at or above `published`, and lowers `published` only
+        // when no reader is registered, so these bytes stay initialised and unwritten
+        // while `self` lives. The mapping outlives `self` (borrowed from `map`).
+        unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr(), self.end) }
+    }
+}
+
+impl Drop for View<'_> {
+    fn drop(&mut self) {
+        self.map.readers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The owner behind a `Bytes` handed out by [`MapFile::bytes`].
+struct MapSlice {
+    map: Arc<MapFile>,
+    from: usize,
+    to: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: same argument as `View::deref`: `[from, to)` lies in the region that
+        // was published when this owner registered as a reader, and stays unwritten
+        // while it is registered; the `Arc` keeps the mapping alive (unlinking or
+        // replacing the file does not unmap it, and we never shrink a file below a
+        // published end while readers exist).
+        unsafe {
+            std::slice::from_raw_parts(self.map.raw.as_ptr().add(self.from), self.to - self.from)
+        }
+    }
+}
+
+impl Drop for MapSlice {
+    fn drop(&mut self) {
+        self.map.readers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The single writer of a writable [`MapFile`].
+#[derive(Debug)]
+pub(crate) struct MapWriter {
+    map: Arc<MapFile>,
+}
+
+impl MapWriter {
+    /// The map this writer writes.
+    pub(crate) fn map(&self) -> &Arc<MapFile> {
+        &self.map
+    }
+
+    /// Mutable access to the unpublished bytes `[pos, pos + len)`.
+    pub(crate) fn unpublished_mut(&mut self, pos: usize, len: usize) -> &mut [u8] {
+        let published = self.map.published();
+        assert!(
+            pos >= published,
+            "write at {pos} below published end {published}"
+        );
+        assert!(
+            pos + len <= self.map.raw.len(),
+            "write past the end of the map"
+        );
+        // SAFETY: readers only ever see bytes below `published` (they register and
+        // check), so nobody else references `[pos, pos+len)`; `&mut self` on the
+        // unique writer rules out a second mutable slice; the range lies inside the
+        // mapping, which lives as long as `self.map`.
+        unsafe { std::slice::from_raw_parts_mut(self.map.raw.as_mut_ptr().add(pos), len) }
+    }
+
+    /// Moves the published end forward to `end`, making `[old, end)` readable.
+    pub(crate) fn publish(&mut self, end: usize) {
+        let old = self.map.published();
+        assert!(end >= old && end <= self.map.raw.len());
+        self.map.published.store(end, SeqCst);
+    }
+
+    /// Moves the published end back to `end` (truncation) if no reader is registered,
+    /// returning whether it did. Afterwards `[end, old)` may be overwritten.
+    pub(crate) fn try_unpublish(&mut self, end: usize) -> bool {
+        let old = self.map.published();
+        assert!(end <= old);
+        self.map.published.store(end, SeqCst);
+        if self.map.readers.load(SeqCst) == 0 {
+            true
+        } else {
+            self.map.published.store(old, SeqCst);
+            false
+        }
+    }
+}
+
+/// Allocates disk blocks for `[0, len)` of `file` (extending it), so that writes
+/// through a map of that range cannot hit a full disk later. Falls back to writing
+/// zeros where the file system has no `fallocate`.
+pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
+    let len_off = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length too large"))?;
+    // SAFETY: plain system call on a file descriptor we own for the call's duration.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_off) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(err);
+    }
+    write_zeros(file, len)
+}
+
+fn write_zeros(file: &File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let current = file.metadata()?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = current;
+    while pos < len {
+        let n = (len - pos).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Makes `[from, to)` of `file` read as zeros while keeping its blocks allocated
+/// (`FALLOC_FL_ZERO_RANGE`), falling back to writing zeros. Must only be called on a
+/// range no reader can see (see the module docs).
+pub(crate) fn zero_range(file: &File, from: u64, to: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if to <= from {
+        return Ok(());
+    }
+    let (Ok(off), Ok(len)) = (
+        libc::off_t::try_from(from),
+        libc::off_t::try_from(to - from),
+    ) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range too large",
+        ));
+    };
+    // SAFETY: plain system call on a file descriptor we own for the call's duration.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, off, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < to {
+        let n = (to - pos).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_is_refused_while_a_slice_is_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        allocate(&file, 8192).unwrap();
+        let (map, mut writer) = MapFile::writable(&file, 8192, 0).unwrap();
+        writer.unpublished_mut(0, 4).copy_from_slice(b"abcd");
+        writer.publish(4);
+        let b = map.bytes(1, 3);
+        assert_eq!(&b[..], b"bc");
+        assert!(
+            !writer.try_unpublish(2),
+            "a live Bytes must block truncation"
+        );
+        assert_eq!(map.published(), 4);
+        drop(b);
+        assert!(writer.try_unpublish(2));
+        assert_eq!(map.published(), 2);
+        assert_eq!(&map.view()[..], b"ab");
+    }
+}

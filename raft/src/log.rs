@@ -1,0 +1,211 @@
+//! The core's view of its log: the durable [`LogStore`] overlaid with changes
+//! made since the last `advance` (appended entries, a pending truncation, a
+//! pending reset), which the next `Ready` hands to the driver.
+
+use crate::ready::LogReset;
+use crate::storage::{LogReadError, LogStore};
+use crate::types::{Entry, LogStart, Term};
+
+pub(crate) struct RaftLog<S: LogStore> {
+    pub(crate) store: S,
+    /// Entries after `stable_end()` not yet confirmed durable.
+    unstable: Vec<Entry>,
+    /// Durable entries at offsets ≥ this are logically gone.
+    truncate_to: Option<u64>,
+    /// The whole durable log is logically replaced by an empty one here.
+    reset: Option<LogReset>,
+    /// Highest end offset known committed (Raft's commitIndex = Kafka's HW).
+    pub(crate) commit_offset: u64,
+}
+
+impl<S: LogStore> RaftLog<S> {
+    pub(crate) fn new(store: S, commit_hint: u64) -> RaftLog<S> {
+        let start = store.log_start().offset;
+        let end = store.end_offset();
+        // The hint may be ahead of what survived a crash; anything at or below the
+        // log start is committed by definition.
+        let commit_offset = commit_hint.clamp(start, end.max(start));
+        let commit_offset = if store.term_of_entry_ending_at(commit_offset).is_some() {
+            commit_offset
+        } else {
+            start
+        };
+        RaftLog {
+            store,
+            unstable: Vec::new(),
+            truncate_to: None,
+            reset: None,
+            commit_offset,
+        }
+    }
+
+    pub(crate) fn start(&self) -> LogStart {
+        match &self.reset {
+            Some(r) => r.start,
+            None => self.store.log_start(),
+        }
+    }
+
+    /// End of the part of the durable log that is still logically present.
+    fn stable_end(&self) -> u64 {
+        match (&self.reset, self.truncate_to) {
+            (Some(r), _) => r.start.offset,
+            (None, Some(t)) => t,
+            (None, None) => self.store.end_offset(),
+        }
+    }
+
+    pub(crate) fn last_end(&self) -> u64 {
+        self.unstable
+            .last()
+            .map_or_else(|| self.stable_end(), |e| e.end_offset)
+    }
+
+    pub(crate) fn last_term(&self) -> Term {
+        match self.unstable.last() {
+            Some(e) => e.term,
+            None => self
+                .term_at(self.stable_end())
+                .expect("stable end is an entry end"),
+        }
+    }
+
+    /// Term of the entry ending exactly at `end_offset` (the start counts).
+    pub(crate) fn term_at(&self, end_offset: u64) -> Option<Term> {
+        let stable_end = self.stable_end();
+        if end_offset > stable_end {
+            let i = self.unstable.partition_point(|e| e.end_offset < end_offset);
+            return match self.unstable.get(i) {
+                Some(e) if e.end_offset == end_offset => Some(e.term),
+                _ => None,
+            };
+        }
+        match &self.reset {
+            Some(r) if end_offset == r.start.offset => Some(r.start.term),
+            Some(_) => None,
+            None => self.store.term_of_entry_ending_at(end_offset),
+        }
+    }
+
+    /// The last entry with term ≤ `term` (the start counts as one).
+    pub(crate) fn last_entry_with_term_at_most(&self, term: Term) -> Option<(Term, u64)> {
+        if let Some(e) = self.unstable.iter().rev().find(|e| e.term <= term) {
+            return Some((e.term, e.end_offset));
+        }
+        if let Some(r) = &self.reset {
+            return (r.start.term <= term).then_some((r.start.term, r.start.offset));
+        }
+        let stable_end = self.stable_end();
+        match self.store.last_entry_with_term_at_most(term) {
+            // Terms never decrease along a log, so if the answer lies in the
+            // logically truncated part, the last visible entry qualifies too.
+            Some((_, end)) if end > stable_end => {
+                let t = self
+                    .store
+                    .term_of_entry_ending_at(stable_end)
+                    .expect("truncation point is an entry end");
+                Some((t, stable_end))
+            }
+            other => other,
+        }
+    }
+
+    /// Entries starting at `from_offset` (an entry boundary), within `bytes_max`
+    /// but at least one if any exists.
+    pub(crate) fn read_entries(
+        &self,
+        from_offset: u64,
+        bytes_max: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), LogReadError> {
+        let start = self.start().offset;
+        if from_offset < start {
+            return Err(LogReadError::Compacted {
+                offset: from_offset,
+            });
+        }
+        let stable_end = self.stable_end();
+        let mut bytes = 0usize;
+        let mut next = from_offset;
+        if from_offset < stable_end {
+            let before = out.len();
+            self.store.read_entries(from_offset, bytes_max, out)?;
+            // Hide durable entries that are logically truncated.
+            let keep = before + out[before..].partition_point(|e| e.end_offset <= stable_end);
+            out.truncate(keep);
+            match out[before..].last() {
+                Some(last) => next = last.end_offset,
+                None => return Ok(()),
+            }
+            bytes = out[before..].iter().map(Entry::size_bytes).sum();
+            if next < stable_end {
+                return Ok(());
+            }
+        }
+        let i = self.unstable.partition_point(|e| e.base_offset < next);
+        for e in &self.unstable[i..] {
+            if bytes > 0 && bytes + e.size_bytes() > bytes_max {
+                break;
+            }
+            bytes += e.size_bytes();
+            out.push(e.clone());
+        }
+        Ok(())
+    }
+
+    /// Appends `entries`, first removing whatever covers offsets at or after
+    /// the first entry's base (which must be an entry end of this log).
+    pub(crate) fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let at = first.base_offset;
+        assert!(
+            at >= self.commit_offset,
+            "truncating committed entries at {at} (commit {})",
+            self.commit_offset
+        );
+        assert!(
+            self.term_at(at).is_some(),
+            "append at {at} is not after an entry end"
+        );
+        if at < self.stable_end() {
+            self.truncate_to = Some(at);
+            self.unstable.clear();
+        } else {
+            let keep = self.unstable.partition_point(|e| e.end_offset <= at);
+            self.unstable.truncate(keep);
+        }
+        self.unstable.extend_from_slice(entries);
+    }
+
+    /// Replaces the whole log by an empty one starting at `reset.start`.
+    pub(crate) fn reset(&mut self, reset: LogReset) {
+        self.commit_offset = self.commit_offset.max(reset.start.offset);
+        self.unstable.clear();
+        self.truncate_to = None;
+        self.reset = Some(reset);
+    }
+
+    pub(crate) fn has_unpersisted(&self) -> bool {
+        self.reset.is_some() || self.truncate_to.is_some() || !self.unstable.is_empty()
+    }
+
+    /// The pending changes, for a `Ready`; they stay visible until `persisted`.
+    pub(crate) fn pending(&self) -> (Option<LogReset>, Option<u64>, Vec<Entry>) {
+        (self.reset.clone(), self.truncate_to, self.unstable.clone())
+    }
+
+    /// The driver made the pending changes durable in the store.
+    pub(crate) fn persisted(&mut self) {
+        let expected_end = self.last_end();
+        self.reset = None;
+        self.truncate_to = None;
+        self.unstable.clear();
+        assert_eq!(
+            self.store.end_offset(),
+            expected_end,
+            "the driver did not apply the Ready's persist to the store"
+        );
+    }
+}

@@ -11,12 +11,18 @@ pub const FRAME_PREFIX_BYTES: usize = 4;
 /// Default largest frame accepted (`socket_request_max_bytes`, 100 MiB as in Kafka).
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 100 * 1024 * 1024;
 
+/// Most buffer space reserved ahead of received bytes for a partial frame (see
+/// [`FrameCodec`]).
+pub const FRAME_RESERVE_STEP_BYTES: usize = 64 * 1024;
+
 /// A tokio-util codec for Kafka frames.
 ///
 /// * Decoding yields each frame's payload (without the size prefix). A size above
 ///   `frame_bytes_max`, or negative, is refused with [`ProtocolError::FrameTooLarge`] as soon as
 ///   the 4-byte prefix has arrived, before any space is reserved for the body. A partial frame
-///   is `Ok(None)`: wait for more bytes.
+///   is `Ok(None)`: wait for more bytes. While a frame is partial the buffer grows with the
+///   bytes received (at most doubling, or by [`FRAME_RESERVE_STEP_BYTES`]), never straight to
+///   the announced size.
 /// * Encoding takes a *complete* frame, prefix included, as produced by
 ///   [`crate::codec::encode_response`] and [`crate::codec::encode_request`]: every `Bytes` that
 ///   goes on the wire in this crate is a whole frame. The prefix is checked against the length.
@@ -63,9 +69,12 @@ impl Decoder for FrameCodec {
         }
         let frame_len = FRAME_PREFIX_BYTES + size as usize;
         if src.len() < frame_len {
-            // Reserve only what the (bounded) frame still needs, so the read loop fills the
-            // buffer in few reads.
-            src.reserve(frame_len - src.len());
+            // Make room for the rest of the frame, but never more than the bytes already
+            // received (or one step): memory follows what the peer actually sent, not what it
+            // announced, so a peer that announces 100 MiB and stalls holds 64 KiB, not 100 MiB.
+            // Growth is geometric, so a large frame costs a handful of reallocations.
+            let needed = frame_len - src.len();
+            src.reserve(needed.min(src.len().max(FRAME_RESERVE_STEP_BYTES)));
             return Ok(None);
         }
         src.advance(FRAME_PREFIX_BYTES);
@@ -148,6 +157,34 @@ mod tests {
         src.put_i32(i32::MAX);
         assert!(codec.decode(&mut src).is_err());
         assert!(src.capacity() < 1024);
+    }
+
+    #[test]
+    fn a_stalled_large_frame_holds_memory_for_what_was_received_not_what_was_announced() {
+        let max = 100 * 1024 * 1024;
+        let mut codec = FrameCodec::new(max);
+        let mut src = BytesMut::new();
+        src.put_i32(max as i32);
+        src.put_slice(b"first bytes");
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        assert!(src.capacity() <= 2 * FRAME_RESERVE_STEP_BYTES);
+        // As bytes arrive the buffer keeps growing ahead of them, and the frame completes.
+        let body = vec![7u8; 3 * FRAME_RESERVE_STEP_BYTES];
+        let mut codec = FrameCodec::new(max);
+        let mut src = BytesMut::new();
+        src.put_i32(body.len() as i32);
+        for chunk in body.chunks(1000) {
+            assert!(codec.decode(&mut src).unwrap().is_none());
+            // Vec-style doubling may overshoot the reserve request, but stays geometric.
+            assert!(
+                src.capacity() <= 4 * src.len() + 2 * FRAME_RESERVE_STEP_BYTES,
+                "capacity {} for {} bytes received",
+                src.capacity(),
+                src.len()
+            );
+            src.put_slice(chunk);
+        }
+        assert_eq!(codec.decode(&mut src).unwrap().unwrap().len(), body.len());
     }
 
     #[test]

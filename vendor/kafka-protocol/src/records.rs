@@ -514,7 +514,11 @@ impl RecordBatchDecoder {
         version: i8,
         records: &mut Vec<Record>,
     ) -> Result<()> {
-        records.reserve(batch_decode_info.record_count as usize);
+        // rill patch: never size an allocation from a wire count beyond the bytes left.
+        records.reserve(crate::protocol::types::prealloc_capacity::<Record>(
+            batch_decode_info.record_count as usize,
+            bytes::Buf::remaining(buf),
+        ));
         for _ in 0..batch_decode_info.record_count {
             records.push(Record::decode_new(buf, batch_decode_info, version)?);
         }
@@ -859,11 +863,13 @@ impl Record {
 
         // Timestamp delta
         let timestamp_delta: i64 = types::VarLong.decode(buf)?;
-        let timestamp = batch_decode_info.min_timestamp + timestamp_delta;
+        // rill patch: wire values may overflow; wrap (as Java does) instead of panicking.
+        let timestamp = batch_decode_info.min_timestamp.wrapping_add(timestamp_delta);
 
         // Offset delta
         let offset_delta: i32 = types::VarInt.decode(buf)?;
-        let offset = batch_decode_info.min_offset + offset_delta as i64;
+        // rill patch: wire values may overflow; wrap (as Java does) instead of panicking.
+        let offset = batch_decode_info.min_offset.wrapping_add(offset_delta as i64);
         let sequence = batch_decode_info.base_sequence.wrapping_add(offset_delta);
 
         // Key
@@ -894,7 +900,10 @@ impl Record {
         let num_headers = num_headers as usize;
 
         // rill patch: never size an allocation from a wire count beyond the bytes left.
-        let mut headers = IndexMap::with_capacity(num_headers.min(bytes::Buf::remaining(buf)));
+        let mut headers = IndexMap::with_capacity(crate::protocol::types::prealloc_capacity::<(
+            StrBytes,
+            Option<Bytes>,
+        )>(num_headers, bytes::Buf::remaining(buf)));
         for _ in 0..num_headers {
             // Key len
             let key_len: i32 = types::VarInt.decode(buf)?;

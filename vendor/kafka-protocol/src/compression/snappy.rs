@@ -55,6 +55,18 @@ impl<B: ByteBufMut> Compressor<B> for Snappy {
     }
 }
 
+/// rill patch: snappy's densest element (a 3-byte copy of 64 bytes) expands ~21x, so a
+/// declared uncompressed length above 32x the compressed bytes is a lie; refusing it keeps a
+/// few wire bytes from reserving gigabytes.
+fn check_expansion(uncompressed_len: usize, compressed_len: usize) -> Result<()> {
+    if uncompressed_len > compressed_len.saturating_mul(32).saturating_add(64) {
+        anyhow::bail!(
+            "snappy block claims {uncompressed_len} bytes from {compressed_len} compressed bytes"
+        );
+    }
+    Ok(())
+}
+
 const MAGIC_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
 
 impl<B: ByteBuf> Decompressor<B> for Snappy {
@@ -81,6 +93,8 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
         {
             let compressed = compressed.copy_to_bytes(compressed.remaining());
             let actual_len = decompress_len(&compressed).context("failed to read snappy header")?;
+            // rill patch: the length comes off the wire; refuse what snappy cannot expand to.
+            check_expansion(actual_len, compressed.len())?;
             let mut tmp = BytesMut::zeroed(actual_len);
             Decoder::new()
                 .decompress(&compressed, &mut tmp)
@@ -104,6 +118,8 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
 
             let uncompressed_block_length = decompress_len(&compressed_block)
                 .context("failed to get snappy uncompressed length")?;
+            // rill patch: the length comes off the wire; refuse what snappy cannot expand to.
+            check_expansion(uncompressed_block_length, compressed_block.len())?;
             let uncompressed_block_start = uncompressed.len();
             uncompressed.resize(
                 uncompressed_block_start.saturating_add(uncompressed_block_length),

@@ -359,6 +359,10 @@ impl Decoder<Option<StdString>> for String {
         match Int16.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                // rill patch: check the bytes are there before allocating a wire-sized buffer.
+                if buf.remaining() < n as usize {
+                    bail!("String length {n} exceeds the {} bytes left", buf.remaining());
+                }
                 let mut strbuf = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -511,6 +515,10 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // rill patch: check the bytes are there before allocating a wire-sized buffer.
+                if buf.remaining() < (n - 1) as usize {
+                    bail!("String length {} exceeds the {} bytes left", n - 1, buf.remaining());
+                }
                 let mut strbuf = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
@@ -655,6 +663,10 @@ impl Decoder<Option<Vec<u8>>> for Bytes {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
+                // rill patch: check the bytes are there before allocating a wire-sized buffer.
+                if buf.remaining() < n as usize {
+                    bail!("Data length {n} exceeds the {} bytes left", buf.remaining());
+                }
                 let mut data = vec![0; n as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -804,6 +816,10 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
+                // rill patch: check the bytes are there before allocating a wire-sized buffer.
+                if buf.remaining() < (n - 1) as usize {
+                    bail!("Data length {} exceeds the {} bytes left", n - 1, buf.remaining());
+                }
                 let mut data = vec![0; (n - 1) as usize];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
@@ -904,6 +920,13 @@ impl<T: Decodable> Decoder<Option<T>> for OptionStruct {
     }
 }
 
+/// rill patch: the capacity to preallocate for `count` elements of `T` decoded from a buffer
+/// with `remaining` bytes left: at most `remaining` bytes' worth of elements, so that a wire
+/// count never reserves more memory than the bytes present (larger arrays grow as decoded).
+pub(crate) fn prealloc_capacity<T>(count: usize, remaining: usize) -> usize {
+    count.min(remaining / std::mem::size_of::<T>().max(1))
+}
+
 /// An array whose length is encoded with an `i32`.
 #[derive(Debug, Copy, Clone)]
 pub struct Array<E>(pub E);
@@ -986,7 +1009,13 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
             -1 => Ok(None),
             n if n >= 0 => {
                 // rill patch: never size an allocation from a wire count beyond the bytes left.
-                let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
+                // Like Kafka, a count above the bytes left is an error (every element takes at
+                // least one byte; this also bounds the loop), and the preallocation is capped in
+                // bytes so large element types cannot multiply it.
+                if n as usize > buf.remaining() {
+                    bail!("Array length {n} exceeds the {} bytes left", buf.remaining());
+                }
+                let mut result = Vec::with_capacity(prealloc_capacity::<T>(n as usize, buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1095,7 +1124,14 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
             0 => Ok(None),
             n => {
                 // rill patch: never size an allocation from a wire count beyond the bytes left.
-                let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
+                // Like Kafka, a count above the bytes left is an error (every element takes at
+                // least one byte; this also bounds the loop), and the preallocation is capped in
+                // bytes so large element types cannot multiply it.
+                if (n - 1) as usize > buf.remaining() {
+                    bail!("Array length {} exceeds the {} bytes left", n - 1, buf.remaining());
+                }
+                let mut result =
+                    Vec::with_capacity(prealloc_capacity::<T>((n - 1) as usize, buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }

@@ -1,0 +1,786 @@
+//! Decoder fuzz test (issue 3, "Bad input"): random and mutated frames thrown at the broker's
+//! decode path — `FrameCodec` → `parse_request_header` → `decode_request_kind` (every served
+//! api and version) → record-batch walking for Produce — asserting that nothing panics and
+//! that no single allocation exceeds a bound derived from the frame size.
+//!
+//! * `cargo test -p rill-protocol --test fuzz_decoder` runs 100,000 frames.
+//! * `RILL_FUZZ_LONG=1` runs 1,000,000; `RILL_FUZZ_FRAMES=N` runs N.
+//! * `SEED=n` replays a run; a failure prints its seed and the offending frame in hex.
+//!
+//! Allocations are measured by a counting global allocator in this test binary. Implementing
+//! `GlobalAlloc` needs `unsafe`; it is confined to that impl, which only forwards to `System`
+//! and updates thread-local counters (the library crate itself forbids unsafe code).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rill_protocol::batch::{self, BatchBuilder, Compression};
+use rill_protocol::codec::{decode_request_kind, encode_request};
+use rill_protocol::frame::{FrameCodec, FRAME_RESERVE_STEP_BYTES};
+use rill_protocol::header::{parse_request_header, RequestHeader};
+use rill_protocol::kafka_protocol::messages::*;
+use rill_protocol::kafka_protocol::protocol::{Encodable, StrBytes};
+use rill_protocol::versions::{self, SUPPORTED};
+use tokio_util::codec::Decoder;
+
+// ---------------------------------------------------------------------------------------------
+// Counting allocator
+
+#[derive(Clone, Copy)]
+struct Tracking {
+    armed: bool,
+    largest_alloc_bytes: usize,
+    live_bytes: isize,
+    peak_live_bytes: isize,
+}
+
+thread_local! {
+    static TRACKING: Cell<Tracking> = const {
+        Cell::new(Tracking { armed: false, largest_alloc_bytes: 0, live_bytes: 0, peak_live_bytes: 0 })
+    };
+}
+
+fn note_alloc(size: usize, freed: usize) {
+    // try_with: the allocator also runs while thread-locals are being torn down.
+    let _ = TRACKING.try_with(|t| {
+        let mut s = t.get();
+        if s.armed {
+            s.largest_alloc_bytes = s.largest_alloc_bytes.max(size);
+            s.live_bytes += size as isize - freed as isize;
+            s.peak_live_bytes = s.peak_live_bytes.max(s.live_bytes);
+            t.set(s);
+        }
+    });
+}
+
+struct CountingAllocator;
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// `GlobalAlloc` contract holds exactly as it does for `System`; the bookkeeping touches only a
+// `Cell` in a const-initialised thread-local, which never allocates.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size(), 0);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size(), 0);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_alloc(0, layout.size());
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc(new_size, layout.size());
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Runs `f` with allocation tracking on; returns (largest single allocation, peak live bytes).
+fn measure<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+    TRACKING.with(|t| {
+        t.set(Tracking {
+            armed: true,
+            largest_alloc_bytes: 0,
+            live_bytes: 0,
+            peak_live_bytes: 0,
+        })
+    });
+    let r = f();
+    let s = TRACKING.with(|t| {
+        let s = t.get();
+        t.set(Tracking { armed: false, ..s });
+        s
+    });
+    (r, s.largest_alloc_bytes, s.peak_live_bytes.max(0) as usize)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounds
+
+/// Largest single allocation allowed while decoding the header and body of a frame of
+/// `frame_bytes` bytes.
+///
+/// Decoded structures are larger in memory than on the wire: a 1-byte compact string becomes a
+/// 32-byte `StrBytes`, a 3-byte config entry ~90 bytes, and a `Vec` that grows by doubling may
+/// hold twice what it needs. So the bound is a fixed factor of the frame size, not the frame
+/// size itself; what it rules out is an allocation sized by a *count* or *length* read off the
+/// wire (the unpatched decoder reserved `count × element size`: gigabytes from a 17-byte frame).
+fn single_alloc_bound(frame_bytes: usize) -> usize {
+    SINGLE_ALLOC_FACTOR * frame_bytes + ALLOC_SLACK_BYTES
+}
+const SINGLE_ALLOC_FACTOR: usize = 64;
+/// Peak memory held at once while decoding a frame (all decoded structures together).
+fn peak_live_bound(frame_bytes: usize) -> usize {
+    PEAK_LIVE_FACTOR * frame_bytes + 4 * ALLOC_SLACK_BYTES
+}
+const PEAK_LIVE_FACTOR: usize = 256;
+/// Fixed allowance for small allocations whose size does not depend on the input (error
+/// messages, a B-tree node for tagged fields, ...).
+const ALLOC_SLACK_BYTES: usize = 4 * 1024;
+/// Largest single allocation while splitting `input_bytes` received bytes into frames: the
+/// receive buffer, which may grow ahead of the data by at most the data again or one step.
+fn framing_alloc_bound(input_bytes: usize) -> usize {
+    4 * input_bytes + 2 * FRAME_RESERVE_STEP_BYTES
+}
+/// FrameCodec limit used by the harness (mutations that inflate a size prefix are refused).
+const FRAME_BYTES_MAX: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Seeds: a valid, well-populated request for every served api and version
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+fn sample_records(rng: &mut StdRng) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None).with_producer(1000, 0, 0);
+    for i in 0..rng.gen_range(1..4) {
+        let value = format!("value-{i}");
+        b.push(
+            1_700_000_000_000 + i,
+            (i % 2 == 0).then_some(&b"key"[..]),
+            Some(value.as_bytes()),
+            &[("h", Some(&b"v"[..]))],
+        )
+        .expect("sample batch");
+    }
+    let one = b.build().expect("sample batch");
+    if rng.gen_bool(0.3) {
+        let mut two = BytesMut::from(&one[..]);
+        two.extend_from_slice(&one);
+        two.freeze()
+    } else {
+        one
+    }
+}
+
+fn encode_seed<T: Encodable>(api: ApiKey, version: i16, body: &T) -> Bytes {
+    let header = RequestHeader {
+        api_key: api as i16,
+        api_version: version,
+        correlation_id: 12345,
+        client_id: Some("fuzz-client".into()),
+    };
+    encode_request(&header, body)
+        .unwrap_or_else(|e| panic!("seed for {api:?} v{version} does not encode: {e}"))
+}
+
+/// A valid request frame (size prefix included) for `api` at `version`.
+fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
+    let uuid = uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+    match api {
+        ApiKey::ApiVersions => {
+            let mut r = ApiVersionsRequest::default();
+            if v >= 3 {
+                r = r
+                    .with_client_software_name(StrBytes::from_static_str("librdkafka"))
+                    .with_client_software_version(StrBytes::from_static_str("2.16.0"));
+            }
+            encode_seed(api, v, &r)
+        }
+        ApiKey::Metadata => {
+            let topic = |n: &str| {
+                let t = metadata_request::MetadataRequestTopic::default().with_name(Some(name(n)));
+                if v >= 10 {
+                    t.with_topic_id(uuid)
+                } else {
+                    t
+                }
+            };
+            let mut r =
+                MetadataRequest::default().with_topics(Some(vec![topic("orders"), topic("t")]));
+            if v >= 4 {
+                r = r.with_allow_auto_topic_creation(rng.gen());
+            }
+            if v >= 8 {
+                r = r.with_include_topic_authorized_operations(true);
+            }
+            encode_seed(api, v, &r)
+        }
+        ApiKey::Produce => {
+            let r = ProduceRequest::default()
+                .with_transactional_id(None)
+                .with_acks(-1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![produce_request::TopicProduceData::default()
+                    .with_name(name("orders"))
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(sample_records(rng))),
+                        produce_request::PartitionProduceData::default()
+                            .with_index(1)
+                            .with_records(Some(sample_records(rng))),
+                    ])]);
+            encode_seed(api, v, &r)
+        }
+        ApiKey::Fetch => {
+            let partition = |p: i32| {
+                let mut fp = fetch_request::FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(42)
+                    .with_partition_max_bytes(1 << 20);
+                if v >= 9 {
+                    fp = fp.with_current_leader_epoch(3);
+                }
+                if v >= 12 {
+                    fp = fp.with_last_fetched_epoch(2);
+                }
+                if v >= 5 {
+                    fp = fp.with_log_start_offset(0);
+                }
+                fp
+            };
+            let mut topic = fetch_request::FetchTopic::default()
+                .with_partitions(vec![partition(0), partition(1)]);
+            if v <= 12 {
+                topic = topic.with_topic(name("orders"));
+            } else {
+                topic = topic.with_topic_id(uuid);
+            }
+            let mut r = FetchRequest::default()
+                .with_max_wait_ms(500)
+                .with_min_bytes(1)
+                .with_max_bytes(50 << 20)
+                .with_isolation_level(1)
+                .with_topics(vec![topic]);
+            if v < 15 {
+                r = r.with_replica_id(BrokerId(-1));
+            }
+            if v >= 7 {
+                r = r.with_session_id(0).with_session_epoch(-1);
+                let mut forgotten =
+                    fetch_request::ForgottenTopic::default().with_partitions(vec![7]);
+                if v <= 12 {
+                    forgotten = forgotten.with_topic(name("old"));
+                } else {
+                    forgotten = forgotten.with_topic_id(uuid);
+                }
+                r = r.with_forgotten_topics_data(vec![forgotten]);
+            }
+            if v >= 11 {
+                r = r.with_rack_id(StrBytes::from_static_str("rack-a"));
+            }
+            if v >= 12 {
+                r = r.with_cluster_id(Some(StrBytes::from_static_str("cluster")));
+            }
+            encode_seed(api, v, &r)
+        }
+        ApiKey::ListOffsets => {
+            let mut part = list_offsets_request::ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1);
+            if v >= 4 {
+                part = part.with_current_leader_epoch(5);
+            }
+            let mut r = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(name("orders"))
+                    .with_partitions(vec![part.clone(), part.with_partition_index(1)])]);
+            if v >= 2 {
+                r = r.with_isolation_level(1);
+            }
+            encode_seed(api, v, &r)
+        }
+        ApiKey::CreateTopics => {
+            let r = CreateTopicsRequest::default()
+                .with_timeout_ms(10_000)
+                .with_validate_only(rng.gen())
+                .with_topics(vec![
+                    create_topics_request::CreatableTopic::default()
+                        .with_name(name("new-topic"))
+                        .with_num_partitions(3)
+                        .with_replication_factor(1)
+                        .with_configs(vec![
+                            create_topics_request::CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_static_str("retention.ms"))
+                                .with_value(Some(StrBytes::from_static_str("1000"))),
+                            create_topics_request::CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_static_str("cleanup.policy"))
+                                .with_value(None),
+                        ]),
+                    create_topics_request::CreatableTopic::default()
+                        .with_name(name("assigned"))
+                        .with_num_partitions(-1)
+                        .with_replication_factor(-1)
+                        .with_assignments(vec![
+                            create_topics_request::CreatableReplicaAssignment::default()
+                                .with_partition_index(0)
+                                .with_broker_ids(vec![BrokerId(1), BrokerId(2)]),
+                        ]),
+                ]);
+            encode_seed(api, v, &r)
+        }
+        ApiKey::DeleteTopics => {
+            let mut r = DeleteTopicsRequest::default().with_timeout_ms(5000);
+            if v <= 5 {
+                r = r.with_topic_names(vec![name("a"), name("bb")]);
+            } else {
+                r = r.with_topics(vec![delete_topics_request::DeleteTopicState::default()
+                    .with_name(Some(name("a")))
+                    .with_topic_id(uuid)]);
+            }
+            encode_seed(api, v, &r)
+        }
+        ApiKey::CreatePartitions => {
+            let r = CreatePartitionsRequest::default()
+                .with_timeout_ms(5000)
+                .with_validate_only(false)
+                .with_topics(vec![
+                    create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(name("orders"))
+                        .with_count(6)
+                        .with_assignments(Some(vec![
+                            create_partitions_request::CreatePartitionsAssignment::default()
+                                .with_broker_ids(vec![BrokerId(1)]),
+                        ])),
+                    create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(name("t"))
+                        .with_count(2)
+                        .with_assignments(None),
+                ]);
+            encode_seed(api, v, &r)
+        }
+        ApiKey::DescribeConfigs => {
+            let mut r = DescribeConfigsRequest::default().with_resources(vec![
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("orders"))
+                    .with_configuration_keys(Some(vec![StrBytes::from_static_str("retention.ms")])),
+                describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(4)
+                    .with_resource_name(StrBytes::from_static_str("1"))
+                    .with_configuration_keys(None),
+            ]);
+            if v >= 1 {
+                r = r.with_include_synonyms(true);
+            }
+            if v >= 3 {
+                r = r.with_include_documentation(true);
+            }
+            encode_seed(api, v, &r)
+        }
+        ApiKey::DescribeCluster => {
+            let mut r =
+                DescribeClusterRequest::default().with_include_cluster_authorized_operations(true);
+            if v >= 1 {
+                r = r.with_endpoint_type(1);
+            }
+            encode_seed(api, v, &r)
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let mut r = OffsetForLeaderEpochRequest::default().with_topics(vec![
+                offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(name("orders"))
+                    .with_partitions(vec![
+                        offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(4)
+                            .with_leader_epoch(3),
+                    ]),
+            ]);
+            if v >= 3 {
+                r = r.with_replica_id(BrokerId(-1));
+            }
+            encode_seed(api, v, &r)
+        }
+        other => panic!("no seed builder for served api {other:?}: add one"),
+    }
+}
+
+fn all_seeds(rng: &mut StdRng) -> Vec<(ApiKey, i16, Bytes)> {
+    let mut seeds = Vec::new();
+    for range in SUPPORTED {
+        let api = ApiKey::try_from(range.api_key).expect("served keys are known");
+        for v in range.min..=range.max {
+            seeds.push((api, v, seed_frame(api, v, rng)));
+        }
+    }
+    seeds
+}
+
+// ---------------------------------------------------------------------------------------------
+// The code under test: what the broker does with bytes from a socket
+
+/// Outcome counters, to show the fuzzer reaches every stage.
+#[derive(Default, Debug)]
+struct Reached {
+    frames: u64,
+    headers: u64,
+    bodies: u64,
+    batches: u64,
+    records: u64,
+}
+
+/// Stage 1: bytes from the socket to frames. Returns the complete frames in `input`.
+fn frames_of(input: &[u8], reached: &mut Reached) -> Vec<Bytes> {
+    let mut codec = FrameCodec::new(FRAME_BYTES_MAX);
+    let mut buf = BytesMut::from(input);
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = codec.decode(&mut buf) {
+        reached.frames += 1;
+        frames.push(frame.freeze());
+    }
+    frames
+}
+
+/// Stage 2: one frame's header and body, as the broker decodes them.
+fn decode_frame(frame: Bytes, reached: &mut Reached) {
+    let mut body = frame;
+    let Ok(header) = parse_request_header(&mut body) else {
+        return;
+    };
+    reached.headers += 1;
+    if !versions::is_supported(header.api_key, header.api_version) {
+        return;
+    }
+    let Ok(request) = decode_request_kind(&header, &mut body) else {
+        return;
+    };
+    reached.bodies += 1;
+    // Produce: what the broker checks before appending (header, CRC), plus a full record
+    // walk as the client and tools do.
+    if let RequestKind::Produce(produce) = request {
+        for topic in &produce.topic_data {
+            for partition in &topic.partition_data {
+                let Some(records) = &partition.records else {
+                    continue;
+                };
+                for view in batch::batches(records) {
+                    let Ok(view) = view else { break };
+                    reached.batches += 1;
+                    let _ = view.validate();
+                    if let Ok(iter) = view.records() {
+                        reached.records += iter.take_while(Result::is_ok).count() as u64;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Both stages, unmeasured (for the seed check).
+fn broker_decode_path(input: &[u8], reached: &mut Reached) {
+    for frame in frames_of(input, reached) {
+        decode_frame(frame, reached);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutations
+
+fn fix_prefix(frame: &mut [u8]) {
+    if frame.len() >= 4 {
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// Values that break length and count fields.
+const NASTY_I32: [i32; 9] = [
+    i32::MAX,
+    i32::MIN,
+    -1,
+    -2,
+    0,
+    0x7fff,
+    0x0100_0000,
+    0x4000_0000,
+    1_000_000,
+];
+const NASTY_VARINTS: [&[u8]; 6] = [
+    &[0xff, 0xff, 0xff, 0xff, 0x0f],       // u32::MAX
+    &[0xfe, 0xff, 0xff, 0xff, 0x0f],       // varint i32::MAX (zigzag)
+    &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01], // overlong
+    &[0x80, 0x80, 0x80, 0x80, 0x08],       // 2^31
+    &[0x01],                               // -1 zigzag / 0 compact null
+    &[0x80, 0x80, 0x80, 0x01],             // 2^21
+];
+
+fn mutate(seed: &[u8], rng: &mut StdRng) -> Vec<u8> {
+    let mut f = seed.to_vec();
+    // Mostly one mutation, so that most inputs stay close enough to valid to reach the body
+    // decoders; sometimes a few.
+    let rounds = if rng.gen_bool(0.7) {
+        1
+    } else {
+        rng.gen_range(2..=4)
+    };
+    for _ in 0..rounds {
+        if f.len() <= 4 {
+            f.extend((0..rng.gen_range(1..32)).map(|_| rng.gen::<u8>()));
+        }
+        // Positions past the request header (~25 bytes) most of the time: the header parser is
+        // small and gets its share; the generated body decoders are the larger surface.
+        let body = if f.len() > 32 && rng.gen_bool(0.8) {
+            25..f.len()
+        } else {
+            4..f.len()
+        };
+        match rng.gen_range(0..10) {
+            // flip bits
+            0 => {
+                for _ in 0..rng.gen_range(1..8) {
+                    let at = rng.gen_range(body.clone());
+                    f[at] ^= 1 << rng.gen_range(0..8);
+                }
+            }
+            // overwrite random bytes
+            1 => {
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(body.clone());
+                    f[at] = rng.gen();
+                }
+            }
+            // a huge or negative i32 count/length anywhere
+            2 | 3 => {
+                let at = rng.gen_range(body.start..f.len().saturating_sub(3).max(body.start + 1));
+                let v = NASTY_I32[rng.gen_range(0..NASTY_I32.len())];
+                for (i, b) in v.to_be_bytes().iter().enumerate() {
+                    if let Some(slot) = f.get_mut(at + i) {
+                        *slot = *b;
+                    }
+                }
+            }
+            // a huge i16 (string lengths, error codes)
+            4 => {
+                let at = rng.gen_range(body.clone());
+                let v: i16 = [i16::MAX, -1, -2, i16::MIN, 0][rng.gen_range(0..5)];
+                for (i, b) in v.to_be_bytes().iter().enumerate() {
+                    if let Some(slot) = f.get_mut(at + i) {
+                        *slot = *b;
+                    }
+                }
+            }
+            // a nasty varint inserted or overwritten (compact lengths, record fields)
+            5 => {
+                let at = rng.gen_range(body.clone());
+                let v = NASTY_VARINTS[rng.gen_range(0..NASTY_VARINTS.len())];
+                if rng.gen_bool(0.5) {
+                    f.splice(at..at, v.iter().copied());
+                } else {
+                    for (i, b) in v.iter().enumerate() {
+                        if let Some(slot) = f.get_mut(at + i) {
+                            *slot = *b;
+                        }
+                    }
+                }
+            }
+            // truncate
+            6 => {
+                let at = rng.gen_range(4..=f.len());
+                f.truncate(at);
+            }
+            // delete or duplicate a range
+            7 => {
+                let a = rng.gen_range(body.clone());
+                let b = rng.gen_range(a..=f.len().min(a + 64));
+                if rng.gen_bool(0.5) {
+                    f.drain(a..b);
+                } else {
+                    let dup: Vec<u8> = f[a..b].to_vec();
+                    f.splice(b..b, dup);
+                }
+            }
+            // insert random bytes
+            8 => {
+                let at = rng.gen_range(4..=f.len());
+                let n = rng.gen_range(1..16);
+                f.splice(at..at, (0..n).map(|_| rng.gen::<u8>()));
+            }
+            // swap api version (decode the body with another version's layout)
+            _ => {
+                if f.len() >= 8 {
+                    let key = i16::from_be_bytes([f[4], f[5]]);
+                    let v = match versions::supported_range(key) {
+                        Some(r) if rng.gen_bool(0.8) => rng.gen_range(r.min..=r.max),
+                        _ => rng.gen_range(-1..20),
+                    };
+                    f[6..8].copy_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+    }
+    // Usually keep the size prefix consistent so the body reaches the decoders; sometimes not,
+    // to exercise partial and refused frames.
+    match rng.gen_range(0..20) {
+        0 => {
+            if f.len() >= 4 {
+                f[..4].copy_from_slice(&rng.gen::<i32>().to_be_bytes());
+            }
+        }
+        1 => {}
+        _ => fix_prefix(&mut f),
+    }
+    f
+}
+
+/// A frame of random bytes, sometimes behind a valid header of a served api/version.
+fn random_frame(rng: &mut StdRng) -> Vec<u8> {
+    let len = rng.gen_range(0..256);
+    let mut f = vec![0u8; 4];
+    if rng.gen_bool(0.7) {
+        let range = SUPPORTED[rng.gen_range(0..SUPPORTED.len())];
+        f.extend_from_slice(&range.api_key.to_be_bytes());
+        f.extend_from_slice(&rng.gen_range(range.min..=range.max).to_be_bytes());
+        f.extend_from_slice(&rng.gen::<i32>().to_be_bytes());
+        if rng.gen_bool(0.5) {
+            f.extend_from_slice(&(-1i16).to_be_bytes());
+            f.push(0);
+        }
+    }
+    f.extend((0..len).map(|_| rng.gen::<u8>()));
+    fix_prefix(&mut f);
+    f
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+fn frames_to_run() -> u64 {
+    if let Ok(n) = std::env::var("RILL_FUZZ_FRAMES") {
+        return n.parse().expect("RILL_FUZZ_FRAMES is a number");
+    }
+    if std::env::var("RILL_FUZZ_LONG").is_ok_and(|v| v == "1") {
+        1_000_000
+    } else {
+        100_000
+    }
+}
+
+#[test]
+fn every_seed_is_a_valid_request_that_decodes() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let seeds = all_seeds(&mut rng);
+    let served: usize = SUPPORTED.iter().map(|r| (r.max - r.min + 1) as usize).sum();
+    assert_eq!(seeds.len(), served);
+    for (api, v, frame) in seeds {
+        let mut reached = Reached::default();
+        broker_decode_path(&frame, &mut reached);
+        assert_eq!(
+            (reached.frames, reached.headers, reached.bodies),
+            (1, 1, 1),
+            "{api:?} v{v}"
+        );
+        if api == ApiKey::Produce {
+            assert!(reached.batches >= 2 && reached.records >= 2, "{reached:?}");
+        }
+    }
+}
+
+#[test]
+fn allocator_harness_notices_a_large_allocation() {
+    // The bound is only worth something if the counter sees allocations.
+    let (_, largest, _) = measure(|| std::hint::black_box(vec![0u8; 1 << 20]));
+    assert!(largest >= 1 << 20);
+    assert!(largest > single_alloc_bound(100));
+}
+
+#[test]
+fn random_and_mutated_frames_never_panic_nor_over_allocate() {
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .map(|s| s.parse().expect("SEED is a number"))
+        .unwrap_or_else(rand::random);
+    let frames = frames_to_run();
+    println!("decoder fuzz: SEED={seed} frames={frames}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let seeds = all_seeds(&mut rng);
+
+    // Silence the default hook: a caught panic is reported below with its input.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+
+    let mut reached = Reached::default();
+    let mut worst_single_ratio = 0.0f64;
+    let mut worst_peak_ratio = 0.0f64;
+    let mut largest_seen = 0usize;
+    let mut failure: Option<String> = None;
+    let started = Instant::now();
+    for i in 0..frames {
+        let input = if i % 10 == 0 {
+            random_frame(&mut rng)
+        } else {
+            let (_, _, seed_frame) = &seeds[rng.gen_range(0..seeds.len())];
+            mutate(seed_frame, &mut rng)
+        };
+        let ((frames_found, framing_panicked), framing_largest, _) = measure(
+            || match catch_unwind(AssertUnwindSafe(|| frames_of(&input, &mut reached))) {
+                Ok(frames) => (frames, false),
+                Err(_) => (Vec::new(), true),
+            },
+        );
+        if framing_panicked {
+            failure = Some(format!("panic while framing input #{i}"));
+        } else if framing_largest > framing_alloc_bound(input.len()) {
+            failure = Some(format!(
+                "framing input #{i} of {} bytes made a single allocation of {framing_largest} bytes (bound {})",
+                input.len(),
+                framing_alloc_bound(input.len())
+            ));
+        }
+        for frame in frames_found {
+            if failure.is_some() {
+                break;
+            }
+            let len = frame.len();
+            let (outcome, largest, peak) =
+                measure(|| catch_unwind(AssertUnwindSafe(|| decode_frame(frame, &mut reached))));
+            if outcome.is_err() {
+                failure = Some(format!("panic decoding a frame of input #{i}"));
+            } else if largest > single_alloc_bound(len) {
+                failure = Some(format!(
+                    "a frame of {len} bytes (input #{i}) made a single allocation of {largest} bytes (bound {})",
+                    single_alloc_bound(len)
+                ));
+            } else if peak > peak_live_bound(len) {
+                failure = Some(format!(
+                    "a frame of {len} bytes (input #{i}) held {peak} bytes at once (bound {})",
+                    peak_live_bound(len)
+                ));
+            }
+            largest_seen = largest_seen.max(largest);
+            if len >= 64 {
+                worst_single_ratio = worst_single_ratio.max(largest as f64 / len as f64);
+                worst_peak_ratio = worst_peak_ratio.max(peak as f64 / len as f64);
+            }
+        }
+        if let Some(what) = failure.take() {
+            std::panic::set_hook(default_hook);
+            panic!("{what}; replay with SEED={seed}; input: {}", hex(&input));
+        }
+    }
+    let elapsed = started.elapsed();
+    std::panic::set_hook(default_hook);
+    println!(
+        "decoder fuzz: {frames} frames in {:.1} s ({:.0} frames/s); reached {reached:?}; \
+         largest single allocation {largest_seen} bytes; for frames of 64+ bytes the worst \
+         largest-allocation/frame ratio was {worst_single_ratio:.1} and peak-live/frame \
+         {worst_peak_ratio:.1} (bounds {SINGLE_ALLOC_FACTOR}x and {PEAK_LIVE_FACTOR}x plus slack)",
+        elapsed.as_secs_f64(),
+        frames as f64 / elapsed.as_secs_f64(),
+    );
+    // The fuzzer must get past the framing and header stages for most inputs, or it tests
+    // nothing: insist that a good share of frames reached the body decoders and Produce batches.
+    assert!(reached.bodies > frames / 10, "{reached:?}");
+    assert!(reached.batches > frames / 100, "{reached:?}");
+}

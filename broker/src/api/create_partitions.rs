@@ -1,0 +1,39 @@
+//! CreatePartitions: raise a topic's partition count.
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
+
+use super::error_parts;
+use crate::error::BrokerError;
+use crate::server::Broker;
+
+/// Adds partitions to each named topic.
+pub async fn handle(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let me = broker.config.node_id;
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let bad_assignment = topic.assignments.as_ref().is_some_and(|a| {
+            a.iter()
+                .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != me)
+        });
+        let result = if bad_assignment {
+            Err(BrokerError::InvalidReplicaAssignment(format!(
+                "every partition must be assigned to broker {me} only"
+            )))
+        } else {
+            broker
+                .manager
+                .create_partitions(&name, topic.count, request.validate_only)
+                .await
+        };
+        let (error_code, error_message) = error_parts(&result);
+        results.push(
+            CreatePartitionsTopicResult::default()
+                .with_name(topic.name)
+                .with_error_code(error_code)
+                .with_error_message(error_message),
+        );
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}

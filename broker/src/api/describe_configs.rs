@@ -1,0 +1,232 @@
+//! DescribeConfigs: topic configs (with their source, synonyms and documentation)
+//! and the broker's topic defaults.
+//!
+//! Honesty about `cleanup.policy`: the value is stored and reported as set, and its
+//! documentation (returned with include_documentation, v3+) says that compaction is
+//! not implemented yet, so `compact` topics are cleaned by retention only.
+
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
+use super::str_bytes;
+use crate::error::BrokerError;
+use crate::server::Broker;
+use crate::state::topic_config::{broker_key, documentation, TopicConfig, TOPIC_CONFIG_KEYS};
+
+/// Kafka's ConfigResource types.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// Kafka's ConfigSource for a broker key set in the broker's config.
+const SOURCE_STATIC_BROKER: i8 = 4;
+/// Kafka's ConfigType values.
+const TYPE_STRING: i8 = 2;
+const TYPE_INT: i8 = 3;
+const TYPE_LONG: i8 = 5;
+const TYPE_LIST: i8 = 7;
+
+fn config_type(key: &str) -> i8 {
+    match key {
+        "cleanup.policy" => TYPE_LIST,
+        "max.message.bytes" | "segment.bytes" => TYPE_INT,
+        "retention.bytes" | "retention.ms" | "segment.ms" => TYPE_LONG,
+        _ => TYPE_STRING,
+    }
+}
+
+/// Answers every requested resource.
+pub fn handle(
+    broker: &Broker,
+    request: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .iter()
+        .map(|resource| {
+            let keys = resource.configuration_keys.clone();
+            let wanted = |key: &str| {
+                keys.as_ref()
+                    .is_none_or(|k| k.iter().any(|w| w.as_str() == key))
+            };
+            let configs = match resource.resource_type {
+                RESOURCE_TOPIC => broker
+                    .manager
+                    .topic(resource.resource_name.as_str())
+                    .ok_or(BrokerError::UnknownTopicOrPartition)
+                    .map(|topic| describe_topic(&topic.config, &wanted, &request, version)),
+                RESOURCE_BROKER => {
+                    let name = resource.resource_name.as_str();
+                    if name.is_empty() || name == broker.config.node_id.to_string() {
+                        Ok(describe_broker(broker, &wanted, &request, version))
+                    } else {
+                        Err(BrokerError::InvalidRequest(format!(
+                            "unknown broker `{name}`"
+                        )))
+                    }
+                }
+                other => Err(BrokerError::InvalidRequest(format!(
+                    "resource type {other} is not supported"
+                ))),
+            };
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            match configs {
+                Ok(configs) => result.with_configs(configs),
+                Err(e) => result
+                    .with_error_code(e.code())
+                    .with_error_message(Some(str_bytes(e.to_string()))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+fn describe_topic(
+    config: &TopicConfig,
+    wanted: &dyn Fn(&str) -> bool,
+    request: &DescribeConfigsRequest,
+    version: i16,
+) -> Vec<DescribeConfigsResourceResult> {
+    TOPIC_CONFIG_KEYS
+        .iter()
+        .filter(|key| wanted(key))
+        .map(|key| {
+            let value = config.value(key).map(str_bytes);
+            let source = if config.is_override(key) {
+                SOURCE_TOPIC
+            } else {
+                SOURCE_DEFAULT
+            };
+            let mut entry = DescribeConfigsResourceResult::default()
+                .with_name(str_bytes(*key))
+                .with_value(value.clone())
+                .with_config_source(source);
+            if request.include_synonyms {
+                let mut synonyms = Vec::new();
+                if config.is_override(key) {
+                    synonyms.push(
+                        DescribeConfigsSynonym::default()
+                            .with_name(str_bytes(*key))
+                            .with_value(value)
+                            .with_source(SOURCE_TOPIC),
+                    );
+                }
+                synonyms.push(
+                    DescribeConfigsSynonym::default()
+                        .with_name(str_bytes(broker_key(key)))
+                        .with_value(default_value(key))
+                        .with_source(SOURCE_DEFAULT),
+                );
+                entry = entry.with_synonyms(synonyms);
+            }
+            if version >= 3 {
+                entry = entry.with_config_type(config_type(key));
+                if request.include_documentation {
+                    entry = entry.with_documentation(Some(str_bytes(documentation(key))));
+                }
+            }
+            entry
+        })
+        .collect()
+}
+
+fn default_value(key: &str) -> Option<StrBytes> {
+    let defaults = crate::config::TopicDefaults::default();
+    let value = match key {
+        "cleanup.policy" => "delete".to_string(),
+        "max.message.bytes" => defaults.max_message_bytes.to_string(),
+        "retention.bytes" => defaults.retention_bytes.to_string(),
+        "retention.ms" => defaults.retention_ms.to_string(),
+        "segment.bytes" => defaults.segment_bytes.to_string(),
+        "segment.ms" => defaults.segment_ms.to_string(),
+        _ => return None,
+    };
+    Some(str_bytes(value))
+}
+
+fn describe_broker(
+    broker: &Broker,
+    wanted: &dyn Fn(&str) -> bool,
+    request: &DescribeConfigsRequest,
+    version: i16,
+) -> Vec<DescribeConfigsResourceResult> {
+    let c = &broker.config;
+    let t = &c.topic_defaults;
+    let built_in = crate::config::Config::default();
+    let entries: [(&str, String, bool); 9] = [
+        (
+            "log_retention_ms",
+            t.retention_ms.to_string(),
+            t.retention_ms != built_in.topic_defaults.retention_ms,
+        ),
+        (
+            "log_retention_bytes",
+            t.retention_bytes.to_string(),
+            t.retention_bytes != built_in.topic_defaults.retention_bytes,
+        ),
+        (
+            "log_segment_bytes",
+            t.segment_bytes.to_string(),
+            t.segment_bytes != built_in.topic_defaults.segment_bytes,
+        ),
+        (
+            "log_segment_ms",
+            t.segment_ms.to_string(),
+            t.segment_ms != built_in.topic_defaults.segment_ms,
+        ),
+        (
+            "message_max_bytes",
+            t.max_message_bytes.to_string(),
+            t.max_message_bytes != built_in.topic_defaults.max_message_bytes,
+        ),
+        (
+            "auto_create_topics",
+            c.auto_create_topics.to_string(),
+            c.auto_create_topics != built_in.auto_create_topics,
+        ),
+        (
+            "default_partitions",
+            c.default_partitions.to_string(),
+            c.default_partitions != built_in.default_partitions,
+        ),
+        (
+            "socket_request_max_bytes",
+            c.socket_request_max_bytes.to_string(),
+            c.socket_request_max_bytes != built_in.socket_request_max_bytes,
+        ),
+        (
+            "durability",
+            c.durability.to_string(),
+            c.durability != built_in.durability,
+        ),
+    ];
+    entries
+        .into_iter()
+        .filter(|(key, _, _)| wanted(key))
+        .map(|(key, value, set)| {
+            let mut entry = DescribeConfigsResourceResult::default()
+                .with_name(str_bytes(key))
+                .with_value(Some(str_bytes(value)))
+                .with_read_only(true)
+                .with_config_source(if set {
+                    SOURCE_STATIC_BROKER
+                } else {
+                    SOURCE_DEFAULT
+                });
+            if version >= 3 {
+                entry = entry.with_config_type(TYPE_STRING);
+                if request.include_documentation {
+                    entry = entry.with_documentation(Some(str_bytes(
+                        "Broker key; see the rilld configuration reference.",
+                    )));
+                }
+            }
+            entry
+        })
+        .collect()
+}

@@ -1,0 +1,110 @@
+//! ListOffsets: earliest (-2), latest (-1), max-timestamp (-3), earliest-local (-4),
+//! latest-tiered (-5, none here) and by timestamp; never beyond the high watermark.
+
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use crate::error::BrokerError;
+use crate::server::Broker;
+use crate::state::partition::LEADER_EPOCH;
+
+/// Kafka's special "timestamps".
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+/// Answers every requested partition.
+pub fn handle(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let name = topic.name.0.to_string();
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let response = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index);
+                    match lookup(
+                        broker,
+                        &name,
+                        p.partition_index,
+                        p.current_leader_epoch,
+                        p.timestamp,
+                    ) {
+                        Ok((timestamp, offset)) => {
+                            let response = response.with_timestamp(timestamp).with_offset(offset);
+                            if version >= 4 && offset >= 0 {
+                                response.with_leader_epoch(LEADER_EPOCH)
+                            } else {
+                                response
+                            }
+                        }
+                        Err(e) => response
+                            .with_error_code(e.code())
+                            .with_timestamp(-1)
+                            .with_offset(-1),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// Checks a client's view of the leader epoch against ours (-1: no check).
+pub fn check_leader_epoch(current_leader_epoch: i32) -> Result<(), BrokerError> {
+    if current_leader_epoch == -1 || current_leader_epoch == LEADER_EPOCH {
+        Ok(())
+    } else if current_leader_epoch > LEADER_EPOCH {
+        Err(BrokerError::UnknownLeaderEpoch)
+    } else {
+        Err(BrokerError::FencedLeaderEpoch)
+    }
+}
+
+/// (timestamp, offset) for one partition.
+fn lookup(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    current_leader_epoch: i32,
+    timestamp: i64,
+) -> Result<(i64, i64), BrokerError> {
+    let (_, partition) = broker
+        .manager
+        .partition(topic, index)
+        .ok_or(BrokerError::UnknownTopicOrPartition)?;
+    check_leader_epoch(current_leader_epoch)?;
+    let high_watermark = partition.visible_end_offset();
+    let log = partition.log();
+    let storage = |e: rill_storage::StorageError| BrokerError::Storage(e.to_string());
+    Ok(match timestamp {
+        LATEST => (-1, high_watermark),
+        EARLIEST | EARLIEST_LOCAL => (-1, log.log_start_offset() as i64),
+        LATEST_TIERED => (-1, -1),
+        MAX_TIMESTAMP => match log.max_timestamp().map_err(storage)? {
+            Some((ts, offset)) if (offset as i64) < high_watermark => (ts, offset as i64),
+            _ => (-1, -1),
+        },
+        ts if ts >= 0 => match log.offset_for_timestamp(ts).map_err(storage)? {
+            Some((offset, found_ts)) if (offset as i64) < high_watermark => {
+                (found_ts, offset as i64)
+            }
+            _ => (-1, -1),
+        },
+        other => {
+            return Err(BrokerError::InvalidRequest(format!(
+                "timestamp {other} is not a timestamp or a known special value"
+            )))
+        }
+    })
+}

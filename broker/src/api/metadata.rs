@@ -1,0 +1,98 @@
+//! Metadata: this broker, and the requested topics (creating unknown ones when the
+//! request allows it and `auto_create_topics` is on).
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::str_bytes;
+use crate::error::BrokerError;
+use crate::server::Broker;
+use crate::state::{partition::LEADER_EPOCH, Topic};
+
+/// Answers a Metadata request.
+pub async fn handle(broker: &Broker, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let node_id = BrokerId(broker.config.node_id);
+    // v0 has no null: an empty list means all topics there; from v1 null means all.
+    let wanted = match request.topics {
+        None => None,
+        Some(topics) if topics.is_empty() && version == 0 => None,
+        Some(topics) => Some(topics),
+    };
+    // allow_auto_topic_creation exists from v4; before that Kafka always allowed it.
+    let may_create = version < 4 || request.allow_auto_topic_creation;
+    let mut topics = Vec::new();
+    match wanted {
+        None => {
+            for topic in broker.manager.topics() {
+                topics.push(describe(&topic, node_id));
+            }
+        }
+        Some(requested) => {
+            for wanted in requested {
+                let entry = match (&wanted.name, wanted.topic_id) {
+                    (Some(name), _) => {
+                        let found = if may_create {
+                            broker.manager.get_or_auto_create(name).await
+                        } else {
+                            broker
+                                .manager
+                                .topic(name)
+                                .ok_or(BrokerError::UnknownTopicOrPartition)
+                        };
+                        match found {
+                            Ok(topic) => describe(&topic, node_id),
+                            Err(e) => error_topic(Some(name.clone()), Uuid::nil(), e.code()),
+                        }
+                    }
+                    (None, id) => match broker.manager.topic_by_id(id) {
+                        Some(topic) => describe(&topic, node_id),
+                        None => error_topic(None, id, ResponseError::UnknownTopicId.code()),
+                    },
+                };
+                topics.push(entry);
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(node_id)
+            .with_host(str_bytes(broker.advertised_host.clone()))
+            .with_port(broker.advertised_port)])
+        .with_cluster_id(Some(str_bytes(broker.manager.cluster_id.clone())))
+        .with_controller_id(node_id)
+        .with_topics(topics)
+}
+
+fn error_topic(name: Option<TopicName>, id: Uuid, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(code)
+        .with_name(name)
+        .with_topic_id(id)
+}
+
+fn describe(topic: &Arc<Topic>, node_id: BrokerId) -> MetadataResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p.index)
+                .with_leader_id(node_id)
+                .with_leader_epoch(LEADER_EPOCH)
+                .with_replica_nodes(vec![node_id])
+                .with_isr_nodes(vec![node_id])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(topic.name.clone()))))
+        .with_topic_id(topic.id)
+        .with_partitions(partitions)
+        // Authorized operations are not tracked: Kafka's "omitted" value.
+        .with_topic_authorized_operations(i32::MIN)
+}

@@ -1,0 +1,155 @@
+//! One module per Kafka API (mini-redis's `cmd/`): each turns a decoded request
+//! into a response using the [`crate::state`] layer. [`dispatch`] checks the
+//! version against the served table, decodes the body with `rill-protocol`, calls
+//! the handler, and encodes the response frame.
+
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod offset_for_leader_epoch;
+pub mod produce;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use rill_protocol::header::RequestHeader;
+use rill_protocol::{codec, versions};
+
+use crate::server::connection::Reply;
+use crate::server::Broker;
+
+/// A request the broker cannot answer; the connection is closed (Kafka does the
+/// same for undecodable requests, since the client would wait forever otherwise).
+#[derive(Debug)]
+pub struct CloseConnection(pub String);
+
+/// Decodes, handles and encodes one request.
+pub async fn dispatch(broker: &Broker, header: RequestHeader, mut body: Bytes) -> Reply {
+    let (api_key, version, correlation_id) =
+        (header.api_key, header.api_version, header.correlation_id);
+    if !versions::is_supported(api_key, version) {
+        tracing::debug!(api_key, version, "unsupported api key or version");
+        return Ok(Some(vec![unsupported_version(&header)]));
+    }
+    let api = ApiKey::try_from(api_key)
+        .map_err(|()| CloseConnection(format!("api key {api_key} served but unknown")))?;
+
+    macro_rules! decode {
+        ($request:ty) => {
+            codec::decode_request::<$request>(&mut body, version).map_err(|e| {
+                CloseConnection(format!("undecodable {api:?} v{version} request: {e}"))
+            })?
+        };
+    }
+    macro_rules! encode {
+        ($response:expr) => {
+            codec::encode_response(correlation_id, api_key, version, &$response)
+                .map_err(|e| CloseConnection(format!("cannot encode {api:?} v{version}: {e}")))?
+        };
+    }
+
+    let frame = match api {
+        ApiKey::ApiVersions => encode!(api_versions::handle(decode!(ApiVersionsRequest), version)),
+        ApiKey::Metadata => {
+            encode!(metadata::handle(broker, decode!(MetadataRequest), version).await)
+        }
+        ApiKey::CreateTopics => {
+            encode!(create_topics::handle(broker, decode!(CreateTopicsRequest), version).await)
+        }
+        ApiKey::DeleteTopics => {
+            encode!(delete_topics::handle(broker, decode!(DeleteTopicsRequest), version).await)
+        }
+        ApiKey::CreatePartitions => {
+            encode!(create_partitions::handle(broker, decode!(CreatePartitionsRequest)).await)
+        }
+        ApiKey::Produce => {
+            match produce::handle(broker, decode!(ProduceRequest), version).await {
+                Some(response) => encode!(response),
+                None => return Ok(None), // acks=0: no response at all
+            }
+        }
+        ApiKey::Fetch => {
+            let request = decode!(FetchRequest);
+            return fetch::handle(broker, correlation_id, request, version)
+                .await
+                .map(Some)
+                .map_err(|e| CloseConnection(format!("cannot encode Fetch v{version}: {e}")));
+        }
+        ApiKey::ListOffsets => {
+            encode!(list_offsets::handle(
+                broker,
+                decode!(ListOffsetsRequest),
+                version
+            ))
+        }
+        ApiKey::DescribeConfigs => {
+            encode!(describe_configs::handle(
+                broker,
+                decode!(DescribeConfigsRequest),
+                version
+            ))
+        }
+        ApiKey::DescribeCluster => {
+            encode!(describe_cluster::handle(
+                broker,
+                decode!(DescribeClusterRequest)
+            ))
+        }
+        ApiKey::OffsetForLeaderEpoch => encode!(offset_for_leader_epoch::handle(
+            broker,
+            decode!(OffsetForLeaderEpochRequest)
+        )),
+        other => {
+            return Err(CloseConnection(format!(
+                "{other:?} is in the served table but has no handler"
+            )))
+        }
+    };
+    Ok(Some(vec![frame]))
+}
+
+/// The answer to an api key or version Rill does not serve.
+///
+/// ApiVersions gets a v0 ApiVersionsResponse (error UNSUPPORTED_VERSION plus the
+/// served ranges) so the client can pick a version, exactly as Kafka does. Any
+/// other api key gets a response header v0 followed by the int16 error code
+/// UNSUPPORTED_VERSION (35): there is no schema to encode a full body for a version
+/// the broker does not know, and every client reads the correlation id first.
+pub fn unsupported_version(header: &RequestHeader) -> Bytes {
+    let code = ResponseError::UnsupportedVersion.code();
+    if header.api_key == ApiKey::ApiVersions as i16 {
+        let response = ApiVersionsResponse::default()
+            .with_error_code(code)
+            .with_api_keys(versions::api_versions_entries());
+        if let Ok(frame) =
+            codec::encode_response(header.correlation_id, header.api_key, 0, &response)
+        {
+            return frame;
+        }
+    }
+    let mut frame = BytesMut::with_capacity(10);
+    frame.put_i32(6);
+    frame.put_i32(header.correlation_id);
+    frame.put_i16(code);
+    frame.freeze()
+}
+
+/// `Some(text)` as a Kafka nullable string.
+pub fn str_bytes(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}
+
+/// The error code and message for a result.
+pub fn error_parts<T>(result: &Result<T, crate::error::BrokerError>) -> (i16, Option<StrBytes>) {
+    match result {
+        Ok(_) => (0, None),
+        Err(e) => (e.code(), Some(str_bytes(e.to_string()))),
+    }
+}

@@ -1,0 +1,77 @@
+//! OffsetForLeaderEpoch: the end offset of a leader epoch, for consumers
+//! validating their position after a leader change (KIP-320).
+
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+
+use super::list_offsets::check_leader_epoch;
+use crate::error::BrokerError;
+use crate::server::Broker;
+use crate::state::partition::LEADER_EPOCH;
+
+/// Answers every requested partition.
+pub fn handle(
+    broker: &Broker,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let name = topic.topic.0.to_string();
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let response = EpochEndOffset::default().with_partition(p.partition);
+                    match end_offset(
+                        broker,
+                        &name,
+                        p.partition,
+                        p.current_leader_epoch,
+                        p.leader_epoch,
+                    ) {
+                        Ok((epoch, offset)) => {
+                            response.with_leader_epoch(epoch).with_end_offset(offset)
+                        }
+                        Err(e) => response
+                            .with_error_code(e.code())
+                            .with_leader_epoch(-1)
+                            .with_end_offset(-1),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
+
+fn end_offset(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    current_leader_epoch: i32,
+    leader_epoch: i32,
+) -> Result<(i32, i64), BrokerError> {
+    let (_, partition) = broker
+        .manager
+        .partition(topic, index)
+        .ok_or(BrokerError::UnknownTopicOrPartition)?;
+    check_leader_epoch(current_leader_epoch)?;
+    let log = partition.log();
+    Ok(match log.end_offset_for_epoch(leader_epoch) {
+        Some((epoch, end_offset)) => (epoch, end_offset as i64),
+        // An empty log has no epoch entries yet, but this broker leads epoch
+        // LEADER_EPOCH from offset 0.
+        None if leader_epoch >= LEADER_EPOCH && log.latest_epoch().is_none() => {
+            (LEADER_EPOCH, log.log_end_offset() as i64)
+        }
+        // Kafka answers (-1, -1) for an epoch older than any it has.
+        None => (-1, -1),
+    })
+}

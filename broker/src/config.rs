@@ -1,0 +1,495 @@
+//! Broker configuration: one home for every key (STYLE §9).
+//!
+//! Sources, later ones overriding earlier ones: built-in defaults, the TOML file
+//! given by `--config`, then command-line flags. Every key is a field of [`Config`],
+//! documented where it is declared, and [`Config::validate`] checks all of them at
+//! start-up with an error that names the offending key. The TOML keys and the flag
+//! names are the same words (`data_dir` in the file, `--data-dir` on the command line).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// When an acks=-1 produce is answered, and what consumers may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every append is flushed to disk (fdatasync/msync) before it is acknowledged
+    /// to an acks=-1 producer or shown to consumers. Concurrent produces to a
+    /// partition share one flush (group commit). Risk: none from a crash of the
+    /// broker or the machine, as long as the disk honours flushes; cost: one flush
+    /// latency per produce round trip.
+    Fsync,
+    /// Appends are acknowledged (acks=-1 and acks=1 alike) as soon as they are in the
+    /// page cache, and every partition is flushed each `flush_interval_ms`. Risk: a
+    /// power loss or kernel crash loses up to `flush_interval_ms` of acknowledged
+    /// records (a crash of only the `rilld` process loses nothing: the page cache
+    /// survives it).
+    Interval,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Fsync => "fsync",
+            Durability::Interval => "interval",
+        })
+    }
+}
+
+/// The validated broker configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `listen`: address of the Kafka client port. Default `127.0.0.1:9092`.
+    pub listen: SocketAddr,
+    /// `advertised_listen`: host:port that Metadata tells clients to connect to.
+    /// Default: the bound `listen` address (after resolving port 0).
+    pub advertised_listen: Option<String>,
+    /// `admin_listen`: address of the admin HTTP port serving `GET /metrics`
+    /// (Prometheus text). Default `127.0.0.1:9644`; `off` disables it.
+    pub admin_listen: Option<SocketAddr>,
+    /// `node_id`: this broker's id in Metadata and DescribeCluster. Default 1.
+    pub node_id: i32,
+    /// `data_dir`: where partition logs and topic metadata live. Default `./rill-data`.
+    pub data_dir: PathBuf,
+    /// `auto_create_topics`: create a topic when Metadata (with
+    /// allow_auto_topic_creation) or Produce names an unknown one. Default true.
+    pub auto_create_topics: bool,
+    /// `default_partitions`: partitions of auto-created topics and of CreateTopics
+    /// requests that pass -1. Default 1. Range 1..=10000.
+    pub default_partitions: i32,
+    /// `socket_request_max_bytes`: largest request frame accepted; a larger one is
+    /// refused before its body is allocated and the connection is closed.
+    /// Default 104857600 (100 MiB). Range 1024..=2147483647.
+    pub socket_request_max_bytes: usize,
+    /// `connections_max`: client connections served at once; further connections
+    /// are accepted and closed immediately. Default 1024. Range 1..=1000000.
+    pub connections_max: usize,
+    /// `requests_in_flight_max`: requests of one connection read ahead and being
+    /// handled while earlier responses are outstanding (pipelining); at the limit
+    /// the broker stops reading from that socket. Default 32. Range 1..=1024.
+    pub requests_in_flight_max: usize,
+    /// `durability`: `fsync` (default) or `interval`; see [`Durability`].
+    pub durability: Durability,
+    /// `flush_interval_ms`: with `durability = "interval"`, how often every partition
+    /// is flushed. Default 1000. Range 1..=3600000.
+    pub flush_interval_ms: u64,
+    /// `retention_check_interval_ms`: how often retention deletes expired segments.
+    /// Default 300000 (5 min, like Kafka). Range 100..=86400000.
+    pub retention_check_interval_ms: u64,
+    /// `fetch_wait_ms_max`: upper bound on a Fetch request's max_wait_ms, so a
+    /// client cannot park a request for longer. Default 30000. Range 0..=300000.
+    pub fetch_wait_ms_max: u64,
+    /// `shutdown_timeout_ms`: on SIGINT/SIGTERM, how long in-flight requests get to
+    /// finish before the broker flushes and exits anyway. Default 10000.
+    pub shutdown_timeout_ms: u64,
+    /// `debug_flush_delay_ms`: FOR TESTS ONLY. Sleep this long before every partition
+    /// flush, to make the order "flush, then acknowledge" observable. Default 0.
+    pub debug_flush_delay_ms: u64,
+    /// Topic config defaults for topics that do not set their own.
+    pub topic_defaults: TopicDefaults,
+}
+
+/// Broker-wide defaults of the per-topic configs (Kafka's `log.*` broker keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDefaults {
+    /// `log_retention_ms` (topic `retention.ms`): delete closed segments whose newest
+    /// record is older than this; -1 keeps forever. Default 604800000 (7 days).
+    pub retention_ms: i64,
+    /// `log_retention_bytes` (topic `retention.bytes`): delete oldest closed segments
+    /// while the partition is larger than this; -1 means no size limit. Default -1.
+    pub retention_bytes: i64,
+    /// `log_segment_bytes` (topic `segment.bytes`): roll a new segment at this size.
+    /// Default 134217728 (128 MiB; Kafka's is 1 GiB, but Rill preallocates the active
+    /// segment file with fallocate, so every partition reserves this much disk).
+    /// Range 65536..=2147483647 (index file positions are u32).
+    pub segment_bytes: i64,
+    /// `log_segment_ms` (topic `segment.ms`): roll a segment older than this.
+    /// Default 604800000 (7 days).
+    pub segment_ms: i64,
+    /// `message_max_bytes` (topic `max.message.bytes`): largest record batch a
+    /// producer may send. Default 1048588 (Kafka's). Range 64..=2147483647.
+    pub max_message_bytes: i64,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            retention_ms: 604_800_000,
+            retention_bytes: -1,
+            segment_bytes: 134_217_728,
+            segment_ms: 604_800_000,
+            max_message_bytes: 1_048_588,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:9092".parse().expect("literal address"),
+            advertised_listen: None,
+            admin_listen: Some("127.0.0.1:9644".parse().expect("literal address")),
+            node_id: 1,
+            data_dir: PathBuf::from("./rill-data"),
+            auto_create_topics: true,
+            default_partitions: 1,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            connections_max: 1024,
+            requests_in_flight_max: 32,
+            durability: Durability::Fsync,
+            flush_interval_ms: 1000,
+            retention_check_interval_ms: 300_000,
+            fetch_wait_ms_max: 30_000,
+            shutdown_timeout_ms: 10_000,
+            debug_flush_delay_ms: 0,
+            topic_defaults: TopicDefaults::default(),
+        }
+    }
+}
+
+/// A configuration error; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown key or a wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message (it names the key).
+        message: String,
+    },
+    /// A key has a value outside its range.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// The key, as written in the TOML file.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The TOML file: every key optional, unknown keys rejected (a typo must not be
+/// silently ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    advertised_listen: Option<String>,
+    admin_listen: Option<String>,
+    node_id: Option<i32>,
+    data_dir: Option<PathBuf>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<i32>,
+    socket_request_max_bytes: Option<i64>,
+    connections_max: Option<i64>,
+    requests_in_flight_max: Option<i64>,
+    durability: Option<Durability>,
+    flush_interval_ms: Option<i64>,
+    retention_check_interval_ms: Option<i64>,
+    fetch_wait_ms_max: Option<i64>,
+    shutdown_timeout_ms: Option<i64>,
+    debug_flush_delay_ms: Option<i64>,
+    log_retention_ms: Option<i64>,
+    log_retention_bytes: Option<i64>,
+    log_segment_bytes: Option<i64>,
+    log_segment_ms: Option<i64>,
+    message_max_bytes: Option<i64>,
+}
+
+/// Command-line flags of `rilld`. Each overrides the TOML key of the same name.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "rilld",
+    version,
+    about = "Rill broker: a Kafka-compatible log broker"
+)]
+pub struct Cli {
+    /// TOML config file; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka client port address [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// host:port advertised in Metadata [default: the bound listen address].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertised_listen: Option<String>,
+    /// Admin HTTP address serving /metrics, or `off` [default: 127.0.0.1:9644].
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_listen: Option<String>,
+    /// Broker id [default: 1].
+    #[arg(long)]
+    pub node_id: Option<i32>,
+    /// Data directory [default: ./rill-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Create unknown topics on Metadata/Produce [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long)]
+    pub default_partitions: Option<i32>,
+    /// Largest request frame in bytes [default: 104857600].
+    #[arg(long)]
+    pub socket_request_max_bytes: Option<i64>,
+    /// Maximum concurrent client connections [default: 1024].
+    #[arg(long)]
+    pub connections_max: Option<i64>,
+    /// Pipelined requests in flight per connection [default: 32].
+    #[arg(long)]
+    pub requests_in_flight_max: Option<i64>,
+    /// fsync (flush before acks=-1 ack, group commit) or interval [default: fsync].
+    #[arg(long, value_enum)]
+    pub durability: Option<Durability>,
+    /// Flush period with --durability interval [default: 1000].
+    #[arg(long)]
+    pub flush_interval_ms: Option<i64>,
+    /// Retention check period [default: 300000].
+    #[arg(long)]
+    pub retention_check_interval_ms: Option<i64>,
+    /// Upper bound on Fetch max_wait_ms [default: 30000].
+    #[arg(long)]
+    pub fetch_wait_ms_max: Option<i64>,
+    /// Grace period for in-flight requests at shutdown [default: 10000].
+    #[arg(long)]
+    pub shutdown_timeout_ms: Option<i64>,
+    /// TESTS ONLY: delay before every flush [default: 0].
+    #[arg(long)]
+    pub debug_flush_delay_ms: Option<i64>,
+    /// Default retention.ms of topics [default: 604800000].
+    #[arg(long)]
+    pub log_retention_ms: Option<i64>,
+    /// Default retention.bytes of topics [default: -1].
+    #[arg(long)]
+    pub log_retention_bytes: Option<i64>,
+    /// Default segment.bytes of topics [default: 134217728].
+    #[arg(long)]
+    pub log_segment_bytes: Option<i64>,
+    /// Default segment.ms of topics [default: 604800000].
+    #[arg(long)]
+    pub log_segment_ms: Option<i64>,
+    /// Default max.message.bytes of topics [default: 1048588].
+    #[arg(long)]
+    pub message_max_bytes: Option<i64>,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+fn in_range(key: &'static str, value: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!("{value} is outside the allowed range {min}..={max}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|e| invalid(key, format!("`{text}` is not an ip:port address ({e})")))
+}
+
+impl Config {
+    /// Builds the configuration from defaults, the file named by `cli.config`, and
+    /// the flags, then validates it.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = Config::default();
+        // Flag wins over file: `cli.x.or(file.x)`.
+        macro_rules! pick {
+            ($field:ident) => {
+                cli.$field.clone().or(file.$field.clone())
+            };
+        }
+        if let Some(v) = pick!(listen) {
+            config.listen = parse_addr("listen", &v)?;
+        }
+        if let Some(v) = pick!(advertised_listen) {
+            if v.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid(
+                    "advertised_listen",
+                    format!("`{v}` is not host:port"),
+                ));
+            }
+            config.advertised_listen = Some(v);
+        }
+        if let Some(v) = pick!(admin_listen) {
+            config.admin_listen = if v == "off" {
+                None
+            } else {
+                Some(parse_addr("admin_listen", &v)?)
+            };
+        }
+        if let Some(v) = pick!(node_id) {
+            config.node_id = in_range("node_id", v.into(), 0, i32::MAX.into())? as i32;
+        }
+        if let Some(v) = pick!(data_dir) {
+            if v.as_os_str().is_empty() {
+                return Err(invalid("data_dir", "must not be empty"));
+            }
+            config.data_dir = v;
+        }
+        if let Some(v) = pick!(auto_create_topics) {
+            config.auto_create_topics = v;
+        }
+        if let Some(v) = pick!(default_partitions) {
+            config.default_partitions = in_range("default_partitions", v.into(), 1, 10_000)? as i32;
+        }
+        if let Some(v) = pick!(socket_request_max_bytes) {
+            config.socket_request_max_bytes =
+                in_range("socket_request_max_bytes", v, 1024, i32::MAX.into())? as usize;
+        }
+        if let Some(v) = pick!(connections_max) {
+            config.connections_max = in_range("connections_max", v, 1, 1_000_000)? as usize;
+        }
+        if let Some(v) = pick!(requests_in_flight_max) {
+            config.requests_in_flight_max =
+                in_range("requests_in_flight_max", v, 1, 1024)? as usize;
+        }
+        if let Some(v) = pick!(durability) {
+            config.durability = v;
+        }
+        if let Some(v) = pick!(flush_interval_ms) {
+            config.flush_interval_ms = in_range("flush_interval_ms", v, 1, 3_600_000)? as u64;
+        }
+        if let Some(v) = pick!(retention_check_interval_ms) {
+            config.retention_check_interval_ms =
+                in_range("retention_check_interval_ms", v, 100, 86_400_000)? as u64;
+        }
+        if let Some(v) = pick!(fetch_wait_ms_max) {
+            config.fetch_wait_ms_max = in_range("fetch_wait_ms_max", v, 0, 300_000)? as u64;
+        }
+        if let Some(v) = pick!(shutdown_timeout_ms) {
+            config.shutdown_timeout_ms = in_range("shutdown_timeout_ms", v, 0, 3_600_000)? as u64;
+        }
+        if let Some(v) = pick!(debug_flush_delay_ms) {
+            config.debug_flush_delay_ms = in_range("debug_flush_delay_ms", v, 0, 60_000)? as u64;
+        }
+        let t = &mut config.topic_defaults;
+        if let Some(v) = pick!(log_retention_ms) {
+            t.retention_ms = check_topic_key("log_retention_ms", "retention.ms", v)?;
+        }
+        if let Some(v) = pick!(log_retention_bytes) {
+            t.retention_bytes = check_topic_key("log_retention_bytes", "retention.bytes", v)?;
+        }
+        if let Some(v) = pick!(log_segment_bytes) {
+            t.segment_bytes = check_topic_key("log_segment_bytes", "segment.bytes", v)?;
+        }
+        if let Some(v) = pick!(log_segment_ms) {
+            t.segment_ms = check_topic_key("log_segment_ms", "segment.ms", v)?;
+        }
+        if let Some(v) = pick!(message_max_bytes) {
+            t.max_message_bytes = check_topic_key("message_max_bytes", "max.message.bytes", v)?;
+        }
+        Ok(config)
+    }
+
+    /// The directory holding topic metadata files.
+    pub fn topics_dir(&self) -> PathBuf {
+        self.data_dir.join("meta")
+    }
+
+    /// The directory of one partition's log: `<data_dir>/<topic>-<partition>`.
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        partition_dir(&self.data_dir, topic, partition)
+    }
+}
+
+/// `<data_dir>/<topic>-<partition>` (ARCHITECTURE §3).
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+fn check_topic_key(key: &'static str, topic_key: &str, value: i64) -> Result<i64, ConfigError> {
+    crate::state::topic_config::check_value(topic_key, value)
+        .map_err(|message| invalid(key, message))?;
+    Ok(value)
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments_give_the_documented_defaults() {
+        let config = Config::load(&Cli::default()).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("./rill-data"));
+        assert_eq!(config.socket_request_max_bytes, 104_857_600);
+        assert_eq!(config.durability, Durability::Fsync);
+        assert!(config.auto_create_topics);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rill.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:19092\"\ndefault_partitions = 3\ndurability = \"interval\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "rilld",
+            "--config",
+            path.to_str().unwrap(),
+            "--default-partitions",
+            "5",
+        ]);
+        let config = Config::load(&cli).unwrap();
+        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.default_partitions, 5);
+        assert_eq!(config.durability, Durability::Interval);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cli = Cli::parse_from(["rilld", "--socket-request-max-bytes", "10"]);
+        let err = Config::load(&cli).unwrap_err().to_string();
+        assert!(err.contains("socket_request_max_bytes"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rill.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let cli = Cli::parse_from(["rilld", "--config", path.to_str().unwrap()]);
+        let err = Config::load(&cli).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+
+        let cli = Cli::parse_from(["rilld", "--log-segment-bytes", "5"]);
+        let err = Config::load(&cli).unwrap_err().to_string();
+        assert!(err.contains("log_segment_bytes"), "{err}");
+    }
+}

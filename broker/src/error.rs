@@ -1,0 +1,103 @@
+//! The broker's error type: one variant per cause, each ending as a Kafka error code
+//! at the protocol boundary ([`BrokerError::code`]).
+
+use kafka_protocol::ResponseError;
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The topic or partition does not exist.
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    /// A Fetch (v13+) named a topic id that does not exist.
+    #[error("unknown topic id")]
+    UnknownTopicId,
+    /// The topic name is not a legal Kafka topic name.
+    #[error("invalid topic name: {0}")]
+    InvalidTopic(String),
+    /// CreateTopics named a topic that exists.
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+    /// A partition count was out of range.
+    #[error("invalid partitions: {0}")]
+    InvalidPartitions(String),
+    /// A replication factor other than 1 (or -1) on a single node.
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    /// Manual replica assignments are not supported on a single node beyond broker 1.
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    /// A topic config key or value was rejected.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// The record batch failed validation (size fields, magic, CRC).
+    #[error("corrupt record batch: {0}")]
+    CorruptMessage(String),
+    /// The record batch is larger than the topic's max.message.bytes.
+    #[error("record batch of {size_bytes} bytes exceeds max.message.bytes {max_bytes}")]
+    MessageTooLarge {
+        /// The batch size.
+        size_bytes: usize,
+        /// The topic's limit.
+        max_bytes: i64,
+    },
+    /// The requested offset is outside the log.
+    #[error("offset {offset} out of range [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange {
+        /// Requested offset.
+        offset: i64,
+        /// First offset in the log.
+        log_start_offset: i64,
+        /// Offset after the last readable record.
+        log_end_offset: i64,
+    },
+    /// An acks value other than -1, 0 or 1.
+    #[error("invalid required acks {0}")]
+    InvalidRequiredAcks(i16),
+    /// The request is malformed in a way the codec accepted.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// An acks=-1 produce's flush did not complete within the request's timeout_ms
+    /// (the batch is appended and will become durable; the client may retry).
+    #[error("flush did not complete within the request timeout")]
+    RequestTimedOut,
+    /// The client's current_leader_epoch is newer than ours.
+    #[error("unknown leader epoch")]
+    UnknownLeaderEpoch,
+    /// The client's current_leader_epoch is older than ours.
+    #[error("fenced leader epoch")]
+    FencedLeaderEpoch,
+    /// A disk or storage error.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl BrokerError {
+    /// The Kafka error this becomes on the wire.
+    pub fn response_error(&self) -> ResponseError {
+        match self {
+            BrokerError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+            BrokerError::UnknownTopicId => ResponseError::UnknownTopicId,
+            BrokerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+            BrokerError::TopicAlreadyExists(_) => ResponseError::TopicAlreadyExists,
+            BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
+            BrokerError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
+            BrokerError::CorruptMessage(_) => ResponseError::CorruptMessage,
+            BrokerError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+            BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            BrokerError::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
+            BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
+            BrokerError::RequestTimedOut => ResponseError::RequestTimedOut,
+            BrokerError::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
+            BrokerError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
+            BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+        }
+    }
+
+    /// The Kafka error code.
+    pub fn code(&self) -> i16 {
+        self.response_error().code()
+    }
+}

@@ -1,0 +1,94 @@
+//! Broker-wide counters, served as Prometheus text on the admin port (`GET /metrics`).
+//!
+//! `rill_log_flushes_total` and `rill_acks_all_responses_total` are what the
+//! durability test observes: the group-commit ratio is responses per flush.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic counters; relaxed atomics (they are statistics, never used for ordering
+/// decisions — ordering "flush before ack" is enforced by the durable-offset watch).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Completed partition flushes (one fdatasync/msync group each).
+    pub log_flushes_total: AtomicU64,
+    /// Failed partition flushes.
+    pub log_flush_errors_total: AtomicU64,
+    /// Produce partition responses sent for acks=-1 after their flush.
+    pub acks_all_responses_total: AtomicU64,
+    /// Record batches appended.
+    pub batches_in_total: AtomicU64,
+    /// Bytes of record batches appended.
+    pub bytes_in_total: AtomicU64,
+    /// Bytes of record batches handed to Fetch responses.
+    pub bytes_out_total: AtomicU64,
+    /// Requests handled.
+    pub requests_total: AtomicU64,
+    /// Connections accepted (and served).
+    pub connections_total: AtomicU64,
+    /// Connections refused because `connections_max` was reached.
+    pub connections_refused_total: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, counter) in [
+            (
+                "rill_log_flushes_total",
+                "Completed partition log flushes.",
+                &self.log_flushes_total,
+            ),
+            (
+                "rill_log_flush_errors_total",
+                "Failed partition log flushes.",
+                &self.log_flush_errors_total,
+            ),
+            (
+                "rill_acks_all_responses_total",
+                "acks=-1 partition responses sent after their flush.",
+                &self.acks_all_responses_total,
+            ),
+            (
+                "rill_batches_in_total",
+                "Record batches appended.",
+                &self.batches_in_total,
+            ),
+            (
+                "rill_bytes_in_total",
+                "Record batch bytes appended.",
+                &self.bytes_in_total,
+            ),
+            (
+                "rill_bytes_out_total",
+                "Record batch bytes fetched.",
+                &self.bytes_out_total,
+            ),
+            (
+                "rill_requests_total",
+                "Requests handled.",
+                &self.requests_total,
+            ),
+            (
+                "rill_connections_total",
+                "Connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "rill_connections_refused_total",
+                "Connections refused at connections_max.",
+                &self.connections_refused_total,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+        }
+        out
+    }
+}

@@ -1,0 +1,229 @@
+//! The network layer: accepting connections and turning bytes into frames
+//! (mini-redis's `server` + `connection`). Frames become typed requests in
+//! [`crate::api`].
+//!
+//! Shutdown (STYLE: "a broadcast plus a wait for every handler"): a `watch` flips to
+//! true; the accept loop stops accepting, every connection stops reading new
+//! requests, finishes and writes the ones in flight, and closes; [`Server::run`]
+//! waits for all connections (bounded by `shutdown_timeout_ms`), then flushes every
+//! partition.
+
+pub mod connection;
+pub mod write;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::{Config, Durability};
+use crate::metrics::Metrics;
+use crate::state::PartitionManager;
+
+/// What every request handler can reach.
+#[derive(Debug)]
+pub struct Broker {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Topics and partitions.
+    pub manager: Arc<PartitionManager>,
+    /// Host and port Metadata advertises.
+    pub advertised_host: String,
+    /// Port Metadata advertises.
+    pub advertised_port: i32,
+    /// Flips to true when the broker is shutting down (long polls return early).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Broker {
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.manager.metrics
+    }
+}
+
+/// A bound, not yet running, broker.
+pub struct Server {
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    broker: Arc<Broker>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens the data directory and binds the client (and admin) ports.
+    pub async fn bind(config: Config) -> Result<Server, Box<dyn std::error::Error>> {
+        let config = Arc::new(config);
+        let manager = {
+            let config = Arc::clone(&config);
+            tokio::task::spawn_blocking(move || PartitionManager::open(config)).await??
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (key `listen`): {e}", config.listen))?;
+        let local = listener.local_addr()?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} (key `admin_listen`): {e}"))?,
+            ),
+            None => None,
+        };
+        let (advertised_host, advertised_port) = match &config.advertised_listen {
+            Some(text) => {
+                let (host, port) = text.rsplit_once(':').expect("validated at load");
+                (
+                    host.to_string(),
+                    port.parse::<i32>().expect("validated at load"),
+                )
+            }
+            None => (local.ip().to_string(), i32::from(local.port())),
+        };
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        Ok(Server {
+            listener,
+            admin,
+            broker: Arc::new(Broker {
+                config,
+                manager: Arc::new(manager),
+                advertised_host,
+                advertised_port,
+                shutdown,
+            }),
+            shutdown_tx,
+        })
+    }
+
+    /// The bound client address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The bound admin address, if the admin port is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn run(self, signal: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+        let Server {
+            listener,
+            admin,
+            broker,
+            shutdown_tx,
+        } = self;
+        let config = Arc::clone(&broker.config);
+        let mut background = JoinSet::new();
+        if let Some(admin) = admin {
+            background.spawn(crate::admin::serve(admin, Arc::clone(&broker)));
+        }
+        background.spawn(retention_loop(Arc::clone(&broker)));
+        if config.durability == Durability::Interval {
+            background.spawn(interval_flush_loop(Arc::clone(&broker)));
+        }
+
+        let limit = Arc::new(Semaphore::new(config.connections_max));
+        let mut connections = JoinSet::new();
+        let mut shutdown = broker.shutdown.clone();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = &mut signal => break,
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                        Metrics::add(&broker.metrics().connections_refused_total, 1);
+                        tracing::warn!(%peer, limit = config.connections_max, "connection refused: connections_max reached");
+                        drop(socket);
+                        continue;
+                    };
+                    Metrics::add(&broker.metrics().connections_total, 1);
+                    let _ = socket.set_nodelay(true);
+                    let span = tracing::info_span!("conn", %peer);
+                    let broker = Arc::clone(&broker);
+                    connections.spawn(async move {
+                        connection::serve(socket, broker).await;
+                        drop(permit);
+                    }.instrument(span));
+                    // Reap finished connection tasks so the set does not grow.
+                    while connections.try_join_next().is_some() {}
+                }
+            }
+        }
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        drop(listener);
+        let _ = shutdown_tx.send(true);
+        let grace = Duration::from_millis(config.shutdown_timeout_ms);
+        if tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                remaining = connections.len(),
+                "shutdown_timeout_ms elapsed; abandoning connections"
+            );
+            connections.abort_all();
+        }
+        background.abort_all();
+        match broker.manager.flush_all().await {
+            Ok(()) => tracing::info!("flushed every partition; bye"),
+            Err(e) => {
+                tracing::error!(error = %e, "final flush failed");
+                return Err(std::io::Error::other(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies retention every `retention_check_interval_ms`.
+async fn retention_loop(broker: Arc<Broker>) {
+    let period = Duration::from_millis(broker.config.retention_check_interval_ms);
+    let mut ticker = tokio::time::interval(period);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let manager = Arc::clone(&broker.manager);
+        let now_ms = now_ms();
+        let _ = tokio::task::spawn_blocking(move || manager.apply_retention(now_ms)).await;
+    }
+}
+
+/// With `durability = interval`: flushes every partition each `flush_interval_ms`.
+async fn interval_flush_loop(broker: Arc<Broker>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(broker.config.flush_interval_ms));
+    loop {
+        ticker.tick().await;
+        for (_, partition) in broker.manager.all_partitions() {
+            if partition.durable().end_offset < partition.log().log_end_offset() as i64 {
+                if let Err(e) = partition.flush_now().await {
+                    tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "interval flush failed");
+                }
+            }
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,491 @@
+//! Broker state: topics and their partitions, behind the [`PartitionManager`].
+//!
+//! Topics are persisted as one CRC'd metadata file each, `<data_dir>/meta/<topic>.topic`
+//! (name, id, partition count, configs), replaced atomically. The metadata file is
+//! written before a topic's partition directories are created and removed before they
+//! are deleted, so after a crash at any point the file alone says whether the topic
+//! exists: partition directories without a topic file are leftovers of an unfinished
+//! delete and are removed at start-up.
+
+pub mod meta_file;
+pub mod partition;
+pub mod topic_config;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rill_storage::{LogConfig, PartitionLog, StorageError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::metrics::Metrics;
+pub use partition::Partition;
+use topic_config::TopicConfig;
+
+/// Longest legal topic name (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Most partitions one topic may have.
+pub const PARTITIONS_MAX: i32 = 10_000;
+
+/// A topic and its partitions. Immutable: CreatePartitions replaces the `Arc<Topic>`.
+#[derive(Debug)]
+pub struct Topic {
+    /// Topic name.
+    pub name: String,
+    /// Topic id (Metadata v10+, Fetch v13+).
+    pub id: Uuid,
+    /// Effective configs.
+    pub config: TopicConfig,
+    /// Partitions, index = partition number.
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+/// The persisted form of a topic.
+#[derive(Debug, Serialize, Deserialize)]
+struct TopicMeta {
+    name: String,
+    id: String,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+}
+
+/// The persisted cluster identity.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClusterMeta {
+    cluster_id: String,
+}
+
+/// Owns every topic and partition of this broker.
+#[derive(Debug)]
+pub struct PartitionManager {
+    config: Arc<Config>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes topic creation, deletion and partition changes (rare; they do file
+    /// I/O, so an async mutex).
+    admin: tokio::sync::Mutex<()>,
+    /// The cluster id, created on first start and kept in the data directory.
+    pub cluster_id: String,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Checks a topic name the way Kafka does.
+pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(BrokerError::InvalidTopic(format!(
+            "`{name}` is not a topic name"
+        )));
+    }
+    if name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(BrokerError::InvalidTopic(format!(
+            "name longer than {TOPIC_NAME_BYTES_MAX} bytes"
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(BrokerError::InvalidTopic(format!(
+            "`{name}` has characters other than [a-zA-Z0-9._-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Maps a storage append error to the Kafka error a producer gets.
+pub fn append_error(e: StorageError) -> BrokerError {
+    match e {
+        StorageError::CorruptBatch { .. } => BrokerError::CorruptMessage(e.to_string()),
+        StorageError::BatchTooLarge {
+            batch_bytes,
+            segment_bytes,
+        } => BrokerError::MessageTooLarge {
+            size_bytes: batch_bytes,
+            max_bytes: segment_bytes as i64,
+        },
+        other => BrokerError::Storage(other.to_string()),
+    }
+}
+
+fn storage_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(e.to_string())
+}
+
+fn new_uuid() -> Uuid {
+    uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+}
+
+impl PartitionManager {
+    /// Opens the data directory: loads every topic and opens its partition logs,
+    /// removing partition directories of topics that no longer exist.
+    pub fn open(config: Arc<Config>) -> Result<PartitionManager, BrokerError> {
+        let metrics = Arc::new(Metrics::default());
+        let meta_dir = config.topics_dir();
+        std::fs::create_dir_all(&meta_dir).map_err(|e| {
+            BrokerError::Storage(format!("cannot create {}: {e}", meta_dir.display()))
+        })?;
+        let cluster_id = load_cluster_id(&meta_dir)?;
+        let manager = PartitionManager {
+            config,
+            topics: RwLock::new(HashMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+            cluster_id,
+            metrics,
+        };
+        let mut topics = HashMap::new();
+        for entry in std::fs::read_dir(&meta_dir).map_err(storage_error)? {
+            let path = entry.map_err(storage_error)?.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("topic") => {}
+                Some("tmp") => {
+                    // An interrupted atomic write: the rename never happened.
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                _ => continue,
+            }
+            let body = meta_file::read(&path).map_err(storage_error)?;
+            let meta: TopicMeta = serde_json::from_slice(&body)
+                .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
+            let topic = manager.open_topic(&meta)?;
+            topics.insert(meta.name.clone(), Arc::new(topic));
+        }
+        manager.remove_orphans(&topics)?;
+        tracing::info!(topics = topics.len(), "loaded topics");
+        *manager.topics.write().expect("topics lock") = topics;
+        Ok(manager)
+    }
+
+    fn open_topic(&self, meta: &TopicMeta) -> Result<Topic, BrokerError> {
+        let config = TopicConfig::new(&self.config.topic_defaults, meta.configs.clone())
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        let id = Uuid::parse_str(&meta.id)
+            .map_err(|e| BrokerError::Storage(format!("topic {}: bad id: {e}", meta.name)))?;
+        let partitions = (0..meta.partitions)
+            .map(|index| self.open_partition(&meta.name, index, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Topic {
+            name: meta.name.clone(),
+            id,
+            config,
+            partitions,
+        })
+    }
+
+    fn log_config(&self, config: &TopicConfig) -> LogConfig {
+        LogConfig {
+            segment_bytes: config.segment_bytes as u64,
+            segment_ms: Some(config.segment_ms as u64),
+            retention_ms: (config.retention_ms >= 0).then_some(config.retention_ms),
+            retention_bytes: (config.retention_bytes >= 0).then_some(config.retention_bytes as u64),
+            populate_ahead_bytes: LogConfig::default()
+                .populate_ahead_bytes
+                .min(config.segment_bytes as u64),
+            ..LogConfig::default()
+        }
+    }
+
+    fn open_partition(
+        &self,
+        topic: &str,
+        index: i32,
+        config: &TopicConfig,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let dir = self.config.partition_dir(topic, index);
+        let log = PartitionLog::open(&dir, self.log_config(config))
+            .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
+        Ok(Arc::new(Partition::new(
+            topic.to_string(),
+            index,
+            log,
+            self.config.durability,
+            self.config.debug_flush_delay_ms,
+            Arc::clone(&self.metrics),
+        )))
+    }
+
+    /// Removes `<topic>-<n>` directories that belong to no loaded topic.
+    fn remove_orphans(&self, topics: &HashMap<String, Arc<Topic>>) -> Result<(), BrokerError> {
+        for entry in std::fs::read_dir(&self.config.data_dir).map_err(storage_error)? {
+            let entry = entry.map_err(storage_error)?;
+            if !entry.file_type().map_err(storage_error)?.is_dir() {
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((topic, index)) = name.rsplit_once('-') else {
+                continue;
+            };
+            let Ok(index) = index.parse::<i32>() else {
+                continue;
+            };
+            let live = topics
+                .get(topic)
+                .is_some_and(|t| (index as usize) < t.partitions.len());
+            if !live && validate_topic_name(topic).is_ok() {
+                tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
+                std::fs::remove_dir_all(entry.path()).map_err(storage_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The broker configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A topic by name.
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+
+    /// A topic by id.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// A partition by topic name and index.
+    pub fn partition(&self, topic: &str, index: i32) -> Option<(Arc<Topic>, Arc<Partition>)> {
+        let topic = self.topic(topic)?;
+        let partition = usize::try_from(index)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .cloned()?;
+        Some((topic, partition))
+    }
+
+    /// Creates a topic (or, with `validate_only`, checks that it could be created).
+    /// `partitions` -1 means `default_partitions`.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        validate_topic_name(name)?;
+        let partitions = if partitions == -1 {
+            self.config.default_partitions
+        } else {
+            partitions
+        };
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{partitions} is outside 1..={PARTITIONS_MAX}"
+            )));
+        }
+        if replication_factor != -1 && replication_factor != 1 {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "replication factor {replication_factor} > 1 available broker"
+            )));
+        }
+        let config = TopicConfig::new(&self.config.topic_defaults, configs.clone())
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        let _admin = self.admin.lock().await;
+        if let Some(existing) = self.topic(name) {
+            if validate_only {
+                return Err(BrokerError::TopicAlreadyExists(name.to_string()));
+            }
+            return Err(BrokerError::TopicAlreadyExists(existing.name.clone()));
+        }
+        let id = new_uuid();
+        if validate_only {
+            return Ok(Arc::new(Topic {
+                name: name.to_string(),
+                id,
+                config,
+                partitions: Vec::new(),
+            }));
+        }
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: id.to_string(),
+            partitions,
+            configs,
+        };
+        self.write_meta(&meta)?;
+        let topic = Arc::new(self.open_topic(&meta)?);
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), Arc::clone(&topic));
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    /// Returns the topic, creating it with the default partition count when
+    /// auto-creation is on.
+    pub async fn get_or_auto_create(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        if !self.config.auto_create_topics {
+            return Err(BrokerError::UnknownTopicOrPartition);
+        }
+        match self
+            .create_topic(name, -1, -1, BTreeMap::new(), false)
+            .await
+        {
+            Ok(topic) => Ok(topic),
+            // Lost a race with another creator: use theirs.
+            Err(BrokerError::TopicAlreadyExists(_)) => {
+                self.topic(name).ok_or(BrokerError::UnknownTopicOrPartition)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<Uuid, BrokerError> {
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topics
+            .write()
+            .expect("topics lock")
+            .remove(name)
+            .ok_or(BrokerError::UnknownTopicOrPartition)?;
+        let meta_dir = self.config.topics_dir();
+        let path = meta_dir.join(format!("{name}.topic"));
+        std::fs::remove_file(&path).map_err(storage_error)?;
+        meta_file::sync_dir(&meta_dir).map_err(storage_error)?;
+        // Partition directories go after the metadata file is durably gone; mapped
+        // segments still referenced by in-flight fetches stay valid after unlink.
+        for partition in &topic.partitions {
+            let dir = self.config.partition_dir(name, partition.index);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition directory; removed at next start");
+            }
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(topic.id)
+    }
+
+    /// Raises a topic's partition count to `count`.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or(BrokerError::UnknownTopicOrPartition)?;
+        let current = topic.partitions.len() as i32;
+        if count <= current {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic {name} has {current} partitions; the new count {count} must be larger"
+            )));
+        }
+        if count > PARTITIONS_MAX {
+            return Err(BrokerError::InvalidPartitions(format!(
+                "{count} is more than {PARTITIONS_MAX}"
+            )));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: topic.id.to_string(),
+            partitions: count,
+            configs: topic.config.overrides.clone(),
+        };
+        self.write_meta(&meta)?;
+        let mut partitions = topic.partitions.clone();
+        for index in current..count {
+            partitions.push(self.open_partition(name, index, &topic.config)?);
+        }
+        let updated = Arc::new(Topic {
+            name: topic.name.clone(),
+            id: topic.id,
+            config: topic.config.clone(),
+            partitions,
+        });
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), updated);
+        Ok(())
+    }
+
+    fn write_meta(&self, meta: &TopicMeta) -> Result<(), BrokerError> {
+        let body = serde_json::to_vec_pretty(meta).map_err(storage_error)?;
+        let path = self
+            .config
+            .topics_dir()
+            .join(format!("{}.topic", meta.name));
+        meta_file::write_atomic(&path, &body).map_err(storage_error)
+    }
+
+    /// Every partition of every topic.
+    pub fn all_partitions(&self) -> Vec<(Arc<Topic>, Arc<Partition>)> {
+        self.topics()
+            .into_iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (Arc::clone(&t), Arc::clone(p)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Flushes every partition (shutdown and the interval policy).
+    pub async fn flush_all(&self) -> Result<(), BrokerError> {
+        let mut first_error = None;
+        for (_, partition) in self.all_partitions() {
+            if let Err(e) = partition.flush_now().await {
+                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "flush failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Applies retention to every partition.
+    pub fn apply_retention(&self, now_ms: i64) {
+        for (_, partition) in self.all_partitions() {
+            partition.apply_retention(now_ms);
+        }
+    }
+}
+
+fn load_cluster_id(meta_dir: &Path) -> Result<String, BrokerError> {
+    let path = meta_dir.join("cluster.json");
+    if path.exists() {
+        let body = meta_file::read(&path).map_err(storage_error)?;
+        let meta: ClusterMeta = serde_json::from_slice(&body)
+            .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
+        return Ok(meta.cluster_id);
+    }
+    let meta = ClusterMeta {
+        cluster_id: new_uuid().simple().to_string(),
+    };
+    let body = serde_json::to_vec(&meta).map_err(storage_error)?;
+    meta_file::write_atomic(&path, &body).map_err(storage_error)?;
+    Ok(meta.cluster_id)
+}

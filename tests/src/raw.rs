@@ -1,0 +1,251 @@
+//! A raw Kafka-protocol connection for tests that need to send exact requests
+//! (error cases, pipelining, versions): encoding and decoding use the third-party
+//! `kafka-protocol` crate directly, not Rill's own protocol crate, so the broker is
+//! checked against an independent codec.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+/// A blocking connection speaking raw Kafka frames.
+pub struct RawConn {
+    stream: TcpStream,
+    next_correlation_id: i32,
+}
+
+impl RawConn {
+    /// Connects (with a 10 s read timeout so a missing response fails the test).
+    pub fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        RawConn {
+            stream,
+            next_correlation_id: 1,
+        }
+    }
+
+    /// Sends a request of type `R` at `version`; returns its correlation id.
+    pub fn send<R: Request>(&mut self, version: i16, request: &R) -> i32 {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let frame = encode_request(R::KEY, version, correlation_id, request);
+        self.send_bytes(&frame);
+        correlation_id
+    }
+
+    /// Writes bytes as they are (a hand-made frame, or garbage).
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads one response frame payload (after the size prefix); `None` on EOF.
+    pub fn recv_frame(&mut self) -> Option<Bytes> {
+        let mut size = [0u8; 4];
+        match self.stream.read_exact(&mut size) {
+            Ok(()) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    || e.kind() == std::io::ErrorKind::ConnectionReset =>
+            {
+                return None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+        let size = i32::from_be_bytes(size);
+        assert!((0..=256 << 20).contains(&size), "response size {size}");
+        let mut body = vec![0u8; size as usize];
+        self.stream.read_exact(&mut body).expect("read body");
+        Some(Bytes::from(body))
+    }
+
+    /// Reads the response to a request of type `R` sent at `version`; returns
+    /// (correlation id, response).
+    pub fn recv<R: Request>(&mut self, version: i16) -> (i32, R::Response) {
+        let mut frame = self
+            .recv_frame()
+            .expect("connection closed instead of a response");
+        let header_version = R::Response::header_version(version);
+        let header = ResponseHeader::decode(&mut frame, header_version).expect("response header");
+        let response = R::Response::decode(&mut frame, version).expect("response body");
+        assert_eq!(frame.remaining(), 0, "trailing bytes in response");
+        (header.correlation_id, response)
+    }
+
+    /// Sends a request and reads its response, checking the correlation id.
+    pub fn call<R: Request>(&mut self, version: i16, request: &R) -> R::Response {
+        let id = self.send(version, request);
+        let (got, response) = self.recv::<R>(version);
+        assert_eq!(got, id, "correlation id");
+        response
+    }
+
+    /// True once the broker has closed the connection (reads EOF or a reset).
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+/// A complete request frame: size prefix, header, body.
+pub fn encode_request<R: Request>(
+    api_key: i16,
+    version: i16,
+    correlation_id: i32,
+    request: &R,
+) -> Bytes {
+    let header = RequestHeader::default()
+        .with_request_api_key(api_key)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("rill-tests")));
+    let header_version = ApiKey::try_from(api_key)
+        .map(|k| k.request_header_version(version))
+        .unwrap_or(1);
+    let mut payload = BytesMut::new();
+    header.encode(&mut payload, header_version).expect("header");
+    request.encode(&mut payload, version).expect("body");
+    let mut frame = BytesMut::with_capacity(payload.len() + 4);
+    frame.put_i32(payload.len() as i32);
+    frame.extend_from_slice(&payload);
+    frame.freeze()
+}
+
+/// One uncompressed RecordBatch v2 holding `values` (keys null), timestamps from
+/// `first_timestamp_ms` one millisecond apart.
+pub fn record_batch(values: &[&[u8]], first_timestamp_ms: i64) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: first_timestamp_ms + i as i64,
+            key: None,
+            value: Some(Bytes::copy_from_slice(v)),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode batch");
+    buf.freeze()
+}
+
+/// Decodes every record of the batches in `records` (as returned by Fetch):
+/// (offset, value).
+pub fn decode_records(records: &Bytes) -> Vec<(i64, Vec<u8>)> {
+    let mut buf = records.clone();
+    let mut out = Vec::new();
+    while buf.remaining() > 0 {
+        let set = RecordBatchDecoder::decode(&mut buf).expect("decode batch");
+        for r in set.records {
+            out.push((r.offset, r.value.map(|v| v.to_vec()).unwrap_or_default()));
+        }
+    }
+    out
+}
+
+/// Request builders for the APIs the broker tests use most.
+pub mod requests {
+    use bytes::Bytes;
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    /// A topic name.
+    pub fn topic_name(name: &str) -> TopicName {
+        TopicName(StrBytes::from_string(name.to_string()))
+    }
+
+    /// CreateTopics for one topic with `partitions` and `configs`.
+    pub fn create_topic(
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> CreateTopicsRequest {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(topic_name(name))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.to_string()))
+                                .with_value(Some(StrBytes::from_string(v.to_string())))
+                        })
+                        .collect(),
+                )])
+    }
+
+    /// Produce one `records` blob to one partition.
+    pub fn produce(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(records))])])
+    }
+
+    /// Fetch (v4–v12, by name) one partition from `offset`.
+    pub fn fetch(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+        min_bytes: i32,
+    ) -> FetchRequest {
+        FetchRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(min_bytes)
+            .with_max_bytes(50 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(offset)
+                    .with_current_leader_epoch(-1)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(-1)
+                    .with_partition_max_bytes(1 << 20)])])
+    }
+}

@@ -137,7 +137,8 @@ impl BatchHeader {
 
     /// Offset of the last record (`base_offset + last_offset_delta`).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// Compression codec id (0 = none).

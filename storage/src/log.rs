@@ -714,13 +714,11 @@ impl PartitionLog {
         }
         let old = std::mem::replace(&mut self.active, new_active(file, writer, capacity, 0));
         let old_map = old.writer.map().clone();
-        let closed = self.segments.last_mut().expect("active segment");
-        if closed.flushed_bytes < closed.size_bytes || closed.unsynced.is_none() {
-            closed.unsynced = Some(Unsynced {
-                map: old_map.clone(),
-                index_files,
-            });
-        }
+        // Kept until a flush has synced the tail of its data and its index files.
+        self.segments.last_mut().expect("active segment").unsynced = Some(Unsynced {
+            map: old_map.clone(),
+            index_files,
+        });
         self.segments.push(empty_segment(new_base));
         self.dir_changes += 1;
         self.cache_insert(
@@ -1256,9 +1254,7 @@ impl PartitionLog {
         self.dir_changes_synced = self.dir_changes_synced.max(done.dir_changes);
         let n = self.segments.len();
         for seg in &mut self.segments[..n - 1] {
-            if done.closed_synced.contains(&seg.base_offset)
-                || (seg.base_offset == done.active_base_offset && seg.next_offset <= done.offset)
-            {
+            if done.closed_synced.contains(&seg.base_offset) {
                 seg.flushed_bytes = seg.size_bytes;
                 seg.unsynced = None;
             }
@@ -1319,5 +1315,20 @@ fn new_active(
         needs_full_sync: false,
         created_ms: now_ms(),
         last_batch_offset: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send_static<T: Send + 'static>() {}
+
+    #[test]
+    fn log_is_shareable_and_flush_jobs_are_detachable() {
+        assert_send_sync::<PartitionLog>();
+        assert_send_static::<FlushJob>();
+        assert_send_static::<FlushedTo>();
     }
 }

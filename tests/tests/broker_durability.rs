@@ -1,0 +1,288 @@
+//! Durability: acks=-1 means flushed; a SIGKILL loses nothing acknowledged; a
+//! graceful stop flushes and exits 0; topics survive restarts.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    DescribeConfigsRequest, FetchRequest, MetadataRequest, ProduceRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use rill_tests::raw::requests::{create_topic, fetch, produce, topic_name};
+use rill_tests::raw::{decode_records, record_batch, RawConn};
+use rill_tests::RilldProcess;
+
+const PRODUCE_V: i16 = 9;
+const FETCH_V: i16 = 12;
+
+/// (base offset, error code) of a single-partition produce.
+fn produce_one(
+    conn: &mut RawConn,
+    topic: &str,
+    partition: i32,
+    values: &[&[u8]],
+    acks: i16,
+) -> (i64, i16) {
+    let response = conn.call(
+        PRODUCE_V,
+        &produce(
+            topic,
+            partition,
+            record_batch(values, 1_700_000_000_000),
+            acks,
+        ),
+    );
+    let p = &response.responses[0].partition_responses[0];
+    (p.base_offset, p.error_code)
+}
+
+/// Every record of a partition from offset 0: (offset, value).
+fn read_all(conn: &mut RawConn, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let next = out.last().map_or(0, |(o, _)| o + 1);
+        let response = conn.call::<FetchRequest>(FETCH_V, &fetch(topic, partition, next, 0, 0));
+        let p = &response.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        let records = p.records.clone().unwrap_or_default();
+        if records.is_empty() {
+            return out;
+        }
+        out.extend(
+            decode_records(&records)
+                .into_iter()
+                .filter(|(o, _)| *o >= next),
+        );
+    }
+}
+
+/// The durable end offset of partition 0 of `topic` from the admin port.
+fn durable_end(broker: &RilldProcess, topic: &str) -> i64 {
+    let json = broker.admin_get("/partitions");
+    // {"partitions":[{"topic":"t","partition":0,...,"durable_end_offset":N,...}]}
+    let key = format!("\"topic\":\"{topic}\"");
+    let entry = json
+        .split('{')
+        .find(|e| e.contains(&key) && e.contains("\"partition\":0,"))
+        .unwrap_or_else(|| panic!("{topic} missing in {json}"));
+    let value = entry
+        .split("\"durable_end_offset\":")
+        .nth(1)
+        .expect("field");
+    value
+        .split(|c: char| !c.is_ascii_digit() && c != '-')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("number")
+}
+
+#[test]
+fn sigkill_after_acks_all_produces_loses_no_acknowledged_record() {
+    let mut broker = RilldProcess::start();
+    let mut conn = RawConn::connect(broker.addr());
+    assert_eq!(
+        conn.call(4, &create_topic("durable", 2, &[])).topics[0].error_code,
+        0
+    );
+    // Four producers on their own connections, concurrently, 50 batches each.
+    let addr = broker.addr();
+    let producers: Vec<_> = (0..4)
+        .map(|producer| {
+            std::thread::spawn(move || {
+                let mut conn = RawConn::connect(addr);
+                let mut acked = Vec::new();
+                for i in 0..50 {
+                    let values: Vec<Vec<u8>> = (0..3)
+                        .map(|r| format!("p{producer}-b{i}-r{r}").into_bytes())
+                        .collect();
+                    let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+                    let partition = i % 2;
+                    let (base, code) = produce_one(&mut conn, "durable", partition, &refs, -1);
+                    assert_eq!(code, 0);
+                    for (r, v) in values.into_iter().enumerate() {
+                        acked.push((partition, base + r as i64, v));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<(i32, i64, Vec<u8>)> = producers
+        .into_iter()
+        .flat_map(|p| p.join().expect("producer thread"))
+        .collect();
+    assert_eq!(acked.len(), 4 * 50 * 3);
+    broker.kill();
+    broker.restart();
+
+    let mut conn = RawConn::connect(broker.addr());
+    let mut stored = std::collections::HashMap::new();
+    for partition in 0..2 {
+        for (offset, value) in read_all(&mut conn, "durable", partition) {
+            stored.insert((partition, offset), value);
+        }
+    }
+    for (partition, offset, value) in &acked {
+        assert_eq!(
+            stored.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged record at {partition}/{offset} lost or moved\n{}",
+            broker.log()
+        );
+    }
+    assert_eq!(stored.len(), acked.len(), "nothing unacknowledged appeared");
+}
+
+#[test]
+fn no_acks_all_response_leaves_before_the_flush_that_covers_it() {
+    // Every flush is held back 300 ms, so an answer sent before its flush would be
+    // seen with the durable end offset still behind it.
+    const DELAY_MS: u64 = 300;
+    let broker = RilldProcess::start_with(&["--debug-flush-delay-ms", &DELAY_MS.to_string()]);
+    let mut conn = RawConn::connect(broker.addr());
+    assert_eq!(
+        conn.call(4, &create_topic("ordered", 1, &[])).topics[0].error_code,
+        0
+    );
+
+    // The observation can fail: acks=1 is answered before its flush.
+    let started = Instant::now();
+    let (base, code) = produce_one(&mut conn, "ordered", 0, &[b"a", b"b"], 1);
+    assert_eq!((base, code), (0, 0));
+    assert!(
+        durable_end(&broker, "ordered") < base + 2,
+        "acks=1 should not wait for the flush"
+    );
+    assert!(started.elapsed() < Duration::from_millis(DELAY_MS));
+
+    // acks=-1: when the answer arrives the flush covering it has completed.
+    for round in 0..3 {
+        let started = Instant::now();
+        let (base, code) = produce_one(&mut conn, "ordered", 0, &[b"x", b"y", b"z"], -1);
+        assert_eq!(code, 0);
+        let durable = durable_end(&broker, "ordered");
+        assert!(
+            durable >= base + 3,
+            "round {round}: answered at durable end {durable} < {}",
+            base + 3
+        );
+        assert!(started.elapsed() >= Duration::from_millis(DELAY_MS));
+    }
+
+    // Group commit: 8 concurrent acks=-1 producers share flushes.
+    let flushes_before = broker.metric("rill_log_flushes_total");
+    let acks_before = broker.metric("rill_acks_all_responses_total");
+    let addr = broker.addr();
+    let barrier = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut conn = RawConn::connect(addr);
+                barrier.wait();
+                for i in 0..3 {
+                    let value = format!("t{t}-{i}");
+                    let (base, code) =
+                        produce_one(&mut conn, "ordered", 0, &[value.as_bytes()], -1);
+                    assert_eq!(code, 0);
+                    assert!(base >= 0);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("producer");
+    }
+    let flushes = broker.metric("rill_log_flushes_total") - flushes_before;
+    let acks = broker.metric("rill_acks_all_responses_total") - acks_before;
+    assert_eq!(acks, 24);
+    assert!(
+        flushes < acks,
+        "{flushes} flushes for {acks} acks=-1 responses: no group commit"
+    );
+    eprintln!("group commit: {acks} acks=-1 responses shared {flushes} flushes");
+}
+
+#[test]
+fn graceful_stop_flushes_and_exits_zero_and_topics_survive_restart() {
+    for durability in ["fsync", "interval"] {
+        let mut broker = RilldProcess::start_with(&[
+            "--durability",
+            durability,
+            "--flush-interval-ms",
+            "3600000",
+        ]);
+        let mut conn = RawConn::connect(broker.addr());
+        let created = conn.call(
+            4,
+            &create_topic("kept", 3, &[("retention.ms", "123456789")]),
+        );
+        assert_eq!(created.topics[0].error_code, 0);
+        let metadata = |conn: &mut RawConn| {
+            conn.call(
+                12,
+                &MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default(
+                )
+                .with_name(Some(topic_name("kept")))])),
+            )
+        };
+        let before = metadata(&mut conn);
+        // acks=1: answered before any flush; only the shutdown flush makes it durable
+        // (with a one-hour interval in the `interval` case).
+        for i in 0..10 {
+            let value = format!("v{i}");
+            assert_eq!(
+                produce_one(&mut conn, "kept", 1, &[value.as_bytes()], 1),
+                (i, 0)
+            );
+        }
+        // Also a produce whose flush is still running when the signal arrives.
+        let _ = conn.send(
+            PRODUCE_V,
+            &produce("kept", 2, record_batch(&[b"late"], 0), -1),
+        );
+        let _ = conn.recv::<ProduceRequest>(PRODUCE_V);
+        drop(conn);
+        let status = broker.stop();
+        assert!(
+            status.success(),
+            "{durability}: exit status {status}\n{}",
+            broker.log()
+        );
+        assert!(broker.log().contains("flushed every partition"));
+
+        broker.restart();
+        let mut conn = RawConn::connect(broker.addr());
+        let after = metadata(&mut conn);
+        assert_eq!(
+            after.topics[0].topic_id, before.topics[0].topic_id,
+            "same topic id"
+        );
+        assert_eq!(after.topics[0].partitions.len(), 3);
+        let values: Vec<Vec<u8>> = read_all(&mut conn, "kept", 1)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let expected: Vec<Vec<u8>> = (0..10).map(|i| format!("v{i}").into_bytes()).collect();
+        assert_eq!(values, expected, "{durability}");
+        assert_eq!(read_all(&mut conn, "kept", 2).len(), 1);
+        // Configs survived too.
+        let described = conn.call(
+            4,
+            &DescribeConfigsRequest::default().with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("kept"))
+                    .with_configuration_keys(Some(vec![StrBytes::from_static_str("retention.ms")])),
+            ]),
+        );
+        let config = &described.results[0].configs[0];
+        assert_eq!(config.value.as_ref().map(|v| v.as_str()), Some("123456789"));
+        assert_eq!(config.config_source, 1, "TOPIC_CONFIG");
+        let status = broker.interrupt();
+        assert!(status.success(), "SIGINT: {status}");
+    }
+}

@@ -140,7 +140,9 @@ pub fn record_batch(values: &[&[u8]], first_timestamp_ms: i64) -> Bytes {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // kafka-protocol starts a new batch whenever offset - sequence changes;
+            // this keeps all records in one batch with base sequence -1 (none).
+            sequence: i as i32 - 1,
             timestamp: first_timestamp_ms + i as i64,
             key: None,
             value: Some(Bytes::copy_from_slice(v)),

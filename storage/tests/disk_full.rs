@@ -1,0 +1,124 @@
+//! Acceptance 4: disk full. A child process runs under a small file-size limit
+//! (`RLIMIT_FSIZE`, with SIGXFSZ ignored so the kernel reports `EFBIG` instead of
+//! killing it — the same error path as `ENOSPC` on a full disk): appends go on until
+//! the next segment cannot be preallocated, then append returns a typed I/O error,
+//! the log is left exactly as it was (reads, flush and retries work, nothing is
+//! torn), the process exits normally, and the log reopens cleanly afterwards and
+//! takes appends again.
+//!
+//! Custom harness: the same binary is the child when `RILL_DISKFULL_CHILD_DIR` is set.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{batch_bytes, headers};
+use rill_storage::{LogConfig, PartitionLog, StorageError};
+
+const CHILD_ENV: &str = "RILL_DISKFULL_CHILD_DIR";
+const SEGMENT_BYTES: u64 = 1024 * 1024;
+/// Below one segment: the first segment exists before the limit is set, the next
+/// one cannot be preallocated.
+const FILE_SIZE_LIMIT_BYTES: u64 = 512 * 1024;
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: SEGMENT_BYTES,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+fn child(dir: &Path) {
+    let mut log = PartitionLog::open(&dir.join("log"), config()).expect("open before the limit");
+    // SAFETY: plain libc calls with valid arguments; the test process is single-threaded here.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit), 0);
+        limit.rlim_cur = FILE_SIZE_LIMIT_BYTES as libc::rlim_t;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let mut appended = 0;
+    let error = loop {
+        let b = batch_bytes(log.log_end_offset() as i64, 1, 16, 1000, appended);
+        match log.append(&b) {
+            Ok(_) => appended += 1,
+            Err(e) => break e,
+        }
+        assert!(appended < 10_000, "the file-size limit never hit");
+    };
+    assert!(
+        matches!(
+            &error,
+            StorageError::Io {
+                op: "allocate segment",
+                ..
+            }
+        ),
+        "unexpected error: {error}"
+    );
+    let end = log.log_end_offset();
+    // The failed append changed nothing: same end, everything readable, retry fails
+    // the same way, flushing what is there works.
+    let all = log.read(0, usize::MAX, u64::MAX).unwrap();
+    assert_eq!(headers(&all).len(), appended as usize);
+    let retry = batch_bytes(end as i64, 1, 16, 1000, 0);
+    assert!(log.append(&retry).is_err());
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.flush().unwrap(), end);
+    // Opening a new log cannot preallocate its first segment either: an error, not a crash.
+    match PartitionLog::open(&dir.join("other"), config()) {
+        Err(StorageError::Io { .. }) => {}
+        other => panic!("expected an I/O error opening under the limit, got {other:?}"),
+    }
+    println!("appended {appended} end {end} error {error}");
+}
+
+fn main() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        child(Path::new(&dir));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "child did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        status.success(),
+        "child must exit normally, got {status}; output: {text}"
+    );
+    let mut words = text.split_whitespace();
+    assert_eq!(words.next(), Some("appended"));
+    let appended: usize = words.next().unwrap().parse().unwrap();
+    assert_eq!(words.next(), Some("end"));
+    let end: u64 = words.next().unwrap().parse().unwrap();
+    assert!(appended > 0);
+    // Reopen without the limit: clean, complete, and appends (with a roll) work again.
+    let mut log = PartitionLog::open(&dir.path().join("log"), config()).unwrap();
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(
+        headers(&log.read(0, usize::MAX, u64::MAX).unwrap()).len(),
+        appended
+    );
+    log.append(&batch_bytes(end as i64, 1, 16, 1000, 0))
+        .unwrap();
+    assert_eq!(log.segment_count(), 2);
+    log.close().unwrap();
+    println!("disk-full test: ok ({})", text.trim());
+}

@@ -54,8 +54,10 @@ pub struct Config {
     pub node_id: i32,
     /// `data_dir`: where partition logs and topic metadata live. Default `./rill-data`.
     pub data_dir: PathBuf,
-    /// `auto_create_topics`: create a topic when Metadata (with
-    /// allow_auto_topic_creation) or Produce names an unknown one. Default true.
+    /// `auto_create_topics`: create a topic (with `default_partitions`) when a
+    /// Metadata request that allows auto-creation names an unknown one, as producers
+    /// do before producing. Produce itself never creates topics (like Kafka).
+    /// Default true.
     pub auto_create_topics: bool,
     /// `default_partitions`: partitions of auto-created topics and of CreateTopics
     /// requests that pass -1. Default 1. Range 1..=10000.
@@ -233,7 +235,7 @@ pub struct Cli {
     /// Data directory [default: ./rill-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Create unknown topics on Metadata/Produce [default: true].
+    /// Create unknown topics named in Metadata requests [default: true].
     #[arg(long, value_name = "BOOL")]
     pub auto_create_topics: Option<bool>,
     /// Partitions of auto-created topics [default: 1].

@@ -37,25 +37,43 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
         mpsc::channel::<oneshot::Receiver<Reply>>(broker.config.requests_in_flight_max);
 
     let writer = tokio::spawn(async move {
-        while let Some(reply) = order_rx.recv().await {
-            match reply.await {
-                Ok(Ok(Some(mut chunks))) => {
-                    if let Err(e) = write_all_chunks(&mut write_half, &mut chunks).await {
-                        tracing::debug!(error = %e, "write failed; closing");
-                        return;
+        let mut chunks: Vec<Bytes> = Vec::new();
+        // A reply taken from the queue but not finished yet: the next one to await.
+        let mut head: Option<oneshot::Receiver<Reply>> = None;
+        loop {
+            let first = match head.take() {
+                Some(reply) => reply,
+                None => match order_rx.recv().await {
+                    Some(reply) => reply,
+                    None => return,
+                },
+            };
+            let mut open = take_reply(first.await.ok(), &mut chunks);
+            // Coalesce: responses that are already complete go out in the same
+            // `writev` (pipelined clients get many small answers per syscall).
+            while open && chunks.len() < COALESCE_CHUNKS_MAX {
+                let Ok(mut next) = order_rx.try_recv() else {
+                    break;
+                };
+                match next.try_recv() {
+                    Ok(reply) => open = take_reply(Some(reply), &mut chunks),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        head = Some(next);
+                        break;
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        open = take_reply(None, &mut chunks)
                     }
                 }
-                Ok(Ok(None)) => {}
-                Ok(Err(close)) => {
-                    tracing::info!(reason = %close.0, "closing connection");
+            }
+            if !chunks.is_empty() {
+                if let Err(e) = write_all_chunks(&mut write_half, &mut chunks).await {
+                    tracing::debug!(error = %e, "write failed; closing");
                     return;
                 }
-                // The handler task died (a panic in a handler): close, like Kafka does
-                // on an unexpected server error, rather than answer out of order.
-                Err(_) => {
-                    tracing::error!("request handler failed; closing connection");
-                    return;
-                }
+            }
+            if !open {
+                return;
             }
         }
     });
@@ -91,6 +109,31 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
     drop(order_tx);
     // Finish writing every response already owed, then close.
     let _ = writer.await;
+}
+
+/// Most chunks gathered into one `writev` from several ready responses.
+const COALESCE_CHUNKS_MAX: usize = 64;
+
+/// Appends a finished reply's chunks (`None`: its handler task died); false if the connection must close after
+/// writing what was gathered so far.
+fn take_reply(reply: Option<Reply>, chunks: &mut Vec<Bytes>) -> bool {
+    match reply {
+        Some(Ok(Some(frame))) => {
+            chunks.extend(frame);
+            true
+        }
+        Some(Ok(None)) => true,
+        Some(Err(close)) => {
+            tracing::info!(reason = %close.0, "closing connection");
+            false
+        }
+        // The handler task died (a panic in a handler): close, like Kafka does on an
+        // unexpected server error, rather than answer out of order.
+        None => {
+            tracing::error!("request handler failed; closing connection");
+            false
+        }
+    }
 }
 
 async fn handle_frame(broker: Arc<Broker>, mut frame: Bytes) -> Reply {

@@ -302,3 +302,72 @@ fn connections_over_the_limit_are_closed_and_others_keep_working() {
     }
     assert!(broker.metric("rill_connections_refused_total") >= 1);
 }
+
+#[test]
+fn fetch_v13_and_later_address_topics_by_id() {
+    let (_broker, mut conn) = setup("byid", 1);
+    produce_values(&mut conn, "byid", 0, &[b"id"], TS);
+    let metadata = conn.call(12, &MetadataRequest::default().with_topics(None));
+    let topic_id = metadata.topics[0].topic_id;
+    assert!(!topic_id.is_nil());
+    let mut request = fetch("byid", 0, 0, 0, 1);
+    request.topics[0].topic = Default::default();
+    request.topics[0].topic_id = topic_id;
+    let response = conn.call(16, &request);
+    assert_eq!(response.responses[0].topic_id, topic_id);
+    let records = response.responses[0].partitions[0].records.clone().unwrap();
+    assert_eq!(decode_records(&records), vec![(0, b"id".to_vec())]);
+    // An unknown id.
+    request.topics[0].topic_id = Default::default();
+    let response = conn.call(16, &request);
+    assert_eq!(
+        response.responses[0].partitions[0].error_code, 100,
+        "UNKNOWN_TOPIC_ID"
+    );
+}
+
+#[test]
+fn retention_bytes_deletes_old_segments_and_advances_the_log_start() {
+    let broker = RilldProcess::start_with(&["--retention-check-interval-ms", "100"]);
+    let mut conn = RawConn::connect(broker.addr());
+    let response = conn.call(
+        4,
+        &create_topic(
+            "retained",
+            1,
+            &[("segment.bytes", "65536"), ("retention.bytes", "131072")],
+        ),
+    );
+    assert_eq!(response.topics[0].error_code, 0);
+    let value = vec![b'r'; 4000];
+    for _ in 0..100 {
+        produce_values(&mut conn, "retained", 0, &[&value], TS);
+    }
+    let earliest = |conn: &mut RawConn| {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name("retained"))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-2)])]);
+        conn.call(7, &request).topics[0].partitions[0].offset
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while earliest(&mut conn) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retention never ran:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let start = earliest(&mut conn);
+    assert!(start > 0 && start < 100);
+    // Fetching below the log start is out of range; from it works.
+    let response = conn.call(FETCH_V, &fetch("retained", 0, 0, 0, 1));
+    assert_eq!(response.responses[0].partitions[0].error_code, 1);
+    let response = conn.call(FETCH_V, &fetch("retained", 0, start, 0, 1));
+    let p = &response.responses[0].partitions[0];
+    assert_eq!((p.error_code, p.log_start_offset), (0, start));
+}

@@ -301,18 +301,37 @@ impl<'a> BatchView<'a> {
         Ok(Records::new(self.records_bytes(), self))
     }
 
-    /// Decompresses the records section (requires the `compression` feature for anything but
-    /// [`Compression::None`], for which it copies). Decompressed data from a peer is not
-    /// bounded by the codecs; callers should bound the batch size they accept.
+    /// Decompresses the records section, refusing more than
+    /// [`DECOMPRESSED_RECORDS_BYTES_MAX_DEFAULT`] bytes of output; see
+    /// [`BatchView::decompress_records_bounded`].
     pub fn decompress_records(&self) -> Result<Bytes, ProtocolError> {
+        self.decompress_records_bounded(DECOMPRESSED_RECORDS_BYTES_MAX_DEFAULT)
+    }
+
+    /// Decompresses the records section (requires the `compression` feature for anything but
+    /// [`Compression::None`], which is returned as a copy).
+    ///
+    /// Compressed data comes from a peer and can expand a thousandfold (gzip, zstd), so the
+    /// output is capped at `decompressed_bytes_max`: more is
+    /// [`ProtocolError::DecompressedTooLarge`]. Memory used stays within about twice the cap,
+    /// plus for zstd a window of at most the cap rounded up to a power of two, or 8 MiB.
+    pub fn decompress_records_bounded(
+        &self,
+        decompressed_bytes_max: usize,
+    ) -> Result<Bytes, ProtocolError> {
         let codec = self
             .compression()
             .ok_or(ProtocolError::CompressionUnavailable {
                 codec: self.compression_id(),
             })?;
-        compress::decompress(codec, self.records_bytes())
+        compress::decompress(codec, self.records_bytes(), decompressed_bytes_max)
     }
 }
+
+/// Default cap on a batch's decompressed records ([`BatchView::decompress_records`]):
+/// generous for real batches (Kafka's `message.max.bytes` defaults to 1 MiB compressed), but
+/// a bound on what a few compressed bytes can make a consumer allocate.
+pub const DECOMPRESSED_RECORDS_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
 
 /// Overwrites a batch's base offset in place (outside the CRC). Panics if `batch` is shorter
 /// than a batch header: callers pass batches that [`BatchView::new`] accepted.
@@ -753,10 +772,12 @@ impl BatchBuilder {
 
 #[cfg(feature = "compression")]
 mod compress {
+    use std::io::Read;
+
     use super::Compression;
     use crate::error::ProtocolError;
     use bytes::{BufMut, Bytes, BytesMut};
-    use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+    use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
     // kafka-protocol's codecs report anyhow errors; we keep their text.
     fn err(e: impl std::fmt::Display) -> ProtocolError {
@@ -787,17 +808,96 @@ mod compress {
         result.map_err(err)
     }
 
-    pub(super) fn decompress(codec: Compression, data: &[u8]) -> Result<Bytes, ProtocolError> {
-        let mut input = Bytes::copy_from_slice(data);
-        let take = |b: &mut Bytes| Ok(std::mem::take(b));
-        let result = match codec {
-            Compression::None => Ok(input),
-            Compression::Gzip => Gzip::decompress(&mut input, take),
-            Compression::Snappy => Snappy::decompress(&mut input, take),
-            Compression::Lz4 => Lz4::decompress(&mut input, take),
-            Compression::Zstd => Zstd::decompress(&mut input, take),
+    /// Reads `reader` to the end, failing once the output passes `limit`. The buffer grows with
+    /// the output actually produced (never sized from a length in the data).
+    fn read_bounded(
+        reader: impl Read,
+        compressed_len: usize,
+        limit: usize,
+    ) -> Result<Bytes, ProtocolError> {
+        let mut out = Vec::with_capacity(compressed_len.saturating_mul(4).min(limit));
+        reader
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(err)?;
+        if out.len() > limit {
+            return Err(ProtocolError::DecompressedTooLarge { limit });
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Kafka's snappy: xerial framing (8-byte magic, version, compatible version, then blocks
+    /// each prefixed by a u32 length), or a raw snappy block when the magic is absent (as
+    /// Java's SnappyInputStream falls back).
+    fn snappy(data: &[u8], limit: usize) -> Result<Bytes, ProtocolError> {
+        const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+        const XERIAL_HEADER_BYTES: usize = 16;
+        let mut out = Vec::new();
+        let decode_block = |block: &[u8], out: &mut Vec<u8>| -> Result<(), ProtocolError> {
+            let len = snap::raw::decompress_len(block).map_err(err)?;
+            if len > limit - out.len() {
+                return Err(ProtocolError::DecompressedTooLarge { limit });
+            }
+            let start = out.len();
+            out.resize(start + len, 0);
+            let n = snap::raw::Decoder::new()
+                .decompress(block, &mut out[start..])
+                .map_err(err)?;
+            out.truncate(start + n);
+            Ok(())
         };
-        result.map_err(err)
+        if data.len() >= XERIAL_HEADER_BYTES && data.starts_with(XERIAL_MAGIC) {
+            let mut rest = &data[XERIAL_HEADER_BYTES..];
+            while !rest.is_empty() {
+                let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                    return Err(err("truncated snappy block length"));
+                };
+                let len = u32::from_be_bytes(*len) as usize;
+                if tail.len() < len {
+                    return Err(err("truncated snappy block"));
+                }
+                decode_block(&tail[..len], &mut out)?;
+                rest = &tail[len..];
+            }
+        } else {
+            decode_block(data, &mut out)?;
+        }
+        Ok(Bytes::from(out))
+    }
+
+    pub(super) fn decompress(
+        codec: Compression,
+        data: &[u8],
+        limit: usize,
+    ) -> Result<Bytes, ProtocolError> {
+        match codec {
+            Compression::None => {
+                if data.len() > limit {
+                    return Err(ProtocolError::DecompressedTooLarge { limit });
+                }
+                Ok(Bytes::copy_from_slice(data))
+            }
+            // Java's GZIPInputStream reads concatenated members, so MultiGzDecoder.
+            Compression::Gzip => {
+                read_bounded(flate2::read::MultiGzDecoder::new(data), data.len(), limit)
+            }
+            Compression::Snappy => snappy(data, limit),
+            Compression::Lz4 => {
+                read_bounded(lz4::Decoder::new(data).map_err(err)?, data.len(), limit)
+            }
+            Compression::Zstd => {
+                let mut decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(err)?;
+                // The window zstd allocates comes from the frame header. Output within the cap
+                // never needs a window larger than the cap, but streaming compressors declare
+                // windows from their level (2 MiB at level 3, 8 MiB at level 19) regardless of
+                // the size, so allow at least 8 MiB.
+                let window_log = usize::BITS - limit.saturating_sub(1).leading_zeros();
+                decoder
+                    .window_log_max(window_log.clamp(23, 31))
+                    .map_err(err)?;
+                read_bounded(decoder, data.len(), limit)
+            }
+        }
     }
 }
 
@@ -815,8 +915,15 @@ mod compress {
         Err(ProtocolError::CompressionUnavailable { codec: codec.id() })
     }
 
-    pub(super) fn decompress(codec: Compression, data: &[u8]) -> Result<Bytes, ProtocolError> {
+    pub(super) fn decompress(
+        codec: Compression,
+        data: &[u8],
+        limit: usize,
+    ) -> Result<Bytes, ProtocolError> {
         match codec {
+            Compression::None if data.len() > limit => {
+                Err(ProtocolError::DecompressedTooLarge { limit })
+            }
             Compression::None => Ok(Bytes::copy_from_slice(data)),
             other => Err(ProtocolError::CompressionUnavailable { codec: other.id() }),
         }
@@ -1106,6 +1213,64 @@ mod tests {
         assert!(matches!(
             b.build(),
             Err(ProtocolError::CompressionUnavailable { codec: 1 })
+        ));
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn decompression_bombs_are_refused_at_the_cap() {
+        let zeros = vec![0u8; 4 << 20];
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut b = BatchBuilder::new(codec);
+            b.push(0, None, Some(&zeros), &[]).unwrap();
+            let bytes = b.build().unwrap();
+            assert!(bytes.len() < 1 << 20, "{codec:?}: {} bytes", bytes.len());
+            let view = BatchView::new(&bytes).unwrap();
+            assert!(
+                matches!(
+                    view.decompress_records_bounded(1 << 20),
+                    Err(ProtocolError::DecompressedTooLarge { limit }) if limit == 1 << 20
+                ),
+                "{codec:?}"
+            );
+            let plain = view.decompress_records().unwrap();
+            assert!(plain.len() > 4 << 20);
+            let record = Records::new(&plain, &view).next().unwrap().unwrap();
+            assert_eq!(record.value.unwrap().len(), 4 << 20);
+        }
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn raw_snappy_without_xerial_framing_is_accepted() {
+        let plain_batch = sample_batch(Compression::None);
+        let records = &plain_batch[BATCH_HEADER_BYTES..];
+        let compressed = snap::raw::Encoder::new().compress_vec(records).unwrap();
+        let mut batch = plain_batch[..BATCH_HEADER_BYTES].to_vec();
+        batch.extend_from_slice(&compressed);
+        let batch_length = (batch.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
+        batch[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        batch[21..23].copy_from_slice(&Compression::Snappy.id().to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        let view = BatchView::new(&batch).unwrap();
+        view.validate().unwrap();
+        assert_eq!(&view.decompress_records().unwrap()[..], records);
+        // A raw block that claims a huge length is refused before anything is allocated.
+        let mut lying = batch.clone();
+        lying.truncate(BATCH_HEADER_BYTES);
+        lying.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00]);
+        let batch_length = (lying.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
+        lying[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        let view = BatchView::new(&lying).unwrap();
+        assert!(matches!(
+            view.decompress_records_bounded(1 << 20),
+            Err(ProtocolError::DecompressedTooLarge { .. })
         ));
     }
 

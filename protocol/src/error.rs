@@ -134,6 +134,14 @@ pub enum ProtocolError {
         codec: i16,
     },
 
+    /// Decompressed records would exceed the caller's cap (a decompression bomb, or a batch
+    /// larger than the consumer accepts).
+    #[error("decompressed records exceed {limit} bytes")]
+    DecompressedTooLarge {
+        /// The cap, in bytes.
+        limit: usize,
+    },
+
     /// Compressing or decompressing records failed.
     #[error("compression failed: {reason}")]
     Compression {
@@ -157,7 +165,8 @@ impl ProtocolError {
             ProtocolError::CorruptBatch { .. }
             | ProtocolError::CrcMismatch { .. }
             | ProtocolError::UnsupportedMagic { .. }
-            | ProtocolError::CorruptRecord { .. } => ResponseError::CorruptMessage,
+            | ProtocolError::CorruptRecord { .. }
+            | ProtocolError::DecompressedTooLarge { .. } => ResponseError::CorruptMessage,
             ProtocolError::CompressionUnavailable { .. } => {
                 ResponseError::UnsupportedCompressionType
             }

@@ -7,6 +7,10 @@
 //! * `RILL_FUZZ_LONG=1` runs 1,000,000; `RILL_FUZZ_FRAMES=N` runs N.
 //! * `SEED=n` replays a run; a failure prints its seed and the offending frame in hex.
 //!
+//! A second test does the same for the client's side of Fetch: mutated Fetch responses (every
+//! version, batches in every codec the build has) through `decode_response`, the batch walk,
+//! bounded decompression, the record iterator and `kafka-protocol`'s record decoder.
+//!
 //! Allocations are measured by a counting global allocator in this test binary. Implementing
 //! `GlobalAlloc` needs `unsafe`; it is confined to that impl, which only forwards to `System`
 //! and updates thread-local counters (the library crate itself forbids unsafe code).
@@ -20,11 +24,15 @@ use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rill_protocol::batch::{self, BatchBuilder, Compression};
-use rill_protocol::codec::{decode_request_kind, encode_request};
+use rill_protocol::codec::{decode_request_kind, decode_response, encode_request};
+use rill_protocol::fetch::{
+    encode_fetch_response, FetchPartitionPart, FetchResponseParts, FetchTopicPart,
+};
 use rill_protocol::frame::{FrameCodec, FRAME_RESERVE_STEP_BYTES};
 use rill_protocol::header::{parse_request_header, RequestHeader};
 use rill_protocol::kafka_protocol::messages::*;
 use rill_protocol::kafka_protocol::protocol::{Encodable, StrBytes};
+use rill_protocol::kafka_protocol::records::RecordBatchDecoder;
 use rill_protocol::versions::{self, SUPPORTED};
 use tokio_util::codec::Decoder;
 
@@ -651,6 +659,173 @@ fn random_frame(rng: &mut StdRng) -> Vec<u8> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client's side: Fetch responses from a (possibly hostile) broker
+
+/// Decompression cap the client-side fuzz uses (a consumer's own configuration).
+const CLIENT_DECOMPRESSED_BYTES_MAX: usize = 256 * 1024;
+/// zstd may allocate the window its frame header declares, up to the 8 MiB floor that
+/// `decompress_records_bounded` allows, plus its block buffers.
+const ZSTD_WINDOW_BYTES_MAX: usize = 9 * 1024 * 1024;
+
+/// Largest single allocation allowed while a client decodes a Fetch response frame: the
+/// decoder bound, or what the client's decompression cap allows.
+fn client_alloc_bound(frame_bytes: usize) -> usize {
+    single_alloc_bound(frame_bytes) + 2 * CLIENT_DECOMPRESSED_BYTES_MAX + ZSTD_WINDOW_BYTES_MAX
+}
+
+fn codecs() -> Vec<Compression> {
+    if cfg!(feature = "compression") {
+        vec![
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ]
+    } else {
+        vec![Compression::None]
+    }
+}
+
+/// A Fetch response frame for every served Fetch version, with batches in each codec.
+fn fetch_response_seeds(rng: &mut StdRng) -> Vec<(i16, Bytes)> {
+    let range = versions::supported_range(ApiKey::Fetch as i16).expect("Fetch is served");
+    let mut seeds = Vec::new();
+    for version in range.min..=range.max {
+        for codec in codecs() {
+            let mut b = BatchBuilder::new(codec).with_producer(7, 0, 0);
+            for i in 0..rng.gen_range(1..5) {
+                let value = format!("value-{i}-{}", "abc".repeat(rng.gen_range(0..20)));
+                b.push(i, Some(b"k"), Some(value.as_bytes()), &[("h", None)])
+                    .expect("seed batch");
+            }
+            let batch = b.build().expect("seed batch");
+            let parts = FetchResponseParts {
+                session_id: if version >= 7 { 1 } else { 0 },
+                topics: vec![FetchTopicPart {
+                    name: StrBytes::from_static_str("orders"),
+                    topic_id: uuid::Uuid::from_u128(42),
+                    partitions: vec![FetchPartitionPart {
+                        partition_index: 0,
+                        high_watermark: 100,
+                        records: vec![batch.clone(), sample_records(rng)],
+                        ..Default::default()
+                    }],
+                }],
+                ..Default::default()
+            };
+            let frame = encode_fetch_response(1, version, &parts)
+                .expect("seed response")
+                .to_contiguous();
+            seeds.push((version, frame));
+        }
+    }
+    seeds
+}
+
+/// What a consumer does with a Fetch response frame (payload after the size prefix).
+fn client_decode_fetch(mut frame: Bytes, version: i16, reached: &mut Reached) {
+    let Ok((_, response)) =
+        decode_response::<FetchResponse>(&mut frame, ApiKey::Fetch as i16, version)
+    else {
+        return;
+    };
+    reached.bodies += 1;
+    for topic in &response.responses {
+        for partition in &topic.partitions {
+            let Some(records) = &partition.records else {
+                continue;
+            };
+            for view in batch::batches(records) {
+                let Ok(view) = view else { break };
+                reached.batches += 1;
+                if view.compression_id() == 0 {
+                    if let Ok(iter) = view.records() {
+                        reached.records += iter.take_while(Result::is_ok).count() as u64;
+                    }
+                    let _ = RecordBatchDecoder::decode(&mut records.slice_ref(view.as_bytes()));
+                } else if let Ok(plain) =
+                    view.decompress_records_bounded(CLIENT_DECOMPRESSED_BYTES_MAX)
+                {
+                    let iter = batch::Records::new(&plain, &view);
+                    reached.records += iter.take_while(Result::is_ok).count() as u64;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fetch_response_seeds_decode_on_the_client() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for (version, frame) in fetch_response_seeds(&mut rng) {
+        let mut reached = Reached::default();
+        for payload in frames_of(&frame, &mut reached) {
+            client_decode_fetch(payload, version, &mut reached);
+        }
+        assert_eq!(reached.bodies, 1, "Fetch v{version}");
+        assert!(
+            reached.batches >= 2 && reached.records >= 2,
+            "Fetch v{version}: {reached:?}"
+        );
+    }
+}
+
+#[test]
+fn mutated_fetch_responses_never_panic_nor_over_allocate_on_the_client() {
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .map(|s| s.parse().expect("SEED is a number"))
+        .unwrap_or_else(rand::random);
+    let frames = frames_to_run() / 4;
+    println!("client fetch fuzz: SEED={seed} frames={frames}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let seeds = fetch_response_seeds(&mut rng);
+
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut reached = Reached::default();
+    let mut largest_seen = 0usize;
+    let started = Instant::now();
+    for i in 0..frames {
+        let (version, seed_frame) = &seeds[rng.gen_range(0..seeds.len())];
+        let input = mutate(seed_frame, &mut rng);
+        let mut failure = None;
+        for frame in frames_of(&input, &mut reached) {
+            let len = frame.len();
+            let (outcome, largest, _) = measure(|| {
+                catch_unwind(AssertUnwindSafe(|| {
+                    client_decode_fetch(frame, *version, &mut reached)
+                }))
+            });
+            largest_seen = largest_seen.max(largest);
+            if outcome.is_err() {
+                failure = Some(format!("panic decoding Fetch v{version} response #{i}"));
+            } else if largest > client_alloc_bound(len) {
+                failure = Some(format!(
+                    "Fetch v{version} response #{i} of {len} bytes made a single allocation of {largest} bytes (bound {})",
+                    client_alloc_bound(len)
+                ));
+            }
+        }
+        if let Some(what) = failure {
+            std::panic::set_hook(default_hook);
+            panic!("{what}; replay with SEED={seed}; input: {}", hex(&input));
+        }
+    }
+    let elapsed = started.elapsed();
+    std::panic::set_hook(default_hook);
+    println!(
+        "client fetch fuzz: {frames} frames in {:.1} s ({:.0} frames/s); reached {reached:?}; \
+         largest single allocation {largest_seen} bytes",
+        elapsed.as_secs_f64(),
+        frames as f64 / elapsed.as_secs_f64(),
+    );
+    assert!(reached.bodies > frames / 10, "{reached:?}");
+    assert!(reached.records > frames / 10, "{reached:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1177,6 +1177,81 @@ mod tests {
         assert!(results[1].is_err());
     }
 
+    type RecordSpec = (
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
+
+    fn record_spec() -> impl proptest::strategy::Strategy<Value = RecordSpec> {
+        use proptest::prelude::*;
+        (
+            any::<i64>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            proptest::collection::vec(
+                (
+                    "[a-z.]{0,6}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+                ),
+                0..3,
+            ),
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_records_round_trip_through_builder_view_and_iterator(
+            specs in proptest::collection::vec(record_spec(), 1..20),
+            producer_id in -1i64..1000,
+            base_sequence in -1i32..i32::MAX,
+        ) {
+            let mut builder = BatchBuilder::new(Compression::None).with_producer(producer_id, 0, base_sequence);
+            for (ts, key, value, headers) in &specs {
+                let headers: Vec<(&str, Option<&[u8]>)> =
+                    headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+                builder.push(*ts, key.as_deref(), value.as_deref(), &headers).unwrap();
+            }
+            let bytes = builder.build().unwrap();
+            let view = BatchView::new(&bytes).unwrap();
+            view.validate().unwrap();
+            proptest::prop_assert_eq!(view.records_count() as usize, specs.len());
+            proptest::prop_assert_eq!(view.max_timestamp(), specs.iter().map(|s| s.0).max().unwrap());
+            let records: Vec<_> = view.records().unwrap().map(Result::unwrap).collect();
+            proptest::prop_assert_eq!(records.len(), specs.len());
+            for (i, (r, (ts, key, value, headers))) in records.iter().zip(&specs).enumerate() {
+                proptest::prop_assert_eq!(r.offset, i as i64);
+                proptest::prop_assert_eq!(r.timestamp, *ts);
+                proptest::prop_assert_eq!(r.key, key.as_deref());
+                proptest::prop_assert_eq!(r.value, value.as_deref());
+                let expected: Vec<(&str, Option<&[u8]>)> =
+                    headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+                proptest::prop_assert_eq!(&r.headers, &expected);
+            }
+            // kafka-protocol's decoder agrees on offsets, timestamps and values.
+            let set = RecordBatchDecoder::decode(&mut bytes.clone()).unwrap();
+            for (theirs, ours) in set.records.iter().zip(&records) {
+                proptest::prop_assert_eq!(theirs.offset, ours.offset);
+                proptest::prop_assert_eq!(theirs.timestamp, ours.timestamp);
+                proptest::prop_assert_eq!(theirs.value.as_deref(), ours.value);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_batch_helpers(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            for view in batches(&data) {
+                let Ok(view) = view else { break };
+                let _ = view.validate();
+                if let Ok(records) = view.records() {
+                    for r in records {
+                        if r.is_err() { break; }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn empty_builder_refuses_to_build() {
         assert!(BatchBuilder::default().build().is_err());

@@ -376,6 +376,37 @@ mod tests {
         assert!(parse_request_header(&mut buf.freeze()).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_request_header_round_trips(
+            api_key in proptest::prelude::any::<i16>(),
+            api_version in proptest::prelude::any::<i16>(),
+            correlation_id in proptest::prelude::any::<i32>(),
+            client_id in proptest::option::of("\\PC{0,40}"),
+        ) {
+            let header = RequestHeader { api_key, api_version, correlation_id, client_id };
+            let mut buf = BytesMut::new();
+            encode_request_header(&mut buf, &header).unwrap();
+            proptest::prop_assert_eq!(buf.len(), request_header_len(&header));
+            buf.put_slice(b"body");
+            let mut frame = buf.freeze();
+            let parsed = parse_request_header(&mut frame).unwrap();
+            // Header v0 (no client id) exists only for ControlledShutdown v0.
+            if versions::request_header_version(api_key, api_version) >= 1 {
+                proptest::prop_assert_eq!(parsed, header);
+            } else {
+                proptest::prop_assert_eq!(parsed.correlation_id, correlation_id);
+            }
+            proptest::prop_assert_eq!(&frame[..], b"body");
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_header_parsers(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = parse_request_header(&mut Bytes::from(data.clone()));
+            let _ = parse_response_header(&mut Bytes::from(data), ApiKey::Fetch as i16, 12);
+        }
+    }
+
     #[test]
     fn unknown_api_keys_still_yield_the_correlation_id() {
         let mut buf = BytesMut::new();

@@ -220,6 +220,45 @@ mod tests {
     }
 
     #[test]
+    fn produce_records_decode_as_a_slice_of_the_frame_without_copying() {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::ProduceRequest;
+        let mut builder = crate::batch::BatchBuilder::default();
+        builder.push(0, None, Some(&[9u8; 4096]), &[]).unwrap();
+        let batch = builder.build().unwrap();
+        for version in [3, 9, 10] {
+            let request = ProduceRequest::default()
+                .with_acks(-1)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.clone()))])]);
+            let header = RequestHeader {
+                api_key: ApiKey::Produce as i16,
+                api_version: version,
+                correlation_id: 1,
+                client_id: None,
+            };
+            let mut payload = unframe(encode_request(&header, &request).unwrap());
+            let frame_range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
+            header::parse_request_header(&mut payload).unwrap();
+            let decoded: ProduceRequest = decode_request(&mut payload, version).unwrap();
+            let records = decoded.topic_data[0].partition_data[0]
+                .records
+                .clone()
+                .unwrap();
+            assert_eq!(records, batch);
+            // The records are a view into the received frame: the only copy on the way to the
+            // log is the broker's append.
+            assert!(
+                frame_range.contains(&(records.as_ptr() as usize)),
+                "v{version}"
+            );
+        }
+    }
+
+    #[test]
     fn unsupported_and_malformed_requests_are_typed_errors() {
         let header = RequestHeader {
             api_key: ApiKey::JoinGroup as i16,

@@ -23,7 +23,11 @@
 //!   [`ProtocolError::kafka_error_code`].
 //!
 //! Message types come from `kafka-protocol` (re-exported as [`kafka_protocol`]) so that the
-//! broker and client use exactly the vendored, patched version.
+//! broker and client use exactly the vendored, patched version
+//! (`vendor/kafka-protocol/RILL_PATCHES.md` lists what Rill changed in it and why).
+//!
+//! Outside `src/`: `tests/fuzz_decoder.rs` (random and mutated frames against the broker's and
+//! the client's decode paths, with a counting allocator) and `benches/fetch_encode.rs`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -174,9 +174,10 @@ impl PartitionLog {
             let capacity = config.segment_bytes as usize;
             let (file, writer) = create_active(
                 &segment_path(dir, log_start, LOG_SUFFIX),
-                config.segment_bytes as usize,
+                capacity,
                 &[],
                 false,
+                config.large_folios,
             )?;
             PartitionLog::assemble(
                 dir,
@@ -394,7 +395,7 @@ impl PartitionLog {
             .max(seg.size_bytes);
         mmap::allocate(&file, capacity as u64)
             .map_err(|e| StorageError::io("allocate segment", &path, e))?;
-        let (_, writer) = MapFile::writable(&file, capacity, seg.size_bytes)
+        let (_, writer) = MapFile::writable(&file, capacity, seg.size_bytes, config.large_folios)
             .map_err(|e| StorageError::io("map segment", &path, e))?;
         // Stale index files of the active segment are rewritten when it closes.
         let _ = fs::remove_file(segment_path(dir, seg.base_offset, INDEX_SUFFIX));
@@ -626,10 +627,21 @@ impl PartitionLog {
         let end_pos = start_pos + total;
         let interval = self.config.index_interval_bytes;
         let active = &mut self.active;
-        if self.config.populate_ahead_bytes > 0 && end_pos > active.populated_to {
-            let to = (end_pos + self.config.populate_ahead_bytes as usize).min(active.capacity);
-            active.writer.map().populate_write(active.populated_to, to);
-            active.populated_to = to;
+        // Keep the pages ahead of the write position faulted in by the background
+        // populator, one request per quarter of the window (not per append).
+        let ahead = self.config.populate_ahead_bytes as usize;
+        if ahead > 0 {
+            let want = (end_pos + ahead).min(active.capacity);
+            let chunk = (ahead / 4).max(4096);
+            while active.populated_to < want {
+                let from = active.populated_to;
+                let to = (from + chunk).min(active.capacity);
+                if from < end_pos || !mmap::populate_in_background(active.writer.map(), from, to) {
+                    // Needed right now (or the populator is busy): do it here.
+                    active.writer.map().populate_write(from, to);
+                }
+                active.populated_to = to;
+            }
         }
         if start_pos == 0 {
             active.created_ms = now_ms();
@@ -689,6 +701,7 @@ impl PartitionLog {
             capacity,
             &[],
             false,
+            self.config.large_folios,
         )?;
         let new_path = segment_path(&self.dir, new_base, LOG_SUFFIX);
         let old_path = segment_path(&self.dir, old_base, LOG_SUFFIX);
@@ -1048,7 +1061,13 @@ impl PartitionLog {
             let map = source_map.clone();
             let view = map.as_ref().map(|m| m.view());
             let prefix: &[u8] = view.as_ref().map_or(&[], |v| &v[..cut_pos]);
-            let (file, writer) = create_active(&swap_path, capacity.max(cut_pos), prefix, true)?;
+            let (file, writer) = create_active(
+                &swap_path,
+                capacity.max(cut_pos),
+                prefix,
+                true,
+                self.config.large_folios,
+            )?;
             drop(view);
             fs::rename(&swap_path, &path)
                 .map_err(|e| StorageError::io("rename segment", &path, e))?;
@@ -1097,7 +1116,8 @@ impl PartitionLog {
         self.generation += 1;
         let capacity = self.config.segment_bytes as usize;
         let swap_path = segment_path(&self.dir, start_offset, SWAP_SUFFIX);
-        let (file, writer) = create_active(&swap_path, capacity, &[], false)?;
+        let (file, writer) =
+            create_active(&swap_path, capacity, &[], false, self.config.large_folios)?;
         // From here on the old content is gone logically: record that first, so an
         // interrupted reset recovers to the new start.
         self.checkpoints

@@ -102,6 +102,7 @@ pub(crate) fn create_active(
     capacity: usize,
     prefix: &[u8],
     sync_prefix: bool,
+    large_folios: bool,
 ) -> Result<(Arc<File>, MapWriter)> {
     match fs::remove_file(path) {
         Ok(()) => {}
@@ -125,7 +126,7 @@ pub(crate) fn create_active(
                     .map_err(|e| StorageError::io("fdatasync segment", path, e))?;
             }
         }
-        let (_, writer) = MapFile::writable(&file, capacity, prefix.len())
+        let (_, writer) = MapFile::writable(&file, capacity, prefix.len(), large_folios)
             .map_err(|e| StorageError::io("map segment", path, e))?;
         Ok(writer)
     })();

@@ -657,6 +657,40 @@ fn random_frame(rng: &mut StdRng) -> Vec<u8> {
     f
 }
 
+thread_local! {
+    /// Set while this thread runs decoders under `catch_unwind`: their panics are reported
+    /// with the offending input instead of by the default hook.
+    static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` under `catch_unwind` without the default hook printing a caught panic. The hook
+/// is installed once for the whole binary and stays silent only on threads inside this
+/// function, so tests running in parallel keep their normal panic output.
+fn catch_quietly<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(Cell::get) {
+                default_hook(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    result
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -785,8 +819,6 @@ fn mutated_fetch_responses_never_panic_nor_over_allocate_on_the_client() {
     let mut rng = StdRng::seed_from_u64(seed);
     let seeds = fetch_response_seeds(&mut rng);
 
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     let mut reached = Reached::default();
     let mut largest_seen = 0usize;
     let started = Instant::now();
@@ -796,14 +828,14 @@ fn mutated_fetch_responses_never_panic_nor_over_allocate_on_the_client() {
         let mut failure = None;
         for frame in frames_of(&input, &mut reached) {
             let len = frame.len();
-            let (outcome, largest, _) = measure(|| {
-                catch_unwind(AssertUnwindSafe(|| {
-                    client_decode_fetch(frame, *version, &mut reached)
-                }))
-            });
+            let (outcome, largest, _) =
+                measure(|| catch_quietly(|| client_decode_fetch(frame, *version, &mut reached)));
             largest_seen = largest_seen.max(largest);
-            if outcome.is_err() {
-                failure = Some(format!("panic decoding Fetch v{version} response #{i}"));
+            if let Err(payload) = outcome {
+                failure = Some(format!(
+                    "panic decoding Fetch v{version} response #{i}: {}",
+                    panic_message(&*payload)
+                ));
             } else if largest > client_alloc_bound(len) {
                 failure = Some(format!(
                     "Fetch v{version} response #{i} of {len} bytes made a single allocation of {largest} bytes (bound {})",
@@ -812,12 +844,10 @@ fn mutated_fetch_responses_never_panic_nor_over_allocate_on_the_client() {
             }
         }
         if let Some(what) = failure {
-            std::panic::set_hook(default_hook);
             panic!("{what}; replay with SEED={seed}; input: {}", hex(&input));
         }
     }
     let elapsed = started.elapsed();
-    std::panic::set_hook(default_hook);
     println!(
         "client fetch fuzz: {frames} frames in {:.1} s ({:.0} frames/s); reached {reached:?}; \
          largest single allocation {largest_seen} bytes",
@@ -881,10 +911,6 @@ fn random_and_mutated_frames_never_panic_nor_over_allocate() {
     let mut rng = StdRng::seed_from_u64(seed);
     let seeds = all_seeds(&mut rng);
 
-    // Silence the default hook: a caught panic is reported below with its input.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-
     let mut reached = Reached::default();
     let mut worst_single_ratio = 0.0f64;
     let mut worst_peak_ratio = 0.0f64;
@@ -898,14 +924,13 @@ fn random_and_mutated_frames_never_panic_nor_over_allocate() {
             let (_, _, seed_frame) = &seeds[rng.gen_range(0..seeds.len())];
             mutate(seed_frame, &mut rng)
         };
-        let ((frames_found, framing_panicked), framing_largest, _) = measure(
-            || match catch_unwind(AssertUnwindSafe(|| frames_of(&input, &mut reached))) {
-                Ok(frames) => (frames, false),
-                Err(_) => (Vec::new(), true),
-            },
-        );
-        if framing_panicked {
-            failure = Some(format!("panic while framing input #{i}"));
+        let ((frames_found, framing_panicked), framing_largest, _) =
+            measure(|| match catch_quietly(|| frames_of(&input, &mut reached)) {
+                Ok(frames) => (frames, None),
+                Err(payload) => (Vec::new(), Some(panic_message(&*payload))),
+            });
+        if let Some(message) = framing_panicked {
+            failure = Some(format!("panic while framing input #{i}: {message}"));
         } else if framing_largest > framing_alloc_bound(input.len()) {
             failure = Some(format!(
                 "framing input #{i} of {} bytes made a single allocation of {framing_largest} bytes (bound {})",
@@ -919,9 +944,12 @@ fn random_and_mutated_frames_never_panic_nor_over_allocate() {
             }
             let len = frame.len();
             let (outcome, largest, peak) =
-                measure(|| catch_unwind(AssertUnwindSafe(|| decode_frame(frame, &mut reached))));
-            if outcome.is_err() {
-                failure = Some(format!("panic decoding a frame of input #{i}"));
+                measure(|| catch_quietly(|| decode_frame(frame, &mut reached)));
+            if let Err(payload) = outcome {
+                failure = Some(format!(
+                    "panic decoding a frame of input #{i}: {}",
+                    panic_message(&*payload)
+                ));
             } else if largest > single_alloc_bound(len) {
                 failure = Some(format!(
                     "a frame of {len} bytes (input #{i}) made a single allocation of {largest} bytes (bound {})",
@@ -940,12 +968,10 @@ fn random_and_mutated_frames_never_panic_nor_over_allocate() {
             }
         }
         if let Some(what) = failure.take() {
-            std::panic::set_hook(default_hook);
             panic!("{what}; replay with SEED={seed}; input: {}", hex(&input));
         }
     }
     let elapsed = started.elapsed();
-    std::panic::set_hook(default_hook);
     println!(
         "decoder fuzz: {frames} frames in {:.1} s ({:.0} frames/s); reached {reached:?}; \
          largest single allocation {largest_seen} bytes; for frames of 64+ bytes the worst \

@@ -106,7 +106,7 @@ pub struct TopicDefaults {
     /// `log_segment_bytes` (topic `segment.bytes`): roll a new segment at this size.
     /// Default 134217728 (128 MiB; Kafka's is 1 GiB, but Rill preallocates the active
     /// segment file with fallocate, so every partition reserves this much disk).
-    /// Range 65536..=2147483647 (index file positions are u32).
+    /// Range 1048576..=2147483647 (index file positions are u32).
     pub segment_bytes: i64,
     /// `log_segment_ms` (topic `segment.ms`): roll a segment older than this.
     /// Default 604800000 (7 days).

@@ -80,10 +80,12 @@ fn build_rilld() -> PathBuf {
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
-    let status = command.status().expect("run cargo build for rilld");
+    // Output is kept unless the build fails, so test logs stay readable.
+    let output = command.output().expect("run cargo build for rilld");
     assert!(
-        status.success(),
-        "cargo build -p rill-broker --bin rilld failed"
+        output.status.success(),
+        "cargo build -p rill-broker --bin rilld failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
     let bin = profile_dir.join("rilld");
     assert!(bin.exists(), "{} missing after build", bin.display());

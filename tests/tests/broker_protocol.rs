@@ -335,11 +335,12 @@ fn retention_bytes_deletes_old_segments_and_advances_the_log_start() {
         &create_topic(
             "retained",
             1,
-            &[("segment.bytes", "65536"), ("retention.bytes", "131072")],
+            &[("segment.bytes", "1048576"), ("retention.bytes", "2097152")],
         ),
     );
     assert_eq!(response.topics[0].error_code, 0);
-    let value = vec![b'r'; 4000];
+    // 100 batches of ~40 KB: about four 1 MiB segments.
+    let value = vec![b'r'; 40_000];
     for _ in 0..100 {
         produce_values(&mut conn, "retained", 0, &[&value], TS);
     }

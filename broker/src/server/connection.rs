@@ -15,6 +15,7 @@ use rill_protocol::header::parse_request_header;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
+use tracing::Instrument;
 
 use super::write::write_all_chunks;
 use super::Broker;
@@ -102,9 +103,13 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
             break; // the writer stopped
         }
         let broker = Arc::clone(&broker);
-        tokio::spawn(async move {
-            let _ = reply_tx.send(handle_frame(broker, frame).await);
-        });
+        // The handler runs in the connection's span, so its logs name the peer.
+        tokio::spawn(
+            async move {
+                let _ = reply_tx.send(handle_frame(broker, frame).await);
+            }
+            .in_current_span(),
+        );
     }
     drop(order_tx);
     // Finish writing every response already owed, then close.

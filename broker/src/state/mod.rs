@@ -181,9 +181,6 @@ impl PartitionManager {
             segment_ms: Some(config.segment_ms as u64),
             retention_ms: (config.retention_ms >= 0).then_some(config.retention_ms),
             retention_bytes: (config.retention_bytes >= 0).then_some(config.retention_bytes as u64),
-            populate_ahead_bytes: LogConfig::default()
-                .populate_ahead_bytes
-                .min(config.segment_bytes as u64),
             ..LogConfig::default()
         }
     }

@@ -51,9 +51,9 @@ pub fn broker_key(key: &str) -> &'static str {
 pub fn check_value(key: &str, value: i64) -> Result<(), String> {
     let (min, max) = match key {
         "retention.ms" | "retention.bytes" => (-1, i64::MAX),
-        // Segment file positions are u32 in the index; at least 64 KiB keeps the
-        // file count sane.
-        "segment.bytes" => (65_536, i32::MAX as i64),
+        // Segment file positions are u32 in the index; at least 1 MiB keeps the file
+        // count sane (and is storage's largest read-ahead window).
+        "segment.bytes" => (1_048_576, i32::MAX as i64),
         "segment.ms" => (1, i64::MAX),
         "max.message.bytes" => (64, i32::MAX as i64),
         _ => return Err(format!("unknown topic config `{key}`")),

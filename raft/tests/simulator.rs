@@ -25,10 +25,10 @@ use rill_raft::{
 
 /// Simulated ticks per seed in CI (debug build); tuned so 1,000 seeds take
 /// well under two minutes on two cores.
-const TICKS_PER_SEED: u64 = 220;
+const TICKS_PER_SEED: u64 = 1000;
 /// Ticks of the final calm phase (network healed, everyone up), which must
 /// end with a leader committing a fresh proposal.
-const CALM_TICKS_MAX: u64 = 300;
+const CALM_TICKS_MAX: u64 = 500;
 /// Events kept for the failure report.
 const TRACE_EVENTS_MAX: usize = 400;
 /// Seeds run by default.
@@ -39,6 +39,9 @@ struct Faults {
     drop_pct: u64,
     duplicate_pct: u64,
     delay_ticks_max: u64,
+    /// Some messages are held for a long time (10-50 ticks): old vote answers
+    /// and appends from past terms arriving late.
+    long_delay_pct: u64,
     fsync_ticks_max: u64,
     crash_pct: u64,
     restart_pct: u64,
@@ -57,7 +60,8 @@ impl Faults {
             drop_pct: rng.below(20),
             duplicate_pct: rng.below(10),
             delay_ticks_max: rng.below(4),
-            fsync_ticks_max: rng.below(3),
+            long_delay_pct: rng.below(8),
+            fsync_ticks_max: rng.below(5),
             crash_pct: rng.below(4),
             restart_pct: 5 + rng.below(30),
             partition_pct: rng.below(5),
@@ -74,12 +78,13 @@ impl Faults {
             drop_pct: 0,
             duplicate_pct: 0,
             delay_ticks_max: 1,
+            long_delay_pct: 0,
             fsync_ticks_max: 1,
             crash_pct: 0,
             restart_pct: 100,
             partition_pct: 0,
             heal_pct: 100,
-            propose_pct: 30,
+            propose_pct: 10,
             membership_pct: 0,
             transfer_pct: 0,
             compact_pct: 0,
@@ -177,8 +182,11 @@ impl Sim {
             config.heartbeat_interval_ticks = 2;
             config.pre_vote = rng.below(4) != 0;
             config.check_quorum = config.pre_vote && rng.below(4) != 0;
-            config.append_bytes_max = 64 + 64 * rng.below(4) as usize;
-            config.inflight_bytes_max = config.append_bytes_max * (1 + rng.below(4) as usize);
+            // Small limits, so appends split batches and windows fill up.
+            config.append_bytes_max = 70 * (1 + rng.below(8) as usize);
+            config.inflight_bytes_max = config.append_bytes_max * (2 + rng.below(7) as usize);
+            // Back-pressure: a leader cut off from its quorum stops accepting.
+            config.uncommitted_bytes_max = 70 * (5 + rng.below(60) as usize);
             let raft = Raft::new(config.clone(), MemStore::new(membership.clone())).unwrap();
             nodes.insert(
                 id,
@@ -262,7 +270,11 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let delay = self.rng.below(self.faults.delay_ticks_max + 1);
+            let delay = if self.pct(self.faults.long_delay_pct) {
+                5 + self.rng.below(40)
+            } else {
+                self.rng.below(self.faults.delay_ticks_max + 1)
+            };
             self.net.push(InFlight {
                 deliver_at: self.now + delay,
                 msg: m.clone(),
@@ -358,6 +370,12 @@ impl Sim {
                 });
                 for m in rd.messages {
                     self.send(m);
+                }
+                // Crashes also strike right after a node sent what needs no
+                // fsync but before its fsync completed.
+                if fsync > 0 && self.rng.below(400) < self.faults.crash_pct {
+                    self.crash(id);
+                    return Ok(());
                 }
                 continue;
             }
@@ -498,17 +516,33 @@ impl Sim {
         Ok(())
     }
 
+    /// The node stops; only its store (what was durable) survives.
+    fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if let Some(raft) = node.raft.take() {
+            node.down_store = Some(raft.into_store());
+            node.pending = None;
+            node.inbox.clear();
+            self.event(|| format!("{id} CRASH"));
+        }
+    }
+
     fn inject_faults(&mut self) -> Check {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         if self.pct(self.faults.crash_pct) {
-            let id = ids[self.rng.below(ids.len() as u64) as usize];
-            let node = self.nodes.get_mut(&id).unwrap();
-            if let Some(raft) = node.raft.take() {
-                node.down_store = Some(raft.into_store());
-                node.pending = None;
-                node.inbox.clear();
-                self.event(|| format!("{id} CRASH"));
-            }
+            // Half the crashes hit a node while its fsync is outstanding, the
+            // window in which not-yet-durable state is lost.
+            let writing: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|id| self.nodes[id].pending.is_some())
+                .collect();
+            let id = if !writing.is_empty() && self.rng.below(2) == 0 {
+                writing[self.rng.below(writing.len() as u64) as usize]
+            } else {
+                ids[self.rng.below(ids.len() as u64) as usize]
+            };
+            self.crash(id);
         }
         let down: Vec<NodeId> = ids
             .iter()

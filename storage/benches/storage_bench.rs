@@ -1,17 +1,22 @@
-//! Acceptance 5: storage throughput against raw baselines, measured in one run by
-//! this binary (`cargo bench -p rill-storage`; `RILL_BENCH_RUNS=5` repeats every
-//! measurement and reports medians; `RILL_BENCH_DIR` picks the directory, default
+//! Acceptance 5: storage throughput against raw baselines, all measured in one run
+//! of this binary: `cargo bench -p rill-storage`. `RILL_BENCH_RUNS=5` repeats every
+//! measurement and reports medians; `RILL_BENCH_DIR` picks the directory (default:
 //! the system temp dir, which must be on the disk being measured).
 //!
 //! Prints, for 1 KiB records in 16 KiB and 1 MiB batches: append MB/s without
 //! flush and with a flush every 1 MiB; sequential read MB/s; raw memcpy and raw
 //! write+fdatasync-every-1-MiB bandwidth; and the ratios against the targets
-//! (append without flush >= 50 % of memcpy, append with flush every 1 MiB >= 80 %
+//! (append without flush >= 50 % of memcpy, append with a flush every 1 MiB >= 80 %
 //! of write+fdatasync, read >= 50 % of memcpy). It never fails on speed.
+//!
+//! For reference it also measures the kernel's ceiling for our write path: plain
+//! `pwrite` of the same bytes into fresh preallocated files, with no validation,
+//! stamping or indexing.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::hint::black_box;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,6 +30,8 @@ const NO_FLUSH_TOTAL_BYTES: usize = 256 * MIB;
 /// Bytes appended per flush-every-MiB run (disk bound, so smaller).
 const FLUSH_TOTAL_BYTES: usize = 64 * MIB;
 const FLUSH_EVERY_BYTES: usize = MIB;
+/// Segment size of the default config, used by the raw ceiling too.
+const SEGMENT_BYTES: usize = 128 * MIB;
 
 fn mb_per_s(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / 1e6
@@ -48,33 +55,41 @@ fn make_batch(records: usize) -> Vec<u8> {
 fn fresh_dir(base: &Path, name: &str) -> PathBuf {
     let dir = base.join(name);
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-/// Appends `total` bytes of `batch` as leader; flushes every `flush_every` bytes if
-/// set (and once at the end, inside the timing). Returns MB/s and the bytes this
-/// process dirtied for writeback (`/proc/self/io` write_bytes) per byte appended.
-fn append_run(
-    base: &Path,
-    batch: &[u8],
-    total: usize,
-    flush_every: Option<usize>,
-    large_folios: bool,
-) -> (f64, f64) {
-    let dir = fresh_dir(base, "append");
-    let mut config = LogConfig {
-        large_folios,
-        ..LogConfig::default()
-    };
-    if let Some(bytes) = std::env::var("RILL_BENCH_POPULATE_AHEAD_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        config.populate_ahead_bytes = bytes;
+/// Writes back and removes what a run left, so runs do not disturb each other.
+fn settle(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if let Ok(f) = File::open(e.path()) {
+                let _ = f.sync_all();
+            }
+        }
     }
-    let mut log = PartitionLog::open(&dir, config).unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Bytes this process dirtied for writeback so far (`/proc/self/io` write_bytes).
+fn dirtied_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Appends `total` bytes of `batch` as leader; flushes every `flush_every` bytes if
+/// set (and once at the end, inside the timing). Returns MB/s and the bytes dirtied
+/// for writeback per byte appended.
+fn append_run(base: &Path, batch: &[u8], total: usize, flush_every: Option<usize>) -> (f64, f64) {
+    let dir = fresh_dir(base, "append");
+    let mut log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
     let n = total / batch.len();
-    let disk_before = disk_write_bytes();
+    let dirtied_before = dirtied_bytes();
     let start = Instant::now();
     let mut since_flush = 0;
     for _ in 0..n {
@@ -91,41 +106,27 @@ fn append_run(
         log.flush().unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    let amplification = (disk_write_bytes() - disk_before) as f64 / (n * batch.len()) as f64;
+    let amplification = (dirtied_bytes() - dirtied_before) as f64 / (n * batch.len()) as f64;
     drop(log);
     settle(&dir);
     (mb_per_s(n * batch.len(), secs), amplification)
 }
 
-/// Writes back and drops what a run left, so runs do not disturb each other.
-fn settle(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if let Ok(f) = std::fs::File::open(e.path()) {
-                let _ = f.sync_all();
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Sequential read of a freshly written log of `total` bytes in 1 MiB reads; the
-/// returned bytes are copied once into a 1 MiB buffer, standing for the copy into
-/// the socket. Returns (MB/s with the copy, MB/s of the zero-copy reads alone).
+/// Sequential read of a freshly written log of `total` bytes in 1 MiB reads, after
+/// a reopen (closed segments are then mapped on demand, as in a broker serving older
+/// data). Each returned `Bytes` is copied once into a 1 MiB buffer, standing for the
+/// copy into the socket. Returns (MB/s with that copy, MB/s of the reads alone).
 fn read_run(base: &Path, batch: &[u8], total: usize) -> (f64, f64) {
     let dir = fresh_dir(base, "read");
     let mut log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
     for _ in 0..total / batch.len() {
         log.append_as_leader(batch, 1).unwrap();
     }
-    log.flush().unwrap();
-    let end = log.log_end_offset();
-    // Reopen so closed segments are mapped read-only on demand, as in a broker that
-    // serves older data.
-    drop(log);
+    log.close().unwrap();
     let log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
+    let end = log.log_end_offset();
     let mut sink = vec![0u8; MIB.max(batch.len())];
-    let mut read_once = |copy: bool| -> f64 {
+    let mut read_all = |copy: bool| -> f64 {
         let start = Instant::now();
         let mut offset = 0;
         let mut bytes = 0;
@@ -141,18 +142,18 @@ fn read_run(base: &Path, batch: &[u8], total: usize) -> (f64, f64) {
         }
         mb_per_s(bytes, start.elapsed().as_secs_f64())
     };
-    let with_copy = read_once(true);
-    let zero_copy = read_once(false);
+    let with_copy = read_all(true);
+    let zero_copy = read_all(false);
     drop(log);
     settle(&dir);
     (with_copy, zero_copy)
 }
 
-/// memcpy of `total` bytes from a hot `src` into a pre-faulted destination buffer
-/// (the same shape as append: many copies of one batch, side by side).
+/// memcpy of `total` bytes from a hot `src` into a pre-touched 256 MiB buffer (the
+/// same shape as appending: many copies of one batch, side by side).
 fn memcpy_run(src: &[u8], total: usize) -> f64 {
     let dst_len = 256 * MIB;
-    let mut dst = vec![1u8; dst_len]; // written once, so every page is faulted in
+    let mut dst = vec![1u8; dst_len];
     let n = total / src.len();
     let start = Instant::now();
     let mut pos = 0;
@@ -170,7 +171,6 @@ fn memcpy_run(src: &[u8], total: usize) -> f64 {
 /// write(2) of `total` bytes in 1 MiB chunks to a new file, fdatasync after each.
 fn write_fdatasync_run(base: &Path, total: usize) -> f64 {
     let dir = fresh_dir(base, "raw");
-    std::fs::create_dir_all(&dir).unwrap();
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -189,15 +189,11 @@ fn write_fdatasync_run(base: &Path, total: usize) -> f64 {
     mb_per_s(total, secs)
 }
 
-/// The kernel's ceiling for our append path: memcpy of `total` bytes in `src`-sized
-/// copies into writable shared maps of fresh 128 MiB files (a new file per 128 MiB,
-/// as segments roll), with no validation, stamping or indexing. Every fresh
-/// page-cache page costs an allocation and a zero-fill on first touch, which on a
-/// virtual machine also takes the host's first-touch fault.
-fn raw_mmap_file_run(base: &Path, src: &[u8], total: usize) -> f64 {
-    const FILE_BYTES: usize = 128 * MIB;
-    let dir = fresh_dir(base, "rawmap");
-    std::fs::create_dir_all(&dir).unwrap();
+/// The kernel's ceiling for the append path: `pwrite` of `total` bytes in
+/// `src`-sized writes into fresh files preallocated to the segment size (a new one
+/// every 128 MiB), with nothing else.
+fn raw_pwrite_run(base: &Path, src: &[u8], total: usize) -> f64 {
+    let dir = fresh_dir(base, "rawpwrite");
     let start = Instant::now();
     let mut written = 0;
     let mut file_index = 0;
@@ -209,17 +205,14 @@ fn raw_mmap_file_run(base: &Path, src: &[u8], total: usize) -> f64 {
             .truncate(true)
             .open(dir.join(format!("f{file_index}")))
             .unwrap();
-        f.set_len(FILE_BYTES as u64).unwrap();
-        // SAFETY: the file is private to this benchmark and is neither truncated nor
-        // written by anyone else while mapped.
-        let mut map = unsafe { memmap2::MmapMut::map_mut(&f) }.unwrap();
+        // Preallocated like a segment (set_len would make a sparse file).
+        preallocate(&f, SEGMENT_BYTES as u64);
         let mut pos = 0;
-        while pos + src.len() <= FILE_BYTES && written + src.len() <= total {
-            map[pos..pos + src.len()].copy_from_slice(src);
+        while pos + src.len() <= SEGMENT_BYTES && written + src.len() <= total {
+            f.write_all_at(src, pos as u64).unwrap();
             pos += src.len();
             written += src.len();
         }
-        black_box(&map);
         file_index += 1;
     }
     let rate = mb_per_s(written, start.elapsed().as_secs_f64());
@@ -227,15 +220,12 @@ fn raw_mmap_file_run(base: &Path, src: &[u8], total: usize) -> f64 {
     rate
 }
 
-/// Bytes this process caused to be written to storage so far (`/proc/self/io`).
-fn disk_write_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/io")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse().ok())
-        })
-        .unwrap_or(0)
+/// fallocate(2) through libc, as the log does for its segments.
+fn preallocate(f: &File, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a file descriptor that stays open for its duration.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
+    assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -255,8 +245,8 @@ fn main() {
         .unwrap_or_else(std::env::temp_dir)
         .join(format!("rill-storage-bench-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
-    if let Ok(only) = std::env::var("RILL_BENCH_PROFILE") {
-        profile_one(&base, &only);
+    if let Ok(records) = std::env::var("RILL_BENCH_PROFILE") {
+        profile_one(&base, &records);
         let _ = std::fs::remove_dir_all(&base);
         return;
     }
@@ -273,12 +263,10 @@ fn main() {
         "memcpy, 16 KiB copies",
         "memcpy, 1 MiB copies",
         "raw write+fdatasync every 1 MiB",
-        "raw memcpy into fresh mapped files, 16 KiB",
-        "raw memcpy into fresh mapped files, 1 MiB",
+        "raw pwrite into preallocated files, 16 KiB",
+        "raw pwrite into preallocated files, 1 MiB",
         "append no flush, 16 KiB batches",
         "append no flush, 1 MiB batches",
-        "append no flush, 16 KiB batches, large_folios",
-        "append no flush, 1 MiB batches, large_folios",
         "append flush every 1 MiB, 16 KiB batches",
         "append flush every 1 MiB, 1 MiB batches",
         "sequential read + copy out, 16 KiB batches",
@@ -287,21 +275,19 @@ fn main() {
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut amplification = Vec::new();
     for run in 0..runs {
-        let (read_copy, read_zero) = read_run(&base, &small, NO_FLUSH_TOTAL_BYTES);
         let every = Some(FLUSH_EVERY_BYTES);
-        let flush_small = append_run(&base, &small, FLUSH_TOTAL_BYTES, every, false);
-        let flush_large = append_run(&base, &large, FLUSH_TOTAL_BYTES, every, false);
+        let flush_small = append_run(&base, &small, FLUSH_TOTAL_BYTES, every);
+        let flush_large = append_run(&base, &large, FLUSH_TOTAL_BYTES, every);
         amplification.push(flush_small.1.max(flush_large.1));
+        let (read_copy, read_zero) = read_run(&base, &small, NO_FLUSH_TOTAL_BYTES);
         let r = [
             memcpy_run(&small, NO_FLUSH_TOTAL_BYTES),
             memcpy_run(&large, NO_FLUSH_TOTAL_BYTES),
             write_fdatasync_run(&base, FLUSH_TOTAL_BYTES),
-            raw_mmap_file_run(&base, &small, NO_FLUSH_TOTAL_BYTES),
-            raw_mmap_file_run(&base, &large, NO_FLUSH_TOTAL_BYTES),
-            append_run(&base, &small, NO_FLUSH_TOTAL_BYTES, None, false).0,
-            append_run(&base, &large, NO_FLUSH_TOTAL_BYTES, None, false).0,
-            append_run(&base, &small, NO_FLUSH_TOTAL_BYTES, None, true).0,
-            append_run(&base, &large, NO_FLUSH_TOTAL_BYTES, None, true).0,
+            raw_pwrite_run(&base, &small, NO_FLUSH_TOTAL_BYTES),
+            raw_pwrite_run(&base, &large, NO_FLUSH_TOTAL_BYTES),
+            append_run(&base, &small, NO_FLUSH_TOTAL_BYTES, None).0,
+            append_run(&base, &large, NO_FLUSH_TOTAL_BYTES, None).0,
             flush_small.0,
             flush_large.0,
             read_copy,
@@ -321,7 +307,7 @@ fn main() {
         println!("  {name:<48} {v:>9.0} MB/s");
     }
     println!();
-    let targets: [(&str, usize, usize, Option<f64>); 11] = [
+    let ratios: [(&str, usize, usize, Option<f64>); 9] = [
         (
             "append no flush, 16 KiB batches / memcpy 16 KiB",
             5,
@@ -335,66 +321,49 @@ fn main() {
             Some(0.5),
         ),
         (
-            "  same with large_folios, 16 KiB / memcpy 16 KiB",
-            7,
-            0,
-            Some(0.5),
-        ),
-        (
-            "  same with large_folios, 1 MiB / memcpy 1 MiB",
-            8,
-            1,
-            Some(0.5),
-        ),
-        (
             "append flush/MiB, 16 KiB batches / write+fdatasync",
-            9,
+            7,
             2,
             Some(0.8),
         ),
         (
             "append flush/MiB, 1 MiB batches / write+fdatasync",
-            10,
+            8,
             2,
             Some(0.8),
         ),
+        ("sequential read + copy out / memcpy 1 MiB", 9, 1, Some(0.5)),
         (
-            "sequential read + copy out / memcpy 1 MiB",
-            11,
-            1,
-            Some(0.5),
+            "raw pwrite into preallocated files 16 KiB / memcpy 16 KiB",
+            3,
+            0,
+            None,
         ),
         (
-            "append no flush, 16 KiB / raw fresh-file memcpy (ceiling)",
+            "raw pwrite into preallocated files 1 MiB / memcpy 1 MiB",
+            4,
+            1,
+            None,
+        ),
+        (
+            "append no flush, 16 KiB batches / raw pwrite 16 KiB",
             5,
             3,
             None,
         ),
         (
-            "append no flush, 1 MiB / raw fresh-file memcpy (ceiling)",
+            "append no flush, 1 MiB batches / raw pwrite 1 MiB",
             6,
             4,
             None,
         ),
-        (
-            "  same with large_folios, 16 KiB / raw fresh-file memcpy",
-            7,
-            3,
-            None,
-        ),
-        (
-            "  same with large_folios, 1 MiB / raw fresh-file memcpy",
-            8,
-            4,
-            None,
-        ),
     ];
-    for (label, value, base, target) in targets {
+    for (label, value, base, target) in ratios {
         let r = m[value] / m[base];
         let verdict = match target {
             Some(t) if r >= t => format!("(target >= {:.0} %) ok", t * 100.0),
             Some(t) => format!("(target >= {:.0} %) MISSED", t * 100.0),
-            None => String::new(),
+            None => "(reference)".to_string(),
         };
         println!("  {label:<60} {:>5.0} %  {verdict}", r * 100.0);
     }
@@ -405,20 +374,22 @@ fn main() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// `RILL_BENCH_PROFILE=<records per batch>`: one append case only, for perf.
-/// `RILL_BENCH_PROFILE_FLUSH=1` flushes every MiB, `RILL_BENCH_LARGE_FOLIOS=1`.
+/// `RILL_BENCH_PROFILE=<records per batch>`: one append case only, for perf;
+/// with `RILL_BENCH_PROFILE_FLUSH=1` it flushes every MiB and also runs the raw
+/// write+fdatasync baseline.
 fn profile_one(base: &Path, records: &str) {
     let records: usize = records.parse().unwrap_or(16);
-    let flush = std::env::var_os("RILL_BENCH_PROFILE_FLUSH").map(|_| FLUSH_EVERY_BYTES);
-    let large = std::env::var_os("RILL_BENCH_LARGE_FOLIOS").is_some();
-    let total = if flush.is_some() {
-        FLUSH_TOTAL_BYTES
+    let batch = make_batch(records);
+    if std::env::var_os("RILL_BENCH_PROFILE_FLUSH").is_some() {
+        let raw = write_fdatasync_run(base, FLUSH_TOTAL_BYTES);
+        let (v, amp) = append_run(base, &batch, FLUSH_TOTAL_BYTES, Some(FLUSH_EVERY_BYTES));
+        println!(
+            "append {records} records/batch, flush every MiB: {v:.0} MB/s ({amp:.2} bytes \
+             dirtied per byte); raw write+fdatasync {raw:.0} MB/s"
+        );
     } else {
-        NO_FLUSH_TOTAL_BYTES
-    };
-    let (v, amp) = append_run(base, &make_batch(records), total, flush, large);
-    println!(
-        "append, {records} records/batch, flush every {flush:?}, large_folios {large}: \
-         {v:.0} MB/s, {amp:.2} bytes dirtied per byte"
-    );
+        let raw = raw_pwrite_run(base, &batch, NO_FLUSH_TOTAL_BYTES);
+        let (v, _) = append_run(base, &batch, NO_FLUSH_TOTAL_BYTES, None);
+        println!("append {records} records/batch, no flush: {v:.0} MB/s; raw pwrite {raw:.0} MB/s");
+    }
 }

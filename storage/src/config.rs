@@ -31,17 +31,6 @@ pub struct LogConfig {
     /// Most closed segments kept memory-mapped at once (with their indexes loaded);
     /// least recently read ones are unmapped beyond this. Default 8; at least 1.
     pub open_maps_max: usize,
-    /// How far ahead of the write position the active segment's pages are kept
-    /// faulted in (`madvise(MADV_POPULATE_WRITE)`, by a background thread in chunks
-    /// of a quarter of this), so appends neither take a page fault per 4 KiB nor pay
-    /// for zero-filling fresh page-cache pages. Default 4 MiB; 0 disables it.
-    pub populate_ahead_bytes: u64,
-    /// Let the kernel back the active segment's pages with large folios. Appends
-    /// get 2-3x faster when flushes are rare (write caching), but a flush writes back
-    /// whole folios, so each flush rewrites the partly filled folio at the log end
-    /// (up to 2 MiB): with a flush per MiB that doubles the bytes written to disk.
-    /// Default false (single pages, right for fsync-before-ack).
-    pub large_folios: bool,
 }
 
 impl Default for LogConfig {
@@ -53,8 +42,6 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 60 * 60 * 1000),
             retention_bytes: None,
             open_maps_max: 8,
-            populate_ahead_bytes: 4 * 1024 * 1024,
-            large_folios: false,
         }
     }
 }

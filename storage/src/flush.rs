@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use crate::checkpoint;
 use crate::error::{Result, StorageError};
 use crate::log::{RECOVERY_POINT_FILE, RECOVERY_POINT_KEY};
-use crate::mmap::MapFile;
 
 /// The recovery-point checkpoint as last written, shared between the log and its
 /// flush jobs, with the generation (bumped by truncation and reset) that guards
@@ -104,14 +103,10 @@ impl SharedCheckpoints {
     }
 }
 
-/// One mapped range to make durable.
+/// One segment file to make durable (fdatasync: only its dirty pages are written).
 #[derive(Debug)]
 pub(crate) struct FlushRange {
-    pub(crate) map: Arc<MapFile>,
-    pub(crate) from: usize,
-    pub(crate) to: usize,
-    /// After a truncation zeroed part of the file: fdatasync it whole as well.
-    pub(crate) full_sync: Option<Arc<File>>,
+    pub(crate) file: Arc<File>,
     pub(crate) path: PathBuf,
 }
 
@@ -129,7 +124,7 @@ pub struct FlushJob {
     pub(crate) target_offset: u64,
     pub(crate) active_base_offset: u64,
     pub(crate) active_position: usize,
-    pub(crate) active_full_sync: bool,
+    pub(crate) active_needed_sync: bool,
     pub(crate) closed_synced: Vec<u64>,
     pub(crate) generation: u64,
     pub(crate) checkpoints: Arc<SharedCheckpoints>,
@@ -144,7 +139,7 @@ pub struct FlushedTo {
     pub(crate) dir_changes: u64,
     pub(crate) active_base_offset: u64,
     pub(crate) active_position: usize,
-    pub(crate) active_full_sync: bool,
+    pub(crate) active_needed_sync: bool,
     pub(crate) closed_synced: Vec<u64>,
 }
 
@@ -162,18 +157,14 @@ impl FlushJob {
         self.target_offset
     }
 
-    /// Syncs: msync of the dirty mapped ranges, fdatasync of new index files, fsync
+    /// Syncs: fdatasync of segments with unflushed data and of new index files, fsync
     /// of the directory if segments were created or deleted, and (about once per
     /// segment) the recovery-point checkpoint.
     pub fn run(self) -> Result<FlushedTo> {
         for r in &self.ranges {
-            r.map
-                .sync_range(r.from, r.to)
-                .map_err(|e| StorageError::io("msync segment", &r.path, e))?;
-            if let Some(file) = &r.full_sync {
-                file.sync_data()
-                    .map_err(|e| StorageError::io("fdatasync segment", &r.path, e))?;
-            }
+            r.file
+                .sync_data()
+                .map_err(|e| StorageError::io("fdatasync segment", &r.path, e))?;
         }
         for f in &self.index_files {
             f.sync_data()
@@ -194,7 +185,7 @@ impl FlushJob {
             dir_changes: self.dir_changes,
             active_base_offset: self.active_base_offset,
             active_position: self.active_position,
-            active_full_sync: self.active_full_sync,
+            active_needed_sync: self.active_needed_sync,
             closed_synced: self.closed_synced,
         })
     }

@@ -13,7 +13,7 @@
 //! | `epoch` | the leader-epoch file (epoch → first offset) |
 //! | `checkpoint` | CRC-protected small files replaced atomically (temp, fsync, rename, fsync dir) |
 //! | [`batch`] | RecordBatch v2 header view, validation (length, magic, CRC32C), stamping, a small encoder |
-//! | `mmap` | the only `unsafe`: mappings whose published prefix may be handed out as zero-copy `Bytes`, and `fallocate` |
+//! | `mmap` | the only `unsafe`: mappings whose published prefix may be handed out as zero-copy `Bytes`; `pwritev`, `fallocate` |
 //! | [`config`](LogConfig) | [`LogConfig`]: every bound with its default, validated by key |
 //! | [`error`](StorageError) | [`StorageError`], one variant per cause |
 //!
@@ -22,8 +22,13 @@
 //! One directory per partition replica. Segments are named by their base offset in
 //! 20 digits: `00000000000000000000.log`, `.index`, `.timeindex`. The active segment
 //! is preallocated to `segment_bytes` with `fallocate` (a full disk fails the roll,
-//! never a page fault) and mapped writable; closed segments are trimmed to their
-//! used length and mapped read-only on demand, at most `open_maps_max` at a time.
+//! never a page fault) and mapped shared; an append validates the batches and
+//! copies them once, with one `pwritev` whose iovecs swap in the leader's stamped
+//! headers, into the preallocated space, whose page-cache pages the map shows.
+//! (Stores into a fresh mapping would first fault and zero-fill every page: 2-6x
+//! slower appends, measured.) Closed segments are trimmed to their used length and
+//! mapped read-only on demand, at most `open_maps_max` at a time. Reads hand out
+//! zero-copy `Bytes` slices of the maps.
 //! Next to them: `recovery-point-offset-checkpoint`, `log-start-offset-checkpoint`
 //! and `leader-epoch-checkpoint`, each with a CRC32 line.
 //!

@@ -2,6 +2,7 @@
 //! start offset, an end offset, a leader-epoch file and a durable flush point.
 
 use std::fs;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +16,7 @@ use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
 use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints};
 use crate::index::SegmentIndex;
-use crate::mmap::{self, MapFile};
+use crate::mmap::{self, MapFile, MapWriter};
 use crate::segment::{
     self, create_active, delete_files, segment_path, Active, Loaded, Segment, Unsynced,
     INDEX_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, TIME_INDEX_SUFFIX,
@@ -172,18 +173,17 @@ impl PartitionLog {
         let mut log = if bases.is_empty() {
             epochs.clear();
             let capacity = config.segment_bytes as usize;
-            let (file, writer) = create_active(
+            let writer = create_active(
                 &segment_path(dir, log_start, LOG_SUFFIX),
                 capacity,
                 &[],
                 false,
-                config.large_folios,
             )?;
             PartitionLog::assemble(
                 dir,
                 config,
                 vec![empty_segment(log_start)],
-                new_active(file, writer, capacity, 0),
+                new_active(writer, capacity, 0),
                 log_start,
                 epochs,
             )
@@ -395,12 +395,12 @@ impl PartitionLog {
             .max(seg.size_bytes);
         mmap::allocate(&file, capacity as u64)
             .map_err(|e| StorageError::io("allocate segment", &path, e))?;
-        let (_, writer) = MapFile::writable(&file, capacity, seg.size_bytes, config.large_folios)
+        let (_, writer) = MapFile::for_appending(Arc::new(file), capacity, seg.size_bytes)
             .map_err(|e| StorageError::io("map segment", &path, e))?;
         // Stale index files of the active segment are rewritten when it closes.
         let _ = fs::remove_file(segment_path(dir, seg.base_offset, INDEX_SUFFIX));
         let _ = fs::remove_file(segment_path(dir, seg.base_offset, TIME_INDEX_SUFFIX));
-        let mut active = new_active(Arc::new(file), writer, capacity, seg.size_bytes);
+        let mut active = new_active(writer, capacity, seg.size_bytes);
         active.index = active_index;
         active.last_batch_offset = active_last_batch;
         active.created_ms = now_ms();
@@ -601,6 +601,7 @@ impl PartitionLog {
             }
         }
         // Record new epochs durably before the data that carries them.
+        let mut saved_epochs = None;
         if new_epochs {
             let saved = self.epochs.clone();
             match leader_epoch {
@@ -620,42 +621,40 @@ impl PartitionLog {
                 self.epochs = saved;
                 return Err(e);
             }
+            saved_epochs = Some(saved);
         }
-        // Pass 2: one copy into the map, then stamp and index in place.
+        // Pass 2: one copy into the file (pwritev; the map shows the same page-cache
+        // pages), with the leader's stamped headers swapped in through the iovecs.
         let seg_base = self.active_segment().base_offset;
         let start_pos = self.active_segment().size_bytes;
         let end_pos = start_pos + total;
+        let written = match leader_epoch {
+            None => self
+                .active
+                .writer
+                .write_at(start_pos, &mut [IoSlice::new(input)]),
+            Some(epoch) => write_stamped(&mut self.active.writer, start_pos, input, log_end, epoch),
+        };
+        if let Err(e) = written {
+            // Leave nothing behind that recovery could take for batches.
+            let _ = self.active.writer.zero(start_pos, end_pos);
+            if let Some(saved) = saved_epochs {
+                self.epochs = saved;
+                let _ = self.epochs.save(&self.dir);
+            }
+            let path = segment_path(&self.dir, seg_base, LOG_SUFFIX);
+            return Err(StorageError::io("write segment", path, e));
+        }
         let interval = self.config.index_interval_bytes;
         let active = &mut self.active;
-        // Keep the pages ahead of the write position faulted in by the background
-        // populator, one request per quarter of the window (not per append).
-        let ahead = self.config.populate_ahead_bytes as usize;
-        if ahead > 0 {
-            let want = (end_pos + ahead).min(active.capacity);
-            let chunk = (ahead / 4).max(4096);
-            while active.populated_to < want {
-                let from = active.populated_to;
-                let to = (from + chunk).min(active.capacity);
-                if from < end_pos || !mmap::populate_in_background(active.writer.map(), from, to) {
-                    // Needed right now (or the populator is busy): do it here.
-                    active.writer.map().populate_write(from, to);
-                }
-                active.populated_to = to;
-            }
-        }
         if start_pos == 0 {
             active.created_ms = now_ms();
         }
-        let dst = active.writer.unpublished_mut(start_pos, total);
-        dst.copy_from_slice(input);
         let mut p = 0;
         let mut offset = log_end;
         let mut last_batch = None;
         while p < total {
-            let h = BatchHeader::parse(&dst[p..]).expect("validated above");
-            if let Some(epoch) = leader_epoch {
-                batch::stamp(&mut dst[p..], offset, epoch);
-            }
+            let h = BatchHeader::parse(&input[p..]).expect("validated above");
             active.index.on_batch(
                 interval,
                 (offset - seg_base) as u32,
@@ -696,12 +695,11 @@ impl PartitionLog {
         }
         let (old_base, new_base, size) = (seg.base_offset, seg.next_offset, seg.size_bytes);
         let capacity = self.config.segment_bytes as usize;
-        let (file, writer) = create_active(
+        let writer = create_active(
             &segment_path(&self.dir, new_base, LOG_SUFFIX),
             capacity,
             &[],
             false,
-            self.config.large_folios,
         )?;
         let new_path = segment_path(&self.dir, new_base, LOG_SUFFIX);
         let old_path = segment_path(&self.dir, old_base, LOG_SUFFIX);
@@ -714,7 +712,7 @@ impl PartitionLog {
         ) {
             Ok((o, t)) => vec![Arc::new(o), Arc::new(t)],
             Err(e) => {
-                drop((file, writer));
+                drop(writer);
                 let _ = fs::remove_file(&new_path);
                 return Err(StorageError::io("write index", old_path, e));
             }
@@ -722,14 +720,14 @@ impl PartitionLog {
         // Trim to the used length. Safe for readers: every handed-out slice of this
         // map lies below `size` (a truncation with live readers rewrites the file
         // instead of lowering the end in place).
-        if let Err(e) = self.active.file.set_len(size as u64) {
+        if let Err(e) = self.active.writer.file().set_len(size as u64) {
             tracing::warn!(file = %old_path.display(), error = %e, "could not trim closed segment");
         }
-        let old = std::mem::replace(&mut self.active, new_active(file, writer, capacity, 0));
+        let old = std::mem::replace(&mut self.active, new_active(writer, capacity, 0));
         let old_map = old.writer.map().clone();
         // Kept until a flush has synced the tail of its data and its index files.
         self.segments.last_mut().expect("active segment").unsynced = Some(Unsynced {
-            map: old_map.clone(),
+            file: old.writer.file().clone(),
             index_files,
         });
         self.segments.push(empty_segment(new_base));
@@ -834,17 +832,15 @@ impl PartitionLog {
             }
         }
         let path = segment_path(&self.dir, seg.base_offset, LOG_SUFFIX);
-        let map = match &seg.unsynced {
-            Some(u) => Some(u.map.clone()),
-            None if seg.size_bytes == 0 => None,
-            None => {
-                let file = fs::File::open(&path)
-                    .map_err(|e| StorageError::io("open segment", &path, e))?;
-                Some(
-                    MapFile::read_only(&file, seg.size_bytes)
-                        .map_err(|e| StorageError::io("map segment", &path, e))?,
-                )
-            }
+        let map = if seg.size_bytes == 0 {
+            None
+        } else {
+            let file =
+                fs::File::open(&path).map_err(|e| StorageError::io("open segment", &path, e))?;
+            Some(
+                MapFile::read_only(&file, seg.size_bytes)
+                    .map_err(|e| StorageError::io("map segment", &path, e))?,
+            )
         };
         let index = SegmentIndex::load(
             &segment_path(&self.dir, seg.base_offset, INDEX_SUFFIX),
@@ -1037,18 +1033,12 @@ impl PartitionLog {
             if self.active.writer.try_unpublish(cut_pos) {
                 // No reader holds any slice of this map: zero the cut tail in place.
                 let zero_to = old_high.max(cut_pos);
-                if zero_to - cut_pos <= 1 << 20 {
-                    self.active
-                        .writer
-                        .unpublished_mut(cut_pos, zero_to - cut_pos)
-                        .fill(0);
-                } else {
-                    mmap::zero_range(&self.active.file, cut_pos as u64, zero_to as u64)
-                        .map_err(|e| StorageError::io("zero truncated tail", &path, e))?;
-                }
+                self.active
+                    .writer
+                    .zero(cut_pos, zero_to)
+                    .map_err(|e| StorageError::io("zero truncated tail", &path, e))?;
                 self.active.high_written = cut_pos;
-                self.active.dirty_to = self.active.dirty_to.max(zero_to);
-                self.active.needs_full_sync = true;
+                self.active.needs_sync = true;
                 true
             } else {
                 false
@@ -1061,20 +1051,14 @@ impl PartitionLog {
             let map = source_map.clone();
             let view = map.as_ref().map(|m| m.view());
             let prefix: &[u8] = view.as_ref().map_or(&[], |v| &v[..cut_pos]);
-            let (file, writer) = create_active(
-                &swap_path,
-                capacity.max(cut_pos),
-                prefix,
-                true,
-                self.config.large_folios,
-            )?;
+            let writer = create_active(&swap_path, capacity.max(cut_pos), prefix, true)?;
             drop(view);
             fs::rename(&swap_path, &path)
                 .map_err(|e| StorageError::io("rename segment", &path, e))?;
             checkpoint::sync_dir(&self.dir)?;
             let _ = fs::remove_file(segment_path(&self.dir, base, INDEX_SUFFIX));
             let _ = fs::remove_file(segment_path(&self.dir, base, TIME_INDEX_SUFFIX));
-            self.active = new_active(file, writer, capacity.max(cut_pos), cut_pos);
+            self.active = new_active(writer, capacity.max(cut_pos), cut_pos);
             self.active.created_ms = now_ms();
         }
 
@@ -1116,8 +1100,7 @@ impl PartitionLog {
         self.generation += 1;
         let capacity = self.config.segment_bytes as usize;
         let swap_path = segment_path(&self.dir, start_offset, SWAP_SUFFIX);
-        let (file, writer) =
-            create_active(&swap_path, capacity, &[], false, self.config.large_folios)?;
+        let writer = create_active(&swap_path, capacity, &[], false)?;
         // From here on the old content is gone logically: record that first, so an
         // interrupted reset recovers to the new start.
         self.checkpoints
@@ -1138,7 +1121,7 @@ impl PartitionLog {
             .entries
             .clear();
         self.segments.push(empty_segment(start_offset));
-        self.active = new_active(file, writer, capacity, 0);
+        self.active = new_active(writer, capacity, 0);
         self.log_start_offset = start_offset;
         self.flushed_offset = start_offset;
         self.dir_changes_synced = self.dir_changes;
@@ -1223,26 +1206,16 @@ impl PartitionLog {
         let mut index_files = Vec::new();
         let n = self.segments.len();
         let active_seg = &self.segments[n - 1];
-        let active_to = active_seg.size_bytes.max(self.active.dirty_to);
-        if active_seg.flushed_bytes < active_to || self.active.needs_full_sync {
+        if active_seg.flushed_bytes < active_seg.size_bytes || self.active.needs_sync {
             ranges.push(FlushRange {
-                map: self.active.writer.map().clone(),
-                from: active_seg.flushed_bytes.min(active_to),
-                to: active_to,
-                full_sync: self
-                    .active
-                    .needs_full_sync
-                    .then(|| self.active.file.clone()),
+                file: self.active.writer.file().clone(),
                 path: segment_path(&self.dir, active_seg.base_offset, LOG_SUFFIX),
             });
         }
         for seg in self.segments[..n - 1].iter().rev() {
             let Some(unsynced) = &seg.unsynced else { break };
             ranges.push(FlushRange {
-                map: unsynced.map.clone(),
-                from: seg.flushed_bytes.min(seg.size_bytes),
-                to: seg.size_bytes,
-                full_sync: None,
+                file: unsynced.file.clone(),
                 path: segment_path(&self.dir, seg.base_offset, LOG_SUFFIX),
             });
             index_files.extend(unsynced.index_files.iter().cloned());
@@ -1257,7 +1230,7 @@ impl PartitionLog {
             target_offset: self.log_end_offset(),
             active_base_offset: active_seg.base_offset,
             active_position: active_seg.size_bytes,
-            active_full_sync: self.active.needs_full_sync,
+            active_needed_sync: self.active.needs_sync,
             closed_synced,
             generation: self.generation,
             checkpoints: self.checkpoints.clone(),
@@ -1288,13 +1261,8 @@ impl PartitionLog {
             seg.flushed_bytes = seg.flushed_bytes.max(done.active_position);
         }
         let active_base = self.active_segment().base_offset;
-        if active_base == done.active_base_offset {
-            if done.active_full_sync {
-                self.active.needs_full_sync = false;
-            }
-            if self.active_segment().flushed_bytes >= self.active.dirty_to {
-                self.active.dirty_to = 0;
-            }
+        if active_base == done.active_base_offset && done.active_needed_sync {
+            self.active.needs_sync = false;
         }
     }
 
@@ -1304,6 +1272,48 @@ impl PartitionLog {
         self.checkpoints
             .write_recovery_point(&self.dir, self.log_end_offset(), self.generation)
     }
+}
+
+/// Writes leader batches with baseOffset (from `base_offset` on) and
+/// partitionLeaderEpoch stamped: each batch goes out as its stamped first 16 bytes
+/// (from a stack buffer) plus the rest of the caller's bytes, so the data is copied
+/// exactly once, by the kernel, and nothing is allocated.
+fn write_stamped(
+    writer: &mut MapWriter,
+    pos: usize,
+    input: &[u8],
+    base_offset: u64,
+    leader_epoch: i32,
+) -> std::io::Result<()> {
+    const GROUP_BATCHES: usize = 64;
+    const STAMPED_BYTES: usize = batch::LEADER_EPOCH_POS + 4;
+    let mut stamps = [[0u8; STAMPED_BYTES]; GROUP_BATCHES];
+    let mut p = 0;
+    let mut offset = base_offset;
+    while p < input.len() {
+        // Fill the stamps of up to GROUP_BATCHES batches, then write them in one call.
+        let group_start = p;
+        let mut ends = [0usize; GROUP_BATCHES];
+        let mut n = 0;
+        while p < input.len() && n < GROUP_BATCHES {
+            let h = BatchHeader::parse(&input[p..]).expect("validated by the caller");
+            stamps[n].copy_from_slice(&input[p..p + STAMPED_BYTES]);
+            batch::stamp(&mut stamps[n], offset, leader_epoch);
+            offset += u64::from(h.last_offset_delta as u32) + 1;
+            p += h.total_bytes;
+            ends[n] = p;
+            n += 1;
+        }
+        let mut iov = [IoSlice::new(&[]); 2 * GROUP_BATCHES];
+        let mut start = group_start;
+        for k in 0..n {
+            iov[2 * k] = IoSlice::new(&stamps[k]);
+            iov[2 * k + 1] = IoSlice::new(&input[start + STAMPED_BYTES..ends[k]]);
+            start = ends[k];
+        }
+        writer.write_at(pos + group_start, &mut iov[..2 * n])?;
+    }
+    Ok(())
 }
 
 fn empty_segment(base_offset: u64) -> Segment {
@@ -1317,22 +1327,13 @@ fn empty_segment(base_offset: u64) -> Segment {
     }
 }
 
-fn new_active(
-    file: Arc<fs::File>,
-    writer: crate::mmap::MapWriter,
-    capacity: usize,
-    size_bytes: usize,
-) -> Active {
-    let page = 4096;
+fn new_active(writer: MapWriter, capacity: usize, size_bytes: usize) -> Active {
     Active {
-        file,
         writer,
         capacity,
         index: SegmentIndex::new(),
-        populated_to: size_bytes / page * page,
         high_written: size_bytes,
-        dirty_to: 0,
-        needs_full_sync: false,
+        needs_sync: false,
         created_ms: now_ms(),
         last_batch_offset: None,
     }

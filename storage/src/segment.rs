@@ -47,33 +47,29 @@ pub(crate) struct Segment {
     pub(crate) max_timestamp_ms: i64,
     /// Bytes known to be durable.
     pub(crate) flushed_bytes: usize,
-    /// For a closed segment not yet flushed: its (writable) map, kept so a flush can
-    /// msync it, and its freshly written index files.
+    /// For a closed segment not yet flushed: its file and freshly written index
+    /// files, kept open so a flush can sync them.
     pub(crate) unsynced: Option<Unsynced>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Unsynced {
-    pub(crate) map: Arc<MapFile>,
+    pub(crate) file: Arc<File>,
     pub(crate) index_files: Vec<Arc<File>>,
 }
 
 /// The segment being appended to.
 #[derive(Debug)]
 pub(crate) struct Active {
-    pub(crate) file: Arc<File>,
     pub(crate) writer: MapWriter,
     /// Length of the preallocated file and of the map.
     pub(crate) capacity: usize,
     pub(crate) index: SegmentIndex,
-    /// Pages below this are already faulted in writable.
-    pub(crate) populated_to: usize,
-    /// Highest byte ever written through this map (truncation zeroes up to here).
+    /// Highest byte ever written to this file (truncation zeroes up to here).
     pub(crate) high_written: usize,
-    /// Zeroed bytes above `size_bytes` not yet made durable (after a truncation).
-    pub(crate) dirty_to: usize,
-    /// A truncation zeroed part of the file: the next flush fdatasyncs the whole file.
-    pub(crate) needs_full_sync: bool,
+    /// A truncation zeroed part of the file: the next flush must sync it even if no
+    /// data was appended since.
+    pub(crate) needs_sync: bool,
     /// Wall-clock time of the first append (or of opening), for `segment_ms`.
     pub(crate) created_ms: i64,
     /// Base offset of the last batch (for sealing the time index).
@@ -96,14 +92,13 @@ pub(crate) fn open_rw(path: &Path) -> Result<File> {
 }
 
 /// Creates (replacing any stale file of that name) a preallocated segment file at
-/// `path`, writes `prefix` at its start, and maps it writable.
+/// `path`, writes `prefix` at its start, and maps it for appending.
 pub(crate) fn create_active(
     path: &Path,
     capacity: usize,
     prefix: &[u8],
     sync_prefix: bool,
-    large_folios: bool,
-) -> Result<(Arc<File>, MapWriter)> {
+) -> Result<MapWriter> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -126,18 +121,17 @@ pub(crate) fn create_active(
                     .map_err(|e| StorageError::io("fdatasync segment", path, e))?;
             }
         }
-        let (_, writer) = MapFile::writable(&file, capacity, prefix.len(), large_folios)
-            .map_err(|e| StorageError::io("map segment", path, e))?;
-        Ok(writer)
+        Ok(())
     })();
-    match result {
-        Ok(writer) => Ok((Arc::new(file), writer)),
-        Err(e) => {
-            drop(file);
-            let _ = fs::remove_file(path);
-            Err(e)
-        }
+    let result = result.and_then(|()| {
+        MapFile::for_appending(Arc::new(file), capacity, prefix.len())
+            .map(|(_, writer)| writer)
+            .map_err(|e| StorageError::io("map segment", path, e))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(path);
     }
+    result
 }
 
 /// Removes a segment's three files; missing ones are fine.

@@ -181,7 +181,6 @@ fn config() -> LogConfig {
         retention_ms: None,
         retention_bytes: Some(RETENTION_BYTES),
         open_maps_max: 2,
-        populate_ahead_bytes: 4096,
         ..LogConfig::default()
     }
 }

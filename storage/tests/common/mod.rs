@@ -45,7 +45,6 @@ pub fn small_config(segment_bytes: u64) -> LogConfig {
         index_interval_bytes: 256,
         retention_ms: None,
         open_maps_max: 2,
-        populate_ahead_bytes: 0,
         ..LogConfig::default()
     }
 }

@@ -54,6 +54,10 @@ enum Position {
 struct PartitionState {
     position: Position,
     epoch: u64,
+    /// Where reading starts after the last assign/seek, once resolved. Whoever resolves
+    /// first (fetcher or `position()`) sets it; the other adopts it, so "end" means one
+    /// offset even if records arrive between the two lookups.
+    start: Option<i64>,
 }
 
 struct Shared {
@@ -90,6 +94,9 @@ pub struct Consumer {
     shared: Arc<Shared>,
     chunks: mpsc::Receiver<Result<Chunk>>,
     current: Option<Chunk>,
+    /// Per partition, the offset after the last record handed to the application
+    /// (updated per chunk, not per record); cleared by `seek`.
+    consumed_positions: HashMap<TopicPartition, i64>,
     fetcher: JoinHandle<()>,
 }
 
@@ -117,6 +124,7 @@ impl Consumer {
             shared,
             chunks: rx,
             current: None,
+            consumed_positions: HashMap::new(),
             fetcher,
         })
     }
@@ -136,6 +144,7 @@ impl Consumer {
                 map.entry(tp.clone()).or_insert(PartitionState {
                     position: Position::Resolve(start),
                     epoch: 0,
+                    start: None,
                 });
             }
         }
@@ -167,16 +176,52 @@ impl Consumer {
                 partition: tp.partition,
             })?;
             state.epoch += 1;
-            state.position = match offset {
-                Offset::At(o) => Position::Fetch(o),
-                other => Position::Resolve(other),
+            (state.position, state.start) = match offset {
+                Offset::At(o) => (Position::Fetch(o), Some(o)),
+                other => (Position::Resolve(other), None),
             };
         }
         if self.current.as_ref().is_some_and(|c| &c.tp == tp) {
             self.current = None;
         }
+        self.consumed_positions.remove(tp);
         self.shared.changed.notify_one();
         Ok(())
+    }
+
+    /// The offset of the next record the stream will return for `tp` (Kafka's
+    /// `position`). A symbolic position (beginning, end, timestamp) is resolved now, so
+    /// after `seek(tp, Offset::End)` this pins "the end" to the current log end.
+    pub async fn position(&mut self, tp: &TopicPartition) -> Result<i64> {
+        if let Some(chunk) = self.current.as_ref().filter(|c| &c.tp == tp) {
+            if let Some(r) = chunk.records.front() {
+                return Ok(r.offset);
+            }
+        }
+        if let Some(o) = self.consumed_positions.get(tp) {
+            return Ok(*o);
+        }
+        let state = self
+            .shared
+            .partitions
+            .lock()
+            .unwrap()
+            .get(tp)
+            .copied()
+            .ok_or_else(|| Error::NotAssigned {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            })?;
+        if let Some(start) = state.start {
+            return Ok(start);
+        }
+        match state.position {
+            Position::Fetch(o) => Ok(o),
+            Position::Resolve(spec) => {
+                let o = resolve(&self.shared.cluster, tp, spec).await?;
+                Ok(settle_start(&self.shared, tp, state.epoch, o).unwrap_or(o))
+            }
+        }
     }
 
     /// The offset of the earliest record still in the log (log start offset).
@@ -219,6 +264,10 @@ impl Stream for Consumer {
         loop {
             if let Some(chunk) = &mut this.current {
                 if let Some(record) = chunk.records.pop_front() {
+                    if chunk.records.is_empty() {
+                        this.consumed_positions
+                            .insert(chunk.tp.clone(), record.offset + 1);
+                    }
                     return Poll::Ready(Some(Ok(record)));
                 }
                 this.current = None;
@@ -243,6 +292,19 @@ impl Stream for Consumer {
             }
         }
     }
+}
+
+/// The offset a symbolic position stands for right now.
+async fn resolve(cluster: &Cluster, tp: &TopicPartition, spec: Offset) -> Result<i64> {
+    Ok(match spec {
+        Offset::Beginning => list_offset(cluster, tp, EARLIEST_TIMESTAMP).await?,
+        Offset::End => list_offset(cluster, tp, LATEST_TIMESTAMP).await?,
+        Offset::At(o) => o,
+        Offset::Timestamp(ts) => match list_offset(cluster, tp, ts.max(0)).await? {
+            o if o >= 0 => o,
+            _ => list_offset(cluster, tp, LATEST_TIMESTAMP).await?,
+        },
+    })
 }
 
 /// One ListOffsets lookup against the partition's leader.
@@ -328,6 +390,33 @@ async fn run_fetcher(shared: Arc<Shared>, tx: mpsc::Sender<Result<Chunk>>) {
         }
         if tx.is_closed() {
             return;
+        }
+    }
+}
+
+/// Records `resolved` as the start of `tp` for `epoch`, unless a start was already
+/// settled (then that one wins) or a seek happened since (`None`).
+fn settle_start(shared: &Shared, tp: &TopicPartition, epoch: u64, resolved: i64) -> Option<i64> {
+    let mut map = shared.partitions.lock().unwrap();
+    let s = map.get_mut(tp)?;
+    if s.epoch != epoch {
+        return None;
+    }
+    if let Some(start) = s.start {
+        return Some(start);
+    }
+    s.start = Some(resolved);
+    s.position = Position::Fetch(resolved);
+    Some(resolved)
+}
+
+/// Out of range: read again from `spec` (per `auto_offset_reset`), unless a seek
+/// happened since `epoch`.
+fn reset(shared: &Shared, tp: &TopicPartition, epoch: u64, spec: Offset) {
+    if let Some(s) = shared.partitions.lock().unwrap().get_mut(tp) {
+        if s.epoch == epoch {
+            s.position = Position::Resolve(spec);
+            s.start = None;
         }
     }
 }
@@ -452,12 +541,8 @@ async fn fetch_from(
                     ..
                 }) => {
                     match config.auto_offset_reset {
-                        OffsetReset::Earliest => {
-                            advance(shared, &tp, epoch, Position::Resolve(Offset::Beginning))
-                        }
-                        OffsetReset::Latest => {
-                            advance(shared, &tp, epoch, Position::Resolve(Offset::End))
-                        }
+                        OffsetReset::Earliest => reset(shared, &tp, epoch, Offset::Beginning),
+                        OffsetReset::Latest => reset(shared, &tp, epoch, Offset::End),
                         OffsetReset::None => {
                             let e = Error::OffsetOutOfRange {
                                 topic: tp.topic.clone(),

@@ -74,8 +74,9 @@ pub(crate) struct Appended {
     pub(crate) completion: Arc<Completion>,
     /// The record's index in its batch (offset = base offset + index).
     pub(crate) index: u32,
-    /// A batch became ready to send: wake the sender.
-    pub(crate) batch_closed: bool,
+    /// A batch became ready to send, or a new batch started its linger timer: the
+    /// sender must look again (it may be asleep with no deadline).
+    pub(crate) wake_sender: bool,
 }
 
 /// A batch handed to the sender.
@@ -136,7 +137,7 @@ impl Accumulator {
         };
         let queue = &mut topic_queues.partitions[partition as usize];
         let size = record.size_estimate_bytes();
-        let mut batch_closed = false;
+        let mut wake_sender = false;
 
         // Close the open batch if this record would push it past the limit.
         if let Some(open) = &queue.open {
@@ -145,9 +146,10 @@ impl Accumulator {
                 topic_queues
                     .sticky
                     .on_batch_closed(partition, partition_count);
-                batch_closed = true;
+                wake_sender = true;
             }
         }
+        wake_sender |= queue.open.is_none();
         let open = queue.open.get_or_insert_with(|| OpenBatch {
             writer: BatchWriter::new(self.compression, timestamp_ms),
             opened_at: now,
@@ -167,13 +169,13 @@ impl Accumulator {
             topic_queues
                 .sticky
                 .on_batch_closed(partition, partition_count);
-            batch_closed = true;
+            wake_sender = true;
         }
         Ok(Appended {
             partition,
             completion,
             index,
-            batch_closed,
+            wake_sender,
         })
     }
 
@@ -325,13 +327,19 @@ mod tests {
     fn batch_waits_for_linger_then_drains_once() {
         let mut a = acc(10, 1 << 20);
         let t0 = Instant::now();
-        a.append(&record(Some("k"), 10), 0, 1, 50, t0).unwrap();
+        let first = a.append(&record(Some("k"), 10), 0, 1, 50, t0).unwrap();
+        assert!(
+            first.wake_sender,
+            "a new batch must start the sender's linger timer"
+        );
+        let second = a.append(&record(Some("k"), 10), 0, 1, 50, t0).unwrap();
+        assert!(!second.wake_sender, "no wake-up per record");
         let (ready, next) = a.drain(t0).unwrap();
         assert!(ready.is_empty());
         assert_eq!(next, Some(t0 + Duration::from_millis(10)));
         let (ready, _) = a.drain(t0 + Duration::from_millis(10)).unwrap();
         assert_eq!(ready.len(), 1);
-        assert_eq!(ready[0].batch.record_count, 1);
+        assert_eq!(ready[0].batch.record_count, 2);
         assert!(!a.is_idle(), "in flight until completed");
         a.complete("t", 0);
         assert!(a.is_idle());
@@ -346,7 +354,7 @@ mod tests {
             closed |= a
                 .append(&record(Some("k"), 100), 0, 1, 150, t0)
                 .unwrap()
-                .batch_closed;
+                .wake_sender;
         }
         assert!(closed);
         let (ready, _) = a.drain(t0).unwrap();

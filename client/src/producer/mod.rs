@@ -13,7 +13,7 @@ mod accumulator;
 mod delivery;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +42,8 @@ struct Inner {
     /// Wakes the sender: a batch closed, a batch completed, a flush started, close.
     wake_sender: Notify,
     closed: AtomicBool,
+    /// Batch sends that failed retriably and were queued again.
+    retries_total: AtomicU64,
 }
 
 /// An asynchronous Kafka producer.
@@ -80,6 +82,7 @@ impl Producer {
             memory: Semaphore::new(config.buffer_bytes_max),
             wake_sender: Notify::new(),
             closed: AtomicBool::new(false),
+            retries_total: AtomicU64::new(0),
             cluster,
             config,
         });
@@ -134,7 +137,7 @@ impl Producer {
                 return Err(e);
             }
         };
-        if appended.batch_closed {
+        if appended.wake_sender {
             inner.wake_sender.notify_one();
         }
         Ok(DeliveryFuture::new(appended.completion, appended.index))
@@ -153,6 +156,12 @@ impl Producer {
             .map(|t| t.partitions.len() as i32)
             .filter(|n| *n > 0)
             .ok_or_else(|| Error::UnknownTopic(topic.to_owned()))
+    }
+
+    /// How many times a batch send failed retriably and the batch was queued again
+    /// (since this producer was created).
+    pub fn retries_total(&self) -> u64 {
+        self.inner.retries_total.load(Ordering::Relaxed)
     }
 
     /// Number of partitions of `topic` (fetching metadata if needed).
@@ -397,6 +406,7 @@ fn retry_or_fail(inner: &Inner, mut d: Drained, error: Error) {
             error = %error,
             "retrying batch"
         );
+        inner.retries_total.fetch_add(1, Ordering::Relaxed);
         let retry_at = Instant::now() + inner.config.client.backoff(d.batch.attempts);
         inner
             .accumulator

@@ -157,7 +157,7 @@ struct ProduceArgs {
 enum OutputFormat {
     /// The value only.
     Value,
-    /// key<TAB>value (`--key-separator` changes the tab).
+    /// The key, a tab, the value (`--key-separator` changes the tab).
     Kv,
     /// One JSON object per record with topic, partition, offset, timestamp, key, value, headers.
     Json,

@@ -348,6 +348,12 @@ impl<S: LogStore> Raft<S> {
         if caught_up {
             self.send(to, MessageBody::TimeoutNow);
         } else {
+            // Catch the target up now rather than waiting for a heartbeat to
+            // notice lost appends: resend from its match point.
+            if let Some(pr) = self.progress.get_mut(&to) {
+                let match_end = pr.match_end;
+                pr.become_probe(match_end);
+            }
             self.send_append(to);
         }
         Ok(())
@@ -1251,6 +1257,18 @@ impl<S: LogStore> Raft<S> {
         // Dissertation §4.2.2: a leader removed from the voters leads until the
         // change commits, then steps down.
         if self.membership_end() <= candidate && !self.membership().is_voter(self.id) {
+            // Hand over to the most caught-up voter instead of leaving the group
+            // leaderless for an election timeout (its transfer flag overrides the
+            // other voters' leader lease).
+            let last_end = self.log.last_end();
+            let successor = self.membership().voters.iter().copied().find(|v| {
+                self.progress
+                    .get(v)
+                    .is_some_and(|p| p.match_end == last_end)
+            });
+            if let Some(to) = successor {
+                self.send(to, MessageBody::TimeoutNow);
+            }
             self.become_follower(self.term, None);
         }
         true

@@ -1027,10 +1027,10 @@ impl<S: LogStore> Raft<S> {
                 }
             }
         }
-        if let Some((to, elapsed)) = self.transfer.as_mut() {
+        if let Some((_, elapsed)) = self.transfer.as_mut() {
             *elapsed += 1;
             if *elapsed >= self.config.election_timeout_ticks {
-                let _ = to;
+                // The target did not take over in time: serve proposals again.
                 self.transfer = None;
             }
         }

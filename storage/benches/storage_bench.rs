@@ -168,6 +168,20 @@ fn memcpy_run(src: &[u8], total: usize) -> f64 {
     mb_per_s(n * src.len(), start.elapsed().as_secs_f64())
 }
 
+/// memcpy of a `total`-byte source (touched beforehand, so in memory, not in cache)
+/// into a 1 MiB buffer in 1 MiB copies: the access pattern of a sequential read
+/// that copies each returned chunk out.
+fn memcpy_streaming_run(total: usize) -> f64 {
+    let src = vec![3u8; total];
+    let mut sink = vec![0u8; MIB];
+    let start = Instant::now();
+    for chunk in src.chunks(MIB) {
+        sink[..chunk.len()].copy_from_slice(chunk);
+        black_box(&sink);
+    }
+    mb_per_s(total, start.elapsed().as_secs_f64())
+}
+
 /// write(2) of `total` bytes in 1 MiB chunks to a new file, fdatasync after each.
 fn write_fdatasync_run(base: &Path, total: usize) -> f64 {
     let dir = fresh_dir(base, "raw");
@@ -271,6 +285,7 @@ fn main() {
         "append flush every 1 MiB, 1 MiB batches",
         "sequential read + copy out, 16 KiB batches",
         "sequential read zero-copy only, 16 KiB batches",
+        "memcpy, 256 MiB source streamed into 1 MiB",
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut amplification = Vec::new();
@@ -292,6 +307,7 @@ fn main() {
             flush_large.0,
             read_copy,
             read_zero,
+            memcpy_streaming_run(NO_FLUSH_TOTAL_BYTES),
         ];
         print!("run {}:", run + 1);
         for (i, v) in r.iter().enumerate() {
@@ -307,7 +323,7 @@ fn main() {
         println!("  {name:<48} {v:>9.0} MB/s");
     }
     println!();
-    let ratios: [(&str, usize, usize, Option<f64>); 9] = [
+    let ratios: [(&str, usize, usize, Option<f64>); 10] = [
         (
             "append no flush, 16 KiB batches / memcpy 16 KiB",
             5,
@@ -333,6 +349,12 @@ fn main() {
             Some(0.8),
         ),
         ("sequential read + copy out / memcpy 1 MiB", 9, 1, Some(0.5)),
+        (
+            "sequential read + copy out / memcpy streamed the same way",
+            9,
+            11,
+            Some(0.5),
+        ),
         (
             "raw pwrite into preallocated files 16 KiB / memcpy 16 KiB",
             3,
@@ -380,7 +402,11 @@ fn main() {
 fn profile_one(base: &Path, records: &str) {
     let records: usize = records.parse().unwrap_or(16);
     let batch = make_batch(records);
-    if std::env::var_os("RILL_BENCH_PROFILE_FLUSH").is_some() {
+    if std::env::var_os("RILL_BENCH_PROFILE_READ").is_some() {
+        let (copy, zero) = read_run(base, &batch, NO_FLUSH_TOTAL_BYTES);
+        let streamed = memcpy_streaming_run(NO_FLUSH_TOTAL_BYTES);
+        println!("read + copy {copy:.0} MB/s, zero-copy {zero:.0} MB/s; streamed memcpy {streamed:.0} MB/s");
+    } else if std::env::var_os("RILL_BENCH_PROFILE_FLUSH").is_some() {
         let raw = write_fdatasync_run(base, FLUSH_TOTAL_BYTES);
         let (v, amp) = append_run(base, &batch, FLUSH_TOTAL_BYTES, Some(FLUSH_EVERY_BYTES));
         println!(

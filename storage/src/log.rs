@@ -320,6 +320,31 @@ impl PartitionLog {
             if !is_last && file_len > outcome.end_pos {
                 file.set_len(outcome.end_pos as u64)
                     .map_err(|e| StorageError::io("trim segment", &path, e))?;
+            } else if is_last && outcome.corrupt.is_none() {
+                // The scan stopped at zeros. Anything written after them (a lost page
+                // in the middle of unflushed data, say) must not come back as batches
+                // following whatever is appended next: zero it too.
+                let page_end = outcome.end_pos.next_multiple_of(4096).min(file_len);
+                let mut partial = [0u8; 4096];
+                let partial = &mut partial[..page_end - outcome.end_pos];
+                std::os::unix::fs::FileExt::read_exact_at(&file, partial, outcome.end_pos as u64)
+                    .map_err(|e| StorageError::io("read segment tail", &path, e))?;
+                let stale = if segment::all_zero(partial) {
+                    mmap::data_after(&file, page_end as u64)
+                        .map_err(|e| StorageError::io("look for data", &path, e))?
+                } else {
+                    Some(outcome.end_pos as u64)
+                };
+                if let Some(at) = stale.filter(|&at| (at as usize) < file_len) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        log_end = outcome.end_pos,
+                        stale_data_at = at,
+                        "data found after the end of the log; zeroing it"
+                    );
+                    mmap::zero_range(&file, outcome.end_pos as u64, file_len as u64)
+                        .map_err(|e| StorageError::io("zero stale tail", &path, e))?;
+                }
             }
             file.sync_data()
                 .map_err(|e| StorageError::io("fdatasync segment", &path, e))?;

@@ -1031,10 +1031,6 @@ impl PartitionLog {
         if offset < self.log_start_offset {
             return Err(self.out_of_range(offset));
         }
-        self.generation += 1;
-        // The recovery point must not trust data we are about to cut.
-        self.checkpoints
-            .lower_recovery_point(&self.dir, offset, self.generation)?;
         let i = self.segment_index_for(offset);
         let base = self.segments[i].base_offset;
         let is_active = i + 1 == self.segments.len();
@@ -1048,18 +1044,22 @@ impl PartitionLog {
             loaded = self.load_closed(i)?;
             (loaded.map.clone(), &loaded.index)
         };
-        let cut_pos = match &source_map {
-            None => 0,
+        let (cut_pos, cut_offset) = match &source_map {
+            None => (0, base),
             Some(map) => {
                 let view = map.view();
                 let data = &view[..self.segments[i].size_bytes];
                 let rel = (offset - base) as u32;
                 match segment::find_batch(data, source_index.position_for(rel), offset, &path)? {
-                    Some((pos, _)) => pos,
-                    None => data.len(),
+                    Some((pos, header)) => (pos, header.base_offset as u64),
+                    None => (data.len(), self.segments[i].next_offset),
                 }
             }
         };
+        self.generation += 1;
+        // The recovery point must not vouch for data we are about to cut.
+        self.checkpoints
+            .lower_recovery_point(&self.dir, cut_offset, self.generation)?;
 
         // Drop later segments (newest first) and their cache entries.
         while self.segments.len() > i + 1 {

@@ -174,12 +174,16 @@ impl Sim {
         let mut rng = SplitMix64::new(seed);
         let faults = Faults::draw(&mut rng);
         let membership = Membership::with_voters(1..=voters);
+        // Short timeouts against multi-tick delays make elections frequent, which
+        // is where Raft's subtle cases (Figure 8) live.
+        let election_timeout_ticks = 4 + rng.below(9) as u32;
+        let heartbeat_interval_ticks = 1 + rng.below(u64::from(election_timeout_ticks) / 3) as u32;
         let mut nodes = BTreeMap::new();
         // One spare node outside the group, for membership changes.
         for id in 1..=voters + 1 {
             let mut config = Config::new(id, seed.wrapping_mul(31).wrapping_add(id));
-            config.election_timeout_ticks = 10;
-            config.heartbeat_interval_ticks = 2;
+            config.election_timeout_ticks = election_timeout_ticks;
+            config.heartbeat_interval_ticks = heartbeat_interval_ticks;
             config.pre_vote = rng.below(4) != 0;
             config.check_quorum = config.pre_vote && rng.below(4) != 0;
             // Small limits, so appends split batches and windows fill up.

@@ -209,3 +209,90 @@ impl<S: LogStore> RaftLog<S> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStore;
+    use crate::types::{EntryKind, Membership};
+    use bytes::Bytes;
+
+    fn e(term: Term, base: u64, end: u64) -> Entry {
+        Entry {
+            term,
+            base_offset: base,
+            end_offset: end,
+            kind: EntryKind::Data,
+            data: Bytes::from_static(b"xy"),
+        }
+    }
+
+    fn durable_log() -> RaftLog<MemStore> {
+        let mut store = MemStore::new(Membership::with_voters([1]));
+        store.append(&[e(1, 0, 2), e(1, 2, 5), e(2, 5, 6), e(2, 6, 9)]);
+        RaftLog::new(store, 2)
+    }
+
+    #[test]
+    fn a_pending_truncation_hides_the_durable_tail_until_persisted() {
+        let mut log = durable_log();
+        assert_eq!((log.last_end(), log.last_term()), (9, 2));
+        log.append(&[e(3, 5, 7)]);
+        assert_eq!(log.last_end(), 7);
+        assert_eq!(log.term_at(6), None, "durable t2 entry ending at 6 is gone");
+        assert_eq!(log.term_at(7), Some(3));
+        assert_eq!(log.term_at(5), Some(1));
+        assert_eq!(log.last_entry_with_term_at_most(2), Some((1, 5)));
+        let mut out = Vec::new();
+        log.read_entries(2, usize::MAX, &mut out).unwrap();
+        assert_eq!(out, vec![e(1, 2, 5), e(3, 5, 7)]);
+        let (reset, truncate, entries) = log.pending();
+        assert_eq!(
+            (reset, truncate, entries),
+            (None, Some(5), vec![e(3, 5, 7)])
+        );
+        log.store.truncate_to(5);
+        log.store.append(&[e(3, 5, 7)]);
+        log.persisted();
+        assert!(!log.has_unpersisted());
+        assert_eq!(log.term_at(7), Some(3));
+    }
+
+    #[test]
+    fn appends_within_the_unstable_tail_replace_it() {
+        let mut log = durable_log();
+        log.append(&[e(3, 9, 10), e(3, 10, 12)]);
+        log.append(&[e(4, 10, 11)]);
+        let (_, truncate, entries) = log.pending();
+        assert_eq!(truncate, None);
+        assert_eq!(entries, vec![e(3, 9, 10), e(4, 10, 11)]);
+        assert_eq!(log.last_entry_with_term_at_most(3), Some((3, 10)));
+    }
+
+    #[test]
+    fn a_reset_replaces_the_whole_log_and_raises_the_commit() {
+        let mut log = durable_log();
+        log.reset(LogReset {
+            start: LogStart {
+                offset: 20,
+                term: 5,
+            },
+            membership: Membership::with_voters([1]),
+        });
+        assert_eq!(log.start().offset, 20);
+        assert_eq!((log.last_end(), log.last_term()), (20, 5));
+        assert_eq!(log.commit_offset, 20);
+        assert_eq!(log.term_at(9), None);
+        assert_eq!(log.last_entry_with_term_at_most(4), None);
+        let mut out = Vec::new();
+        assert!(log.read_entries(9, 100, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_commit_hint_beyond_the_durable_log_is_clamped() {
+        let mut store = MemStore::new(Membership::with_voters([1]));
+        store.append(&[e(1, 0, 2)]);
+        assert_eq!(RaftLog::new(store.clone(), 50).commit_offset, 2);
+        assert_eq!(RaftLog::new(store, 1).commit_offset, 0, "not an entry end");
+    }
+}

@@ -363,3 +363,84 @@ fn a_lone_voter_elects_itself_once_its_vote_is_durable() {
     c.stabilize();
     assert_eq!(c.node(1).commit_offset(), 5);
 }
+
+#[test]
+fn backtracking_skips_a_whole_divergent_term_in_one_round_trip() {
+    let mut c = Cluster::new(
+        &[1, 2, 3, 4, 5],
+        &Membership::with_voters([1, 2, 3, 4, 5]),
+        |cfg| cfg.check_quorum = false,
+    );
+    c.tracing = false;
+    elect(&mut c, 1);
+    c.partition(&[1, 3], &[2, 4, 5]);
+    for i in 0..50 {
+        c.propose(1, &format!("divergent{i}")).unwrap();
+    }
+    c.stabilize();
+    assert!(c.node(3).last_end_offset() > 400);
+    elect(&mut c, 2);
+    c.propose(2, "x").unwrap();
+    c.stabilize();
+    elect(&mut c, 4);
+    c.heal();
+    c.tracing = true;
+    c.take_trace();
+    c.tick(4, 2);
+    c.stabilize();
+    let trace = c.take_trace();
+    let rejections = trace
+        .lines()
+        .filter(|l| l.contains("3->4") && l.contains("rejected") && l.starts_with("  send"))
+        .count();
+    assert_eq!(rejections, 1, "{trace}");
+    assert_eq!(c.node(3).last_end_offset(), c.node(4).last_end_offset());
+}
+
+#[test]
+fn a_leader_without_acknowledgements_applies_back_pressure() {
+    let mut c = Cluster::new(&[1, 2, 3], &Membership::with_voters([1, 2, 3]), |cfg| {
+        cfg.uncommitted_bytes_max = 1000;
+    });
+    c.tracing = false;
+    elect(&mut c, 1);
+    c.partition(&[1], &[2, 3]);
+    let mut accepted = 0;
+    let refused = loop {
+        match c.node(1).propose(Bytes::from(vec![1u8; 100]), 1) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "no back-pressure");
+    };
+    assert_eq!(
+        refused,
+        ProposeError::UncommittedBytesExceeded { limit_bytes: 1000 }
+    );
+    assert_eq!(accepted, 6, "164 bytes charged per entry");
+}
+
+#[test]
+fn invalid_configurations_are_refused_with_the_key_named() {
+    use rill_raft::{Config, ConfigError, MemStore, Raft};
+    let mut cfg = Config::new(1, 0);
+    cfg.heartbeat_interval_ticks = 10;
+    let err = Raft::new(cfg, MemStore::new(Membership::with_voters([1])))
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err,
+        ConfigError::ElectionTimeoutNotAboveHeartbeat {
+            election: 10,
+            heartbeat: 10
+        }
+    );
+    assert!(err.to_string().contains("election_timeout_ticks"));
+    let mut cfg = Config::new(1, 0);
+    cfg.inflight_bytes_max = 10;
+    assert!(matches!(
+        cfg.validate(),
+        Err(ConfigError::InflightBelowAppend { .. })
+    ));
+    assert_eq!(Config::new(0, 0).validate(), Err(ConfigError::ZeroNodeId));
+}

@@ -6,10 +6,12 @@
 //!
 //! If the environment variable `RILLD_BIN` is set, that file is run. Otherwise the
 //! harness builds it once per test process with
-//! `cargo build -p rill-broker --bin rilld` (adding `--release` when the tests are
-//! built in release mode), into the same target directory and profile as the test
-//! binary itself, and runs `<target>/<profile>/rilld`. The first test to need the
-//! binary pays for that build; the rest reuse it.
+//! `cargo build --workspace --lib --bins --tests --examples` (adding `--release` when
+//! the tests are built in release mode), into the same target directory and profile
+//! as the test binary itself, and runs `<target>/<profile>/rilld`. Those are the
+//! targets `cargo test --workspace` builds, so under it (CI) the build is a no-op
+//! check that `rilld` is current; under `cargo test -p rill-tests` it builds the
+//! workspace once. The first test to need the binary pays for that; the rest reuse it.
 //!
 //! # Ports
 //!
@@ -74,7 +76,19 @@ fn build_rilld() -> PathBuf {
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace)
-        .args(["build", "-p", "rill-broker", "--bin", "rilld"])
+        // Build the targets `cargo test --workspace` builds (lib, bins, tests,
+        // examples) rather than `-p rill-broker --bin rilld` alone: the same target
+        // set unifies features the same way, so after a `cargo test --workspace` this
+        // is a no-op, where a `-p rill-broker` build would recompile the broker and its
+        // dependencies with a different feature set (about a minute on 2 cores).
+        .args([
+            "build",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--examples",
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     if !cfg!(debug_assertions) {
@@ -84,7 +98,7 @@ fn build_rilld() -> PathBuf {
     let output = command.output().expect("run cargo build for rilld");
     assert!(
         output.status.success(),
-        "cargo build -p rill-broker --bin rilld failed:\n{}",
+        "cargo build of rilld failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let bin = profile_dir.join("rilld");

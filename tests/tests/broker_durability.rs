@@ -286,3 +286,23 @@ fn graceful_stop_flushes_and_exits_zero_and_topics_survive_restart() {
         assert!(status.success(), "SIGINT: {status}");
     }
 }
+
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused() {
+    let broker = RilldProcess::start();
+    let output = std::process::Command::new(rill_tests::rilld_bin())
+        .arg("--data-dir")
+        .arg(broker.data_dir())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .output()
+        .expect("run a second rilld");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another rilld"), "{stderr}");
+    // The first one is unaffected.
+    let mut conn = RawConn::connect(broker.addr());
+    assert_eq!(
+        conn.call(4, &create_topic("still", 1, &[])).topics[0].error_code,
+        0
+    );
+}

@@ -61,6 +61,8 @@ struct ClusterMeta {
 /// Owns every topic and partition of this broker.
 #[derive(Debug)]
 pub struct PartitionManager {
+    /// Held (flock) for the manager's life: one broker per data directory.
+    _data_dir_lock: std::fs::File,
     config: Arc<Config>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serializes topic creation, deletion and partition changes (rare; they do file
@@ -123,12 +125,14 @@ impl PartitionManager {
     /// removing partition directories of topics that no longer exist.
     pub fn open(config: Arc<Config>) -> Result<PartitionManager, BrokerError> {
         let metrics = Arc::new(Metrics::default());
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let meta_dir = config.topics_dir();
         std::fs::create_dir_all(&meta_dir).map_err(|e| {
             BrokerError::Storage(format!("cannot create {}: {e}", meta_dir.display()))
         })?;
         let cluster_id = load_cluster_id(&meta_dir)?;
         let manager = PartitionManager {
+            _data_dir_lock: data_dir_lock,
             config,
             topics: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
@@ -469,6 +473,31 @@ impl PartitionManager {
             partition.apply_retention(now_ms);
         }
     }
+}
+
+/// Takes an exclusive `flock` on `<data_dir>/.lock`, so a second broker on the same
+/// data directory fails at start-up instead of corrupting it. The kernel drops the
+/// lock when the process dies, SIGKILL included, so a restart never finds it stale.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, BrokerError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| BrokerError::Storage(format!("cannot create {}: {e}", data_dir.display())))?;
+    let path = data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |e| {
+            BrokerError::Storage(format!(
+                "data_dir {} is in use by another rilld ({}: {e})",
+                data_dir.display(),
+                path.display()
+            ))
+        },
+    )?;
+    Ok(file)
 }
 
 fn load_cluster_id(meta_dir: &Path) -> Result<String, BrokerError> {

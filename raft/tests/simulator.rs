@@ -149,6 +149,7 @@ struct Sim {
     proposal_seq: u64,
     trace: VecDeque<String>,
     verbose: bool,
+    tracing: bool,
     steps: u64,
 }
 
@@ -170,7 +171,7 @@ fn content_hash(e: &Entry) -> u64 {
 }
 
 impl Sim {
-    fn new(seed: u64, voters: u64, verbose: bool) -> Sim {
+    fn new(seed: u64, voters: u64, verbose: bool, tracing: bool) -> Sim {
         let mut rng = SplitMix64::new(seed);
         let faults = Faults::draw(&mut rng);
         let membership = Membership::with_voters(1..=voters);
@@ -234,11 +235,17 @@ impl Sim {
             proposal_seq: 0,
             trace: VecDeque::new(),
             verbose,
+            tracing,
             steps: 0,
         }
     }
 
     fn event(&mut self, text: impl FnOnce() -> String) {
+        // Tracing costs more than the simulation itself; a failing seed is
+        // replayed with tracing on (the run is deterministic).
+        if !self.tracing {
+            return;
+        }
         let line = format!("[t{} #{}] {}", self.now, self.steps, text());
         if self.verbose {
             println!("{line}");
@@ -289,27 +296,34 @@ impl Sim {
     /// Delivers every message due now, in random order (reordering).
     fn deliver_due(&mut self) -> Check {
         loop {
-            let due: Vec<usize> = (0..self.net.len())
-                .filter(|&i| self.net[i].deliver_at <= self.now)
-                .collect();
+            let now = self.now;
+            let (mut due, later): (Vec<InFlight>, Vec<InFlight>) = std::mem::take(&mut self.net)
+                .into_iter()
+                .partition(|f| f.deliver_at <= now);
+            self.net = later;
             if due.is_empty() {
                 return Ok(());
             }
-            let pick = due[self.rng.below(due.len() as u64) as usize];
-            let InFlight { msg, .. } = self.net.swap_remove(pick);
-            // A partition that appeared after sending still cuts the message.
-            if self.cut.contains(&(msg.from, msg.to)) {
-                continue;
+            // Fisher-Yates with the seeded generator.
+            for i in (1..due.len()).rev() {
+                let j = self.rng.below(i as u64 + 1) as usize;
+                due.swap(i, j);
             }
-            let to = msg.to;
-            let Some(node) = self.nodes.get_mut(&to) else {
-                continue;
-            };
-            if node.raft.is_none() {
-                continue;
+            for InFlight { msg, .. } in due {
+                // A partition that appeared after sending still cuts the message.
+                if self.cut.contains(&(msg.from, msg.to)) {
+                    continue;
+                }
+                let to = msg.to;
+                let Some(node) = self.nodes.get_mut(&to) else {
+                    continue;
+                };
+                if node.raft.is_none() {
+                    continue;
+                }
+                node.inbox.push_back(msg);
+                self.drive(to)?;
             }
-            node.inbox.push_back(msg);
-            self.drive(to)?;
         }
     }
 
@@ -342,10 +356,10 @@ impl Sim {
                 continue;
             }
             if let Some(m) = node.inbox.pop_front() {
-                let text = format!("{id} <- {m:?}");
+                let text = self.tracing.then(|| format!("{id} <- {m:?}"));
                 let result = raft.step(m);
                 self.steps += 1;
-                self.event(|| text);
+                self.event(|| text.unwrap_or_default());
                 if let Err(e) = result {
                     self.event(|| format!("{id} rejected message: {e}"));
                 }
@@ -813,29 +827,41 @@ fn campaign(voters: u64, parity: u64) {
 }
 
 fn run_seed(seed: u64, voters: u64, verbose: bool) -> u64 {
-    let outcome = std::panic::catch_unwind(|| {
-        let mut sim = Sim::new(seed, voters, verbose);
-        let result = sim.run();
-        (result, sim.steps, sim.trace, sim.faults)
-    });
+    let outcome = simulate(seed, voters, verbose, verbose);
     match outcome {
-        Ok((Ok(()), steps, _, _)) => steps,
-        Ok((Err(violation), _, trace, faults)) => {
+        Ok(steps) => steps,
+        Err(violation) => {
             if !verbose {
-                for line in &trace {
-                    eprintln!("{line}");
-                }
+                // Replay with the event trace on to show how it happened.
+                let _ = simulate(seed, voters, false, true);
             }
-            eprintln!("faults: {faults:?}");
             fail(seed, &violation)
         }
+    }
+}
+
+/// Runs one seed; a violation or a panic in the core becomes `Err`.
+fn simulate(seed: u64, voters: u64, verbose: bool, tracing: bool) -> Result<u64, String> {
+    let outcome = std::panic::catch_unwind(|| {
+        let mut sim = Sim::new(seed, voters, verbose, tracing);
+        let result = sim.run();
+        if tracing && result.is_err() && !verbose {
+            for line in &sim.trace {
+                eprintln!("{line}");
+            }
+            eprintln!("faults: {:?}", sim.faults);
+        }
+        result.map(|()| sim.steps)
+    });
+    match outcome {
+        Ok(result) => result,
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            fail(seed, &format!("panic: {what}"))
+            Err(format!("panic: {what}"))
         }
     }
 }

@@ -342,7 +342,10 @@ async fn read_loop(
     let failure = loop {
         let frame = match frames.next().await {
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => break Error::Protocol(format!("reading from {addr}: {e}")),
+            Some(Err(wire::FrameError::Io(e))) => break Error::io(&addr, e),
+            Some(Err(wire::FrameError::Frame(e))) => {
+                break Error::Protocol(format!("reading from {addr}: {e}"))
+            }
             None => break Error::Disconnected { addr: addr.clone() },
         };
         let Ok(pending) = pending_rx.try_recv() else {

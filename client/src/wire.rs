@@ -28,23 +28,38 @@ const FETCH_VERSION_MAX: i16 = 12;
 #[derive(Debug)]
 pub(crate) struct FrameCodec(rill_protocol::frame::FrameCodec);
 
-impl Decoder for FrameCodec {
-    type Item = Bytes;
-    type Error = Error;
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>> {
-        self.0
-            .decode(src)
-            .map(|f| f.map(BytesMut::freeze))
-            .map_err(|e| Error::Protocol(e.to_string()))
+/// Why reading a frame failed (tokio-util's decoder error type must absorb io errors).
+#[derive(Debug)]
+pub(crate) enum FrameError {
+    /// The socket failed.
+    Io(std::io::Error),
+    /// The frame was refused (e.g. larger than `response_bytes_max`).
+    Frame(rill_protocol::ProtocolError),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(e: std::io::Error) -> Self {
+        FrameError::Io(e)
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error::Io {
-            addr: String::new(),
-            source: Arc::new(e),
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Io(e) => write!(f, "{e}"),
+            FrameError::Frame(e) => write!(f, "{e}"),
         }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Bytes;
+    type Error = FrameError;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        self.0
+            .decode(src)
+            .map(|f| f.map(BytesMut::freeze))
+            .map_err(FrameError::Frame)
     }
 }
 

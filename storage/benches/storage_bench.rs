@@ -115,8 +115,9 @@ fn append_run(base: &Path, batch: &[u8], total: usize, flush_every: Option<usize
 /// Sequential read of a freshly written log of `total` bytes in 1 MiB reads, after
 /// a reopen (closed segments are then mapped on demand, as in a broker serving older
 /// data). Each returned `Bytes` is copied once into a 1 MiB buffer, standing for the
-/// copy into the socket. Returns (MB/s with that copy, MB/s of the reads alone).
-fn read_run(base: &Path, batch: &[u8], total: usize) -> (f64, f64) {
+/// copy into the socket. Returns MB/s with that copy on freshly mapped segments,
+/// the same again once the maps' pages are faulted in, and of the reads alone.
+fn read_run(base: &Path, batch: &[u8], total: usize) -> (f64, f64, f64) {
     let dir = fresh_dir(base, "read");
     let mut log = PartitionLog::open(&dir, LogConfig::default()).unwrap();
     for _ in 0..total / batch.len() {
@@ -143,10 +144,11 @@ fn read_run(base: &Path, batch: &[u8], total: usize) -> (f64, f64) {
         mb_per_s(bytes, start.elapsed().as_secs_f64())
     };
     let with_copy = read_all(true);
+    let with_copy_warm = read_all(true);
     let zero_copy = read_all(false);
     drop(log);
     settle(&dir);
-    (with_copy, zero_copy)
+    (with_copy, with_copy_warm, zero_copy)
 }
 
 /// memcpy of `total` bytes from a hot `src` into a pre-touched 256 MiB buffer (the
@@ -273,42 +275,48 @@ fn main() {
         runs,
         base.display()
     );
+    println!(
+        "ratios: medians of each measurement, and the median over runs of the ratio of two \
+         measurements taken back to back (this machine's disk and CPU are shared and noisy)"
+    );
+    // (name, MB/s per run)
     let names = [
         "memcpy, 16 KiB copies",
+        "append no flush, 16 KiB batches",
         "memcpy, 1 MiB copies",
-        "raw write+fdatasync every 1 MiB",
+        "append no flush, 1 MiB batches",
+        "raw write+fdatasync every 1 MiB (before 16 KiB case)",
+        "append flush every 1 MiB, 16 KiB batches",
+        "raw write+fdatasync every 1 MiB (before 1 MiB case)",
+        "append flush every 1 MiB, 1 MiB batches",
+        "memcpy, 256 MiB source streamed into 1 MiB",
+        "sequential read + copy out, fresh maps",
+        "sequential read + copy out, maps faulted in",
+        "sequential read zero-copy only",
         "raw pwrite into preallocated files, 16 KiB",
         "raw pwrite into preallocated files, 1 MiB",
-        "append no flush, 16 KiB batches",
-        "append no flush, 1 MiB batches",
-        "append flush every 1 MiB, 16 KiB batches",
-        "append flush every 1 MiB, 1 MiB batches",
-        "sequential read + copy out, 16 KiB batches",
-        "sequential read zero-copy only, 16 KiB batches",
-        "memcpy, 256 MiB source streamed into 1 MiB",
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut amplification = Vec::new();
+    let every = Some(FLUSH_EVERY_BYTES);
     for run in 0..runs {
-        let every = Some(FLUSH_EVERY_BYTES);
-        let flush_small = append_run(&base, &small, FLUSH_TOTAL_BYTES, every);
-        let flush_large = append_run(&base, &large, FLUSH_TOTAL_BYTES, every);
-        amplification.push(flush_small.1.max(flush_large.1));
-        let (read_copy, read_zero) = read_run(&base, &small, NO_FLUSH_TOTAL_BYTES);
-        let r = [
-            memcpy_run(&small, NO_FLUSH_TOTAL_BYTES),
-            memcpy_run(&large, NO_FLUSH_TOTAL_BYTES),
-            write_fdatasync_run(&base, FLUSH_TOTAL_BYTES),
-            raw_pwrite_run(&base, &small, NO_FLUSH_TOTAL_BYTES),
-            raw_pwrite_run(&base, &large, NO_FLUSH_TOTAL_BYTES),
-            append_run(&base, &small, NO_FLUSH_TOTAL_BYTES, None).0,
-            append_run(&base, &large, NO_FLUSH_TOTAL_BYTES, None).0,
-            flush_small.0,
-            flush_large.0,
-            read_copy,
-            read_zero,
-            memcpy_streaming_run(NO_FLUSH_TOTAL_BYTES),
-        ];
+        let mut r = Vec::with_capacity(names.len());
+        r.push(memcpy_run(&small, NO_FLUSH_TOTAL_BYTES));
+        r.push(append_run(&base, &small, NO_FLUSH_TOTAL_BYTES, None).0);
+        r.push(memcpy_run(&large, NO_FLUSH_TOTAL_BYTES));
+        r.push(append_run(&base, &large, NO_FLUSH_TOTAL_BYTES, None).0);
+        r.push(write_fdatasync_run(&base, FLUSH_TOTAL_BYTES));
+        let (v, amp_small) = append_run(&base, &small, FLUSH_TOTAL_BYTES, every);
+        r.push(v);
+        r.push(write_fdatasync_run(&base, FLUSH_TOTAL_BYTES));
+        let (v, amp_large) = append_run(&base, &large, FLUSH_TOTAL_BYTES, every);
+        r.push(v);
+        amplification.push(amp_small.max(amp_large));
+        r.push(memcpy_streaming_run(NO_FLUSH_TOTAL_BYTES));
+        let (fresh, warm, zero) = read_run(&base, &small, NO_FLUSH_TOTAL_BYTES);
+        r.extend([fresh, warm, zero]);
+        r.push(raw_pwrite_run(&base, &small, NO_FLUSH_TOTAL_BYTES));
+        r.push(raw_pwrite_run(&base, &large, NO_FLUSH_TOTAL_BYTES));
         print!("run {}:", run + 1);
         for (i, v) in r.iter().enumerate() {
             results[i].push(*v);
@@ -316,78 +324,91 @@ fn main() {
         }
         println!(" (MB/s, in the order below)");
     }
-    let m: Vec<f64> = results.iter_mut().map(|v| median(v)).collect();
     println!();
     println!("medians of {runs} run(s):");
-    for (name, v) in names.iter().zip(&m) {
-        println!("  {name:<48} {v:>9.0} MB/s");
+    for (name, v) in names.iter().zip(&results) {
+        println!("  {name:<54} {:>9.0} MB/s", median(&mut v.clone()));
     }
     println!();
-    let ratios: [(&str, usize, usize, Option<f64>); 10] = [
+    // (label, value row, baseline row, target)
+    let ratios: [(&str, usize, usize, Option<f64>); 9] = [
         (
             "append no flush, 16 KiB batches / memcpy 16 KiB",
-            5,
+            1,
             0,
             Some(0.5),
         ),
         (
             "append no flush, 1 MiB batches / memcpy 1 MiB",
-            6,
-            1,
+            3,
+            2,
             Some(0.5),
         ),
         (
             "append flush/MiB, 16 KiB batches / write+fdatasync",
-            7,
-            2,
+            5,
+            4,
             Some(0.8),
         ),
         (
             "append flush/MiB, 1 MiB batches / write+fdatasync",
-            8,
-            2,
+            7,
+            6,
             Some(0.8),
         ),
-        ("sequential read + copy out / memcpy 1 MiB", 9, 1, Some(0.5)),
         (
-            "sequential read + copy out / memcpy streamed the same way",
+            "sequential read + copy out (fresh maps) / streamed memcpy",
             9,
-            11,
+            8,
             Some(0.5),
         ),
         (
-            "raw pwrite into preallocated files 16 KiB / memcpy 16 KiB",
-            3,
+            "sequential read + copy out (maps faulted in) / streamed memcpy",
+            10,
+            8,
+            Some(0.5),
+        ),
+        (
+            "raw pwrite 16 KiB / memcpy 16 KiB (kernel ceiling)",
+            12,
             0,
             None,
         ),
         (
-            "raw pwrite into preallocated files 1 MiB / memcpy 1 MiB",
-            4,
-            1,
+            "raw pwrite 1 MiB / memcpy 1 MiB (kernel ceiling)",
+            13,
+            2,
             None,
         ),
-        (
-            "append no flush, 16 KiB batches / raw pwrite 16 KiB",
-            5,
-            3,
-            None,
-        ),
-        (
-            "append no flush, 1 MiB batches / raw pwrite 1 MiB",
-            6,
-            4,
-            None,
-        ),
+        ("append no flush 1 MiB / raw pwrite 1 MiB", 3, 13, None),
     ];
+    println!(
+        "  {:<64} {:>8} {:>10}",
+        "ratio", "of medians", "per-run median"
+    );
     for (label, value, base, target) in ratios {
-        let r = m[value] / m[base];
+        let of_medians = median(&mut results[value].clone()) / median(&mut results[base].clone());
+        let mut per_run: Vec<f64> = results[value]
+            .iter()
+            .zip(&results[base])
+            .map(|(v, b)| v / b)
+            .collect();
+        let per_run = median(&mut per_run);
         let verdict = match target {
-            Some(t) if r >= t => format!("(target >= {:.0} %) ok", t * 100.0),
+            Some(t) if of_medians >= t && per_run >= t => {
+                format!("(target >= {:.0} %) ok", t * 100.0)
+            }
+            Some(t) if of_medians >= t || per_run >= t => {
+                format!("(target >= {:.0} %) ok by one measure only", t * 100.0)
+            }
             Some(t) => format!("(target >= {:.0} %) MISSED", t * 100.0),
             None => "(reference)".to_string(),
         };
-        println!("  {label:<60} {:>5.0} %  {verdict}", r * 100.0);
+        println!(
+            "  {label:<64} {:>7.0} % {:>9.0} %  {verdict}",
+            of_medians * 100.0,
+            per_run * 100.0
+        );
     }
     println!(
         "  bytes dirtied for writeback per byte appended, flush every MiB: {:.2} (median)",
@@ -403,9 +424,12 @@ fn profile_one(base: &Path, records: &str) {
     let records: usize = records.parse().unwrap_or(16);
     let batch = make_batch(records);
     if std::env::var_os("RILL_BENCH_PROFILE_READ").is_some() {
-        let (copy, zero) = read_run(base, &batch, NO_FLUSH_TOTAL_BYTES);
+        let (copy, warm, zero) = read_run(base, &batch, NO_FLUSH_TOTAL_BYTES);
         let streamed = memcpy_streaming_run(NO_FLUSH_TOTAL_BYTES);
-        println!("read + copy {copy:.0} MB/s, zero-copy {zero:.0} MB/s; streamed memcpy {streamed:.0} MB/s");
+        println!(
+            "read + copy {copy:.0} MB/s (maps faulted in: {warm:.0}), zero-copy {zero:.0} MB/s; \
+             streamed memcpy {streamed:.0} MB/s"
+        );
     } else if std::env::var_os("RILL_BENCH_PROFILE_FLUSH").is_some() {
         let raw = write_fdatasync_run(base, FLUSH_TOTAL_BYTES);
         let (v, amp) = append_run(base, &batch, FLUSH_TOTAL_BYTES, Some(FLUSH_EVERY_BYTES));

@@ -8,6 +8,7 @@
 //! `RILL_CRASH_SEED=<n>` replays a run; `RILL_CRASH_ROUNDS=<n>` changes the count.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -162,9 +163,10 @@ fn main() {
         // Child::kill sends SIGKILL on Unix.
         child.kill().unwrap();
         let status = child.wait().unwrap();
-        assert!(
-            !status.success(),
-            "round {round}: child exited on its own: {status}"
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "round {round}: child must die by our SIGKILL, not on its own: {status}"
         );
         reader.join().unwrap();
         let flushed = rx

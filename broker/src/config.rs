@@ -45,7 +45,8 @@ pub struct Config {
     /// `listen`: address of the Kafka client port. Default `127.0.0.1:9092`.
     pub listen: SocketAddr,
     /// `advertised_listen`: host:port that Metadata tells clients to connect to.
-    /// Default: the bound `listen` address (after resolving port 0).
+    /// Default: the bound `listen` address (after resolving port 0); required when
+    /// `listen` is a wildcard address such as 0.0.0.0.
     pub advertised_listen: Option<String>,
     /// `admin_listen`: address of the admin HTTP port serving `GET /metrics`
     /// (Prometheus text). Default `127.0.0.1:9644`; `off` disables it.

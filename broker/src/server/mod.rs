@@ -82,6 +82,15 @@ impl Server {
                     port.parse::<i32>().expect("validated at load"),
                 )
             }
+            // A wildcard address is no place a client can connect to; the operator
+            // must say which name to advertise.
+            None if local.ip().is_unspecified() => {
+                return Err(format!(
+                    "`listen` is {local}, a wildcard address: set `advertised_listen` \
+                     to the host:port clients should connect to"
+                )
+                .into())
+            }
             None => (local.ip().to_string(), i32::from(local.port())),
         };
         let (shutdown_tx, shutdown) = watch::channel(false);

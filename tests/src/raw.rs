@@ -49,6 +49,11 @@ impl RawConn {
         self.stream.write_all(bytes).expect("write");
     }
 
+    /// Writes bytes as they are; false if the broker has closed the connection.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
     /// Reads one response frame payload (after the size prefix); `None` on EOF.
     pub fn recv_frame(&mut self) -> Option<Bytes> {
         let mut size = [0u8; 4];

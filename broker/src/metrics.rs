@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Monotonic counters; relaxed atomics (they are statistics, never used for ordering
 /// decisions — ordering "flush before ack" is enforced by the durable-offset watch).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Completed partition flushes (one fdatasync/msync group each).
     pub log_flushes_total: AtomicU64,
@@ -28,6 +28,34 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Connections refused because `connections_max` was reached.
     pub connections_refused_total: AtomicU64,
+    /// Per api key: requests answered and their total handling time.
+    requests_by_api: [ApiStats; API_KEYS_TRACKED],
+}
+
+/// Api keys 0..this are tracked per API (Kafka's keys are below 100).
+const API_KEYS_TRACKED: usize = 128;
+
+#[derive(Debug, Default)]
+struct ApiStats {
+    count: AtomicU64,
+    micros_sum: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            log_flushes_total: AtomicU64::new(0),
+            log_flush_errors_total: AtomicU64::new(0),
+            acks_all_responses_total: AtomicU64::new(0),
+            batches_in_total: AtomicU64::new(0),
+            bytes_in_total: AtomicU64::new(0),
+            bytes_out_total: AtomicU64::new(0),
+            requests_total: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_refused_total: AtomicU64::new(0),
+            requests_by_api: std::array::from_fn(|_| ApiStats::default()),
+        }
+    }
 }
 
 impl Metrics {
@@ -36,9 +64,44 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Records one handled request of `api_key` that took `elapsed` (for Fetch this
+    /// includes its long-poll wait, as in Kafka's request metrics).
+    pub fn record_request(&self, api_key: i16, elapsed: std::time::Duration) {
+        if let Some(stats) = usize::try_from(api_key)
+            .ok()
+            .and_then(|k| self.requests_by_api.get(k))
+        {
+            stats.count.fetch_add(1, Ordering::Relaxed);
+            stats
+                .micros_sum
+                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP rill_request_duration_seconds Time from a request's arrival to its response, per API.\n# TYPE rill_request_duration_seconds summary"
+        );
+        for (key, stats) in self.requests_by_api.iter().enumerate() {
+            let count = stats.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
+            }
+            let api = kafka_protocol::messages::ApiKey::try_from(key as i16)
+                .map_or_else(|()| format!("key{key}"), |k| format!("{k:?}"));
+            let seconds = stats.micros_sum.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "rill_request_duration_seconds_sum{{api=\"{api}\"}} {seconds}"
+            );
+            let _ = writeln!(
+                out,
+                "rill_request_duration_seconds_count{{api=\"{api}\"}} {count}"
+            );
+        }
         for (name, help, counter) in [
             (
                 "rill_log_flushes_total",

@@ -47,7 +47,7 @@ fn produce_values(
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let (_broker, mut conn) = setup("pipe", 1);
+    let (broker, mut conn) = setup("pipe", 1);
     // 60 requests of four kinds written back to back before reading anything; the
     // slow ones (acks=-1 produce waits for a flush, fetch waits up to 200 ms) must
     // not let faster later ones overtake them.
@@ -79,6 +79,13 @@ fn pipelined_requests_are_answered_in_order() {
         };
         assert_eq!(got, id, "responses out of order");
     }
+    // Per-API request metrics counted them.
+    let metrics = broker.admin_get("/metrics");
+    assert!(
+        metrics.contains("rill_request_duration_seconds_count{api=\"Produce\"} 15"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rill_request_duration_seconds_count{api=\"Fetch\"} 15"));
 }
 
 #[test]

@@ -142,7 +142,11 @@ fn take_reply(reply: Option<Reply>, chunks: &mut Vec<Bytes>) -> bool {
 }
 
 async fn handle_frame(broker: Arc<Broker>, mut frame: Bytes) -> Reply {
+    let started = std::time::Instant::now();
     let header = parse_request_header(&mut frame)
         .map_err(|e| api::CloseConnection(format!("bad request header: {e}")))?;
-    api::dispatch(&broker, header, frame).await
+    let api_key = header.api_key;
+    let reply = api::dispatch(&broker, header, frame).await;
+    broker.metrics().record_request(api_key, started.elapsed());
+    reply
 }

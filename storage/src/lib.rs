@@ -54,7 +54,10 @@
 //!
 //! ## Guarantees
 //!
-//! * Every failure is a [`StorageError`]; a failed append leaves the log unchanged.
+//! * Every failure is a [`StorageError`]; a failed append or roll leaves the log
+//!   unchanged. After an error from `truncate_suffix`, `reset_to` or
+//!   `apply_retention` (a file system failure half way), drop the log and reopen it:
+//!   recovery brings files and checkpoints back to a consistent state.
 //! * Nothing below [`PartitionLog::flushed_offset`] is lost by a crash; recovery keeps
 //!   every whole valid batch and cuts at the first torn or corrupt one.
 //! * `Bytes` from [`PartitionLog::read`] stay valid and unchanged after later appends,

@@ -243,3 +243,38 @@ fn split_flush_runs_outside_the_log_and_advances_flushed_offset() {
     assert_eq!(log.flushed_offset(), 15);
     assert_eq!(log.flush().unwrap(), 15);
 }
+
+#[test]
+fn truncation_into_a_closed_segment_keeps_every_handed_out_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(4096)).unwrap();
+    for i in 0..40 {
+        log.append_as_leader(&batch_bytes(0, -1, 2, 100, i), 1)
+            .unwrap();
+    }
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() >= 3);
+    let end = log.log_end_offset();
+    let in_first = log.read(0, usize::MAX, end).unwrap();
+    let in_second = log.read(bases[1], usize::MAX, end).unwrap();
+    let in_active = log.read(*bases.last().unwrap(), usize::MAX, end).unwrap();
+    let copies = [in_first.to_vec(), in_second.to_vec(), in_active.to_vec()];
+    // Cut inside the second segment, then write different data over the same offsets.
+    let cut = bases[1] + 2;
+    assert_eq!(log.truncate_suffix(cut).unwrap(), cut);
+    for _ in 0..20 {
+        log.append_as_leader(&batch_bytes(0, -1, 1, 7, 0), 2)
+            .unwrap();
+    }
+    assert_eq!(&in_first[..], &copies[0][..]);
+    assert_eq!(&in_second[..], &copies[1][..]);
+    assert_eq!(&in_active[..], &copies[2][..]);
+    // The log itself holds the new data.
+    let hs = headers(&log.read(cut, usize::MAX, u64::MAX).unwrap());
+    assert_eq!((hs[0].base_offset as u64, hs[0].leader_epoch), (cut, 2));
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config(4096)).unwrap();
+    assert_eq!(log.log_end_offset(), cut + 20);
+    assert_eq!(log.term_at(cut - 1), Some(1));
+    assert_eq!(log.term_at(cut), Some(2));
+}

@@ -371,3 +371,83 @@ async fn read_loop(
         let _ = pending.reply.send(Err(failure.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+
+    fn broker_api(key: ApiKey, min: i16, max: i16) -> ApiVersion {
+        ApiVersion::default()
+            .with_api_key(key as i16)
+            .with_min_version(min)
+            .with_max_version(max)
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_version_both_sides_support() {
+        let (ours_min, ours_max) = wire::client_api_version_range(ApiKey::Metadata);
+        let response = ApiVersionsResponse::default().with_api_keys(vec![
+            // Broker newer than us: our max.
+            broker_api(ApiKey::Metadata, 0, ours_max + 5),
+            // Broker older than us: its max.
+            broker_api(ApiKey::Produce, 3, 7),
+            // No overlap: not usable.
+            broker_api(ApiKey::ListOffsets, 50, 60),
+            // An API this client does not speak at all.
+            broker_api(ApiKey::JoinGroup, 0, 9),
+        ]);
+        let versions = negotiate(&response);
+        assert!(ours_min <= ours_max);
+        assert_eq!(versions.get(&(ApiKey::Metadata as i16)), Some(&ours_max));
+        assert_eq!(versions.get(&(ApiKey::Produce as i16)), Some(&7));
+        assert_eq!(versions.get(&(ApiKey::ListOffsets as i16)), None);
+        assert_eq!(versions.get(&(ApiKey::JoinGroup as i16)), None);
+    }
+
+    #[test]
+    fn fetch_is_capped_below_topic_id_versions() {
+        let (_, max) = wire::client_api_version_range(ApiKey::Fetch);
+        assert!(max <= 12, "Fetch v13+ addresses topics by id");
+    }
+
+    /// A peer that accepts but never answers: the handshake (and so every request on
+    /// such a connection) ends with a timeout, not a hang.
+    #[tokio::test]
+    async fn handshake_with_a_silent_peer_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let silent = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            // Hold the socket open without answering.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(socket);
+        });
+        let config = ClientConfig {
+            connect_timeout_ms: 200,
+            request_timeout_ms: 200,
+            ..ClientConfig::new(&addr)
+        };
+        let started = std::time::Instant::now();
+        let err = Connection::connect(&addr, &config).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        silent.abort();
+    }
+
+    /// A peer that closes the connection: requests fail with a retriable error.
+    #[tokio::test]
+    async fn peer_closing_the_connection_fails_the_handshake_retriably() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let closer = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            drop(socket);
+        });
+        let err = Connection::connect(&addr, &ClientConfig::new(&addr))
+            .await
+            .unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+        closer.await.unwrap();
+    }
+}

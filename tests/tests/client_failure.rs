@@ -80,6 +80,19 @@ async fn producer_retries_through_a_broker_kill_and_loses_no_acknowledged_record
             "acknowledged record {n} not at {p}/{o}"
         );
     }
+    // Order per partition survives the retries: acknowledged offsets grow with the send
+    // order (one batch in flight per partition, failed batches retried first).
+    let mut by_partition: HashMap<i32, Vec<(i64, usize)>> = HashMap::new();
+    for (n, (p, o)) in &acked {
+        by_partition.entry(*p).or_default().push((*o, *n));
+    }
+    for (p, mut v) in by_partition {
+        v.sort_unstable();
+        assert!(
+            v.windows(2).all(|w| w[0].1 < w[1].1),
+            "partition {p}: acknowledged offsets out of send order"
+        );
+    }
     let duplicates: usize = copies.values().map(|c| c - 1).sum();
     assert!(
         copies.len() == RECORDS,
@@ -94,4 +107,54 @@ async fn producer_retries_through_a_broker_kill_and_loses_no_acknowledged_record
     eprintln!(
         "broker killed and restarted: {RECORDS} acknowledged, 0 lost, {duplicates} duplicate copies, {retries} batch retries"
     );
+}
+
+/// With the broker down, `send` stops returning once `buffer_bytes_max` is used up
+/// (bounded memory), and continues when the broker is back and batches drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_for_buffer_space_while_the_broker_is_down() {
+    let mut broker = RilldProcess::start();
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "pressure", 1).await;
+    let mut config = ProducerConfig::new(&bootstrap);
+    config.buffer_bytes_max = 64 * 1024;
+    config.batch_bytes_max = 16 * 1024;
+    config.client.retry_backoff_max_ms = 100;
+    let producer = Producer::new(config).expect("producer");
+    // Metadata is cached by the first record.
+    producer
+        .send(ProducerRecord::new("pressure", "first"))
+        .await
+        .expect("send")
+        .await
+        .expect("first record delivered");
+    broker.kill();
+
+    let value = vec![b'x'; 1000];
+    let mut deliveries = Vec::new();
+    let blocked_at = loop {
+        let send = producer.send(ProducerRecord::new("pressure", value.clone()));
+        match tokio::time::timeout(Duration::from_millis(500), send).await {
+            Ok(d) => deliveries.push(d.expect("send")),
+            Err(_) => break deliveries.len(),
+        }
+        assert!(
+            deliveries.len() <= 64,
+            "64 KiB buffer took more than 64 records of 1 KB"
+        );
+    };
+    assert!(blocked_at >= 32, "blocked after only {blocked_at} records");
+
+    tokio::task::block_in_place(|| broker.restart());
+    let resumed = tokio::time::timeout(
+        Duration::from_secs(30),
+        producer.send(ProducerRecord::new("pressure", "after")),
+    )
+    .await
+    .expect("send resumes once the broker is back")
+    .expect("send");
+    for d in deliveries {
+        d.await.expect("queued record delivered after the restart");
+    }
+    resumed.await.expect("delivered");
 }

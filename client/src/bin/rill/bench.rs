@@ -44,6 +44,11 @@ pub(crate) struct ProduceBench {
     /// Give records keys (`key-<n % 10000>`) instead of null keys (sticky partitioning).
     #[arg(long)]
     keyed: bool,
+    /// Send at most this many records per second (0: as fast as possible). Unlimited
+    /// runs measure throughput, and their latencies are mostly queueing in the
+    /// producer's buffer; a rate below saturation measures latency.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -130,8 +135,18 @@ async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
     let producer = Producer::new(config)?;
     let partitions = producer.partitions_for(&b.topic).await?;
     println!(
-        "producing {} records of {} bytes to {} ({} partitions, acks={}, compression={})",
-        b.count, b.size, b.topic, partitions, b.producer.acks, b.producer.compression
+        "producing {} records of {} bytes to {} ({} partitions, acks={}, compression={}, rate={})",
+        b.count,
+        b.size,
+        b.topic,
+        partitions,
+        b.producer.acks,
+        b.producer.compression,
+        if b.rate == 0 {
+            "unlimited".to_owned()
+        } else {
+            format!("{}/s", b.rate)
+        }
     );
     // One payload shared by every record: the bench measures the client and broker, not
     // the allocator. Mixed bytes so compression has something (but not everything) to do.
@@ -148,6 +163,13 @@ async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
     let mut first_error: Option<Error> = None;
     let started = Instant::now();
     for n in 0..b.count {
+        if b.rate > 0 {
+            // Pace in ~1 ms bursts: the timer cannot sleep per record at high rates.
+            let due = started + Duration::from_secs_f64(n as f64 / b.rate as f64);
+            if due > Instant::now() + Duration::from_millis(1) {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
         let mut record = ProducerRecord::new(b.topic.clone(), payload.clone());
         if b.keyed {
             record.key = Some(Bytes::from(format!("key-{}", n % 10_000)));

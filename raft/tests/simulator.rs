@@ -96,6 +96,8 @@ struct PendingWrite {
     persist: Persist,
     after: AfterPersist,
     done_at: u64,
+    /// Commit offset the node had reported before this Ready.
+    prior_commit: u64,
 }
 
 struct SimNode {
@@ -107,6 +109,8 @@ struct SimNode {
     lifetime: u64,
     /// Highest commit offset observed in this lifetime.
     seen_commit: u64,
+    /// Commit offset reported by the last Ready.
+    reported_commit: u64,
     /// Term in which this node was last seen as leader (for completeness checks).
     checked_leader_term: Option<Term>,
 }
@@ -133,6 +137,9 @@ struct Checker {
     entries_seen: HashMap<(u64, Term), (u64, Term, u64)>,
     /// end → (base, term, hash): every entry any node has reported committed.
     committed: BTreeMap<u64, (u64, Term, u64)>,
+    /// end → term of the node that first reported the entry committed (at
+    /// least the term in which it was committed).
+    commit_terms: HashMap<u64, Term>,
     /// (end, term, hash) of proposals acknowledged to clients.
     acked: Vec<(u64, Term, u64)>,
 }
@@ -203,6 +210,7 @@ impl Sim {
                     inbox: VecDeque::new(),
                     lifetime: 0,
                     seen_commit: 0,
+                    reported_commit: 0,
                     checked_leader_term: None,
                 },
             );
@@ -341,8 +349,13 @@ impl Sim {
                 if p.done_at > now {
                     return Ok(());
                 }
-                let PendingWrite { persist, after, .. } = node.pending.take().unwrap();
-                self.apply_persist(id, &persist)?;
+                let PendingWrite {
+                    persist,
+                    after,
+                    prior_commit,
+                    ..
+                } = node.pending.take().unwrap();
+                self.apply_persist(id, &persist, prior_commit)?;
                 let node = self.nodes.get_mut(&id).unwrap();
                 let raft = node.raft.as_mut().unwrap();
                 let durable = persist.into_durable();
@@ -381,10 +394,15 @@ impl Sim {
                     self.event(|| format!("{id} commit {c}"));
                 }
                 let node = self.nodes.get_mut(&id).unwrap();
+                let prior_commit = node.reported_commit;
+                if let Some(c) = rd.commit_offset {
+                    node.reported_commit = c;
+                }
                 node.pending = Some(PendingWrite {
                     persist: rd.persist,
                     after: rd.after_persist,
                     done_at: now + fsync,
+                    prior_commit,
                 });
                 for m in rd.messages {
                     self.send(m);
@@ -403,15 +421,26 @@ impl Sim {
 
     /// The simulated fsync completes: the store (durable by definition) takes
     /// the changes. Checks log matching and that nothing committed is removed.
-    fn apply_persist(&mut self, id: NodeId, p: &Persist) -> Check {
+    fn apply_persist(&mut self, id: NodeId, p: &Persist, prior_commit: u64) -> Check {
         let node = self.nodes.get_mut(&id).unwrap();
         let raft = node.raft.as_mut().unwrap();
         if let Some(t) = p.truncate_to {
+            // A node never drops what it knows is committed. Other entries that
+            // were committed elsewhere may still be overwritten on a node that
+            // did not know, but only by a stale leader of an older term than
+            // the commit: a leader of that term or later has the entry (§5.4).
+            let term_now = raft.term();
+            if t < prior_commit {
+                return Err(format!(
+                    "node {id} truncates to {t} below its commit offset {prior_commit}"
+                ));
+            }
             for e in raft.store().entries().iter().filter(|e| e.end_offset > t) {
                 if let Some(&(_, term, hash)) = self.checker.committed.get(&e.end_offset) {
-                    if term == e.term && hash == content_hash(e) {
+                    let commit_term = self.checker.commit_terms[&e.end_offset];
+                    if term == e.term && hash == content_hash(e) && term_now >= commit_term {
                         return Err(format!(
-                            "node {id} truncated committed entry {e:?} (truncate_to {t})"
+                            "node {id} in term {term_now} truncated {e:?}, committed by term {commit_term} (truncate_to {t})"
                         ));
                     }
                 }
@@ -575,6 +604,7 @@ impl Sim {
                 let store = node.down_store.take().unwrap();
                 node.raft = Some(Raft::new(node.config.clone(), store).unwrap());
                 node.seen_commit = 0;
+                node.reported_commit = node.raft.as_ref().unwrap().commit_offset();
                 node.checked_leader_term = None;
                 self.event(|| format!("{id} RESTART"));
                 self.observe(id)?;
@@ -783,6 +813,7 @@ fn check_committed(
                     ));
                 }
                 checker.committed.insert(e.end_offset, value);
+                checker.commit_terms.insert(e.end_offset, raft.term());
             }
         }
     }

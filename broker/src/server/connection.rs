@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use rill_protocol::frame::FrameCodec;
 use rill_protocol::header::parse_request_header;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
+use super::framing::RequestFrames;
 use super::write::write_all_chunks;
 use super::Broker;
 use crate::api;
@@ -32,7 +32,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
     let (read_half, mut write_half) = socket.into_split();
     let mut frames = FramedRead::new(
         read_half,
-        FrameCodec::new(broker.config.socket_request_max_bytes),
+        RequestFrames::new(broker.config.socket_request_max_bytes),
     );
     let (order_tx, mut order_rx) =
         mpsc::channel::<oneshot::Receiver<Reply>>(broker.config.requests_in_flight_max);

@@ -9,6 +9,7 @@
 //! partition.
 
 pub mod connection;
+pub mod framing;
 pub mod write;
 
 use std::net::SocketAddr;

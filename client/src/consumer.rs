@@ -2,7 +2,7 @@
 //! [`Consumer::seek`], and reads records as a [`Stream`].
 //!
 //! A background fetcher keeps one fetch per leader in flight and decodes responses into
-//! a bounded channel of `prefetch_responses_max` chunks, so the next records are usually
+//! a bounded channel of `prefetch_responses_max` responses, so the next records are usually
 //! ready when the application asks. Every assignment or seek bumps the partition's
 //! *epoch*; chunks fetched under an older epoch are dropped, so a seek is never followed
 //! by records from before it.
@@ -92,7 +92,11 @@ struct Chunk {
 /// ```
 pub struct Consumer {
     shared: Arc<Shared>,
-    chunks: mpsc::Receiver<Result<Chunk>>,
+    /// Decoded fetch responses (one message per response, so the prefetch bound does not
+    /// shrink with the number of partitions).
+    responses: mpsc::Receiver<Result<Vec<Chunk>>>,
+    /// Chunks of received responses not yet started.
+    queued: VecDeque<Chunk>,
     current: Option<Chunk>,
     /// Per partition, the offset after the last record handed to the application
     /// (updated per chunk, not per record); cleared by `seek`.
@@ -122,7 +126,8 @@ impl Consumer {
         let fetcher = tokio::spawn(run_fetcher(shared.clone(), tx));
         Ok(Consumer {
             shared,
-            chunks: rx,
+            responses: rx,
+            queued: VecDeque::new(),
             current: None,
             consumed_positions: HashMap::new(),
             fetcher,
@@ -148,7 +153,18 @@ impl Consumer {
                 });
             }
         }
-        self.current = None;
+        // Records already fetched for partitions that stay assigned are kept: their
+        // fetch position is past them.
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| !partitions.contains(&c.tp))
+        {
+            self.current = None;
+        }
+        self.queued.retain(|c| partitions.contains(&c.tp));
+        self.consumed_positions
+            .retain(|tp, _| partitions.contains(tp));
         self.shared.changed.notify_one();
     }
 
@@ -184,6 +200,7 @@ impl Consumer {
         if self.current.as_ref().is_some_and(|c| &c.tp == tp) {
             self.current = None;
         }
+        self.queued.retain(|c| &c.tp != tp);
         self.consumed_positions.remove(tp);
         self.shared.changed.notify_one();
         Ok(())
@@ -272,23 +289,25 @@ impl Stream for Consumer {
                 }
                 this.current = None;
             }
-            match this.chunks.poll_recv(cx) {
+            if let Some(chunk) = this.queued.pop_front() {
+                let current_epoch = this
+                    .shared
+                    .partitions
+                    .lock()
+                    .unwrap()
+                    .get(&chunk.tp)
+                    .map(|s| s.epoch);
+                if current_epoch == Some(chunk.epoch) {
+                    this.current = Some(chunk);
+                }
+                continue;
+            }
+            match this.responses.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 // The fetcher only stops when the consumer is dropped.
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(chunk))) => {
-                    let current_epoch = this
-                        .shared
-                        .partitions
-                        .lock()
-                        .unwrap()
-                        .get(&chunk.tp)
-                        .map(|s| s.epoch);
-                    if current_epoch == Some(chunk.epoch) {
-                        this.current = Some(chunk);
-                    }
-                }
+                Poll::Ready(Some(Ok(chunks))) => this.queued.extend(chunks),
             }
         }
     }
@@ -356,7 +375,7 @@ async fn list_offset_once(cluster: &Cluster, tp: &TopicPartition, timestamp: i64
 }
 
 /// The fetch loop: resolve positions, fetch from each leader, decode, hand over.
-async fn run_fetcher(shared: Arc<Shared>, tx: mpsc::Sender<Result<Chunk>>) {
+async fn run_fetcher(shared: Arc<Shared>, tx: mpsc::Sender<Result<Vec<Chunk>>>) {
     let mut attempt: u32 = 0;
     loop {
         let snapshot: Vec<(TopicPartition, PartitionState)> = {
@@ -432,7 +451,7 @@ fn advance(shared: &Shared, tp: &TopicPartition, epoch: u64, position: Position)
 
 async fn fetch_round(
     shared: &Arc<Shared>,
-    tx: &mpsc::Sender<Result<Chunk>>,
+    tx: &mpsc::Sender<Result<Vec<Chunk>>>,
     snapshot: Vec<(TopicPartition, PartitionState)>,
 ) -> Result<()> {
     let cluster = &shared.cluster;
@@ -493,7 +512,7 @@ async fn fetch_round(
 
 async fn fetch_from(
     shared: &Arc<Shared>,
-    tx: &mpsc::Sender<Result<Chunk>>,
+    tx: &mpsc::Sender<Result<Vec<Chunk>>>,
     leader: i32,
     parts: Vec<(TopicPartition, u64, i64)>,
 ) -> Result<()> {
@@ -524,6 +543,7 @@ async fn fetch_from(
         return Err(e);
     }
     let mut retriable: Option<Error> = None;
+    let mut chunks = Vec::new();
     for topic in response.responses {
         let topic_arc: Arc<str> = Arc::from(topic.topic.0.as_str());
         for pd in topic.partitions {
@@ -574,15 +594,16 @@ async fn fetch_from(
                 advance(shared, &tp, epoch, Position::Fetch(next));
             }
             if !out.is_empty() {
-                tx.send(Ok(Chunk {
+                chunks.push(Chunk {
                     tp,
                     epoch,
                     records: out,
-                }))
-                .await
-                .map_err(|_| Error::Closed)?;
+                });
             }
         }
+    }
+    if !chunks.is_empty() {
+        tx.send(Ok(chunks)).await.map_err(|_| Error::Closed)?;
     }
     match retriable {
         Some(e) => Err(e),

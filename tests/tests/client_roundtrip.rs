@@ -72,6 +72,11 @@ async fn round_trip(compression: Compression, acks: Acks) {
         }
     }
     producer.close().await.expect("close");
+    if acks == Acks::None {
+        // Nothing tells an acks=0 producer when the broker has appended: poll the end
+        // offsets (with a deadline) before reading up to them.
+        wait_for_records(&bootstrap, &topic, RECORDS as i64).await;
+    }
 
     let records = consume_all(&bootstrap, &topic, Duration::from_secs(120)).await;
     assert_eq!(records.len(), RECORDS, "broker log:\n{}", broker.log());
@@ -112,6 +117,29 @@ async fn round_trip(compression: Compression, acks: Acks) {
             !std::mem::replace(&mut seen[seq], true),
             "record {seq} read twice"
         );
+    }
+}
+
+/// Polls until the partitions of `topic` hold `expected` records in all (30 s deadline).
+async fn wait_for_records(bootstrap: &str, topic: &str, expected: i64) {
+    let consumer = Consumer::new(ConsumerConfig::new(bootstrap)).expect("consumer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut total = 0;
+        for p in 0..PARTITIONS {
+            total += consumer
+                .latest_offset(&TopicPartition::new(topic, p))
+                .await
+                .expect("latest offset");
+        }
+        if total >= expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {total} of {expected} records arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -174,16 +174,23 @@ impl Producer {
     /// through the records' [`DeliveryFuture`]s; `flush` itself only fails if the
     /// producer is closed underneath it.
     pub async fn flush(&self) -> Result<()> {
+        /// Ends this flush's "ignore linger" even if the flush future is dropped early.
+        struct FlushGuard<'a>(&'a Inner);
+        impl Drop for FlushGuard<'_> {
+            fn drop(&mut self) {
+                self.0.accumulator.lock().unwrap().flushes_pending -= 1;
+            }
+        }
         let completions = {
             let mut acc = self.inner.accumulator.lock().unwrap();
             acc.flushes_pending += 1;
             acc.pending_completions()
         };
+        let _guard = FlushGuard(&self.inner);
         self.inner.wake_sender.notify_one();
         for c in completions {
             let _ = c.wait().await;
         }
-        self.inner.accumulator.lock().unwrap().flushes_pending -= 1;
         Ok(())
     }
 

@@ -372,6 +372,10 @@ impl PartitionManager {
         let path = meta_dir.join(format!("{name}.topic"));
         std::fs::remove_file(&path).map_err(storage_error)?;
         meta_file::sync_dir(&meta_dir).map_err(storage_error)?;
+        // No append or flush may touch the directories from here on.
+        for partition in &topic.partitions {
+            partition.close().await;
+        }
         // Partition directories go after the metadata file is durably gone; mapped
         // segments still referenced by in-flight fetches stay valid after unlink.
         for partition in &topic.partitions {

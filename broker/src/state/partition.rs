@@ -11,12 +11,13 @@
 //! of the log, so a consumer never sees a record a crash could take back; with
 //! `interval` it is the appended end.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rill_storage::PartitionLog;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::Durability;
 use crate::error::BrokerError;
@@ -63,6 +64,10 @@ pub struct Partition {
     visible_tx: watch::Sender<i64>,
     durable_tx: watch::Sender<DurableState>,
     flush: Mutex<FlushState>,
+    /// Notified whenever a flush task ends (see [`Partition::close`]).
+    flush_idle: Notify,
+    /// Set (under the log lock) when the topic is deleted: no more appends or flushes.
+    closed: AtomicBool,
     durability: Durability,
     flush_delay_ms: u64,
     metrics: Arc<Metrics>,
@@ -96,6 +101,8 @@ impl Partition {
                 failed: false,
             }),
             flush: Mutex::new(FlushState::default()),
+            flush_idle: Notify::new(),
+            closed: AtomicBool::new(false),
             durability,
             flush_delay_ms,
             metrics,
@@ -133,6 +140,9 @@ impl Partition {
     ) -> Result<Appended, BrokerError> {
         let (appended, batch_count) = {
             let mut log = self.log();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(BrokerError::UnknownTopicOrPartition);
+            }
             // segment.ms is checked when data arrives, as in Kafka.
             log.maybe_roll(crate::server::now_ms())
                 .map_err(crate::state::append_error)?;
@@ -181,6 +191,9 @@ impl Partition {
     /// more round after its current one (which is what makes produces that arrive
     /// during a flush share the next one).
     pub fn request_flush(self: &Arc<Self>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         {
             let mut state = self.flush.lock().expect("flush state lock poisoned");
             if state.running {
@@ -224,6 +237,8 @@ impl Partition {
             let mut state = self.flush.lock().expect("flush state lock poisoned");
             if !state.again {
                 state.running = false;
+                drop(state);
+                self.flush_idle.notify_waiters();
                 return;
             }
         }
@@ -254,6 +269,33 @@ impl Partition {
         });
         self.visible_tx.send_if_modified(|v| raise(v, end));
         Ok(end)
+    }
+
+    /// Closes the partition for a topic deletion: later appends fail with
+    /// UNKNOWN_TOPIC_OR_PARTITION, producers still waiting for a flush get an error,
+    /// and this returns once no flush task is running, so none can write into the
+    /// directory after it is removed (or into a new topic of the same name).
+    pub async fn close(&self) {
+        {
+            let _log = self.log();
+            self.closed.store(true, Ordering::Release);
+        }
+        self.durable_tx.send_modify(|s| s.failed = true);
+        loop {
+            let idle = self.flush_idle.notified();
+            tokio::pin!(idle);
+            // Register before checking, so a task ending in between still wakes us.
+            idle.as_mut().enable();
+            if !self
+                .flush
+                .lock()
+                .expect("flush state lock poisoned")
+                .running
+            {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// Reads whole batches from `start_offset`, at most `bytes_max` (but at least one

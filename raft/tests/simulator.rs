@@ -409,7 +409,7 @@ impl Sim {
                 }
                 // Crashes also strike right after a node sent what needs no
                 // fsync but before its fsync completed.
-                if fsync > 0 && self.rng.below(400) < self.faults.crash_pct {
+                if fsync > 0 && self.rng.below(40) < self.faults.crash_pct {
                     self.crash(id);
                     return Ok(());
                 }

@@ -379,3 +379,27 @@ fn retention_bytes_deletes_old_segments_and_advances_the_log_start() {
     let p = &response.responses[0].partitions[0];
     assert_eq!((p.error_code, p.log_start_offset), (0, start));
 }
+
+#[test]
+fn an_acks_all_answer_means_other_connections_already_see_the_records() {
+    let (broker, mut producer) = setup("ryw", 1);
+    let mut reader = RawConn::connect(broker.addr());
+    let latest = |conn: &mut RawConn| {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name("ryw"))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1)])]);
+        conn.call(7, &request).topics[0].partitions[0].offset
+    };
+    for i in 0..200 {
+        let base = produce_values(&mut producer, "ryw", 0, &[b"x"], TS);
+        assert_eq!(base, i);
+        assert!(
+            latest(&mut reader) > base,
+            "record {base} acknowledged but not visible"
+        );
+    }
+}

@@ -218,15 +218,17 @@ impl Partition {
             match result {
                 Ok(end) => {
                     Metrics::add(&self.metrics.log_flushes_total, 1);
-                    // Durable first, then visible: a consumer never sees what is not
-                    // yet durable, and every waiter for offsets below `end` wakes.
+                    // Both only after the flush completed, so a consumer never sees
+                    // what is not durable. The high watermark first: when an acks=-1
+                    // producer is answered (woken by the durable watch), Fetch and
+                    // ListOffsets on any connection already show its records.
+                    self.visible_tx.send_if_modified(|v| raise(v, end));
                     self.durable_tx.send_if_modified(|s| {
                         let moved = end > s.end_offset || s.failed;
                         s.end_offset = s.end_offset.max(end);
                         s.failed = false;
                         moved
                     });
-                    self.visible_tx.send_if_modified(|v| raise(v, end));
                 }
                 Err(e) => {
                     Metrics::add(&self.metrics.log_flush_errors_total, 1);
@@ -262,12 +264,13 @@ impl Partition {
     pub async fn flush_now(&self) -> Result<i64, BrokerError> {
         let end = self.flush_once().await?;
         Metrics::add(&self.metrics.log_flushes_total, 1);
+        // High watermark before durable offset, as in `flush_rounds`.
+        self.visible_tx.send_if_modified(|v| raise(v, end));
         self.durable_tx.send_if_modified(|s| {
             let moved = end > s.end_offset;
             s.end_offset = s.end_offset.max(end);
             moved
         });
-        self.visible_tx.send_if_modified(|v| raise(v, end));
         Ok(end)
     }
 

@@ -351,8 +351,13 @@ impl<S: LogStore> Raft<S> {
             // Catch the target up now rather than waiting for a heartbeat to
             // notice lost appends: resend from its match point.
             if let Some(pr) = self.progress.get_mut(&to) {
-                let match_end = pr.match_end;
-                pr.become_probe(match_end);
+                match pr.state {
+                    ReplicationState::Replicate => {
+                        let match_end = pr.match_end;
+                        pr.become_probe(match_end);
+                    }
+                    ReplicationState::Probe => pr.probe_sent = false,
+                }
             }
             self.send_append(to);
         }

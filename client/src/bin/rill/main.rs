@@ -9,7 +9,7 @@
 mod bench;
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,7 @@ use rill_client::{
     Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord, Error,
     NewTopic, Offset, Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
+use tokio::io::AsyncBufReadExt;
 
 /// Command-line tool for Rill and other Kafka-compatible brokers.
 #[derive(Parser, Debug)]
@@ -197,6 +198,17 @@ struct ConsumeArgs {
     key_separator: String,
 }
 
+/// `haystack` split at the first occurrence of a non-empty `separator`.
+fn split_once_bytes<'a>(haystack: &'a [u8], separator: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    if separator.is_empty() {
+        return None;
+    }
+    haystack
+        .windows(separator.len())
+        .position(|w| w == separator)
+        .map(|i| (&haystack[..i], &haystack[i + separator.len()..]))
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -352,30 +364,31 @@ async fn cluster(client: ClientConfig) -> Result<(), Error> {
 
 async fn produce(client: ClientConfig, args: ProduceArgs) -> Result<(), Error> {
     let producer = Producer::new(args.producer.config(client)?)?;
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock();
-    let mut line = String::new();
+    // Async stdin, so reading never blocks a runtime thread the sender needs; lines are
+    // bytes (values need not be UTF-8).
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line: Vec<u8> = Vec::new();
     let mut pending = Vec::new();
     let mut sent: u64 = 0;
     loop {
         line.clear();
         let n = lines
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
+            .await
             .map_err(|e| Error::Config(format!("reading stdin: {e}")))?;
         if n == 0 {
             break;
         }
-        let text = line.strip_suffix('\n').unwrap_or(&line);
-        let text = text.strip_suffix('\r').unwrap_or(text);
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
         let (key, value) = match &args.key_separator {
-            Some(sep) => match text.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(Bytes::copy_from_slice(k.as_bytes())), v),
+            Some(sep) => match split_once_bytes(text, sep.as_bytes()) {
+                Some((k, v)) => (Some(Bytes::copy_from_slice(k)), v),
                 None => (None, text),
             },
             None => (None, text),
         };
-        let mut record =
-            ProducerRecord::new(args.topic.clone(), Bytes::copy_from_slice(value.as_bytes()));
+        let mut record = ProducerRecord::new(args.topic.clone(), Bytes::copy_from_slice(value));
         record.key = key;
         record.partition = args.partition;
         for (k, v) in &args.headers {
@@ -556,6 +569,16 @@ mod tests {
         let t = parse_time("-5m").unwrap();
         assert!((now_ms() - t - 300_000).abs() < 5_000);
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn key_separator_splits_at_the_first_occurrence_only() {
+        assert_eq!(
+            split_once_bytes(b"k::v::w", b"::"),
+            Some((&b"k"[..], &b"v::w"[..]))
+        );
+        assert_eq!(split_once_bytes(b"no separator", b":"), None);
+        assert_eq!(split_once_bytes(b"x", b""), None);
     }
 
     #[test]

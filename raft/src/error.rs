@@ -99,6 +99,13 @@ pub enum MessageError {
         /// This node's commit offset.
         commit_offset: u64,
     },
+    /// The term is the largest representable one; adopting it would make
+    /// every later election overflow.
+    #[error("message from {from} carries the maximum term")]
+    TermOutOfRange {
+        /// Sender.
+        from: NodeId,
+    },
     /// An append response claims a match beyond the leader's log.
     #[error("append response from {from} acknowledges offset {end_offset} beyond the log end")]
     AckBeyondLogEnd {

@@ -374,6 +374,9 @@ impl<S: LogStore> Raft<S> {
                 me: self.id,
             });
         }
+        if m.term == Term::MAX {
+            return Err(MessageError::TermOutOfRange { from: m.from });
+        }
         if m.term > self.term {
             if let MessageBody::PreVote { .. } | MessageBody::Vote { .. } = m.body {
                 let transfer = matches!(

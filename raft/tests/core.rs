@@ -444,3 +444,19 @@ fn invalid_configurations_are_refused_with_the_key_named() {
     ));
     assert_eq!(Config::new(0, 0).validate(), Err(ConfigError::ZeroNodeId));
 }
+
+#[test]
+fn a_message_with_the_maximum_term_is_refused() {
+    let mut c = three();
+    let m = rill_raft::Message {
+        from: 2,
+        to: 1,
+        term: u64::MAX,
+        body: MessageBody::Heartbeat { commit_offset: 0 },
+    };
+    assert_eq!(
+        c.node(1).step(m),
+        Err(MessageError::TermOutOfRange { from: 2 })
+    );
+    assert_eq!(c.node(1).term(), 0);
+}

@@ -4,8 +4,8 @@
 //!
 //! # Finding the binary
 //!
-//! If the environment variable `RILLD_BIN` is set, that file is run. Otherwise the
-//! harness builds it once per test process with
+//! If the environment variable `RILLD_BIN` (for the `rill` CLI: `RILL_BIN`) is set,
+//! that file is run. Otherwise the harness builds it once per test process with
 //! `cargo build --workspace --lib --bins --tests --examples` (adding `--release` when
 //! the tests are built in release mode), into the same target directory and profile
 //! as the test binary itself, and runs `<target>/<profile>/rilld`. Those are the
@@ -47,20 +47,37 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub const TEST_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 static RILLD: OnceLock<PathBuf> = OnceLock::new();
+static RILL: OnceLock<PathBuf> = OnceLock::new();
+static WORKSPACE_BUILT: OnceLock<PathBuf> = OnceLock::new();
 
 /// The `rilld` binary to run (see the crate docs).
 pub fn rilld_bin() -> PathBuf {
     RILLD
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("RILLD_BIN") {
-                return PathBuf::from(path);
-            }
-            build_rilld()
-        })
+        .get_or_init(|| workspace_bin("rilld", "RILLD_BIN"))
         .clone()
 }
 
-fn build_rilld() -> PathBuf {
+/// The `rill` CLI binary to run: `RILL_BIN` if set, else built like `rilld`.
+pub fn rill_bin() -> PathBuf {
+    RILL.get_or_init(|| workspace_bin("rill", "RILL_BIN"))
+        .clone()
+}
+
+/// The workspace binary `name`: the file named by the environment variable
+/// `override_var` if set, else `<target>/<profile>/<name>` after building the workspace
+/// once per test process (see the crate docs).
+fn workspace_bin(name: &str, override_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_var) {
+        return PathBuf::from(path);
+    }
+    let bin = WORKSPACE_BUILT.get_or_init(build_workspace).join(name);
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}
+
+/// Builds the workspace's binaries into this test's target dir and profile; returns
+/// `<target>/<profile>`.
+fn build_workspace() -> PathBuf {
     // The test executable lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe
@@ -77,9 +94,9 @@ fn build_rilld() -> PathBuf {
     command
         .current_dir(workspace)
         // Build the targets `cargo test --workspace` builds (lib, bins, tests,
-        // examples) rather than `-p rill-broker --bin rilld` alone: the same target
-        // set unifies features the same way, so after a `cargo test --workspace` this
-        // is a no-op, where a `-p rill-broker` build would recompile the broker and its
+        // examples) rather than one package's binary alone: the same target set
+        // unifies features the same way, so after a `cargo test --workspace` this is a
+        // no-op, where a `-p rill-broker` build would recompile the broker and its
         // dependencies with a different feature set (about a minute on 2 cores).
         .args([
             "build",
@@ -95,15 +112,57 @@ fn build_rilld() -> PathBuf {
         command.arg("--release");
     }
     // Output is kept unless the build fails, so test logs stay readable.
-    let output = command.output().expect("run cargo build for rilld");
+    let output = command.output().expect("run cargo build");
     assert!(
         output.status.success(),
-        "cargo build of rilld failed:\n{}",
+        "cargo build of the workspace binaries failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let bin = profile_dir.join("rilld");
-    assert!(bin.exists(), "{} missing after build", bin.display());
-    bin
+    profile_dir
+}
+
+/// Runs `command` with `stdin` (or no input) piped in, stdout and stderr captured,
+/// and waits for it. Panics if it cannot be started (with `what` in the message).
+pub fn run_piped(mut command: Command, stdin: Option<&[u8]>, what: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    if let Some(input) = stdin {
+        // Written on its own thread so a child that fills its stdout pipe before
+        // reading all its input cannot deadlock the test.
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || pipe.write_all(&input));
+        let output = child.wait_with_output().expect("wait for child");
+        writer
+            .join()
+            .expect("stdin writer thread")
+            .unwrap_or_else(|e| panic!("write to {what}: {e}"));
+        return output;
+    }
+    child.wait_with_output().expect("wait for child")
+}
+
+/// Runs Debian's `kcat` with `args` (and `stdin` piped in) and returns its stdout;
+/// panics with its stderr if it fails.
+pub fn kcat(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    let mut command = Command::new("kcat");
+    command.args(args);
+    let output = run_piped(command, stdin, "kcat (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
 }
 
 /// A `rilld` child process with its own data directory.

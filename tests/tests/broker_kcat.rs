@@ -2,38 +2,11 @@
 //! produce from stdin, and consume back byte-identical.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use rill_tests::RilldProcess;
+use rill_tests::{kcat, RilldProcess};
 
 const LINES: usize = 10_000;
-
-fn kcat(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
-    let mut child = Command::new("kcat")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kcat is installed (scripts/test installs it)");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input).expect("write to kcat");
-    }
-    let output = child.wait_with_output().expect("kcat output");
-    assert!(
-        output.status.success(),
-        "kcat {args:?} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
 
 #[test]
 fn kcat_lists_produces_and_consumes_ten_thousand_lines_byte_identical() {

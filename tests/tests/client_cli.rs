@@ -4,37 +4,15 @@
 
 mod client_common;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use rill_client::partitioner::partition_for_key;
-use rill_tests::RilldProcess;
-
-use client_common::rill_bin;
+use rill_tests::{rill_bin, run_piped, RilldProcess};
 
 fn rill(bootstrap: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(rill_bin())
-        .arg("--bootstrap-server")
-        .arg(bootstrap)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run rill");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    let output = child.wait_with_output().expect("rill exits");
+    let mut command = Command::new(rill_bin());
+    command.arg("--bootstrap-server").arg(bootstrap).args(args);
+    let output = run_piped(command, stdin.map(str::as_bytes), "rill");
     assert!(
         output.status.success(),
         "rill {args:?} failed:\nstdout: {}\nstderr: {}",

@@ -5,8 +5,6 @@
 mod client_common;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig as RdConfig;
@@ -16,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset as RdOffset, TopicPartitionList};
 use rill_client::partitioner::partition_for_key;
 use rill_client::{Compression, Producer, ProducerConfig, ProducerRecord};
-use rill_tests::RilldProcess;
+use rill_tests::{kcat, RilldProcess};
 
 use client_common::{consume_all, create_topic};
 
@@ -71,17 +69,21 @@ async fn records_from_rill_client_are_read_by_kcat_with_each_codec_but_zstd() {
         let topic = format!("to-kcat-{compression:?}").to_lowercase();
         create_topic(&bootstrap, &topic, PARTITIONS).await;
         let written = produce_with_rill(&bootstrap, &topic, compression).await;
-        let output = Command::new("kcat")
-            .args(["-C", "-b", &bootstrap, "-t", &topic, "-e", "-q"])
-            .args(["-f", "%p|%o|%k|%s|%h\n"])
-            .output()
-            .expect("run kcat");
-        assert!(
-            output.status.success(),
-            "kcat failed on {compression:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
+        let stdout = kcat(
+            &[
+                "-C",
+                "-b",
+                &bootstrap,
+                "-t",
+                &topic,
+                "-e",
+                "-q",
+                "-f",
+                "%p|%o|%k|%s|%h\n",
+            ],
+            None,
         );
-        let text = String::from_utf8(output.stdout).expect("utf-8");
+        let text = String::from_utf8(stdout).expect("utf-8");
         let mut read = 0;
         for line in text.lines() {
             let fields: Vec<&str> = line.splitn(5, '|').collect();
@@ -105,29 +107,27 @@ async fn records_from_kcat_are_read_by_rill_client_on_kafka_partitions() {
     for codec in ["none", "gzip", "snappy", "lz4"] {
         let topic = format!("from-kcat-{codec}");
         create_topic(&bootstrap, &topic, PARTITIONS).await;
-        let mut child = Command::new("kcat")
-            .args([
-                "-P", "-b", &bootstrap, "-t", &topic, "-K", ":", "-H", "via=kcat",
-            ])
-            .args(["-X", "partitioner=murmur2_random", "-z", codec])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kcat");
-        {
-            let mut stdin = child.stdin.take().expect("stdin");
-            let mut input = String::new();
-            for n in 0..RECORDS {
-                input.push_str(&format!("key{}:line {n}\n", n % 300));
-            }
-            // A write error means kcat exited early: its stderr says why (below).
-            let _ = stdin.write_all(input.as_bytes());
+        let mut input = String::new();
+        for n in 0..RECORDS {
+            input.push_str(&format!("key{}:line {n}\n", n % 300));
         }
-        let output = child.wait_with_output().expect("kcat exits");
-        assert!(
-            output.status.success(),
-            "kcat -z {codec} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+        kcat(
+            &[
+                "-P",
+                "-b",
+                &bootstrap,
+                "-t",
+                &topic,
+                "-K",
+                ":",
+                "-H",
+                "via=kcat",
+                "-X",
+                "partitioner=murmur2_random",
+                "-z",
+                codec,
+            ],
+            Some(input.as_bytes()),
         );
 
         let records = consume_all(&bootstrap, &topic, Duration::from_secs(60)).await;

@@ -2,9 +2,6 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -62,48 +59,4 @@ pub async fn consume_all(bootstrap: &str, topic: &str, timeout: Duration) -> Vec
         out.push(next.expect("stream ended").expect("record"));
     }
     out
-}
-
-static RILL: OnceLock<PathBuf> = OnceLock::new();
-
-/// The `rill` CLI binary, built once per test process into the test's target dir and
-/// profile (or `RILL_BIN` if set), like the harness does for `rilld`.
-pub fn rill_bin() -> PathBuf {
-    RILL.get_or_init(|| {
-        if let Some(path) = std::env::var_os("RILL_BIN") {
-            return PathBuf::from(path);
-        }
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary is in <target>/<profile>/deps")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("profile dir has a parent");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("rill-tests is inside the workspace");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut command = Command::new(cargo);
-        command
-            .current_dir(workspace)
-            .args([
-                "build",
-                "-p",
-                "rill-client",
-                "--features",
-                "cli",
-                "--bin",
-                "rill",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir);
-        if !cfg!(debug_assertions) {
-            command.arg("--release");
-        }
-        let status = command.status().expect("run cargo build for rill");
-        assert!(status.success(), "building rill failed");
-        profile_dir.join("rill")
-    })
-    .clone()
 }

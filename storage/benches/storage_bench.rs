@@ -12,6 +12,15 @@
 //! For reference it also measures the kernel's ceiling for our write path: plain
 //! `pwrite` of the same bytes into fresh preallocated files, with no validation,
 //! stamping or indexing.
+//!
+//! And, as references for why "append without flush >= 50 % of memcpy" is out of
+//! reach on the development VM (details in `storage/PERF-NOTES.md`): memcpy into
+//! freshly allocated, never touched memory (the memcpy baseline's destination is
+//! touched before it is timed, while every appended byte needs a new page-cache
+//! page), and the two halves of an append by stores into a writable shared map of
+//! a preallocated segment: `MADV_POPULATE_WRITE` of the segment (allocating,
+//! zeroing and dirtying its page-cache pages, which is what the first store into
+//! each page would otherwise do in a fault) and then the stores themselves.
 
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
@@ -236,6 +245,63 @@ fn raw_pwrite_run(base: &Path, src: &[u8], total: usize) -> f64 {
     rate
 }
 
+/// memcpy of `total` bytes in `src`-sized copies into freshly allocated memory
+/// that nothing has touched yet (`vec![0; n]` is calloc, i.e. untouched zero
+/// pages), so each new page is allocated and zeroed on the first store into it.
+fn memcpy_fresh_run(src: &[u8], total: usize) -> f64 {
+    let mut dst = vec![0u8; total];
+    let start = Instant::now();
+    for chunk in dst.chunks_exact_mut(src.len()) {
+        chunk.copy_from_slice(src);
+    }
+    black_box(&dst);
+    mb_per_s(total / src.len() * src.len(), start.elapsed().as_secs_f64())
+}
+
+/// The two halves of appending by stores into a writable shared map of fresh
+/// preallocated segment files (a new one every 128 MiB, `total` bytes in all):
+/// `MADV_POPULATE_WRITE` of the whole segment first (page-cache allocation,
+/// zeroing and `page_mkwrite`, done ahead), then `src`-sized copies into the
+/// populated map. Returns (populate MB/s, store MB/s, both together MB/s).
+fn mapped_store_run(base: &Path, src: &[u8], total: usize) -> (f64, f64, f64) {
+    let dir = fresh_dir(base, "mapped");
+    let (mut populate_secs, mut store_secs, mut stored) = (0.0, 0.0, 0);
+    for file_index in 0..total.div_ceil(SEGMENT_BYTES) {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join(format!("m{file_index}")))
+            .unwrap();
+        preallocate(&f, SEGMENT_BYTES as u64);
+        // SAFETY: the file was just created in a directory private to this run and
+        // is neither truncated nor mapped by anyone else while the map lives; its
+        // blocks are allocated, so stores cannot hit a full disk (no SIGBUS).
+        let mut map =
+            unsafe { memmap2::MmapOptions::new().len(SEGMENT_BYTES).map_mut(&f) }.unwrap();
+        let start = Instant::now();
+        map.advise(memmap2::Advice::PopulateWrite).unwrap();
+        populate_secs += start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut pos = 0;
+        while pos + src.len() <= SEGMENT_BYTES && stored + src.len() <= total {
+            map[pos..pos + src.len()].copy_from_slice(src);
+            pos += src.len();
+            stored += src.len();
+        }
+        black_box(&map[..]);
+        store_secs += start.elapsed().as_secs_f64();
+    }
+    settle(&dir);
+    let populated = total.div_ceil(SEGMENT_BYTES) * SEGMENT_BYTES;
+    (
+        mb_per_s(populated, populate_secs),
+        mb_per_s(stored, store_secs),
+        mb_per_s(stored, populate_secs + store_secs),
+    )
+}
+
 /// fallocate(2) through libc, as the log does for its segments.
 fn preallocate(f: &File, len: u64) {
     use std::os::fd::AsRawFd;
@@ -295,6 +361,11 @@ fn main() {
         "sequential read zero-copy only",
         "raw pwrite into preallocated files, 16 KiB",
         "raw pwrite into preallocated files, 1 MiB",
+        "memcpy into fresh (untouched) memory, 16 KiB copies",
+        "memcpy into fresh (untouched) memory, 1 MiB copies",
+        "MADV_POPULATE_WRITE of fresh preallocated segments",
+        "stores into those populated maps, 16 KiB copies",
+        "populate + stores together (best mapped append)",
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut amplification = Vec::new();
@@ -317,6 +388,10 @@ fn main() {
         r.extend([fresh, warm, zero]);
         r.push(raw_pwrite_run(&base, &small, NO_FLUSH_TOTAL_BYTES));
         r.push(raw_pwrite_run(&base, &large, NO_FLUSH_TOTAL_BYTES));
+        r.push(memcpy_fresh_run(&small, NO_FLUSH_TOTAL_BYTES));
+        r.push(memcpy_fresh_run(&large, NO_FLUSH_TOTAL_BYTES));
+        let (populate, store, both) = mapped_store_run(&base, &small, NO_FLUSH_TOTAL_BYTES);
+        r.extend([populate, store, both]);
         print!("run {}:", run + 1);
         for (i, v) in r.iter().enumerate() {
             results[i].push(*v);
@@ -331,7 +406,7 @@ fn main() {
     }
     println!();
     // (label, value row, baseline row, target)
-    let ratios: [(&str, usize, usize, Option<f64>); 9] = [
+    let ratios: [(&str, usize, usize, Option<f64>); 12] = [
         (
             "append no flush, 16 KiB batches / memcpy 16 KiB",
             1,
@@ -381,6 +456,24 @@ fn main() {
             None,
         ),
         ("append no flush 1 MiB / raw pwrite 1 MiB", 3, 13, None),
+        (
+            "memcpy into fresh memory 16 KiB / memcpy 16 KiB",
+            14,
+            0,
+            None,
+        ),
+        (
+            "MADV_POPULATE_WRITE of a segment / memcpy 16 KiB",
+            16,
+            0,
+            None,
+        ),
+        (
+            "populate + stores (best mapped append) / memcpy 16 KiB",
+            18,
+            0,
+            None,
+        ),
     ];
     println!(
         "  {:<64} {:>8} {:>10}",

@@ -67,6 +67,14 @@ pub struct Config {
     /// refused before its body is allocated and the connection is closed.
     /// Default 104857600 (100 MiB). Range 1024..=2147483647.
     pub socket_request_max_bytes: usize,
+    /// `non_produce_request_max_bytes`: largest frame accepted for any API other than
+    /// Produce (whose record batches are the only legitimately large bodies). Decoded
+    /// request structures take up to ~80x their wire bytes (e.g. an array of
+    /// 2-byte empty strings becomes 2 heap structs of ~80 bytes), so this bounds the
+    /// memory one request can make the broker allocate; a larger frame is refused from
+    /// its header, before its body is buffered, and the connection is closed.
+    /// Default 4194304 (4 MiB). Range 1024..=2147483647.
+    pub non_produce_request_max_bytes: usize,
     /// `connections_max`: client connections served at once; further connections
     /// are accepted and closed immediately. Default 1024. Range 1..=1000000.
     pub connections_max: usize,
@@ -140,6 +148,7 @@ impl Default for Config {
             auto_create_topics: true,
             default_partitions: 1,
             socket_request_max_bytes: 100 * 1024 * 1024,
+            non_produce_request_max_bytes: 4 * 1024 * 1024,
             connections_max: 1024,
             requests_in_flight_max: 32,
             durability: Durability::Fsync,
@@ -195,6 +204,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
     socket_request_max_bytes: Option<i64>,
+    non_produce_request_max_bytes: Option<i64>,
     connections_max: Option<i64>,
     requests_in_flight_max: Option<i64>,
     durability: Option<Durability>,
@@ -245,6 +255,9 @@ pub struct Cli {
     /// Largest request frame in bytes [default: 104857600].
     #[arg(long)]
     pub socket_request_max_bytes: Option<i64>,
+    /// Largest request frame in bytes for APIs other than Produce [default: 4194304].
+    #[arg(long)]
+    pub non_produce_request_max_bytes: Option<i64>,
     /// Maximum concurrent client connections [default: 1024].
     #[arg(long)]
     pub connections_max: Option<i64>,
@@ -363,6 +376,10 @@ impl Config {
         if let Some(v) = pick!(socket_request_max_bytes) {
             config.socket_request_max_bytes =
                 in_range("socket_request_max_bytes", v, 1024, i32::MAX.into())? as usize;
+        }
+        if let Some(v) = pick!(non_produce_request_max_bytes) {
+            config.non_produce_request_max_bytes =
+                in_range("non_produce_request_max_bytes", v, 1024, i32::MAX.into())? as usize;
         }
         if let Some(v) = pick!(connections_max) {
             config.connections_max = in_range("connections_max", v, 1, 1_000_000)? as usize;

@@ -64,6 +64,24 @@ fn oversized_frame_closes_only_that_connection() {
 }
 
 #[test]
+fn large_non_produce_frame_is_refused_from_its_header() {
+    // Default limits: 100 MiB for Produce, 4 MiB for every other API.
+    let broker = RilldProcess::start();
+    let mut conn = RawConn::connect(broker.addr());
+    // A Metadata request (api key 3) announcing 5 MiB: refused as soon as the api key
+    // has arrived, without waiting for (or buffering) the body.
+    let mut header = BytesMut::new();
+    header.put_i32(5 << 20);
+    header.put_i16(3);
+    conn.send_bytes(&header);
+    assert!(
+        conn.is_closed_by_peer(),
+        "a 5 MiB Metadata frame did not close the connection"
+    );
+    assert_alive(&broker);
+}
+
+#[test]
 fn unknown_api_key_gets_unsupported_version() {
     let broker = RilldProcess::start();
     let mut conn = RawConn::connect(broker.addr());

@@ -158,7 +158,7 @@ fn describe_broker(
     let c = &broker.config;
     let t = &c.topic_defaults;
     let built_in = crate::config::Config::default();
-    let entries: [(&str, String, bool); 9] = [
+    let entries: [(&str, String, bool); 10] = [
         (
             "log_retention_ms",
             t.retention_ms.to_string(),
@@ -198,6 +198,11 @@ fn describe_broker(
             "socket_request_max_bytes",
             c.socket_request_max_bytes.to_string(),
             c.socket_request_max_bytes != built_in.socket_request_max_bytes,
+        ),
+        (
+            "non_produce_request_max_bytes",
+            c.non_produce_request_max_bytes.to_string(),
+            c.non_produce_request_max_bytes != built_in.non_produce_request_max_bytes,
         ),
         (
             "durability",

@@ -32,7 +32,10 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
     let (read_half, mut write_half) = socket.into_split();
     let mut frames = FramedRead::new(
         read_half,
-        RequestFrames::new(broker.config.socket_request_max_bytes),
+        RequestFrames::new(
+            broker.config.socket_request_max_bytes,
+            broker.config.non_produce_request_max_bytes,
+        ),
     );
     let (order_tx, mut order_rx) =
         mpsc::channel::<oneshot::Receiver<Reply>>(broker.config.requests_in_flight_max);

@@ -1,5 +1,11 @@
-//! Request framing: `rill_protocol`'s [`FrameCodec`] plus one broker policy — a
-//! frame of at most [`REQUEST_RESERVE_WHOLE_BYTES_MAX`] gets its whole buffer
+//! Request framing: `rill_protocol`'s [`FrameCodec`] plus two broker policies.
+//!
+//! Only Produce requests may be large: a frame of any other API above
+//! `non_produce_request_max_bytes` is refused as soon as its api key (the 2 bytes
+//! after the size prefix) has arrived, because decoded request structures can take
+//! many times their wire size.
+//!
+//! A frame of at most [`REQUEST_RESERVE_WHOLE_BYTES_MAX`] gets its whole buffer
 //! reserved as soon as its size prefix has arrived, so the socket reads the rest of
 //! it straight into the buffer the request is decoded from and the log copies from.
 //!
@@ -20,17 +26,25 @@ use tokio_util::codec::Decoder;
 /// Largest frame whose whole buffer is reserved from its size prefix alone.
 pub const REQUEST_RESERVE_WHOLE_BYTES_MAX: usize = 1024 * 1024;
 
+/// Kafka's api key of Produce, the one API whose frames may exceed the
+/// non-Produce limit.
+const PRODUCE_API_KEY: i16 = 0;
+
 /// The broker's request frame decoder (see the module docs).
 #[derive(Debug, Clone)]
 pub struct RequestFrames {
     codec: FrameCodec,
+    non_produce_frame_bytes_max: usize,
 }
 
 impl RequestFrames {
-    /// Frames of at most `frame_bytes_max` (the `socket_request_max_bytes` key).
-    pub fn new(frame_bytes_max: usize) -> RequestFrames {
+    /// Frames of at most `frame_bytes_max` (the `socket_request_max_bytes` key), and
+    /// of at most `non_produce_frame_bytes_max` (`non_produce_request_max_bytes`)
+    /// for every API but Produce.
+    pub fn new(frame_bytes_max: usize, non_produce_frame_bytes_max: usize) -> RequestFrames {
         RequestFrames {
             codec: FrameCodec::new(frame_bytes_max),
+            non_produce_frame_bytes_max,
         }
     }
 }
@@ -44,6 +58,15 @@ impl Decoder for RequestFrames {
             let size = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
             // Oversized or negative sizes are left to the codec, which refuses them.
             if let Ok(size) = usize::try_from(size) {
+                if let Some(key) = src.get(FRAME_PREFIX_BYTES..FRAME_PREFIX_BYTES + 2) {
+                    let api_key = i16::from_be_bytes([key[0], key[1]]);
+                    if api_key != PRODUCE_API_KEY && size > self.non_produce_frame_bytes_max {
+                        return Err(ProtocolError::FrameTooLarge {
+                            size: size as i64,
+                            max: self.non_produce_frame_bytes_max,
+                        });
+                    }
+                }
                 if size <= REQUEST_RESERVE_WHOLE_BYTES_MAX
                     && size <= self.codec.frame_bytes_max()
                     && src.len() < FRAME_PREFIX_BYTES + size
@@ -136,11 +159,41 @@ mod tests {
     #[tokio::test]
     async fn a_one_mib_request_is_read_into_its_final_buffer() {
         let body_bytes = 1_000_000;
-        let ours = bytes_copied_again(RequestFrames::new(100 << 20), body_bytes).await;
+        let ours = bytes_copied_again(RequestFrames::new(100 << 20, 4 << 20), body_bytes).await;
         // Only what the first read brought before the size was known (FramedRead's
         // initial 8 KiB buffer) moves once more.
         assert!(ours <= 8 * 1024, "{ours} bytes copied again");
         let plain = bytes_copied_again(FrameCodec::new(100 << 20), body_bytes).await;
         eprintln!("1 MB request: {ours} bytes re-copied with RequestFrames, {plain} with FrameCodec alone");
+    }
+
+    fn frame_prefix(size: i32, api_key: i16) -> BytesMut {
+        let mut src = BytesMut::new();
+        src.extend_from_slice(&size.to_be_bytes());
+        src.extend_from_slice(&api_key.to_be_bytes());
+        src
+    }
+
+    #[test]
+    fn a_large_non_produce_frame_is_refused_from_its_header_and_a_produce_frame_is_not() {
+        let mut frames = RequestFrames::new(100 << 20, 4 << 20);
+        // Metadata (api key 3) one byte over the non-Produce limit: refused at once.
+        let err = frames
+            .decode(&mut frame_prefix((4 << 20) + 1, 3))
+            .expect_err("refused");
+        assert!(
+            matches!(err, ProtocolError::FrameTooLarge { max, .. } if max == 4 << 20),
+            "{err}"
+        );
+        // At the limit it is waited for like any other frame.
+        assert!(frames
+            .decode(&mut frame_prefix(4 << 20, 3))
+            .expect("accepted")
+            .is_none());
+        // Produce may use the whole socket limit.
+        assert!(frames
+            .decode(&mut frame_prefix(50 << 20, PRODUCE_API_KEY))
+            .expect("accepted")
+            .is_none());
     }
 }

@@ -120,26 +120,28 @@ pub struct FlushJob {
     pub(crate) index_files: Vec<Arc<File>>,
     pub(crate) dir: PathBuf,
     pub(crate) sync_dir: bool,
-    pub(crate) dir_changes: u64,
-    pub(crate) target_offset: u64,
-    pub(crate) active_base_offset: u64,
-    pub(crate) active_position: usize,
-    pub(crate) active_needed_sync: bool,
-    pub(crate) closed_synced: Vec<u64>,
-    pub(crate) generation: u64,
     pub(crate) checkpoints: Arc<SharedCheckpoints>,
+    /// What the log may record once the syncs above succeeded; returned by `run`.
+    pub(crate) outcome: FlushedTo,
 }
 
 /// What a finished [`FlushJob`] made durable; hand it to
 /// [`PartitionLog::complete_flush`](crate::PartitionLog::complete_flush).
 #[derive(Debug, Clone)]
 pub struct FlushedTo {
+    /// Every offset below this is durable.
     pub(crate) offset: u64,
+    /// The log's truncation/reset generation at prepare time (a mismatch voids it).
     pub(crate) generation: u64,
+    /// Directory changes (segment creations/deletions) covered by the directory sync.
     pub(crate) dir_changes: u64,
+    /// Base offset of the segment that was active at prepare time.
     pub(crate) active_base_offset: u64,
+    /// Bytes of that segment made durable.
     pub(crate) active_position: usize,
+    /// Whether that segment had a truncated tail zeroed that this flush makes durable.
     pub(crate) active_needed_sync: bool,
+    /// Base offsets of closed segments synced whole.
     pub(crate) closed_synced: Vec<u64>,
 }
 
@@ -154,7 +156,7 @@ impl FlushedTo {
 impl FlushJob {
     /// The offset everything below which will be durable once the job has run.
     pub fn target_offset(&self) -> u64 {
-        self.target_offset
+        self.outcome.offset
     }
 
     /// Syncs: fdatasync of segments with unflushed data and of new index files, fsync
@@ -175,18 +177,10 @@ impl FlushJob {
         }
         self.checkpoints.advance(
             &self.dir,
-            self.target_offset,
-            self.active_base_offset,
-            self.generation,
+            self.outcome.offset,
+            self.outcome.active_base_offset,
+            self.outcome.generation,
         )?;
-        Ok(FlushedTo {
-            offset: self.target_offset,
-            generation: self.generation,
-            dir_changes: self.dir_changes,
-            active_base_offset: self.active_base_offset,
-            active_position: self.active_position,
-            active_needed_sync: self.active_needed_sync,
-            closed_synced: self.closed_synced,
-        })
+        Ok(self.outcome)
     }
 }

@@ -1269,14 +1269,16 @@ impl PartitionLog {
             index_files,
             dir: self.dir.clone(),
             sync_dir: self.dir_changes > self.dir_changes_synced,
-            dir_changes: self.dir_changes,
-            target_offset: self.log_end_offset(),
-            active_base_offset: active_seg.base_offset,
-            active_position: active_seg.size_bytes,
-            active_needed_sync: self.active.needs_sync,
-            closed_synced,
-            generation: self.generation,
             checkpoints: self.checkpoints.clone(),
+            outcome: FlushedTo {
+                offset: self.log_end_offset(),
+                generation: self.generation,
+                dir_changes: self.dir_changes,
+                active_base_offset: active_seg.base_offset,
+                active_position: active_seg.size_bytes,
+                active_needed_sync: self.active.needs_sync,
+                closed_synced,
+            },
         }
     }
 

@@ -82,4 +82,6 @@ macro_rules! oracle_tests {
 
 oracle_tests! {
     metadata_matches_kafka_protocol: Metadata => MetadataRequest, MetadataResponse;
+    produce_matches_kafka_protocol: Produce => ProduceRequest, ProduceResponse;
+    fetch_matches_kafka_protocol: Fetch => FetchRequest, FetchResponse;
 }

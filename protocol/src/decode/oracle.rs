@@ -82,6 +82,14 @@ macro_rules! oracle_tests {
 
 oracle_tests! {
     metadata_matches_kafka_protocol: Metadata => MetadataRequest, MetadataResponse;
+    create_topics_matches_kafka_protocol: CreateTopics => CreateTopicsRequest, CreateTopicsResponse;
+    delete_topics_matches_kafka_protocol: DeleteTopics => DeleteTopicsRequest, DeleteTopicsResponse;
+    create_partitions_matches_kafka_protocol: CreatePartitions => CreatePartitionsRequest, CreatePartitionsResponse;
+    describe_configs_matches_kafka_protocol: DescribeConfigs => DescribeConfigsRequest, DescribeConfigsResponse;
     produce_matches_kafka_protocol: Produce => ProduceRequest, ProduceResponse;
     fetch_matches_kafka_protocol: Fetch => FetchRequest, FetchResponse;
+    list_offsets_matches_kafka_protocol: ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
+    api_versions_matches_kafka_protocol: ApiVersions => ApiVersionsRequest, ApiVersionsResponse;
+    offset_for_leader_epoch_matches_kafka_protocol: OffsetForLeaderEpoch => OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse;
+    describe_cluster_matches_kafka_protocol: DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
 }

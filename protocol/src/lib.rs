@@ -33,6 +33,7 @@
 
 pub mod batch;
 pub mod codec;
+pub mod decode;
 pub mod error;
 pub mod fetch;
 pub mod frame;

@@ -99,7 +99,7 @@ async fn produce_copies_a_batch_once_and_fetch_not_at_all() {
         .freeze();
     let frame_buffer = frame.clone();
     parse_request_header(&mut frame).unwrap();
-    let decoded: ProduceRequest = rill_protocol::codec::decode_request(&mut frame, 9).unwrap();
+    let decoded: ProduceRequest = rill_protocol::codec::decode_request(frame, 9).unwrap();
     let records = decoded.topic_data[0].partition_data[0]
         .records
         .clone()

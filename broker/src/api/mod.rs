@@ -34,12 +34,7 @@ pub struct CloseConnection(pub String);
 /// Decodes, handles and encodes one request. Decoding overlaps with earlier requests;
 /// the handler runs once `turn` is taken, so requests of a connection take effect in
 /// arrival order (see [`crate::server::order`]).
-pub async fn dispatch(
-    broker: &Broker,
-    header: RequestHeader,
-    mut body: Bytes,
-    turn: Turn,
-) -> Reply {
+pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn: Turn) -> Reply {
     let (api_key, version, correlation_id) =
         (header.api_key, header.api_version, header.correlation_id);
     if !versions::is_supported(api_key, version) {
@@ -51,7 +46,7 @@ pub async fn dispatch(
 
     macro_rules! decode {
         ($request:ty) => {
-            codec::decode_request::<$request>(&mut body, version).map_err(|e| {
+            codec::decode_request::<$request>(body, version).map_err(|e| {
                 CloseConnection(format!("undecodable {api:?} v{version} request: {e}"))
             })?
         };

@@ -237,7 +237,9 @@ mod tests {
         assert_eq!(reader(&[0x00]).unsigned_varint().unwrap(), 0);
         assert_eq!(reader(&[0x96, 0x01]).unsigned_varint().unwrap(), 150);
         assert_eq!(
-            reader(&[0xff, 0xff, 0xff, 0xff, 0x0f]).unsigned_varint().unwrap(),
+            reader(&[0xff, 0xff, 0xff, 0xff, 0x0f])
+                .unsigned_varint()
+                .unwrap(),
             u32::MAX
         );
         assert!(matches!(
@@ -256,7 +258,11 @@ mod tests {
         let mut r = reader(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3]);
         assert!(matches!(
             r.array_len(false, 1),
-            Err(DecodeError::CountTooLarge { count: 2147483647, left: 3, .. })
+            Err(DecodeError::CountTooLarge {
+                count: 2147483647,
+                left: 3,
+                ..
+            })
         ));
         // The largest compact count.
         let mut r = reader(&[0xff, 0xff, 0xff, 0xff, 0x0f]);

@@ -17,8 +17,9 @@
 //! * One module per API (`metadata`, `produce`, …): `impl Decode` for its request and
 //!   response and their nested structs. Every API Rill serves or its client reads has one;
 //!   an API added later gets its module here.
-//! * (tests) `random` — a [`Source`] that makes up values, so a decoder run over it builds a
-//!   random valid message; `oracle` checks, for every served version, that our decoder and
+//! * [`random`] — [`random::RandomSource`], a [`Source`] that makes up values, so a decoder
+//!   run over it builds a random valid message (for tests and fuzzers).
+//! * (tests) `oracle` checks, for every served version, that our decoder and
 //!   `kafka-protocol`'s agree on what `kafka-protocol`'s encoder wrote.
 
 use bytes::Bytes;
@@ -40,8 +41,9 @@ mod produce;
 
 #[cfg(test)]
 mod oracle;
-#[cfg(test)]
-mod random;
+/// Random valid messages, for tests and fuzzers (the oracle test, `tests/fuzz_decoder.rs`):
+/// not used on any path that handles peer input.
+pub mod random;
 
 pub use source::Source;
 pub use wire::WireReader;

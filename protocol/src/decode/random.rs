@@ -1,7 +1,8 @@
-//! [`RandomSource`] (tests only): a [`Source`] that makes values up, so that running a
-//! message decoder over it builds a random, valid message of that version. The oracle test
+//! [`RandomSource`] (for tests and fuzzers): a [`Source`] that makes values up, so that
+//! running a message decoder over it builds a random, valid message of that version:
+//! `<T as Decode>::decode(&mut RandomSource::new(seed), version)`. The oracle test
 //! (`super::oracle`) encodes such messages with `kafka-protocol` and checks that our wire
-//! decoder and upstream's agree on the bytes.
+//! decoder and upstream's agree on the bytes; `tests/fuzz_decoder.rs` mutates them.
 
 use std::collections::BTreeMap;
 

@@ -34,6 +34,13 @@ impl WireReader {
         self.buf.len()
     }
 
+    /// The bytes not read yet (a view of the frame, not a copy). Their address tells where in
+    /// the frame the next field starts, which is how a test finds every length and count
+    /// prefix of a message.
+    pub fn remaining_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Ends the read: bytes left over are an error (trailing garbage).
     pub fn finish(self) -> Result<(), DecodeError> {
         match self.buf.len() {

@@ -69,11 +69,13 @@ pub trait Source: Sized {
 }
 
 /// Initial capacity for `count` elements of `T`: never more than [`PREALLOC_BYTES_MAX`].
+#[inline]
 pub fn prealloc_capacity<T>(count: usize) -> usize {
     count.min(PREALLOC_BYTES_MAX / std::mem::size_of::<T>().max(1))
 }
 
 /// Decodes an array of elements taking at least `element_bytes_min` bytes each.
+#[inline]
 pub fn array<S: Source, T>(
     source: &mut S,
     flexible: bool,
@@ -85,6 +87,7 @@ pub fn array<S: Source, T>(
 }
 
 /// Decodes a nullable array of elements taking at least `element_bytes_min` bytes each.
+#[inline]
 pub fn nullable_array<S: Source, T>(
     source: &mut S,
     flexible: bool,
@@ -97,6 +100,7 @@ pub fn nullable_array<S: Source, T>(
     }
 }
 
+#[inline]
 fn elements<S: Source, T>(
     source: &mut S,
     count: usize,
@@ -111,6 +115,7 @@ fn elements<S: Source, T>(
 
 /// The tagged fields of a struct that defines none of its own (all land in `unknown`);
 /// nothing at all in a non-flexible version.
+#[inline]
 pub fn no_known_tags<S: Source>(
     source: &mut S,
     flexible: bool,

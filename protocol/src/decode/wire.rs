@@ -13,6 +13,25 @@ const TAGGED_FIELD_BYTES_MIN: usize = 2;
 /// An unsigned varint of a 32-bit value takes at most five bytes.
 const VARINT32_BYTES_MAX: usize = 5;
 
+/// A big-endian fixed-width read: one bounds check, then a pointer bump.
+macro_rules! fixed {
+    ($name:ident, $ty:ty) => {
+        #[inline]
+        fn $name(&mut self) -> Result<$ty, DecodeError> {
+            const WIDTH: usize = std::mem::size_of::<$ty>();
+            let Some(bytes) = self.buf.first_chunk::<WIDTH>() else {
+                return Err(DecodeError::Truncated {
+                    needed: WIDTH,
+                    left: self.buf.len(),
+                });
+            };
+            let value = <$ty>::from_be_bytes(*bytes);
+            self.buf.advance(WIDTH);
+            Ok(value)
+        }
+    };
+}
+
 /// Reads a message body out of one received frame.
 ///
 /// Every length and count is checked against the bytes left before anything is allocated,
@@ -25,11 +44,16 @@ pub struct WireReader {
 
 impl WireReader {
     /// A reader over `buf` (usually a frame after its request or response header).
+    #[inline]
     pub fn new(buf: Bytes) -> WireReader {
         WireReader { buf }
     }
 
+    fixed!(uint128, u128);
+    fixed!(uint8, u8);
+
     /// Bytes not read yet.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len()
     }
@@ -37,11 +61,13 @@ impl WireReader {
     /// The bytes not read yet (a view of the frame, not a copy). Their address tells where in
     /// the frame the next field starts, which is how a test finds every length and count
     /// prefix of a message.
+    #[inline]
     pub fn remaining_bytes(&self) -> &[u8] {
         &self.buf
     }
 
     /// Ends the read: bytes left over are an error (trailing garbage).
+    #[inline]
     pub fn finish(self) -> Result<(), DecodeError> {
         match self.buf.len() {
             0 => Ok(()),
@@ -49,6 +75,7 @@ impl WireReader {
         }
     }
 
+    #[inline]
     fn need(&self, needed: usize) -> Result<(), DecodeError> {
         if needed > self.buf.len() {
             return Err(DecodeError::Truncated {
@@ -59,17 +86,18 @@ impl WireReader {
         Ok(())
     }
 
+    #[inline]
     fn take(&mut self, len: usize) -> Result<Bytes, DecodeError> {
         self.need(len)?;
         Ok(self.buf.split_to(len))
     }
 
     /// An unsigned varint of at most 32 bits.
+    #[inline]
     pub fn unsigned_varint(&mut self) -> Result<u32, DecodeError> {
         let mut value: u32 = 0;
         for i in 0..VARINT32_BYTES_MAX {
-            self.need(1)?;
-            let byte = self.buf.get_u8();
+            let byte = self.uint8()?;
             let bits = u32::from(byte & 0x7f);
             // The fifth byte may carry only the top four bits of a u32.
             if i == VARINT32_BYTES_MAX - 1 && bits > 0x0f {
@@ -85,6 +113,7 @@ impl WireReader {
 
     /// A length prefix: `Ok(None)` for null (-1), an error below -1 or, when `nullable` is
     /// false, for null. Compact lengths are stored plus one.
+    #[inline]
     fn length(&mut self, flexible: bool, nullable: bool) -> Result<Option<usize>, DecodeError> {
         let len: i64 = if flexible {
             i64::from(self.unsigned_varint()?) - 1
@@ -95,6 +124,7 @@ impl WireReader {
     }
 
     /// Like `length`, with the INT32 prefix of non-compact BYTES and ARRAY.
+    #[inline]
     fn length32(&mut self, flexible: bool, nullable: bool) -> Result<Option<usize>, DecodeError> {
         let len: i64 = if flexible {
             i64::from(self.unsigned_varint()?) - 1
@@ -104,6 +134,7 @@ impl WireReader {
         self.checked_length(len, nullable)
     }
 
+    #[inline]
     fn checked_length(&self, len: i64, nullable: bool) -> Result<Option<usize>, DecodeError> {
         match len {
             -1 if nullable => Ok(None),
@@ -115,10 +146,12 @@ impl WireReader {
         }
     }
 
+    #[inline]
     fn utf8(bytes: Bytes) -> Result<StrBytes, DecodeError> {
         StrBytes::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)
     }
 
+    #[inline]
     fn count(&self, count: usize, element_bytes_min: usize) -> Result<usize, DecodeError> {
         let left = self.buf.len();
         if count.saturating_mul(element_bytes_min.max(1)) > left {
@@ -132,38 +165,31 @@ impl WireReader {
     }
 }
 
-macro_rules! fixed {
-    ($name:ident, $ty:ty, $get:ident) => {
-        fn $name(&mut self) -> Result<$ty, DecodeError> {
-            self.need(std::mem::size_of::<$ty>())?;
-            Ok(self.buf.$get())
-        }
-    };
-}
-
 impl Source for WireReader {
-    fixed!(int8, i8, get_i8);
-    fixed!(int16, i16, get_i16);
-    fixed!(int32, i32, get_i32);
-    fixed!(int64, i64, get_i64);
-    fixed!(uint16, u16, get_u16);
-    fixed!(float64, f64, get_f64);
+    fixed!(int8, i8);
+    fixed!(int16, i16);
+    fixed!(int32, i32);
+    fixed!(int64, i64);
+    fixed!(uint16, u16);
+    fixed!(float64, f64);
 
+    #[inline]
     fn boolean(&mut self) -> Result<bool, DecodeError> {
-        self.need(1)?;
-        Ok(self.buf.get_u8() != 0)
+        self.uint8().map(|b| b != 0)
     }
 
+    #[inline]
     fn uuid(&mut self) -> Result<Uuid, DecodeError> {
-        self.need(16)?;
-        Ok(Uuid::from_u128(self.buf.get_u128()))
+        self.uint128().map(Uuid::from_u128)
     }
 
+    #[inline]
     fn string(&mut self, flexible: bool) -> Result<StrBytes, DecodeError> {
         let len = self.length(flexible, false)?.unwrap_or_default();
         Self::utf8(self.take(len)?)
     }
 
+    #[inline]
     fn nullable_string(&mut self, flexible: bool) -> Result<Option<StrBytes>, DecodeError> {
         match self.length(flexible, true)? {
             None => Ok(None),
@@ -171,11 +197,13 @@ impl Source for WireReader {
         }
     }
 
+    #[inline]
     fn bytes(&mut self, flexible: bool) -> Result<Bytes, DecodeError> {
         let len = self.length32(flexible, false)?.unwrap_or_default();
         self.take(len)
     }
 
+    #[inline]
     fn nullable_bytes(&mut self, flexible: bool) -> Result<Option<Bytes>, DecodeError> {
         match self.length32(flexible, true)? {
             None => Ok(None),
@@ -183,6 +211,7 @@ impl Source for WireReader {
         }
     }
 
+    #[inline]
     fn array_len(
         &mut self,
         flexible: bool,
@@ -192,6 +221,7 @@ impl Source for WireReader {
         self.count(count, element_bytes_min)
     }
 
+    #[inline]
     fn nullable_array_len(
         &mut self,
         flexible: bool,
@@ -203,6 +233,7 @@ impl Source for WireReader {
         }
     }
 
+    #[inline]
     fn tagged_fields(
         &mut self,
         unknown: &mut BTreeMap<i32, Bytes>,

@@ -22,8 +22,11 @@ use crate::frame::FRAME_PREFIX_BYTES;
 use crate::header::{self, RequestHeader};
 use crate::versions;
 
-/// Decodes a request body of type `T` at `version` from `body` (the frame after its header);
-/// bytes left after the body are an error.
+/// Decodes a request body of type `T` at `version` from `body` (the frame after its header).
+///
+/// Bytes after the body are ignored, as Kafka's broker does: librdkafka 2.x sends its
+/// "all topics" Metadata v12 request with three zero bytes after the body, and Kafka
+/// answers it. (Every count and length inside the body is still checked.)
 ///
 /// Checks `version` against what the codec knows for `T`; whether Rill *serves* it is the
 /// caller's check ([`versions::is_supported`]).
@@ -34,7 +37,9 @@ pub fn decode_request<T: Request + Decode>(body: Bytes, version: i16) -> Result<
             api_version: version,
         });
     }
-    decode::decode_body(body, version).map_err(|error| malformed(T::KEY, version, error))
+    decode::decode_prefix(body, version)
+        .map(|(request, _trailing_bytes)| request)
+        .map_err(|error| malformed(T::KEY, version, error))
 }
 
 fn malformed(api_key: i16, api_version: i16, error: DecodeError) -> ProtocolError {
@@ -312,6 +317,33 @@ mod tests {
         assert!(matches!(
             encode_request(&header, &request),
             Err(ProtocolError::Encode { .. })
+        ));
+    }
+
+    #[test]
+    fn bytes_after_a_request_are_ignored_as_kafka_does_but_not_after_a_response() {
+        // librdkafka 2.x's "all topics" Metadata v12 request, as captured: null topics, two
+        // false booleans, no tagged fields, then three zero bytes.
+        let body = Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0]);
+        let request: MetadataRequest = decode_request(body, 12).unwrap();
+        assert_eq!(request.topics, None);
+        let mut response = BytesMut::from(&[0u8, 0, 0, 9][..]); // correlation id
+        let mut body = BytesMut::new();
+        ApiVersionsResponse::default().encode(&mut body, 0).unwrap();
+        response.extend_from_slice(&body);
+        response.extend_from_slice(&[0, 0, 0]);
+        let err = decode_response::<ApiVersionsResponse>(
+            response.freeze(),
+            ApiKey::ApiVersions as i16,
+            0,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ProtocolError::MalformedBody {
+                error: DecodeError::TrailingBytes { left: 3 },
+                ..
+            }
         ));
     }
 

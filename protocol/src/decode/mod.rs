@@ -13,7 +13,8 @@
 //! * [`wire`] — [`WireReader`], the bounded reader over a received frame: every length and
 //!   count is checked against the bytes left before anything is allocated, preallocation is
 //!   capped at [`source::PREALLOC_BYTES_MAX`], strings and bytes are zero-copy slices, unknown
-//!   tagged fields are kept as raw slices, trailing bytes are an error.
+//!   tagged fields are kept as raw slices. Bytes after a response are an error; after a
+//!   request they are ignored, as Kafka's broker does (librdkafka relies on it).
 //! * One module per API (`metadata`, `produce`, …): `impl Decode` for its request and
 //!   response and their nested structs. Every API Rill serves or its client reads has one;
 //!   an API added later gets its module here.
@@ -124,8 +125,18 @@ pub trait Decode: Sized {
 
 /// Decodes a whole message body: `T` at `version`, with no bytes left over.
 pub fn decode_body<T: Decode>(body: Bytes, version: i16) -> Result<T, DecodeError> {
+    let (message, trailing_bytes) = decode_prefix(body, version)?;
+    match trailing_bytes {
+        0 => Ok(message),
+        left => Err(DecodeError::TrailingBytes { left }),
+    }
+}
+
+/// Decodes `T` at `version` from the start of `body`; returns it and the number of bytes
+/// after it. For request bodies, where Kafka's broker ignores such bytes and clients rely
+/// on it (see `codec::decode_request`).
+pub fn decode_prefix<T: Decode>(body: Bytes, version: i16) -> Result<(T, usize), DecodeError> {
     let mut reader = WireReader::new(body);
     let message = T::decode(&mut reader, version)?;
-    reader.finish()?;
-    Ok(message)
+    Ok((message, reader.remaining()))
 }

@@ -5,7 +5,8 @@
 //!
 //! * [`layout`] — byte positions of every header field, header and prefix sizes, attribute
 //!   bits, the CRC range, [`Compression`] ids.
-//! * [`view`] — [`BatchView`], a borrowed, bounds-checked view of one batch: header fields
+//! * [`view`] — [`HeaderView`] (the 61 header bytes) and [`BatchView`] (a whole batch),
+//!   borrowed and bounds-checked at construction: header fields
 //!   read in place, attribute accessors, CRC32C compute/verify.
 //! * [`walk`] — [`batches`]: the batches of a blob walked by their length prefixes.
 //! * [`records`] — [`Records`]: the records of an uncompressed records section, headers
@@ -35,5 +36,5 @@ pub use error::RecordError;
 pub use layout::Compression;
 pub use records::{Headers, RecordView, Records};
 pub use validate::{validate_client_batch, ClientBatchRules};
-pub use view::{compute_crc, BatchView, TimestampType};
+pub use view::{compute_crc, BatchView, HeaderView, TimestampType};
 pub use walk::{batches, Batches};

@@ -33,58 +33,52 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
-/// A read-only view of one RecordBatch v2.
+/// A read-only view of a RecordBatch v2 *header* (its first 61 bytes), for callers that
+/// read headers without the records (storage walking a file by `pread`).
 ///
-/// Construction checks what the accessors need to stay in bounds (magic, batchLength, the
-/// header and the announced length present); it does not check the CRC
-/// ([`BatchView::verify_crc`]) or the header's consistency ([`crate::validate_client_batch`]).
+/// Construction checks the magic, that the header is present and that batchLength is at
+/// least a header; it does not check that the records are present ([`BatchView::new`] does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchView<'a> {
+pub struct HeaderView<'a> {
     bytes: &'a [u8],
 }
 
-impl<'a> BatchView<'a> {
-    /// Views the batch at the start of `buf`; `buf` may continue past it. The view covers
-    /// exactly `12 + batchLength` bytes.
-    ///
-    /// The magic byte is checked first, as soon as it is present: an older-format message
-    /// (v0/v1 messages can be shorter than a v2 header) is reported as what it is.
-    pub fn new(buf: &'a [u8]) -> Result<BatchView<'a>, RecordError> {
-        if let Some(&magic) = buf.get(MAGIC_POS) {
-            if magic as i8 != MAGIC_V2 {
-                return Err(RecordError::UnsupportedMagic { magic: magic as i8 });
-            }
+/// Checks magic, header presence and batchLength; returns the batch's total size in bytes.
+fn check_header(buf: &[u8]) -> Result<usize, RecordError> {
+    // The magic byte first, as soon as it is present: an older-format message (v0/v1
+    // messages can be shorter than a v2 header) is reported as what it is.
+    if let Some(&magic) = buf.get(MAGIC_POS) {
+        if magic as i8 != MAGIC_V2 {
+            return Err(RecordError::UnsupportedMagic { magic: magic as i8 });
         }
-        if buf.len() < HEADER_BYTES {
-            return Err(RecordError::Truncated {
-                needed_bytes: HEADER_BYTES,
-                available_bytes: buf.len(),
-            });
-        }
-        let batch_length = be_i32(buf, BATCH_LENGTH_POS);
-        if batch_length < BATCH_LENGTH_MIN {
-            return Err(RecordError::BadBatchLength { batch_length });
-        }
-        // batch_length >= 49 here, so the cast is lossless and the sum cannot overflow.
-        let total_bytes = LOG_OVERHEAD_BYTES + batch_length as usize;
-        if buf.len() < total_bytes {
-            return Err(RecordError::Truncated {
-                needed_bytes: total_bytes,
-                available_bytes: buf.len(),
-            });
-        }
-        Ok(BatchView {
-            bytes: &buf[..total_bytes],
+    }
+    if buf.len() < HEADER_BYTES {
+        return Err(RecordError::Truncated {
+            needed_bytes: HEADER_BYTES,
+            available_bytes: buf.len(),
+        });
+    }
+    let batch_length = be_i32(buf, BATCH_LENGTH_POS);
+    if batch_length < BATCH_LENGTH_MIN {
+        return Err(RecordError::BadBatchLength { batch_length });
+    }
+    // batch_length >= 49 here, so the cast is lossless and the sum cannot overflow.
+    Ok(LOG_OVERHEAD_BYTES + batch_length as usize)
+}
+
+impl<'a> HeaderView<'a> {
+    /// Views the header at the start of `buf` (at least 61 bytes; more are ignored).
+    pub fn new(buf: &'a [u8]) -> Result<HeaderView<'a>, RecordError> {
+        check_header(buf)?;
+        Ok(HeaderView {
+            bytes: &buf[..HEADER_BYTES],
         })
     }
 
-    /// The batch's bytes, exactly `12 + batchLength` of them.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        self.bytes
-    }
     /// Total size of the batch in bytes (`12 + batchLength`).
     pub fn size_bytes(&self) -> usize {
-        self.bytes.len()
+        // At least BATCH_LENGTH_MIN: checked at construction.
+        LOG_OVERHEAD_BYTES + self.batch_length() as usize
     }
     /// Offset of the first record.
     pub fn base_offset(&self) -> i64 {
@@ -174,6 +168,55 @@ impl<'a> BatchView<'a> {
     /// Number of records, as the header claims.
     pub fn records_count(&self) -> i32 {
         be_i32(self.bytes, RECORDS_COUNT_POS)
+    }
+}
+
+/// A read-only view of one whole RecordBatch v2: its header fields (through
+/// [`HeaderView`], which it dereferences to) and its records.
+///
+/// Construction checks what the accessors need to stay in bounds (magic, batchLength, the
+/// header and the announced length present); it does not check the CRC
+/// ([`BatchView::verify_crc`]) or the header's consistency ([`crate::validate_client_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchView<'a> {
+    header: HeaderView<'a>,
+    bytes: &'a [u8],
+}
+
+impl<'a> std::ops::Deref for BatchView<'a> {
+    type Target = HeaderView<'a>;
+
+    fn deref(&self) -> &HeaderView<'a> {
+        &self.header
+    }
+}
+
+impl<'a> BatchView<'a> {
+    /// Views the batch at the start of `buf`; `buf` may continue past it. The view covers
+    /// exactly `12 + batchLength` bytes.
+    pub fn new(buf: &'a [u8]) -> Result<BatchView<'a>, RecordError> {
+        let total_bytes = check_header(buf)?;
+        if buf.len() < total_bytes {
+            return Err(RecordError::Truncated {
+                needed_bytes: total_bytes,
+                available_bytes: buf.len(),
+            });
+        }
+        Ok(BatchView {
+            header: HeaderView {
+                bytes: &buf[..HEADER_BYTES],
+            },
+            bytes: &buf[..total_bytes],
+        })
+    }
+
+    /// The header alone (also reachable through `Deref`).
+    pub fn header(&self) -> HeaderView<'a> {
+        self.header
+    }
+    /// The batch's bytes, exactly `12 + batchLength` of them.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
     }
     /// The (possibly compressed) records section.
     pub fn records_bytes(&self) -> &'a [u8] {

@@ -23,7 +23,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rill_protocol::batch::{self, BatchBuilder, Compression};
+use rill_protocol::batch::{self, BatchBuilder, ClientBatchRules, Compression, DecompressRecords};
 use rill_protocol::codec::{decode_request_kind, decode_response, encode_request};
 use rill_protocol::fetch::{
     encode_fetch_response, FetchPartitionPart, FetchResponseParts, FetchTopicPart,
@@ -472,7 +472,8 @@ fn decode_frame(frame: Bytes, reached: &mut Reached) {
                 for view in batch::batches(records) {
                     let Ok(view) = view else { break };
                     reached.batches += 1;
-                    let _ = view.validate();
+                    let _ = view.verify_crc();
+                    let _ = batch::validate_client_batch(&view, ClientBatchRules::default());
                     if let Ok(iter) = view.records() {
                         reached.records += iter.take_while(Result::is_ok).count() as u64;
                     }

@@ -12,7 +12,7 @@
 //! * [`records`] — [`Records`]: the records of an uncompressed records section, headers
 //!   included, with no allocation (every varint length and count is checked against the bytes
 //!   left before it is used).
-//! * [`write`] — in-place writers (baseOffset, partitionLeaderEpoch, log-append time) and
+//! * [`write`](mod@write) — in-place writers (baseOffset, partitionLeaderEpoch, log-append time) and
 //!   [`write::finish_batch`] for builders; varint encoding.
 //! * [`validate`] — [`validate_client_batch`]: the produce-side rules of Kafka's log
 //!   validator (records count vs offsets and bytes, control and transactional batches).

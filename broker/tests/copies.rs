@@ -99,7 +99,7 @@ async fn produce_copies_a_batch_once_and_fetch_not_at_all() {
         .freeze();
     let frame_buffer = frame.clone();
     parse_request_header(&mut frame).unwrap();
-    let decoded: ProduceRequest = rill_protocol::codec::decode_request(&mut frame, 9).unwrap();
+    let decoded: ProduceRequest = rill_protocol::codec::decode_request(frame, 9).unwrap();
     let records = decoded.topic_data[0].partition_data[0]
         .records
         .clone()
@@ -112,7 +112,8 @@ async fn produce_copies_a_batch_once_and_fetch_not_at_all() {
 
     // The append: the one copy, into the mapped segment.
     let (_, partition) = broker.manager.partition("copies", 0).unwrap();
-    let appended = partition.append(&records, true).await.unwrap();
+    let appended = partition.append(&records).unwrap();
+    partition.wait_acknowledgeable(&appended).await.unwrap();
     assert_eq!(appended.base_offset, 0);
     let stored = partition.read(0, 1 << 20).unwrap().records;
     assert_eq!(stored.len(), produced.len());

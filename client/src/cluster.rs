@@ -6,6 +6,7 @@
 //! ([`Error::invalidates_metadata`]: NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION,
 //! a lost connection, …). Concurrent refreshes collapse into one.
 
+use rill_protocol::decode::Decode;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -278,7 +279,10 @@ impl Cluster {
 
     /// Sends `request` to any reachable broker: known brokers first, then bootstrap
     /// addresses.
-    pub(crate) async fn request_any<R: Request>(&self, request: &R) -> Result<R::Response> {
+    pub(crate) async fn request_any<R: Request>(&self, request: &R) -> Result<R::Response>
+    where
+        R::Response: Decode,
+    {
         let conn = self.any_connection().await?;
         let result = conn.request(request).await;
         if let Err(e) = &result {

@@ -11,6 +11,7 @@
 //! Any socket error or a correlation mismatch breaks the connection: every waiting
 //! request fails with [`Error::Disconnected`] and the owner reconnects on next use.
 
+use rill_protocol::decode::Decode;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
@@ -140,7 +141,10 @@ impl Connection {
     }
 
     /// Sends `request` at the negotiated version and awaits its response.
-    pub(crate) async fn request<R: Request>(&self, request: &R) -> Result<R::Response> {
+    pub(crate) async fn request<R: Request>(&self, request: &R) -> Result<R::Response>
+    where
+        R::Response: Decode,
+    {
         let version = self.version_of::<R>()?;
         self.request_at(request, version).await
     }
@@ -160,7 +164,10 @@ impl Connection {
         &self,
         request: &R,
         version: i16,
-    ) -> Result<R::Response> {
+    ) -> Result<R::Response>
+    where
+        R::Response: Decode,
+    {
         let frame = self.exchange(request, version, true).await?;
         let frame = frame.expect("a request that expects a response gets a frame");
         wire::decode_response::<R>(frame, version)

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
-use kafka_protocol::protocol::{Decodable, Request, StrBytes};
+use kafka_protocol::protocol::{Request, StrBytes};
 use rill_protocol::batch::{self, BatchBuilder, BatchView, DecompressRecords, Records};
+use rill_protocol::decode::{self, Decode};
 use rill_protocol::header::RequestHeader;
 use rill_protocol::{codec, versions};
 use tokio_util::codec::Decoder;
@@ -120,8 +121,11 @@ pub(crate) fn peek_correlation_id(frame: &[u8]) -> Result<i32> {
 }
 
 /// Decodes a response payload to a request of type `R` sent at `version`.
-pub(crate) fn decode_response<R: Request>(mut frame: Bytes, version: i16) -> Result<R::Response> {
-    codec::decode_response::<R::Response>(&mut frame, R::KEY, version)
+pub(crate) fn decode_response<R: Request>(frame: Bytes, version: i16) -> Result<R::Response>
+where
+    R::Response: Decode,
+{
+    codec::decode_response::<R::Response>(frame, R::KEY, version)
         .map(|(_, body)| body)
         .map_err(|e| Error::Protocol(e.to_string()))
 }
@@ -140,7 +144,7 @@ pub(crate) fn decode_api_versions_response(
     let _ = frame.split_to(4);
     let error_code = i16::from_be_bytes([frame[0], frame[1]]);
     let version = if error_code == 35 { 0 } else { version };
-    ApiVersionsResponse::decode(&mut frame, version)
+    decode::decode_body::<ApiVersionsResponse>(frame, version)
         .map_err(|e| Error::Protocol(format!("ApiVersions v{version}: {e:#}")))
 }
 

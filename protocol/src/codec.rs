@@ -1,41 +1,48 @@
-//! Message bodies through `kafka-protocol`'s generated codecs, wrapped with our headers and
-//! framing, with every failure mapped to a [`ProtocolError`].
+//! Message bodies: decoded by Rill's own bounded decoders ([`crate::decode`]), encoded by
+//! `kafka-protocol`'s generated encoders (we encode only our own data), wrapped with our
+//! headers and framing, with every failure mapped to a [`ProtocolError`].
 //!
 //! Broker side: [`decode_request`] / [`decode_request_kind`] and [`encode_response`].
 //! Client side: [`encode_request`] and [`decode_response`].
 //!
 //! Safety of decoding peer input rests on two things: the frame size is bounded by
-//! [`crate::frame::FrameCodec`] before the body is buffered, and the vendored `kafka-protocol`
-//! is patched so no allocation is sized by a wire count beyond the bytes present (see
-//! `vendor/kafka-protocol/RILL_PATCHES.md`; the decoder fuzz test in `tests/fuzz_decoder.rs`
-//! checks it with a counting allocator).
+//! [`crate::frame::FrameCodec`] before the body is buffered, and [`crate::decode`] checks
+//! every count and length against the bytes left before allocating (the decoder fuzz test in
+//! `tests/fuzz_decoder.rs` checks it with a counting allocator). `kafka-protocol`'s own
+//! decoders are never called on peer input (clippy's `disallowed-methods` enforces it).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestKind};
-use kafka_protocol::protocol::{Decodable, Encodable, Request};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, Request};
+
+use crate::decode::{self, Decode, DecodeError};
 
 use crate::error::ProtocolError;
 use crate::frame::FRAME_PREFIX_BYTES;
 use crate::header::{self, RequestHeader};
 use crate::versions;
 
-/// Decodes a request body of type `T` at `version` from `body` (the frame after its header).
+/// Decodes a request body of type `T` at `version` from `body` (the frame after its header);
+/// bytes left after the body are an error.
 ///
 /// Checks `version` against what the codec knows for `T`; whether Rill *serves* it is the
-/// caller's check ([`versions::is_supported`]). Trailing bytes after the body are ignored, as
-/// Kafka does.
-pub fn decode_request<T: Request>(body: &mut Bytes, version: i16) -> Result<T, ProtocolError> {
+/// caller's check ([`versions::is_supported`]).
+pub fn decode_request<T: Request + Decode>(body: Bytes, version: i16) -> Result<T, ProtocolError> {
     if version < T::VERSIONS.min || version > T::VERSIONS.max {
         return Err(ProtocolError::UnsupportedVersion {
             api_key: T::KEY,
             api_version: version,
         });
     }
-    T::decode(body, version).map_err(|e| ProtocolError::MalformedBody {
-        api_key: T::KEY,
-        api_version: version,
-        reason: format!("{e:#}"),
-    })
+    decode::decode_body(body, version).map_err(|error| malformed(T::KEY, version, error))
+}
+
+fn malformed(api_key: i16, api_version: i16, error: DecodeError) -> ProtocolError {
+    ProtocolError::MalformedBody {
+        api_key,
+        api_version,
+        error,
+    }
 }
 
 /// Decodes the body of any request Rill serves into `kafka-protocol`'s [`RequestKind`] enum,
@@ -43,7 +50,7 @@ pub fn decode_request<T: Request>(body: &mut Bytes, version: i16) -> Result<T, P
 /// [`ProtocolError::UnsupportedVersion`] (answer it with UNSUPPORTED_VERSION).
 pub fn decode_request_kind(
     header: &RequestHeader,
-    body: &mut Bytes,
+    body: Bytes,
 ) -> Result<RequestKind, ProtocolError> {
     let unsupported = ProtocolError::UnsupportedVersion {
         api_key: header.api_key,
@@ -52,12 +59,31 @@ pub fn decode_request_kind(
     if !versions::is_supported(header.api_key, header.api_version) {
         return Err(unsupported);
     }
-    let key = ApiKey::try_from(header.api_key).map_err(|()| unsupported)?;
-    RequestKind::decode(key, body, header.api_version).map_err(|e| ProtocolError::MalformedBody {
-        api_key: header.api_key,
-        api_version: header.api_version,
-        reason: format!("{e:#}"),
-    })
+    let version = header.api_version;
+    let kind = match ApiKey::try_from(header.api_key).map_err(|()| unsupported)? {
+        ApiKey::Produce => RequestKind::Produce(decode_request(body, version)?),
+        ApiKey::Fetch => RequestKind::Fetch(decode_request(body, version)?),
+        ApiKey::ListOffsets => RequestKind::ListOffsets(decode_request(body, version)?),
+        ApiKey::Metadata => RequestKind::Metadata(decode_request(body, version)?),
+        ApiKey::ApiVersions => RequestKind::ApiVersions(decode_request(body, version)?),
+        ApiKey::CreateTopics => RequestKind::CreateTopics(decode_request(body, version)?),
+        ApiKey::DeleteTopics => RequestKind::DeleteTopics(decode_request(body, version)?),
+        ApiKey::OffsetForLeaderEpoch => {
+            RequestKind::OffsetForLeaderEpoch(decode_request(body, version)?)
+        }
+        ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(decode_request(body, version)?),
+        ApiKey::CreatePartitions => RequestKind::CreatePartitions(decode_request(body, version)?),
+        ApiKey::DescribeCluster => RequestKind::DescribeCluster(decode_request(body, version)?),
+        // Served (the table says so) but with no decoder here: a bug that the test
+        // `every_served_api_and_version_decodes` catches; answered as unsupported meanwhile.
+        _ => {
+            return Err(ProtocolError::UnsupportedVersion {
+                api_key: header.api_key,
+                api_version: version,
+            })
+        }
+    };
+    Ok(kind)
 }
 
 fn encode_error(api_key: i16, api_version: i16, e: impl std::fmt::Display) -> ProtocolError {
@@ -135,17 +161,13 @@ pub fn encode_request<T: Encodable>(
 /// Decodes a response frame payload (client side; the size prefix already removed by
 /// [`crate::frame::FrameCodec`]) for a request sent as `api_key`/`version`. Returns the
 /// correlation id and the body; the caller matches the id against its in-flight requests.
-pub fn decode_response<T: Decodable>(
-    frame: &mut Bytes,
+pub fn decode_response<T: Decode>(
+    mut frame: Bytes,
     api_key: i16,
     version: i16,
 ) -> Result<(i32, T), ProtocolError> {
-    let correlation_id = header::parse_response_header(frame, api_key, version)?;
-    let body = T::decode(frame, version).map_err(|e| ProtocolError::MalformedBody {
-        api_key,
-        api_version: version,
-        reason: format!("{e:#}"),
-    })?;
+    let correlation_id = header::parse_response_header(&mut frame, api_key, version)?;
+    let body = decode::decode_body(frame, version).map_err(|e| malformed(api_key, version, e))?;
     Ok((correlation_id, body))
 }
 
@@ -185,9 +207,9 @@ mod tests {
             let mut payload = unframe(frame);
             let parsed = header::parse_request_header(&mut payload).unwrap();
             assert_eq!(parsed, header);
-            let decoded: MetadataRequest = decode_request(&mut payload, version).unwrap();
+            let decoded: MetadataRequest = decode_request(payload, version).unwrap();
             assert_eq!(decoded, request);
-            let kind = decode_request_kind(&parsed, &mut {
+            let kind = decode_request_kind(&parsed, {
                 let mut p = unframe(encode_request(&header, &request).unwrap());
                 header::parse_request_header(&mut p).unwrap();
                 p
@@ -204,9 +226,9 @@ mod tests {
             .with_throttle_time_ms(0);
         for version in 0..=4 {
             let frame = encode_response(7, ApiKey::ApiVersions as i16, version, &response).unwrap();
-            let mut payload = unframe(frame);
+            let payload = unframe(frame);
             let (cid, decoded): (i32, ApiVersionsResponse) =
-                decode_response(&mut payload, ApiKey::ApiVersions as i16, version).unwrap();
+                decode_response(payload, ApiKey::ApiVersions as i16, version).unwrap();
             assert_eq!(cid, 7);
             assert_eq!(decoded.api_keys, response.api_keys);
         }
@@ -215,7 +237,7 @@ mod tests {
         // prefix, correlation id, empty tagged fields of header v1, then the body.
         assert_eq!(&frame[4..9], &[0, 0, 0, 8, 0]);
         let (cid, decoded): (i32, MetadataResponse) =
-            decode_response(&mut unframe(frame), ApiKey::Metadata as i16, 12).unwrap();
+            decode_response(unframe(frame), ApiKey::Metadata as i16, 12).unwrap();
         assert_eq!((cid, decoded), (8, metadata));
     }
 
@@ -243,7 +265,7 @@ mod tests {
             let mut payload = unframe(encode_request(&header, &request).unwrap());
             let frame_range = payload.as_ptr() as usize..payload.as_ptr() as usize + payload.len();
             header::parse_request_header(&mut payload).unwrap();
-            let decoded: ProduceRequest = decode_request(&mut payload, version).unwrap();
+            let decoded: ProduceRequest = decode_request(payload, version).unwrap();
             let records = decoded.topic_data[0].partition_data[0]
                 .records
                 .clone()
@@ -266,14 +288,13 @@ mod tests {
             correlation_id: 1,
             client_id: None,
         };
-        let err = decode_request_kind(&header, &mut Bytes::new()).unwrap_err();
+        let err = decode_request_kind(&header, Bytes::new()).unwrap_err();
         assert_eq!(err.kafka_error_code(), Some(35));
 
-        let err = decode_request::<ApiVersionsRequest>(&mut Bytes::new(), 99).unwrap_err();
+        let err = decode_request::<ApiVersionsRequest>(Bytes::new(), 99).unwrap_err();
         assert!(matches!(err, ProtocolError::UnsupportedVersion { .. }));
 
-        let err =
-            decode_request::<MetadataRequest>(&mut Bytes::from_static(&[0, 0]), 1).unwrap_err();
+        let err = decode_request::<MetadataRequest>(Bytes::from_static(&[0, 0]), 1).unwrap_err();
         assert!(matches!(err, ProtocolError::MalformedBody { .. }));
         assert_eq!(err.kafka_error_code(), Some(42));
     }
@@ -292,5 +313,45 @@ mod tests {
             encode_request(&header, &request),
             Err(ProtocolError::Encode { .. })
         ));
+    }
+
+    #[test]
+    fn every_served_api_and_version_decodes() {
+        // The smallest valid body of each: every field at its default, encoded upstream.
+        macro_rules! default_body {
+            ($api:expr, $v:expr, $($key:ident => $ty:ty),*) => {
+                match $api {
+                    $(ApiKey::$key => {
+                        let mut buf = BytesMut::new();
+                        <$ty>::default().encode(&mut buf, $v).unwrap();
+                        buf.freeze()
+                    })*
+                    other => panic!("{other:?} is served but has no line here"),
+                }
+            };
+        }
+        for range in versions::SUPPORTED {
+            let api = ApiKey::try_from(range.api_key).unwrap();
+            for v in range.min..=range.max {
+                let body = default_body!(api, v,
+                    Produce => ProduceRequest, Fetch => FetchRequest,
+                    ListOffsets => ListOffsetsRequest, Metadata => MetadataRequest,
+                    ApiVersions => ApiVersionsRequest, CreateTopics => CreateTopicsRequest,
+                    DeleteTopics => DeleteTopicsRequest,
+                    OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
+                    DescribeConfigs => DescribeConfigsRequest,
+                    CreatePartitions => CreatePartitionsRequest,
+                    DescribeCluster => DescribeClusterRequest);
+                let header = RequestHeader {
+                    api_key: range.api_key,
+                    api_version: v,
+                    correlation_id: 1,
+                    client_id: None,
+                };
+                if let Err(e) = decode_request_kind(&header, body) {
+                    panic!("{api:?} v{v}: {e}");
+                }
+            }
+        }
     }
 }

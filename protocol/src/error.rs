@@ -61,15 +61,17 @@ pub enum ProtocolError {
         api_version: i16,
     },
 
-    /// A message body could not be decoded (truncated, bad length, bad UTF-8, ...).
-    #[error("malformed body for api key {api_key} version {api_version}: {reason}")]
+    /// A message body could not be decoded (truncated, bad length or count, bad UTF-8,
+    /// trailing bytes, ...).
+    #[error("malformed body for api key {api_key} version {api_version}: {error}")]
     MalformedBody {
         /// The api key of the message.
         api_key: i16,
         /// The version of the message.
         api_version: i16,
-        /// What the decoder complained about.
-        reason: String,
+        /// What the decoder refused.
+        #[source]
+        error: crate::decode::DecodeError,
     },
 
     /// A response's correlation id does not match the request it should answer.

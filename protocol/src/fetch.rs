@@ -706,13 +706,13 @@ mod tests {
                 assert_eq!(ours, theirs, "Fetch v{version} case {case}");
 
                 // And kafka-protocol's decoder reads ours back to the same message.
-                let mut payload = ours.slice(4..);
+                let payload = ours.slice(4..);
                 let (cid, decoded): (i32, FetchResponse) =
-                    codec::decode_response(&mut payload, ApiKey::Fetch as i16, version).unwrap();
+                    codec::decode_response(payload, ApiKey::Fetch as i16, version).unwrap();
                 assert_eq!(cid, case);
-                let mut expected = theirs.slice(4..);
+                let expected = theirs.slice(4..);
                 let (_, expected): (i32, FetchResponse) =
-                    codec::decode_response(&mut expected, ApiKey::Fetch as i16, version).unwrap();
+                    codec::decode_response(expected, ApiKey::Fetch as i16, version).unwrap();
                 assert_eq!(decoded, expected);
                 assert_eq!(decoded.responses.len(), parts.topics.len());
             }

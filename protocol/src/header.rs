@@ -235,6 +235,7 @@ pub fn parse_response_header(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // kafka-protocol's decoder is the reference here
 mod tests {
     use super::*;
     use kafka_protocol::messages::ApiKey;

@@ -9,7 +9,10 @@
 //!   and the client-side [`header::encode_request_header`] / [`header::parse_response_header`]).
 //! * [`versions`] — the table of served API versions ([`versions::SUPPORTED`]), the single
 //!   source of truth for ApiVersions and UNSUPPORTED_VERSION; header versions per api/version.
-//! * [`codec`] — message bodies through the vendored `kafka-protocol` codecs:
+//! * [`decode`] — Rill's own bounded decoders for every message body read from a peer
+//!   (requests the broker serves, responses the client reads), filling `kafka-protocol`'s
+//!   structs; checked against upstream by an oracle test.
+//! * [`codec`] — message bodies in and out: our decoders, `kafka-protocol`'s encoders:
 //!   [`codec::decode_request`], [`codec::decode_request_kind`] (dispatch),
 //!   [`codec::encode_response`]; client side [`codec::encode_request`],
 //!   [`codec::decode_response`].
@@ -24,8 +27,9 @@
 //!   [`ProtocolError::kafka_error_code`].
 //!
 //! Message types come from `kafka-protocol` (re-exported as [`kafka_protocol`]) so that the
-//! broker and client use exactly the vendored, patched version
-//! (`vendor/kafka-protocol/RILL_PATCHES.md` lists what Rill changed in it and why).
+//! broker and client use exactly one version. Only its structs and encoders are used: its
+//! decoders preallocate counts read off the wire, so the workspace's `clippy.toml` forbids
+//! them outside tests.
 //!
 //! Outside `src/`: `tests/fuzz_decoder.rs` (random and mutated frames against the broker's and
 //! the client's decode paths, with a counting allocator) and `benches/fetch_encode.rs`.
@@ -34,6 +38,7 @@
 
 pub mod batch;
 pub mod codec;
+pub mod decode;
 pub mod error;
 pub mod fetch;
 pub mod frame;

@@ -2,7 +2,7 @@
 //! refusing requests with UNSUPPORTED_VERSION.
 //!
 //! Ranges follow what current clients negotiate (ARCHITECTURE.md §2) and reach down to the
-//! oldest versions still in use, but never leave what the vendored `kafka-protocol` 0.18 can
+//! oldest versions still in use, but never leave what `kafka-protocol` 0.18 can
 //! decode and encode (checked by a unit test). To serve a new API, add one line to
 //! [`SUPPORTED`] in the same change that adds its handler: ApiVersions advertises exactly this
 //! table, and clients trust what is advertised.

@@ -9,22 +9,42 @@
 //!
 //! A second test does the same for the client's side of Fetch: mutated Fetch responses (every
 //! version, batches in every codec the build has) through `decode_response`, the batch walk,
-//! bounded decompression, the record iterator and `kafka-protocol`'s record decoder.
+//! bounded decompression and the record iterator.
+//!
+//! Issue 8 (acceptance 2 and 4) adds two tests that need no luck to find the dangerous bytes:
+//!
+//! * `every_count_at_its_maximum_is_a_typed_error`: for every served api and version, valid
+//!   requests (the hand-written seed plus random ones from `RandomSource`) and random valid
+//!   responses are decoded once through a probing `Source` that records where every length
+//!   and count prefix starts — array counts, string, bytes and records lengths (nullable or
+//!   not, compact or not), tagged-field counts and sizes. Each prefix in turn is set to its
+//!   maximum (0x7fff, 0x7fffffff, or the varint ff ff ff ff 0f) and the frame goes through
+//!   the real path (`parse_request_header` + `decode_request_kind`, or `decode_response`):
+//!   it must be a `ProtocolError::MalformedBody`, with no allocation above the bound below.
+//! * `the_523_byte_fetch_v7_response_and_mutated_responses_of_every_api_are_bounded`: the
+//!   523-byte Fetch v7 response of issue 8 with a huge aborted-transactions count, records
+//!   count or record key length, walked as the client does, is a typed error (or a short
+//!   record walk that stops at the end of the bytes); then mutated random valid responses of
+//!   every api and served version through `decode_response` (`frames / 5` of them).
 //!
 //! Allocations are measured by a counting global allocator in this test binary. Implementing
 //! `GlobalAlloc` needs `unsafe`; it is confined to that impl, which only forwards to `System`
 //! and updates thread-local counters (the library crate itself forbids unsafe code).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rill_protocol::batch::{self, BatchBuilder, ClientBatchRules, Compression, DecompressRecords};
-use rill_protocol::codec::{decode_request_kind, decode_response, encode_request};
+use rill_protocol::codec::{decode_request_kind, decode_response, encode_request, encode_response};
+use rill_protocol::decode::random::RandomSource;
+use rill_protocol::decode::{Decode, DecodeError, Source, WireReader};
 use rill_protocol::fetch::{
     encode_fetch_response, FetchPartitionPart, FetchResponseParts, FetchTopicPart,
 };
@@ -32,8 +52,8 @@ use rill_protocol::frame::{FrameCodec, FRAME_RESERVE_STEP_BYTES};
 use rill_protocol::header::{parse_request_header, RequestHeader};
 use rill_protocol::kafka_protocol::messages::*;
 use rill_protocol::kafka_protocol::protocol::{Encodable, StrBytes};
-use rill_protocol::kafka_protocol::records::RecordBatchDecoder;
 use rill_protocol::versions::{self, SUPPORTED};
+use rill_protocol::ProtocolError;
 use tokio_util::codec::Decoder;
 
 // ---------------------------------------------------------------------------------------------
@@ -457,7 +477,7 @@ fn decode_frame(frame: Bytes, reached: &mut Reached) {
     if !versions::is_supported(header.api_key, header.api_version) {
         return;
     }
-    let Ok(request) = decode_request_kind(&header, &mut body) else {
+    let Ok(request) = decode_request_kind(&header, body) else {
         return;
     };
     reached.bodies += 1;
@@ -762,9 +782,8 @@ fn fetch_response_seeds(rng: &mut StdRng) -> Vec<(i16, Bytes)> {
 }
 
 /// What a consumer does with a Fetch response frame (payload after the size prefix).
-fn client_decode_fetch(mut frame: Bytes, version: i16, reached: &mut Reached) {
-    let Ok((_, response)) =
-        decode_response::<FetchResponse>(&mut frame, ApiKey::Fetch as i16, version)
+fn client_decode_fetch(frame: Bytes, version: i16, reached: &mut Reached) {
+    let Ok((_, response)) = decode_response::<FetchResponse>(frame, ApiKey::Fetch as i16, version)
     else {
         return;
     };
@@ -781,7 +800,6 @@ fn client_decode_fetch(mut frame: Bytes, version: i16, reached: &mut Reached) {
                     if let Ok(iter) = view.records() {
                         reached.records += iter.take_while(Result::is_ok).count() as u64;
                     }
-                    let _ = RecordBatchDecoder::decode(&mut records.slice_ref(view.as_bytes()));
                 } else if let Ok(plain) =
                     view.decompress_records_bounded(CLIENT_DECOMPRESSED_BYTES_MAX)
                 {
@@ -985,4 +1003,733 @@ fn random_and_mutated_frames_never_panic_nor_over_allocate() {
     // nothing: insist that a good share of frames reached the body decoders and Produce batches.
     assert!(reached.bodies > frames / 10, "{reached:?}");
     assert!(reached.batches > frames / 100, "{reached:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every length and count prefix at its maximum (issue 8, acceptance 2 and 4)
+
+/// How a length or count prefix is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Width {
+    /// INT16 (non-compact STRING lengths).
+    I16,
+    /// INT32 (non-compact BYTES, RECORDS and ARRAY lengths).
+    I32,
+    /// An unsigned varint of this many bytes (compact lengths, tagged-field counts and sizes).
+    Varint(usize),
+}
+
+/// Which read a prefix belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum PrefixKind {
+    String,
+    NullableString,
+    Bytes,
+    NullableBytes,
+    Array,
+    NullableArray,
+    TaggedFieldCount,
+    TaggedFieldSize,
+}
+
+/// One length or count prefix of a message body: where it starts and how it is written.
+#[derive(Clone, Copy, Debug)]
+struct Prefix {
+    at: usize,
+    width: Width,
+    kind: PrefixKind,
+}
+
+/// Bytes of the unsigned varint at the start of `bytes`.
+fn varint_len_at(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take(5)
+        .position(|b| b & 0x80 == 0)
+        .map_or(bytes.len().min(5), |i| i + 1)
+}
+
+/// Bytes of `value` written as an unsigned varint.
+fn varint_len(value: u32) -> usize {
+    (32 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// A [`Source`] that reads through a [`WireReader`] and records, before each length or count
+/// read, where its prefix starts (offset from the start of the body) and how it is written.
+/// Tagged fields are decoded from sub-readers sliced out of the same frame, so their offsets
+/// come from the same base address.
+struct Probe {
+    inner: WireReader,
+    base: usize,
+    found: Rc<RefCell<Vec<Prefix>>>,
+}
+
+impl Probe {
+    fn new(body: Bytes) -> Probe {
+        Probe {
+            base: body.as_ptr() as usize,
+            inner: WireReader::new(body),
+            found: Rc::default(),
+        }
+    }
+
+    fn note(&self, flexible: bool, wide: bool, kind: PrefixKind) {
+        let rest = self.inner.remaining_bytes();
+        let width = match (flexible, wide) {
+            (true, _) => Width::Varint(varint_len_at(rest)),
+            (false, false) => Width::I16,
+            (false, true) => Width::I32,
+        };
+        self.found.borrow_mut().push(Prefix {
+            at: rest.as_ptr() as usize - self.base,
+            width,
+            kind,
+        });
+    }
+}
+
+impl Source for Probe {
+    fn int8(&mut self) -> Result<i8, DecodeError> {
+        self.inner.int8()
+    }
+    fn int16(&mut self) -> Result<i16, DecodeError> {
+        self.inner.int16()
+    }
+    fn int32(&mut self) -> Result<i32, DecodeError> {
+        self.inner.int32()
+    }
+    fn int64(&mut self) -> Result<i64, DecodeError> {
+        self.inner.int64()
+    }
+    fn uint16(&mut self) -> Result<u16, DecodeError> {
+        self.inner.uint16()
+    }
+    fn float64(&mut self) -> Result<f64, DecodeError> {
+        self.inner.float64()
+    }
+    fn boolean(&mut self) -> Result<bool, DecodeError> {
+        self.inner.boolean()
+    }
+    fn uuid(&mut self) -> Result<uuid::Uuid, DecodeError> {
+        self.inner.uuid()
+    }
+    fn string(&mut self, flexible: bool) -> Result<StrBytes, DecodeError> {
+        self.note(flexible, false, PrefixKind::String);
+        self.inner.string(flexible)
+    }
+    fn nullable_string(&mut self, flexible: bool) -> Result<Option<StrBytes>, DecodeError> {
+        self.note(flexible, false, PrefixKind::NullableString);
+        self.inner.nullable_string(flexible)
+    }
+    fn bytes(&mut self, flexible: bool) -> Result<Bytes, DecodeError> {
+        self.note(flexible, true, PrefixKind::Bytes);
+        self.inner.bytes(flexible)
+    }
+    fn nullable_bytes(&mut self, flexible: bool) -> Result<Option<Bytes>, DecodeError> {
+        self.note(flexible, true, PrefixKind::NullableBytes);
+        self.inner.nullable_bytes(flexible)
+    }
+    fn array_len(
+        &mut self,
+        flexible: bool,
+        element_bytes_min: usize,
+    ) -> Result<usize, DecodeError> {
+        self.note(flexible, true, PrefixKind::Array);
+        self.inner.array_len(flexible, element_bytes_min)
+    }
+    fn nullable_array_len(
+        &mut self,
+        flexible: bool,
+        element_bytes_min: usize,
+    ) -> Result<Option<usize>, DecodeError> {
+        self.note(flexible, true, PrefixKind::NullableArray);
+        self.inner.nullable_array_len(flexible, element_bytes_min)
+    }
+    fn tagged_fields(
+        &mut self,
+        unknown: &mut BTreeMap<i32, Bytes>,
+        mut known: impl FnMut(&mut Self, i32) -> Result<bool, DecodeError>,
+    ) -> Result<(), DecodeError> {
+        self.note(true, true, PrefixKind::TaggedFieldCount);
+        let (base, found) = (self.base, Rc::clone(&self.found));
+        self.inner.tagged_fields(unknown, |field, tag| {
+            // The field's size varint sits right before its value.
+            let value = field.remaining_bytes();
+            let size_len = varint_len(field.remaining() as u32);
+            found.borrow_mut().push(Prefix {
+                at: value.as_ptr() as usize - base - size_len,
+                width: Width::Varint(size_len),
+                kind: PrefixKind::TaggedFieldSize,
+            });
+            let mut probe = Probe {
+                inner: field.clone(),
+                base,
+                found: Rc::clone(&found),
+            };
+            let is_known = known(&mut probe, tag)?;
+            *field = probe.inner;
+            Ok(is_known)
+        })
+    }
+}
+
+/// Every length and count prefix of `body`, a valid `T` at `version`, in read order.
+fn prefixes_of<T: Decode>(body: &Bytes, version: i16) -> Vec<Prefix> {
+    let mut probe = Probe::new(body.clone());
+    T::decode(&mut probe, version).expect("a valid message decodes through the probe");
+    assert_eq!(probe.inner.remaining(), 0, "the probe read the whole body");
+    let found = probe.found.borrow().clone();
+    for p in &found {
+        let rest = &body[p.at..];
+        match p.width {
+            Width::Varint(n) => assert_eq!(varint_len_at(rest), n, "{p:?}"),
+            Width::I16 => assert!(rest.len() >= 2, "{p:?}"),
+            Width::I32 => assert!(rest.len() >= 4, "{p:?}"),
+        }
+    }
+    found
+}
+
+/// `body` with the prefix `p` set to its largest value: INT16 0x7fff, INT32 0x7fffffff, a
+/// varint replaced by the largest 32-bit one (ff ff ff ff 0f).
+fn with_prefix_at_max(body: &[u8], p: &Prefix) -> Vec<u8> {
+    let mut b = body.to_vec();
+    match p.width {
+        Width::I16 => b[p.at..p.at + 2].copy_from_slice(&i16::MAX.to_be_bytes()),
+        Width::I32 => b[p.at..p.at + 4].copy_from_slice(&i32::MAX.to_be_bytes()),
+        Width::Varint(n) => {
+            b.splice(p.at..p.at + n, [0xff, 0xff, 0xff, 0xff, 0x0f]);
+        }
+    }
+    b
+}
+
+/// Calls `$f::<Request, Response>($args)` (`both:`) or `$f::<Response>($args)`
+/// (`response:`) with the message types of the api key `$api`: one line per served API.
+macro_rules! with_message_types {
+    ($api:expr, $which:ident: $f:ident($($arg:expr),* $(,)?)) => {
+        match $api {
+            ApiKey::Produce => call_with!($which, $f, ProduceRequest, ProduceResponse, $($arg),*),
+            ApiKey::Fetch => call_with!($which, $f, FetchRequest, FetchResponse, $($arg),*),
+            ApiKey::ListOffsets => {
+                call_with!($which, $f, ListOffsetsRequest, ListOffsetsResponse, $($arg),*)
+            }
+            ApiKey::Metadata => {
+                call_with!($which, $f, MetadataRequest, MetadataResponse, $($arg),*)
+            }
+            ApiKey::ApiVersions => {
+                call_with!($which, $f, ApiVersionsRequest, ApiVersionsResponse, $($arg),*)
+            }
+            ApiKey::CreateTopics => {
+                call_with!($which, $f, CreateTopicsRequest, CreateTopicsResponse, $($arg),*)
+            }
+            ApiKey::DeleteTopics => {
+                call_with!($which, $f, DeleteTopicsRequest, DeleteTopicsResponse, $($arg),*)
+            }
+            ApiKey::OffsetForLeaderEpoch => call_with!(
+                $which, $f, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, $($arg),*
+            ),
+            ApiKey::DescribeConfigs => call_with!(
+                $which, $f, DescribeConfigsRequest, DescribeConfigsResponse, $($arg),*
+            ),
+            ApiKey::CreatePartitions => call_with!(
+                $which, $f, CreatePartitionsRequest, CreatePartitionsResponse, $($arg),*
+            ),
+            ApiKey::DescribeCluster => call_with!(
+                $which, $f, DescribeClusterRequest, DescribeClusterResponse, $($arg),*
+            ),
+            other => panic!("served api {other:?} has no line in with_message_types!: add one"),
+        }
+    };
+}
+
+/// One arm of [`with_message_types!`].
+macro_rules! call_with {
+    (both, $f:ident, $request:ty, $response:ty, $($arg:expr),*) => {
+        $f::<$request, $response>($($arg),*)
+    };
+    (response, $f:ident, $request:ty, $response:ty, $($arg:expr),*) => {
+        $f::<$response>($($arg),*)
+    };
+}
+
+/// A random valid `T` at `version`.
+fn random_message<T: Decode>(seed: u64, version: i16) -> T {
+    T::decode(&mut RandomSource::new(seed), version)
+        .unwrap_or_else(|e| panic!("random fill at v{version}, seed {seed}: {e}"))
+}
+
+/// A response frame payload (no size prefix) carrying `body`, and the body's offset in it.
+fn response_payload<T: Encodable>(api: ApiKey, version: i16, body: &T) -> (Bytes, usize) {
+    let frame = encode_response(7, api as i16, version, body)
+        .unwrap_or_else(|e| panic!("{api:?} v{version} response does not encode: {e}"));
+    let payload = frame.slice(4..);
+    let body_len = body.compute_size(version).expect("encodes");
+    let header_len = payload.len() - body_len;
+    (payload, header_len)
+}
+
+/// What the maximum-prefix check found for one API.
+#[derive(Default, Debug)]
+struct MaxPrefixTally {
+    request_positions: usize,
+    response_positions: usize,
+    largest_alloc_bytes: usize,
+    /// Decode errors by variant.
+    kinds: BTreeMap<String, usize>,
+    prefix_kinds: BTreeMap<PrefixKind, usize>,
+}
+
+/// Outcome of decoding one frame with a prefix at its maximum.
+fn check_max_prefix(
+    what: &str,
+    frame_len: usize,
+    p: &Prefix,
+    decode: impl FnOnce() -> Result<(), ProtocolError>,
+    tally: &mut MaxPrefixTally,
+) {
+    let (outcome, largest, _) = measure(|| catch_quietly(decode));
+    *tally.prefix_kinds.entry(p.kind).or_default() += 1;
+    tally.largest_alloc_bytes = tally.largest_alloc_bytes.max(largest);
+    match outcome {
+        Err(payload) => panic!("{what}, {p:?} at max: panic: {}", panic_message(&*payload)),
+        Ok(Ok(())) => panic!("{what}, {p:?} at max: decoded without an error"),
+        Ok(Err(ProtocolError::MalformedBody { error, .. })) => {
+            let kind = format!("{error:?}");
+            let kind = kind
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            *tally.kinds.entry(kind).or_default() += 1;
+        }
+        Ok(Err(other)) => panic!("{what}, {p:?} at max: not MalformedBody but {other:?}"),
+    }
+    assert!(
+        largest <= single_alloc_bound(frame_len),
+        "{what}, {p:?} at max: a frame of {frame_len} bytes made a single allocation of \
+         {largest} bytes (bound {})",
+        single_alloc_bound(frame_len)
+    );
+}
+
+/// Random valid requests and responses per served version.
+const MAX_PREFIX_RANDOM_MESSAGES: u64 = 3;
+
+/// Sets every length and count prefix of several valid requests and responses of `api` at
+/// `version` to its maximum, one at a time, and decodes each frame the real way.
+fn every_prefix_at_max<Req, Resp>(api: ApiKey, v: i16, rng: &mut StdRng, tally: &mut MaxPrefixTally)
+where
+    Req: Decode + Encodable,
+    Resp: Decode + Encodable,
+{
+    // Requests: the hand-written seed plus random ones, through the broker's path.
+    let mut requests = vec![seed_frame(api, v, rng)];
+    for i in 0..MAX_PREFIX_RANDOM_MESSAGES {
+        let seed = ((api as u64) << 40) ^ ((v as u64) << 32) ^ i;
+        requests.push(encode_seed(api, v, &random_message::<Req>(seed, v)));
+    }
+    for frame in requests {
+        let payload = frame.slice(4..);
+        let mut body = payload.clone();
+        parse_request_header(&mut body).expect("a valid request header");
+        let header = &payload[..payload.len() - body.len()];
+        for p in prefixes_of::<Req>(&body, v) {
+            let mut mutated = header.to_vec();
+            mutated.extend_from_slice(&with_prefix_at_max(&body, &p));
+            let len = mutated.len();
+            let what = format!("{api:?} v{v} request {}", hex(&payload));
+            check_max_prefix(
+                &what,
+                len,
+                &p,
+                || {
+                    let mut frame = Bytes::from(mutated);
+                    let header = parse_request_header(&mut frame)?;
+                    decode_request_kind(&header, frame).map(drop)
+                },
+                tally,
+            );
+            tally.request_positions += 1;
+        }
+    }
+    // Responses: random ones, through the client's path.
+    for i in 0..MAX_PREFIX_RANDOM_MESSAGES + 1 {
+        let seed = ((api as u64) << 40) ^ ((v as u64) << 32) ^ (i + 100);
+        let message = random_message::<Resp>(seed, v);
+        let (payload, header_len) = response_payload(api, v, &message);
+        let body = payload.slice(header_len..);
+        for p in prefixes_of::<Resp>(&body, v) {
+            let mut mutated = payload[..header_len].to_vec();
+            mutated.extend_from_slice(&with_prefix_at_max(&body, &p));
+            let len = mutated.len();
+            let what = format!("{api:?} v{v} response {}", hex(&payload));
+            check_max_prefix(
+                &what,
+                len,
+                &p,
+                || decode_response::<Resp>(Bytes::from(mutated), api as i16, v).map(drop),
+                tally,
+            );
+            tally.response_positions += 1;
+        }
+    }
+}
+
+#[test]
+fn every_count_at_its_maximum_is_a_typed_error() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut kinds_seen = BTreeMap::<PrefixKind, usize>::new();
+    let mut total = (0usize, 0usize, 0usize);
+    for range in SUPPORTED {
+        let api = ApiKey::try_from(range.api_key).expect("served keys are known");
+        let mut tally = MaxPrefixTally::default();
+        for v in range.min..=range.max {
+            with_message_types!(api, both: every_prefix_at_max(api, v, &mut rng, &mut tally));
+        }
+        println!(
+            "max prefixes: {api:?} v{}-v{}: {} request and {} response positions at their \
+             maximum, all typed errors ({:?}); largest single allocation {} bytes",
+            range.min,
+            range.max,
+            tally.request_positions,
+            tally.response_positions,
+            tally.kinds,
+            tally.largest_alloc_bytes
+        );
+        assert!(
+            tally.request_positions > 0 && tally.response_positions > 0,
+            "{api:?}"
+        );
+        total.0 += tally.request_positions;
+        total.1 += tally.response_positions;
+        total.2 = total.2.max(tally.largest_alloc_bytes);
+        for (kind, n) in tally.prefix_kinds {
+            *kinds_seen.entry(kind).or_default() += n;
+        }
+    }
+    println!(
+        "max prefixes: {} request and {} response positions in all; largest single allocation \
+         {} bytes; prefixes by kind: {kinds_seen:?}",
+        total.0, total.1, total.2
+    );
+    // The probe must have met every kind of prefix, or the check covers less than it says.
+    // (No message Rill reads has a non-nullable BYTES field.)
+    use PrefixKind::*;
+    let expected = [String, NullableString, NullableBytes, Array, NullableArray];
+    let expected = expected
+        .into_iter()
+        .chain([TaggedFieldCount, TaggedFieldSize]);
+    assert!(
+        expected.into_iter().all(|k| kinds_seen.contains_key(&k)),
+        "{kinds_seen:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client's side: the 523-byte Fetch v7 response, and mutated responses of every API
+
+/// A Fetch v7 response frame (size prefix included): one topic, one partition with one
+/// aborted transaction and one valid batch of `records` records with values of `value_len`
+/// bytes.
+fn fetch_v7_response(records: i64, value_len: usize) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None).with_producer(7, 0, 0);
+    let value = vec![b'v'; value_len];
+    for i in 0..records {
+        b.push(
+            1_700_000_000_000 + i,
+            Some(b"key"),
+            Some(&value),
+            &[("h", Some(&b"v"[..]))],
+        )
+        .expect("batch");
+    }
+    let partition = fetch_response::PartitionData::default()
+        .with_partition_index(0)
+        .with_high_watermark(records)
+        .with_last_stable_offset(records)
+        .with_aborted_transactions(Some(vec![fetch_response::AbortedTransaction::default()
+            .with_producer_id(ProducerId(7))
+            .with_first_offset(0)]))
+        .with_records(Some(b.build().expect("batch")));
+    let response = FetchResponse::default()
+        .with_session_id(1)
+        .with_responses(vec![fetch_response::FetchableTopicResponse::default()
+            .with_topic(name("orders"))
+            .with_partitions(vec![partition])]);
+    encode_response(1, ApiKey::Fetch as i16, 7, &response).expect("Fetch v7 response")
+}
+
+/// Size of the Fetch v7 response in issue 8 that made an unpatched client allocate 3.9 GB.
+const ISSUE_8_FETCH_FRAME_BYTES: usize = 523;
+
+/// A valid Fetch v7 response frame of [`ISSUE_8_FETCH_FRAME_BYTES`] bytes and its records
+/// count.
+fn fetch_v7_response_of_523_bytes() -> (Bytes, i64) {
+    for records in 1..=4 {
+        for value_len in 0..200 {
+            let frame = fetch_v7_response(records, value_len);
+            if frame.len() == ISSUE_8_FETCH_FRAME_BYTES {
+                return (frame, records);
+            }
+        }
+    }
+    panic!("no Fetch v7 response of {ISSUE_8_FETCH_FRAME_BYTES} bytes");
+}
+
+/// How far a client got with a Fetch response.
+#[derive(Debug)]
+enum ClientFetch {
+    /// `decode_response` refused the body.
+    BodyRefused(ProtocolError),
+    /// The body decoded; the batches and records were walked.
+    Walked {
+        batches: usize,
+        records: usize,
+        error: Option<ProtocolError>,
+    },
+}
+
+/// What `client_decode_fetch` does with an uncompressed Fetch response, keeping the errors.
+fn client_fetch_walk(payload: Bytes, version: i16) -> ClientFetch {
+    let response = match decode_response::<FetchResponse>(payload, ApiKey::Fetch as i16, version) {
+        Ok((_, response)) => response,
+        Err(e) => return ClientFetch::BodyRefused(e),
+    };
+    let (mut batches, mut records) = (0, 0);
+    for topic in &response.responses {
+        for partition in &topic.partitions {
+            let Some(blob) = &partition.records else {
+                continue;
+            };
+            for view in batch::batches(blob) {
+                let view = match view {
+                    Ok(view) => view,
+                    Err(e) => {
+                        return ClientFetch::Walked {
+                            batches,
+                            records,
+                            error: Some(e.into()),
+                        }
+                    }
+                };
+                batches += 1;
+                let iter = match view.records() {
+                    Ok(iter) => iter,
+                    Err(e) => {
+                        return ClientFetch::Walked {
+                            batches,
+                            records,
+                            error: Some(e.into()),
+                        }
+                    }
+                };
+                for record in iter {
+                    match record {
+                        Ok(_) => records += 1,
+                        Err(e) => {
+                            return ClientFetch::Walked {
+                                batches,
+                                records,
+                                error: Some(e.into()),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ClientFetch::Walked {
+        batches,
+        records,
+        error: None,
+    }
+}
+
+/// Decodes `frame` (size prefix included) as the client does, checking the allocation bound.
+fn client_fetch_measured(what: &str, frame: &[u8]) -> ClientFetch {
+    let payload = Bytes::copy_from_slice(&frame[4..]);
+    let len = payload.len();
+    let (outcome, largest, _) = measure(|| {
+        let outcome = client_fetch_walk(payload.clone(), 7);
+        // And the fuzz tests' client path, which also decompresses.
+        client_decode_fetch(payload, 7, &mut Reached::default());
+        outcome
+    });
+    println!(
+        "523-byte Fetch v7: {what}: {outcome:?}; largest single allocation {largest} bytes \
+         (bound {})",
+        client_alloc_bound(len)
+    );
+    assert!(
+        largest <= single_alloc_bound(len) && largest <= client_alloc_bound(len),
+        "{what}: a single allocation of {largest} bytes from a {len}-byte frame"
+    );
+    outcome
+}
+
+/// Calls `decode_response::<Resp>`; true if the body decoded.
+fn decode_response_as<Resp: Decode>(payload: Bytes, api: ApiKey, v: i16) -> bool {
+    decode_response::<Resp>(payload, api as i16, v).is_ok()
+}
+
+/// Random valid response frames (size prefix included) per served api and version.
+fn response_seeds<Resp: Decode + Encodable>(
+    api: ApiKey,
+    v: i16,
+    seeds: &mut Vec<(ApiKey, i16, Bytes)>,
+) {
+    for i in 0..2u64 {
+        let seed = ((api as u64) << 40) ^ ((v as u64) << 32) ^ (i + 200);
+        let message = random_message::<Resp>(seed, v);
+        let frame = encode_response(7, api as i16, v, &message).expect("response encodes");
+        seeds.push((api, v, frame));
+    }
+}
+
+#[test]
+fn the_523_byte_fetch_v7_response_and_mutated_responses_of_every_api_are_bounded() {
+    // (a) The Fetch v7 response of issue 8, valid, then with a huge count or length.
+    let (frame, records) = fetch_v7_response_of_523_bytes();
+    println!(
+        "523-byte Fetch v7: a frame of {} bytes, {records} records",
+        frame.len()
+    );
+    let payload = frame.slice(4..);
+    let mut header = payload.clone();
+    rill_protocol::header::parse_response_header(&mut header, ApiKey::Fetch as i16, 7)
+        .expect("response header");
+    let body_at = 4 + payload.len() - header.len();
+    let prefixes = prefixes_of::<FetchResponse>(&frame.slice(body_at..), 7);
+    let at = |kind| {
+        let found = prefixes
+            .iter()
+            .filter(|p| p.kind == kind)
+            .collect::<Vec<_>>();
+        assert_eq!(found.len(), 1, "{kind:?} in {prefixes:?}");
+        body_at + found[0].at
+    };
+    let aborted_count_at = at(PrefixKind::NullableArray);
+    let batch_at = at(PrefixKind::NullableBytes) + 4;
+    let records_count_at = batch_at + 57;
+    // The first record: length, attributes, timestamp delta, offset delta, key length.
+    let record_at = batch_at + 61;
+    let mut key_len_at = record_at + varint_len_at(&frame[record_at..]) + 1;
+    key_len_at += varint_len_at(&frame[key_len_at..]);
+    key_len_at += varint_len_at(&frame[key_len_at..]);
+    assert_eq!(frame[key_len_at], 6, "the zigzag length of \"key\"");
+    assert_eq!(
+        i32::from_be_bytes(
+            frame[records_count_at..records_count_at + 4]
+                .try_into()
+                .unwrap()
+        ),
+        records as i32
+    );
+
+    match client_fetch_measured("valid", &frame) {
+        ClientFetch::Walked {
+            batches: 1,
+            records: n,
+            error: None,
+        } if n == records as usize => {}
+        other => panic!("the valid frame: {other:?}"),
+    }
+    let with = |at: usize, bytes: &[u8]| {
+        let mut f = frame.to_vec();
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+        f
+    };
+    let huge = i32::MAX.to_be_bytes();
+    match client_fetch_measured(
+        "aborted transactions count 0x7fffffff",
+        &with(aborted_count_at, &huge),
+    ) {
+        ClientFetch::BodyRefused(ProtocolError::MalformedBody {
+            error: DecodeError::CountTooLarge { .. },
+            ..
+        }) => {}
+        other => panic!("aborted transactions count: {other:?}"),
+    }
+    match client_fetch_measured("records count 0x7fffffff", &with(records_count_at, &huge)) {
+        // The walk stops at the end of the bytes: no more records than there are.
+        ClientFetch::Walked {
+            batches: 1,
+            records: n,
+            error: Some(ProtocolError::CorruptRecord { .. }),
+        } if n <= records as usize => {}
+        other => panic!("records count: {other:?}"),
+    }
+    // Five bytes over the key length and what follows: the largest varint (zigzag i32::MAX).
+    let key_len = [0xfe, 0xff, 0xff, 0xff, 0x0f];
+    match client_fetch_measured(
+        "first record's key length i32::MAX",
+        &with(key_len_at, &key_len),
+    ) {
+        ClientFetch::Walked {
+            batches: 1,
+            records: 0,
+            error: Some(ProtocolError::CorruptRecord { .. }),
+        } => {}
+        other => panic!("key length: {other:?}"),
+    }
+
+    // (b) Mutated random valid responses of every API the client reads, every served version.
+    let mut seeds = Vec::new();
+    for range in SUPPORTED {
+        let api = ApiKey::try_from(range.api_key).expect("served keys are known");
+        for v in range.min..=range.max {
+            with_message_types!(api, response: response_seeds(api, v, &mut seeds));
+        }
+    }
+    let seed: u64 = std::env::var("SEED")
+        .ok()
+        .map(|s| s.parse().expect("SEED is a number"))
+        .unwrap_or_else(rand::random);
+    let frames = frames_to_run() / 5;
+    println!("response fuzz: SEED={seed} frames={frames}");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut reached = Reached::default();
+    let mut largest_seen = 0usize;
+    let started = Instant::now();
+    for i in 0..frames {
+        let (api, v, seed_frame) = &seeds[rng.gen_range(0..seeds.len())];
+        let (api, v) = (*api, *v);
+        let input = mutate(seed_frame, &mut rng);
+        for payload in frames_of(&input, &mut reached) {
+            let len = payload.len();
+            let (outcome, largest, _) = measure(|| {
+                catch_quietly(
+                    || with_message_types!(api, response: decode_response_as(payload, api, v)),
+                )
+            });
+            largest_seen = largest_seen.max(largest);
+            let failure = match outcome {
+                Err(panic) => Some(format!("panic: {}", panic_message(&*panic))),
+                Ok(_) if largest > single_alloc_bound(len) => Some(format!(
+                    "a frame of {len} bytes made a single allocation of {largest} bytes (bound {})",
+                    single_alloc_bound(len)
+                )),
+                Ok(true) => {
+                    reached.bodies += 1;
+                    None
+                }
+                Ok(false) => None,
+            };
+            if let Some(what) = failure {
+                panic!(
+                    "{api:?} v{v} response #{i}: {what}; replay with SEED={seed}; input: {}",
+                    hex(&input)
+                );
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "response fuzz: {frames} mutated responses of {} api versions in {:.1} s; reached \
+         {reached:?}; largest single allocation {largest_seen} bytes",
+        seeds.len() / 2,
+        elapsed.as_secs_f64(),
+    );
+    assert!(reached.bodies > frames / 10, "{reached:?}");
 }

@@ -2,6 +2,10 @@
 //! (error cases, pipelining, versions): encoding and decoding use the third-party
 //! `kafka-protocol` crate directly, not Rill's own protocol crate, so the broker is
 //! checked against an independent codec.
+//!
+//! Test harness only: it decodes what our own broker answers, so `kafka-protocol`'s
+//! unbounded decoders (forbidden elsewhere by clippy.toml) are acceptable here.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -337,6 +337,37 @@ fn undecodable_body_closes_only_that_connection() {
     assert_alive(&broker);
 }
 
+/// The 18-byte Metadata v0 request whose topic-array count is 0x7fffffff: kafka-protocol's own
+/// decoder preallocates that count (about 150 GB, and the process aborts). Rill's decoder
+/// refuses it from the count and the bytes left; the connection is closed and the broker
+/// keeps serving everyone else.
+#[test]
+fn metadata_v0_with_a_huge_topic_count_closes_only_that_connection() {
+    let broker = RilldProcess::start();
+    let mut bystander = RawConn::connect(broker.addr());
+    let mut conn = RawConn::connect(broker.addr());
+    let mut frame = BytesMut::new();
+    frame.put_i32(14); // size of what follows
+    frame.put_i16(ApiKey::Metadata as i16);
+    frame.put_i16(0); // version
+    frame.put_i32(7); // correlation id
+    frame.put_i16(-1); // null client id
+    frame.put_i32(0x7fff_ffff); // topics array count
+    assert_eq!(frame.len(), 18);
+    conn.send_bytes(&frame);
+    assert!(conn.is_closed_by_peer());
+    assert_eq!(
+        bystander.call(3, &ApiVersionsRequest::default()).error_code,
+        0
+    );
+    assert_alive(&broker);
+    assert!(
+        broker.log().contains("undecodable Metadata v0 request"),
+        "the broker says why it closed: {}",
+        broker.log()
+    );
+}
+
 /// xorshift64*: a tiny deterministic generator (the seed is printed on failure).
 struct Rng(u64);
 

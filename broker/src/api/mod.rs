@@ -24,6 +24,7 @@ use rill_protocol::header::RequestHeader;
 use rill_protocol::{codec, versions};
 
 use crate::server::connection::Reply;
+use crate::server::order::Turn;
 use crate::server::Broker;
 
 /// A request the broker cannot answer; the connection is closed (Kafka does the
@@ -31,8 +32,10 @@ use crate::server::Broker;
 #[derive(Debug)]
 pub struct CloseConnection(pub String);
 
-/// Decodes, handles and encodes one request.
-pub async fn dispatch(broker: &Broker, header: RequestHeader, mut body: Bytes) -> Reply {
+/// Decodes, handles and encodes one request. Decoding overlaps with earlier requests;
+/// the handler runs once `turn` is taken, so requests of a connection take effect in
+/// arrival order (see [`crate::server::order`]).
+pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn: Turn) -> Reply {
     let (api_key, version, correlation_id) =
         (header.api_key, header.api_version, header.correlation_id);
     if !versions::is_supported(api_key, version) {
@@ -44,7 +47,7 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, mut body: Bytes) -
 
     macro_rules! decode {
         ($request:ty) => {
-            codec::decode_request::<$request>(&mut body, version).map_err(|e| {
+            codec::decode_request::<$request>(body, version).map_err(|e| {
                 CloseConnection(format!("undecodable {api:?} v{version} request: {e}"))
             })?
         };
@@ -56,57 +59,67 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, mut body: Bytes) -
         };
     }
 
+    // Each arm decodes before taking the turn (decoding overlaps with earlier requests);
+    // the turn passes on when `_held` drops: at the end of the arm unless it says otherwise.
     let frame = match api {
         ApiKey::ApiVersions => encode!(api_versions::handle(decode!(ApiVersionsRequest), version)),
         ApiKey::Metadata => {
-            encode!(metadata::handle(broker, decode!(MetadataRequest), version).await)
+            let request = decode!(MetadataRequest);
+            let _held = turn.take().await;
+            encode!(metadata::handle(broker, request, version).await)
         }
         ApiKey::CreateTopics => {
-            encode!(create_topics::handle(broker, decode!(CreateTopicsRequest), version).await)
+            let request = decode!(CreateTopicsRequest);
+            let _held = turn.take().await;
+            encode!(create_topics::handle(broker, request, version).await)
         }
         ApiKey::DeleteTopics => {
-            encode!(delete_topics::handle(broker, decode!(DeleteTopicsRequest), version).await)
+            let request = decode!(DeleteTopicsRequest);
+            let _held = turn.take().await;
+            encode!(delete_topics::handle(broker, request, version).await)
         }
         ApiKey::CreatePartitions => {
-            encode!(create_partitions::handle(broker, decode!(CreatePartitionsRequest)).await)
+            let request = decode!(CreatePartitionsRequest);
+            let _held = turn.take().await;
+            encode!(create_partitions::handle(broker, request).await)
         }
         ApiKey::Produce => {
-            match produce::handle(broker, decode!(ProduceRequest), version).await {
+            let request = decode!(ProduceRequest);
+            // The handler passes the turn on right after its appends.
+            match produce::handle(broker, request, version, turn.take().await).await {
                 Some(response) => encode!(response),
                 None => return Ok(None), // acks=0: no response at all
             }
         }
         ApiKey::Fetch => {
             let request = decode!(FetchRequest);
+            // Reads change nothing, but they see every earlier request's effects.
+            drop(turn.take().await);
             return fetch::handle(broker, correlation_id, request, version)
                 .await
                 .map(Some)
                 .map_err(|e| CloseConnection(format!("cannot encode Fetch v{version}: {e}")));
         }
         ApiKey::ListOffsets => {
-            encode!(list_offsets::handle(
-                broker,
-                decode!(ListOffsetsRequest),
-                version
-            ))
+            let request = decode!(ListOffsetsRequest);
+            let _held = turn.take().await;
+            encode!(list_offsets::handle(broker, request, version))
         }
         ApiKey::DescribeConfigs => {
-            encode!(describe_configs::handle(
-                broker,
-                decode!(DescribeConfigsRequest),
-                version
-            ))
+            let request = decode!(DescribeConfigsRequest);
+            let _held = turn.take().await;
+            encode!(describe_configs::handle(broker, request, version))
         }
         ApiKey::DescribeCluster => {
-            encode!(describe_cluster::handle(
-                broker,
-                decode!(DescribeClusterRequest)
-            ))
+            let request = decode!(DescribeClusterRequest);
+            let _held = turn.take().await;
+            encode!(describe_cluster::handle(broker, request))
         }
-        ApiKey::OffsetForLeaderEpoch => encode!(offset_for_leader_epoch::handle(
-            broker,
-            decode!(OffsetForLeaderEpochRequest)
-        )),
+        ApiKey::OffsetForLeaderEpoch => {
+            let request = decode!(OffsetForLeaderEpochRequest);
+            let _held = turn.take().await;
+            encode!(offset_for_leader_epoch::handle(broker, request))
+        }
         other => {
             return Err(CloseConnection(format!(
                 "{other:?} is in the served table but has no handler"

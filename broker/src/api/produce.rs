@@ -6,10 +6,15 @@
 //! its size, and storage validates the 61-byte header and CRC and copies the batches
 //! once into the mapped segment (all batches of a partition in one append). So: one copy, frame buffer → log. Records are never decoded.
 //!
+//! Order: a connection's Produce requests are appended in arrival order (the append
+//! stage runs while the request holds its connection's turn; see
+//! [`crate::server::order`]).
+//!
 //! acks: 0 answers nothing; 1 answers after the append; -1 answers after the flush
 //! covering the batch under `durability = fsync` (group commit in
 //! [`crate::state::partition`]), after the append under `interval`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -20,26 +25,61 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use super::str_bytes;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
+use crate::server::order::TurnHeld;
 use crate::server::Broker;
 use crate::state::partition::Appended;
+use crate::state::Partition;
+
+/// A partition's index, its append's outcome and, when it succeeded, the partition (for
+/// the acks=-1 wait).
+type PartitionAppend = (i32, Result<Appended, BrokerError>, Option<Arc<Partition>>);
 
 /// Handles a Produce request; `None` for acks=0 (no response is sent).
+///
+/// Two stages: every partition's batches are appended while `turn` is held, so pipelined
+/// requests of one connection are appended in request order; the turn then passes on
+/// and acks=-1 waits for durability, overlapping with the requests behind it.
 pub async fn handle(
     broker: &Broker,
     request: ProduceRequest,
     _version: i16,
+    turn: TurnHeld,
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
     let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
-    let mut topics = Vec::with_capacity(request.topic_data.len());
-    for topic in request.topic_data {
-        let name = topic.name.0.to_string();
-        let results = join_all(
+    let appends: Vec<Vec<PartitionAppend>> = request
+        .topic_data
+        .iter()
+        .map(|topic| {
+            let name = topic.name.0.as_str();
             topic
                 .partition_data
-                .into_iter()
-                .map(|data| produce_partition(broker, &name, data, acks, timeout)),
-        )
+                .iter()
+                .map(|data| match append_partition(broker, name, data, acks) {
+                    Ok((appended, partition)) => (data.index, Ok(appended), Some(partition)),
+                    Err(e) => (data.index, Err(e), None),
+                })
+                .collect()
+        })
+        .collect();
+    drop(turn);
+    if acks == 0 {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut topics = Vec::with_capacity(appends.len());
+    for (topic, partitions) in request.topic_data.into_iter().zip(appends) {
+        let results = join_all(partitions.into_iter().map(|(index, result, partition)| {
+            acknowledge(
+                broker,
+                topic.name.0.as_str(),
+                index,
+                result,
+                partition,
+                acks,
+                deadline,
+            )
+        }))
         .await;
         topics.push(
             TopicProduceResponse::default()
@@ -48,21 +88,28 @@ pub async fn handle(
                 .with_partition_responses(results),
         );
     }
-    if acks == 0 {
-        return None;
-    }
     Some(ProduceResponse::default().with_responses(topics))
 }
 
-async fn produce_partition(
+/// Waits (acks=-1) until the partition's append may be acknowledged, then builds its
+/// answer.
+async fn acknowledge(
     broker: &Broker,
     topic: &str,
-    data: PartitionProduceData,
+    index: i32,
+    mut result: Result<Appended, BrokerError>,
+    partition: Option<Arc<Partition>>,
     acks: i16,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> PartitionProduceResponse {
-    let index = data.index;
-    let result = append_partition(broker, topic, data, acks, timeout).await;
+    if let (Ok(appended), Some(partition), -1) = (&result, partition, acks) {
+        let wait = partition.wait_acknowledgeable(appended);
+        result = match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(())) => result,
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BrokerError::RequestTimedOut),
+        };
+    }
     let response = PartitionProduceResponse::default()
         .with_index(index)
         .with_log_append_time_ms(-1);
@@ -87,13 +134,13 @@ async fn produce_partition(
     }
 }
 
-async fn append_partition(
+/// Checks and appends one partition's batches, without waiting.
+fn append_partition(
     broker: &Broker,
     topic: &str,
-    data: PartitionProduceData,
+    data: &PartitionProduceData,
     acks: i16,
-    timeout: Duration,
-) -> Result<Appended, BrokerError> {
+) -> Result<(Appended, Arc<Partition>), BrokerError> {
     if !matches!(acks, -1..=1) {
         return Err(BrokerError::InvalidRequiredAcks(acks));
     }
@@ -101,14 +148,8 @@ async fn append_partition(
         .manager
         .partition(topic, data.index)
         .ok_or(BrokerError::UnknownTopicOrPartition)?;
-    let records = data.records.unwrap_or_default();
-    super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;
-    let append = partition.append(&records, acks == -1);
-    if acks == -1 {
-        tokio::time::timeout(timeout, append)
-            .await
-            .map_err(|_| BrokerError::RequestTimedOut)?
-    } else {
-        append.await
-    }
+    let records = data.records.as_deref().unwrap_or_default();
+    super::produce_check::check_client_batches(records, topic.config.max_message_bytes)?;
+    let appended = partition.append(records)?;
+    Ok((appended, partition))
 }

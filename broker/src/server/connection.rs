@@ -5,6 +5,9 @@
 //! through a channel of capacity `requests_in_flight_max`; when it is full the
 //! reader stops reading the socket (TCP back-pressure), so a client can never make
 //! the broker buffer more than that many requests for it.
+//!
+//! Handlers run concurrently, but their effects happen in request order: each gets a
+//! [`Turn`] chained to its predecessor's ([`super::order`]).
 
 use std::sync::Arc;
 
@@ -17,6 +20,7 @@ use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
 use super::framing::RequestFrames;
+use super::order::{Turn, TurnChain};
 use super::write::write_all_chunks;
 use super::Broker;
 use crate::api;
@@ -83,6 +87,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
     });
 
     let mut shutdown = broker.shutdown.clone();
+    let mut turns = TurnChain::default();
     loop {
         let frame = tokio::select! {
             frame = frames.next() => frame,
@@ -106,10 +111,11 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
             break; // the writer stopped
         }
         let broker = Arc::clone(&broker);
+        let turn = turns.next_turn();
         // The handler runs in the connection's span, so its logs name the peer.
         tokio::spawn(
             async move {
-                let _ = reply_tx.send(handle_frame(broker, frame).await);
+                let _ = reply_tx.send(handle_frame(broker, frame, turn).await);
             }
             .in_current_span(),
         );
@@ -144,12 +150,12 @@ fn take_reply(reply: Option<Reply>, chunks: &mut Vec<Bytes>) -> bool {
     }
 }
 
-async fn handle_frame(broker: Arc<Broker>, mut frame: Bytes) -> Reply {
+async fn handle_frame(broker: Arc<Broker>, mut frame: Bytes, turn: Turn) -> Reply {
     let started = std::time::Instant::now();
     let header = parse_request_header(&mut frame)
         .map_err(|e| api::CloseConnection(format!("bad request header: {e}")))?;
     let api_key = header.api_key;
-    let reply = api::dispatch(&broker, header, frame).await;
+    let reply = api::dispatch(&broker, header, frame, turn).await;
     broker.metrics().record_request(api_key, started.elapsed());
     reply
 }

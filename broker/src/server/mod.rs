@@ -10,6 +10,7 @@
 
 pub mod connection;
 pub mod framing;
+pub mod order;
 pub mod write;
 
 use std::net::SocketAddr;

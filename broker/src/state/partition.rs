@@ -131,13 +131,11 @@ impl Partition {
     }
 
     /// Appends record batches (one or more, whole, as produced) as leader, all or
-    /// nothing. With `durability = fsync` this schedules a group-commit flush; if
-    /// `wait_durable`, it returns only once a completed flush covers the batches.
-    pub async fn append(
-        self: &Arc<Self>,
-        batches: &[u8],
-        wait_durable: bool,
-    ) -> Result<Appended, BrokerError> {
+    /// nothing, at once (no waiting: the caller holds its connection's turn). With
+    /// `durability = fsync` this schedules a group-commit flush; under `interval` the
+    /// records are visible on return. [`Partition::wait_acknowledgeable`] waits for
+    /// what acks=-1 needs.
+    pub fn append(self: &Arc<Self>, batches: &[u8]) -> Result<Appended, BrokerError> {
         let (appended, batch_count) = {
             let mut log = self.log();
             if self.closed.load(Ordering::Acquire) {
@@ -163,14 +161,18 @@ impl Partition {
             Durability::Interval => {
                 self.visible_tx.send_if_modified(|v| raise(v, end));
             }
-            Durability::Fsync => {
-                self.request_flush();
-                if wait_durable {
-                    self.wait_durable(end).await?;
-                }
-            }
+            Durability::Fsync => self.request_flush(),
         }
         Ok(appended)
+    }
+
+    /// Waits until `appended` may be acknowledged to an acks=-1 producer: under
+    /// `durability = fsync` once a completed flush covers it, under `interval` at once.
+    pub async fn wait_acknowledgeable(&self, appended: &Appended) -> Result<(), BrokerError> {
+        match self.durability {
+            Durability::Interval => Ok(()),
+            Durability::Fsync => self.wait_durable(appended.last_offset + 1).await,
+        }
     }
 
     /// Waits until a flush covers every offset below `end_offset`.

@@ -15,6 +15,7 @@
 pub mod builder;
 pub mod compress;
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // kafka-protocol's decoder is the reference here
 mod tests;
 
 pub use builder::BatchBuilder;

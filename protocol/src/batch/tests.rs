@@ -314,7 +314,13 @@ proptest::proptest! {
                 headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
             proptest::prop_assert_eq!(&r.headers.clone().collect::<Vec<_>>(), &expected);
         }
-        // kafka-protocol's decoder agrees on offsets, timestamps and values.
+        // kafka-protocol's decoder agrees on offsets, timestamps and values. It adds
+        // timestamp deltas without wrapping (a panic in debug builds), so it is asked
+        // only when no delta from the batch's base timestamp overflows.
+        let base_ts = view.base_timestamp();
+        if specs.iter().any(|s| s.0.checked_sub(base_ts).is_none()) {
+            return Ok(());
+        }
         let set = RecordBatchDecoder::decode(&mut bytes.clone()).unwrap();
         for (theirs, ours) in set.records.iter().zip(&records) {
             proptest::prop_assert_eq!(theirs.offset, ours.offset);

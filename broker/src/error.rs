@@ -1,6 +1,8 @@
 //! The broker's error type: one variant per cause, each ending as a Kafka error code
 //! at the protocol boundary ([`BrokerError::code`]).
 
+use kafka_protocol::messages::produce_response::BatchIndexAndErrorMessage;
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 /// Why a broker operation failed.
@@ -33,6 +35,15 @@ pub enum BrokerError {
     /// The record batch failed validation (size fields, magic, CRC).
     #[error("corrupt record batch: {0}")]
     CorruptMessage(String),
+    /// A well-formed batch breaks a rule for what clients may write (Kafka's log validator:
+    /// magic other than 2, offsets inconsistent with the records count, more records than
+    /// bytes, a control batch, a transactional batch while transactions are unsupported).
+    /// Nothing of the partition's records is appended.
+    #[error("{message}")]
+    InvalidRecord {
+        /// What is wrong, in Kafka's wording where Kafka has one.
+        message: String,
+    },
     /// The record batch is larger than the topic's max.message.bytes.
     #[error("record batch of {size_bytes} bytes exceeds max.message.bytes {max_bytes}")]
     MessageTooLarge {
@@ -85,6 +96,7 @@ impl BrokerError {
             BrokerError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
             BrokerError::CorruptMessage(_) => ResponseError::CorruptMessage,
+            BrokerError::InvalidRecord { .. } => ResponseError::InvalidRecord,
             BrokerError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
             BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             BrokerError::InvalidRequiredAcks(_) => ResponseError::InvalidRequiredAcks,
@@ -99,5 +111,18 @@ impl BrokerError {
     /// The Kafka error code.
     pub fn code(&self) -> i16 {
         self.response_error().code()
+    }
+
+    /// Produce v8+ `record_errors` (KIP-467) for this error: one entry for an
+    /// [`BrokerError::InvalidRecord`], none otherwise. Our rules are about whole batches, not
+    /// single records, so the entry names index 0 (the batch from its first record) and
+    /// repeats the message; the encoder leaves the field out below v8.
+    pub fn record_errors(&self) -> Vec<BatchIndexAndErrorMessage> {
+        match self {
+            BrokerError::InvalidRecord { message } => vec![BatchIndexAndErrorMessage::default()
+                .with_batch_index(0)
+                .with_batch_index_error_message(Some(StrBytes::from_string(message.clone())))],
+            _ => Vec::new(),
+        }
     }
 }

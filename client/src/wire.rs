@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 use kafka_protocol::protocol::{Request, StrBytes};
-use rill_protocol::batch::{self, BatchBuilder, BatchView, Records};
+use rill_protocol::batch::{self, BatchBuilder, BatchView, DecompressRecords, Records};
 use rill_protocol::decode::{self, Decode};
 use rill_protocol::header::RequestHeader;
 use rill_protocol::{codec, versions};
@@ -223,7 +223,7 @@ pub(crate) fn decode_records(
         if view.is_control() || view.next_offset() <= fetch_offset {
             continue;
         }
-        view.validate_crc()
+        view.verify_crc()
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let source: Bytes;
         let records = if view.compression_id() == 0 {
@@ -249,9 +249,8 @@ pub(crate) fn decode_records(
                 value: r.value.map(|v| source.slice_ref(v)),
                 headers: r
                     .headers
-                    .iter()
                     .map(|(k, v)| Header {
-                        key: (*k).to_owned(),
+                        key: k.to_owned(),
                         value: v.map(|v| source.slice_ref(v)),
                     })
                     .collect(),

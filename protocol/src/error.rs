@@ -156,6 +156,24 @@ pub enum ProtocolError {
     Io(#[from] std::io::Error),
 }
 
+impl From<rill_record::RecordError> for ProtocolError {
+    /// Keeps the variants clients already match on: magic, CRC and record errors map to their
+    /// own variants, the other batch errors to [`ProtocolError::CorruptBatch`].
+    fn from(e: rill_record::RecordError) -> ProtocolError {
+        use rill_record::RecordError as R;
+        match e {
+            R::UnsupportedMagic { magic } => ProtocolError::UnsupportedMagic { magic },
+            R::CrcMismatch { stored, computed } => ProtocolError::CrcMismatch { stored, computed },
+            R::CorruptRecord { reason } => ProtocolError::CorruptRecord {
+                reason: reason.to_owned(),
+            },
+            other => ProtocolError::CorruptBatch {
+                reason: other.reason(),
+            },
+        }
+    }
+}
+
 impl ProtocolError {
     /// The Kafka error code a broker should answer this error with, if it is answered at all.
     ///

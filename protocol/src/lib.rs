@@ -19,9 +19,10 @@
 //! * [`fetch`] — Fetch responses encoded by hand ([`fetch::encode_fetch_response`]) as small
 //!   metadata chunks plus the record slices from storage, for vectored writes without copying
 //!   record bytes.
-//! * [`batch`] — RecordBatch v2: [`batch::BatchView`] (header fields in place, CRC32C
-//!   check), [`batch::batches`] (walk a records blob), [`batch::Records`] (record iterator),
-//!   [`batch::BatchBuilder`] (client; compression behind the `compression` feature).
+//! * [`batch`] — RecordBatch v2: re-exports the layout's one home, the `rill-record` crate
+//!   ([`batch::BatchView`], [`batch::batches`], [`batch::Records`], writers, client rules),
+//!   and adds [`batch::BatchBuilder`] and [`batch::DecompressRecords`] (codecs behind the
+//!   `compression` feature).
 //! * [`error`] — [`ProtocolError`], one variant per cause, with
 //!   [`ProtocolError::kafka_error_code`].
 //!

@@ -41,7 +41,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rill_protocol::batch::{self, BatchBuilder, Compression};
+use rill_protocol::batch::{self, BatchBuilder, ClientBatchRules, Compression, DecompressRecords};
 use rill_protocol::codec::{decode_request_kind, decode_response, encode_request, encode_response};
 use rill_protocol::decode::random::RandomSource;
 use rill_protocol::decode::{Decode, DecodeError, Source, WireReader};
@@ -492,7 +492,8 @@ fn decode_frame(frame: Bytes, reached: &mut Reached) {
                 for view in batch::batches(records) {
                     let Ok(view) = view else { break };
                     reached.batches += 1;
-                    let _ = view.validate();
+                    let _ = view.verify_crc();
+                    let _ = batch::validate_client_batch(&view, ClientBatchRules::default());
                     if let Ok(iter) = view.records() {
                         reached.records += iter.take_while(Result::is_ok).count() as u64;
                     }
@@ -1508,7 +1509,7 @@ fn client_fetch_walk(payload: Bytes, version: i16) -> ClientFetch {
                         return ClientFetch::Walked {
                             batches,
                             records,
-                            error: Some(e),
+                            error: Some(e.into()),
                         }
                     }
                 };
@@ -1519,7 +1520,7 @@ fn client_fetch_walk(payload: Bytes, version: i16) -> ClientFetch {
                         return ClientFetch::Walked {
                             batches,
                             records,
-                            error: Some(e),
+                            error: Some(e.into()),
                         }
                     }
                 };
@@ -1530,7 +1531,7 @@ fn client_fetch_walk(payload: Bytes, version: i16) -> ClientFetch {
                             return ClientFetch::Walked {
                                 batches,
                                 records,
-                                error: Some(e),
+                                error: Some(e.into()),
                             }
                         }
                     }

@@ -142,7 +142,7 @@ fn read_run(base: &Path, batch: &[u8], total: usize) -> (f64, f64, f64) {
         let mut bytes = 0;
         while offset < end {
             let chunk = log.read(offset, MIB, end).unwrap();
-            let last = batch::BatchHeader::parse(&chunk[chunk.len() - batch.len()..]).unwrap();
+            let last = batch::parse(&chunk[chunk.len() - batch.len()..]).unwrap();
             offset = last.last_offset() as u64 + 1;
             bytes += chunk.len();
             if copy {

@@ -12,7 +12,7 @@
 //! | `index` | sparse `.index` (relative offset u32 → position u32) and `.timeindex` (timestamp i64 → relative offset u32) |
 //! | `epoch` | the leader-epoch file (epoch → first offset) |
 //! | `checkpoint` | CRC-protected small files replaced atomically (temp, fsync, rename, fsync dir) |
-//! | [`batch`] | RecordBatch v2 header view, validation (length, magic, CRC32C), stamping, a small encoder |
+//! | [`batch`] | storage's rules over `rill-record`'s RecordBatch v2 layout (non-negative offsets, CRC32C on append and recovery), stamping, a small encoder |
 //! | `mmap` | the only `unsafe`: mappings whose published prefix may be handed out as zero-copy `Bytes`; `pwritev`, `fallocate` |
 //! | [`config`](LogConfig) | [`LogConfig`]: every bound with its default, validated by key |
 //! | [`error`](StorageError) | [`StorageError`], one variant per cause |

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader};
+use crate::batch::{self, BatchView};
 use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::epoch::{EpochCache, EpochEntry};
@@ -602,29 +602,29 @@ impl PartitionLog {
                     reason: e.reason(),
                 })?;
             if leader_epoch.is_none() {
-                if header.base_offset != next as i64 {
+                if header.base_offset() != next as i64 {
                     return Err(StorageError::NonContiguous {
                         expected: next,
-                        actual: header.base_offset,
+                        actual: header.base_offset(),
                     });
                 }
-                if header.leader_epoch >= 0 {
-                    if header.leader_epoch < epoch_floor {
+                if header.partition_leader_epoch() >= 0 {
+                    if header.partition_leader_epoch() < epoch_floor {
                         return Err(StorageError::EpochRegression {
-                            epoch: header.leader_epoch,
+                            epoch: header.partition_leader_epoch(),
                             latest_epoch: epoch_floor,
                         });
                     }
-                    if header.leader_epoch > epoch_floor {
+                    if header.partition_leader_epoch() > epoch_floor {
                         new_epochs = true;
-                        epoch_floor = header.leader_epoch;
+                        epoch_floor = header.partition_leader_epoch();
                     }
                 }
             }
-            next += u64::from(header.last_offset_delta as u32) + 1;
-            max_ts = max_ts.max(header.max_timestamp);
+            next += u64::from(header.last_offset_delta() as u32) + 1;
+            max_ts = max_ts.max(header.max_timestamp());
             batch_count += 1;
-            pos += header.total_bytes;
+            pos += header.size_bytes();
         }
         let total = input.len();
         if total as u64 > self.config.segment_bytes {
@@ -652,11 +652,12 @@ impl PartitionLog {
                 None => {
                     let mut p = 0;
                     while p < input.len() {
-                        let h = BatchHeader::parse(&input[p..]).expect("validated above");
-                        if self.epochs.needs_entry(h.leader_epoch) {
-                            self.epochs.push(h.leader_epoch, h.base_offset as u64);
+                        let h = batch::parse(&input[p..]).expect("validated above");
+                        if self.epochs.needs_entry(h.partition_leader_epoch()) {
+                            self.epochs
+                                .push(h.partition_leader_epoch(), h.base_offset() as u64);
                         }
-                        p += h.total_bytes;
+                        p += h.size_bytes();
                     }
                 }
             }
@@ -697,17 +698,17 @@ impl PartitionLog {
         let mut offset = log_end;
         let mut last_batch = None;
         while p < total {
-            let h = BatchHeader::parse(&input[p..]).expect("validated above");
+            let h = batch::parse(&input[p..]).expect("validated above");
             active.index.on_batch(
                 interval,
                 (offset - seg_base) as u32,
                 (start_pos + p) as u32,
-                h.total_bytes as u32,
-                h.max_timestamp,
+                h.size_bytes() as u32,
+                h.max_timestamp(),
             );
             last_batch = Some(offset);
-            offset += u64::from(h.last_offset_delta as u32) + 1;
-            p += h.total_bytes;
+            offset += u64::from(h.last_offset_delta() as u32) + 1;
+            p += h.size_bytes();
         }
         debug_assert_eq!(offset, next);
         active.writer.publish(end_pos);
@@ -960,7 +961,7 @@ impl PartitionLog {
         else {
             return Ok(None);
         };
-        self.find_by_timestamp(i, timestamp_ms, |h| h.max_timestamp >= timestamp_ms)
+        self.find_by_timestamp(i, timestamp_ms, |h| h.max_timestamp() >= timestamp_ms)
     }
 
     /// The largest timestamp in the log and the offset of the first record carrying
@@ -978,7 +979,7 @@ impl PartitionLog {
         };
         let ts = seg.max_timestamp_ms;
         Ok(self
-            .find_by_timestamp(i, ts, |h| h.max_timestamp == ts)?
+            .find_by_timestamp(i, ts, |h| h.max_timestamp() == ts)?
             .map(|(offset, t)| (t, offset)))
     }
 
@@ -986,7 +987,7 @@ impl PartitionLog {
         &self,
         i: usize,
         timestamp_ms: i64,
-        matches: impl Fn(&BatchHeader) -> bool,
+        matches: impl Fn(&BatchView<'_>) -> bool,
     ) -> Result<Option<(u64, i64)>> {
         let seg = &self.segments[i];
         let path = segment_path(&self.dir, seg.base_offset, LOG_SUFFIX);
@@ -1006,13 +1007,12 @@ impl PartitionLog {
         while pos < data.len() {
             let h = segment::parse_stored(data, pos, &path)?;
             if matches(&h) {
-                let batch = &data[pos..pos + h.total_bytes];
                 return Ok(Some(
-                    batch::first_record_at_or_after(batch, &h, timestamp_ms)
-                        .unwrap_or((h.base_offset as u64, h.max_timestamp)),
+                    batch::first_record_at_or_after(&h, timestamp_ms)
+                        .unwrap_or((h.base_offset() as u64, h.max_timestamp())),
                 ));
             }
-            pos += h.total_bytes;
+            pos += h.size_bytes();
         }
         Ok(None)
     }
@@ -1051,7 +1051,7 @@ impl PartitionLog {
                 let data = &view[..self.segments[i].size_bytes];
                 let rel = (offset - base) as u32;
                 match segment::find_batch(data, source_index.position_for(rel), offset, &path)? {
-                    Some((pos, header)) => (pos, header.base_offset as u64),
+                    Some((pos, header)) => (pos, header.base_offset() as u64),
                     None => (data.len(), self.segments[i].next_offset),
                 }
             }
@@ -1341,11 +1341,12 @@ fn write_stamped(
         let mut ends = [0usize; GROUP_BATCHES];
         let mut n = 0;
         while p < input.len() && n < GROUP_BATCHES {
-            let h = BatchHeader::parse(&input[p..]).expect("validated by the caller");
+            let h = batch::parse(&input[p..]).expect("validated by the caller");
             stamps[n].copy_from_slice(&input[p..p + STAMPED_BYTES]);
-            batch::stamp(&mut stamps[n], offset, leader_epoch);
-            offset += u64::from(h.last_offset_delta as u32) + 1;
-            p += h.total_bytes;
+            batch::stamp(&mut stamps[n], offset, leader_epoch)
+                .expect("a stamp buffer holds the 16 stamped bytes");
+            offset += u64::from(h.last_offset_delta() as u32) + 1;
+            p += h.size_bytes();
             ends[n] = p;
             n += 1;
         }

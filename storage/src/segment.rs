@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::batch::{self, BatchView, HEADER_BYTES, LOG_OVERHEAD_BYTES};
 use crate::epoch::EpochCache;
 use crate::error::{Result, StorageError};
 use crate::index::{self, SegmentIndex};
@@ -198,7 +198,7 @@ pub(crate) fn scan(
         let parsed = if verify_crc {
             batch::parse_and_verify(rest)
         } else {
-            BatchHeader::parse(rest)
+            batch::parse(rest)
         };
         let header = match parsed {
             Ok(h) => h,
@@ -207,7 +207,7 @@ pub(crate) fn scan(
                 break;
             }
         };
-        if header.base_offset != expected as i64 {
+        if header.base_offset() != expected as i64 {
             out.corrupt = Some((pos, "batch offsets are not contiguous"));
             break;
         }
@@ -217,15 +217,15 @@ pub(crate) fn scan(
             break;
         }
         if let Some(epochs) = epochs.as_deref_mut() {
-            if header.leader_epoch >= 0 {
+            if header.partition_leader_epoch() >= 0 {
                 match epochs.latest_epoch() {
-                    Some(latest) if header.leader_epoch < latest => {
+                    Some(latest) if header.partition_leader_epoch() < latest => {
                         out.corrupt = Some((pos, "leader epoch decreases"));
                         break;
                     }
                     _ => {
-                        if epochs.needs_entry(header.leader_epoch) {
-                            epochs.push(header.leader_epoch, expected);
+                        if epochs.needs_entry(header.partition_leader_epoch()) {
+                            epochs.push(header.partition_leader_epoch(), expected);
                         }
                     }
                 }
@@ -235,12 +235,12 @@ pub(crate) fn scan(
             interval_bytes,
             (expected - base_offset) as u32,
             pos as u32,
-            header.total_bytes as u32,
-            header.max_timestamp,
+            header.size_bytes() as u32,
+            header.max_timestamp(),
         );
-        out.max_timestamp_ms = out.max_timestamp_ms.max(header.max_timestamp);
+        out.max_timestamp_ms = out.max_timestamp_ms.max(header.max_timestamp());
         out.last_batch_offset = Some(expected);
-        pos += header.total_bytes;
+        pos += header.size_bytes();
         expected = last + 1;
         out.end_pos = pos;
         out.next_offset = expected;
@@ -284,12 +284,11 @@ pub(crate) fn load_trusted(dir: &Path, base_offset: u64) -> Option<Segment> {
         if total < HEADER_BYTES || pos + total > len {
             return None;
         }
-        // Parse against a buffer that claims the full length so the length check passes.
-        let h = parse_header_only(&header, total)?;
-        if h.base_offset != expected as i64 {
+        let h = batch::parse_header(&header).ok()?;
+        if h.base_offset() != expected as i64 {
             return None;
         }
-        max_ts = max_ts.max(h.max_timestamp);
+        max_ts = max_ts.max(h.max_timestamp());
         expected = h.last_offset() as u64 + 1;
         pos += total;
     }
@@ -303,53 +302,29 @@ pub(crate) fn load_trusted(dir: &Path, base_offset: u64) -> Option<Segment> {
     })
 }
 
-/// Decodes header fields from the first 61 bytes of a batch of `total` bytes.
-fn parse_header_only(header: &[u8; HEADER_BYTES], total: usize) -> Option<BatchHeader> {
-    if header[16] != 2 {
-        return None;
-    }
-    let i64_at = |p: usize| i64::from_be_bytes(header[p..p + 8].try_into().expect("8"));
-    let i32_at = |p: usize| i32::from_be_bytes(header[p..p + 4].try_into().expect("4"));
-    let h = BatchHeader {
-        base_offset: i64_at(0),
-        total_bytes: total,
-        leader_epoch: i32_at(12),
-        crc: u32::from_be_bytes(header[17..21].try_into().expect("4")),
-        attributes: i16::from_be_bytes([header[21], header[22]]),
-        last_offset_delta: i32_at(23),
-        base_timestamp: i64_at(27),
-        max_timestamp: i64_at(35),
-        producer_id: i64_at(43),
-        producer_epoch: i16::from_be_bytes([header[51], header[52]]),
-        base_sequence: i32_at(53),
-        record_count: i32_at(57),
-    };
-    (h.last_offset_delta >= 0 && h.base_offset >= 0).then_some(h)
-}
-
 /// Finds the first batch at or after `from_pos` whose last offset is >= `offset`;
 /// returns its position and header (`None` at the end of the data).
-pub(crate) fn find_batch(
-    data: &[u8],
+pub(crate) fn find_batch<'a>(
+    data: &'a [u8],
     from_pos: usize,
     offset: u64,
     file: &Path,
-) -> Result<Option<(usize, BatchHeader)>> {
+) -> Result<Option<(usize, BatchView<'a>)>> {
     let mut pos = from_pos;
     while pos < data.len() {
         let header = parse_stored(data, pos, file)?;
         if header.last_offset() as u64 >= offset {
             return Ok(Some((pos, header)));
         }
-        pos += header.total_bytes;
+        pos += header.size_bytes();
     }
     Ok(None)
 }
 
 /// Parses a stored batch header at `pos` of published data; stored data was validated
 /// when written, so a failure means the file changed under us.
-pub(crate) fn parse_stored(data: &[u8], pos: usize, file: &Path) -> Result<BatchHeader> {
-    BatchHeader::parse(&data[pos..]).map_err(|e| StorageError::CorruptLog {
+pub(crate) fn parse_stored<'a>(data: &'a [u8], pos: usize, file: &Path) -> Result<BatchView<'a>> {
+    batch::parse(&data[pos..]).map_err(|e| StorageError::CorruptLog {
         file: file.to_path_buf(),
         position: pos,
         reason: e.reason(),
@@ -381,15 +356,15 @@ pub(crate) fn slice_batches(
     if first.last_offset() as u64 >= end_offset_exclusive {
         return Ok(Bytes::new());
     }
-    let mut end = first_pos + first.total_bytes;
+    let mut end = first_pos + first.size_bytes();
     while end < data.len() {
         let h = parse_stored(data, end, file)?;
         if h.last_offset() as u64 >= end_offset_exclusive
-            || end + h.total_bytes - first_pos > bytes_max
+            || end + h.size_bytes() - first_pos > bytes_max
         {
             break;
         }
-        end += h.total_bytes;
+        end += h.size_bytes();
     }
     drop(view);
     Ok(map.bytes(first_pos, end))

@@ -44,8 +44,8 @@ fn build(dir: &Path) -> Vec<(u64, PathBuf, u64, usize)> {
         while offset < seg_end {
             let chunk = log.read(offset, 1, seg_end).unwrap();
             let h = &headers(&chunk)[0];
-            layout.push((offset, path.clone(), pos, h.total_bytes));
-            pos += h.total_bytes as u64;
+            layout.push((offset, path.clone(), pos, h.size_bytes()));
+            pos += h.size_bytes() as u64;
             offset = h.last_offset() as u64 + 1;
         }
     }

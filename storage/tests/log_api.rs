@@ -18,10 +18,13 @@ fn leader_append_stamps_offsets_and_epoch_and_reads_back_zero_copy() {
     let all = log.read(0, usize::MAX, 6).unwrap();
     let hs = headers(&all);
     assert_eq!(hs.len(), 2);
-    assert_eq!((hs[1].base_offset, hs[1].leader_epoch), (3, 5));
+    assert_eq!(
+        (hs[1].base_offset(), hs[1].partition_leader_epoch()),
+        (3, 5)
+    );
     // A mid-batch offset returns the whole batch holding it.
     let mid = log.read(4, usize::MAX, 6).unwrap();
-    assert_eq!(headers(&mid)[0].base_offset, 3);
+    assert_eq!(headers(&mid)[0].base_offset(), 3);
     // The high watermark bounds what is returned.
     assert_eq!(headers(&log.read(0, usize::MAX, 5).unwrap()).len(), 1);
     assert!(log.read(3, usize::MAX, 5).unwrap().is_empty());
@@ -89,7 +92,7 @@ fn rolls_by_size_reads_across_segments_and_bounds_open_maps() {
         let chunk = log.read(offset, 1000, end).unwrap();
         let hs = headers(&chunk);
         assert!(!hs.is_empty());
-        assert_eq!(hs[0].base_offset as u64, offset);
+        assert_eq!(hs[0].base_offset() as u64, offset);
         offset = hs.last().unwrap().last_offset() as u64 + 1;
         batches += hs.len();
         assert!(log.open_maps() <= 2);
@@ -130,9 +133,10 @@ fn truncation_keeps_handed_out_bytes_intact() {
     assert_eq!(log.truncate_suffix(4).unwrap(), 4);
     log.append_as_leader(&batch_bytes(0, -1, 1, 7, 0), 3)
         .unwrap();
-    let hs = headers(&log.read(0, usize::MAX, 100).unwrap());
+    let read = log.read(0, usize::MAX, 100).unwrap();
+    let hs = headers(&read);
     assert_eq!(
-        hs.iter().map(|h| h.base_offset).collect::<Vec<_>>(),
+        hs.iter().map(|h| h.base_offset()).collect::<Vec<_>>(),
         vec![0, 2, 4]
     );
 }
@@ -184,7 +188,7 @@ fn retention_deletes_old_segments_and_reset_restarts_the_log() {
     ));
     let start = log.log_start_offset();
     assert_eq!(
-        headers(&log.read(start, 10, 1000).unwrap())[0].base_offset as u64,
+        headers(&log.read(start, 10, 1000).unwrap())[0].base_offset() as u64,
         start
     );
     drop(log);
@@ -270,8 +274,12 @@ fn truncation_into_a_closed_segment_keeps_every_handed_out_slice() {
     assert_eq!(&in_second[..], &copies[1][..]);
     assert_eq!(&in_active[..], &copies[2][..]);
     // The log itself holds the new data.
-    let hs = headers(&log.read(cut, usize::MAX, u64::MAX).unwrap());
-    assert_eq!((hs[0].base_offset as u64, hs[0].leader_epoch), (cut, 2));
+    let read = log.read(cut, usize::MAX, u64::MAX).unwrap();
+    let hs = headers(&read);
+    assert_eq!(
+        (hs[0].base_offset() as u64, hs[0].partition_leader_epoch()),
+        (cut, 2)
+    );
     drop(log);
     let log = PartitionLog::open(dir.path(), small_config(4096)).unwrap();
     assert_eq!(log.log_end_offset(), cut + 20);

@@ -244,7 +244,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         make_batch(0, -1, records, value_bytes, ts + i64::from(k));
                     input.extend_from_slice(&b);
                     let mut s = b;
-                    batch::stamp(&mut s, next, model.epoch);
+                    batch::stamp(&mut s, next, model.epoch).unwrap();
                     let last = next + u64::from(records) - 1;
                     stamped.push(ModelBatch {
                         base: next,

@@ -14,6 +14,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod produce_check;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;

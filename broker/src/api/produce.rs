@@ -30,9 +30,6 @@ use crate::server::Broker;
 use crate::state::partition::Appended;
 use crate::state::Partition;
 
-/// Bytes before a batch's `batchLength` field ends: baseOffset i64 + batchLength i32.
-const BATCH_PREFIX_BYTES: usize = 12;
-
 /// A partition's index, its append's outcome and, when it succeeded, the partition (for
 /// the acks=-1 wait).
 type PartitionAppend = (i32, Result<Appended, BrokerError>, Option<Arc<Partition>>);
@@ -132,6 +129,7 @@ async fn acknowledge(
                 .with_base_offset(-1)
                 .with_log_start_offset(-1)
                 .with_error_message(Some(str_bytes(e.to_string())))
+                .with_record_errors(e.record_errors())
         }
     }
 }
@@ -151,81 +149,7 @@ fn append_partition(
         .partition(topic, data.index)
         .ok_or(BrokerError::UnknownTopicOrPartition)?;
     let records = data.records.as_deref().unwrap_or_default();
-    check_batch_sizes(records, topic.config.max_message_bytes)?;
+    super::produce_check::check_client_batches(records, topic.config.max_message_bytes)?;
     let appended = partition.append(records)?;
     Ok((appended, partition))
-}
-
-/// Walks the batches of a `records` field by their length prefixes (reading 12
-/// bytes of each, nothing else) and checks each against `max.message.bytes`, as
-/// Kafka does per batch. Empty input, or a length that runs past the end, is
-/// corrupt. Full validation (magic, CRC) is storage's, during the append.
-pub fn check_batch_sizes(records: &[u8], max_message_bytes: i64) -> Result<(), BrokerError> {
-    if records.is_empty() {
-        return Err(BrokerError::CorruptMessage("no record batch".into()));
-    }
-    let mut position = 0;
-    while position < records.len() {
-        let rest = &records[position..];
-        if rest.len() < BATCH_PREFIX_BYTES {
-            return Err(BrokerError::CorruptMessage(format!(
-                "{} trailing bytes are not a record batch",
-                rest.len()
-            )));
-        }
-        let length = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
-        let total = usize::try_from(length)
-            .ok()
-            .and_then(|l| l.checked_add(BATCH_PREFIX_BYTES))
-            .filter(|t| *t <= rest.len())
-            .ok_or_else(|| {
-                BrokerError::CorruptMessage(format!(
-                    "batch length {length} does not fit the {} bytes sent",
-                    rest.len()
-                ))
-            })?;
-        if total as i64 > max_message_bytes {
-            return Err(BrokerError::MessageTooLarge {
-                size_bytes: total,
-                max_bytes: max_message_bytes,
-            });
-        }
-        position += total;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fake_batch(body_bytes: usize) -> Vec<u8> {
-        let mut b = vec![0u8; 8];
-        b.extend_from_slice(&(body_bytes as i32).to_be_bytes());
-        b.extend(std::iter::repeat_n(7u8, body_bytes));
-        b
-    }
-
-    #[test]
-    fn accepts_concatenated_batches_within_the_limit() {
-        let mut all = fake_batch(50);
-        all.extend(fake_batch(70));
-        assert!(check_batch_sizes(&all, 100).is_ok());
-        assert!(matches!(
-            check_batch_sizes(&all, 70),
-            Err(BrokerError::MessageTooLarge { size_bytes: 82, .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_empty_truncated_and_negative_lengths() {
-        assert!(check_batch_sizes(&[], 1000).is_err());
-        let mut short = fake_batch(50);
-        short.truncate(40);
-        assert!(check_batch_sizes(&short, 1000).is_err());
-        let mut negative = fake_batch(0);
-        negative[8..12].copy_from_slice(&(-5i32).to_be_bytes());
-        assert!(check_batch_sizes(&negative, 1000).is_err());
-        assert!(check_batch_sizes(&[1, 2, 3], 1000).is_err());
-    }
 }

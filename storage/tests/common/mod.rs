@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: batch builders and a batch walker.
 #![allow(dead_code)]
 
-use rill_storage::batch::{self, BatchHeader, RecordSpec};
+use rill_storage::batch::{self, BatchView, RecordSpec};
 use rill_storage::LogConfig;
 
 /// A batch of `records` records of `value_bytes` each, timestamps from `ts`.
@@ -28,11 +28,11 @@ pub fn batch_bytes(
 }
 
 /// Splits a buffer of whole batches into their headers.
-pub fn headers(mut buf: &[u8]) -> Vec<BatchHeader> {
+pub fn headers(mut buf: &[u8]) -> Vec<BatchView<'_>> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let h = batch::parse_and_verify(buf).expect("valid batch");
-        buf = &buf[h.total_bytes..];
+        buf = &buf[h.size_bytes()..];
         out.push(h);
     }
     out

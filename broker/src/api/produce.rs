@@ -1,10 +1,11 @@
 //! Produce: append each partition's record batches to its log.
 //!
 //! Copies: the request frame is one `BytesMut` filled by the socket read; decoding
-//! the request (kafka-protocol with a `Bytes` buffer) slices `records` out of it
-//! without copying; the broker reads only the 12-byte prefix of each batch to check
-//! its size, and storage validates the 61-byte header and CRC and copies the batches
-//! once into the mapped segment (all batches of a partition in one append). So: one copy, frame buffer → log. Records are never decoded.
+//! the request (rill-protocol's bounded decoder over a `Bytes` buffer) slices `records`
+//! out of it without copying; the broker checks each batch's 61-byte header against
+//! Kafka's rules for client batches ([`super::produce_check`]), and storage verifies the
+//! CRC and copies the batches once into the segment (all batches of a partition in one
+//! append). So: one copy, frame buffer → log. Records are never decoded.
 //!
 //! Order: a connection's Produce requests are appended in arrival order (the append
 //! stage runs while the request holds its connection's turn; see

@@ -8,10 +8,14 @@ use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 use super::source::{array, no_known_tags};
 use super::{Decode, DecodeError, Source};
 
+/// The versions these decoders know (older ones lay fields out differently).
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = 0..=4;
+
 const FLEXIBLE_VERSION: i16 = 3;
 
 impl Decode for ApiVersionsRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = ApiVersionsRequest::default();
         if v >= 3 {
@@ -25,6 +29,7 @@ impl Decode for ApiVersionsRequest {
 
 impl Decode for ApiVersionsResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = ApiVersionsResponse::default();
         m.error_code = s.int16()?;

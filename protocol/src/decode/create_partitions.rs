@@ -14,16 +14,12 @@ use super::{Decode, DecodeError, Source};
 const FLEXIBLE_VERSION: i16 = 2;
 const VERSION_MAX: i16 = 3;
 
-fn check_version(v: i16) -> Result<(), DecodeError> {
-    if !(0..=VERSION_MAX).contains(&v) {
-        return Err(DecodeError::UnknownVersion { version: v });
-    }
-    Ok(())
-}
+/// The versions these decoders know.
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = 0..=VERSION_MAX;
 
 impl Decode for CreatePartitionsRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = CreatePartitionsRequest::default();
         m.topics = array(s, flexible, 7, |s| CreatePartitionsTopic::decode(s, v))?;
@@ -59,7 +55,7 @@ impl Decode for CreatePartitionsAssignment {
 
 impl Decode for CreatePartitionsResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = CreatePartitionsResponse::default();
         m.throttle_time_ms = s.int32()?;

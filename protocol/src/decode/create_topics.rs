@@ -18,16 +18,12 @@ const FLEXIBLE_VERSION: i16 = 5;
 const VERSION_MIN: i16 = 2;
 const VERSION_MAX: i16 = 7;
 
-fn check_version(v: i16) -> Result<(), DecodeError> {
-    if !(VERSION_MIN..=VERSION_MAX).contains(&v) {
-        return Err(DecodeError::UnknownVersion { version: v });
-    }
-    Ok(())
-}
+/// The versions these decoders know.
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = VERSION_MIN..=VERSION_MAX;
 
 impl Decode for CreateTopicsRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = CreateTopicsRequest::default();
         m.topics = array(s, flexible, 10, |s| CreatableTopic::decode(s, v))?;
@@ -76,7 +72,7 @@ impl Decode for CreatableTopicConfig {
 
 impl Decode for CreateTopicsResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = CreateTopicsResponse::default();
         m.throttle_time_ms = s.int32()?;

@@ -14,16 +14,12 @@ const FLEXIBLE_VERSION: i16 = 4;
 const VERSION_MIN: i16 = 1;
 const VERSION_MAX: i16 = 6;
 
-fn check_version(v: i16) -> Result<(), DecodeError> {
-    if !(VERSION_MIN..=VERSION_MAX).contains(&v) {
-        return Err(DecodeError::UnknownVersion { version: v });
-    }
-    Ok(())
-}
+/// The versions these decoders know.
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = VERSION_MIN..=VERSION_MAX;
 
 impl Decode for DeleteTopicsRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = DeleteTopicsRequest::default();
         // v6 names topics by id (or name); older versions list names only.
@@ -52,7 +48,7 @@ impl Decode for DeleteTopicState {
 
 impl Decode for DeleteTopicsResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = DeleteTopicsResponse::default();
         m.throttle_time_ms = s.int32()?;

@@ -6,10 +6,14 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 use super::source::{array, no_known_tags};
 use super::{Decode, DecodeError, Source};
 
+/// The versions these decoders know (older ones lay fields out differently).
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = 0..=2;
+
 const FLEXIBLE: bool = true;
 
 impl Decode for DescribeClusterRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let mut m = DescribeClusterRequest::default();
         m.include_cluster_authorized_operations = s.boolean()?;
         if v >= 1 {
@@ -25,6 +29,7 @@ impl Decode for DescribeClusterRequest {
 
 impl Decode for DescribeClusterResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let mut m = DescribeClusterResponse::default();
         m.throttle_time_ms = s.int32()?;
         m.error_code = s.int16()?;

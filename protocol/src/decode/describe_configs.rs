@@ -16,16 +16,12 @@ const FLEXIBLE_VERSION: i16 = 4;
 const VERSION_MIN: i16 = 1;
 const VERSION_MAX: i16 = 4;
 
-fn check_version(v: i16) -> Result<(), DecodeError> {
-    if !(VERSION_MIN..=VERSION_MAX).contains(&v) {
-        return Err(DecodeError::UnknownVersion { version: v });
-    }
-    Ok(())
-}
+/// The versions these decoders know.
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = VERSION_MIN..=VERSION_MAX;
 
 impl Decode for DescribeConfigsRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = DescribeConfigsRequest::default();
         m.resources = array(s, flexible, 4, |s| DescribeConfigsResource::decode(s, v))?;
@@ -53,7 +49,7 @@ impl Decode for DescribeConfigsResource {
 
 impl Decode for DescribeConfigsResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        check_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = DescribeConfigsResponse::default();
         m.throttle_time_ms = s.int32()?;

@@ -9,10 +9,14 @@ use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, ListOffsetsResponse
 use super::source::{array, no_known_tags};
 use super::{Decode, DecodeError, Source};
 
+/// The versions these decoders know (older ones lay fields out differently).
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = 1..=10;
+
 const FLEXIBLE_VERSION: i16 = 6;
 
 impl Decode for ListOffsetsRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = ListOffsetsRequest::default();
         m.replica_id = BrokerId(s.int32()?);
@@ -55,6 +59,7 @@ impl Decode for ListOffsetsPartition {
 
 impl Decode for ListOffsetsResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = ListOffsetsResponse::default();
         if v >= 2 {

@@ -9,10 +9,14 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use super::source::{array, no_known_tags, nullable_array};
 use super::{Decode, DecodeError, Source};
 
+/// The versions these decoders know (older ones lay fields out differently).
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = 0..=13;
+
 const FLEXIBLE_VERSION: i16 = 9;
 
 impl Decode for MetadataRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = MetadataRequest::default();
         // v0 has no null: an empty array means "all topics" there.
@@ -53,6 +57,7 @@ impl Decode for MetadataRequestTopic {
 
 impl Decode for MetadataResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = MetadataResponse::default();
         if v >= 3 {

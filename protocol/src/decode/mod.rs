@@ -23,6 +23,8 @@
 //! * (tests) `oracle` checks, for every served version, that our decoder and
 //!   `kafka-protocol`'s agree on what `kafka-protocol`'s encoder wrote.
 
+use std::ops::RangeInclusive;
+
 use bytes::Bytes;
 
 pub mod source;
@@ -121,6 +123,17 @@ pub enum DecodeError {
 pub trait Decode: Sized {
     /// Reads `Self` at `version` from `source`, in schema order.
     fn decode<S: Source>(source: &mut S, version: i16) -> Result<Self, DecodeError>;
+}
+
+/// Refuses a version outside `known`, the versions whose layout a message's decoder
+/// implements (older or newer versions may lay fields out differently, which the shared
+/// `kafka-protocol` structs cannot tell apart).
+pub(crate) fn check_version(version: i16, known: RangeInclusive<i16>) -> Result<(), DecodeError> {
+    if known.contains(&version) {
+        Ok(())
+    } else {
+        Err(DecodeError::UnknownVersion { version })
+    }
 }
 
 /// Decodes a whole message body: `T` at `version`, with no bytes left over.

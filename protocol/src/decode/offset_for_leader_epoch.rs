@@ -13,10 +13,14 @@ use kafka_protocol::messages::{
 use super::source::{array, no_known_tags};
 use super::{Decode, DecodeError, Source};
 
+/// The versions these decoders know (older ones lay fields out differently).
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = 2..=4;
+
 const FLEXIBLE_VERSION: i16 = 4;
 
 impl Decode for OffsetForLeaderEpochRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = OffsetForLeaderEpochRequest::default();
         if v >= 3 {
@@ -53,6 +57,7 @@ impl Decode for OffsetForLeaderPartition {
 
 impl Decode for OffsetForLeaderEpochResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = OffsetForLeaderEpochResponse::default();
         m.throttle_time_ms = s.int32()?;

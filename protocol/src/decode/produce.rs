@@ -27,18 +27,12 @@ const TOPIC_BYTES_MIN: usize = 3;
 /// Fewest bytes of a node endpoint: id, empty host, port, null rack, no tags.
 const NODE_ENDPOINT_BYTES_MIN: usize = 4 + 1 + 4 + 1 + 1;
 
-/// Refuses a version outside v3–v13, whose layouts these decoders do not know.
-fn known_version(v: i16) -> Result<(), DecodeError> {
-    if (OLDEST_VERSION..=NEWEST_VERSION).contains(&v) {
-        Ok(())
-    } else {
-        Err(DecodeError::UnknownVersion { version: v })
-    }
-}
+/// The versions these decoders know.
+const KNOWN_VERSIONS: std::ops::RangeInclusive<i16> = OLDEST_VERSION..=NEWEST_VERSION;
 
 impl Decode for ProduceRequest {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        known_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = ProduceRequest::default();
         m.transactional_id = s.nullable_string(flexible)?.map(TransactionalId);
@@ -83,7 +77,7 @@ impl Decode for PartitionProduceData {
 
 impl Decode for ProduceResponse {
     fn decode<S: Source>(s: &mut S, v: i16) -> Result<Self, DecodeError> {
-        known_version(v)?;
+        super::check_version(v, KNOWN_VERSIONS)?;
         let flexible = v >= FLEXIBLE_VERSION;
         let mut m = ProduceResponse::default();
         m.responses = array(s, flexible, TOPIC_BYTES_MIN, |s| {

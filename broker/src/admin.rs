@@ -3,29 +3,58 @@
 //!
 //! A deliberately tiny HTTP/1.0 responder (one request per connection, request
 //! head capped at 8 KiB): it serves operators and tests, not the data path.
+//! Limited like the client port, so a scraper gone wrong or a peer that connects
+//! and stalls cannot pile up tasks: at most [`ADMIN_CONNECTIONS_MAX`] connections at
+//! once (more are closed at once), each closed after [`ADMIN_CONNECTION_TIMEOUT_MS`]
+//! whatever it is doing (reading the request or writing the response).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use crate::server::Broker;
 
 /// Largest request head read from an admin client.
 const REQUEST_HEAD_BYTES_MAX: usize = 8192;
 
+/// Admin connections served at once; further ones are closed at once.
+pub const ADMIN_CONNECTIONS_MAX: usize = 64;
+
+/// Longest an admin connection may take, from accept to the last byte written.
+pub const ADMIN_CONNECTION_TIMEOUT_MS: u64 = 10_000;
+
 /// Serves the admin port forever.
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+    let limit = Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX));
+    let timeout = std::time::Duration::from_millis(ADMIN_CONNECTION_TIMEOUT_MS);
     loop {
-        let Ok((socket, _)) = listener.accept().await else {
+        let (socket, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = ADMIN_CONNECTIONS_MAX, "admin connection refused: limit reached");
+            drop(socket);
             continue;
         };
         let broker = Arc::clone(&broker);
         tokio::spawn(async move {
-            if let Err(e) = answer(socket, &broker).await {
-                tracing::debug!(error = %e, "admin request failed");
+            match tokio::time::timeout(timeout, answer(socket, &broker)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "admin request failed"),
+                Err(_) => {
+                    tracing::info!(%peer, "admin connection closed after ADMIN_CONNECTION_TIMEOUT_MS")
+                }
             }
+            drop(permit);
         });
     }
 }

@@ -82,6 +82,28 @@ pub struct Config {
     /// handled while earlier responses are outstanding (pipelining); at the limit
     /// the broker stops reading from that socket. Default 32. Range 1..=1024.
     pub requests_in_flight_max: usize,
+    /// `queued_request_max_bytes`: broker-wide budget of request bytes in flight, taken
+    /// from each frame's size prefix before its body is read and given back when its
+    /// response has been written (or the request is dropped). When it is used up,
+    /// connections stop reading (back-pressure) instead of allocating; a frame larger
+    /// than the whole budget closes its connection. With `connections_max` it bounds
+    /// the memory request bodies can take. Default 536870912 (512 MiB).
+    /// Range 1024..=68719476736 (64 GiB).
+    pub queued_request_max_bytes: usize,
+    /// `connections_max_per_ip`: client connections served at once from one IP
+    /// address; further ones are accepted and closed immediately, so one host cannot
+    /// take every slot of `connections_max`. Default 1000. Range 1..=1000000.
+    pub connections_max_per_ip: usize,
+    /// `connections_max_idle_ms`: a connection with no request in progress and no
+    /// byte received or response written for this long is closed (Kafka's
+    /// connections.max.idle.ms). Default 600000 (10 min). Range 100..=86400000.
+    pub connections_max_idle_ms: u64,
+    /// `request_read_timeout_ms`: once the first byte of a request frame has arrived,
+    /// the rest must arrive within this long or the connection is closed, so a peer
+    /// that sends part of a frame and stalls cannot hold its buffer and budget.
+    /// Time spent waiting for `queued_request_max_bytes` does not count.
+    /// Default 30000. Range 10..=3600000.
+    pub request_read_timeout_ms: u64,
     /// `durability`: `fsync` (default) or `interval`; see [`Durability`].
     pub durability: Durability,
     /// `flush_interval_ms`: with `durability = "interval"`, how often every partition
@@ -151,6 +173,10 @@ impl Default for Config {
             non_produce_request_max_bytes: 4 * 1024 * 1024,
             connections_max: 1024,
             requests_in_flight_max: 32,
+            queued_request_max_bytes: 512 * 1024 * 1024,
+            connections_max_per_ip: 1000,
+            connections_max_idle_ms: 600_000,
+            request_read_timeout_ms: 30_000,
             durability: Durability::Fsync,
             flush_interval_ms: 1000,
             retention_check_interval_ms: 300_000,
@@ -207,6 +233,10 @@ struct FileConfig {
     non_produce_request_max_bytes: Option<i64>,
     connections_max: Option<i64>,
     requests_in_flight_max: Option<i64>,
+    queued_request_max_bytes: Option<i64>,
+    connections_max_per_ip: Option<i64>,
+    connections_max_idle_ms: Option<i64>,
+    request_read_timeout_ms: Option<i64>,
     durability: Option<Durability>,
     flush_interval_ms: Option<i64>,
     retention_check_interval_ms: Option<i64>,
@@ -264,6 +294,18 @@ pub struct Cli {
     /// Pipelined requests in flight per connection [default: 32].
     #[arg(long)]
     pub requests_in_flight_max: Option<i64>,
+    /// Broker-wide budget of request bytes in flight [default: 536870912].
+    #[arg(long)]
+    pub queued_request_max_bytes: Option<i64>,
+    /// Maximum concurrent client connections from one IP address [default: 1000].
+    #[arg(long)]
+    pub connections_max_per_ip: Option<i64>,
+    /// Close connections idle for this long [default: 600000].
+    #[arg(long)]
+    pub connections_max_idle_ms: Option<i64>,
+    /// Deadline for a started request frame to arrive whole [default: 30000].
+    #[arg(long)]
+    pub request_read_timeout_ms: Option<i64>,
     /// fsync (flush before acks=-1 ack, group commit) or interval [default: fsync].
     #[arg(long, value_enum)]
     pub durability: Option<Durability>,
@@ -388,6 +430,22 @@ impl Config {
             config.requests_in_flight_max =
                 in_range("requests_in_flight_max", v, 1, 1024)? as usize;
         }
+        if let Some(v) = pick!(queued_request_max_bytes) {
+            config.queued_request_max_bytes =
+                in_range("queued_request_max_bytes", v, 1024, 64 << 30)? as usize;
+        }
+        if let Some(v) = pick!(connections_max_per_ip) {
+            config.connections_max_per_ip =
+                in_range("connections_max_per_ip", v, 1, 1_000_000)? as usize;
+        }
+        if let Some(v) = pick!(connections_max_idle_ms) {
+            config.connections_max_idle_ms =
+                in_range("connections_max_idle_ms", v, 100, 86_400_000)? as u64;
+        }
+        if let Some(v) = pick!(request_read_timeout_ms) {
+            config.request_read_timeout_ms =
+                in_range("request_read_timeout_ms", v, 10, 3_600_000)? as u64;
+        }
         if let Some(v) = pick!(durability) {
             config.durability = v;
         }
@@ -507,6 +565,17 @@ mod tests {
         let cli = Cli::parse_from(["rilld", "--config", path.to_str().unwrap()]);
         let err = Config::load(&cli).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+
+        for (flag, key) in [
+            ("--queued-request-max-bytes", "queued_request_max_bytes"),
+            ("--connections-max-per-ip", "connections_max_per_ip"),
+            ("--connections-max-idle-ms", "connections_max_idle_ms"),
+            ("--request-read-timeout-ms", "request_read_timeout_ms"),
+        ] {
+            let cli = Cli::parse_from(["rilld", flag, "0"]);
+            let err = Config::load(&cli).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
 
         let cli = Cli::parse_from(["rilld", "--log-segment-bytes", "5"]);
         let err = Config::load(&cli).unwrap_err().to_string();

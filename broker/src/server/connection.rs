@@ -6,17 +6,25 @@
 //! reader stops reading the socket (TCP back-pressure), so a client can never make
 //! the broker buffer more than that many requests for it.
 //!
+//! Limits on what a peer can hold (see the config keys for the numbers): each
+//! frame's body bytes come out of the broker-wide `queued_request_max_bytes` budget
+//! before the body is read; a started frame must arrive whole within
+//! `request_read_timeout_ms`; a connection idle for `connections_max_idle_ms` is
+//! closed.
+//!
 //! Handlers run concurrently, but their effects happen in request order: each gets a
 //! [`Turn`] chained to its predecessor's ([`super::order`]).
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures::StreamExt;
+use bytes::{BufMut, Bytes, BytesMut};
 use rill_protocol::header::parse_request_header;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::FramedRead;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use super::framing::RequestFrames;
@@ -30,40 +38,86 @@ use crate::metrics::Metrics;
 /// (acks=0 produce), or "close the connection".
 pub type Reply = Result<Option<Vec<Bytes>>, api::CloseConnection>;
 
-/// Serves one connection until the peer closes it, an unanswerable request
-/// arrives, or the broker shuts down.
-pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
-    let (read_half, mut write_half) = socket.into_split();
-    let mut frames = FramedRead::new(
-        read_half,
-        RequestFrames::new(
-            broker.config.socket_request_max_bytes,
-            broker.config.non_produce_request_max_bytes,
-        ),
-    );
-    let (order_tx, mut order_rx) =
-        mpsc::channel::<oneshot::Receiver<Reply>>(broker.config.requests_in_flight_max);
+/// Most bytes read from the socket while no request budget is held (between frames,
+/// before a size prefix is known): what a peer can make the broker buffer for it
+/// beyond `queued_request_max_bytes`, so it is small.
+const READ_AHEAD_UNBUDGETED_BYTES: usize = 8 * 1024;
 
+/// A request on its way to the writer: its reply, and the part of the broker's
+/// request budget its frame holds until the reply has been written.
+struct Pending {
+    reply: oneshot::Receiver<Reply>,
+    budget: OwnedSemaphorePermit,
+}
+
+/// What the idle timeout looks at, shared by the reader and the writer.
+struct Activity {
+    started: Instant,
+    /// Requests read and not yet answered on the socket.
+    requests_in_progress: AtomicUsize,
+    /// When the writer last wrote a response, in ms since `started`.
+    last_write_ms: AtomicU64,
+}
+
+impl Activity {
+    fn wrote(&self, replies: usize) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_write_ms.store(ms, Ordering::Relaxed);
+        self.requests_in_progress
+            .fetch_sub(replies, Ordering::Relaxed);
+    }
+
+    fn last_write(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_write_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Serves one connection until the peer closes it, an unanswerable request
+/// arrives, a limit closes it, or the broker shuts down.
+///
+/// `request_budget` holds `queued_request_max_bytes` permits, one per byte: a frame
+/// takes its body size from it as soon as its size prefix has arrived, before its
+/// body is buffered, and gives it back when its response has been written (or the
+/// request is dropped). While the budget is short the connection does not read the
+/// socket, so a broker full of half-sent frames pushes back instead of allocating.
+pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<Semaphore>) {
+    let (mut read_half, mut write_half) = socket.into_split();
+    let mut frames = RequestFrames::new(
+        broker.config.socket_request_max_bytes,
+        broker.config.non_produce_request_max_bytes,
+    );
+    let (order_tx, mut order_rx) = mpsc::channel::<Pending>(broker.config.requests_in_flight_max);
+    let activity = Arc::new(Activity {
+        started: Instant::now(),
+        requests_in_progress: AtomicUsize::new(0),
+        last_write_ms: AtomicU64::new(0),
+    });
+
+    let writer_activity = Arc::clone(&activity);
     let writer = tokio::spawn(async move {
         let mut chunks: Vec<Bytes> = Vec::new();
+        // Budget of the replies gathered into `chunks`, given back once they are written.
+        let mut written_budgets: Vec<OwnedSemaphorePermit> = Vec::new();
         // A reply taken from the queue but not finished yet: the next one to await.
-        let mut head: Option<oneshot::Receiver<Reply>> = None;
+        let mut head: Option<Pending> = None;
         loop {
             let first = match head.take() {
-                Some(reply) => reply,
+                Some(pending) => pending,
                 None => match order_rx.recv().await {
-                    Some(reply) => reply,
+                    Some(pending) => pending,
                     None => return,
                 },
             };
-            let mut open = take_reply(first.await.ok(), &mut chunks);
+            let Pending { reply, budget } = first;
+            let mut open = take_reply(reply.await.ok(), &mut chunks);
+            written_budgets.push(budget);
             // Coalesce: responses that are already complete go out in the same
             // `writev` (pipelined clients get many small answers per syscall).
             while open && chunks.len() < COALESCE_CHUNKS_MAX {
                 let Ok(mut next) = order_rx.try_recv() else {
                     break;
                 };
-                match next.try_recv() {
+                match next.reply.try_recv() {
                     Ok(reply) => open = take_reply(Some(reply), &mut chunks),
                     Err(oneshot::error::TryRecvError::Empty) => {
                         head = Some(next);
@@ -73,6 +127,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
                         open = take_reply(None, &mut chunks)
                     }
                 }
+                written_budgets.push(next.budget);
             }
             if !chunks.is_empty() {
                 if let Err(e) = write_all_chunks(&mut write_half, &mut chunks).await {
@@ -80,49 +135,189 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>) {
                     return;
                 }
             }
+            writer_activity.wrote(written_budgets.len());
+            written_budgets.clear();
             if !open {
                 return;
             }
         }
     });
 
+    let budget_bytes_max = broker.config.queued_request_max_bytes;
+    let read_timeout = Duration::from_millis(broker.config.request_read_timeout_ms);
+    let idle_timeout = Duration::from_millis(broker.config.connections_max_idle_ms);
     let mut shutdown = broker.shutdown.clone();
     let mut turns = TurnChain::default();
+    let mut buf = BytesMut::with_capacity(READ_AHEAD_UNBUDGETED_BYTES);
+    // The budget of the frame at the front of `buf`, once its size prefix is known.
+    let mut budget: Option<OwnedSemaphorePermit> = None;
+    // When the frame at the front of `buf` must be complete; `None` while `buf` is empty.
+    let mut frame_deadline: Option<Instant> = None;
+    let mut last_read = Instant::now();
     loop {
-        let frame = tokio::select! {
-            frame = frames.next() => frame,
+        if budget.is_none() {
+            let announced = match frames.announced_body_bytes(&buf) {
+                Ok(announced) => announced,
+                Err(e) => {
+                    // Refused from its size prefix (or api key), before the body is buffered.
+                    tracing::info!(error = %e, "closing connection");
+                    break;
+                }
+            };
+            if let Some(body_bytes) = announced {
+                // It could never get its budget: waiting would stall this connection forever.
+                if body_bytes > budget_bytes_max {
+                    tracing::info!(
+                        body_bytes,
+                        limit = budget_bytes_max,
+                        "closing connection: frame larger than queued_request_max_bytes"
+                    );
+                    break;
+                }
+                // Frame sizes are at most i32::MAX, checked by `announced_body_bytes`.
+                let permits = body_bytes as u32;
+                let permit = match Arc::clone(&request_budget).try_acquire_many_owned(permits) {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        tracing::debug!(body_bytes, "waiting for request budget");
+                        let acquired = tokio::select! {
+                            acquired = Arc::clone(&request_budget).acquire_many_owned(permits) => acquired,
+                            _ = shutdown.wait_for(|stop| *stop) => break,
+                            _ = order_tx.closed() => break,
+                        };
+                        let Ok(permit) = acquired else {
+                            break; // the semaphore is never closed
+                        };
+                        // The wait was the broker's, not the peer's: its deadline restarts.
+                        frame_deadline = Some(Instant::now() + read_timeout);
+                        permit
+                    }
+                };
+                budget = Some(permit);
+            }
+        }
+        if budget.is_some() {
+            match frames.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    let Some(frame_budget) = budget.take() else {
+                        unreachable!("checked just above");
+                    };
+                    frame_deadline = (!buf.is_empty()).then(|| Instant::now() + read_timeout);
+                    if !dispatch(
+                        &broker,
+                        &order_tx,
+                        &mut turns,
+                        &activity,
+                        frame.freeze(),
+                        frame_budget,
+                    )
+                    .await
+                    {
+                        break; // the writer stopped
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::info!(error = %e, "closing connection");
+                    break;
+                }
+            }
+        }
+        // Between frames, read only a little ahead: those bytes are outside the budget.
+        let read_bytes_max = match budget {
+            Some(_) => usize::MAX,
+            None => READ_AHEAD_UNBUDGETED_BYTES.saturating_sub(buf.len()).max(1),
+        };
+        if buf.capacity() == buf.len() {
+            buf.reserve(READ_AHEAD_UNBUDGETED_BYTES.min(read_bytes_max));
+        }
+        let idle_deadline = if activity.requests_in_progress.load(Ordering::Relaxed) > 0 {
+            Instant::now() + idle_timeout
+        } else {
+            last_read.max(activity.last_write()) + idle_timeout
+        };
+        let mut room = (&mut buf).limit(read_bytes_max);
+        tokio::select! {
+            read = read_half.read_buf(&mut room) => match read {
+                Ok(0) => break, // the peer closed (a partial frame is dropped with it)
+                Ok(_) => {
+                    last_read = Instant::now();
+                    frame_deadline.get_or_insert(last_read + read_timeout);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "read failed; closing");
+                    break;
+                }
+            },
+            _ = sleep_until_some(frame_deadline) => {
+                tracing::info!(
+                    timeout_ms = read_timeout.as_millis() as u64,
+                    "closing connection: request frame not complete within request_read_timeout_ms"
+                );
+                break;
+            }
+            _ = tokio::time::sleep_until(idle_deadline.into()), if frame_deadline.is_none() => {
+                let idle = activity.requests_in_progress.load(Ordering::Relaxed) == 0
+                    && last_read.max(activity.last_write()).elapsed() >= idle_timeout;
+                if idle {
+                    tracing::info!(
+                        idle_ms = idle_timeout.as_millis() as u64,
+                        "closing connection: idle for connections_max_idle_ms"
+                    );
+                    break;
+                }
+            }
             _ = shutdown.wait_for(|stop| *stop) => break,
             // The writer gave up (write error or a request that closes the connection).
             _ = order_tx.closed() => break,
-        };
-        let frame = match frame {
-            None => break,
-            Some(Ok(frame)) => frame.freeze(),
-            Some(Err(e)) => {
-                // Oversized frame (refused from its size prefix, before the body is
-                // buffered) or a socket error: nothing sensible to answer.
-                tracing::info!(error = %e, "closing connection");
-                break;
-            }
-        };
-        Metrics::add(&broker.metrics().requests_total, 1);
-        let (reply_tx, reply_rx) = oneshot::channel();
-        if order_tx.send(reply_rx).await.is_err() {
-            break; // the writer stopped
         }
-        let broker = Arc::clone(&broker);
-        let turn = turns.next_turn();
-        // The handler runs in the connection's span, so its logs name the peer.
-        tokio::spawn(
-            async move {
-                let _ = reply_tx.send(handle_frame(broker, frame, turn).await);
-            }
-            .in_current_span(),
-        );
     }
     drop(order_tx);
     // Finish writing every response already owed, then close.
     let _ = writer.await;
+}
+
+/// Completes at `deadline`, or never when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the handler of one request and queues its reply for the writer; false if
+/// the writer has stopped.
+async fn dispatch(
+    broker: &Arc<Broker>,
+    order_tx: &mpsc::Sender<Pending>,
+    turns: &mut TurnChain,
+    activity: &Activity,
+    frame: Bytes,
+    budget: OwnedSemaphorePermit,
+) -> bool {
+    Metrics::add(&broker.metrics().requests_total, 1);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    activity
+        .requests_in_progress
+        .fetch_add(1, Ordering::Relaxed);
+    let pending = Pending {
+        reply: reply_rx,
+        budget,
+    };
+    if order_tx.send(pending).await.is_err() {
+        return false;
+    }
+    let broker = Arc::clone(broker);
+    let turn = turns.next_turn();
+    // The handler runs in the connection's span, so its logs name the peer.
+    tokio::spawn(
+        async move {
+            let _ = reply_tx.send(handle_frame(broker, frame, turn).await);
+        }
+        .in_current_span(),
+    );
+    true
 }
 
 /// Most chunks gathered into one `writev` from several ready responses.

@@ -47,6 +47,38 @@ impl RequestFrames {
             non_produce_frame_bytes_max,
         }
     }
+
+    /// The body size announced by the frame at the start of `src`, once its size
+    /// prefix has arrived (`None` before), after the checks that need no body: a
+    /// negative size, one above `frame_bytes_max`, or (when the api key has arrived
+    /// too) a non-Produce frame above `non_produce_frame_bytes_max` is an error.
+    ///
+    /// The connection takes this many bytes of `queued_request_max_bytes` before it
+    /// lets [`Decoder::decode`] reserve the body's buffer.
+    pub fn announced_body_bytes(&self, src: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        let Some(prefix) = src.get(..FRAME_PREFIX_BYTES) else {
+            return Ok(None);
+        };
+        let size = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        let frame_bytes_max = self.codec.frame_bytes_max();
+        let too_large = |max| ProtocolError::FrameTooLarge {
+            size: i64::from(size),
+            max,
+        };
+        let Ok(size) = usize::try_from(size) else {
+            return Err(too_large(frame_bytes_max));
+        };
+        if size > frame_bytes_max {
+            return Err(too_large(frame_bytes_max));
+        }
+        if let Some(key) = src.get(FRAME_PREFIX_BYTES..FRAME_PREFIX_BYTES + 2) {
+            let api_key = i16::from_be_bytes([key[0], key[1]]);
+            if api_key != PRODUCE_API_KEY && size > self.non_produce_frame_bytes_max {
+                return Err(too_large(self.non_produce_frame_bytes_max));
+            }
+        }
+        Ok(Some(size))
+    }
 }
 
 impl Decoder for RequestFrames {
@@ -172,6 +204,35 @@ mod tests {
         src.extend_from_slice(&size.to_be_bytes());
         src.extend_from_slice(&api_key.to_be_bytes());
         src
+    }
+
+    #[test]
+    fn the_announced_size_is_known_and_checked_from_the_prefix_alone() {
+        let frames = RequestFrames::new(100 << 20, 4 << 20);
+        assert_eq!(
+            frames.announced_body_bytes(&[0, 0, 1]).expect("short"),
+            None
+        );
+        assert_eq!(
+            frames
+                .announced_body_bytes(&(50i32 << 20).to_be_bytes())
+                .expect("valid"),
+            Some(50 << 20)
+        );
+        assert!(frames.announced_body_bytes(&(-1i32).to_be_bytes()).is_err());
+        assert!(frames
+            .announced_body_bytes(&((100i32 << 20) + 1).to_be_bytes())
+            .is_err());
+        // Metadata (api key 3) over the non-Produce limit, Produce under the socket limit.
+        assert!(frames
+            .announced_body_bytes(&frame_prefix((4 << 20) + 1, 3))
+            .is_err());
+        assert_eq!(
+            frames
+                .announced_body_bytes(&frame_prefix((4 << 20) + 1, PRODUCE_API_KEY))
+                .expect("valid"),
+            Some((4 << 20) + 1)
+        );
     }
 
     #[test]

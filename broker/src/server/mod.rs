@@ -13,8 +13,9 @@ pub mod framing;
 pub mod order;
 pub mod write;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -139,6 +140,8 @@ impl Server {
         }
 
         let limit = Arc::new(Semaphore::new(config.connections_max));
+        let per_ip = Arc::new(ConnectionsPerIp::default());
+        let request_budget = Arc::new(Semaphore::new(config.queued_request_max_bytes));
         let mut connections = JoinSet::new();
         let mut shutdown = broker.shutdown.clone();
         tokio::pin!(signal);
@@ -162,12 +165,20 @@ impl Server {
                         drop(socket);
                         continue;
                     };
+                    let Some(ip_slot) = per_ip.try_add(peer.ip(), config.connections_max_per_ip) else {
+                        Metrics::add(&broker.metrics().connections_refused_total, 1);
+                        tracing::warn!(%peer, limit = config.connections_max_per_ip, "connection refused: connections_max_per_ip reached");
+                        drop(socket);
+                        continue;
+                    };
                     Metrics::add(&broker.metrics().connections_total, 1);
                     let _ = socket.set_nodelay(true);
                     let span = tracing::info_span!("conn", %peer);
                     let broker = Arc::clone(&broker);
+                    let request_budget = Arc::clone(&request_budget);
                     connections.spawn(async move {
-                        connection::serve(socket, broker).await;
+                        connection::serve(socket, broker, request_budget).await;
+                        drop(ip_slot);
                         drop(permit);
                     }.instrument(span));
                     // Reap finished connection tasks so the set does not grow.
@@ -200,6 +211,47 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// Connections being served per peer IP address (`connections_max_per_ip`).
+#[derive(Debug, Default)]
+struct ConnectionsPerIp {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`ConnectionsPerIp`], given back when dropped.
+struct IpSlot {
+    owner: Arc<ConnectionsPerIp>,
+    ip: IpAddr,
+}
+
+impl ConnectionsPerIp {
+    /// A slot for one more connection from `ip`, or `None` if it has `max` already.
+    fn try_add(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            owner: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            // Forget addresses with no connection, so the map is bounded by connections_max.
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 

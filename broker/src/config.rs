@@ -101,7 +101,9 @@ pub struct Config {
     /// `request_read_timeout_ms`: once the first byte of a request frame has arrived,
     /// the rest must arrive within this long or the connection is closed, so a peer
     /// that sends part of a frame and stalls cannot hold its buffer and budget.
-    /// Time spent waiting for `queued_request_max_bytes` does not count.
+    /// Time spent waiting for `queued_request_max_bytes` counts too, so stalled peers
+    /// cannot queue for the budget ahead of others for long (a client has given up on
+    /// such a request after its own request.timeout.ms, 30 s by default).
     /// Default 30000. Range 10..=3600000.
     pub request_read_timeout_ms: u64,
     /// `durability`: `fsync` (default) or `interval`; see [`Durability`].

@@ -28,7 +28,12 @@ pub struct RawConn {
 impl RawConn {
     /// Connects (with a 10 s read timeout so a missing response fails the test).
     pub fn connect(addr: SocketAddr) -> RawConn {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawConn::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Wraps a connected stream (e.g. one bound to a chosen local address), with the
+    /// same 10 s read timeout as [`RawConn::connect`].
+    pub fn from_stream(stream: TcpStream) -> RawConn {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -89,6 +94,23 @@ impl RawConn {
         let response = R::Response::decode(&mut frame, version).expect("response body");
         assert_eq!(frame.remaining(), 0, "trailing bytes in response");
         (header.correlation_id, response)
+    }
+
+    /// Sends a request and reads its response, checking the correlation id; `None` if
+    /// the broker closed the connection instead of answering (or before the request
+    /// could be written).
+    pub fn try_call<R: Request>(&mut self, version: i16, request: &R) -> Option<R::Response> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let frame = encode_request(R::KEY, version, correlation_id, request);
+        if !self.try_send_bytes(&frame) {
+            return None;
+        }
+        let mut frame = self.recv_frame()?;
+        let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version))
+            .expect("response header");
+        assert_eq!(header.correlation_id, correlation_id, "correlation id");
+        Some(R::Response::decode(&mut frame, version).expect("response body"))
     }
 
     /// Sends a request and reads its response, checking the correlation id.

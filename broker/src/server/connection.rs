@@ -180,16 +180,26 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
                     Ok(permit) => permit,
                     Err(_) => {
                         tracing::debug!(body_bytes, "waiting for request budget");
+                        // The wait counts against the frame's deadline: otherwise peers
+                        // that announce frames and stall would queue (the semaphore is
+                        // fair) ahead of well-behaved clients for many deadlines in a row.
+                        // A client's own request timeout (Kafka's request.timeout.ms,
+                        // 30 s) has given up on a request that waited that long anyway.
                         let acquired = tokio::select! {
                             acquired = Arc::clone(&request_budget).acquire_many_owned(permits) => acquired,
+                            _ = sleep_until_some(frame_deadline) => {
+                                tracing::info!(
+                                    body_bytes,
+                                    "closing connection: no request budget within request_read_timeout_ms"
+                                );
+                                break;
+                            }
                             _ = shutdown.wait_for(|stop| *stop) => break,
                             _ = order_tx.closed() => break,
                         };
                         let Ok(permit) = acquired else {
                             break; // the semaphore is never closed
                         };
-                        // The wait was the broker's, not the peer's: its deadline restarts.
-                        frame_deadline = Some(Instant::now() + read_timeout);
                         permit
                     }
                 };

@@ -1,0 +1,220 @@
+//! The broker's limits on what peers can hold: the request byte budget
+//! (`queued_request_max_bytes`), the deadline for a started frame
+//! (`request_read_timeout_ms`), connections per IP (`connections_max_per_ip`) and the
+//! idle timeout (`connections_max_idle_ms`). Each test is about one limit and fails
+//! with that limit disabled.
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use kafka_protocol::messages::{ApiVersionsRequest, FetchRequest, ProduceRequest};
+use rill_tests::raw::requests::{create_topic, fetch, produce};
+use rill_tests::raw::{decode_records, record_batch, RawConn};
+use rill_tests::RilldProcess;
+
+const PRODUCE_V: i16 = 9;
+const FETCH_V: i16 = 12;
+const API_VERSIONS_V: i16 = 3;
+
+/// A connection to `addr` whose local end is bound to `local_ip` (any 127.x.y.z
+/// address is loopback on Linux, so one test can be several client hosts).
+fn connect_from(local_ip: IpAddr, addr: SocketAddr) -> RawConn {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local_ip, 0))
+            .expect("bind the client end");
+        socket.connect(addr).await.expect("connect")
+    });
+    let stream: TcpStream = stream.into_std().expect("std stream");
+    stream.set_nonblocking(false).expect("blocking");
+    RawConn::from_stream(stream)
+}
+
+/// The first `sent_bytes` of a Produce frame announcing `body_bytes`: a peer that
+/// starts a request and stalls.
+fn partial_produce_frame(body_bytes: i32, sent_bytes: usize) -> BytesMut {
+    let mut frame = BytesMut::new();
+    frame.put_i32(body_bytes);
+    frame.put_i16(0); // Produce
+    frame.put_i16(PRODUCE_V);
+    frame.put_bytes(0, sent_bytes.saturating_sub(frame.len()));
+    frame
+}
+
+/// Produces `value` and reads it back at its offset, reconnecting when the broker
+/// closes the connection (as Kafka clients do), until `deadline`.
+fn produce_and_fetch_back(broker: &RilldProcess, topic: &str, value: &[u8], deadline: Instant) {
+    let offset = loop {
+        assert!(Instant::now() < deadline, "produce did not succeed in time");
+        let mut conn = RawConn::connect(broker.addr());
+        let request: ProduceRequest = produce(topic, 0, record_batch(&[value], 0), -1);
+        if let Some(response) = conn.try_call(PRODUCE_V, &request) {
+            let p = &response.responses[0].partition_responses[0];
+            assert_eq!(p.error_code, 0, "{:?}", p.error_message);
+            break p.base_offset;
+        }
+    };
+    loop {
+        assert!(Instant::now() < deadline, "fetch did not succeed in time");
+        let mut conn = RawConn::connect(broker.addr());
+        let request: FetchRequest = fetch(topic, 0, offset, 0, 1);
+        if let Some(response) = conn.try_call(FETCH_V, &request) {
+            let p = &response.responses[0].partitions[0];
+            assert_eq!(p.error_code, 0);
+            let records = decode_records(p.records.as_ref().expect("records"));
+            assert_eq!(records[0], (offset, value.to_vec()));
+            return;
+        }
+    }
+}
+
+#[test]
+fn stalled_partial_frames_do_not_stop_a_client_and_close_after_the_read_timeout() {
+    const STALLED: usize = 200;
+    let read_timeout = Duration::from_millis(1000);
+    // 200 announced 4 KiB frames want 800 KiB: far more than the 64 KiB budget, so
+    // the stalled peers hold all of it and queue for more.
+    let broker = RilldProcess::start_with(&[
+        "--queued-request-max-bytes",
+        "65536",
+        "--request-read-timeout-ms",
+        "1000",
+        "--connections-max",
+        "2000",
+    ]);
+    let mut setup = RawConn::connect(broker.addr());
+    let response = setup.call(4, &create_topic("limits", 1, &[]));
+    assert_eq!(response.topics[0].error_code, 0);
+
+    let stall_started = Instant::now();
+    let mut stalled: Vec<RawConn> = (0..STALLED)
+        .map(|_| {
+            let mut conn = RawConn::connect(broker.addr());
+            conn.send_bytes(&partial_produce_frame(4096, 2048));
+            conn
+        })
+        .collect();
+    // The well-behaved client runs while the stalled peers are there; it is delayed
+    // by at most about one read timeout (the budget frees as they are closed).
+    let client = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            let started = Instant::now();
+            produce_and_fetch_back(&broker, "limits", b"through", started + 4 * read_timeout);
+            started.elapsed()
+        });
+        // Stalled peers are closed, and not before the read timeout.
+        for conn in &mut stalled {
+            assert!(
+                conn.is_closed_by_peer(),
+                "a stalled connection is still open after 10 s"
+            );
+        }
+        assert!(
+            stall_started.elapsed() >= read_timeout,
+            "stalled connections were closed before request_read_timeout_ms"
+        );
+        client.join().expect("client thread")
+    });
+    eprintln!("client produced and fetched in {client:?} alongside {STALLED} stalled peers");
+    let mut conn = RawConn::connect(broker.addr());
+    let versions = conn.call(API_VERSIONS_V, &ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0);
+}
+
+#[test]
+fn a_frame_larger_than_the_whole_budget_closes_only_its_connection() {
+    let broker = RilldProcess::start_with(&["--queued-request-max-bytes", "65536"]);
+    let mut bystander = RawConn::connect(broker.addr());
+    let mut conn = RawConn::connect(broker.addr());
+    // 64 KiB + 1 can never get its budget: waiting for it would stall the connection
+    // forever, so it is refused from its size prefix.
+    conn.send_bytes(&partial_produce_frame(65537, 8));
+    assert!(
+        conn.is_closed_by_peer(),
+        "a frame larger than queued_request_max_bytes did not close its connection"
+    );
+    // At the budget exactly, a frame is read and answered (a Produce of an unknown
+    // topic: any answer will do).
+    let mut big = RawConn::connect(broker.addr());
+    let value = vec![7u8; 60_000];
+    let request: ProduceRequest = produce("nothing-here", 0, record_batch(&[&value], 0), 1);
+    assert!(big.try_call(PRODUCE_V, &request).is_some());
+    let versions = bystander.call(API_VERSIONS_V, &ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0);
+}
+
+#[test]
+fn connections_beyond_the_per_ip_limit_are_closed_and_other_ips_are_served() {
+    let broker = RilldProcess::start_with(&["--connections-max-per-ip", "5"]);
+    let local: IpAddr = "127.0.0.1".parse().expect("ip");
+    let mut five: Vec<RawConn> = (0..5)
+        .map(|_| {
+            let mut conn = connect_from(local, broker.addr());
+            let versions = conn.call(API_VERSIONS_V, &ApiVersionsRequest::default());
+            assert_eq!(versions.error_code, 0);
+            conn
+        })
+        .collect();
+    let mut sixth = connect_from(local, broker.addr());
+    assert!(
+        sixth.is_closed_by_peer(),
+        "the 6th connection from 127.0.0.1 was not closed"
+    );
+    let mut other_host = connect_from("127.0.0.2".parse().expect("ip"), broker.addr());
+    let versions = other_host.call(API_VERSIONS_V, &ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0);
+    // A closed connection gives its slot back (the broker notices the close
+    // asynchronously, so retry until a deadline).
+    five.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = connect_from(local, broker.addr());
+        if conn
+            .try_call(API_VERSIONS_V, &ApiVersionsRequest::default())
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a freed per-IP slot was never reused"
+        );
+    }
+    // The five that were served are still served.
+    for conn in &mut five {
+        let versions = conn.call(API_VERSIONS_V, &ApiVersionsRequest::default());
+        assert_eq!(versions.error_code, 0);
+    }
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_connections_max_idle_ms() {
+    let idle_timeout = Duration::from_millis(500);
+    let broker = RilldProcess::start_with(&["--connections-max-idle-ms", "500"]);
+    let mut conn = RawConn::connect(broker.addr());
+    let versions = conn.call(API_VERSIONS_V, &ApiVersionsRequest::default());
+    assert_eq!(versions.error_code, 0);
+    let answered = Instant::now();
+    assert!(
+        conn.is_closed_by_peer(),
+        "an idle connection is still open after 10 s"
+    );
+    assert!(
+        answered.elapsed() >= idle_timeout,
+        "closed after {:?}, before connections_max_idle_ms",
+        answered.elapsed()
+    );
+    // A request in progress is not idleness: a Fetch long poll longer than the idle
+    // timeout is answered.
+    let mut conn = RawConn::connect(broker.addr());
+    let response = conn.call(4, &create_topic("idle", 1, &[]));
+    assert_eq!(response.topics[0].error_code, 0);
+    let response = conn.call(FETCH_V, &fetch("idle", 0, 0, 1500, 1));
+    assert_eq!(response.responses[0].partitions[0].error_code, 0);
+}

@@ -1,8 +1,8 @@
 //! The broker's limits on what peers can hold: the request byte budget
-//! (`queued_request_max_bytes`), the deadline for a started frame
-//! (`request_read_timeout_ms`), connections per IP (`connections_max_per_ip`) and the
-//! idle timeout (`connections_max_idle_ms`). Each test is about one limit and fails
-//! with that limit disabled.
+//! (`queued_request_max_bytes`) and the memory it bounds, the deadline for a started
+//! frame (`request_read_timeout_ms`), connections per IP (`connections_max_per_ip`)
+//! and the idle timeout (`connections_max_idle_ms`). Each test is about one limit
+//! and fails with that limit disabled.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -217,4 +217,88 @@ fn an_idle_connection_is_closed_after_connections_max_idle_ms() {
     assert_eq!(response.topics[0].error_code, 0);
     let response = conn.call(FETCH_V, &fetch("idle", 0, 0, 1500, 1));
     assert_eq!(response.responses[0].partitions[0].error_code, 0);
+}
+
+/// Resident memory of process `pid` (VmRSS), in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS line");
+    kib * 1024
+}
+
+#[test]
+fn buffered_request_bodies_stay_within_the_budget() {
+    const CONNECTIONS: usize = 64;
+    const FRAME_BODY_BYTES: usize = 1 << 20;
+    const BUDGET_BYTES: u64 = 8 << 20;
+    // Allocator slack, per-connection state and the bytes read ahead before a frame's
+    // budget is known (8 KiB per connection): what the broker may grow beyond the budget.
+    const OVERHEAD_BYTES_MAX: u64 = 16 << 20;
+    let broker = RilldProcess::start_with(&[
+        "--queued-request-max-bytes",
+        &BUDGET_BYTES.to_string(),
+        "--request-read-timeout-ms",
+        "2000",
+        "--connections-max",
+        "2000",
+    ]);
+    let pid = broker.pid().expect("running");
+    let mut warm_up = RawConn::connect(broker.addr());
+    assert_eq!(
+        warm_up
+            .call(API_VERSIONS_V, &ApiVersionsRequest::default())
+            .error_code,
+        0
+    );
+    let baseline = rss_bytes(pid);
+    // Every connection sends all of a 1 MiB Produce frame but its last byte: the
+    // worst case, bodies the broker must hold and cannot finish. Without the budget
+    // that is 64 MiB of buffered bodies.
+    let frame = partial_produce_frame(FRAME_BODY_BYTES as i32, 4 + FRAME_BODY_BYTES - 1);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let peak = std::thread::scope(|scope| {
+        // Samples for exactly as long as the frames are held: until the broker has
+        // closed every connection (request_read_timeout_ms).
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        let senders: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut conn = RawConn::connect(broker.addr());
+                    // A connection waiting for budget is not read, so this write may
+                    // only end with the broker closing the connection.
+                    let _ = conn.try_send_bytes(&frame);
+                    assert!(conn.is_closed_by_peer(), "a stalled frame was never closed");
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.join().expect("sender");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().expect("sampler")
+    });
+    let growth = peak.saturating_sub(baseline);
+    eprintln!(
+        "RSS baseline {} KiB, peak {} KiB, growth {} KiB (budget {} KiB)",
+        baseline >> 10,
+        peak >> 10,
+        growth >> 10,
+        BUDGET_BYTES >> 10
+    );
+    assert!(
+        growth <= BUDGET_BYTES + OVERHEAD_BYTES_MAX,
+        "RSS grew by {growth} bytes holding stalled frames; budget {BUDGET_BYTES} + {OVERHEAD_BYTES_MAX}"
+    );
 }

@@ -277,6 +277,11 @@ impl RilldProcess {
         self.addr
     }
 
+    /// The admin HTTP port address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     /// The data directory (survives restarts, removed when this value drops).
     pub fn data_dir(&self) -> PathBuf {
         self.root.path().join("data")

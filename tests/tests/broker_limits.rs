@@ -302,3 +302,50 @@ fn buffered_request_bodies_stay_within_the_budget() {
         "RSS grew by {growth} bytes holding stalled frames; budget {BUDGET_BYTES} + {OVERHEAD_BYTES_MAX}"
     );
 }
+
+#[test]
+fn the_admin_port_limits_connections_and_closes_stalled_ones() {
+    // rill_broker::admin::ADMIN_CONNECTIONS_MAX and ADMIN_CONNECTION_TIMEOUT_MS.
+    const ADMIN_CONNECTIONS_MAX: usize = 64;
+    let admin_timeout = Duration::from_millis(10_000);
+    let broker = RilldProcess::start();
+    let opened = Instant::now();
+    // Peers that connect and never send a request head.
+    let mut stalled: Vec<TcpStream> = (0..ADMIN_CONNECTIONS_MAX)
+        .map(|_| TcpStream::connect(broker.admin_addr()).expect("connect admin"))
+        .collect();
+    // The limit is reached once the broker has accepted all of them; the next
+    // connection is then closed at once. Accepting is asynchronous: retry until a deadline.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut extra = TcpStream::connect(broker.admin_addr()).expect("connect admin");
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        if matches!(std::io::Read::read(&mut extra, &mut byte), Ok(0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "admin connections beyond the limit are not closed"
+        );
+    }
+    // The stalled ones are closed by the per-connection timeout, not before.
+    for conn in &mut stalled {
+        conn.set_read_timeout(Some(2 * admin_timeout))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        let read = std::io::Read::read(conn, &mut byte);
+        assert!(
+            matches!(read, Ok(0))
+                || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "a stalled admin connection was not closed"
+        );
+    }
+    assert!(opened.elapsed() >= admin_timeout);
+    // With the slots free again, the admin port serves.
+    assert!(broker
+        .admin_get("/metrics")
+        .contains("rill_connections_total"));
+}

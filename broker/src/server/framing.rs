@@ -13,10 +13,11 @@
 //! (memory follows what a peer sent, not what it announced), and every growth
 //! re-copies what had arrived. For the frames producers normally send (librdkafka's
 //! message.max.bytes is 1 MB) that would be a second copy of most of the records on
-//! the way to the log. Reserving up to 1 MiB at once costs at most
-//! `connections_max` × 1 MiB of address space for peers that announce and stall,
-//! which the kernel backs with memory only as bytes arrive. Larger frames keep the
-//! codec's growth policy.
+//! the way to the log. The reservation is made only after the connection has taken
+//! the frame's size from the broker's `queued_request_max_bytes` budget (see
+//! [`RequestFrames::announced_body_bytes`]), so what peers that announce and stall can
+//! reserve is bounded by the budget, and the kernel backs it with memory only as bytes
+//! arrive. Larger frames keep the codec's growth policy.
 
 use bytes::BytesMut;
 use rill_protocol::frame::{FrameCodec, FRAME_PREFIX_BYTES};

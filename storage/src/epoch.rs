@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::checkpoint;
+use crate::atomic_file;
 use crate::error::{Result, StorageError};
 
 /// File name of the leader-epoch checkpoint inside a partition directory.
@@ -27,7 +27,7 @@ pub(crate) struct EpochCache {
 
 impl EpochCache {
     pub(crate) fn load(dir: &Path) -> Result<EpochCache> {
-        let Some(body) = checkpoint::read(dir, EPOCH_FILE)? else {
+        let Some(body) = atomic_file::read_text(dir, EPOCH_FILE)? else {
             return Ok(EpochCache::default());
         };
         let file = dir.join(EPOCH_FILE);
@@ -65,7 +65,7 @@ impl EpochCache {
         for e in &self.entries {
             body.push_str(&format!("{} {}\n", e.epoch, e.start_offset));
         }
-        checkpoint::write(dir, EPOCH_FILE, &body)
+        atomic_file::write_text(dir, EPOCH_FILE, &body)
     }
 
     pub(crate) fn entries(&self) -> &[EpochEntry] {

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::checkpoint;
+use crate::atomic_file;
 use crate::error::{Result, StorageError};
 use crate::log::{RECOVERY_POINT_FILE, RECOVERY_POINT_KEY};
 
@@ -51,7 +51,7 @@ impl SharedCheckpoints {
         let mut state = self.lock();
         state.generation = generation;
         if state.recovery_point > offset {
-            checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
+            atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
             state.recovery_point = offset;
         }
         Ok(())
@@ -61,7 +61,7 @@ impl SharedCheckpoints {
     pub(crate) fn reset(&self, dir: &Path, start_offset: u64, generation: u64) -> Result<()> {
         let mut state = self.lock();
         state.generation = generation;
-        checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, start_offset)?;
+        atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, start_offset)?;
         state.recovery_point = start_offset;
         Ok(())
     }
@@ -75,7 +75,7 @@ impl SharedCheckpoints {
     ) -> Result<()> {
         let mut state = self.lock();
         if state.generation == generation {
-            checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
+            atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
             state.recovery_point = offset;
         }
         Ok(())
@@ -96,7 +96,7 @@ impl SharedCheckpoints {
             && state.recovery_point < active_base_offset
             && offset > state.recovery_point
         {
-            checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
+            atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
             state.recovery_point = offset;
         }
         Ok(())
@@ -173,7 +173,7 @@ impl FlushJob {
                 .map_err(|e| StorageError::io("fdatasync index", &self.dir, e))?;
         }
         if self.sync_dir {
-            checkpoint::sync_dir(&self.dir)?;
+            atomic_file::sync_dir(&self.dir)?;
         }
         self.checkpoints.advance(
             &self.dir,

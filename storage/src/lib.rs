@@ -11,7 +11,7 @@
 //! | `segment` | one segment: file naming and creation, batch scanners for recovery, reads and index rebuilds |
 //! | `index` | sparse `.index` (relative offset u32 → position u32) and `.timeindex` (timestamp i64 → relative offset u32) |
 //! | `epoch` | the leader-epoch file (epoch → first offset) |
-//! | `checkpoint` | CRC-protected small files replaced atomically (temp, fsync, rename, fsync dir) |
+//! | [`atomic_file`] | Rill's small files (checkpoints here; topic/cluster metadata in the broker): one CRC'd format, replaced atomically (temp, fsync, rename, fsync dir) |
 //! | [`batch`] | storage's rules over `rill-record`'s RecordBatch v2 layout (non-negative offsets, CRC32C on append and recovery), stamping, a small encoder |
 //! | `mmap` | the only `unsafe`: mappings whose published prefix may be handed out as zero-copy `Bytes`; `pwritev`, `fallocate` |
 //! | [`config`](LogConfig) | [`LogConfig`]: every bound with its default, validated by key |
@@ -30,7 +30,7 @@
 //! mapped read-only on demand, at most `open_maps_max` at a time. Reads hand out
 //! zero-copy `Bytes` slices of the maps.
 //! Next to them: `recovery-point-offset-checkpoint`, `log-start-offset-checkpoint`
-//! and `leader-epoch-checkpoint`, each with a CRC32 line.
+//! and `leader-epoch-checkpoint`, each in the [`atomic_file`] format (CRC'd header line).
 //!
 //! ## Using it
 //!
@@ -68,8 +68,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 pub mod batch;
-mod checkpoint;
 mod config;
 mod epoch;
 mod error;

@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::atomic_file;
 use crate::batch::{self, BatchView};
-use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
@@ -123,7 +123,7 @@ impl PartitionLog {
             let entry = entry.map_err(|e| StorageError::io("list log directory", dir, e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.ends_with(checkpoint::TMP_SUFFIX) || name.ends_with(SWAP_SUFFIX) {
+            if name.ends_with(atomic_file::TMP_SUFFIX) || name.ends_with(SWAP_SUFFIX) {
                 let path = entry.path();
                 fs::remove_file(&path)
                     .map_err(|e| StorageError::io("remove temp file", path, e))?;
@@ -147,8 +147,8 @@ impl PartitionLog {
 
         let mut epochs = EpochCache::load(dir)?;
         let epochs_on_disk = epochs.clone();
-        let log_start_ck = checkpoint::read_u64(dir, LOG_START_FILE, LOG_START_KEY)?;
-        let recovery_ck = checkpoint::read_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY)?;
+        let log_start_ck = atomic_file::read_u64(dir, LOG_START_FILE, LOG_START_KEY)?;
+        let recovery_ck = atomic_file::read_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY)?;
         let log_start = log_start_ck.unwrap_or_else(|| bases.first().copied().unwrap_or(0));
 
         // Segments wholly below the log start are leftovers of retention or reset.
@@ -192,16 +192,16 @@ impl PartitionLog {
             Self::recover(dir, config, bases, log_start, recovery_ck, epochs)?
         };
         // Rewrite only what changed: a clean reopen costs one directory fsync.
-        checkpoint::sync_dir(dir)?;
+        atomic_file::sync_dir(dir)?;
         if log.epochs.entries() != epochs_on_disk.entries() {
             log.epochs.save(dir)?;
         }
         if log_start_ck != Some(log.log_start_offset) {
-            checkpoint::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
+            atomic_file::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
         }
         let end = log.log_end_offset();
         if recovery_ck != Some(end) {
-            checkpoint::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end)?;
+            atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end)?;
         }
         log.checkpoints = Arc::new(SharedCheckpoints::new(end));
         log.flushed_offset = end;
@@ -1098,7 +1098,7 @@ impl PartitionLog {
             drop(view);
             fs::rename(&swap_path, &path)
                 .map_err(|e| StorageError::io("rename segment", &path, e))?;
-            checkpoint::sync_dir(&self.dir)?;
+            atomic_file::sync_dir(&self.dir)?;
             let _ = fs::remove_file(segment_path(&self.dir, base, INDEX_SUFFIX));
             let _ = fs::remove_file(segment_path(&self.dir, base, TIME_INDEX_SUFFIX));
             self.active = new_active(writer, capacity.max(cut_pos), cut_pos);
@@ -1151,13 +1151,13 @@ impl PartitionLog {
             .inspect_err(|_| {
                 let _ = fs::remove_file(&swap_path);
             })?;
-        checkpoint::write_u64(&self.dir, LOG_START_FILE, LOG_START_KEY, start_offset)?;
+        atomic_file::write_u64(&self.dir, LOG_START_FILE, LOG_START_KEY, start_offset)?;
         for seg in std::mem::take(&mut self.segments) {
             delete_files(&self.dir, seg.base_offset)?;
         }
         let path = segment_path(&self.dir, start_offset, LOG_SUFFIX);
         fs::rename(&swap_path, &path).map_err(|e| StorageError::io("rename segment", &path, e))?;
-        checkpoint::sync_dir(&self.dir)?;
+        atomic_file::sync_dir(&self.dir)?;
         self.cache
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
@@ -1213,7 +1213,7 @@ impl PartitionLog {
         }
         let new_start = self.segments[delete].base_offset;
         // Record the new start before deleting, so a crash in between recovers to it.
-        checkpoint::write_u64(&self.dir, LOG_START_FILE, LOG_START_KEY, new_start)?;
+        atomic_file::write_u64(&self.dir, LOG_START_FILE, LOG_START_KEY, new_start)?;
         self.log_start_offset = new_start;
         for seg in self.segments.drain(..delete).collect::<Vec<_>>() {
             self.cache_remove(seg.base_offset);

@@ -205,12 +205,25 @@ fn corruption_in_an_earlier_segment_is_found_when_no_checkpoint_vouches_for_it()
 fn corrupt_checkpoint_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
-    flip(&dir.path().join(RECOVERY_POINT_FILE), 3);
+    let checkpoint = dir.path().join(RECOVERY_POINT_FILE);
+    // A digit of the offset (the body, which the CRC covers).
+    let body_byte = std::fs::metadata(&checkpoint).unwrap().len() - 2;
+    flip(&checkpoint, body_byte);
     match PartitionLog::open(dir.path(), config()) {
         Err(rill_storage::StorageError::ChecksumMismatch { file }) => {
             assert!(file.ends_with(RECOVERY_POINT_FILE))
         }
         other => panic!("expected ChecksumMismatch, got {other:?}"),
+    }
+    // Restore it, then break the header line instead.
+    flip(&checkpoint, body_byte);
+    PartitionLog::open(dir.path(), config()).unwrap();
+    flip(&checkpoint, 3);
+    match PartitionLog::open(dir.path(), config()) {
+        Err(rill_storage::StorageError::MalformedFile { file, .. }) => {
+            assert!(file.ends_with(RECOVERY_POINT_FILE))
+        }
+        other => panic!("expected MalformedFile, got {other:?}"),
     }
 }
 

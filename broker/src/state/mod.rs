@@ -7,7 +7,6 @@
 //! exists: partition directories without a topic file are leftovers of an unfinished
 //! delete and are removed at start-up.
 
-pub mod meta_file;
 pub mod partition;
 pub mod topic_config;
 
@@ -15,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use rill_storage::{LogConfig, PartitionLog, StorageError};
+use rill_storage::{atomic_file, LogConfig, PartitionLog, StorageError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -151,7 +150,9 @@ impl PartitionManager {
                 }
                 _ => continue,
             }
-            let body = meta_file::read(&path).map_err(storage_error)?;
+            let body = atomic_file::read(&path)
+                .map_err(storage_error)?
+                .ok_or_else(|| storage_error(format!("{} vanished", path.display())))?;
             let meta: TopicMeta = serde_json::from_slice(&body)
                 .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
             let topic = manager.open_topic(&meta)?;
@@ -371,7 +372,7 @@ impl PartitionManager {
         let meta_dir = self.config.topics_dir();
         let path = meta_dir.join(format!("{name}.topic"));
         std::fs::remove_file(&path).map_err(storage_error)?;
-        meta_file::sync_dir(&meta_dir).map_err(storage_error)?;
+        atomic_file::sync_dir(&meta_dir).map_err(storage_error)?;
         // No append or flush may touch the directories from here on.
         for partition in &topic.partitions {
             partition.close().await;
@@ -443,7 +444,7 @@ impl PartitionManager {
             .config
             .topics_dir()
             .join(format!("{}.topic", meta.name));
-        meta_file::write_atomic(&path, &body).map_err(storage_error)
+        atomic_file::write(&path, &body).map_err(storage_error)
     }
 
     /// Every partition of every topic.
@@ -506,8 +507,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, BrokerError> {
 
 fn load_cluster_id(meta_dir: &Path) -> Result<String, BrokerError> {
     let path = meta_dir.join("cluster.json");
-    if path.exists() {
-        let body = meta_file::read(&path).map_err(storage_error)?;
+    if let Some(body) = atomic_file::read(&path).map_err(storage_error)? {
         let meta: ClusterMeta = serde_json::from_slice(&body)
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
         return Ok(meta.cluster_id);
@@ -516,6 +516,6 @@ fn load_cluster_id(meta_dir: &Path) -> Result<String, BrokerError> {
         cluster_id: new_uuid().simple().to_string(),
     };
     let body = serde_json::to_vec(&meta).map_err(storage_error)?;
-    meta_file::write_atomic(&path, &body).map_err(storage_error)?;
+    atomic_file::write(&path, &body).map_err(storage_error)?;
     Ok(meta.cluster_id)
 }

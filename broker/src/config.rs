@@ -113,8 +113,9 @@ pub struct TopicDefaults {
     /// while the partition is larger than this; -1 means no size limit. Default -1.
     pub retention_bytes: i64,
     /// `log_segment_bytes` (topic `segment.bytes`): roll a new segment at this size.
-    /// Default 134217728 (128 MiB; Kafka's is 1 GiB, but Rill preallocates the active
-    /// segment file with fallocate, so every partition reserves this much disk).
+    /// Default 134217728 (128 MiB; Kafka's is 1 GiB). The active segment file is
+    /// allocated in steps as it fills (1 MiB first), so an idle partition reserves
+    /// about 1 MiB, not this much.
     /// Range 1048576..=2147483647 (index file positions are u32).
     pub segment_bytes: i64,
     /// `log_segment_ms` (topic `segment.ms`): roll a segment older than this.

@@ -527,7 +527,7 @@ mod tests {
         let err = Config::load(&cli).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
 
-        let cli = Cli::parse_from(["rilld", "--log-dir-free-bytes-min", "-1"]);
+        let cli = Cli::parse_from(["rilld", "--log-dir-free-bytes-min=-1"]);
         let err = Config::load(&cli).unwrap_err().to_string();
         assert!(err.contains("log_dir_free_bytes_min"), "{err}");
 

@@ -123,6 +123,13 @@ pub struct Config {
     /// `debug_flush_delay_ms`: FOR TESTS ONLY. Sleep this long before every partition
     /// flush, to make the order "flush, then acknowledge" observable. Default 0.
     pub debug_flush_delay_ms: u64,
+    /// `log_dir_free_bytes_min`: creating partitions (CreateTopics, CreatePartitions,
+    /// auto-creation) is refused with KAFKA_STORAGE_ERROR while the file system of
+    /// `data_dir` has fewer bytes than this available (statvfs `f_bavail`), so new
+    /// partitions stop well before a full disk fails every produce. Existing
+    /// partitions keep taking writes. Default 1073741824 (1 GiB); 0 disables the
+    /// check. Range 0..=9223372036854775807.
+    pub log_dir_free_bytes_min: u64,
     /// Topic config defaults for topics that do not set their own.
     pub topic_defaults: TopicDefaults,
 }
@@ -137,8 +144,9 @@ pub struct TopicDefaults {
     /// while the partition is larger than this; -1 means no size limit. Default -1.
     pub retention_bytes: i64,
     /// `log_segment_bytes` (topic `segment.bytes`): roll a new segment at this size.
-    /// Default 134217728 (128 MiB; Kafka's is 1 GiB, but Rill preallocates the active
-    /// segment file with fallocate, so every partition reserves this much disk).
+    /// Default 134217728 (128 MiB; Kafka's is 1 GiB). The active segment file is
+    /// allocated in steps as it fills (1 MiB first), so an idle partition reserves
+    /// about 1 MiB, not this much.
     /// Range 1048576..=2147483647 (index file positions are u32).
     pub segment_bytes: i64,
     /// `log_segment_ms` (topic `segment.ms`): roll a segment older than this.
@@ -185,6 +193,7 @@ impl Default for Config {
             fetch_wait_ms_max: 30_000,
             shutdown_timeout_ms: 10_000,
             debug_flush_delay_ms: 0,
+            log_dir_free_bytes_min: 1024 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -245,6 +254,7 @@ struct FileConfig {
     fetch_wait_ms_max: Option<i64>,
     shutdown_timeout_ms: Option<i64>,
     debug_flush_delay_ms: Option<i64>,
+    log_dir_free_bytes_min: Option<i64>,
     log_retention_ms: Option<i64>,
     log_retention_bytes: Option<i64>,
     log_segment_bytes: Option<i64>,
@@ -326,6 +336,10 @@ pub struct Cli {
     /// TESTS ONLY: delay before every flush [default: 0].
     #[arg(long)]
     pub debug_flush_delay_ms: Option<i64>,
+    /// Refuse new partitions while the data directory has less free space than
+    /// this; 0 disables [default: 1073741824].
+    #[arg(long)]
+    pub log_dir_free_bytes_min: Option<i64>,
     /// Default retention.ms of topics [default: 604800000].
     #[arg(long)]
     pub log_retention_ms: Option<i64>,
@@ -467,6 +481,10 @@ impl Config {
         if let Some(v) = pick!(debug_flush_delay_ms) {
             config.debug_flush_delay_ms = in_range("debug_flush_delay_ms", v, 0, 60_000)? as u64;
         }
+        if let Some(v) = pick!(log_dir_free_bytes_min) {
+            config.log_dir_free_bytes_min =
+                in_range("log_dir_free_bytes_min", v, 0, i64::MAX)? as u64;
+        }
         let t = &mut config.topic_defaults;
         if let Some(v) = pick!(log_retention_ms) {
             t.retention_ms = check_topic_key("log_retention_ms", "retention.ms", v)?;
@@ -531,6 +549,7 @@ mod tests {
         assert_eq!(config.socket_request_max_bytes, 104_857_600);
         assert_eq!(config.durability, Durability::Fsync);
         assert!(config.auto_create_topics);
+        assert_eq!(config.log_dir_free_bytes_min, 1 << 30);
     }
 
     #[test]
@@ -578,6 +597,10 @@ mod tests {
             let err = Config::load(&cli).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
         }
+
+        let cli = Cli::parse_from(["rilld", "--log-dir-free-bytes-min=-1"]);
+        let err = Config::load(&cli).unwrap_err().to_string();
+        assert!(err.contains("log_dir_free_bytes_min"), "{err}");
 
         let cli = Cli::parse_from(["rilld", "--log-segment-bytes", "5"]);
         let err = Config::load(&cli).unwrap_err().to_string();

@@ -7,14 +7,24 @@ pub const SEGMENT_BYTES_MIN: u64 = 1024;
 /// Largest accepted `segment_bytes`: file positions in `.index` entries are `u32`
 /// and Kafka caps segments at `i32::MAX` too.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+/// Disk a new active segment file reserves (`fallocate`) when created, and the
+/// smallest step by which it grows; capped at `segment_bytes`. Small, so an idle
+/// partition costs about this much disk instead of a whole segment.
+pub const SEGMENT_GROWTH_STEP_BYTES_MIN: usize = 1024 * 1024;
+/// Largest step by which an active segment file grows: steps double from
+/// [`SEGMENT_GROWTH_STEP_BYTES_MIN`] up to this, so a busy segment pays one
+/// `fallocate` per this many bytes (measured: no visible cost next to the writes).
+pub const SEGMENT_GROWTH_STEP_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Configuration of one [`crate::PartitionLog`]. Construct with [`LogConfig::default`]
 /// and override fields; [`crate::PartitionLog::open`] calls [`LogConfig::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
-    /// Size of a segment file. The active segment is preallocated to this size with
-    /// `fallocate` (so a full disk is an error at roll time, not a SIGBUS on a page
-    /// fault), and rolled when the next append would not fit.
+    /// Size of a segment file. The active segment file is reserved with `fallocate`
+    /// in growing steps ([`SEGMENT_GROWTH_STEP_BYTES_MIN`] doubling up to
+    /// [`SEGMENT_GROWTH_STEP_BYTES_MAX`], never beyond this size) before any byte is
+    /// written there, so a full disk is an append error, not a SIGBUS on a page
+    /// fault; it is rolled when the next append would not fit in this size.
     /// Default 128 MiB; range [`SEGMENT_BYTES_MIN`]..=[`SEGMENT_BYTES_MAX`].
     pub segment_bytes: u64,
     /// Roll the active segment when it is older than this (checked by

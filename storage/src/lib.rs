@@ -21,10 +21,12 @@
 //!
 //! One directory per partition replica. Segments are named by their base offset in
 //! 20 digits: `00000000000000000000.log`, `.index`, `.timeindex`. The active segment
-//! is preallocated to `segment_bytes` with `fallocate` (a full disk fails the roll,
-//! never a page fault) and mapped shared; an append validates the batches and
-//! copies them once, with one `pwritev` whose iovecs swap in the leader's stamped
-//! headers, into the preallocated space, whose page-cache pages the map shows.
+//! is mapped shared over its whole `segment_bytes`, but its file is allocated with
+//! `fallocate` in growing steps (1 MiB first, doubling up to 16 MiB a step) just
+//! before appends reach them, so an idle partition costs about 1 MiB of disk and a
+//! full disk fails an append, never a page fault; an append validates the batches
+//! and copies them once, with one `pwritev` whose iovecs swap in the leader's
+//! stamped headers, into the allocated space, whose page-cache pages the map shows.
 //! (Stores into a fresh mapping would first fault and zero-fill every page: 2-6x
 //! slower appends, measured.) Closed segments are trimmed to their used length and
 //! mapped read-only on demand, at most `open_maps_max` at a time. Reads hand out
@@ -79,7 +81,10 @@ mod log;
 mod mmap;
 mod segment;
 
-pub use config::{LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+pub use config::{
+    LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_GROWTH_STEP_BYTES_MAX,
+    SEGMENT_GROWTH_STEP_BYTES_MIN,
+};
 pub use epoch::EpochEntry;
 pub use error::{Result, StorageError};
 pub use flush::{FlushJob, FlushedTo};

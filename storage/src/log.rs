@@ -436,10 +436,11 @@ impl PartitionLog {
         let capacity = (config.segment_bytes as usize)
             .max(file_len)
             .max(seg.size_bytes);
-        mmap::allocate(&file, capacity as u64)
-            .map_err(|e| StorageError::io("allocate segment", &path, e))?;
-        let (_, writer) = MapFile::for_appending(Arc::new(file), capacity, seg.size_bytes)
-            .map_err(|e| StorageError::io("map segment", &path, e))?;
+        // The file keeps its length (a segment made before growth in steps stays
+        // fully allocated); appends grow it from there.
+        let (_, writer) =
+            MapFile::for_appending(Arc::new(file), capacity, file_len, seg.size_bytes)
+                .map_err(|e| StorageError::io("map segment", &path, e))?;
         // Stale index files of the active segment are rewritten when it closes.
         let _ = fs::remove_file(segment_path(dir, seg.base_offset, INDEX_SUFFIX));
         let _ = fs::remove_file(segment_path(dir, seg.base_offset, TIME_INDEX_SUFFIX));
@@ -643,6 +644,9 @@ impl PartitionLog {
                 self.roll()?;
             }
         }
+        // Reserve the space before anything else changes, so a full disk fails the
+        // append with the log untouched.
+        self.reserve_active(self.active_segment().size_bytes + total)?;
         // Record new epochs durably before the data that carries them.
         let mut saved_epochs = None;
         if new_epochs {
@@ -725,6 +729,20 @@ impl PartitionLog {
             batch_count,
             bytes: total,
             log_end_offset: next,
+        })
+    }
+
+    /// Grows the active segment file (by the next step, see
+    /// [`segment::grown_len`]) if `end_pos` lies past its end.
+    fn reserve_active(&mut self, end_pos: usize) -> Result<()> {
+        let file_len = self.active.writer.file_len();
+        if end_pos <= file_len {
+            return Ok(());
+        }
+        let len = segment::grown_len(file_len, end_pos, self.active.capacity);
+        self.active.writer.grow_file(len).map_err(|e| {
+            let base = self.active_segment().base_offset;
+            StorageError::io("grow segment", segment_path(&self.dir, base, LOG_SUFFIX), e)
         })
     }
 

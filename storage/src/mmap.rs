@@ -14,6 +14,13 @@
 //! mapped page first takes a fault that allocates and zero-fills it (measured on
 //! the development VM: 2-6x slower appends, and 35 % slower at a flush per MiB).
 //!
+//! The map covers a segment's whole capacity (`segment.bytes`), but the file behind
+//! it is only as long as the writer has grown it ([`MapWriter::grow_file`], steps of
+//! `fallocate` taken before any byte is written there). Mapping past the end of a
+//! file is allowed; touching a mapped page wholly past it is SIGBUS. Readers never
+//! do: they read below `published`, which never passes the file length, and the file
+//! never shrinks below a published end while readers are registered (see below).
+//!
 //! Readers register in the `readers` counter before they check `published`, and the
 //! writer lowers `published` (truncation) only after it has seen no reader
 //! registered; both use `SeqCst`, so either the reader sees the lowered boundary and
@@ -52,14 +59,21 @@ impl std::fmt::Debug for MapFile {
 
 impl MapFile {
     /// Maps `capacity_bytes` of `file` (read-only, shared) for a segment that will
-    /// be appended to; `published_bytes` of it are already valid content. Returns the
-    /// map and its one writer, which writes through `file`.
+    /// be appended to; the file is `file_len_bytes` long (at most `capacity_bytes`:
+    /// the writer grows it before writing past it) and `published_bytes` of it are
+    /// already valid content. Returns the map and its one writer, which writes
+    /// through `file`.
     pub(crate) fn for_appending(
         file: Arc<File>,
         capacity_bytes: usize,
+        file_len_bytes: usize,
         published_bytes: usize,
     ) -> io::Result<(Arc<MapFile>, MapWriter)> {
-        assert!(capacity_bytes > 0 && published_bytes <= capacity_bytes);
+        assert!(
+            capacity_bytes > 0
+                && published_bytes <= file_len_bytes
+                && file_len_bytes <= capacity_bytes
+        );
         let raw = MmapOptions::new()
             .len(capacity_bytes)
             .map_raw_read_only(&*file)?;
@@ -71,6 +85,7 @@ impl MapFile {
         let writer = MapWriter {
             map: map.clone(),
             file,
+            file_len_bytes,
         };
         Ok((map, writer))
     }
@@ -141,7 +156,10 @@ impl std::ops::Deref for View<'_> {
         // SAFETY: `[0, end)` was published when this view registered as a reader;
         // the writer writes only at or above `published`, and lowers `published` only
         // when no reader is registered, so these bytes stay initialised and unwritten
-        // while `self` lives. The mapping outlives `self` (borrowed from `map`).
+        // while `self` lives. The map may reach past the end of the file, but
+        // `published` never does (`MapWriter::publish` asserts it, and the file only
+        // shrinks below a published end when no reader is registered), so no page
+        // read here lies past the end (SIGBUS). The mapping outlives `self`.
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr(), self.end) }
     }
 }
@@ -183,6 +201,9 @@ impl Drop for MapSlice {
 pub(crate) struct MapWriter {
     map: Arc<MapFile>,
     file: Arc<File>,
+    /// Length of the file, all of it allocated: writes stay below it, so
+    /// `published` (which only covers written bytes) does too.
+    file_len_bytes: usize,
 }
 
 impl MapWriter {
@@ -196,15 +217,39 @@ impl MapWriter {
         &self.file
     }
 
+    /// Length of the file (allocated, reads as zeros where never written).
+    pub(crate) fn file_len(&self) -> usize {
+        self.file_len_bytes
+    }
+
+    /// Extends the file to `len_bytes` (at most the map's length) with allocated
+    /// blocks that read as zeros, so later writes below it cannot fail for space and
+    /// recovery still finds the end at a zero batch length. Growing never hurts a
+    /// reader; on error the file may have grown in part, which is just as harmless.
+    pub(crate) fn grow_file(&mut self, len_bytes: usize) -> io::Result<()> {
+        assert!(
+            len_bytes >= self.file_len_bytes && len_bytes <= self.map.raw.len(),
+            "grow to {len_bytes} from {} in a map of {}",
+            self.file_len_bytes,
+            self.map.raw.len()
+        );
+        allocate(&self.file, len_bytes as u64)?;
+        self.file_len_bytes = len_bytes;
+        Ok(())
+    }
+
     fn check_unpublished(&self, pos: usize, len: usize) {
         let published = self.map.published();
         assert!(
             pos >= published,
             "write at {pos} below published end {published}"
         );
+        // Writing past the file length would extend the file without reserving the
+        // space behind it; `publish` relies on written bytes lying inside the file.
         assert!(
-            pos + len <= self.map.raw.len(),
-            "write past the end of the map"
+            pos + len <= self.file_len_bytes,
+            "write past the end of the file ({} bytes)",
+            self.file_len_bytes
         );
     }
 
@@ -233,7 +278,8 @@ impl MapWriter {
     /// Moves the published end forward to `end`, making `[old, end)` readable.
     pub(crate) fn publish(&mut self, end: usize) {
         let old = self.map.published();
-        assert!(end >= old && end <= self.map.raw.len());
+        // Never past the file: a reader touching a mapped page beyond it is SIGBUS.
+        assert!(end >= old && end <= self.file_len_bytes);
         self.map.published.store(end, SeqCst);
     }
 
@@ -387,7 +433,7 @@ mod tests {
             .open(dir.path().join("f"))
             .unwrap();
         allocate(&file, 8192).unwrap();
-        let (map, mut writer) = MapFile::for_appending(Arc::new(file), 8192, 0).unwrap();
+        let (map, mut writer) = MapFile::for_appending(Arc::new(file), 8192, 8192, 0).unwrap();
         writer
             .write_at(0, &mut [IoSlice::new(b"ab"), IoSlice::new(b"cd")])
             .unwrap();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::batch::{self, BatchView, HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::config::{SEGMENT_GROWTH_STEP_BYTES_MAX, SEGMENT_GROWTH_STEP_BYTES_MIN};
 use crate::epoch::EpochCache;
 use crate::error::{Result, StorageError};
 use crate::index::{self, SegmentIndex};
@@ -62,7 +63,8 @@ pub(crate) struct Unsynced {
 #[derive(Debug)]
 pub(crate) struct Active {
     pub(crate) writer: MapWriter,
-    /// Length of the preallocated file and of the map.
+    /// Length of the map: the most the file may grow to (`segment_bytes`, or more
+    /// for a recovered file that was already longer).
     pub(crate) capacity: usize,
     pub(crate) index: SegmentIndex,
     /// Highest byte ever written to this file (truncation zeroes up to here).
@@ -91,8 +93,26 @@ pub(crate) fn open_rw(path: &Path) -> Result<File> {
         .map_err(|e| StorageError::io("open segment", path, e))
 }
 
-/// Creates (replacing any stale file of that name) a preallocated segment file at
-/// `path`, writes `prefix` at its start, and maps it for appending.
+/// The length an active segment file grows to so that `[0, needed_bytes)` lies in
+/// it: one step past `current_bytes`, the step being the current length clamped to
+/// [`SEGMENT_GROWTH_STEP_BYTES_MIN`]..=[`SEGMENT_GROWTH_STEP_BYTES_MAX`] (so the
+/// length doubles, then grows linearly), more if one append needs it, rounded up to
+/// a page, and never past `capacity_bytes` (which must hold `needed_bytes`).
+pub(crate) fn grown_len(current_bytes: usize, needed_bytes: usize, capacity_bytes: usize) -> usize {
+    assert!(needed_bytes <= capacity_bytes);
+    let step_bytes =
+        current_bytes.clamp(SEGMENT_GROWTH_STEP_BYTES_MIN, SEGMENT_GROWTH_STEP_BYTES_MAX);
+    (current_bytes + step_bytes)
+        .max(needed_bytes)
+        .next_multiple_of(PAGE_BYTES)
+        .min(capacity_bytes)
+}
+
+const PAGE_BYTES: usize = 4096;
+
+/// Creates (replacing any stale file of that name) a segment file at `path` with
+/// room for `capacity` bytes, of which only the first growth step (or `prefix`, if
+/// longer) is allocated, writes `prefix` at its start, and maps it for appending.
 pub(crate) fn create_active(
     path: &Path,
     capacity: usize,
@@ -110,8 +130,9 @@ pub(crate) fn create_active(
         .create_new(true)
         .open(path)
         .map_err(|e| StorageError::io("create segment", path, e))?;
+    let file_len = grown_len(0, prefix.len(), capacity);
     let result = (|| {
-        mmap::allocate(&file, capacity as u64)
+        mmap::allocate(&file, file_len as u64)
             .map_err(|e| StorageError::io("allocate segment", path, e))?;
         if !prefix.is_empty() {
             file.write_all_at(prefix, 0)
@@ -124,7 +145,7 @@ pub(crate) fn create_active(
         Ok(())
     })();
     let result = result.and_then(|()| {
-        MapFile::for_appending(Arc::new(file), capacity, prefix.len())
+        MapFile::for_appending(Arc::new(file), capacity, file_len, prefix.len())
             .map(|(_, writer)| writer)
             .map_err(|e| StorageError::io("map segment", path, e))
     });
@@ -368,4 +389,36 @@ pub(crate) fn slice_batches(
     }
     drop(view);
     Ok(map.bytes(first_pos, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn growth_starts_at_one_step_then_doubles_up_to_the_cap_and_stops_at_capacity() {
+        let capacity = 128 * MIB;
+        let mut len = grown_len(0, 0, capacity);
+        let mut lengths = vec![len];
+        while len < capacity {
+            len = grown_len(len, len + 1, capacity);
+            lengths.push(len);
+        }
+        assert_eq!(
+            &lengths[..7],
+            &[MIB, 2 * MIB, 4 * MIB, 8 * MIB, 16 * MIB, 32 * MIB, 48 * MIB]
+        );
+        assert_eq!(*lengths.last().unwrap(), capacity);
+        assert!(lengths.windows(2).all(|w| w[1] - w[0] <= 16 * MIB));
+    }
+
+    #[test]
+    fn growth_covers_a_large_append_and_never_passes_capacity() {
+        assert_eq!(grown_len(MIB, 10 * MIB + 1, 128 * MIB), 10 * MIB + 4096);
+        assert_eq!(grown_len(0, 0, 64 * 1024), 64 * 1024);
+        assert_eq!(grown_len(0, 5000, 5001), 5001);
+        assert_eq!(grown_len(0, 3 * MIB, 128 * MIB), 3 * MIB);
+    }
 }

@@ -21,7 +21,9 @@ const CHILD_ENV: &str = "RILL_CRASH_CHILD_DIR";
 
 fn config() -> LogConfig {
     LogConfig {
-        segment_bytes: 1024 * 1024,
+        // Three growth steps' worth (1 MiB, then 2, then 3): kills land while the
+        // active file grows, not only around rolls.
+        segment_bytes: 3 * 1024 * 1024,
         retention_ms: None,
         ..LogConfig::default()
     }
@@ -184,10 +186,11 @@ fn main() {
     // Appends continue in this process too.
     let mut log = PartitionLog::open(dir.path(), config()).unwrap();
     log.append(&expected_batch(end)).unwrap();
+    let segments = log.segment_count();
     log.close().unwrap();
     println!(
         "crash test: ok, {rounds} SIGKILLs ({kills_before_first_flush} before a first flush), \
-         final log end {end}, {:.1} s",
+         final log end {end}, {segments} segments, {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

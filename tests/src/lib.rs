@@ -41,9 +41,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop may take before the test fails.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Segment size the harness gives brokers unless a test overrides it: the active
-/// segment is preallocated, so a small size keeps parallel test brokers from
-/// reserving gigabytes of disk.
+/// Segment size the harness gives brokers (a test that needs another one sets the
+/// topic's `segment.bytes`): small, so tests roll segments without writing much.
 pub const TEST_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
 static RILLD: OnceLock<PathBuf> = OnceLock::new();

@@ -160,6 +160,10 @@ impl PartitionManager {
         }
         manager.remove_orphans(&topics)?;
         tracing::info!(topics = topics.len(), "loaded topics");
+        if let Err(e) = manager.check_free_space() {
+            // Not fatal: existing partitions are served; only new ones are refused.
+            tracing::warn!(error = %e, "low disk space at start-up");
+        }
         *manager.topics.write().expect("topics lock") = topics;
         Ok(manager)
     }
@@ -307,6 +311,7 @@ impl PartitionManager {
         let config = TopicConfig::new(&self.config.topic_defaults, configs.clone())
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
         let _admin = self.admin.lock().await;
+        self.check_free_space()?;
         if let Some(existing) = self.topic(name) {
             if validate_only {
                 return Err(BrokerError::TopicAlreadyExists(name.to_string()));
@@ -411,6 +416,7 @@ impl PartitionManager {
                 "{count} is more than {PARTITIONS_MAX}"
             )));
         }
+        self.check_free_space()?;
         if validate_only {
             return Ok(());
         }
@@ -435,6 +441,37 @@ impl PartitionManager {
             .write()
             .expect("topics lock")
             .insert(name.to_string(), updated);
+        Ok(())
+    }
+
+    /// Refuses new partitions while the data directory's file system has less than
+    /// `log_dir_free_bytes_min` available, so that a client creating hundreds of
+    /// topics runs into a clear error long before a full disk fails every produce.
+    ///
+    /// KAFKA_STORAGE_ERROR rather than POLICY_VIOLATION: the cause is the state of
+    /// the log directory, not the request (the same request succeeds once space is
+    /// freed), and Kafka clients treat it as retriable, which is what it is.
+    /// Checked before anything is written, so a refused creation leaves no trace.
+    fn check_free_space(&self) -> Result<(), BrokerError> {
+        let free_min_bytes = self.config.log_dir_free_bytes_min;
+        if free_min_bytes == 0 {
+            return Ok(());
+        }
+        let dir = &self.config.data_dir;
+        let stat = rustix::fs::statvfs(dir).map_err(|e| {
+            BrokerError::Storage(format!("cannot stat file system of {}: {e}", dir.display()))
+        })?;
+        // f_bavail: blocks available to an unprivileged process (ext4 keeps a reserve
+        // for root that rilld should not count on).
+        let free_bytes = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free_bytes < free_min_bytes {
+            return Err(BrokerError::Storage(format!(
+                "data directory {} has {free_bytes} bytes free, below \
+                 log_dir_free_bytes_min ({free_min_bytes}): new partitions are refused \
+                 until space is freed",
+                dir.display()
+            )));
+        }
         Ok(())
     }
 
@@ -518,4 +555,54 @@ fn load_cluster_id(meta_dir: &Path) -> Result<String, BrokerError> {
     let body = serde_json::to_vec(&meta).map_err(storage_error)?;
     atomic_file::write(&path, &body).map_err(storage_error)?;
     Ok(meta.cluster_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(data_dir: &Path, log_dir_free_bytes_min: u64) -> PartitionManager {
+        let config = Config {
+            data_dir: data_dir.to_path_buf(),
+            log_dir_free_bytes_min,
+            ..Config::default()
+        };
+        PartitionManager::open(Arc::new(config)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn below_log_dir_free_bytes_min_new_partitions_are_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        {
+            let manager = manager(&data_dir, 0);
+            manager
+                .create_topic("kept", 1, 1, BTreeMap::new(), false)
+                .await
+                .unwrap();
+        }
+        // More than any file system has available.
+        let manager = manager(&data_dir, u64::MAX);
+        let refused = manager
+            .create_partitions("kept", 3, false)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), 56, "KAFKA_STORAGE_ERROR: {refused}");
+        assert!(refused.to_string().contains("log_dir_free_bytes_min"));
+        assert_eq!(manager.topic("kept").unwrap().partitions.len(), 1);
+        assert!(!data_dir.join("kept-1").exists());
+
+        for validate_only in [true, false] {
+            let refused = manager
+                .create_topic("new", 2, 1, BTreeMap::new(), validate_only)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), 56, "{refused}");
+        }
+        assert!(manager.topic("new").is_none());
+        assert!(!data_dir.join("new-0").exists());
+        assert!(!data_dir.join("meta").join("new.topic").exists());
+        // Existing partitions keep working.
+        assert!(manager.partition("kept", 0).is_some());
+    }
 }

@@ -41,6 +41,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop may take before the test fails.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Free-space floor the harness gives brokers unless a test sets its own.
+const TEST_LOG_DIR_FREE_BYTES_MIN: u64 = 16 * 1024 * 1024;
+
 /// Segment size the harness gives brokers (a test that needs another one sets the
 /// topic's `segment.bytes`): small, so tests roll segments without writing much.
 pub const TEST_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
@@ -212,7 +215,19 @@ impl RilldProcess {
             .arg("--admin-listen")
             .arg(self.admin_addr.to_string())
             .arg("--log-segment-bytes")
-            .arg(TEST_SEGMENT_BYTES.to_string())
+            .arg(TEST_SEGMENT_BYTES.to_string());
+        // The default floor (1 GiB free) would refuse every topic on a nearly full CI disk;
+        // tests that are about the floor set it themselves.
+        if !self
+            .args
+            .iter()
+            .any(|a| a.starts_with("--log-dir-free-bytes-min"))
+        {
+            command
+                .arg("--log-dir-free-bytes-min")
+                .arg(TEST_LOG_DIR_FREE_BYTES_MIN.to_string());
+        }
+        command
             .args(&self.args)
             .env(
                 "RUST_LOG",

@@ -334,7 +334,16 @@ impl PartitionManager {
             configs,
         };
         self.write_meta(&meta)?;
-        let topic = Arc::new(self.open_topic(&meta)?);
+        let topic = match self.open_topic(&meta) {
+            Ok(topic) => Arc::new(topic),
+            Err(e) => {
+                // All or nothing: a topic whose partitions cannot all be created leaves
+                // nothing behind (a full disk on the fifth of ten partitions must not leave
+                // a topic file and four half-made partitions).
+                self.undo_create(&meta);
+                return Err(e);
+            }
+        };
         self.topics
             .write()
             .expect("topics lock")
@@ -475,6 +484,31 @@ impl PartitionManager {
         Ok(())
     }
 
+    /// Removes what a failed [`PartitionManager::create_topic`] made: the metadata file
+    /// first (durably), then the partition directories. Whatever cannot be removed now is
+    /// an orphan that start-up removes, because the metadata file is gone.
+    fn undo_create(&self, meta: &TopicMeta) {
+        let meta_dir = self.config.topics_dir();
+        let path = meta_dir.join(format!("{}.topic", meta.name));
+        if let Err(e) = std::fs::remove_file(&path)
+            .map_err(storage_error)
+            .and_then(|()| atomic_file::sync_dir(&meta_dir).map_err(storage_error))
+        {
+            tracing::error!(file = %path.display(), error = %e, "could not remove the metadata file of a topic that failed to be created");
+            return;
+        }
+        for index in 0..meta.partitions {
+            let dir = self.config.partition_dir(&meta.name, index);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition directory; removed at next start")
+                }
+            }
+        }
+    }
+
     fn write_meta(&self, meta: &TopicMeta) -> Result<(), BrokerError> {
         let body = serde_json::to_vec_pretty(meta).map_err(storage_error)?;
         let path = self
@@ -568,6 +602,37 @@ mod tests {
             ..Config::default()
         };
         PartitionManager::open(Arc::new(config)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_topic_whose_partitions_cannot_all_be_created_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let manager = manager(&data_dir, 0);
+        // The fourth of six partition directories cannot be made: a plain file holds its name.
+        let blocker = manager.config().partition_dir("half", 3);
+        std::fs::write(&blocker, b"in the way").unwrap();
+        let err = manager
+            .create_topic("half", 6, 1, BTreeMap::new(), false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), 56, "KAFKA_STORAGE_ERROR: {err}");
+        assert!(manager.topic("half").is_none());
+        assert!(!manager.config().topics_dir().join("half.topic").exists());
+        for index in [0, 1, 2, 4, 5] {
+            let partition = manager.config().partition_dir("half", index);
+            assert!(!partition.exists(), "{} left behind", partition.display());
+        }
+        // A restart finds a consistent directory, and the name can be used once the
+        // obstacle is gone.
+        drop(manager);
+        std::fs::remove_file(&blocker).unwrap();
+        let manager = self::manager(&data_dir, 0);
+        assert!(manager.topic("half").is_none());
+        manager
+            .create_topic("half", 6, 1, BTreeMap::new(), false)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

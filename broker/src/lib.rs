@@ -17,7 +17,9 @@
 
 pub mod admin;
 pub mod api;
+pub mod clock;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod server;

@@ -29,9 +29,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::list_offsets::check_leader_epoch;
+use crate::context::Broker;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use crate::server::Broker;
 use crate::state::Partition;
 
 /// Fetch v13+ names topics by id instead of by name.

@@ -6,8 +6,8 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
 use crate::state::partition::LEADER_EPOCH;
 
 /// Kafka's special "timestamps".

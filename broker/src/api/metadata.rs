@@ -11,8 +11,8 @@ use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::str_bytes;
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
 use crate::state::{partition::LEADER_EPOCH, Topic};
 
 /// Answers a Metadata request.

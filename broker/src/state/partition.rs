@@ -142,7 +142,7 @@ impl Partition {
                 return Err(BrokerError::UnknownTopicOrPartition);
             }
             // segment.ms is checked when data arrives, as in Kafka.
-            log.maybe_roll(crate::server::now_ms())
+            log.maybe_roll(crate::clock::now_ms())
                 .map_err(crate::state::append_error)?;
             let info = log
                 .append_as_leader(batches, LEADER_EPOCH)

@@ -22,5 +22,6 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod metrics;
+pub mod replica;
 pub mod server;
 pub mod state;

@@ -13,7 +13,7 @@
 //!
 //! acks: 0 answers nothing; 1 answers after the append; -1 answers after the flush
 //! covering the batch under `durability = fsync` (group commit in
-//! [`crate::state::partition`]), after the append under `interval`.
+//! [`crate::replica`]), after the append under `interval`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +28,8 @@ use crate::context::order::TurnHeld;
 use crate::context::Broker;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use crate::state::partition::Appended;
-use crate::state::Partition;
+use crate::replica::Appended;
+use crate::replica::Partition;
 
 /// A partition's index, its append's outcome and, when it succeeded, the partition (for
 /// the acks=-1 wait).

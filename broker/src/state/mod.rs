@@ -7,7 +7,6 @@
 //! exists: partition directories without a topic file are leftovers of an unfinished
 //! delete and are removed at start-up.
 
-pub mod partition;
 pub mod topic_config;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +20,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-pub use partition::Partition;
+use crate::replica::Partition;
 use topic_config::TopicConfig;
 
 /// Longest legal topic name (Kafka's limit).

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::server::Broker;
+use crate::context::Broker;
 
 /// Largest request head read from an admin client.
 const REQUEST_HEAD_BYTES_MAX: usize = 8192;

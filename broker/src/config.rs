@@ -2,7 +2,7 @@
 //!
 //! Sources, later ones overriding earlier ones: built-in defaults, the TOML file
 //! given by `--config`, then command-line flags. Every key is a field of [`Config`],
-//! documented where it is declared, and [`Config::validate`] checks all of them at
+//! documented where it is declared, and [`Config::load`] checks all of them at
 //! start-up with an error that names the offending key. The TOML keys and the flag
 //! names are the same words (`data_dir` in the file, `--data-dir` on the command line).
 

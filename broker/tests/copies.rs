@@ -19,7 +19,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use rill_broker::config::{Cli, Config};
-use rill_broker::server::Broker;
+use rill_broker::context::Broker;
 use rill_broker::state::PartitionManager;
 use rill_protocol::frame::FrameCodec;
 use rill_protocol::header::parse_request_header;

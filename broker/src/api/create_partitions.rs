@@ -4,8 +4,8 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
 use super::error_parts;
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
 
 /// Adds partitions to each named topic.
 pub async fn handle(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {

@@ -8,8 +8,8 @@ use kafka_protocol::messages::create_topics_response::{
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::{error_parts, str_bytes};
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
 use crate::state::topic_config::TOPIC_CONFIG_KEYS;
 
 /// DescribeConfigs' config_source values (Kafka's `ConfigSource`).

@@ -5,8 +5,8 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 use uuid::Uuid;
 
 use super::{error_parts, str_bytes};
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
 
 /// Deletes each named topic.
 pub async fn handle(

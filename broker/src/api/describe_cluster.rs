@@ -4,7 +4,7 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
 use super::str_bytes;
-use crate::server::Broker;
+use crate::context::Broker;
 
 /// Answers with the cluster id, this broker as controller, and this broker.
 pub fn handle(broker: &Broker, _request: DescribeClusterRequest) -> DescribeClusterResponse {

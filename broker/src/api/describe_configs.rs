@@ -13,8 +13,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use super::str_bytes;
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
 use crate::state::topic_config::{broker_key, documentation, TopicConfig, TOPIC_CONFIG_KEYS};
 
 /// Kafka's ConfigResource types.

@@ -28,11 +28,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::list_offsets::check_leader_epoch;
+use crate::context::Broker;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use crate::server::Broker;
-use crate::state::Partition;
+use crate::replica::{check_leader_epoch, Partition};
 
 /// Fetch v13+ names topics by id instead of by name.
 const FIRST_TOPIC_ID_VERSION: i16 = 13;

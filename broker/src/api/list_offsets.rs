@@ -6,9 +6,9 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
-use crate::state::partition::LEADER_EPOCH;
+use crate::replica::{check_leader_epoch, LEADER_EPOCH};
 
 /// Kafka's special "timestamps".
 const LATEST: i64 = -1;
@@ -58,17 +58,6 @@ pub fn handle(broker: &Broker, request: ListOffsetsRequest, version: i16) -> Lis
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)
-}
-
-/// Checks a client's view of the leader epoch against ours (-1: no check).
-pub fn check_leader_epoch(current_leader_epoch: i32) -> Result<(), BrokerError> {
-    if current_leader_epoch == -1 || current_leader_epoch == LEADER_EPOCH {
-        Ok(())
-    } else if current_leader_epoch > LEADER_EPOCH {
-        Err(BrokerError::UnknownLeaderEpoch)
-    } else {
-        Err(BrokerError::FencedLeaderEpoch)
-    }
 }
 
 /// (timestamp, offset) for one partition.

@@ -11,9 +11,10 @@ use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::str_bytes;
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
-use crate::state::{partition::LEADER_EPOCH, Topic};
+use crate::replica::LEADER_EPOCH;
+use crate::state::Topic;
 
 /// Answers a Metadata request.
 pub async fn handle(broker: &Broker, request: MetadataRequest, version: i16) -> MetadataResponse {

@@ -23,9 +23,12 @@ use kafka_protocol::ResponseError;
 use rill_protocol::header::RequestHeader;
 use rill_protocol::{codec, versions};
 
-use crate::server::connection::Reply;
-use crate::server::order::Turn;
-use crate::server::Broker;
+use crate::context::order::Turn;
+use crate::context::Broker;
+
+/// What a handler hands the connection's writer: a response (chunks of one frame),
+/// nothing (acks=0 produce), or "close the connection".
+pub type Reply = Result<Option<Vec<Bytes>>, CloseConnection>;
 
 /// A request the broker cannot answer; the connection is closed (Kafka does the
 /// same for undecodable requests, since the client would wait forever otherwise).
@@ -34,7 +37,7 @@ pub struct CloseConnection(pub String);
 
 /// Decodes, handles and encodes one request. Decoding overlaps with earlier requests;
 /// the handler runs once `turn` is taken, so requests of a connection take effect in
-/// arrival order (see [`crate::server::order`]).
+/// arrival order (see [`crate::context::order`]).
 pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn: Turn) -> Reply {
     let (api_key, version, correlation_id) =
         (header.api_key, header.api_version, header.correlation_id);

@@ -6,10 +6,9 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
 
-use super::list_offsets::check_leader_epoch;
+use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::server::Broker;
-use crate::state::partition::LEADER_EPOCH;
+use crate::replica::{check_leader_epoch, LEADER_EPOCH};
 
 /// Answers every requested partition.
 pub fn handle(

@@ -9,11 +9,11 @@
 //!
 //! Order: a connection's Produce requests are appended in arrival order (the append
 //! stage runs while the request holds its connection's turn; see
-//! [`crate::server::order`]).
+//! [`crate::context::order`]).
 //!
 //! acks: 0 answers nothing; 1 answers after the append; -1 answers after the flush
 //! covering the batch under `durability = fsync` (group commit in
-//! [`crate::state::partition`]), after the append under `interval`.
+//! [`crate::replica`]), after the append under `interval`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +24,12 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::str_bytes;
+use crate::context::order::TurnHeld;
+use crate::context::Broker;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use crate::server::order::TurnHeld;
-use crate::server::Broker;
-use crate::state::partition::Appended;
-use crate::state::Partition;
+use crate::replica::Appended;
+use crate::replica::Partition;
 
 /// A partition's index, its append's outcome and, when it succeeded, the partition (for
 /// the acks=-1 wait).

@@ -13,7 +13,7 @@
 //! closed.
 //!
 //! Handlers run concurrently, but their effects happen in request order: each gets a
-//! [`Turn`] chained to its predecessor's ([`super::order`]).
+//! [`Turn`] chained to its predecessor's ([`crate::context::order`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,15 +28,11 @@ use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
 use super::framing::RequestFrames;
-use super::order::{Turn, TurnChain};
 use super::write::write_all_chunks;
-use super::Broker;
-use crate::api;
+use crate::api::{self, Reply};
+use crate::context::order::{Turn, TurnChain};
+use crate::context::Broker;
 use crate::metrics::Metrics;
-
-/// What a handler hands the writer: a response (chunks of one frame), nothing
-/// (acks=0 produce), or "close the connection".
-pub type Reply = Result<Option<Vec<Bytes>>, api::CloseConnection>;
 
 /// Most bytes read from the socket while no request budget is held (between frames,
 /// before a size prefix is known): what a peer can make the broker buffer for it

@@ -1,6 +1,6 @@
 //! The network layer: accepting connections and turning bytes into frames
 //! (mini-redis's `server` + `connection`). Frames become typed requests in
-//! [`crate::api`].
+//! [`crate::api`], which runs them against the shared [`Broker`] context.
 //!
 //! Shutdown (STYLE: "a broadcast plus a wait for every handler"): a `watch` flips to
 //! true; the accept loop stops accepting, every connection stops reading new
@@ -10,7 +10,6 @@
 
 pub mod connection;
 pub mod framing;
-pub mod order;
 pub mod write;
 
 use std::collections::HashMap;
@@ -23,31 +22,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::clock::now_ms;
 use crate::config::{Config, Durability};
+use crate::context::Broker;
 use crate::metrics::Metrics;
 use crate::state::PartitionManager;
-
-/// What every request handler can reach.
-#[derive(Debug)]
-pub struct Broker {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// Topics and partitions.
-    pub manager: Arc<PartitionManager>,
-    /// Host and port Metadata advertises.
-    pub advertised_host: String,
-    /// Port Metadata advertises.
-    pub advertised_port: i32,
-    /// Flips to true when the broker is shutting down (long polls return early).
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Broker {
-    /// The counters.
-    pub fn metrics(&self) -> &Metrics {
-        &self.manager.metrics
-    }
-}
 
 /// A bound, not yet running, broker.
 pub struct Server {
@@ -281,12 +260,4 @@ async fn interval_flush_loop(broker: Arc<Broker>) {
             }
         }
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

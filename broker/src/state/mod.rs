@@ -1,28 +1,27 @@
-//! Broker state: topics and their partitions, behind the [`PartitionManager`].
+//! Broker state: the live topics and their partition replicas, behind the
+//! [`PartitionManager`].
 //!
-//! Topics are persisted as one CRC'd metadata file each, `<data_dir>/meta/<topic>.topic`
-//! (name, id, partition count, configs), replaced atomically. The metadata file is
-//! written before a topic's partition directories are created and removed before they
-//! are deleted, so after a crash at any point the file alone says whether the topic
-//! exists: partition directories without a topic file are leftovers of an unfinished
-//! delete and are removed at start-up.
+//! What is on disk about topics (metadata files, cluster id, their crash rules) is
+//! [`topic_meta`]'s; the manager decides when to write it: a topic's metadata file
+//! is written before its partition directories are created and removed before they
+//! are deleted.
 
-pub mod partition;
 pub mod topic_config;
+pub mod topic_meta;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use rill_storage::{atomic_file, LogConfig, PartitionLog, StorageError};
-use serde::{Deserialize, Serialize};
+use rill_storage::{LogConfig, PartitionLog, StorageError};
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-pub use partition::Partition;
+use crate::replica::Partition;
 use topic_config::TopicConfig;
+use topic_meta::TopicMeta;
 
 /// Longest legal topic name (Kafka's limit).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -40,21 +39,6 @@ pub struct Topic {
     pub config: TopicConfig,
     /// Partitions, index = partition number.
     pub partitions: Vec<Arc<Partition>>,
-}
-
-/// The persisted form of a topic.
-#[derive(Debug, Serialize, Deserialize)]
-struct TopicMeta {
-    name: String,
-    id: String,
-    partitions: i32,
-    configs: BTreeMap<String, String>,
-}
-
-/// The persisted cluster identity.
-#[derive(Debug, Serialize, Deserialize)]
-struct ClusterMeta {
-    cluster_id: String,
 }
 
 /// Owns every topic and partition of this broker.
@@ -115,6 +99,7 @@ fn storage_error(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Storage(e.to_string())
 }
 
+/// A random (v4) UUID: topic ids and the cluster id.
 fn new_uuid() -> Uuid {
     uuid::Builder::from_random_bytes(rand::random()).into_uuid()
 }
@@ -129,7 +114,7 @@ impl PartitionManager {
         std::fs::create_dir_all(&meta_dir).map_err(|e| {
             BrokerError::Storage(format!("cannot create {}: {e}", meta_dir.display()))
         })?;
-        let cluster_id = load_cluster_id(&meta_dir)?;
+        let cluster_id = topic_meta::load_cluster_id(&meta_dir)?;
         let manager = PartitionManager {
             _data_dir_lock: data_dir_lock,
             config,
@@ -139,22 +124,7 @@ impl PartitionManager {
             metrics,
         };
         let mut topics = HashMap::new();
-        for entry in std::fs::read_dir(&meta_dir).map_err(storage_error)? {
-            let path = entry.map_err(storage_error)?.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("topic") => {}
-                Some("tmp") => {
-                    // An interrupted atomic write: the rename never happened.
-                    let _ = std::fs::remove_file(&path);
-                    continue;
-                }
-                _ => continue,
-            }
-            let body = atomic_file::read(&path)
-                .map_err(storage_error)?
-                .ok_or_else(|| storage_error(format!("{} vanished", path.display())))?;
-            let meta: TopicMeta = serde_json::from_slice(&body)
-                .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
+        for meta in topic_meta::load_all(&meta_dir)? {
             let topic = manager.open_topic(&meta)?;
             topics.insert(meta.name.clone(), Arc::new(topic));
         }
@@ -333,14 +303,14 @@ impl PartitionManager {
             partitions,
             configs,
         };
-        self.write_meta(&meta)?;
+        topic_meta::write(&self.config.topics_dir(), &meta)?;
         let topic = match self.open_topic(&meta) {
             Ok(topic) => Arc::new(topic),
             Err(e) => {
                 // All or nothing: a topic whose partitions cannot all be created leaves
                 // nothing behind (a full disk on the fifth of ten partitions must not leave
                 // a topic file and four half-made partitions).
-                self.undo_create(&meta);
+                topic_meta::undo_create(&self.config, &meta);
                 return Err(e);
             }
         };
@@ -383,10 +353,7 @@ impl PartitionManager {
             .expect("topics lock")
             .remove(name)
             .ok_or(BrokerError::UnknownTopicOrPartition)?;
-        let meta_dir = self.config.topics_dir();
-        let path = meta_dir.join(format!("{name}.topic"));
-        std::fs::remove_file(&path).map_err(storage_error)?;
-        atomic_file::sync_dir(&meta_dir).map_err(storage_error)?;
+        topic_meta::remove(&self.config.topics_dir(), name)?;
         // No append or flush may touch the directories from here on.
         for partition in &topic.partitions {
             partition.close().await;
@@ -435,7 +402,7 @@ impl PartitionManager {
             partitions: count,
             configs: topic.config.overrides.clone(),
         };
-        self.write_meta(&meta)?;
+        topic_meta::write(&self.config.topics_dir(), &meta)?;
         let mut partitions = topic.partitions.clone();
         for index in current..count {
             partitions.push(self.open_partition(name, index, &topic.config)?);
@@ -482,40 +449,6 @@ impl PartitionManager {
             )));
         }
         Ok(())
-    }
-
-    /// Removes what a failed [`PartitionManager::create_topic`] made: the metadata file
-    /// first (durably), then the partition directories. Whatever cannot be removed now is
-    /// an orphan that start-up removes, because the metadata file is gone.
-    fn undo_create(&self, meta: &TopicMeta) {
-        let meta_dir = self.config.topics_dir();
-        let path = meta_dir.join(format!("{}.topic", meta.name));
-        if let Err(e) = std::fs::remove_file(&path)
-            .map_err(storage_error)
-            .and_then(|()| atomic_file::sync_dir(&meta_dir).map_err(storage_error))
-        {
-            tracing::error!(file = %path.display(), error = %e, "could not remove the metadata file of a topic that failed to be created");
-            return;
-        }
-        for index in 0..meta.partitions {
-            let dir = self.config.partition_dir(&meta.name, index);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition directory; removed at next start")
-                }
-            }
-        }
-    }
-
-    fn write_meta(&self, meta: &TopicMeta) -> Result<(), BrokerError> {
-        let body = serde_json::to_vec_pretty(meta).map_err(storage_error)?;
-        let path = self
-            .config
-            .topics_dir()
-            .join(format!("{}.topic", meta.name));
-        atomic_file::write(&path, &body).map_err(storage_error)
     }
 
     /// Every partition of every topic.
@@ -574,21 +507,6 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, BrokerError> {
         },
     )?;
     Ok(file)
-}
-
-fn load_cluster_id(meta_dir: &Path) -> Result<String, BrokerError> {
-    let path = meta_dir.join("cluster.json");
-    if let Some(body) = atomic_file::read(&path).map_err(storage_error)? {
-        let meta: ClusterMeta = serde_json::from_slice(&body)
-            .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
-        return Ok(meta.cluster_id);
-    }
-    let meta = ClusterMeta {
-        cluster_id: new_uuid().simple().to_string(),
-    };
-    let body = serde_json::to_vec(&meta).map_err(storage_error)?;
-    atomic_file::write(&path, &body).map_err(storage_error)?;
-    Ok(meta.cluster_id)
 }
 
 #[cfg(test)]

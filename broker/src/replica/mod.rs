@@ -1,4 +1,5 @@
-//! One partition replica: its log, its high watermark, and group commit.
+//! One partition replica: its log, its leader epoch, its high watermark, and group
+//! commit. This is where each replica will own its Raft group.
 //!
 //! Thread safety: the log sits behind a `std::sync::Mutex` held only for
 //! non-blocking work (a memcpy append, slicing a read, preparing or completing a
@@ -25,6 +26,19 @@ use crate::metrics::Metrics;
 
 /// The leader epoch stamped on batches: a single node never changes leader.
 pub const LEADER_EPOCH: i32 = 0;
+
+/// Checks a client's view of the leader epoch against ours (-1: no check): the one
+/// place Fetch, ListOffsets and OffsetForLeaderEpoch decide FENCED_LEADER_EPOCH
+/// (the client is behind) or UNKNOWN_LEADER_EPOCH (the client is ahead).
+pub fn check_leader_epoch(current_leader_epoch: i32) -> Result<(), BrokerError> {
+    if current_leader_epoch == -1 || current_leader_epoch == LEADER_EPOCH {
+        Ok(())
+    } else if current_leader_epoch > LEADER_EPOCH {
+        Err(BrokerError::UnknownLeaderEpoch)
+    } else {
+        Err(BrokerError::FencedLeaderEpoch)
+    }
+}
 
 /// Where the durable end of a partition stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +156,7 @@ impl Partition {
                 return Err(BrokerError::UnknownTopicOrPartition);
             }
             // segment.ms is checked when data arrives, as in Kafka.
-            log.maybe_roll(crate::server::now_ms())
+            log.maybe_roll(crate::clock::now_ms())
                 .map_err(crate::state::append_error)?;
             let info = log
                 .append_as_leader(batches, LEADER_EPOCH)

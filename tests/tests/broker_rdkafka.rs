@@ -221,3 +221,35 @@ async fn rdkafka_creates_produces_consumes_and_deletes() {
         "partition data removed"
     );
 }
+
+/// librdkafka's DescribeConfigs of the broker resource lists the broker's keys with their
+/// values and whether they were set (here: one by flag, one by the test harness).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdkafka_describes_the_broker_configs() {
+    let broker = RilldProcess::start_with(&["--connections-max-per-ip", "7"]);
+    let admin = admin(&broker.bootstrap());
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Broker(1)], &options)
+        .await
+        .expect("describe");
+    let resource = described[0].as_ref().expect("broker configs");
+    let per_ip = resource
+        .get("connections_max_per_ip")
+        .expect("connections_max_per_ip");
+    assert_eq!(per_ip.value.as_deref(), Some("7"));
+    assert!(!per_ip.is_default);
+    let budget = resource
+        .get("queued_request_max_bytes")
+        .expect("queued_request_max_bytes");
+    assert_eq!(budget.value.as_deref(), Some("536870912"));
+    assert!(budget.is_default);
+    for key in [
+        "connections_max_idle_ms",
+        "request_read_timeout_ms",
+        "log_dir_free_bytes_min",
+        "durability",
+    ] {
+        assert!(resource.get(key).is_some(), "{key} missing");
+    }
+}

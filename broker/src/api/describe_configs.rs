@@ -158,7 +158,17 @@ fn describe_broker(
     let c = &broker.config;
     let t = &c.topic_defaults;
     let built_in = crate::config::Config::default();
-    let entries: [(&str, String, bool); 10] = [
+    // Broker-level keys: (name, value, set away from the built-in default).
+    macro_rules! broker_entry {
+        ($key:ident) => {
+            (
+                stringify!($key),
+                c.$key.to_string(),
+                c.$key != built_in.$key,
+            )
+        };
+    }
+    let entries: [(&str, String, bool); 15] = [
         (
             "log_retention_ms",
             t.retention_ms.to_string(),
@@ -209,6 +219,11 @@ fn describe_broker(
             c.durability.to_string(),
             c.durability != built_in.durability,
         ),
+        broker_entry!(queued_request_max_bytes),
+        broker_entry!(connections_max_per_ip),
+        broker_entry!(connections_max_idle_ms),
+        broker_entry!(request_read_timeout_ms),
+        broker_entry!(log_dir_free_bytes_min),
     ];
     entries
         .into_iter()

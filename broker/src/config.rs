@@ -96,7 +96,8 @@ pub struct Config {
     pub connections_max_per_ip: usize,
     /// `connections_max_idle_ms`: a connection with no request in progress and no
     /// byte received or response written for this long is closed (Kafka's
-    /// connections.max.idle.ms). Default 600000 (10 min). Range 100..=86400000.
+    /// connections.max.idle.ms); so is one whose peer does not read a response for this
+    /// long. Default 600000 (10 min). Range 100..=86400000.
     pub connections_max_idle_ms: u64,
     /// `request_read_timeout_ms`: once the first byte of a request frame has arrived,
     /// the rest must arrive within this long or the connection is closed, so a peer

@@ -121,6 +121,21 @@ impl RawConn {
         response
     }
 
+    /// Reads and discards everything until the broker closes the connection; returns the
+    /// bytes read (frames may end cut short).
+    pub fn drain_to_eof(&mut self) -> usize {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total_bytes = 0;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return total_bytes,
+                Ok(n) => total_bytes += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return total_bytes,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
     /// True once the broker has closed the connection (reads EOF or a reset).
     pub fn is_closed_by_peer(&mut self) -> bool {
         let mut byte = [0u8; 1];

@@ -349,3 +349,50 @@ fn the_admin_port_limits_connections_and_closes_stalled_ones() {
         .admin_get("/metrics")
         .contains("rill_connections_total"));
 }
+
+/// A peer that pipelines Fetch requests but never reads the answers cannot hold their
+/// request budget forever: once a response cannot be written for `connections_max_idle_ms`,
+/// the connection is closed. Other clients are served meanwhile.
+#[test]
+fn a_peer_that_never_reads_its_responses_is_closed_after_the_idle_timeout() {
+    const FETCHES: usize = 64;
+    let broker = RilldProcess::start_with(&["--connections-max-idle-ms", "1000"]);
+    let mut setup = RawConn::connect(broker.addr());
+    let response = setup.call(4, &create_topic("unread", 1, &[]));
+    assert_eq!(response.topics[0].error_code, 0);
+    // 2 MiB in the log, so every Fetch below is answered with 1 MiB of records.
+    let value = vec![7u8; 256 * 1024];
+    for _ in 0..4 {
+        let batch = record_batch(&[&value, &value], 0);
+        let response = setup.call(PRODUCE_V, &produce("unread", 0, batch, -1));
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+    }
+
+    // 64 MiB of answers: far more than the socket buffers hold.
+    let mut deaf = RawConn::connect(broker.addr());
+    for _ in 0..FETCHES {
+        deaf.send(FETCH_V, &fetch("unread", 0, 0, 0, 1));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !broker.log().contains("responses not read by the peer") {
+        assert!(
+            Instant::now() < deadline,
+            "a peer that does not read is still connected after 20 s"
+        );
+        // Meanwhile another client is served.
+        assert_eq!(
+            setup
+                .call(API_VERSIONS_V, &ApiVersionsRequest::default())
+                .error_code,
+            0
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // What the kernel had buffered is still readable (the last answer cut short), then
+    // the connection ends.
+    let read_bytes = deaf.drain_to_eof();
+    assert!(
+        read_bytes < FETCHES << 20,
+        "{read_bytes} bytes: every answer arrived"
+    );
+}

@@ -90,6 +90,10 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
     });
 
     let writer_activity = Arc::clone(&activity);
+    // A peer that sends requests but never reads the answers would hold their request
+    // budget forever: a write that cannot finish within the idle timeout closes the
+    // connection (nothing moved on it for that long, by definition idle).
+    let write_timeout = Duration::from_millis(broker.config.connections_max_idle_ms);
     let writer = tokio::spawn(async move {
         let mut chunks: Vec<Bytes> = Vec::new();
         // Budget of the replies gathered into `chunks`, given back once they are written.
@@ -126,9 +130,24 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
                 written_budgets.push(next.budget);
             }
             if !chunks.is_empty() {
-                if let Err(e) = write_all_chunks(&mut write_half, &mut chunks).await {
-                    tracing::debug!(error = %e, "write failed; closing");
-                    return;
+                match tokio::time::timeout(
+                    write_timeout,
+                    write_all_chunks(&mut write_half, &mut chunks),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "write failed; closing");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(
+                            timeout_ms = write_timeout.as_millis() as u64,
+                            "closing connection: responses not read by the peer within connections_max_idle_ms"
+                        );
+                        return;
+                    }
                 }
             }
             writer_activity.wrote(written_budgets.len());

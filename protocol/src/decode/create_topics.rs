@@ -129,11 +129,10 @@ impl Decode for CreatableTopicConfigs {
 
 #[cfg(test)]
 mod tests {
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::protocol::Encodable;
+    use bytes::Bytes;
 
     use super::super::decode_body;
-    use super::super::random::RandomSource;
+
     use super::*;
 
     #[test]
@@ -188,26 +187,11 @@ mod tests {
     /// tagged `topic_config_error_code`, round-trip through `kafka-protocol`'s encoder.
     #[test]
     fn unserved_flexible_versions_round_trip() {
-        for v in FLEXIBLE_VERSION..=VERSION_MAX {
-            for seed in 0..200 {
-                let request = CreateTopicsRequest::decode(&mut RandomSource::new(seed), v).unwrap();
-                let mut buf = BytesMut::new();
-                request.encode(&mut buf, v).unwrap();
-                assert_eq!(
-                    decode_body(buf.freeze(), v),
-                    Ok(request),
-                    "v{v} seed {seed}"
-                );
-                let response =
-                    CreateTopicsResponse::decode(&mut RandomSource::new(seed), v).unwrap();
-                let mut buf = BytesMut::new();
-                response.encode(&mut buf, v).unwrap();
-                assert_eq!(
-                    decode_body(buf.freeze(), v),
-                    Ok(response),
-                    "v{v} seed {seed}"
-                );
-            }
-        }
+        crate::decode::oracle::assert_round_trips::<CreateTopicsRequest>(
+            FLEXIBLE_VERSION..=VERSION_MAX,
+        );
+        crate::decode::oracle::assert_round_trips::<CreateTopicsResponse>(
+            FLEXIBLE_VERSION..=VERSION_MAX,
+        );
     }
 }

@@ -81,11 +81,10 @@ impl Decode for DeletableTopicResult {
 
 #[cfg(test)]
 mod tests {
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::protocol::Encodable;
+    use bytes::Bytes;
 
     use super::super::decode_body;
-    use super::super::random::RandomSource;
+
     use super::*;
 
     #[test]
@@ -130,26 +129,7 @@ mod tests {
     /// through `kafka-protocol`'s encoder.
     #[test]
     fn unserved_versions_round_trip() {
-        for v in 5..=VERSION_MAX {
-            for seed in 0..200 {
-                let request = DeleteTopicsRequest::decode(&mut RandomSource::new(seed), v).unwrap();
-                let mut buf = BytesMut::new();
-                request.encode(&mut buf, v).unwrap();
-                assert_eq!(
-                    decode_body(buf.freeze(), v),
-                    Ok(request),
-                    "v{v} seed {seed}"
-                );
-                let response =
-                    DeleteTopicsResponse::decode(&mut RandomSource::new(seed), v).unwrap();
-                let mut buf = BytesMut::new();
-                response.encode(&mut buf, v).unwrap();
-                assert_eq!(
-                    decode_body(buf.freeze(), v),
-                    Ok(response),
-                    "v{v} seed {seed}"
-                );
-            }
-        }
+        crate::decode::oracle::assert_round_trips::<DeleteTopicsRequest>(5..=VERSION_MAX);
+        crate::decode::oracle::assert_round_trips::<DeleteTopicsResponse>(5..=VERSION_MAX);
     }
 }

@@ -111,17 +111,25 @@ fn render_partitions(broker: &Broker) -> String {
         .all_partitions()
         .into_iter()
         .map(|(_, p)| {
-            let (log_start_offset, log_end_offset) = {
+            let (log_start_offset, log_end_offset, durable_end_offset) = {
                 let log = p.log();
-                (log.log_start_offset(), log.log_end_offset())
+                (
+                    log.log_start_offset(),
+                    log.log_end_offset(),
+                    log.flushed_offset(),
+                )
             };
+            let status = p.status();
             serde_json::json!({
                 "topic": p.topic,
                 "partition": p.index,
                 "log_start_offset": log_start_offset,
                 "log_end_offset": log_end_offset,
-                "durable_end_offset": p.durable().end_offset,
-                "high_watermark": p.visible_end_offset(),
+                "durable_end_offset": durable_end_offset,
+                "high_watermark": status.commit_offset,
+                "leader_epoch": status.term,
+                "leader": status.leader,
+                "offline": status.failed,
             })
         })
         .collect();

@@ -81,6 +81,14 @@ pub enum BrokerError {
     /// A disk or storage error.
     #[error("storage error: {0}")]
     Storage(String),
+    /// This replica does not lead the partition (it lost leadership, or its Raft group
+    /// has not elected it yet); the client refreshes metadata and retries.
+    #[error("not the leader of this partition")]
+    NotLeaderOrFollower,
+    /// The partition's replication layer cannot take more right now (too many bytes
+    /// proposed and not yet committed); retriable.
+    #[error("partition is busy: {0}")]
+    Busy(String),
 }
 
 impl BrokerError {
@@ -105,6 +113,10 @@ impl BrokerError {
             BrokerError::UnknownLeaderEpoch => ResponseError::UnknownLeaderEpoch,
             BrokerError::FencedLeaderEpoch => ResponseError::FencedLeaderEpoch,
             BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+            BrokerError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
+            // Kafka's retriable "wait and send again" for a leader that cannot take
+            // the write yet.
+            BrokerError::Busy(_) => ResponseError::NotEnoughReplicas,
         }
     }
 

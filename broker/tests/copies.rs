@@ -114,8 +114,9 @@ async fn produce_copies_a_batch_once_and_fetch_not_at_all() {
     let (_, partition) = broker.manager.partition("copies", 0).unwrap();
     let appended = partition.append(&records).unwrap();
     partition.wait_acknowledgeable(&appended).await.unwrap();
-    assert_eq!(appended.base_offset, 0);
-    let stored = partition.read(0, 1 << 20).unwrap().records;
+    // Offset 0 holds the group's LEADER_CHANGE control batch (term 1).
+    assert_eq!(appended.base_offset, 1);
+    let stored = partition.read(1, 1 << 20).unwrap().records;
     assert_eq!(stored.len(), produced.len());
     assert!(
         !contains(&frame_buffer, &stored),
@@ -133,7 +134,7 @@ async fn produce_copies_a_batch_once_and_fetch_not_at_all() {
             .with_topic(TopicName(StrBytes::from_static_str("copies")))
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(0)
-                .with_fetch_offset(0)
+                .with_fetch_offset(1)
                 .with_partition_max_bytes(1 << 20)])]);
     let chunks = rill_broker::api::fetch::handle(&broker, 7, fetch, 12)
         .await

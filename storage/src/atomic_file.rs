@@ -87,7 +87,7 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 /// Reads `dir/name` as text.
-pub(crate) fn read_text(dir: &Path, name: &str) -> Result<Option<String>> {
+pub fn read_text(dir: &Path, name: &str) -> Result<Option<String>> {
     let path = dir.join(name);
     let Some(body) = read(&path)? else {
         return Ok(None);
@@ -101,7 +101,7 @@ pub(crate) fn read_text(dir: &Path, name: &str) -> Result<Option<String>> {
 }
 
 /// Writes text `body` (lines, each ending in '\n') to `dir/name`.
-pub(crate) fn write_text(dir: &Path, name: &str, body: &str) -> Result<()> {
+pub fn write_text(dir: &Path, name: &str, body: &str) -> Result<()> {
     write(&dir.join(name), body.as_bytes())
 }
 

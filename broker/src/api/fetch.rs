@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::context::Broker;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use crate::replica::{check_leader_epoch, Partition};
+use crate::replica::{Partition, ReplicaStatus};
 
 /// Fetch v13+ names topics by id instead of by name.
 const FIRST_TOPIC_ID_VERSION: i16 = 13;
@@ -82,13 +82,15 @@ pub async fn handle(
         topics.push((topic.topic.0.clone(), topic.topic_id));
         for p in &topic.partitions {
             let target = match &resolved {
-                Ok(t) => check_leader_epoch(p.current_leader_epoch).and_then(|()| {
-                    usize::try_from(p.partition)
-                        .ok()
-                        .and_then(|i| t.partitions.get(i))
-                        .cloned()
-                        .ok_or(BrokerError::UnknownTopicOrPartition)
-                }),
+                Ok(t) => usize::try_from(p.partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get(i))
+                    .cloned()
+                    .ok_or(BrokerError::UnknownTopicOrPartition)
+                    .and_then(|partition| {
+                        partition.check_leader_epoch(p.current_leader_epoch)?;
+                        Ok(partition)
+                    }),
                 Err(BrokerError::UnknownTopicId) => Err(BrokerError::UnknownTopicId),
                 Err(_) => Err(BrokerError::UnknownTopicOrPartition),
             };
@@ -112,9 +114,9 @@ pub async fn handle(
     };
     // Subscribe before the first read so an append between the read and the wait
     // still wakes us.
-    let mut watchers: Vec<watch::Receiver<i64>> = slots
+    let mut watchers: Vec<watch::Receiver<ReplicaStatus>> = slots
         .iter()
-        .filter_map(|s| s.target.as_ref().ok().map(|p| p.watch_visible()))
+        .filter_map(|s| s.target.as_ref().ok().map(|p| p.watch_status()))
         .collect();
     let mut shutdown = broker.shutdown.clone();
     let results = loop {

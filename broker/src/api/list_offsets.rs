@@ -8,7 +8,6 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::replica::{check_leader_epoch, LEADER_EPOCH};
 
 /// Kafka's special "timestamps".
 const LATEST: i64 = -1;
@@ -37,10 +36,10 @@ pub fn handle(broker: &Broker, request: ListOffsetsRequest, version: i16) -> Lis
                         p.current_leader_epoch,
                         p.timestamp,
                     ) {
-                        Ok((timestamp, offset)) => {
+                        Ok((timestamp, offset, leader_epoch)) => {
                             let response = response.with_timestamp(timestamp).with_offset(offset);
                             if version >= 4 && offset >= 0 {
-                                response.with_leader_epoch(LEADER_EPOCH)
+                                response.with_leader_epoch(leader_epoch)
                             } else {
                                 response
                             }
@@ -67,16 +66,22 @@ fn lookup(
     index: i32,
     current_leader_epoch: i32,
     timestamp: i64,
-) -> Result<(i64, i64), BrokerError> {
+) -> Result<(i64, i64, i32), BrokerError> {
     let (_, partition) = broker
         .manager
         .partition(topic, index)
         .ok_or(BrokerError::UnknownTopicOrPartition)?;
-    check_leader_epoch(current_leader_epoch)?;
+    partition.check_leader_epoch(current_leader_epoch)?;
     let high_watermark = partition.visible_end_offset();
     let log = partition.log();
+    // Kafka answers the epoch of the batch holding the offset; the current epoch for
+    // the high watermark.
+    let epoch_at = |offset: i64| {
+        log.epoch_for_offset(offset as u64)
+            .unwrap_or_else(|| partition.leader_epoch())
+    };
     let storage = |e: rill_storage::StorageError| BrokerError::Storage(e.to_string());
-    Ok(match timestamp {
+    let (timestamp, offset) = match timestamp {
         LATEST => (-1, high_watermark),
         EARLIEST | EARLIEST_LOCAL => (-1, log.log_start_offset() as i64),
         LATEST_TIERED => (-1, -1),
@@ -95,5 +100,6 @@ fn lookup(
                 "timestamp {other} is not a timestamp or a known special value"
             )))
         }
-    })
+    };
+    Ok((timestamp, offset, epoch_at(offset)))
 }

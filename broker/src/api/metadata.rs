@@ -13,7 +13,6 @@ use uuid::Uuid;
 use super::str_bytes;
 use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::replica::LEADER_EPOCH;
 use crate::state::Topic;
 
 /// Answers a Metadata request.
@@ -82,10 +81,21 @@ fn describe(topic: &Arc<Topic>, node_id: BrokerId) -> MetadataResponseTopic {
         .partitions
         .iter()
         .map(|p| {
+            let status = p.status();
+            let leader = match status.leader {
+                Some(id) if status.leader_ready => BrokerId(id),
+                _ => BrokerId(-1),
+            };
+            let error = if leader.0 < 0 {
+                ResponseError::LeaderNotAvailable.code()
+            } else {
+                0
+            };
             MetadataResponsePartition::default()
+                .with_error_code(error)
                 .with_partition_index(p.index)
-                .with_leader_id(node_id)
-                .with_leader_epoch(LEADER_EPOCH)
+                .with_leader_id(leader)
+                .with_leader_epoch(p.leader_epoch())
                 .with_replica_nodes(vec![node_id])
                 .with_isr_nodes(vec![node_id])
         })

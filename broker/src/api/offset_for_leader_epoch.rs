@@ -8,7 +8,6 @@ use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpoch
 
 use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::replica::{check_leader_epoch, LEADER_EPOCH};
 
 /// Answers every requested partition.
 pub fn handle(
@@ -61,16 +60,12 @@ fn end_offset(
         .manager
         .partition(topic, index)
         .ok_or(BrokerError::UnknownTopicOrPartition)?;
-    check_leader_epoch(current_leader_epoch)?;
+    partition.check_leader_epoch(current_leader_epoch)?;
     let log = partition.log();
+    // Every epoch in the log starts with its leader's LEADER_CHANGE batch, so the
+    // leader-epoch file answers; Kafka answers (-1, -1) for an epoch older than any.
     Ok(match log.end_offset_for_epoch(leader_epoch) {
         Some((epoch, end_offset)) => (epoch, end_offset as i64),
-        // An empty log has no epoch entries yet, but this broker leads epoch
-        // LEADER_EPOCH from offset 0.
-        None if leader_epoch >= LEADER_EPOCH && log.latest_epoch().is_none() => {
-            (LEADER_EPOCH, log.log_end_offset() as i64)
-        }
-        // Kafka answers (-1, -1) for an epoch older than any it has.
         None => (-1, -1),
     })
 }

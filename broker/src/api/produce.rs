@@ -149,8 +149,8 @@ fn append_partition(
         .manager
         .partition(topic, data.index)
         .ok_or(BrokerError::UnknownTopicOrPartition)?;
-    let records = data.records.as_deref().unwrap_or_default();
-    super::produce_check::check_client_batches(records, topic.config.max_message_bytes)?;
-    let appended = partition.append(records)?;
+    let records = data.records.clone().unwrap_or_default();
+    super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;
+    let appended = partition.append(&records)?;
     Ok((appended, partition))
 }

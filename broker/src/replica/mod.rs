@@ -1,72 +1,175 @@
-//! One partition replica: its log, its leader epoch, its high watermark, and group
-//! commit. This is where each replica will own its Raft group.
+//! One partition replica: its Raft group, its log, its leader epoch and high
+//! watermark. Every partition runs through `rill-raft`; on a single broker each group
+//! has one voter, so it elects itself and commits what it has made durable.
 //!
-//! Thread safety: the log sits behind a `std::sync::Mutex` held only for
-//! non-blocking work (a memcpy append, slicing a read, preparing or completing a
-//! flush); the fdatasync itself runs outside the lock on the blocking pool, so
-//! appends continue while a flush is in progress and the next flush covers them
-//! (group commit: every produce that arrives during one flush shares the next).
+//! * **Offsets and epochs**: a produce's batches become one Raft entry; the leader
+//!   writes them into the segment at once (one copy, frame buffer → page cache, with
+//!   baseOffset and partitionLeaderEpoch = the Raft term stamped through the iovecs,
+//!   see [`store`]), then proposes the entry. A new leader's entry is a Kafka
+//!   LEADER_CHANGE control batch, so each term leaves one offset consumers skip.
+//! * **High watermark = Raft commit offset.** Fetch reads below it, ListOffsets(latest)
+//!   answers it; acks=-1 is answered once it covers the batch, acks=1 after the local
+//!   append.
+//! * **Persist loop** ([`engine`]): one thread per data directory takes the `Ready` of
+//!   every group that has one, makes them durable with one sync round (and one write
+//!   of the terms and votes file, [`hard_state`]), then advances them. It also drives
+//!   every group's ticks from one timer. While a group's `Ready` is being synced the
+//!   core takes no input, so produces that arrive meanwhile are written and queued, and
+//!   proposed right after the `advance` — they share the next sync (group commit).
+//! * **Fail-stop**: a failed write or sync takes the data directory offline: every
+//!   partition answers KAFKA_STORAGE_ERROR, nothing is acknowledged after it and no
+//!   later sync is trusted; a restart recovers.
 //!
-//! Visibility: `visible_end_offset` (the high watermark) is what Fetch reads up to
-//! and ListOffsets(latest) answers. With `durability = fsync` it is the flushed end
-//! of the log, so a consumer never sees a record a crash could take back; with
-//! `interval` it is the appended end.
+//! Lock order: a partition's state, then the engine's hard states or queue. The
+//! `std::sync::Mutex` is held only for non-blocking work (a memcpy append, slicing a
+//! read, handing a `Ready` over); fsyncs run on the persist thread without it.
 
+pub mod engine;
+pub mod hard_state;
+pub mod store;
+
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::Bytes;
-use rill_storage::PartitionLog;
-use tokio::sync::{watch, Notify};
+use rill_raft::{Entry, EntryKind, ProposeError, Raft, Role};
+use rill_storage::{PartitionLog, StorageError};
+use tokio::sync::watch;
 
-use crate::config::Durability;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
+use engine::Engine;
+use hard_state::ReplicaKey;
+use store::{broker_id, epoch_of, PartitionStore};
 
-/// The leader epoch stamped on batches: a single node never changes leader.
-pub const LEADER_EPOCH: i32 = 0;
-
-/// Checks a client's view of the leader epoch against ours (-1: no check): the one
-/// place Fetch, ListOffsets and OffsetForLeaderEpoch decide FENCED_LEADER_EPOCH
-/// (the client is behind) or UNKNOWN_LEADER_EPOCH (the client is ahead).
-pub fn check_leader_epoch(current_leader_epoch: i32) -> Result<(), BrokerError> {
-    if current_leader_epoch == -1 || current_leader_epoch == LEADER_EPOCH {
-        Ok(())
-    } else if current_leader_epoch > LEADER_EPOCH {
-        Err(BrokerError::UnknownLeaderEpoch)
-    } else {
-        Err(BrokerError::FencedLeaderEpoch)
-    }
-}
-
-/// Where the durable end of a partition stands.
+/// What a replica shows to requests without taking its lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurableState {
-    /// Every offset below this is on disk.
-    pub end_offset: i64,
-    /// The last flush failed; waiters answer KAFKA_STORAGE_ERROR.
+pub struct ReplicaStatus {
+    /// Raft commit offset: the high watermark.
+    pub commit_offset: i64,
+    /// Current Raft term: the leader epoch.
+    pub term: u64,
+    /// The leader's broker id, if known.
+    pub leader: Option<i32>,
+    /// This replica leads and has committed its leader entry (every earlier entry is
+    /// committed, so the high watermark is current).
+    pub leader_ready: bool,
+    /// The data directory is offline (a write or sync failed).
     pub failed: bool,
+    /// The topic was deleted.
+    pub closed: bool,
+    /// Bumped whenever written-but-unproposed appends are thrown away (leadership
+    /// lost): an acks=-1 waiter from before must not be answered by other records
+    /// that later reuse its offsets.
+    pub discards: u64,
 }
 
-#[derive(Debug, Default)]
-struct FlushState {
-    /// A flush task is running.
-    running: bool,
-    /// An append arrived after the running flush captured its range.
-    again: bool,
-}
-
-/// Result of appending one batch.
+/// Result of appending one produce's batches.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
-    /// Offset assigned to the batch's first record.
+    /// Offset assigned to the first record.
     pub base_offset: i64,
-    /// Offset of the batch's last record.
+    /// Offset of the last record.
     pub last_offset: i64,
     /// log_start_offset after the append.
     pub log_start_offset: i64,
+    /// The term (leader epoch) the batches were written in.
+    pub term: u64,
+    /// [`ReplicaStatus::discards`] at the append.
+    pub discards: u64,
 }
+
+/// A leader's append written to storage while the group's `Ready` was being synced,
+/// proposed after the `advance`.
+#[derive(Debug)]
+struct Queued {
+    data: Bytes,
+    base_offset: u64,
+    end_offset: u64,
+}
+
+/// The replica's mutable half, behind [`Partition::state`].
+pub struct ReplicaState {
+    raft: Raft<PartitionStore>,
+    queued: VecDeque<Queued>,
+    queued_bytes: usize,
+    /// The persist loop holds this group's `Ready` (no input to the core until it
+    /// advances).
+    ready_out: bool,
+    /// The group is in the persist loop's queue.
+    scheduled: bool,
+    /// The persist loop is working on this group (a topic deletion waits for it).
+    in_round: bool,
+    /// End of this term's leader entry (committing it makes the leader ready).
+    leader_entry_end: u64,
+    discards: u64,
+}
+
+impl ReplicaState {
+    /// The storage log.
+    pub fn log(&self) -> &PartitionLog {
+        self.raft.store().log()
+    }
+
+    /// The Raft group (tests, admin).
+    pub fn raft(&self) -> &Raft<PartitionStore> {
+        &self.raft
+    }
+
+    /// Writes the entries the core created that storage does not have yet (a new
+    /// leader's entry). Only a leader writes ahead: a follower's entries come in its
+    /// `Ready`.
+    fn write_own_entries(&mut self, broker: i32) -> Result<(), StorageError> {
+        if self.raft.role() != Role::Leader {
+            return Ok(());
+        }
+        let storage_end = self.log().log_end_offset();
+        if storage_end >= self.raft.last_end_offset() {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        self.raft
+            .read_entries(storage_end, usize::MAX, &mut entries)
+            .map_err(|e| StorageError::CorruptBatch {
+                position: 0,
+                reason: if matches!(e, rill_raft::LogReadError::Compacted { .. }) {
+                    "own entries below the log start"
+                } else {
+                    "own entries unreadable"
+                },
+            })?;
+        let membership = self.raft.membership().clone();
+        for entry in entries.iter().filter(|e| e.base_offset >= storage_end) {
+            if matches!(entry.kind, EntryKind::LeaderChange) {
+                self.leader_entry_end = entry.end_offset;
+            }
+            self.raft
+                .store_mut()
+                .write_entry(entry, broker, &membership)?;
+        }
+        Ok(())
+    }
+
+    /// After an `advance`: proposes the appends queued meanwhile, in order.
+    fn propose_queued(&mut self) -> Result<(), ProposeError> {
+        while let Some(q) = self.queued.pop_front() {
+            self.queued_bytes -= q.data.len();
+            let proposal = self
+                .raft
+                .propose(q.data, q.end_offset - q.base_offset)
+                .inspect_err(|_| {
+                    self.queued.clear();
+                    self.queued_bytes = 0;
+                })?;
+            debug_assert_eq!(proposal.base_offset, q.base_offset);
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of appends a leader may queue while its group's `Ready` is being synced.
+const QUEUED_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// One partition of a topic, served by this broker.
 pub struct Partition {
@@ -74,16 +177,12 @@ pub struct Partition {
     pub topic: String,
     /// Partition index.
     pub index: i32,
-    log: Mutex<PartitionLog>,
-    visible_tx: watch::Sender<i64>,
-    durable_tx: watch::Sender<DurableState>,
-    flush: Mutex<FlushState>,
-    /// Notified whenever a flush task ends (see [`Partition::close`]).
-    flush_idle: Notify,
-    /// Set (under the log lock) when the topic is deleted: no more appends or flushes.
+    key: ReplicaKey,
+    broker_id: i32,
+    state: Mutex<ReplicaState>,
+    status: watch::Sender<ReplicaStatus>,
     closed: AtomicBool,
-    durability: Durability,
-    flush_delay_ms: u64,
+    engine: Arc<Engine>,
     metrics: Arc<Metrics>,
 }
 
@@ -93,227 +192,254 @@ impl std::fmt::Debug for Partition {
     }
 }
 
+/// Read access to a partition's log under its lock.
+pub struct LogGuard<'a>(MutexGuard<'a, ReplicaState>);
+
+impl std::ops::Deref for LogGuard<'_> {
+    type Target = PartitionLog;
+
+    fn deref(&self) -> &PartitionLog {
+        self.0.log()
+    }
+}
+
 impl Partition {
-    /// Wraps an opened log. Everything in a freshly opened log was recovered from
-    /// disk, so it is all durable and visible.
-    pub fn new(
+    /// Starts the replica of an opened log: restores its Raft group from the log and
+    /// the data directory's terms and votes, registers it with the persist loop and
+    /// starts an election (a group of one elects itself at once).
+    pub fn open(
         topic: String,
         index: i32,
+        topic_id: uuid::Uuid,
         log: PartitionLog,
-        durability: Durability,
-        flush_delay_ms: u64,
+        engine: Arc<Engine>,
+        broker_id: i32,
         metrics: Arc<Metrics>,
-    ) -> Partition {
-        let end = log.log_end_offset() as i64;
-        Partition {
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let key = (topic_id, index);
+        let hard_state = engine.hard_state(key);
+        let node = store::raft_node_id(broker_id);
+        let membership = rill_raft::Membership::with_voters([node]);
+        let store = PartitionStore::new(log, hard_state, membership);
+        let mut config = rill_raft::Config::new(node, rand::random());
+        // Appends are bounded by the request budget and QUEUED_BYTES_MAX; the data of
+        // a leader's uncommitted entries are slices of its mapped segments.
+        config.uncommitted_bytes_max = QUEUED_BYTES_MAX;
+        let raft = Raft::new(config, store).map_err(|e| BrokerError::Storage(e.to_string()))?;
+        let status = ReplicaStatus {
+            commit_offset: raft.commit_offset() as i64,
+            term: raft.term(),
+            leader: None,
+            leader_ready: false,
+            failed: false,
+            closed: false,
+            discards: 0,
+        };
+        let partition = Arc::new(Partition {
             topic,
             index,
-            log: Mutex::new(log),
-            visible_tx: watch::Sender::new(end),
-            durable_tx: watch::Sender::new(DurableState {
-                end_offset: end,
-                failed: false,
+            key,
+            broker_id,
+            state: Mutex::new(ReplicaState {
+                raft,
+                queued: VecDeque::new(),
+                queued_bytes: 0,
+                ready_out: false,
+                scheduled: false,
+                in_round: false,
+                leader_entry_end: u64::MAX,
+                discards: 0,
             }),
-            flush: Mutex::new(FlushState::default()),
-            flush_idle: Notify::new(),
+            status: watch::Sender::new(status),
             closed: AtomicBool::new(false),
-            durability,
-            flush_delay_ms,
+            engine: Arc::clone(&engine),
             metrics,
+        });
+        engine.register(&partition);
+        {
+            let mut st = partition.state();
+            st.raft.campaign();
+            partition.after_input(&mut st);
         }
+        Ok(partition)
     }
 
-    /// Locks the log. A poisoned lock means a panic inside storage; the log may be
-    /// half-updated, which is a broken invariant, so we propagate the panic.
-    pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
-        self.log.lock().expect("partition log lock poisoned")
+    /// Locks the replica state. A poisoned lock means a panic inside storage or Raft;
+    /// the state may be half-updated, so the panic propagates (release builds abort).
+    pub fn state(&self) -> MutexGuard<'_, ReplicaState> {
+        self.state.lock().expect("partition state lock poisoned")
+    }
+
+    /// The log, under the replica's lock.
+    pub fn log(&self) -> LogGuard<'_> {
+        LogGuard(self.state())
+    }
+
+    /// The replica's key in the data directory's terms-and-votes file.
+    pub fn key(&self) -> ReplicaKey {
+        self.key
+    }
+
+    /// Current status (high watermark, leader epoch, leader).
+    pub fn status(&self) -> ReplicaStatus {
+        *self.status.borrow()
     }
 
     /// The high watermark: consumers read below it.
     pub fn visible_end_offset(&self) -> i64 {
-        *self.visible_tx.borrow()
+        self.status().commit_offset
     }
 
-    /// A receiver woken whenever the high watermark moves (Fetch long polls).
-    pub fn watch_visible(&self) -> watch::Receiver<i64> {
-        self.visible_tx.subscribe()
+    /// The leader epoch (the Raft term).
+    pub fn leader_epoch(&self) -> i32 {
+        epoch_of(self.status().term)
     }
 
-    /// The durable end, for tests and metrics.
-    pub fn durable(&self) -> DurableState {
-        *self.durable_tx.borrow()
+    /// A receiver woken whenever the status changes (Fetch long polls on the high
+    /// watermark, acks=-1 on the commit).
+    pub fn watch_status(&self) -> watch::Receiver<ReplicaStatus> {
+        self.status.subscribe()
     }
 
-    /// Appends record batches (one or more, whole, as produced) as leader, all or
-    /// nothing, at once (no waiting: the caller holds its connection's turn). With
-    /// `durability = fsync` this schedules a group-commit flush; under `interval` the
-    /// records are visible on return. [`Partition::wait_acknowledgeable`] waits for
-    /// what acks=-1 needs.
-    pub fn append(self: &Arc<Self>, batches: &[u8]) -> Result<Appended, BrokerError> {
-        let (appended, batch_count) = {
-            let mut log = self.log();
-            if self.closed.load(Ordering::Acquire) {
-                return Err(BrokerError::UnknownTopicOrPartition);
-            }
-            // segment.ms is checked when data arrives, as in Kafka.
-            log.maybe_roll(crate::clock::now_ms())
-                .map_err(crate::state::append_error)?;
-            let info = log
-                .append_as_leader(batches, LEADER_EPOCH)
-                .map_err(crate::state::append_error)?;
-            let appended = Appended {
-                base_offset: info.base_offset as i64,
-                last_offset: info.last_offset as i64,
-                log_start_offset: log.log_start_offset() as i64,
-            };
-            (appended, info.batch_count)
-        };
-        Metrics::add(&self.metrics.batches_in_total, batch_count as u64);
-        Metrics::add(&self.metrics.bytes_in_total, batches.len() as u64);
-        let end = appended.last_offset + 1;
-        match self.durability {
-            Durability::Interval => {
-                self.visible_tx.send_if_modified(|v| raise(v, end));
-            }
-            Durability::Fsync => self.request_flush(),
+    /// Checks a client's view of the leader epoch against ours (-1: no check): the one
+    /// place Fetch, ListOffsets and OffsetForLeaderEpoch decide FENCED_LEADER_EPOCH
+    /// (the client is behind) or UNKNOWN_LEADER_EPOCH (the client is ahead). Also
+    /// where they refuse a replica whose data directory is offline.
+    pub fn check_leader_epoch(&self, current_leader_epoch: i32) -> Result<(), BrokerError> {
+        let status = self.status();
+        if status.failed && !status.closed {
+            return Err(self.engine.offline_error());
         }
+        let ours = epoch_of(status.term);
+        if current_leader_epoch == -1 || current_leader_epoch == ours {
+            Ok(())
+        } else if current_leader_epoch > ours {
+            Err(BrokerError::UnknownLeaderEpoch)
+        } else {
+            Err(BrokerError::FencedLeaderEpoch)
+        }
+    }
+
+    /// Waits until this replica leads and its high watermark is current, or
+    /// `timeout` passes (creation and start-up; clients retry NOT_LEADER otherwise).
+    pub async fn wait_leader_ready(&self, timeout: std::time::Duration) -> bool {
+        let mut rx = self.watch_status();
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.leader_ready || s.failed))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|s| s.leader_ready))
+    }
+
+    /// Appends a produce's record batches (whole, validated) as leader, all or nothing,
+    /// without waiting: writes them to the segment (acks=1 may be answered) and
+    /// proposes them to the group. [`Partition::wait_acknowledgeable`] waits for what
+    /// acks=-1 needs.
+    pub fn append(&self, batches: &Bytes) -> Result<Appended, BrokerError> {
+        let offset_count = offsets_in(batches)?;
+        let mut st = self.state();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BrokerError::UnknownTopicOrPartition);
+        }
+        if self.engine.is_offline() {
+            return Err(self.engine.offline_error());
+        }
+        if st.raft.role() != Role::Leader {
+            return Err(BrokerError::NotLeaderOrFollower);
+        }
+        if st.ready_out && st.queued_bytes + batches.len() > QUEUED_BYTES_MAX {
+            return Err(BrokerError::Busy(format!(
+                "more than {QUEUED_BYTES_MAX} bytes of appends wait for a sync"
+            )));
+        }
+        let term = st.raft.term();
+        let base_offset = st.log().log_end_offset();
+        debug_assert_eq!(
+            base_offset,
+            st.raft.last_end_offset()
+                + st.queued
+                    .iter()
+                    .map(|q| q.end_offset - q.base_offset)
+                    .sum::<u64>()
+        );
+        let entry = Entry {
+            term,
+            base_offset,
+            end_offset: base_offset + offset_count,
+            kind: EntryKind::Data,
+            data: batches.clone(),
+        };
+        let membership = st.raft.membership().clone();
+        if let Err(e) = st
+            .raft
+            .store_mut()
+            .write_entry(&entry, self.broker_id, &membership)
+        {
+            if is_fatal_write(&e) {
+                drop(st);
+                self.engine.go_offline(&e.to_string());
+                return Err(self.engine.offline_error());
+            }
+            return Err(crate::state::append_error(e));
+        }
+        // The entry's data for followers: the stamped batches, a zero-copy slice of the
+        // segment (so the request buffer is not held until the entry commits).
+        let data = st
+            .log()
+            .read(base_offset, batches.len(), entry.end_offset)
+            .unwrap_or_else(|_| batches.clone());
+        if st.ready_out {
+            st.queued_bytes += data.len();
+            st.queued.push_back(Queued {
+                data,
+                base_offset,
+                end_offset: entry.end_offset,
+            });
+        } else if let Err(e) = st.raft.propose(data, offset_count) {
+            // Not in the core's log: take it back out of the segment.
+            let _ = st.raft.store_mut().discard_unknown_suffix();
+            return Err(match e {
+                ProposeError::NotLeader { .. } => BrokerError::NotLeaderOrFollower,
+                other => BrokerError::Busy(other.to_string()),
+            });
+        }
+        let appended = Appended {
+            base_offset: base_offset as i64,
+            last_offset: (entry.end_offset - 1) as i64,
+            log_start_offset: st.log().log_start_offset() as i64,
+            term,
+            discards: st.discards,
+        };
+        self.schedule(&mut st);
+        drop(st);
+        Metrics::add(&self.metrics.bytes_in_total, batches.len() as u64);
         Ok(appended)
     }
 
-    /// Waits until `appended` may be acknowledged to an acks=-1 producer: under
-    /// `durability = fsync` once a completed flush covers it, under `interval` at once.
+    /// Waits until `appended` may be acknowledged to an acks=-1 producer: its batches
+    /// are committed (the high watermark covers them) in the term they were written in.
     pub async fn wait_acknowledgeable(&self, appended: &Appended) -> Result<(), BrokerError> {
-        match self.durability {
-            Durability::Interval => Ok(()),
-            Durability::Fsync => self.wait_durable(appended.last_offset + 1).await,
-        }
-    }
-
-    /// Waits until a flush covers every offset below `end_offset`.
-    async fn wait_durable(&self, end_offset: i64) -> Result<(), BrokerError> {
-        let mut rx = self.durable_tx.subscribe();
-        let state = rx
-            .wait_for(|s| s.end_offset >= end_offset || s.failed)
+        let end = appended.last_offset + 1;
+        let mut rx = self.watch_status();
+        let status = *rx
+            .wait_for(|s| {
+                s.commit_offset >= end
+                    || s.failed
+                    || s.closed
+                    || s.term != appended.term
+                    || s.discards != appended.discards
+            })
             .await
             .map_err(|_| BrokerError::Storage("partition closed".into()))?;
-        if state.end_offset >= end_offset {
+        if status.failed && !status.closed {
+            Err(self.engine.offline_error())
+        } else if status.closed {
+            Err(BrokerError::UnknownTopicOrPartition)
+        } else if status.term == appended.term
+            && status.discards == appended.discards
+            && status.commit_offset >= end
+        {
             Ok(())
         } else {
-            Err(BrokerError::Storage("flush failed".into()))
-        }
-    }
-
-    /// Starts a flush task unless one is running, in which case that task runs one
-    /// more round after its current one (which is what makes produces that arrive
-    /// during a flush share the next one).
-    pub fn request_flush(self: &Arc<Self>) {
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        {
-            let mut state = self.flush.lock().expect("flush state lock poisoned");
-            if state.running {
-                state.again = true;
-                return;
-            }
-            state.running = true;
-        }
-        let partition = Arc::clone(self);
-        tokio::spawn(async move { partition.flush_rounds().await });
-    }
-
-    async fn flush_rounds(self: Arc<Self>) {
-        loop {
-            if self.flush_delay_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(self.flush_delay_ms)).await;
-            }
-            // Clear `again` before capturing the range: an append after this point
-            // either lands in this flush or sets `again` for the next round.
-            self.flush.lock().expect("flush state lock poisoned").again = false;
-            let result = self.flush_once().await;
-            match result {
-                Ok(end) => {
-                    Metrics::add(&self.metrics.log_flushes_total, 1);
-                    // Both only after the flush completed, so a consumer never sees
-                    // what is not durable. The high watermark first: when an acks=-1
-                    // producer is answered (woken by the durable watch), Fetch and
-                    // ListOffsets on any connection already show its records.
-                    self.visible_tx.send_if_modified(|v| raise(v, end));
-                    self.durable_tx.send_if_modified(|s| {
-                        let moved = end > s.end_offset || s.failed;
-                        s.end_offset = s.end_offset.max(end);
-                        s.failed = false;
-                        moved
-                    });
-                }
-                Err(e) => {
-                    Metrics::add(&self.metrics.log_flush_errors_total, 1);
-                    tracing::error!(topic = %self.topic, partition = self.index, error = %e, "flush failed");
-                    self.durable_tx.send_modify(|s| s.failed = true);
-                }
-            }
-            let mut state = self.flush.lock().expect("flush state lock poisoned");
-            if !state.again {
-                state.running = false;
-                drop(state);
-                self.flush_idle.notify_waiters();
-                return;
-            }
-        }
-    }
-
-    /// One flush: capture the range under the lock, write it out without the lock,
-    /// record completion under the lock. Returns the offset the flush made durable.
-    async fn flush_once(&self) -> Result<i64, BrokerError> {
-        let job = self.log().prepare_flush();
-        let flushed = tokio::task::spawn_blocking(move || job.run())
-            .await
-            .map_err(|e| BrokerError::Storage(format!("flush task: {e}")))?
-            .map_err(|e| BrokerError::Storage(e.to_string()))?;
-        let end = flushed.offset() as i64;
-        self.log().complete_flush(flushed);
-        Ok(end)
-    }
-
-    /// Flushes everything appended so far and waits for it (shutdown, interval
-    /// policy). Returns the durable end offset.
-    pub async fn flush_now(&self) -> Result<i64, BrokerError> {
-        let end = self.flush_once().await?;
-        Metrics::add(&self.metrics.log_flushes_total, 1);
-        // High watermark before durable offset, as in `flush_rounds`.
-        self.visible_tx.send_if_modified(|v| raise(v, end));
-        self.durable_tx.send_if_modified(|s| {
-            let moved = end > s.end_offset;
-            s.end_offset = s.end_offset.max(end);
-            moved
-        });
-        Ok(end)
-    }
-
-    /// Closes the partition for a topic deletion: later appends fail with
-    /// UNKNOWN_TOPIC_OR_PARTITION, producers still waiting for a flush get an error,
-    /// and this returns once no flush task is running, so none can write into the
-    /// directory after it is removed (or into a new topic of the same name).
-    pub async fn close(&self) {
-        {
-            let _log = self.log();
-            self.closed.store(true, Ordering::Release);
-        }
-        self.durable_tx.send_modify(|s| s.failed = true);
-        loop {
-            let idle = self.flush_idle.notified();
-            tokio::pin!(idle);
-            // Register before checking, so a task ending in between still wakes us.
-            idle.as_mut().enable();
-            if !self
-                .flush
-                .lock()
-                .expect("flush state lock poisoned")
-                .running
-            {
-                return;
-            }
-            idle.await;
+            Err(BrokerError::NotLeaderOrFollower)
         }
     }
 
@@ -322,7 +448,11 @@ impl Partition {
     /// watermark. The returned `Bytes` are slices of the mapped segment (zero copy).
     pub fn read(&self, start_offset: i64, bytes_max: usize) -> Result<ReadResult, BrokerError> {
         let visible_end = self.visible_end_offset();
-        let log = self.log();
+        let st = self.state();
+        if self.engine.is_offline() {
+            return Err(self.engine.offline_error());
+        }
+        let log = st.log();
         let log_start_offset = log.log_start_offset() as i64;
         if start_offset < log_start_offset
             || start_offset > visible_end.max(log.log_end_offset() as i64)
@@ -346,12 +476,20 @@ impl Partition {
         })
     }
 
-    /// Deletes closed segments past the topic's retention (set in its `LogConfig`),
-    /// never anything at or above the high watermark.
+    /// Deletes closed segments past the topic's retention, never anything at or above
+    /// the high watermark (committed entries only leave the Raft log).
     pub fn apply_retention(&self, now_ms: i64) {
         let visible_end = self.visible_end_offset() as u64;
-        let mut log = self.log();
-        match log.apply_retention(now_ms, visible_end) {
+        let mut st = self.state();
+        if st.ready_out || self.engine.is_offline() {
+            return; // next round
+        }
+        match st
+            .raft
+            .store_mut()
+            .log_mut()
+            .apply_retention(now_ms, visible_end)
+        {
             Ok(outcome) if outcome.segments_deleted > 0 => tracing::info!(
                 topic = %self.topic,
                 partition = self.index,
@@ -366,6 +504,112 @@ impl Partition {
             }
         }
     }
+
+    /// Closes the replica for a topic deletion: later appends fail with
+    /// UNKNOWN_TOPIC_OR_PARTITION, acks=-1 waiters are answered, and this returns once
+    /// the persist loop no longer works on it, so nothing writes into the directory
+    /// after it is removed (or into a new topic of the same name).
+    pub async fn close(&self) {
+        self.mark_closed();
+        while self.state().in_round {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// [`Partition::close`] for synchronous callers (undoing a failed creation): the
+    /// wait is at most one sync round.
+    pub fn close_blocking(&self) {
+        self.mark_closed();
+        while self.state().in_round {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn mark_closed(&self) {
+        {
+            let _st = self.state();
+            self.closed.store(true, Ordering::Release);
+        }
+        self.status.send_modify(|s| s.closed = true);
+        self.engine.unregister(self);
+    }
+
+    /// Whether the topic was deleted.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// After an input to the core (campaign, tick, propose, advance): writes a new
+    /// leader's own entries, and queues the group for the persist loop if it has a
+    /// `Ready`.
+    fn after_input(&self, st: &mut ReplicaState) {
+        if let Err(e) = st.write_own_entries(self.broker_id) {
+            if !self.is_closed() {
+                self.engine.go_offline(&e.to_string());
+            }
+            return;
+        }
+        if st.raft.has_ready() {
+            self.schedule(st);
+        }
+    }
+
+    fn schedule(&self, st: &mut ReplicaState) {
+        if !st.scheduled && !st.ready_out {
+            st.scheduled = true;
+            self.engine.schedule(self);
+        }
+    }
+
+    /// Publishes the group's status after the persist loop advanced it.
+    fn publish(&self, st: &ReplicaState) {
+        let raft = &st.raft;
+        let leader_ready =
+            raft.role() == Role::Leader && raft.commit_offset() >= st.leader_entry_end;
+        let next = ReplicaStatus {
+            commit_offset: raft.commit_offset() as i64,
+            term: raft.term(),
+            leader: raft.leader().map(broker_id),
+            leader_ready,
+            failed: self.engine.is_offline(),
+            closed: self.is_closed(),
+            discards: st.discards,
+        };
+        self.status.send_if_modified(|s| {
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+
+    /// Marks the replica failed (its data directory went offline).
+    fn publish_failed(&self) {
+        self.status.send_if_modified(|s| {
+            let changed = !s.failed;
+            s.failed = true;
+            changed
+        });
+    }
+}
+
+/// Whether a storage error during an append leaves bytes of unknown state in the
+/// segment (the write itself failed), so the data directory must go offline. Other
+/// append errors (no space to grow the segment, a bad batch) leave the log unchanged.
+fn is_fatal_write(e: &StorageError) -> bool {
+    matches!(e, StorageError::Io { op, .. } if *op == "write segment")
+}
+
+/// Number of offsets the (validated) batches cover.
+fn offsets_in(batches: &[u8]) -> Result<u64, BrokerError> {
+    let mut count = 0u64;
+    for batch in rill_record::batches(batches) {
+        let batch = batch.map_err(|e| BrokerError::CorruptMessage(e.to_string()))?;
+        count += u64::from(batch.last_offset_delta() as u32) + 1;
+    }
+    if count == 0 {
+        return Err(BrokerError::CorruptMessage("no record batch".into()));
+    }
+    Ok(count)
 }
 
 /// Batches read for a Fetch.
@@ -377,13 +621,4 @@ pub struct ReadResult {
     pub high_watermark: i64,
     /// The log start offset at the time of the read.
     pub log_start_offset: i64,
-}
-
-fn raise(value: &mut i64, to: i64) -> bool {
-    if to > *value {
-        *value = to;
-        true
-    } else {
-        false
-    }
 }

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::clock::now_ms;
-use crate::config::{Config, Durability};
+use crate::config::Config;
 use crate::context::Broker;
 use crate::metrics::Metrics;
 use crate::state::PartitionManager;
@@ -44,6 +44,14 @@ impl Server {
             let config = Arc::clone(&config);
             tokio::task::spawn_blocking(move || PartitionManager::open(config)).await??
         };
+        // Serve once every partition's group has elected itself (a client's first
+        // request after a restart then finds leaders).
+        let partitions: Vec<_> = manager
+            .all_partitions()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        manager.wait_leaders(&partitions).await;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {} (key `listen`): {e}", config.listen))?;
@@ -114,9 +122,6 @@ impl Server {
             background.spawn(crate::admin::serve(admin, Arc::clone(&broker)));
         }
         background.spawn(retention_loop(Arc::clone(&broker)));
-        if config.durability == Durability::Interval {
-            background.spawn(interval_flush_loop(Arc::clone(&broker)));
-        }
 
         let limit = Arc::new(Semaphore::new(config.connections_max));
         let per_ip = Arc::new(ConnectionsPerIp::default());
@@ -182,7 +187,7 @@ impl Server {
             connections.abort_all();
         }
         background.abort_all();
-        match broker.manager.flush_all().await {
+        match broker.manager.shutdown().await {
             Ok(()) => tracing::info!("flushed every partition; bye"),
             Err(e) => {
                 tracing::error!(error = %e, "final flush failed");
@@ -244,20 +249,5 @@ async fn retention_loop(broker: Arc<Broker>) {
         let manager = Arc::clone(&broker.manager);
         let now_ms = now_ms();
         let _ = tokio::task::spawn_blocking(move || manager.apply_retention(now_ms)).await;
-    }
-}
-
-/// With `durability = interval`: flushes every partition each `flush_interval_ms`.
-async fn interval_flush_loop(broker: Arc<Broker>) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(broker.config.flush_interval_ms));
-    loop {
-        ticker.tick().await;
-        for (_, partition) in broker.manager.all_partitions() {
-            if partition.durable().end_offset < partition.log().log_end_offset() as i64 {
-                if let Err(e) = partition.flush_now().await {
-                    tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "interval flush failed");
-                }
-            }
-        }
     }
 }

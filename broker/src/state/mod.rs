@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
+use crate::replica::engine::{Engine, EngineConfig};
 use crate::replica::Partition;
 use topic_config::TopicConfig;
 use topic_meta::TopicMeta;
@@ -27,6 +28,9 @@ use topic_meta::TopicMeta;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Most partitions one topic may have.
 pub const PARTITIONS_MAX: i32 = 10_000;
+/// How long topic creation and start-up wait for a partition's group to elect its
+/// leader before answering anyway.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A topic and its partitions. Immutable: CreatePartitions replaces the `Arc<Topic>`.
 #[derive(Debug)]
@@ -55,6 +59,8 @@ pub struct PartitionManager {
     pub cluster_id: String,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The persist loop and timer of the data directory's Raft groups.
+    pub engine: Arc<Engine>,
 }
 
 /// Checks a topic name the way Kafka does.
@@ -115,7 +121,17 @@ impl PartitionManager {
             BrokerError::Storage(format!("cannot create {}: {e}", meta_dir.display()))
         })?;
         let cluster_id = topic_meta::load_cluster_id(&meta_dir)?;
+        let engine = Engine::start(
+            &meta_dir,
+            EngineConfig {
+                durability: config.durability,
+                flush_interval: std::time::Duration::from_millis(config.flush_interval_ms),
+                debug_flush_delay: std::time::Duration::from_millis(config.debug_flush_delay_ms),
+            },
+            Arc::clone(&metrics),
+        )?;
         let manager = PartitionManager {
+            engine,
             _data_dir_lock: data_dir_lock,
             config,
             topics: RwLock::new(HashMap::new()),
@@ -143,9 +159,20 @@ impl PartitionManager {
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
         let id = Uuid::parse_str(&meta.id)
             .map_err(|e| BrokerError::Storage(format!("topic {}: bad id: {e}", meta.name)))?;
-        let partitions = (0..meta.partitions)
-            .map(|index| self.open_partition(&meta.name, index, &config))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut partitions = Vec::with_capacity(meta.partitions.max(0) as usize);
+        for index in 0..meta.partitions {
+            match self.open_partition(&meta.name, id, index, &config) {
+                Ok(partition) => partitions.push(partition),
+                Err(e) => {
+                    // Stop the replicas already started before anyone removes their
+                    // directories.
+                    for partition in &partitions {
+                        partition.close_blocking();
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok(Topic {
             name: meta.name.clone(),
             id,
@@ -167,20 +194,33 @@ impl PartitionManager {
     fn open_partition(
         &self,
         topic: &str,
+        topic_id: Uuid,
         index: i32,
         config: &TopicConfig,
     ) -> Result<Arc<Partition>, BrokerError> {
         let dir = self.config.partition_dir(topic, index);
         let log = PartitionLog::open(&dir, self.log_config(config))
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
-        Ok(Arc::new(Partition::new(
+        Partition::open(
             topic.to_string(),
             index,
+            topic_id,
             log,
-            self.config.durability,
-            self.config.debug_flush_delay_ms,
+            Arc::clone(&self.engine),
+            self.config.node_id,
             Arc::clone(&self.metrics),
-        )))
+        )
+    }
+
+    /// Waits until every given replica leads with a current high watermark (a group
+    /// of one elects itself within two sync rounds), so a client's first produce after
+    /// CreateTopics or a restart finds a leader.
+    pub async fn wait_leaders(&self, partitions: &[Arc<Partition>]) {
+        for partition in partitions {
+            if !partition.wait_leader_ready(LEADER_WAIT).await {
+                tracing::warn!(topic = %partition.topic, partition = partition.index, "no leader yet; clients retry");
+            }
+        }
     }
 
     /// Removes `<topic>-<n>` directories that belong to no loaded topic.
@@ -314,6 +354,7 @@ impl PartitionManager {
                 return Err(e);
             }
         };
+        self.wait_leaders(&topic.partitions).await;
         self.topics
             .write()
             .expect("topics lock")
@@ -405,8 +446,9 @@ impl PartitionManager {
         topic_meta::write(&self.config.topics_dir(), &meta)?;
         let mut partitions = topic.partitions.clone();
         for index in current..count {
-            partitions.push(self.open_partition(name, index, &topic.config)?);
+            partitions.push(self.open_partition(name, topic.id, index, &topic.config)?);
         }
+        self.wait_leaders(&partitions[current as usize..]).await;
         let updated = Arc::new(Topic {
             name: topic.name.clone(),
             id: topic.id,
@@ -464,16 +506,13 @@ impl PartitionManager {
             .collect()
     }
 
-    /// Flushes every partition (shutdown and the interval policy).
-    pub async fn flush_all(&self) -> Result<(), BrokerError> {
-        let mut first_error = None;
-        for (_, partition) in self.all_partitions() {
-            if let Err(e) = partition.flush_now().await {
-                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "flush failed");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+    /// Shutdown: stops the persist loop, syncs every partition and records the
+    /// commit hints.
+    pub async fn shutdown(&self) -> Result<(), BrokerError> {
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .map_err(|e| BrokerError::Storage(format!("shutdown task: {e}")))?
     }
 
     /// Applies retention to every partition.

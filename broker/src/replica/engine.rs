@@ -1,0 +1,444 @@
+//! The persist loop of one data directory: a thread of its own (fsyncs never block a
+//! tokio worker) that drives every Raft group of the directory.
+//!
+//! One round: take every scheduled group that has a `Ready`, apply its log changes
+//! (a leader's entries are in the segment already; a follower's are written here),
+//! then sync them all — one fdatasync per dirty segment file, one write of the terms
+//! and votes file for all groups, one directory fsync where segments were created —
+//! and only then advance the groups, release their after-persist messages and publish
+//! their new high watermarks (persist before send: `Durable` receipts exist only after
+//! the sync). Appends that arrive during the sync are written and queued, and all
+//! share the next round (group commit across requests *and* partitions).
+//!
+//! The same thread is the one timer of every group: each `TICK` it ticks every group
+//! that is not in the middle of a round. Under `durability = interval` a round does not
+//! sync; every `flush_interval_ms` the loop syncs every group instead (what Kafka does
+//! by default: a power loss loses the records of the last interval).
+//!
+//! Fail-stop: if a write or sync fails, the directory goes offline for good (until a
+//! restart runs recovery): no group is advanced again, so nothing is acknowledged after
+//! the failure, and no later fsync is ever taken to cover the failed range (after a
+//! failed fsync, Linux may have dropped the dirty pages and report the next one clean).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rill_storage::{FlushJob, FlushedTo};
+
+use super::hard_state::{HardStates, ReplicaKey};
+use super::Partition;
+use crate::config::Durability;
+use crate::error::BrokerError;
+use crate::metrics::Metrics;
+
+/// Raft tick period (the core's election timeout is 10–20 ticks).
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Settings of one persist loop.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// fsync before acknowledging, or sync every `flush_interval`.
+    pub durability: Durability,
+    /// Sync period under `durability = interval`.
+    pub flush_interval: Duration,
+    /// Testing aid: sleep this long before each sync round (widens group commits).
+    pub debug_flush_delay: Duration,
+}
+
+#[derive(Default)]
+struct Queue {
+    scheduled: Vec<Arc<Partition>>,
+    stop: bool,
+}
+
+/// The persist loop and timer of one data directory (see the module docs).
+pub struct Engine {
+    config: EngineConfig,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    hard_states: Mutex<HardStates>,
+    /// Every live replica of the directory (ticks, interval syncs, shutdown).
+    replicas: Mutex<HashMap<ReplicaKey, Weak<Partition>>>,
+    offline: AtomicBool,
+    offline_reason: Mutex<String>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+    /// Sync rounds that synced something, and groups they covered (for metrics and
+    /// the benchmark's "groups per fsync").
+    pub sync_rounds: AtomicU64,
+    /// Groups made durable by those rounds.
+    pub synced_groups: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("offline", &self.offline.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// What a round holds for one group between handing over its `Ready` and advancing.
+struct Work {
+    partition: Arc<Partition>,
+    persist: rill_raft::Persist,
+    after_persist: rill_raft::AfterPersist,
+    flush: Option<FlushJob>,
+    flushed: Option<FlushedTo>,
+}
+
+impl Engine {
+    /// Loads the directory's terms and votes and starts the loop's thread.
+    pub fn start(
+        meta_dir: &std::path::Path,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Engine>, BrokerError> {
+        let engine = Arc::new(Engine {
+            config,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            hard_states: Mutex::new(HardStates::load(meta_dir)?),
+            replicas: Mutex::new(HashMap::new()),
+            offline: AtomicBool::new(false),
+            offline_reason: Mutex::new(String::new()),
+            thread: Mutex::new(None),
+            metrics,
+            sync_rounds: AtomicU64::new(0),
+            synced_groups: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&engine);
+        let handle = std::thread::Builder::new()
+            .name("rill-persist".into())
+            .spawn(move || run(weak))
+            .map_err(|e| BrokerError::Storage(format!("cannot start the persist thread: {e}")))?;
+        *engine.thread.lock().expect("engine thread lock") = Some(handle);
+        Ok(engine)
+    }
+
+    /// A replica's last durable term, vote and commit hint.
+    pub fn hard_state(&self, key: ReplicaKey) -> rill_raft::HardState {
+        self.hard_states.lock().expect("hard states lock").get(key)
+    }
+
+    pub(super) fn register(&self, partition: &Arc<Partition>) {
+        self.replicas
+            .lock()
+            .expect("replicas lock")
+            .insert(partition.key(), Arc::downgrade(partition));
+    }
+
+    pub(super) fn unregister(&self, partition: &Partition) {
+        self.replicas
+            .lock()
+            .expect("replicas lock")
+            .remove(&partition.key());
+        self.hard_states
+            .lock()
+            .expect("hard states lock")
+            .remove(partition.key());
+    }
+
+    pub(super) fn schedule(&self, partition: &Partition) {
+        let Some(arc) = self
+            .replicas
+            .lock()
+            .expect("replicas lock")
+            .get(&partition.key())
+            .and_then(Weak::upgrade)
+        else {
+            return;
+        };
+        let mut queue = self.queue.lock().expect("engine queue lock");
+        queue.scheduled.push(arc);
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Whether the directory is offline after a failed write or sync.
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Acquire)
+    }
+
+    /// The error every request to an offline directory gets.
+    pub fn offline_error(&self) -> BrokerError {
+        let reason = self.offline_reason.lock().expect("offline reason lock");
+        BrokerError::Storage(format!(
+            "log directory offline after a failed write or sync ({reason}); restart the broker to recover"
+        ))
+    }
+
+    /// Takes the directory offline: nothing is acknowledged or advanced any more.
+    pub(super) fn go_offline(&self, reason: &str) {
+        if self.offline.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(error = reason, "log directory offline: a write or sync failed; no further acknowledgement until restart");
+        Metrics::add(&self.metrics.log_flush_errors_total, 1);
+        *self.offline_reason.lock().expect("offline reason lock") = reason.to_string();
+        for partition in self.live_replicas() {
+            partition.publish_failed();
+        }
+    }
+
+    fn live_replicas(&self) -> Vec<Arc<Partition>> {
+        self.replicas
+            .lock()
+            .expect("replicas lock")
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Stops the loop after a last round, syncs every replica and writes the commit
+    /// hints, so a restart exposes the high watermark at once.
+    pub fn shutdown(&self) -> Result<(), BrokerError> {
+        self.queue.lock().expect("engine queue lock").stop = true;
+        self.wake.notify_one();
+        if let Some(handle) = self.thread.lock().expect("engine thread lock").take() {
+            let _ = handle.join();
+        }
+        if self.is_offline() {
+            return Err(self.offline_error());
+        }
+        self.sync_all()?;
+        let mut hard_states = self.hard_states.lock().expect("hard states lock");
+        for partition in self.live_replicas() {
+            let st = partition.state();
+            if !st.ready_out {
+                hard_states.set(partition.key(), st.raft.hard_state());
+            }
+        }
+        hard_states.write(true).map(|_| ())
+    }
+
+    /// Syncs every replica (interval policy, shutdown).
+    fn sync_all(&self) -> Result<(), BrokerError> {
+        for partition in self.live_replicas() {
+            if partition.is_closed() {
+                continue;
+            }
+            let job = partition.state().log().prepare_flush();
+            match job.run() {
+                Ok(done) => {
+                    Metrics::add(&self.metrics.log_flushes_total, 1);
+                    let mut st = partition.state();
+                    st.raft.store_mut().log_mut().complete_flush(done);
+                }
+                Err(e) if partition.is_closed() => {
+                    tracing::debug!(error = %e, "sync of a deleted partition failed");
+                }
+                Err(e) => {
+                    self.go_offline(&e.to_string());
+                    return Err(self.offline_error());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One round over the scheduled groups (see the module docs).
+    fn round(&self, scheduled: Vec<Arc<Partition>>) {
+        let mut work = Vec::with_capacity(scheduled.len());
+        for partition in scheduled {
+            let mut st = partition.state();
+            st.scheduled = false;
+            if partition.is_closed() || self.is_offline() || st.ready_out || !st.raft.has_ready() {
+                continue;
+            }
+            let ready = st.raft.ready();
+            st.ready_out = true;
+            st.in_round = true;
+            if !ready.messages.is_empty() {
+                // A group of one has no peer; the cluster's transport sends these.
+                tracing::debug!(count = ready.messages.len(), "messages without a transport");
+            }
+            let leader = partition.broker_id;
+            let membership = st.raft.membership().clone();
+            let changed = match st
+                .raft
+                .store_mut()
+                .apply(&ready.persist, leader, &membership)
+            {
+                Ok(changed) => changed,
+                Err(e) => {
+                    // The Ready stays outstanding: the group takes no more input.
+                    st.in_round = false;
+                    drop(st);
+                    if !partition.is_closed() {
+                        self.go_offline(&e.to_string());
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if let Some(hs) = ready.persist.hard_state {
+                self.hard_states
+                    .lock()
+                    .expect("hard states lock")
+                    .set(partition.key(), hs);
+            }
+            let flush = (changed && self.config.durability == Durability::Fsync)
+                .then(|| st.log().prepare_flush());
+            drop(st);
+            work.push(Work {
+                partition,
+                persist: ready.persist,
+                after_persist: ready.after_persist,
+                flush,
+                flushed: None,
+            });
+        }
+        if work.is_empty() {
+            return;
+        }
+        // Sync: every dirty segment, then the terms and votes of all groups at once.
+        if work.iter().any(|w| w.flush.is_some()) && !self.config.debug_flush_delay.is_zero() {
+            std::thread::sleep(self.config.debug_flush_delay);
+        }
+        let mut synced = 0u64;
+        for w in &mut work {
+            let Some(job) = w.flush.take() else { continue };
+            match job.run() {
+                Ok(done) => {
+                    w.flushed = Some(done);
+                    synced += 1;
+                }
+                Err(e) if w.partition.is_closed() => {
+                    tracing::debug!(error = %e, "sync of a deleted partition failed");
+                }
+                Err(e) => {
+                    self.fail_round(&work, &e.to_string());
+                    return;
+                }
+            }
+        }
+        let hard_state_result = self
+            .hard_states
+            .lock()
+            .expect("hard states lock")
+            .write(false);
+        if let Err(e) = hard_state_result {
+            self.fail_round(&work, &e.to_string());
+            return;
+        }
+        if synced > 0 {
+            self.sync_rounds.fetch_add(1, Ordering::Relaxed);
+            self.synced_groups.fetch_add(synced, Ordering::Relaxed);
+            Metrics::add(&self.metrics.log_flushes_total, 1);
+        }
+        // Durable: advance every group, then answer.
+        for w in work {
+            let partition = w.partition;
+            let mut st = partition.state();
+            if let Some(done) = w.flushed {
+                st.raft.store_mut().log_mut().complete_flush(done);
+            }
+            let durable = w.persist.into_durable();
+            let after = w.after_persist.release(&durable);
+            if !after.is_empty() {
+                tracing::debug!(count = after.len(), "messages without a transport");
+            }
+            st.raft.advance(durable);
+            st.ready_out = false;
+            st.in_round = false;
+            if partition.is_closed() {
+                continue;
+            }
+            if let Err(e) = st.propose_queued() {
+                // Cannot happen while we lead (nothing else reached the core); if it
+                // does, the written appends leave the segment and their waiters learn it.
+                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "queued appends dropped");
+                st.discards += 1;
+                if let Err(e) = st.raft.store_mut().discard_unknown_suffix() {
+                    drop(st);
+                    self.go_offline(&e.to_string());
+                    return;
+                }
+            }
+            partition.after_input(&mut st);
+            partition.publish(&st);
+        }
+    }
+
+    /// A sync failed: the directory goes offline and no group of the round advances.
+    fn fail_round(&self, work: &[Work], reason: &str) {
+        self.go_offline(reason);
+        for w in work {
+            w.partition.state().in_round = false;
+        }
+    }
+
+    /// Ticks every group not in a round (the one timer of all groups).
+    fn tick_all(&self) {
+        if self.is_offline() {
+            return;
+        }
+        for partition in self.live_replicas() {
+            let mut st = partition.state();
+            if st.ready_out || partition.is_closed() {
+                continue;
+            }
+            st.raft.tick();
+            partition.after_input(&mut st);
+        }
+    }
+}
+
+/// The loop's thread: rounds as groups are scheduled, ticks every `TICK`, interval
+/// syncs every `flush_interval`. Ends when the engine is dropped or shut down.
+fn run(engine: Weak<Engine>) {
+    let mut next_tick = Instant::now() + TICK;
+    let mut next_interval_sync = Instant::now();
+    loop {
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let interval = engine.config.durability == Durability::Interval;
+        if interval && next_interval_sync <= Instant::now() {
+            next_interval_sync = Instant::now() + engine.config.flush_interval;
+        }
+        let scheduled = {
+            let mut queue = engine.queue.lock().expect("engine queue lock");
+            loop {
+                if queue.stop {
+                    let scheduled = std::mem::take(&mut queue.scheduled);
+                    drop(queue);
+                    engine.round(scheduled);
+                    return;
+                }
+                if !queue.scheduled.is_empty() {
+                    break std::mem::take(&mut queue.scheduled);
+                }
+                let now = Instant::now();
+                let mut deadline = next_tick;
+                if interval {
+                    deadline = deadline.min(next_interval_sync);
+                }
+                if deadline <= now {
+                    break Vec::new();
+                }
+                queue = engine
+                    .wake
+                    .wait_timeout(queue, deadline - now)
+                    .expect("engine queue lock")
+                    .0;
+            }
+        };
+        engine.round(scheduled);
+        let now = Instant::now();
+        if now >= next_tick {
+            engine.tick_all();
+            next_tick = now + TICK;
+        }
+        if interval && now >= next_interval_sync {
+            if engine.sync_all().is_err() {
+                tracing::error!("interval sync failed");
+            }
+            next_interval_sync = now + engine.config.flush_interval;
+        }
+    }
+}

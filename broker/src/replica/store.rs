@@ -1,0 +1,329 @@
+//! [`PartitionStore`]: `rill-raft`'s [`LogStore`] over a partition's `rill-storage` log.
+//! The partition log *is* the Raft log: an entry is a run of record batches, its term is
+//! their partitionLeaderEpoch, and the core's "entry ending at X" is answered from the
+//! leader-epoch file.
+//!
+//! Two ends: the storage log may run ahead of what the core counts as its log. A leader
+//! writes its own entries into the segment as soon as it creates them (the memcpy of a
+//! produce happens while the request holds its connection's turn, as before Raft, so
+//! acks=1 is answered after the local append); the core learns they are durable only
+//! when the persist loop applies the `Ready` that carries them, fsyncs and advances.
+//! `raft_end` is the end the core has been told about; everything the trait answers is
+//! bounded by it, so the core never sees an entry before it is in one of its `Ready`s.
+
+use bytes::BytesMut;
+use kafka_protocol::messages::leader_change_message::{LeaderChangeMessage, Voter};
+use kafka_protocol::messages::BrokerId;
+use kafka_protocol::protocol::Encodable;
+use rill_raft::{
+    BootState, Entry, EntryKind, HardState, LogReadError, LogStart, LogStore, Membership, NodeId,
+    Persist, Term,
+};
+use rill_record::control::{
+    control_batch, control_record, CONTROL_TYPE_LEADER_CHANGE, CONTROL_TYPE_RILL_MEMBERSHIP,
+};
+use rill_record::BatchView;
+use rill_storage::{PartitionLog, StorageError};
+
+/// A partition log seen as a Raft log (see the module docs).
+#[derive(Debug)]
+pub struct PartitionStore {
+    log: PartitionLog,
+    /// End of the log as the core knows it (≤ the storage log end).
+    raft_end: u64,
+    /// Term of the entry ending at the log start, when a reset put the start there
+    /// (otherwise the leader-epoch file answers).
+    reset_start: Option<LogStart>,
+    hard_state: HardState,
+    /// Membership in effect at the log start.
+    start_membership: Membership,
+}
+
+/// Kafka's epochs are i32; Raft terms are u64 and start at 0, so any term a log holds
+/// fits (a term would need 2³¹ elections to overflow).
+pub fn epoch_of(term: Term) -> i32 {
+    i32::try_from(term).unwrap_or(i32::MAX)
+}
+
+impl PartitionStore {
+    /// Wraps an opened (recovered) log: everything in it counts as the core's log.
+    pub fn new(log: PartitionLog, hard_state: HardState, membership: Membership) -> Self {
+        let raft_end = log.log_end_offset();
+        PartitionStore {
+            log,
+            raft_end,
+            reset_start: None,
+            hard_state,
+            start_membership: membership,
+        }
+    }
+
+    /// The storage log (reads, metrics).
+    pub fn log(&self) -> &PartitionLog {
+        &self.log
+    }
+
+    /// The storage log, for retention and flushes.
+    pub fn log_mut(&mut self) -> &mut PartitionLog {
+        &mut self.log
+    }
+
+    /// Writes one entry the core just created (a leader's own entry: a produce's
+    /// batches, the leader-change entry, a membership change) at the storage log end,
+    /// stamped with the entry's offsets and term through the iovecs. `node` is the
+    /// leader's broker id (for the leader-change record).
+    pub fn write_entry(
+        &mut self,
+        entry: &Entry,
+        leader: i32,
+        voters: &Membership,
+    ) -> Result<(), StorageError> {
+        let log_end = self.log.log_end_offset();
+        if log_end != entry.base_offset {
+            return Err(StorageError::NonContiguous {
+                expected: log_end,
+                actual: entry.base_offset as i64,
+            });
+        }
+        let now_ms = crate::clock::now_ms();
+        // segment.ms is checked when data arrives, as in Kafka.
+        self.log.maybe_roll(now_ms)?;
+        let control;
+        let batches: &[u8] = match &entry.kind {
+            EntryKind::Data => &entry.data,
+            EntryKind::LeaderChange => {
+                control = control_batch(
+                    CONTROL_TYPE_LEADER_CHANGE,
+                    &leader_change_value(leader, voters),
+                    now_ms,
+                )
+                .map_err(record_error)?;
+                &control
+            }
+            EntryKind::Membership(m) => {
+                control = control_batch(CONTROL_TYPE_RILL_MEMBERSHIP, &membership_value(m), now_ms)
+                    .map_err(record_error)?;
+                &control
+            }
+        };
+        let info = self.log.append_as_leader(batches, epoch_of(entry.term))?;
+        if info.log_end_offset != entry.end_offset {
+            // The batches hold another number of offsets than the core was told: undo.
+            self.log.truncate_suffix(entry.base_offset)?;
+            return Err(StorageError::CorruptBatch {
+                position: 0,
+                reason: "entry's offset count does not match its batches",
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes entries the storage log holds beyond what the core knows (a leader's
+    /// appends that never reached the core, when it stops leading).
+    pub fn discard_unknown_suffix(&mut self) -> Result<(), StorageError> {
+        if self.log.log_end_offset() > self.raft_end {
+            self.log.truncate_suffix(self.raft_end)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a `Ready`'s log changes in the required order (reset, truncate, append):
+    /// entries the leader wrote already are only counted; others (a follower's) are
+    /// written. Returns whether the log changed (a flush is needed). The hard state is
+    /// the persist loop's (one file per data directory).
+    pub fn apply(
+        &mut self,
+        persist: &Persist,
+        leader: i32,
+        voters: &Membership,
+    ) -> Result<bool, StorageError> {
+        let mut changed = false;
+        if let Some(reset) = &persist.reset_to {
+            self.log.reset_to(reset.start.offset)?;
+            self.raft_end = reset.start.offset;
+            self.reset_start = Some(reset.start);
+            self.start_membership = reset.membership.clone();
+            changed = true;
+        }
+        if let Some(offset) = persist.truncate_to {
+            self.raft_end = self.raft_end.min(offset);
+            self.log.truncate_suffix(offset)?;
+            changed = true;
+        }
+        for entry in &persist.entries {
+            let written = entry.base_offset == self.raft_end
+                && self.log.log_end_offset() >= entry.end_offset
+                && self.log.term_at(entry.last_offset()) == Some(epoch_of(entry.term));
+            if !written {
+                self.log.truncate_suffix(entry.base_offset)?;
+                self.write_entry(entry, leader, voters)?;
+            }
+            self.raft_end = entry.end_offset;
+            changed = true;
+        }
+        if let Some(hs) = persist.hard_state {
+            self.hard_state = hs;
+        }
+        Ok(changed)
+    }
+}
+
+fn record_error(e: rill_record::RecordError) -> StorageError {
+    StorageError::CorruptBatch {
+        position: 0,
+        reason: e.reason(),
+    }
+}
+
+/// Broker ids are Kafka's (0 allowed); Raft node ids are non-zero.
+pub fn raft_node_id(broker_id: i32) -> NodeId {
+    broker_id as u64 + 1
+}
+
+/// The broker id of a Raft node id.
+pub fn broker_id(node: NodeId) -> i32 {
+    (node - 1) as i32
+}
+
+/// Kafka's `LeaderChangeMessage` v0 (what KRaft writes in its metadata log).
+fn leader_change_value(leader: i32, voters: &Membership) -> Vec<u8> {
+    let voter_list: Vec<Voter> = voters
+        .voters
+        .iter()
+        .map(|&v| Voter::default().with_voter_id(broker_id(v)))
+        .collect();
+    let message = LeaderChangeMessage::default()
+        .with_version(0)
+        .with_leader_id(BrokerId(leader))
+        .with_voters(voter_list.clone())
+        .with_granting_voters(voter_list);
+    let mut buf = BytesMut::new();
+    // Encoding our own plain message cannot fail; an empty value would still be a
+    // valid control batch for consumers.
+    let _ = message.encode(&mut buf, 0);
+    buf.to_vec()
+}
+
+/// Rill's membership value: `voters=1,2,3;learners=4` (broker ids).
+fn membership_value(m: &Membership) -> Vec<u8> {
+    let list = |ids: &std::collections::BTreeSet<NodeId>| {
+        ids.iter()
+            .map(|&n| broker_id(n).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!("voters={};learners={}", list(&m.voters), list(&m.learners)).into_bytes()
+}
+
+fn parse_membership(value: &[u8]) -> Option<Membership> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (voters, learners) = text.split_once(';')?;
+    let ids = |s: &str, key: &str| -> Option<std::collections::BTreeSet<NodeId>> {
+        let list = s.strip_prefix(key)?;
+        list.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse::<i32>().ok().map(raft_node_id))
+            .collect()
+    };
+    Some(Membership {
+        voters: ids(voters, "voters=")?,
+        learners: ids(learners, "learners=")?,
+    })
+}
+
+impl LogStore for PartitionStore {
+    fn log_start(&self) -> LogStart {
+        let offset = self.log.log_start_offset();
+        if let Some(start) = self.reset_start.filter(|s| s.offset == offset) {
+            return start;
+        }
+        // The batch at the start carries the term of the entry ending there or a later
+        // one; a log that starts at 0 starts with term 0.
+        let term = if offset == 0 {
+            0
+        } else {
+            self.log.term_at(offset).map_or(0, |t| t.max(0) as u64)
+        };
+        LogStart { offset, term }
+    }
+
+    fn end_offset(&self) -> u64 {
+        self.raft_end
+    }
+
+    fn term_of_entry_ending_at(&self, end_offset: u64) -> Option<Term> {
+        let start = self.log_start();
+        if end_offset == start.offset {
+            return Some(start.term);
+        }
+        if end_offset < start.offset || end_offset > self.raft_end {
+            return None;
+        }
+        self.log.term_at(end_offset - 1).map(|t| t.max(0) as u64)
+    }
+
+    fn last_entry_with_term_at_most(&self, term: Term) -> Option<(Term, u64)> {
+        let start = self.log_start();
+        let (epoch, end) = self.log.end_offset_for_epoch(epoch_of(term))?;
+        let end = end.min(self.raft_end);
+        if end <= start.offset {
+            return (start.term <= term).then_some((start.term, start.offset));
+        }
+        Some((epoch.max(0) as u64, end))
+    }
+
+    fn read_entries(
+        &self,
+        from_offset: u64,
+        bytes_max: usize,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), LogReadError> {
+        if from_offset < self.log.log_start_offset() {
+            return Err(LogReadError::Compacted {
+                offset: from_offset,
+            });
+        }
+        let bytes = self
+            .log
+            .read(from_offset, bytes_max, self.raft_end)
+            .map_err(|e| match e {
+                StorageError::OffsetOutOfRange { .. } => LogReadError::Compacted {
+                    offset: from_offset,
+                },
+                other => LogReadError::Unavailable(other.to_string()),
+            })?;
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let view = BatchView::new(&bytes[pos..])
+                .map_err(|e| LogReadError::Unavailable(e.to_string()))?;
+            let size = view.size_bytes();
+            let kind = match control_record(&view).ok().flatten() {
+                Some((CONTROL_TYPE_LEADER_CHANGE, _)) => EntryKind::LeaderChange,
+                Some((CONTROL_TYPE_RILL_MEMBERSHIP, value)) => {
+                    EntryKind::Membership(parse_membership(value).ok_or_else(|| {
+                        LogReadError::Unavailable("malformed membership record".into())
+                    })?)
+                }
+                _ => EntryKind::Data,
+            };
+            out.push(Entry {
+                term: view.partition_leader_epoch().max(0) as u64,
+                base_offset: view.base_offset() as u64,
+                end_offset: view.next_offset() as u64,
+                kind,
+                data: bytes.slice(pos..pos + size),
+            });
+            pos += size;
+        }
+        Ok(())
+    }
+
+    fn boot_state(&self) -> BootState {
+        // Membership entries are read from the log when a group has more than one
+        // replica (the cluster); a group of one never writes one.
+        BootState {
+            hard_state: self.hard_state,
+            memberships: vec![(self.log.log_start_offset(), self.start_membership.clone())],
+        }
+    }
+}

@@ -72,6 +72,13 @@ struct Chunk {
     tp: TopicPartition,
     epoch: u64,
     records: VecDeque<ConsumerRecord>,
+    /// Offset after the chunk's last batch. Control batches (a Raft leader's entry,
+    /// transaction markers) hold offsets but no records for the application, so the
+    /// position moves here once the chunk's records are consumed, not to the last
+    /// record's offset + 1.
+    next_offset: i64,
+    /// The offset the fetch asked for (the position while the chunk waits).
+    fetch_offset: i64,
 }
 
 /// An assign-mode consumer. Read records through its [`Stream`] implementation:
@@ -215,6 +222,13 @@ impl Consumer {
                 return Ok(r.offset);
             }
         }
+        // Fetched ahead but not handed out yet: the position is where that starts.
+        if let Some(chunk) = self.queued.iter().find(|c| &c.tp == tp) {
+            return Ok(chunk
+                .records
+                .front()
+                .map_or(chunk.fetch_offset, |r| r.offset));
+        }
         if let Some(o) = self.consumed_positions.get(tp) {
             return Ok(*o);
         }
@@ -283,10 +297,16 @@ impl Stream for Consumer {
                 if let Some(record) = chunk.records.pop_front() {
                     if chunk.records.is_empty() {
                         this.consumed_positions
-                            .insert(chunk.tp.clone(), record.offset + 1);
+                            .insert(chunk.tp.clone(), chunk.next_offset.max(record.offset + 1));
                     }
                     return Poll::Ready(Some(Ok(record)));
                 }
+                // A chunk of control batches only: nothing to hand out, but the
+                // position moves past them.
+                this.consumed_positions
+                    .entry(chunk.tp.clone())
+                    .and_modify(|p| *p = (*p).max(chunk.next_offset))
+                    .or_insert(chunk.next_offset);
                 this.current = None;
             }
             if let Some(chunk) = this.queued.pop_front() {
@@ -592,12 +612,12 @@ async fn fetch_from(
                 crate::wire::decode_records(records, &topic_arc, tp.partition, offset, &mut out)?;
             if let Some(next) = next.filter(|n| *n > offset) {
                 advance(shared, &tp, epoch, Position::Fetch(next));
-            }
-            if !out.is_empty() {
                 chunks.push(Chunk {
                     tp,
                     epoch,
                     records: out,
+                    next_offset: next,
+                    fetch_offset: offset,
                 });
             }
         }

@@ -208,18 +208,38 @@ pub fn record_batch(values: &[&[u8]], first_timestamp_ms: i64) -> Bytes {
     buf.freeze()
 }
 
-/// Decodes every record of the batches in `records` (as returned by Fetch):
-/// (offset, value).
+/// Decodes every record of the data batches in `records` (as returned by Fetch):
+/// (offset, value). Control batches (each Raft term's LEADER_CHANGE entry) are
+/// skipped, as every Kafka consumer does.
 pub fn decode_records(records: &Bytes) -> Vec<(i64, Vec<u8>)> {
     let mut buf = records.clone();
     let mut out = Vec::new();
     while buf.remaining() > 0 {
         let set = RecordBatchDecoder::decode(&mut buf).expect("decode batch");
-        for r in set.records {
+        for r in set.records.into_iter().filter(|r| !r.control) {
             out.push((r.offset, r.value.map(|v| v.to_vec()).unwrap_or_default()));
         }
     }
     out
+}
+
+/// The offset after the last batch in `records` (data or control), where the next
+/// fetch starts; `None` for no batch.
+pub fn next_fetch_offset(records: &Bytes) -> Option<i64> {
+    let mut next = None;
+    let mut rest = &records[..];
+    while rest.len() >= 61 {
+        let base = i64::from_be_bytes(rest[0..8].try_into().expect("8 bytes"));
+        let length = i32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
+        let delta = i32::from_be_bytes(rest[23..27].try_into().expect("4 bytes"));
+        next = Some(base + i64::from(delta) + 1);
+        let size = 12 + length.max(0) as usize;
+        if size > rest.len() {
+            break;
+        }
+        rest = &rest[size..];
+    }
+    next
 }
 
 /// Request builders for the APIs the broker tests use most.

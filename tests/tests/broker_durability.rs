@@ -11,7 +11,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use rill_tests::raw::requests::{create_topic, fetch, produce, topic_name};
-use rill_tests::raw::{decode_records, record_batch, RawConn};
+use rill_tests::raw::{decode_records, next_fetch_offset, record_batch, RawConn};
 use rill_tests::RilldProcess;
 
 const PRODUCE_V: i16 = 9;
@@ -41,20 +41,21 @@ fn produce_one(
 /// Every record of a partition from offset 0: (offset, value).
 fn read_all(conn: &mut RawConn, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
     let mut out = Vec::new();
+    let mut next = 0;
     loop {
-        let next = out.last().map_or(0, |(o, _)| o + 1);
         let response = conn.call::<FetchRequest>(FETCH_V, &fetch(topic, partition, next, 0, 0));
         let p = &response.responses[0].partitions[0];
         assert_eq!(p.error_code, 0);
         let records = p.records.clone().unwrap_or_default();
-        if records.is_empty() {
+        let Some(after) = next_fetch_offset(&records) else {
             return out;
-        }
+        };
         out.extend(
             decode_records(&records)
                 .into_iter()
                 .filter(|(o, _)| *o >= next),
         );
+        next = after;
     }
 }
 
@@ -152,7 +153,8 @@ fn no_acks_all_response_leaves_before_the_flush_that_covers_it() {
     let started = Instant::now();
     let (base, code) = produce_one(&mut conn, "ordered", 0, &[b"a", b"b"], 1);
     let acks_one_latency = started.elapsed();
-    assert_eq!((base, code), (0, 0));
+    // Offset 0 is the group's LEADER_CHANGE control batch.
+    assert_eq!((base, code), (1, 0));
     assert!(
         durable_end(&broker, "ordered") < base + 2,
         "acks=1 should not wait for the flush"
@@ -239,7 +241,8 @@ fn graceful_stop_flushes_and_exits_zero_and_topics_survive_restart() {
             let value = format!("v{i}");
             assert_eq!(
                 produce_one(&mut conn, "kept", 1, &[value.as_bytes()], 1),
-                (i, 0)
+                (i + 1, 0),
+                "offset 0 is the LEADER_CHANGE control batch"
             );
         }
         // An acks=-1 produce still in flight when the signal arrives (with fsync,
@@ -364,15 +367,16 @@ fn a_topic_deleted_under_load_and_recreated_starts_empty_and_survives_restart() 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(producer.join().expect("producer") > 20);
 
-    // The new topic starts at offset 0 with only records produced after it existed.
+    // The new topic starts at offset 0 (its LEADER_CHANGE control batch) with only
+    // records produced after it existed, from offset 1 on.
     let before_restart = read_all(&mut admin, "churn", 0);
     assert!(before_restart
         .iter()
         .enumerate()
-        .all(|(i, (o, _))| *o == i as i64));
+        .all(|(i, (o, _))| *o == i as i64 + 1));
     assert_eq!(
         produce_one(&mut admin, "churn", 0, &[b"new"], -1).0,
-        before_restart.len() as i64
+        before_restart.len() as i64 + 1
     );
     broker.kill();
     broker.restart();

@@ -172,13 +172,14 @@ fn corrupt_batch_gets_corrupt_message() {
     let response = conn.call(PRODUCE_V, &produce("corrupt", 0, Bytes::from(short), 1));
     let p = &response.responses[0].partition_responses[0];
     assert_eq!(p.error_code, code(ResponseError::CorruptMessage));
-    // Nothing was appended; a good batch still lands at offset 0.
+    // Nothing was appended; a good batch still lands at offset 1 (after the
+    // LEADER_CHANGE control batch at 0).
     let response = conn.call(
         PRODUCE_V,
         &produce("corrupt", 0, record_batch(&[b"ok"], 0), -1),
     );
     let p = &response.responses[0].partition_responses[0];
-    assert_eq!((p.error_code, p.base_offset), (0, 0));
+    assert_eq!((p.error_code, p.base_offset), (0, 1));
 }
 
 #[test]
@@ -257,7 +258,8 @@ fn fetch_beyond_the_log_gets_offset_out_of_range() {
     let response = conn.call(FETCH_V, &fetch("oor", 0, 100, 0, 1));
     let p = &response.responses[0].partitions[0];
     assert_eq!(p.error_code, code(ResponseError::OffsetOutOfRange));
-    assert_eq!(p.high_watermark, 2);
+    // Offset 0 is the LEADER_CHANGE control batch.
+    assert_eq!(p.high_watermark, 3);
     let response = conn.call(FETCH_V, &fetch("oor", 0, -5, 0, 1));
     assert_eq!(
         response.responses[0].partitions[0].error_code,
@@ -495,7 +497,7 @@ fn random_and_mutated_frames_never_crash_the_broker_or_leak_into_other_connectio
     let records = fetched.responses[0].partitions[0].records.clone().unwrap();
     assert_eq!(
         rill_tests::raw::decode_records(&records)[0],
-        (0, b"kept".to_vec()),
+        (1, b"kept".to_vec()),
         "seed {seed}: data intact"
     );
     assert_alive(&broker);

@@ -93,7 +93,8 @@ fn fetch_long_poll_is_woken_by_an_append_and_times_out_when_idle() {
     let (broker, mut conn) = setup("poll", 1);
     // Idle: answered empty after about max_wait_ms.
     let started = Instant::now();
-    let response = conn.call(FETCH_V, &fetch("poll", 0, 0, 300, 1));
+    // From offset 1: offset 0 is the LEADER_CHANGE control batch.
+    let response = conn.call(FETCH_V, &fetch("poll", 0, 1, 300, 1));
     let waited = started.elapsed();
     assert!(response.responses[0].partitions[0]
         .records
@@ -106,7 +107,7 @@ fn fetch_long_poll_is_woken_by_an_append_and_times_out_when_idle() {
     assert!(waited < Duration::from_secs(3));
 
     // A 10 s poll answered as soon as another connection produces.
-    let id = conn.send(FETCH_V, &fetch("poll", 0, 0, 10_000, 1));
+    let id = conn.send(FETCH_V, &fetch("poll", 0, 1, 10_000, 1));
     let started = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
     let mut producer = RawConn::connect(broker.addr());
@@ -118,7 +119,7 @@ fn fetch_long_poll_is_woken_by_an_append_and_times_out_when_idle() {
         "long poll not woken"
     );
     let records = response.responses[0].partitions[0].records.clone().unwrap();
-    assert_eq!(decode_records(&records), vec![(0, b"wake".to_vec())]);
+    assert_eq!(decode_records(&records), vec![(1, b"wake".to_vec())]);
 
     // min_bytes larger than what arrives: waits for the whole max_wait.
     let started = Instant::now();
@@ -136,21 +137,22 @@ fn fetch_from_the_middle_of_a_batch_returns_the_whole_batch() {
     let (_broker, mut conn) = setup("mid", 1);
     let values: Vec<Vec<u8>> = (0..10).map(|i| format!("r{i}").into_bytes()).collect();
     let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-    assert_eq!(produce_values(&mut conn, "mid", 0, &refs, TS), 0);
+    // Offset 0 is the LEADER_CHANGE control batch: the batch covers 1..=10.
+    assert_eq!(produce_values(&mut conn, "mid", 0, &refs, TS), 1);
     let response = conn.call(FETCH_V, &fetch("mid", 0, 5, 0, 1));
     let p = &response.responses[0].partitions[0];
-    assert_eq!((p.error_code, p.high_watermark), (0, 10));
+    assert_eq!((p.error_code, p.high_watermark), (0, 11));
     let raw = p.records.clone().unwrap();
-    // The batch as stored: base offset 0 in its first 8 bytes, and all 10 records.
+    // The batch as stored: base offset 1 in its first 8 bytes, and all 10 records.
     assert_eq!(raw.len(), record_batch(&refs, TS).len(), "the whole batch");
-    assert_eq!(&raw[..8], &0i64.to_be_bytes());
+    assert_eq!(&raw[..8], &1i64.to_be_bytes());
     let records = decode_records(&raw);
     assert_eq!(
         records.len(),
         10,
         "whole batch, starting at its base offset"
     );
-    assert_eq!(records[0].0, 0);
+    assert_eq!(records[0].0, 1);
 }
 
 #[test]
@@ -163,8 +165,9 @@ fn fetch_respects_partition_and_response_byte_limits() {
         }
     }
     let one_batch = record_batch(&[&value], TS).len();
-    // partition_max_bytes of 3 batches: at most 3 whole batches come back.
-    let mut request = fetch("limits", 0, 0, 0, 1);
+    // partition_max_bytes of 3 batches: at most 3 whole batches come back (from
+    // offset 1, after the LEADER_CHANGE control batch).
+    let mut request = fetch("limits", 0, 1, 0, 1);
     request.topics[0].partitions[0].partition_max_bytes = (3 * one_batch) as i32;
     let response = conn.call(FETCH_V, &request);
     let records = response.responses[0].partitions[0].records.clone().unwrap();
@@ -181,7 +184,7 @@ fn fetch_respects_partition_and_response_byte_limits() {
         one_batch
     );
     // Response max_bytes of 5 batches over two partitions: 5 batches in total.
-    let mut both = fetch("limits", 0, 0, 0, 1);
+    let mut both = fetch("limits", 0, 1, 0, 1);
     let mut second = both.topics[0].partitions[0].clone();
     second.partition = 1;
     both.topics[0].partitions.push(second);
@@ -198,8 +201,9 @@ fn fetch_respects_partition_and_response_byte_limits() {
 #[test]
 fn list_offsets_answers_earliest_latest_by_timestamp_and_max_timestamp() {
     let (_broker, mut conn) = setup("times", 1);
-    // Offsets 0..=2 at TS, TS+1, TS+2; 3..=5 at TS+100..=TS+102; one late batch
-    // with an older timestamp at offset 6.
+    // Offset 0: the LEADER_CHANGE control batch (no timestamp). Offsets 1..=3 at TS,
+    // TS+1, TS+2; 4..=6 at TS+100..=TS+102; one late batch with an older timestamp
+    // at offset 7.
     produce_values(&mut conn, "times", 0, &[b"a", b"b", b"c"], TS);
     produce_values(&mut conn, "times", 0, &[b"d", b"e", b"f"], TS + 100);
     produce_values(&mut conn, "times", 0, &[b"g"], TS + 50);
@@ -218,11 +222,11 @@ fn list_offsets_answers_earliest_latest_by_timestamp_and_max_timestamp() {
         (p.offset, p.timestamp)
     };
     assert_eq!(query(&mut conn, -2).0, 0, "earliest");
-    assert_eq!(query(&mut conn, -1).0, 7, "latest");
-    assert_eq!(query(&mut conn, TS + 1), (1, TS + 1), "exact record");
-    assert_eq!(query(&mut conn, TS + 3).0, 3, "first at or after");
+    assert_eq!(query(&mut conn, -1).0, 8, "latest");
+    assert_eq!(query(&mut conn, TS + 1), (2, TS + 1), "exact record");
+    assert_eq!(query(&mut conn, TS + 3).0, 4, "first at or after");
     assert_eq!(query(&mut conn, TS + 1_000), (-1, -1), "none after");
-    assert_eq!(query(&mut conn, -3), (5, TS + 102), "max timestamp");
+    assert_eq!(query(&mut conn, -3), (6, TS + 102), "max timestamp");
 }
 
 #[test]
@@ -236,10 +240,15 @@ fn offset_for_leader_epoch_and_describe_cluster_describe_the_single_node() {
             .with_partitions(vec![OffsetForLeaderPartition::default()
                 .with_partition(0)
                 .with_current_leader_epoch(-1)
-                .with_leader_epoch(0)])]);
+                .with_leader_epoch(1)])]);
     let response = conn.call(4, &request);
     let p = &response.topics[0].partitions[0];
-    assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (0, 0, 2));
+    // The group's first term is epoch 1: its LEADER_CHANGE batch at 0, records 1..=2.
+    assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (0, 1, 3));
+    let mut older = request.clone();
+    older.topics[0].partitions[0].leader_epoch = 0;
+    let p = &conn.call(4, &older).topics[0].partitions[0];
+    assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (0, -1, -1));
 
     let cluster = conn.call(1, &DescribeClusterRequest::default());
     assert_eq!(cluster.error_code, 0);
@@ -279,7 +288,7 @@ fn create_topics_validate_only_creates_nothing_and_acks_zero_gets_no_response() 
     assert_eq!(conn.recv::<ApiVersionsRequest>(3).0, id);
     let response = conn.call(FETCH_V, &fetch("acks", 0, 0, 1000, 1));
     let records = response.responses[0].partitions[0].records.clone().unwrap();
-    assert_eq!(decode_records(&records), vec![(0, b"fire".to_vec())]);
+    assert_eq!(decode_records(&records), vec![(1, b"fire".to_vec())]);
 }
 
 #[test]
@@ -323,7 +332,7 @@ fn fetch_v13_and_later_address_topics_by_id() {
     let response = conn.call(16, &request);
     assert_eq!(response.responses[0].topic_id, topic_id);
     let records = response.responses[0].partitions[0].records.clone().unwrap();
-    assert_eq!(decode_records(&records), vec![(0, b"id".to_vec())]);
+    assert_eq!(decode_records(&records), vec![(1, b"id".to_vec())]);
     // An unknown id.
     request.topics[0].topic_id = Default::default();
     let response = conn.call(16, &request);
@@ -396,7 +405,7 @@ fn an_acks_all_answer_means_other_connections_already_see_the_records() {
     };
     for i in 0..200 {
         let base = produce_values(&mut producer, "ryw", 0, &[b"x"], TS);
-        assert_eq!(base, i);
+        assert_eq!(base, i + 1, "offset 0 is the LEADER_CHANGE control batch");
         assert!(
             latest(&mut reader) > base,
             "record {base} acknowledged but not visible"

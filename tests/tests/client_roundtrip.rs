@@ -83,7 +83,8 @@ async fn round_trip(compression: Compression, acks: Acks) {
     let mut next_offset: HashMap<i32, i64> = HashMap::new();
     let mut seen = vec![false; RECORDS];
     for r in &records {
-        let expected_offset = next_offset.entry(r.partition).or_insert(0);
+        // Offset 0 of each partition is its LEADER_CHANGE control batch.
+        let expected_offset = next_offset.entry(r.partition).or_insert(1);
         assert_eq!(
             r.offset, *expected_offset,
             "offsets of partition {} not contiguous",
@@ -205,26 +206,28 @@ async fn consumer_seeks_by_offset_time_and_end_and_finds_offsets_for_times() {
     }
     // No flush: linger alone must send the batch.
     for (n, d) in deliveries.into_iter().enumerate() {
-        assert_eq!(d.await.expect("delivered").offset, n as i64);
+        // After the LEADER_CHANGE control batch at offset 0.
+        assert_eq!(d.await.expect("delivered").offset, n as i64 + 1);
     }
 
     let tp = TopicPartition::new(topic, 0);
     let mut consumer = Consumer::new(ConsumerConfig::new(&bootstrap)).expect("consumer");
     consumer.assign(std::slice::from_ref(&tp));
     assert_eq!(consumer.earliest_offset(&tp).await.unwrap(), 0);
-    assert_eq!(consumer.latest_offset(&tp).await.unwrap(), 1000);
+    // Record n is at offset n + 1 (offset 0: the LEADER_CHANGE control batch).
+    assert_eq!(consumer.latest_offset(&tp).await.unwrap(), 1001);
     assert_eq!(
         consumer.offset_for_time(&tp, base_ms + 5000).await.unwrap(),
-        Some(500)
+        Some(501)
     );
     // Between two records: the first at or after.
     assert_eq!(
         consumer.offset_for_time(&tp, base_ms + 5005).await.unwrap(),
-        Some(501)
+        Some(502)
     );
     assert_eq!(
         consumer.offset_for_time(&tp, base_ms - 1).await.unwrap(),
-        Some(0)
+        Some(1)
     );
     assert_eq!(
         consumer
@@ -234,27 +237,28 @@ async fn consumer_seeks_by_offset_time_and_end_and_finds_offsets_for_times() {
         None
     );
 
-    consumer.seek(&tp, Offset::At(900)).unwrap();
-    assert_eq!(consumer.position(&tp).await.unwrap(), 900);
+    consumer.seek(&tp, Offset::At(901)).unwrap();
+    assert_eq!(consumer.position(&tp).await.unwrap(), 901);
     let r = next(&mut consumer).await;
-    assert_eq!((r.offset, r.value.as_deref()), (900, Some(&b"v900"[..])));
+    assert_eq!((r.offset, r.value.as_deref()), (901, Some(&b"v900"[..])));
     assert_eq!(r.timestamp_ms, base_ms + 9000);
 
     consumer
         .seek(&tp, Offset::Timestamp(base_ms + 2500))
         .unwrap();
-    assert_eq!(consumer.position(&tp).await.unwrap(), 250);
-    assert_eq!(next(&mut consumer).await.offset, 250);
+    assert_eq!(consumer.position(&tp).await.unwrap(), 251);
     assert_eq!(next(&mut consumer).await.offset, 251);
-    assert_eq!(consumer.position(&tp).await.unwrap(), 252);
+    assert_eq!(next(&mut consumer).await.offset, 252);
+    assert_eq!(consumer.position(&tp).await.unwrap(), 253);
 
+    // From the beginning: the control batch at 0 is skipped.
     consumer.seek(&tp, Offset::Beginning).unwrap();
-    assert_eq!(next(&mut consumer).await.offset, 0);
+    assert_eq!(next(&mut consumer).await.offset, 1);
 
     // From the end, only records produced afterwards arrive.
     consumer.seek(&tp, Offset::End).unwrap();
     // Pins "end" to the log end as it is now, before the new record exists.
-    assert_eq!(consumer.position(&tp).await.unwrap(), 1000);
+    assert_eq!(consumer.position(&tp).await.unwrap(), 1001);
     producer
         .send(ProducerRecord::new(topic, Bytes::from_static(b"after")).with_partition(0))
         .await
@@ -262,5 +266,5 @@ async fn consumer_seeks_by_offset_time_and_end_and_finds_offsets_for_times() {
         .await
         .unwrap();
     let r = next(&mut consumer).await;
-    assert_eq!((r.offset, r.value.as_deref()), (1000, Some(&b"after"[..])));
+    assert_eq!((r.offset, r.value.as_deref()), (1001, Some(&b"after"[..])));
 }

@@ -32,7 +32,8 @@ const ATTRIBUTES_LOW_BYTE_POS: usize = 22;
 const LAST_OFFSET_DELTA_POS: usize = 23;
 const RECORDS_COUNT_POS: usize = 57;
 
-/// A broker with topic `t` holding two records, "a" (offset 0) and "b" (offset 1).
+/// A broker with topic `t` holding two records, "a" (offset 1) and "b" (offset 2), after
+/// the LEADER_CHANGE control batch at offset 0.
 struct Fixture {
     _broker: RilldProcess,
     conn: RawConn,
@@ -55,7 +56,7 @@ impl Fixture {
         let p = &response.responses[0].partition_responses[0];
         assert_eq!(
             (p.error_code, p.base_offset),
-            (0, 0),
+            (0, 1),
             "{:?}",
             p.error_message
         );
@@ -98,7 +99,7 @@ impl Fixture {
         self.assert_log_unchanged();
     }
 
-    /// ListOffsets latest is still 2 and a fetch from 0 returns only "a" and "b".
+    /// ListOffsets latest is still 3 and a fetch from 0 returns only "a" and "b".
     fn assert_log_unchanged(&mut self) {
         let request = ListOffsetsRequest::default()
             .with_replica_id(kafka_protocol::messages::BrokerId(-1))
@@ -109,12 +110,12 @@ impl Fixture {
                     .with_timestamp(-1)])]);
         let response = self.conn.call(LIST_OFFSETS_V, &request);
         let p = &response.topics[0].partitions[0];
-        assert_eq!((p.error_code, p.offset), (0, 2), "latest offset moved");
+        assert_eq!((p.error_code, p.offset), (0, 3), "latest offset moved");
         let response = self.conn.call(FETCH_V, &fetch("t", 0, 0, 0, 1));
         let p = &response.responses[0].partitions[0];
-        assert_eq!((p.error_code, p.high_watermark), (0, 2));
+        assert_eq!((p.error_code, p.high_watermark), (0, 3));
         let records = decode_records(p.records.as_ref().expect("records"));
-        assert_eq!(records, vec![(0, b"a".to_vec()), (1, b"b".to_vec())]);
+        assert_eq!(records, vec![(1, b"a".to_vec()), (2, b"b".to_vec())]);
     }
 }
 

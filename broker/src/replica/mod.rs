@@ -334,7 +334,7 @@ impl Partition {
     /// proposes them to the group. [`Partition::wait_acknowledgeable`] waits for what
     /// acks=-1 needs.
     pub fn append(&self, batches: &Bytes) -> Result<Appended, BrokerError> {
-        let offset_count = offsets_in(batches)?;
+        let (offset_count, batch_count) = offsets_in(batches)?;
         let mut st = self.state();
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::UnknownTopicOrPartition);
@@ -410,6 +410,7 @@ impl Partition {
         };
         self.schedule(&mut st);
         drop(st);
+        Metrics::add(&self.metrics.batches_in_total, batch_count);
         Metrics::add(&self.metrics.bytes_in_total, batches.len() as u64);
         Ok(appended)
     }
@@ -599,17 +600,18 @@ fn is_fatal_write(e: &StorageError) -> bool {
     matches!(e, StorageError::Io { op, .. } if *op == "write segment")
 }
 
-/// Number of offsets the (validated) batches cover.
-fn offsets_in(batches: &[u8]) -> Result<u64, BrokerError> {
-    let mut count = 0u64;
+/// Number of offsets and of batches the (validated) batches cover.
+fn offsets_in(batches: &[u8]) -> Result<(u64, u64), BrokerError> {
+    let (mut offsets, mut count) = (0u64, 0u64);
     for batch in rill_record::batches(batches) {
         let batch = batch.map_err(|e| BrokerError::CorruptMessage(e.to_string()))?;
-        count += u64::from(batch.last_offset_delta() as u32) + 1;
+        offsets += u64::from(batch.last_offset_delta() as u32) + 1;
+        count += 1;
     }
-    if count == 0 {
+    if offsets == 0 {
         return Err(BrokerError::CorruptMessage("no record batch".into()));
     }
-    Ok(count)
+    Ok((offsets, count))
 }
 
 /// Batches read for a Fetch.

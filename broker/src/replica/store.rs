@@ -39,6 +39,11 @@ pub struct PartitionStore {
     start_membership: Membership,
 }
 
+/// Timestamp of the control batches the replication layer writes: none (-1), so
+/// ListOffsets by timestamp and time-based retention see only the records clients
+/// produced, never the moment a leader was elected.
+const CONTROL_TIMESTAMP: i64 = -1;
+
 /// Kafka's epochs are i32; Raft terms are u64 and start at 0, so any term a log holds
 /// fits (a term would need 2³¹ elections to overflow).
 pub fn epoch_of(term: Term) -> i32 {
@@ -95,14 +100,18 @@ impl PartitionStore {
                 control = control_batch(
                     CONTROL_TYPE_LEADER_CHANGE,
                     &leader_change_value(leader, voters),
-                    now_ms,
+                    CONTROL_TIMESTAMP,
                 )
                 .map_err(record_error)?;
                 &control
             }
             EntryKind::Membership(m) => {
-                control = control_batch(CONTROL_TYPE_RILL_MEMBERSHIP, &membership_value(m), now_ms)
-                    .map_err(record_error)?;
+                control = control_batch(
+                    CONTROL_TYPE_RILL_MEMBERSHIP,
+                    &membership_value(m),
+                    CONTROL_TIMESTAMP,
+                )
+                .map_err(record_error)?;
                 &control
             }
         };

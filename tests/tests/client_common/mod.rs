@@ -36,27 +36,38 @@ pub async fn consumer_from_beginning(
 }
 
 /// Reads every record of `topic` up to the end offsets it has now (all partitions),
-/// failing the test if that takes longer than `timeout`.
+/// failing the test if that takes longer than `timeout`. Done when the consumer's
+/// position reaches each end offset: control batches (each Raft term's LEADER_CHANGE
+/// entry) hold offsets but no records.
 pub async fn consume_all(bootstrap: &str, topic: &str, timeout: Duration) -> Vec<ConsumerRecord> {
     let (mut consumer, tps) = consumer_from_beginning(bootstrap, topic).await;
-    let mut remaining = 0i64;
+    let mut ends = Vec::new();
     for tp in &tps {
-        remaining += consumer.latest_offset(tp).await.expect("latest")
-            - consumer.earliest_offset(tp).await.expect("earliest");
+        ends.push((
+            tp.clone(),
+            consumer.latest_offset(tp).await.expect("latest"),
+        ));
     }
     let deadline = Instant::now() + timeout;
-    let mut out = Vec::with_capacity(remaining as usize);
-    while (out.len() as i64) < remaining {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let next = tokio::time::timeout(left, consumer.next())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "read {} of {remaining} records before the timeout",
-                    out.len()
-                )
-            });
-        out.push(next.expect("stream ended").expect("record"));
+    let mut out = Vec::new();
+    loop {
+        let mut done = true;
+        for (tp, end) in &ends {
+            done &= consumer.position(tp).await.expect("position") >= *end;
+        }
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read {} records before the timeout",
+            out.len()
+        );
+        // Short waits: the last batches may be control batches, which move the
+        // position without yielding a record.
+        if let Ok(next) = tokio::time::timeout(Duration::from_millis(100), consumer.next()).await {
+            out.push(next.expect("stream ended").expect("record"));
+        }
     }
     out
 }

@@ -308,11 +308,13 @@ impl State {
     }
 
     fn overlay(&mut self, ino: u64, file: &File) -> OpResult<&mut Overlay> {
-        if !self.overlays.contains_key(&ino) {
-            let len = file.metadata().map_err(errno)?.len();
-            self.overlays.insert(ino, Overlay::new(len));
+        match self.overlays.entry(ino) {
+            std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let len = file.metadata().map_err(errno)?.len();
+                Ok(v.insert(Overlay::new(len)))
+            }
         }
-        self.overlays.get_mut(&ino).ok_or(Errno::EIO)
     }
 
     /// ENOSPC if growing a file from `old` to `new` bytes would pass the size limit.
@@ -391,7 +393,7 @@ impl State {
 
     /// Moves `rel` into the trash; its inode now names the trash path (open
     /// descriptors keep working). Returns the trash path.
-    fn to_trash(&mut self, rel: &Path) -> OpResult<PathBuf> {
+    fn move_to_trash(&mut self, rel: &Path) -> OpResult<PathBuf> {
         let size = self.visible_size(rel);
         let trash = self.new_trash_path();
         fs::rename(self.abs(rel), self.abs(&trash)).map_err(errno)?;
@@ -435,7 +437,7 @@ impl State {
         } else if meta.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let trash = self.to_trash(&rel)?;
+        let trash = self.move_to_trash(&rel)?;
         self.undo.push(Undo {
             dir_ino: parent,
             op: UndoOp::Removed { rel, trash },
@@ -482,7 +484,7 @@ impl State {
                 }
                 (false, false) => {}
             }
-            replaced = Some(self.to_trash(&to)?);
+            replaced = Some(self.move_to_trash(&to)?);
         }
         if let Err(e) = fs::rename(self.abs(&from), self.abs(&to)) {
             if let Some(trash) = &replaced {

@@ -73,18 +73,10 @@ pub use crate::fs::CrashReport;
 use crate::fs::{LossyFuse, Shared, State};
 
 /// Mount options of a [`LossyFs`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct MountOptions {
     /// Cap on the total size of the files (`ENOSPC` past it); `None`: no cap.
     pub size_limit_bytes: Option<u64>,
-}
-
-impl Default for MountOptions {
-    fn default() -> MountOptions {
-        MountOptions {
-            size_limit_bytes: None,
-        }
-    }
 }
 
 /// The file system (see the crate docs).

@@ -80,12 +80,12 @@ fn value(round: u32, partition: i32, batch: u64, record: usize) -> Vec<u8> {
     v
 }
 
+/// (offset, value) pairs of one partition.
+type Records = Vec<(i64, Vec<u8>)>;
+
 /// One producer per partition on its own connection, acks=-1, until the broker dies
 /// under it; returns what was acknowledged and any error codes answered.
-fn produce_until_killed(
-    broker: &mut RilldProcess,
-    round: u32,
-) -> (Vec<Vec<(i64, Vec<u8>)>>, Vec<i16>) {
+fn produce_until_killed(broker: &mut RilldProcess, round: u32) -> (Vec<Records>, Vec<i16>) {
     let addr = broker.addr();
     let producers: Vec<_> = (0..PARTITIONS)
         .map(|partition| {

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 
 use rill_lossyfs::{fuse_unavailable, LossyFs, MountOptions, Mounted};
 
-/// A backing directory, a mount point and the mount over them.
+/// A backing directory, a mount point and the mount over them. Fields drop in order:
+/// the mount goes before the directories under it are removed.
 struct Fixture {
-    backing: tempfile::TempDir,
-    mountpoint: tempfile::TempDir,
     mounted: Option<Mounted>,
+    mountpoint: tempfile::TempDir,
+    backing: tempfile::TempDir,
 }
 
 impl Fixture {
@@ -67,9 +68,9 @@ fn mount_with(test: &str, options: MountOptions) -> Option<Fixture> {
         .expect("mount point");
     match LossyFs::mount(backing.path(), mountpoint.path(), &options) {
         Ok(mounted) => Some(Fixture {
-            backing,
-            mountpoint,
             mounted: Some(mounted),
+            mountpoint,
+            backing,
         }),
         Err(e) if fuse_unavailable(&e) => {
             println!("SKIPPED {test}: FUSE is not available here ({e})");

@@ -23,13 +23,13 @@ use rill_tests::RilldProcess;
 const TOPIC: &str = "power-loss";
 const PARTITIONS: i32 = 4;
 /// The smallest the broker accepts (1 MiB), so the run rolls segments (a batch is
-/// about 16 KiB).
+/// about 8 KiB).
 const SEGMENT_BYTES: &str = "1048576";
 const ROUNDS_DEFAULT: u32 = 20;
 /// How long producers run before the broker is killed under them.
 const PRODUCE_MS: u64 = 500;
 const RECORDS_PER_BATCH: usize = 4;
-const VALUE_BYTES: usize = 4000;
+const VALUE_BYTES: usize = 2000;
 
 /// What a check of the restarted broker found against what it had acknowledged.
 #[derive(Debug, Default)]

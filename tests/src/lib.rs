@@ -170,6 +170,8 @@ pub fn kcat(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
 /// A `rilld` child process with its own data directory.
 pub struct RilldProcess {
     root: tempfile::TempDir,
+    /// A data directory the test owns (e.g. a mount), instead of `<root>/data`.
+    data_dir: Option<PathBuf>,
     child: Option<Child>,
     addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -185,12 +187,23 @@ impl RilldProcess {
 
     /// Starts a broker with extra command-line flags (e.g. `["--durability", "interval"]`).
     pub fn start_with(args: &[&str]) -> RilldProcess {
+        RilldProcess::start_in(None, args)
+    }
+
+    /// Starts a broker on `data_dir` (which the test owns and removes, e.g. a test file
+    /// system's mount point), with extra flags; logs stay in the harness's temp dir.
+    pub fn start_with_data_dir(data_dir: &Path, args: &[&str]) -> RilldProcess {
+        RilldProcess::start_in(Some(data_dir.to_path_buf()), args)
+    }
+
+    fn start_in(data_dir: Option<PathBuf>, args: &[&str]) -> RilldProcess {
         let root = tempfile::Builder::new()
             .prefix("rilld-test-")
             .tempdir()
             .expect("temp dir");
         let mut process = RilldProcess {
             root,
+            data_dir,
             child: None,
             addr: "127.0.0.1:0".parse().expect("addr"),
             admin_addr: "127.0.0.1:0".parse().expect("addr"),
@@ -296,9 +309,12 @@ impl RilldProcess {
         self.admin_addr
     }
 
-    /// The data directory (survives restarts, removed when this value drops).
+    /// The data directory (survives restarts; removed when this value drops unless
+    /// the test gave its own).
     pub fn data_dir(&self) -> PathBuf {
-        self.root.path().join("data")
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| self.root.path().join("data"))
     }
 
     /// Everything the broker logged (all starts), for failure messages.

@@ -114,7 +114,15 @@ impl PartitionLog {
     /// moves to the log end.
     pub fn open(dir: &Path, config: LogConfig) -> Result<PartitionLog> {
         config.validate()?;
-        fs::create_dir_all(dir).map_err(|e| StorageError::io("create log directory", dir, e))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir)
+                .map_err(|e| StorageError::io("create log directory", dir, e))?;
+            // The new directory's own entry must be durable before anything in it is
+            // acknowledged (a power loss would take the directory and its data).
+            if let Some(parent) = dir.parent() {
+                atomic_file::sync_dir(parent)?;
+            }
+        }
         let mut bases = Vec::new();
         let mut index_bases = Vec::new();
         let entries =

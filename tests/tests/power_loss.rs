@@ -153,11 +153,6 @@ fn acknowledged_records_survive_power_loss_at_their_offsets() {
             response.topics[0].error_message
         );
     }
-    // The broker never fsyncs its data directory, so `meta/` and the partition
-    // directories it just created there are not durable yet (see
-    // `a_topic_created_before_a_power_loss_survives_it`, ignored until that is fixed).
-    // This test is about records, so it makes them durable itself.
-    sync_dir(disk.path());
 
     let mut acked: Acked = vec![BTreeMap::new(); PARTITIONS as usize];
     let mut total = Losses::default();
@@ -249,14 +244,7 @@ fn acknowledged_records_survive_power_loss_at_their_offsets() {
     );
 }
 
-fn sync_dir(dir: &std::path::Path) {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .expect("fsync the data directory");
-}
-
 #[test]
-#[ignore = "broker bug: the data directory is never fsynced after meta/ and the partition directories are created in it"]
 fn a_topic_created_before_a_power_loss_survives_it() {
     let Some(mut disk) = Disk::mount("topic_survives_power_loss", MountOptions::default()) else {
         return;

@@ -29,11 +29,10 @@ fn entries_starting_with(dir: &std::path::Path, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-// Fails today on the third produce after the failed fsync: the broker answers 56 twice,
-// then acknowledges again (its flush clears the failure on the next successful
-// fdatasync, which does not write the forgotten pages).
+// Failed before the replica engine: the broker answered 56 twice, then acknowledged
+// again (its flush cleared the failure on the next successful fdatasync, which did not
+// write the forgotten pages).
 #[test]
-#[ignore = "needs fail-stop replica engine"]
 fn failed_fsync_fails_the_produce_and_nothing_after_it_is_acknowledged() {
     let Some(mut disk) = Disk::mount("failed_fsync", MountOptions::default()) else {
         return;

@@ -117,9 +117,15 @@ impl PartitionManager {
         let metrics = Arc::new(Metrics::default());
         let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let meta_dir = config.topics_dir();
-        std::fs::create_dir_all(&meta_dir).map_err(|e| {
-            BrokerError::Storage(format!("cannot create {}: {e}", meta_dir.display()))
-        })?;
+        if !meta_dir.exists() {
+            std::fs::create_dir_all(&meta_dir).map_err(|e| {
+                BrokerError::Storage(format!("cannot create {}: {e}", meta_dir.display()))
+            })?;
+            // Durable before any topic file in it is (a power loss must not take
+            // `meta/` and every topic with it).
+            rill_storage::atomic_file::sync_dir(&config.data_dir)
+                .map_err(|e| BrokerError::Storage(e.to_string()))?;
+        }
         let cluster_id = topic_meta::load_cluster_id(&meta_dir)?;
         let engine = Engine::start(
             &meta_dir,

@@ -208,10 +208,22 @@ impl PartitionLog {
             atomic_file::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
         }
         let end = log.log_end_offset();
+        let mut recovery_point = end;
         if recovery_ck != Some(end) {
-            atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end)?;
+            match atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end) {
+                Ok(()) => {}
+                // The checkpoint only shortens the next recovery; a full disk must not
+                // stop a broker from opening its logs and serving reads.
+                Err(StorageError::Io { source, .. })
+                    if source.raw_os_error() == Some(28 /* ENOSPC */) =>
+                {
+                    tracing::warn!(dir = %dir.display(), "no space to update the recovery checkpoint; the next start scans more");
+                    recovery_point = recovery_ck.unwrap_or(0).min(end);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        log.checkpoints = Arc::new(SharedCheckpoints::new(end));
+        log.checkpoints = Arc::new(SharedCheckpoints::new(recovery_point));
         log.flushed_offset = end;
         Ok(log)
     }

@@ -213,3 +213,73 @@ fn create_topics_that_runs_out_of_space_midway_answers_an_error_and_leaves_no_tr
     let (_, code) = try_produce(&mut conn, "full", 31, &values("room", 1), -1).expect("answer");
     assert_eq!(code, 0);
 }
+
+/// Bytes of every file under `dir` (what lossyfs counts against its size limit).
+fn file_bytes_under(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let entry = entry.expect("entry");
+        let meta = entry.metadata().expect("metadata");
+        total += if meta.is_dir() {
+            file_bytes_under(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+#[test]
+fn a_broker_restarted_on_a_full_disk_serves_reads_refuses_writes_and_recovers_with_space() {
+    let Some(mut disk) = Disk::mount("full_restart", MountOptions::default()) else {
+        return;
+    };
+    let mut broker =
+        RilldProcess::start_with_data_dir(disk.path(), &["--log-dir-free-bytes-min", "0"]);
+    let mut conn = RawConn::connect(broker.addr());
+    let response = conn.call(CREATE_TOPICS_V, &create_topic("kept", 1, &[]));
+    assert_eq!(response.topics[0].error_code, 0);
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let batch = values(&format!("kept-{i}"), 2);
+        let (base, code) = try_produce(&mut conn, "kept", 0, &batch, -1).expect("answer");
+        assert_eq!(code, 0);
+        acked.extend(
+            batch
+                .into_iter()
+                .enumerate()
+                .map(|(r, v)| (base + r as i64, v)),
+        );
+    }
+    assert!(broker.stop().success());
+
+    // The disk is full: not one more byte.
+    let controls = disk.controls();
+    controls.set_size_limit_bytes(Some(file_bytes_under(disk.path())));
+    broker.restart();
+    let mut conn = RawConn::connect(broker.addr());
+    assert_eq!(read_all(&mut conn, "kept", 0), acked, "reads are served");
+    let (_, code) = try_produce(&mut conn, "kept", 0, &values("refused", 1), -1).expect("answer");
+    assert_eq!(
+        code,
+        storage_error(),
+        "writes are refused with KAFKA_STORAGE_ERROR"
+    );
+
+    // Space comes back: the groups' waiting writes complete and produces work again.
+    controls.set_size_limit_bytes(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, code) = try_produce(&mut conn, "kept", 0, &values("later", 1), -1).expect("answer");
+        if code == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {code}\n{}",
+            broker.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    broker.kill();
+}

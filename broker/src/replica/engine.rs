@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rill_storage::{FlushJob, FlushedTo};
+use rill_storage::{FlushJob, FlushedTo, StorageError};
 
 use super::hard_state::{HardStates, ReplicaKey};
 use super::Partition;
@@ -64,6 +64,9 @@ pub struct Engine {
     replicas: Mutex<HashMap<ReplicaKey, Weak<Partition>>>,
     offline: AtomicBool,
     offline_reason: Mutex<String>,
+    /// Groups whose last `Ready` ran out of space, retried every round.
+    stuck: Mutex<Vec<Work>>,
+    short_of_space: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     /// Sync rounds that synced something, and groups they covered (for metrics and
@@ -105,6 +108,8 @@ impl Engine {
             replicas: Mutex::new(HashMap::new()),
             offline: AtomicBool::new(false),
             offline_reason: Mutex::new(String::new()),
+            stuck: Mutex::new(Vec::new()),
+            short_of_space: AtomicBool::new(false),
             thread: Mutex::new(None),
             metrics,
             sync_rounds: AtomicU64::new(0),
@@ -212,7 +217,10 @@ impl Engine {
                 hard_states.set(partition.key(), st.raft.hard_state());
             }
         }
-        hard_states.write(true).map(|_| ())
+        hard_states
+            .write(true)
+            .map(|_| ())
+            .map_err(|e| BrokerError::Storage(e.to_string()))
     }
 
     /// Syncs every replica (interval policy, shutdown).
@@ -240,9 +248,10 @@ impl Engine {
         Ok(())
     }
 
-    /// One round over the scheduled groups (see the module docs).
+    /// One round over the scheduled groups (see the module docs), plus the groups
+    /// whose last round ran out of space (retried until space is freed).
     fn round(&self, scheduled: Vec<Arc<Partition>>) {
-        let mut work = Vec::with_capacity(scheduled.len());
+        let mut pending = std::mem::take(&mut *self.stuck.lock().expect("stuck lock"));
         for partition in scheduled {
             let mut st = partition.state();
             st.scheduled = false;
@@ -251,46 +260,40 @@ impl Engine {
             }
             let ready = st.raft.ready();
             st.ready_out = true;
-            st.in_round = true;
             if !ready.messages.is_empty() {
                 // A group of one has no peer; the cluster's transport sends these.
                 tracing::debug!(count = ready.messages.len(), "messages without a transport");
             }
-            let leader = partition.broker_id;
-            let membership = st.raft.membership().clone();
-            let changed = match st
-                .raft
-                .store_mut()
-                .apply(&ready.persist, leader, &membership)
-            {
-                Ok(changed) => changed,
-                Err(e) => {
-                    // The Ready stays outstanding: the group takes no more input.
-                    st.in_round = false;
-                    drop(st);
-                    if !partition.is_closed() {
-                        self.go_offline(&e.to_string());
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if let Some(hs) = ready.persist.hard_state {
-                self.hard_states
-                    .lock()
-                    .expect("hard states lock")
-                    .set(partition.key(), hs);
-            }
-            let flush = (changed && self.config.durability == Durability::Fsync)
-                .then(|| st.log().prepare_flush());
             drop(st);
-            work.push(Work {
+            pending.push(Work {
                 partition,
                 persist: ready.persist,
                 after_persist: ready.after_persist,
-                flush,
+                flush: None,
                 flushed: None,
             });
+        }
+        let mut work = Vec::with_capacity(pending.len());
+        let mut stuck = Vec::new();
+        for mut w in pending {
+            match self.apply(&mut w) {
+                Ok(()) => work.push(w),
+                Err(_) if w.partition.is_closed() => {
+                    w.partition.state().in_round = false;
+                }
+                Err(e) if is_out_of_space(&e) => {
+                    w.partition.state().in_round = false;
+                    stuck.push(w);
+                }
+                Err(e) => {
+                    w.partition.state().in_round = false;
+                    self.go_offline(&e.to_string());
+                    return;
+                }
+            }
+        }
+        if !stuck.is_empty() {
+            self.out_of_space(stuck);
         }
         if work.is_empty() {
             return;
@@ -321,9 +324,23 @@ impl Engine {
             .lock()
             .expect("hard states lock")
             .write(false);
-        if let Err(e) = hard_state_result {
-            self.fail_round(&work, &e.to_string());
-            return;
+        match hard_state_result {
+            Ok(_) => {}
+            Err(e) if is_out_of_space(&e) => {
+                // Nothing is advanced; every group of the round waits for space.
+                for w in &work {
+                    w.partition.state().in_round = false;
+                }
+                self.out_of_space(work);
+                return;
+            }
+            Err(e) => {
+                self.fail_round(&work, &e.to_string());
+                return;
+            }
+        }
+        if self.short_of_space.swap(false, Ordering::AcqRel) {
+            tracing::info!("log directory has space again");
         }
         if synced > 0 {
             self.sync_rounds.fetch_add(1, Ordering::Relaxed);
@@ -364,6 +381,46 @@ impl Engine {
         }
     }
 
+    /// Applies a group's `Ready` to its log (idempotent: a retry after running out of
+    /// space applies it again) and prepares its sync.
+    fn apply(&self, w: &mut Work) -> Result<(), StorageError> {
+        let mut st = w.partition.state();
+        st.in_round = true;
+        if w.partition.is_closed() {
+            return Err(StorageError::CorruptBatch {
+                position: 0,
+                reason: "partition deleted",
+            });
+        }
+        let leader = w.partition.broker_id;
+        let membership = st.raft.membership().clone();
+        let changed = st.raft.store_mut().apply(&w.persist, leader, &membership)?;
+        if let Some(hs) = w.persist.hard_state {
+            self.hard_states
+                .lock()
+                .expect("hard states lock")
+                .set(w.partition.key(), hs);
+        }
+        w.flush = (changed && self.config.durability == Durability::Fsync)
+            .then(|| st.log().prepare_flush());
+        Ok(())
+    }
+
+    /// Groups whose `Ready` could not be written for lack of space keep it (no input,
+    /// no advance) and are retried every round; meanwhile the directory refuses new
+    /// appends with a clear error and serves reads up to the high watermarks it has.
+    fn out_of_space(&self, stuck: Vec<Work>) {
+        if !self.short_of_space.swap(true, Ordering::AcqRel) {
+            tracing::error!(groups = stuck.len(), "log directory out of space: appends are refused until space is freed; reads continue");
+        }
+        self.stuck.lock().expect("stuck lock").extend(stuck);
+    }
+
+    /// Whether the directory ran out of space (appends are refused).
+    pub fn is_short_of_space(&self) -> bool {
+        self.short_of_space.load(Ordering::Acquire)
+    }
+
     /// A sync failed: the directory goes offline and no group of the round advances.
     fn fail_round(&self, work: &[Work], reason: &str) {
         self.go_offline(reason);
@@ -386,6 +443,35 @@ impl Engine {
             partition.after_input(&mut st);
         }
     }
+}
+
+/// Whether a storage error is a lack of space before anything was written (the log
+/// is unchanged: retry later) rather than a failed write or sync (fail-stop).
+pub fn is_out_of_space(e: &StorageError) -> bool {
+    match e {
+        StorageError::Io { op, source, .. } => {
+            let no_space = matches!(
+                source.raw_os_error(),
+                Some(libc_errno::ENOSPC) | Some(libc_errno::EDQUOT)
+            );
+            let sync_or_write = matches!(
+                *op,
+                "fsync"
+                    | "fsync directory"
+                    | "fdatasync segment"
+                    | "fdatasync index"
+                    | "write segment"
+            );
+            no_space && !sync_or_write
+        }
+        _ => false,
+    }
+}
+
+/// The two errno values of "no space" (Linux).
+mod libc_errno {
+    pub const ENOSPC: i32 = 28;
+    pub const EDQUOT: i32 = 122;
 }
 
 /// The loop's thread: rounds as groups are scheduled, ticks every `TICK`, interval
@@ -428,7 +514,10 @@ fn run(engine: Weak<Engine>) {
                     .0;
             }
         };
-        engine.round(scheduled);
+        let retry = !engine.stuck.lock().expect("stuck lock").is_empty();
+        if !scheduled.is_empty() || (retry && Instant::now() >= next_tick) {
+            engine.round(scheduled);
+        }
         let now = Instant::now();
         if now >= next_tick {
             engine.tick_all();

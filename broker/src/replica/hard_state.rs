@@ -107,7 +107,7 @@ impl HardStates {
 
     /// Writes the file if a term or vote changed (or, with `hints_too`, if only commit
     /// hints did). Returns whether it wrote.
-    pub fn write(&mut self, hints_too: bool) -> Result<bool, BrokerError> {
+    pub fn write(&mut self, hints_too: bool) -> Result<bool, rill_storage::StorageError> {
         if !(self.dirty || (hints_too && self.hints_changed)) {
             return Ok(false);
         }
@@ -121,8 +121,7 @@ impl HardStates {
                 s.term, s.commit_offset
             ));
         }
-        atomic_file::write_text(&self.dir, RAFT_STATE_FILE, &body)
-            .map_err(|e| BrokerError::Storage(e.to_string()))?;
+        atomic_file::write_text(&self.dir, RAFT_STATE_FILE, &body)?;
         self.dirty = false;
         self.hints_changed = false;
         Ok(true)

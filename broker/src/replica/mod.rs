@@ -321,10 +321,10 @@ impl Partition {
     }
 
     /// Waits until this replica leads and its high watermark is current, or
-    /// `timeout` passes (creation and start-up; clients retry NOT_LEADER otherwise).
-    pub async fn wait_leader_ready(&self, timeout: std::time::Duration) -> bool {
+    /// `deadline` passes (creation and start-up; clients retry NOT_LEADER otherwise).
+    pub async fn wait_leader_ready(&self, deadline: tokio::time::Instant) -> bool {
         let mut rx = self.watch_status();
-        tokio::time::timeout(timeout, rx.wait_for(|s| s.leader_ready || s.failed))
+        tokio::time::timeout_at(deadline, rx.wait_for(|s| s.leader_ready || s.failed))
             .await
             .is_ok_and(|r| r.is_ok_and(|s| s.leader_ready))
     }
@@ -341,6 +341,12 @@ impl Partition {
         }
         if self.engine.is_offline() {
             return Err(self.engine.offline_error());
+        }
+        if self.engine.is_short_of_space() {
+            return Err(BrokerError::Storage(
+                "the log directory is out of space: appends are refused until space is freed"
+                    .into(),
+            ));
         }
         if st.raft.role() != Role::Leader {
             return Err(BrokerError::NotLeaderOrFollower);
@@ -545,7 +551,9 @@ impl Partition {
     /// `Ready`.
     fn after_input(&self, st: &mut ReplicaState) {
         if let Err(e) = st.write_own_entries(self.broker_id) {
-            if !self.is_closed() {
+            // Out of space: the entry stays in the core's `Ready`, which the persist
+            // loop writes (and retries) itself.
+            if !self.is_closed() && !engine::is_out_of_space(&e) {
                 self.engine.go_offline(&e.to_string());
             }
             return;
@@ -593,11 +601,11 @@ impl Partition {
     }
 }
 
-/// Whether a storage error during an append leaves bytes of unknown state in the
-/// segment (the write itself failed), so the data directory must go offline. Other
-/// append errors (no space to grow the segment, a bad batch) leave the log unchanged.
+/// Whether a storage error during an append means the disk failed, so the data
+/// directory must go offline. Running out of space to grow or roll a segment and a
+/// bad batch leave the log unchanged.
 fn is_fatal_write(e: &StorageError) -> bool {
-    matches!(e, StorageError::Io { op, .. } if *op == "write segment")
+    matches!(e, StorageError::Io { .. }) && !engine::is_out_of_space(e)
 }
 
 /// Number of offsets and of batches the (validated) batches cover.

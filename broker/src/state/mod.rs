@@ -222,10 +222,23 @@ impl PartitionManager {
     /// of one elects itself within two sync rounds), so a client's first produce after
     /// CreateTopics or a restart finds a leader.
     pub async fn wait_leaders(&self, partitions: &[Arc<Partition>]) {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut waiting = 0;
         for partition in partitions {
-            if !partition.wait_leader_ready(LEADER_WAIT).await {
-                tracing::warn!(topic = %partition.topic, partition = partition.index, "no leader yet; clients retry");
+            // A directory out of space or offline elects nobody until that changes.
+            if self.engine.is_short_of_space() || self.engine.is_offline() {
+                waiting += 1;
+                continue;
             }
+            if !partition.wait_leader_ready(deadline).await {
+                waiting += 1;
+            }
+        }
+        if waiting > 0 {
+            tracing::warn!(
+                partitions = waiting,
+                "partitions without a leader yet; clients retry"
+            );
         }
     }
 

@@ -231,7 +231,7 @@ fn file_bytes_under(dir: &std::path::Path) -> u64 {
 
 #[test]
 fn a_broker_restarted_on_a_full_disk_serves_reads_refuses_writes_and_recovers_with_space() {
-    let Some(mut disk) = Disk::mount("full_restart", MountOptions::default()) else {
+    let Some(disk) = Disk::mount("full_restart", MountOptions::default()) else {
         return;
     };
     let mut broker =

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use rill_protocol::frame::FRAME_PREFIX_BYTES;
 use rill_protocol::header::parse_request_header;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -227,6 +228,17 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
                     let Some(frame_budget) = budget.take() else {
                         unreachable!("checked just above");
                     };
+                    // A frame larger than the read-ahead grew `buf` for itself, and the
+                    // rest of `buf` still shares that allocation: kept, it would hold the
+                    // frame's memory after the frame and its budget are gone (a peer that
+                    // sent one 100 MiB frame would pin 100 MiB for as long as it stays
+                    // connected). The rest (at most the read-ahead) moves to a small buffer.
+                    if frame.len() + FRAME_PREFIX_BYTES > READ_AHEAD_UNBUDGETED_BYTES {
+                        let mut rest =
+                            BytesMut::with_capacity(READ_AHEAD_UNBUDGETED_BYTES.max(buf.len()));
+                        rest.extend_from_slice(&buf);
+                        buf = rest;
+                    }
                     frame_deadline = (!buf.is_empty()).then(|| Instant::now() + read_timeout);
                     if !dispatch(
                         &broker,
@@ -250,8 +262,12 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
             }
         }
         // Between frames, read only a little ahead: those bytes are outside the budget.
-        let read_bytes_max = match budget {
-            Some(_) => usize::MAX,
+        // Within a frame, read only up to its end: bytes of the next frame would be
+        // outside the budget too, and could be as many as the frame buffer's spare room.
+        let read_bytes_max = match &budget {
+            Some(permit) => (FRAME_PREFIX_BYTES + permit.num_permits())
+                .saturating_sub(buf.len())
+                .max(1),
             None => READ_AHEAD_UNBUDGETED_BYTES.saturating_sub(buf.len()).max(1),
         };
         if buf.capacity() == buf.len() {

@@ -188,7 +188,7 @@ fn produce_all(runtime: &tokio::runtime::Runtime, bootstrap: &str, values: &[Str
         .set("linger.ms", "0")
         .set(
             "message.timeout.ms",
-            &GOOD_CLIENT_LATENCY_MAX.as_millis().to_string(),
+            GOOD_CLIENT_LATENCY_MAX.as_millis().to_string(),
         )
         .create()
         .expect("producer");

@@ -58,7 +58,7 @@ const GOOD_RECORDS: usize = 5;
 /// while stalled peers reconnect the broker also holds connections it is closing.
 const CONNECTION_OVERHEAD_BYTES: u64 = 16 << 10;
 /// Allocator slack: glibc keeps freed memory of its per-thread arenas resident, and the
-/// 100 MiB frames grow by reallocation. Measured in 6 runs: peaks of 152 to 176 MiB, at
+/// 100 MiB frames grow by reallocation. Measured in 5 runs: peaks of 152 to 176 MiB, at
 /// most 15 MiB above budget + baseline + connection overhead; 32 MiB leaves room for a
 /// loaded machine.
 const ALLOCATOR_SLACK_BYTES: u64 = 32 << 20;

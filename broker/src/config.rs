@@ -86,8 +86,10 @@ pub struct Config {
     /// from each frame's size prefix before its body is read and given back when its
     /// response has been written (or the request is dropped). When it is used up,
     /// connections stop reading (back-pressure) instead of allocating; a frame larger
-    /// than the whole budget closes its connection. With `connections_max` it bounds
-    /// the memory request bodies can take. Default 536870912 (512 MiB).
+    /// than the whole budget closes its connection. A frame of at most 8 KiB may use
+    /// its connection's own 8 KiB allowance instead, so small requests are served while
+    /// the budget is used up. With `connections_max` (times 8 KiB for the allowances)
+    /// it bounds the memory request bodies can take. Default 536870912 (512 MiB).
     /// Range 1024..=68719476736 (64 GiB).
     pub queued_request_max_bytes: usize,
     /// `connections_max_per_ip`: client connections served at once from one IP

@@ -167,6 +167,20 @@ pub fn kcat(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
     output.stdout
 }
 
+/// A memory figure of process `pid` from `/proc/<pid>/status`, in bytes: `field` is
+/// e.g. `"VmRSS"` (all resident pages) or `"RssAnon"` (resident anonymous pages: heap
+/// and stacks, not the file-backed pages of mapped segments).
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} line in /proc/{pid}/status"));
+    kib * 1024
+}
+
 /// A `rilld` child process with its own data directory.
 pub struct RilldProcess {
     root: tempfile::TempDir,

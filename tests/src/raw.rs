@@ -171,6 +171,17 @@ pub fn encode_request<R: Request>(
     frame.freeze()
 }
 
+/// The first `sent_bytes` of a Produce frame announcing `body_bytes`: a peer that
+/// starts a request and stalls.
+pub fn partial_produce_frame(body_bytes: i32, sent_bytes: usize) -> BytesMut {
+    let mut frame = BytesMut::new();
+    frame.put_i32(body_bytes);
+    frame.put_i16(0); // Produce
+    frame.put_i16(9); // Produce v9
+    frame.put_bytes(0, sent_bytes.saturating_sub(frame.len()));
+    frame
+}
+
 /// One uncompressed RecordBatch v2 holding `values` (keys null), timestamps from
 /// `first_timestamp_ms` one millisecond apart.
 pub fn record_batch(values: &[&[u8]], first_timestamp_ms: i64) -> Bytes {

@@ -7,11 +7,10 @@
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::{ApiVersionsRequest, FetchRequest, ProduceRequest};
 use rill_tests::raw::requests::{create_topic, fetch, produce};
-use rill_tests::raw::{decode_records, record_batch, RawConn};
-use rill_tests::RilldProcess;
+use rill_tests::raw::{decode_records, partial_produce_frame, record_batch, RawConn};
+use rill_tests::{proc_status_bytes, RilldProcess};
 
 const PRODUCE_V: i16 = 9;
 const FETCH_V: i16 = 12;
@@ -34,17 +33,6 @@ fn connect_from(local_ip: IpAddr, addr: SocketAddr) -> RawConn {
     let stream: TcpStream = stream.into_std().expect("std stream");
     stream.set_nonblocking(false).expect("blocking");
     RawConn::from_stream(stream)
-}
-
-/// The first `sent_bytes` of a Produce frame announcing `body_bytes`: a peer that
-/// starts a request and stalls.
-fn partial_produce_frame(body_bytes: i32, sent_bytes: usize) -> BytesMut {
-    let mut frame = BytesMut::new();
-    frame.put_i32(body_bytes);
-    frame.put_i16(0); // Produce
-    frame.put_i16(PRODUCE_V);
-    frame.put_bytes(0, sent_bytes.saturating_sub(frame.len()));
-    frame
 }
 
 /// Produces `value` and reads it back at its offset, reconnecting when the broker
@@ -125,6 +113,40 @@ fn stalled_partial_frames_do_not_stop_a_client_and_close_after_the_read_timeout(
     let mut conn = RawConn::connect(broker.addr());
     let versions = conn.call(API_VERSIONS_V, &ApiVersionsRequest::default());
     assert_eq!(versions.error_code, 0);
+}
+
+#[test]
+fn small_requests_are_answered_at_once_while_stalled_frames_hold_the_whole_budget() {
+    let read_timeout = Duration::from_millis(5000);
+    let broker = RilldProcess::start_with(&[
+        "--queued-request-max-bytes",
+        "65536",
+        "--request-read-timeout-ms",
+        "5000",
+    ]);
+    // Two announced 32 KiB frames hold the whole budget; the third waits at the head of
+    // the (fair) queue for it until its read timeout.
+    let _stalled: Vec<RawConn> = (0..3)
+        .map(|_| {
+            let mut conn = RawConn::connect(broker.addr());
+            conn.send_bytes(&partial_produce_frame(32 * 1024, 8));
+            conn
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // Small requests (at most 8 KiB) do not queue behind it: each connection has an
+    // allowance of its own for them.
+    let mut conn = RawConn::connect(broker.addr());
+    for _ in 0..3 {
+        let started = Instant::now();
+        let versions = conn.call(API_VERSIONS_V, &ApiVersionsRequest::default());
+        assert_eq!(versions.error_code, 0);
+        assert!(
+            started.elapsed() < read_timeout / 5,
+            "a small request waited {:?} for the budget",
+            started.elapsed()
+        );
+    }
 }
 
 #[test]
@@ -219,18 +241,6 @@ fn an_idle_connection_is_closed_after_connections_max_idle_ms() {
     assert_eq!(response.responses[0].partitions[0].error_code, 0);
 }
 
-/// Resident memory of process `pid` (VmRSS), in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("VmRSS line");
-    kib * 1024
-}
-
 #[test]
 fn buffered_request_bodies_stay_within_the_budget() {
     const CONNECTIONS: usize = 64;
@@ -255,7 +265,7 @@ fn buffered_request_bodies_stay_within_the_budget() {
             .error_code,
         0
     );
-    let baseline = rss_bytes(pid);
+    let baseline = proc_status_bytes(pid, "VmRSS");
     // Every connection sends all of a 1 MiB Produce frame but its last byte: the
     // worst case, bodies the broker must hold and cannot finish. Without the budget
     // that is 64 MiB of buffered bodies.
@@ -267,7 +277,7 @@ fn buffered_request_bodies_stay_within_the_budget() {
         let sampler = scope.spawn(|| {
             let mut peak = 0;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                peak = peak.max(rss_bytes(pid));
+                peak = peak.max(proc_status_bytes(pid, "VmRSS"));
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak

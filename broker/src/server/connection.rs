@@ -8,7 +8,8 @@
 //!
 //! Limits on what a peer can hold (see the config keys for the numbers): each
 //! frame's body bytes come out of the broker-wide `queued_request_max_bytes` budget
-//! before the body is read; a started frame must arrive whole within
+//! (or, for a small frame, a small allowance of its connection) before the body is
+//! read; a started frame must arrive whole within
 //! `request_read_timeout_ms`; a connection idle for `connections_max_idle_ms` is
 //! closed.
 //!
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use rill_protocol::frame::FRAME_PREFIX_BYTES;
 use rill_protocol::header::parse_request_header;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -38,6 +40,11 @@ use crate::metrics::Metrics;
 /// before a size prefix is known): what a peer can make the broker buffer for it
 /// beyond `queued_request_max_bytes`, so it is small.
 const READ_AHEAD_UNBUDGETED_BYTES: usize = 8 * 1024;
+
+/// Request bytes each connection may have in flight without taking them from the
+/// broker-wide `queued_request_max_bytes` budget (see [`serve`]); what they add to the
+/// memory the budget bounds is at most `connections_max` times this.
+const REQUEST_ALLOWANCE_BYTES: usize = 8 * 1024;
 
 /// A request on its way to the writer: its reply, and the part of the broker's
 /// request budget its frame holds until the reply has been written.
@@ -76,6 +83,9 @@ impl Activity {
 /// body is buffered, and gives it back when its response has been written (or the
 /// request is dropped). While the budget is short the connection does not read the
 /// socket, so a broker full of half-sent frames pushes back instead of allocating.
+/// A frame of at most [`REQUEST_ALLOWANCE_BYTES`] takes the connection's own allowance
+/// of that many bytes instead when it is free, so clients that send small requests
+/// one at a time (metadata, fetches, small produces) never wait for the shared budget.
 pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<Semaphore>) {
     let (mut read_half, mut write_half) = socket.into_split();
     let mut frames = RequestFrames::new(
@@ -158,6 +168,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
         }
     });
 
+    let allowance = Arc::new(Semaphore::new(REQUEST_ALLOWANCE_BYTES));
     let budget_bytes_max = broker.config.queued_request_max_bytes;
     let read_timeout = Duration::from_millis(broker.config.request_read_timeout_ms);
     let idle_timeout = Duration::from_millis(broker.config.connections_max_idle_ms);
@@ -191,9 +202,22 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
                 }
                 // Frame sizes are at most i32::MAX, checked by `announced_body_bytes`.
                 let permits = body_bytes as u32;
-                let permit = match Arc::clone(&request_budget).try_acquire_many_owned(permits) {
-                    Ok(permit) => permit,
-                    Err(_) => {
+                // A small frame takes the connection's own allowance if it is free, so a
+                // client whose requests are small is served even while the shared budget
+                // is used up: a fair (FIFO) wait behind peers that announce large frames
+                // and stall would cost every request up to request_read_timeout_ms.
+                let small = body_bytes <= REQUEST_ALLOWANCE_BYTES;
+                let immediate = small
+                    .then(|| Arc::clone(&allowance).try_acquire_many_owned(permits).ok())
+                    .flatten()
+                    .or_else(|| {
+                        Arc::clone(&request_budget)
+                            .try_acquire_many_owned(permits)
+                            .ok()
+                    });
+                let permit = match immediate {
+                    Some(permit) => permit,
+                    None => {
                         tracing::debug!(body_bytes, "waiting for request budget");
                         // The wait counts against the frame's deadline: otherwise peers
                         // that announce frames and stall would queue (the semaphore is
@@ -202,6 +226,8 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
                         // 30 s) has given up on a request that waited that long anyway.
                         let acquired = tokio::select! {
                             acquired = Arc::clone(&request_budget).acquire_many_owned(permits) => acquired,
+                            // The connection's own earlier small request may finish first.
+                            acquired = Arc::clone(&allowance).acquire_many_owned(permits), if small => acquired,
                             _ = sleep_until_some(frame_deadline) => {
                                 tracing::info!(
                                     body_bytes,
@@ -227,6 +253,17 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
                     let Some(frame_budget) = budget.take() else {
                         unreachable!("checked just above");
                     };
+                    // A frame larger than the read-ahead grew `buf` for itself, and the
+                    // rest of `buf` still shares that allocation: kept, it would hold the
+                    // frame's memory after the frame and its budget are gone (a peer that
+                    // sent one 100 MiB frame would pin 100 MiB for as long as it stays
+                    // connected). The rest (at most the read-ahead) moves to a small buffer.
+                    if frame.len() + FRAME_PREFIX_BYTES > READ_AHEAD_UNBUDGETED_BYTES {
+                        let mut rest =
+                            BytesMut::with_capacity(READ_AHEAD_UNBUDGETED_BYTES.max(buf.len()));
+                        rest.extend_from_slice(&buf);
+                        buf = rest;
+                    }
                     frame_deadline = (!buf.is_empty()).then(|| Instant::now() + read_timeout);
                     if !dispatch(
                         &broker,
@@ -250,8 +287,12 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
             }
         }
         // Between frames, read only a little ahead: those bytes are outside the budget.
-        let read_bytes_max = match budget {
-            Some(_) => usize::MAX,
+        // Within a frame, read only up to its end: bytes of the next frame would be
+        // outside the budget too, and could be as many as the frame buffer's spare room.
+        let read_bytes_max = match &budget {
+            Some(permit) => (FRAME_PREFIX_BYTES + permit.num_permits())
+                .saturating_sub(buf.len())
+                .max(1),
             None => READ_AHEAD_UNBUDGETED_BYTES.saturating_sub(buf.len()).max(1),
         };
         if buf.capacity() == buf.len() {

@@ -1,4 +1,5 @@
-//! rill-broker: the single-node Kafka-protocol broker behind the `rilld` binary.
+//! rill-broker: the Kafka-protocol broker behind the `rilld` binary; every partition is a
+//! Raft group (of one voter while the broker runs single-node).
 //!
 //! # Layout
 //!
@@ -8,7 +9,7 @@
 //! * [`config`] — every configuration key: TOML file + flags, defaults, validation.
 //! * [`server`] — accept loop with a connection limit, one task per connection,
 //!   framing, pipelined requests answered in order, graceful shutdown, the
-//!   retention and interval-flush loops.
+//!   retention loop.
 //! * [`api`] — one module per Kafka API; [`api::dispatch`] routes a decoded header.
 //! * [`context`] — the shared [`context::Broker`] every handler reaches, and the
 //!   [`context::order`] turns that apply a connection's requests in arrival order.
@@ -16,8 +17,11 @@
 //!   topic create/delete/grow, free-space floor; [`state::topic_meta`] owns the
 //!   topic metadata files and the cluster id on disk, [`state::topic_config`] the
 //!   per-topic configs.
-//! * [`replica`] — one [`replica::Partition`] over a `rill-storage` log: leader epoch
-//!   and its check, group commit, high watermark (and, later, its Raft group).
+//! * [`replica`] — one [`replica::Partition`] per partition replica: its Raft group
+//!   over a `rill-storage` log ([`replica::store::PartitionStore`]), leader epoch = term
+//!   and its one check, high watermark = commit offset; [`replica::engine`] is the
+//!   persist loop and timer of a data directory (sync rounds across partitions,
+//!   fail-stop), [`replica::hard_state`] the terms and votes file.
 //! * [`admin`] — the admin HTTP port (`/metrics`, `/partitions`).
 //! * [`metrics`] — counters.
 //! * [`clock`] — the wall clock (`now_ms`).

@@ -1,7 +1,10 @@
 //! Broker-wide counters, served as Prometheus text on the admin port (`GET /metrics`).
 //!
 //! `rill_log_flushes_total` and `rill_acks_all_responses_total` are what the
-//! durability test observes: the group-commit ratio is responses per flush.
+//! durability test observes: the group-commit ratio is responses per flush. A flush
+//! is one sync round of the persist loop; `rill_partition_syncs_total` counts the
+//! partition logs those rounds synced (partitions per round = group commit across
+//! partitions).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// decisions — ordering "flush before ack" is enforced by the durable-offset watch).
 #[derive(Debug)]
 pub struct Metrics {
-    /// Completed partition flushes (one fdatasync/msync group each).
+    /// Completed sync rounds of the persist loop (each covers every partition with
+    /// something to sync, and the terms-and-votes file).
     pub log_flushes_total: AtomicU64,
+    /// Partition logs synced by those rounds (the fdatasync of their dirty files).
+    pub partition_syncs_total: AtomicU64,
     /// Failed partition flushes.
     pub log_flush_errors_total: AtomicU64,
     /// Produce partition responses sent for acks=-1 after their flush.
@@ -45,6 +51,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             log_flushes_total: AtomicU64::new(0),
+            partition_syncs_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
             batches_in_total: AtomicU64::new(0),
@@ -105,8 +112,13 @@ impl Metrics {
         for (name, help, counter) in [
             (
                 "rill_log_flushes_total",
-                "Completed partition log flushes.",
+                "Completed sync rounds (one group commit across partitions each).",
                 &self.log_flushes_total,
+            ),
+            (
+                "rill_partition_syncs_total",
+                "Partition logs synced by those rounds.",
+                &self.partition_syncs_total,
             ),
             (
                 "rill_log_flush_errors_total",

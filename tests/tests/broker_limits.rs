@@ -237,8 +237,14 @@ fn an_idle_connection_is_closed_after_connections_max_idle_ms() {
     let mut conn = RawConn::connect(broker.addr());
     let response = conn.call(4, &create_topic("idle", 1, &[]));
     assert_eq!(response.topics[0].error_code, 0);
-    let response = conn.call(FETCH_V, &fetch("idle", 0, 0, 1500, 1));
+    // From offset 1, the log end (0 is the LEADER_CHANGE control batch): a real wait.
+    let started = std::time::Instant::now();
+    let response = conn.call(FETCH_V, &fetch("idle", 0, 1, 1500, 1));
     assert_eq!(response.responses[0].partitions[0].error_code, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "the poll did not wait"
+    );
 }
 
 #[test]

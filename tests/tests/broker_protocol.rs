@@ -286,7 +286,9 @@ fn create_topics_validate_only_creates_nothing_and_acks_zero_gets_no_response() 
     );
     let id = conn.send(3, &ApiVersionsRequest::default());
     assert_eq!(conn.recv::<ApiVersionsRequest>(3).0, id);
-    let response = conn.call(FETCH_V, &fetch("acks", 0, 0, 1000, 1));
+    // From offset 1 (0 is the LEADER_CHANGE control batch, which alone would satisfy
+    // min_bytes before the acks=0 record commits): the long poll waits for "fire".
+    let response = conn.call(FETCH_V, &fetch("acks", 0, 1, 1000, 1));
     let records = response.responses[0].partitions[0].records.clone().unwrap();
     assert_eq!(decode_records(&records), vec![(1, b"fire".to_vec())]);
 }

@@ -25,6 +25,7 @@
 //! * [`admin`] — the admin HTTP port (`/metrics`, `/partitions`).
 //! * [`metrics`] — counters.
 //! * [`clock`] — the wall clock (`now_ms`).
+//! * [`runtime`] — stepping off the async runtime for blocking file-system work.
 //! * [`error`] — [`error::BrokerError`], one variant per cause, each a Kafka error code.
 
 #![forbid(unsafe_code)]
@@ -38,5 +39,6 @@ pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod replica;
+pub mod runtime;
 pub mod server;
 pub mod state;

@@ -839,6 +839,19 @@ impl PartitionLog {
         Ok(true)
     }
 
+    /// Whether appending `bytes` now would create, grow or roll a segment file
+    /// (`fallocate`, file creation, index writes, directory fsync: system calls that
+    /// can block on a busy disk), so a caller on an async runtime can step off it
+    /// first. Plain appends into room already allocated answer `false`.
+    pub fn append_needs_file_io(&self, bytes: usize, now_ms: i64) -> bool {
+        let seg = self.active_segment();
+        let end_pos = seg.size_bytes + bytes;
+        let rolls_by_time = self.config.segment_ms.is_some_and(|ms| {
+            seg.size_bytes > 0 && now_ms.saturating_sub(self.active.created_ms) >= ms as i64
+        });
+        rolls_by_time || end_pos > self.active.capacity || end_pos > self.active.writer.file_len()
+    }
+
     // ----- read ------------------------------------------------------------------
 
     /// Whole batches starting with the one that holds `start_offset`, from one

@@ -160,3 +160,35 @@ fn rolled_segment_is_trimmed_and_the_next_one_starts_at_the_first_step() {
     let log = PartitionLog::open(dir.path(), config).unwrap();
     assert_log_reads_back(&log);
 }
+
+#[test]
+fn append_needs_file_io_only_when_a_segment_must_grow_roll_or_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 4 * MIB,
+        segment_ms: None,
+        ..config()
+    };
+    let mut log = PartitionLog::open(dir.path(), config).unwrap();
+    let small = batch_bytes(0, 1, 100, 1000, 0);
+    // The first step of the active segment is reserved at the first append.
+    let first = log.append_needs_file_io(small.len(), 0);
+    log.append(&small).unwrap();
+    assert!(
+        !log.append_needs_file_io(small.len(), 0),
+        "room already reserved: a plain append"
+    );
+    // Fill the first step: the next append must grow the file.
+    append_until(
+        &mut log,
+        SEGMENT_GROWTH_STEP_BYTES_MIN as u64 - 2 * small.len() as u64,
+    );
+    let room = SEGMENT_GROWTH_STEP_BYTES_MIN - log.size_bytes() as usize;
+    assert!(log.append_needs_file_io(room + 1, 0), "growth is file I/O");
+    // More than the segment holds: a roll.
+    assert!(
+        log.append_needs_file_io(4 * MIB as usize, 0),
+        "roll is file I/O"
+    );
+    println!("first append of a new segment needs file I/O: {first}");
+}

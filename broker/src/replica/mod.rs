@@ -385,11 +385,19 @@ impl Partition {
             data: batches.clone(),
         };
         let membership = st.raft.membership().clone();
-        if let Err(e) = st
-            .raft
-            .store_mut()
-            .write_entry(&entry, self.broker_id, &membership)
-        {
+        // Segment roll and growth (file creation, fallocate, index writes) may block on
+        // the disk: step off the runtime for them; a plain append is a memcpy into the
+        // page cache and stays.
+        let needs_file_io = st
+            .log()
+            .append_needs_file_io(batches.len(), crate::clock::now_ms());
+        let store = st.raft.store_mut();
+        let written = if needs_file_io {
+            crate::runtime::off_runtime(|| store.write_entry(&entry, self.broker_id, &membership))
+        } else {
+            store.write_entry(&entry, self.broker_id, &membership)
+        };
+        if let Err(e) = written {
             if is_fatal_write(&e) {
                 drop(st);
                 self.engine.go_offline(&e.to_string());

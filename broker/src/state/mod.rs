@@ -362,8 +362,13 @@ impl PartitionManager {
             partitions,
             configs,
         };
-        topic_meta::write(&self.config.topics_dir(), &meta)?;
-        let topic = match self.open_topic(&meta) {
+        // File work (metadata file, partition directories, first segments) steps off
+        // the runtime.
+        let opened = crate::runtime::off_runtime(|| {
+            topic_meta::write(&self.config.topics_dir(), &meta)?;
+            Ok::<_, BrokerError>(self.open_topic(&meta))
+        })?;
+        let topic = match opened {
             Ok(topic) => Arc::new(topic),
             Err(e) => {
                 // All or nothing: a topic whose partitions cannot all be created leaves
@@ -413,19 +418,21 @@ impl PartitionManager {
             .expect("topics lock")
             .remove(name)
             .ok_or(BrokerError::UnknownTopicOrPartition)?;
-        topic_meta::remove(&self.config.topics_dir(), name)?;
+        crate::runtime::off_runtime(|| topic_meta::remove(&self.config.topics_dir(), name))?;
         // No append or flush may touch the directories from here on.
         for partition in &topic.partitions {
             partition.close().await;
         }
         // Partition directories go after the metadata file is durably gone; mapped
         // segments still referenced by in-flight fetches stay valid after unlink.
-        for partition in &topic.partitions {
-            let dir = self.config.partition_dir(name, partition.index);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition directory; removed at next start");
+        crate::runtime::off_runtime(|| {
+            for partition in &topic.partitions {
+                let dir = self.config.partition_dir(name, partition.index);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition directory; removed at next start");
+                }
             }
-        }
+        });
         tracing::info!(topic = name, "deleted topic");
         Ok(topic.id)
     }
@@ -462,11 +469,14 @@ impl PartitionManager {
             partitions: count,
             configs: topic.config.overrides.clone(),
         };
-        topic_meta::write(&self.config.topics_dir(), &meta)?;
         let mut partitions = topic.partitions.clone();
-        for index in current..count {
-            partitions.push(self.open_partition(name, topic.id, index, &topic.config)?);
-        }
+        crate::runtime::off_runtime(|| {
+            topic_meta::write(&self.config.topics_dir(), &meta)?;
+            for index in current..count {
+                partitions.push(self.open_partition(name, topic.id, index, &topic.config)?);
+            }
+            Ok::<_, BrokerError>(())
+        })?;
         self.wait_leaders(&partitions[current as usize..]).await;
         let updated = Arc::new(Topic {
             name: topic.name.clone(),

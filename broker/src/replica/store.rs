@@ -273,10 +273,14 @@ impl LogStore for PartitionStore {
 
     fn last_entry_with_term_at_most(&self, term: Term) -> Option<(Term, u64)> {
         let start = self.log_start();
-        let (epoch, end) = self.log.end_offset_for_epoch(epoch_of(term))?;
+        // The log start counts as an entry (of the start term).
+        let at_start = (start.term <= term).then_some((start.term, start.offset));
+        let Some((epoch, end)) = self.log.end_offset_for_epoch(epoch_of(term)) else {
+            return at_start;
+        };
         let end = end.min(self.raft_end);
         if end <= start.offset {
-            return (start.term <= term).then_some((start.term, start.offset));
+            return at_start;
         }
         Some((epoch.max(0) as u64, end))
     }
@@ -334,5 +338,125 @@ impl LogStore for PartitionStore {
             hard_state: self.hard_state,
             memberships: vec![(self.log.log_start_offset(), self.start_membership.clone())],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rill_protocol::batch::{BatchBuilder, Compression};
+    use rill_raft::MemStore;
+    use rill_storage::LogConfig;
+
+    fn batch(records: usize) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::None);
+        for _ in 0..records {
+            b.push(1_700_000_000_000, None, Some(b"v"), &[])
+                .expect("push");
+        }
+        b.build().expect("build")
+    }
+
+    fn entry(term: Term, base: u64, kind: EntryKind, records: usize) -> Entry {
+        let data = if kind == EntryKind::Data {
+            batch(records)
+        } else {
+            Bytes::new()
+        };
+        let count = if kind == EntryKind::Data { records } else { 1 } as u64;
+        Entry {
+            term,
+            base_offset: base,
+            end_offset: base + count,
+            kind,
+            data,
+        }
+    }
+
+    /// The store answers every LogStore question like the in-memory reference holding
+    /// the same entries (one term's leader entry, then its data, over three terms),
+    /// before and after a suffix truncation, and reads the entries back with their kinds.
+    #[test]
+    fn answers_like_the_in_memory_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("open");
+        let voters = Membership::with_voters([raft_node_id(1)]);
+        let mut store = PartitionStore::new(log, HardState::default(), voters.clone());
+        let mut reference = MemStore::new(voters.clone());
+        let mut next = 0;
+        let mut entries = Vec::new();
+        for (term, sizes) in [(1, vec![3, 1]), (2, vec![]), (4, vec![2, 5, 1])] {
+            let leader = entry(term, next, EntryKind::LeaderChange, 1);
+            next = leader.end_offset;
+            entries.push(leader);
+            for records in sizes {
+                let data = entry(term, next, EntryKind::Data, records);
+                next = data.end_offset;
+                entries.push(data);
+            }
+        }
+        for e in &entries {
+            store.write_entry(e, 1, &voters).expect("write");
+            store.raft_end = e.end_offset;
+        }
+        reference.append(&entries);
+        let compare = |store: &PartitionStore, reference: &MemStore| {
+            assert_eq!(store.log_start(), reference.log_start());
+            assert_eq!(store.end_offset(), reference.end_offset());
+            for end in 0..=store.end_offset() + 1 {
+                // Mid-entry offsets are never asked (see the trait docs); entry ends are.
+                if reference.term_of_entry_ending_at(end).is_some() || end > store.end_offset() {
+                    assert_eq!(
+                        store.term_of_entry_ending_at(end),
+                        reference.term_of_entry_ending_at(end),
+                        "term of the entry ending at {end}"
+                    );
+                }
+            }
+            for term in 0..6 {
+                assert_eq!(
+                    store.last_entry_with_term_at_most(term),
+                    reference.last_entry_with_term_at_most(term),
+                    "last entry with term <= {term}"
+                );
+            }
+        };
+        compare(&store, &reference);
+        let mut read = Vec::new();
+        store.read_entries(0, usize::MAX, &mut read).expect("read");
+        let kinds: Vec<(Term, u64, u64, bool)> = read
+            .iter()
+            .map(|e| {
+                (
+                    e.term,
+                    e.base_offset,
+                    e.end_offset,
+                    e.kind == EntryKind::LeaderChange,
+                )
+            })
+            .collect();
+        let expected: Vec<(Term, u64, u64, bool)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.term,
+                    e.base_offset,
+                    e.end_offset,
+                    e.kind == EntryKind::LeaderChange,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds, expected,
+            "entries read back with their terms and kinds"
+        );
+
+        // A follower's truncation to the end of term 2's leader entry.
+        let cut = entries[3].end_offset;
+        store.log.truncate_suffix(cut).expect("truncate");
+        store.raft_end = cut;
+        reference.truncate_to(cut);
+        compare(&store, &reference);
     }
 }

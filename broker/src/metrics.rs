@@ -18,6 +18,9 @@ pub struct Metrics {
     pub log_flushes_total: AtomicU64,
     /// Partition logs synced by those rounds (the fdatasync of their dirty files).
     pub partition_syncs_total: AtomicU64,
+    /// Appends that had to create, grow or roll a segment file themselves (the persist
+    /// loop grows active segments ahead of the write stream, so this stays rare).
+    pub appends_with_file_io_total: AtomicU64,
     /// Failed partition flushes.
     pub log_flush_errors_total: AtomicU64,
     /// Produce partition responses sent for acks=-1 after their flush.
@@ -52,6 +55,7 @@ impl Default for Metrics {
         Metrics {
             log_flushes_total: AtomicU64::new(0),
             partition_syncs_total: AtomicU64::new(0),
+            appends_with_file_io_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
             batches_in_total: AtomicU64::new(0),
@@ -119,6 +123,11 @@ impl Metrics {
                 "rill_partition_syncs_total",
                 "Partition logs synced by those rounds.",
                 &self.partition_syncs_total,
+            ),
+            (
+                "rill_appends_with_file_io_total",
+                "Appends that created, grew or rolled a segment file themselves.",
+                &self.appends_with_file_io_total,
             ),
             (
                 "rill_log_flush_errors_total",

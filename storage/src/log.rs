@@ -839,6 +839,19 @@ impl PartitionLog {
         Ok(true)
     }
 
+    /// Grows the active segment file so that at least `bytes` more (within the
+    /// segment's capacity) can be appended without growing it: a persist thread calls
+    /// this ahead of a write stream, so the appends themselves stay plain copies.
+    /// Returns whether the file grew.
+    pub fn reserve_ahead(&mut self, bytes: usize) -> Result<bool> {
+        let want = (self.active_segment().size_bytes + bytes).min(self.active.capacity);
+        if want <= self.active.writer.file_len() {
+            return Ok(false);
+        }
+        self.reserve_active(want)?;
+        Ok(true)
+    }
+
     /// Whether appending `bytes` now would create, grow or roll a segment file
     /// (`fallocate`, file creation, index writes, directory fsync: system calls that
     /// can block on a busy disk), so a caller on an async runtime can step off it

@@ -396,6 +396,7 @@ impl Engine {
                 }
             }
             partition.after_input(&mut st);
+            st.reserve_ahead();
             partition.publish(&mut st);
         }
     }

@@ -106,6 +106,8 @@ pub struct ReplicaState {
     discards: u64,
     /// In the engine's ticked set.
     ticking: bool,
+    /// Bytes appended since the persist loop last grew the segment ahead.
+    appended_since_reserve: usize,
 }
 
 impl ReplicaState {
@@ -161,6 +163,21 @@ impl ReplicaState {
             && membership.learners.is_empty()
     }
 
+    /// On the persist thread after a round: grows the active segment ahead of the
+    /// write stream (twice what arrived since the last time, at most
+    /// `RESERVE_AHEAD_BYTES_MAX`), so the produce path rarely grows a file itself. An
+    /// idle partition reserves nothing more. Failures are left to the next append,
+    /// which reports them.
+    fn reserve_ahead(&mut self) {
+        let ahead = (2 * self.appended_since_reserve).min(RESERVE_AHEAD_BYTES_MAX);
+        self.appended_since_reserve = 0;
+        if ahead > 0 {
+            if let Err(e) = self.raft.store_mut().log_mut().reserve_ahead(ahead) {
+                tracing::debug!(error = %e, "could not grow the segment ahead");
+            }
+        }
+    }
+
     /// After an `advance`: proposes the appends queued meanwhile, in order.
     fn propose_queued(&mut self) -> Result<(), ProposeError> {
         while let Some(q) = self.queued.pop_front() {
@@ -177,6 +194,9 @@ impl ReplicaState {
         Ok(())
     }
 }
+
+/// Most bytes the persist loop grows a segment ahead of its writes.
+const RESERVE_AHEAD_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Bytes of appends a leader may queue while its group's `Ready` is being synced.
 const QUEUED_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -260,6 +280,7 @@ impl Partition {
                 leader_entry_end: u64::MAX,
                 discards: 0,
                 ticking: true,
+                appended_since_reserve: 0,
             }),
             status: watch::Sender::new(status),
             closed: AtomicBool::new(false),
@@ -425,6 +446,10 @@ impl Partition {
                 ProposeError::NotLeader { .. } => BrokerError::NotLeaderOrFollower,
                 other => BrokerError::Busy(other.to_string()),
             });
+        }
+        st.appended_since_reserve += batches.len();
+        if needs_file_io {
+            Metrics::add(&self.metrics.appends_with_file_io_total, 1);
         }
         let appended = Appended {
             base_offset: base_offset as i64,

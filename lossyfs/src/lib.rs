@@ -113,6 +113,32 @@ impl LossyFs {
     }
 }
 
+/// For tests: mounts lossyfs over a fresh temporary backing directory on a fresh
+/// temporary mount point (names start with `prefix`), returning `(backing, mount
+/// point, mount)`. Drop the mount before the directories. `None`, after printing that
+/// `test` is skipped and why, only where FUSE cannot be used; any other failure panics.
+pub fn mount_in_temp_dirs(
+    test: &str,
+    prefix: &str,
+    options: &MountOptions,
+) -> Option<(tempfile::TempDir, tempfile::TempDir, Mounted)> {
+    let temp_dir = |kind: &str| {
+        tempfile::Builder::new()
+            .prefix(&format!("{prefix}{kind}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{kind} dir: {e}"))
+    };
+    let (backing, mountpoint) = (temp_dir("backing"), temp_dir("mnt"));
+    match LossyFs::mount(backing.path(), mountpoint.path(), options) {
+        Ok(mounted) => Some((backing, mountpoint, mounted)),
+        Err(e) if fuse_unavailable(&e) => {
+            println!("SKIPPED {test}: FUSE is not available here ({e})");
+            None
+        }
+        Err(e) => panic!("mount lossyfs: {e}"),
+    }
+}
+
 /// Whether `err` (from [`LossyFs::mount`]) means FUSE cannot be used on this machine
 /// (no `/dev/fuse`, no permission to mount, no `fusermount3`), as opposed to a bug.
 pub fn fuse_unavailable(err: &io::Error) -> bool {

@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use rill_lossyfs::{fuse_unavailable, LossyFs, MountOptions, Mounted};
+use rill_lossyfs::{LossyFs, MountOptions, Mounted};
 
 /// A backing directory, a mount point and the mount over them. Fields drop in order:
 /// the mount goes before the directories under it are removed.
@@ -58,26 +58,13 @@ fn mount_or_skip(test: &str) -> Option<Fixture> {
 }
 
 fn mount_with(test: &str, options: MountOptions) -> Option<Fixture> {
-    let backing = tempfile::Builder::new()
-        .prefix("lossyfs-backing-")
-        .tempdir()
-        .expect("backing dir");
-    let mountpoint = tempfile::Builder::new()
-        .prefix("lossyfs-mnt-")
-        .tempdir()
-        .expect("mount point");
-    match LossyFs::mount(backing.path(), mountpoint.path(), &options) {
-        Ok(mounted) => Some(Fixture {
-            mounted: Some(mounted),
-            mountpoint,
-            backing,
-        }),
-        Err(e) if fuse_unavailable(&e) => {
-            println!("SKIPPED {test}: FUSE is not available here ({e})");
-            None
-        }
-        Err(e) => panic!("mount lossyfs: {e}"),
-    }
+    let (backing, mountpoint, mounted) =
+        rill_lossyfs::mount_in_temp_dirs(test, "lossyfs-", &options)?;
+    Some(Fixture {
+        mounted: Some(mounted),
+        mountpoint,
+        backing,
+    })
 }
 
 fn fsync_dir(dir: &Path) {

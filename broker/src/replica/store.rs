@@ -425,28 +425,16 @@ mod tests {
         compare(&store, &reference);
         let mut read = Vec::new();
         store.read_entries(0, usize::MAX, &mut read).expect("read");
-        let kinds: Vec<(Term, u64, u64, bool)> = read
-            .iter()
-            .map(|e| {
-                (
-                    e.term,
-                    e.base_offset,
-                    e.end_offset,
-                    e.kind == EntryKind::LeaderChange,
-                )
-            })
-            .collect();
-        let expected: Vec<(Term, u64, u64, bool)> = entries
-            .iter()
-            .map(|e| {
-                (
-                    e.term,
-                    e.base_offset,
-                    e.end_offset,
-                    e.kind == EntryKind::LeaderChange,
-                )
-            })
-            .collect();
+        // (term, base, end, is a leader entry) of each entry.
+        let shapes = |list: &[Entry]| -> Vec<(Term, u64, u64, bool)> {
+            list.iter()
+                .map(|e| {
+                    let leader = e.kind == EntryKind::LeaderChange;
+                    (e.term, e.base_offset, e.end_offset, leader)
+                })
+                .collect()
+        };
+        let (kinds, expected) = (shapes(&read), shapes(&entries));
         assert_eq!(
             kinds, expected,
             "entries read back with their terms and kinds"

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{FetchRequest, MetadataRequest};
-use rill_lossyfs::{fuse_unavailable, Controls, CrashReport, LossyFs, MountOptions, Mounted};
+use rill_lossyfs::{Controls, CrashReport, LossyFs, MountOptions, Mounted};
 use rill_tests::raw::requests::{fetch, produce, topic_name};
 use rill_tests::raw::{decode_records, record_batch, RawConn};
 
@@ -31,27 +31,14 @@ pub struct Disk {
 impl Disk {
     /// Mounts a fresh disk; `None` (after printing why) only where FUSE cannot be used.
     pub fn mount(test: &str, options: MountOptions) -> Option<Disk> {
-        let backing = tempfile::Builder::new()
-            .prefix("rill-lossyfs-backing-")
-            .tempdir()
-            .expect("backing dir");
-        let mountpoint = tempfile::Builder::new()
-            .prefix("rill-lossyfs-mnt-")
-            .tempdir()
-            .expect("mount point");
-        match LossyFs::mount(backing.path(), mountpoint.path(), &options) {
-            Ok(mounted) => Some(Disk {
-                mounted: Some(mounted),
-                options,
-                mountpoint,
-                backing,
-            }),
-            Err(e) if fuse_unavailable(&e) => {
-                println!("SKIPPED {test}: FUSE is not available here ({e})");
-                None
-            }
-            Err(e) => panic!("mount lossyfs: {e}"),
-        }
+        let (backing, mountpoint, mounted) =
+            rill_lossyfs::mount_in_temp_dirs(test, "rill-lossyfs-", &options)?;
+        Some(Disk {
+            mounted: Some(mounted),
+            options,
+            mountpoint,
+            backing,
+        })
     }
 
     /// Where the broker's data directory is.

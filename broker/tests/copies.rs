@@ -112,7 +112,8 @@ async fn produce_copies_a_batch_once_and_fetch_not_at_all() {
 
     // The append: the one copy, into the mapped segment.
     let (_, partition) = broker.manager.partition("copies", 0).unwrap();
-    let appended = partition.append(&records).unwrap();
+    let counts = rill_broker::api::produce_check::check_client_batches(&records, 1 << 20).unwrap();
+    let appended = partition.append(&records, counts).unwrap();
     partition.wait_acknowledgeable(&appended).await.unwrap();
     // Offset 0 holds the group's LEADER_CHANGE control batch (term 1).
     assert_eq!(appended.base_offset, 1);

@@ -150,7 +150,8 @@ fn append_partition(
         .partition(topic, data.index)
         .ok_or(BrokerError::UnknownTopicOrPartition)?;
     let records = data.records.clone().unwrap_or_default();
-    super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;
-    let appended = partition.append(&records)?;
+    let counts =
+        super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;
+    let appended = partition.append(&records, counts)?;
     Ok((appended, partition))
 }

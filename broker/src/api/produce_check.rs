@@ -8,6 +8,7 @@
 use rill_protocol::batch::{batches, validate_client_batch, ClientBatchRules, RecordError};
 
 use crate::error::BrokerError;
+pub use crate::replica::BatchCounts;
 
 /// Transactions are not implemented yet (no transaction coordinator to commit or abort):
 /// transactional batches are refused rather than stored forever undecided.
@@ -20,14 +21,20 @@ const RULES: ClientBatchRules = ClientBatchRules {
 /// no batch or a torn tail → CORRUPT_MESSAGE; a batch over `max.message.bytes` →
 /// MESSAGE_TOO_LARGE; magic other than 2, offsets inconsistent with the records count, more
 /// records than bytes, a control or a transactional batch → INVALID_RECORD; a CRC failure →
-/// CORRUPT_MESSAGE.
-pub fn check_client_batches(records: &[u8], max_message_bytes: i64) -> Result<(), BrokerError> {
+/// CORRUPT_MESSAGE. Returns what the walk counted, so the append need not walk again.
+pub fn check_client_batches(
+    records: &[u8],
+    max_message_bytes: i64,
+) -> Result<BatchCounts, BrokerError> {
     if records.is_empty() {
         return Err(BrokerError::CorruptMessage("no record batch".into()));
     }
+    let mut counts = BatchCounts::default();
     let mut walk = batches(records);
     for (batch_index, view) in walk.by_ref().enumerate() {
         let view = view.map_err(|e| batch_error(e, batch_index))?;
+        counts.batches += 1;
+        counts.offsets += u64::from(view.last_offset_delta() as u32) + 1;
         if view.size_bytes() as i64 > max_message_bytes {
             return Err(BrokerError::MessageTooLarge {
                 size_bytes: view.size_bytes(),
@@ -44,7 +51,7 @@ pub fn check_client_batches(records: &[u8], max_message_bytes: i64) -> Result<()
             walk.position()
         )));
     }
-    Ok(())
+    Ok(counts)
 }
 
 fn batch_error(e: RecordError, batch_index: usize) -> BrokerError {
@@ -75,7 +82,14 @@ mod tests {
         let mut all = batch(3);
         all.extend(batch(5));
         let largest = batch(5).len();
-        assert!(check_client_batches(&all, largest as i64).is_ok());
+        assert_eq!(
+            check_client_batches(&all, largest as i64).unwrap(),
+            BatchCounts {
+                batches: 2,
+                offsets: 8
+            },
+            "the walk counts batches and offsets for the append"
+        );
         assert!(matches!(
             check_client_batches(&all, largest as i64 - 1),
             Err(BrokerError::MessageTooLarge { size_bytes, .. }) if size_bytes == largest

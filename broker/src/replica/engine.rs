@@ -162,18 +162,9 @@ impl Engine {
             .remove(partition.key());
     }
 
-    pub(super) fn schedule(&self, partition: &Partition) {
-        let Some(arc) = self
-            .replicas
-            .lock()
-            .expect("replicas lock")
-            .get(&partition.key())
-            .and_then(Weak::upgrade)
-        else {
-            return;
-        };
+    pub(super) fn schedule(&self, partition: Arc<Partition>) {
         let mut queue = self.queue.lock().expect("engine queue lock");
-        queue.scheduled.push(arc);
+        queue.scheduled.push(partition);
         drop(queue);
         self.wake.notify_one();
     }
@@ -412,9 +403,7 @@ impl Engine {
                 reason: "partition deleted",
             });
         }
-        let leader = w.partition.broker_id;
-        let membership = st.raft.membership().clone();
-        let changed = st.raft.store_mut().apply(&w.persist, leader, &membership)?;
+        let changed = st.raft.store_mut().apply(&w.persist)?;
         if let Some(hs) = w.persist.hard_state {
             self.hard_states
                 .lock()

@@ -65,6 +65,16 @@ pub struct ReplicaStatus {
     pub discards: u64,
 }
 
+/// Batches and offsets of one produce's records, counted by the produce check's walk
+/// over their headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Record batches.
+    pub batches: u64,
+    /// Offsets they cover (records).
+    pub offsets: u64,
+}
+
 /// Result of appending one produce's batches.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
@@ -124,7 +134,7 @@ impl ReplicaState {
     /// Writes the entries the core created that storage does not have yet (a new
     /// leader's entry). Only a leader writes ahead: a follower's entries come in its
     /// `Ready`.
-    fn write_own_entries(&mut self, broker: i32) -> Result<(), StorageError> {
+    fn write_own_entries(&mut self) -> Result<(), StorageError> {
         if self.raft.role() != Role::Leader {
             return Ok(());
         }
@@ -143,14 +153,11 @@ impl ReplicaState {
                     "own entries unreadable"
                 },
             })?;
-        let membership = self.raft.membership().clone();
         for entry in entries.iter().filter(|e| e.base_offset >= storage_end) {
             if matches!(entry.kind, EntryKind::LeaderChange) {
                 self.leader_entry_end = entry.end_offset;
             }
-            self.raft
-                .store_mut()
-                .write_entry(entry, broker, &membership)?;
+            self.raft.store_mut().write_entry(entry)?;
         }
         Ok(())
     }
@@ -208,7 +215,8 @@ pub struct Partition {
     /// Partition index.
     pub index: i32,
     key: ReplicaKey,
-    broker_id: i32,
+    /// Itself, for handing the persist loop an `Arc` without a map lookup.
+    this: std::sync::Weak<Partition>,
     state: Mutex<ReplicaState>,
     status: watch::Sender<ReplicaStatus>,
     closed: AtomicBool,
@@ -250,7 +258,7 @@ impl Partition {
         let hard_state = engine.hard_state(key);
         let node = store::raft_node_id(broker_id);
         let membership = rill_raft::Membership::with_voters([node]);
-        let store = PartitionStore::new(log, hard_state, membership);
+        let store = PartitionStore::new(log, hard_state, membership, broker_id);
         let mut config = rill_raft::Config::new(node, rand::random());
         // Appends are bounded by the request budget and QUEUED_BYTES_MAX; the data of
         // a leader's uncommitted entries are slices of its mapped segments.
@@ -265,11 +273,11 @@ impl Partition {
             closed: false,
             discards: 0,
         };
-        let partition = Arc::new(Partition {
+        let partition = Arc::new_cyclic(|this| Partition {
             topic,
             index,
             key,
-            broker_id,
+            this: this.clone(),
             state: Mutex::new(ReplicaState {
                 raft,
                 queued: VecDeque::new(),
@@ -365,8 +373,14 @@ impl Partition {
     /// without waiting: writes them to the segment (acks=1 may be answered) and
     /// proposes them to the group. [`Partition::wait_acknowledgeable`] waits for what
     /// acks=-1 needs.
-    pub fn append(&self, batches: &Bytes) -> Result<Appended, BrokerError> {
-        let (offset_count, batch_count) = offsets_in(batches)?;
+    pub fn append(&self, batches: &Bytes, counts: BatchCounts) -> Result<Appended, BrokerError> {
+        let BatchCounts {
+            batches: batch_count,
+            offsets: offset_count,
+        } = counts;
+        if offset_count == 0 {
+            return Err(BrokerError::CorruptMessage("no record batch".into()));
+        }
         let mut st = self.state();
         if self.closed.load(Ordering::Acquire) {
             return Err(BrokerError::UnknownTopicOrPartition);
@@ -405,7 +419,6 @@ impl Partition {
             kind: EntryKind::Data,
             data: batches.clone(),
         };
-        let membership = st.raft.membership().clone();
         // Segment roll and growth (file creation, fallocate, index writes) may block on
         // the disk: step off the runtime for them; a plain append is a memcpy into the
         // page cache and stays.
@@ -414,9 +427,9 @@ impl Partition {
             .append_needs_file_io(batches.len(), crate::clock::now_ms());
         let store = st.raft.store_mut();
         let written = if needs_file_io {
-            crate::runtime::off_runtime(|| store.write_entry(&entry, self.broker_id, &membership))
+            crate::runtime::off_runtime(|| store.write_entry(&entry))
         } else {
-            store.write_entry(&entry, self.broker_id, &membership)
+            store.write_entry(&entry)
         };
         if let Err(e) = written {
             if is_fatal_write(&e) {
@@ -594,7 +607,7 @@ impl Partition {
     /// leader's own entries, and queues the group for the persist loop if it has a
     /// `Ready`.
     fn after_input(&self, st: &mut ReplicaState) {
-        if let Err(e) = st.write_own_entries(self.broker_id) {
+        if let Err(e) = st.write_own_entries() {
             // Out of space: the entry stays in the core's `Ready`, which the persist
             // loop writes (and retries) itself.
             if !self.is_closed() && !engine::is_out_of_space(&e) {
@@ -609,8 +622,10 @@ impl Partition {
 
     fn schedule(&self, st: &mut ReplicaState) {
         if !st.scheduled && !st.ready_out {
-            st.scheduled = true;
-            self.engine.schedule(self);
+            if let Some(this) = self.this.upgrade() {
+                st.scheduled = true;
+                self.engine.schedule(this);
+            }
         }
     }
 
@@ -656,20 +671,6 @@ impl Partition {
 /// bad batch leave the log unchanged.
 fn is_fatal_write(e: &StorageError) -> bool {
     matches!(e, StorageError::Io { .. }) && !engine::is_out_of_space(e)
-}
-
-/// Number of offsets and of batches the (validated) batches cover.
-fn offsets_in(batches: &[u8]) -> Result<(u64, u64), BrokerError> {
-    let (mut offsets, mut count) = (0u64, 0u64);
-    for batch in rill_record::batches(batches) {
-        let batch = batch.map_err(|e| BrokerError::CorruptMessage(e.to_string()))?;
-        offsets += u64::from(batch.last_offset_delta() as u32) + 1;
-        count += 1;
-    }
-    if offsets == 0 {
-        return Err(BrokerError::CorruptMessage("no record batch".into()));
-    }
-    Ok((offsets, count))
 }
 
 /// Batches read for a Fetch.

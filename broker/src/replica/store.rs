@@ -37,6 +37,10 @@ pub struct PartitionStore {
     hard_state: HardState,
     /// Membership in effect at the log start.
     start_membership: Membership,
+    /// The latest membership written (named by this broker's LEADER_CHANGE records).
+    membership: Membership,
+    /// This broker's id.
+    broker_id: i32,
 }
 
 /// Timestamp of the control batches the replication layer writes: none (-1), so
@@ -51,15 +55,23 @@ pub fn epoch_of(term: Term) -> i32 {
 }
 
 impl PartitionStore {
-    /// Wraps an opened (recovered) log: everything in it counts as the core's log.
-    pub fn new(log: PartitionLog, hard_state: HardState, membership: Membership) -> Self {
+    /// Wraps an opened (recovered) log of broker `broker_id`: everything in it counts as
+    /// the core's log.
+    pub fn new(
+        log: PartitionLog,
+        hard_state: HardState,
+        membership: Membership,
+        broker_id: i32,
+    ) -> Self {
         let raft_end = log.log_end_offset();
         PartitionStore {
             log,
             raft_end,
             reset_start: None,
             hard_state,
-            start_membership: membership,
+            start_membership: membership.clone(),
+            membership,
+            broker_id,
         }
     }
 
@@ -73,16 +85,12 @@ impl PartitionStore {
         &mut self.log
     }
 
-    /// Writes one entry the core just created (a leader's own entry: a produce's
-    /// batches, the leader-change entry, a membership change) at the storage log end,
-    /// stamped with the entry's offsets and term through the iovecs. `node` is the
-    /// leader's broker id (for the leader-change record).
-    pub fn write_entry(
-        &mut self,
-        entry: &Entry,
-        leader: i32,
-        voters: &Membership,
-    ) -> Result<(), StorageError> {
+    /// Writes one entry at the storage log end, stamped with the entry's offsets and
+    /// term through the iovecs: a produce's batches, or a control entry. A control entry
+    /// that arrives with its batch (read from a leader's log) is written as it is; one the
+    /// local core just created (empty data) is built here: a LEADER_CHANGE naming this
+    /// broker and the current voters, or a membership record.
+    pub fn write_entry(&mut self, entry: &Entry) -> Result<(), StorageError> {
         let log_end = self.log.log_end_offset();
         if log_end != entry.base_offset {
             return Err(StorageError::NonContiguous {
@@ -96,13 +104,11 @@ impl PartitionStore {
         let control;
         let batches: &[u8] = match &entry.kind {
             EntryKind::Data => &entry.data,
+            _ if !entry.data.is_empty() => &entry.data,
             EntryKind::LeaderChange => {
-                control = control_batch(
-                    CONTROL_TYPE_LEADER_CHANGE,
-                    &leader_change_value(leader, voters),
-                    CONTROL_TIMESTAMP,
-                )
-                .map_err(record_error)?;
+                let value = leader_change_value(self.broker_id, &self.membership);
+                control = control_batch(CONTROL_TYPE_LEADER_CHANGE, &value, CONTROL_TIMESTAMP)
+                    .map_err(record_error)?;
                 &control
             }
             EntryKind::Membership(m) => {
@@ -115,6 +121,10 @@ impl PartitionStore {
                 &control
             }
         };
+        if let EntryKind::Membership(m) = &entry.kind {
+            // A membership takes effect once it is in the log (Raft dissertation §4.1).
+            self.membership = m.clone();
+        }
         let info = self.log.append_as_leader(batches, epoch_of(entry.term))?;
         if info.log_end_offset != entry.end_offset {
             // The batches hold another number of offsets than the core was told: undo.
@@ -140,18 +150,14 @@ impl PartitionStore {
     /// entries the leader wrote already are only counted; others (a follower's) are
     /// written. Returns whether the log changed (a flush is needed). The hard state is
     /// the persist loop's (one file per data directory).
-    pub fn apply(
-        &mut self,
-        persist: &Persist,
-        leader: i32,
-        voters: &Membership,
-    ) -> Result<bool, StorageError> {
+    pub fn apply(&mut self, persist: &Persist) -> Result<bool, StorageError> {
         let mut changed = false;
         if let Some(reset) = &persist.reset_to {
             self.log.reset_to(reset.start.offset)?;
             self.raft_end = reset.start.offset;
             self.reset_start = Some(reset.start);
             self.start_membership = reset.membership.clone();
+            self.membership = reset.membership.clone();
             changed = true;
         }
         if let Some(offset) = persist.truncate_to {
@@ -165,7 +171,7 @@ impl PartitionStore {
                 && self.log.term_at(entry.last_offset()) == Some(epoch_of(entry.term));
             if !written {
                 self.log.truncate_suffix(entry.base_offset)?;
-                self.write_entry(entry, leader, voters)?;
+                self.write_entry(entry)?;
             }
             self.raft_end = entry.end_offset;
             changed = true;
@@ -382,7 +388,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("open");
         let voters = Membership::with_voters([raft_node_id(1)]);
-        let mut store = PartitionStore::new(log, HardState::default(), voters.clone());
+        let mut store = PartitionStore::new(log, HardState::default(), voters.clone(), 1);
         let mut reference = MemStore::new(voters.clone());
         let mut next = 0;
         let mut entries = Vec::new();
@@ -397,7 +403,7 @@ mod tests {
             }
         }
         for e in &entries {
-            store.write_entry(e, 1, &voters).expect("write");
+            store.write_entry(e).expect("write");
             store.raft_end = e.end_offset;
         }
         reference.append(&entries);

@@ -253,6 +253,33 @@ pub fn next_fetch_offset(records: &Bytes) -> Option<i64> {
     next
 }
 
+/// Every record of a partition from offset 0, in log order: (offset, value). Fetches
+/// (v12) until the log end, stepping past control batches (each term's LEADER_CHANGE),
+/// which hold offsets but no records.
+pub fn read_all(conn: &mut RawConn, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
+    let mut out: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut next = 0;
+    loop {
+        let response = conn.call::<kafka_protocol::messages::FetchRequest>(
+            12,
+            &requests::fetch(topic, partition, next, 0, 0),
+        );
+        let p = &response.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "fetch {topic}-{partition} at {next}");
+        let records = p.records.clone().unwrap_or_default();
+        let Some(after) = next_fetch_offset(&records) else {
+            return out;
+        };
+        assert!(after > next, "fetch at {next} made no progress");
+        out.extend(
+            decode_records(&records)
+                .into_iter()
+                .filter(|(o, _)| *o >= next),
+        );
+        next = after;
+    }
+}
+
 /// Request builders for the APIs the broker tests use most.
 pub mod requests {
     use bytes::Bytes;

@@ -6,16 +6,13 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    DescribeConfigsRequest, FetchRequest, MetadataRequest, ProduceRequest,
-};
+use kafka_protocol::messages::{DescribeConfigsRequest, MetadataRequest, ProduceRequest};
 use kafka_protocol::protocol::StrBytes;
-use rill_tests::raw::requests::{create_topic, fetch, produce, topic_name};
-use rill_tests::raw::{decode_records, next_fetch_offset, record_batch, RawConn};
+use rill_tests::raw::requests::{create_topic, produce, topic_name};
+use rill_tests::raw::{read_all, record_batch, RawConn};
 use rill_tests::RilldProcess;
 
 const PRODUCE_V: i16 = 9;
-const FETCH_V: i16 = 12;
 
 /// (base offset, error code) of a single-partition produce.
 fn produce_one(
@@ -36,27 +33,6 @@ fn produce_one(
     );
     let p = &response.responses[0].partition_responses[0];
     (p.base_offset, p.error_code)
-}
-
-/// Every record of a partition from offset 0: (offset, value).
-fn read_all(conn: &mut RawConn, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut next = 0;
-    loop {
-        let response = conn.call::<FetchRequest>(FETCH_V, &fetch(topic, partition, next, 0, 0));
-        let p = &response.responses[0].partitions[0];
-        assert_eq!(p.error_code, 0);
-        let records = p.records.clone().unwrap_or_default();
-        let Some(after) = next_fetch_offset(&records) else {
-            return out;
-        };
-        out.extend(
-            decode_records(&records)
-                .into_iter()
-                .filter(|(o, _)| *o >= next),
-        );
-        next = after;
-    }
 }
 
 /// The durable end offset of partition 0 of `topic` from the admin port.

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{FetchRequest, MetadataRequest};
+use kafka_protocol::messages::MetadataRequest;
 use rill_lossyfs::{Controls, CrashReport, LossyFs, MountOptions, Mounted};
-use rill_tests::raw::requests::{fetch, produce, topic_name};
-use rill_tests::raw::{decode_records, record_batch, RawConn};
+use rill_tests::raw::requests::{produce, topic_name};
+use rill_tests::raw::{record_batch, RawConn};
 
 pub const PRODUCE_V: i16 = 9;
 pub const FETCH_V: i16 = 12;
@@ -95,28 +95,7 @@ pub fn try_produce(
     Some((p.base_offset, p.error_code))
 }
 
-/// Every record of a partition from offset 0, in log order: (offset, value).
-pub fn read_all(conn: &mut RawConn, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
-    let mut out: Vec<(i64, Vec<u8>)> = Vec::new();
-    let mut next = 0;
-    loop {
-        let response = conn.call::<FetchRequest>(FETCH_V, &fetch(topic, partition, next, 0, 0));
-        let p = &response.responses[0].partitions[0];
-        assert_eq!(p.error_code, 0, "fetch {topic}-{partition} at {next}");
-        let records = p.records.clone().unwrap_or_default();
-        // Control batches (each term's LEADER_CHANGE) hold offsets but no records.
-        let Some(after) = rill_tests::raw::next_fetch_offset(&records) else {
-            return out;
-        };
-        assert!(after > next, "fetch at {next} made no progress");
-        out.extend(
-            decode_records(&records)
-                .into_iter()
-                .filter(|(o, _)| *o >= next),
-        );
-        next = after;
-    }
-}
+pub use rill_tests::raw::read_all;
 
 /// Names of the topics in an all-topics Metadata response.
 pub fn topic_names(conn: &mut RawConn) -> Vec<String> {

@@ -490,7 +490,12 @@ async fn fetch_round(
                         _ => list_offset(cluster, &tp, LATEST_TIMESTAMP).await?,
                     },
                 };
-                advance(shared, &tp, state.epoch, Position::Fetch(offset));
+                // Settled as the start, not only as the fetch position: until the
+                // application consumes, `position()` answers the start, while the fetch
+                // position runs ahead with read-ahead responses not yet polled.
+                let Some(offset) = settle_start(shared, &tp, state.epoch, offset) else {
+                    continue; // sought elsewhere since the snapshot
+                };
                 fetchable.push((tp, state.epoch, offset));
             }
         }

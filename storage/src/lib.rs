@@ -7,6 +7,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`log`](crate::PartitionLog) | [`PartitionLog`]: open/recovery, append, read, roll, truncation, reset, retention, timestamps, leader epochs |
+//! | `journal` | [`Journal`]: one data directory's shared journal, so one fdatasync makes many partitions' new bytes durable (group commit across partitions); replayed before logs open |
 //! | `flush` | [`FlushJob`]/[`FlushedTo`]: durability split so the fsync runs outside the caller's lock |
 //! | `segment` | one segment: file naming and creation, batch scanners for recovery, reads and index rebuilds |
 //! | `index` | sparse `.index` (relative offset u32 → position u32) and `.timeindex` (timestamp i64 → relative offset u32) |
@@ -77,6 +78,7 @@ mod epoch;
 mod error;
 mod flush;
 mod index;
+mod journal;
 mod log;
 mod mmap;
 mod segment;
@@ -88,4 +90,5 @@ pub use config::{
 pub use epoch::EpochEntry;
 pub use error::{Result, StorageError};
 pub use flush::{FlushJob, FlushedTo};
+pub use journal::{Journal, JournalWrite, ReplayStats, JOURNAL_CAPACITY_BYTES_MIN};
 pub use log::{AppendInfo, PartitionLog, RetentionOutcome, LOG_START_FILE, RECOVERY_POINT_FILE};

@@ -16,6 +16,7 @@ use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
 use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints};
 use crate::index::SegmentIndex;
+use crate::journal::JournalWrite;
 use crate::mmap::{self, MapFile, MapWriter};
 use crate::segment::{
     self, create_active, delete_files, segment_path, Active, Loaded, Segment, Unsynced,
@@ -97,6 +98,10 @@ pub struct PartitionLog {
     /// Directory entries created or removed (monotonic), and how many are known durable.
     dir_changes: u64,
     dir_changes_synced: u64,
+    /// The journal epoch in which bytes of this log were last made durable through the
+    /// data directory's journal rather than in place (see `journal`): while that
+    /// epoch is current, a truncation, reset or deletion must checkpoint it first.
+    journal_epoch: Option<u64>,
 }
 
 fn now_ms() -> i64 {
@@ -249,6 +254,7 @@ impl PartitionLog {
             cache: Mutex::new(MapCache::default()),
             dir_changes: 0,
             dir_changes_synced: 0,
+            journal_epoch: None,
         }
     }
 
@@ -1344,6 +1350,72 @@ impl PartitionLog {
                 closed_synced,
             },
         }
+    }
+
+    /// The active segment's bytes not yet durable, as a write for the data directory's
+    /// journal (`data_dir` is the root its path is named from), when they are all
+    /// this log needs to be durable: no closed segment, index file, directory entry
+    /// or zeroed tail waits for a sync. `None` when there is nothing to write or
+    /// something else must be synced in place ([`prepare_flush`](Self::prepare_flush)).
+    pub fn journal_write(&self, data_dir: &Path) -> Option<JournalWrite> {
+        let n = self.segments.len();
+        let active_seg = &self.segments[n - 1];
+        let closed_unsynced = self.segments[..n - 1]
+            .last()
+            .is_some_and(|s| s.unsynced.is_some());
+        if active_seg.flushed_bytes >= active_seg.size_bytes
+            || self.active.needs_sync
+            || closed_unsynced
+            || self.dir_changes > self.dir_changes_synced
+            || self.active.writer.map().published() < active_seg.size_bytes
+        {
+            return None;
+        }
+        let path = segment_path(&self.dir, active_seg.base_offset, LOG_SUFFIX);
+        let relative_path = path.strip_prefix(data_dir).ok()?.to_str()?.to_string();
+        Some(JournalWrite {
+            file: self.active.writer.file().clone(),
+            relative_path,
+            position: active_seg.flushed_bytes as u64,
+            data: self
+                .active
+                .writer
+                .map()
+                .bytes(active_seg.flushed_bytes, active_seg.size_bytes),
+            outcome: FlushedTo {
+                offset: self.log_end_offset(),
+                generation: self.generation,
+                dir_changes: self.dir_changes,
+                active_base_offset: active_seg.base_offset,
+                active_position: active_seg.size_bytes,
+                active_needed_sync: false,
+                closed_synced: Vec::new(),
+            },
+        })
+    }
+
+    /// Records that a [`JournalWrite`] is durable in journal epoch `epoch` (like
+    /// [`complete_flush`](Self::complete_flush), and ignored the same way after a
+    /// truncation or reset).
+    pub fn complete_journaled(&mut self, done: FlushedTo, epoch: u64) {
+        if done.generation != self.generation {
+            return;
+        }
+        self.journal_epoch = Some(epoch);
+        self.complete_flush(done);
+    }
+
+    /// The journal epoch holding this log's latest journalled bytes, if any: before a
+    /// truncation, reset or deletion, the journal must checkpoint it
+    /// ([`Journal::checkpoint_epoch`](crate::Journal::checkpoint_epoch)) and then
+    /// [`clear_journal_epoch`](Self::clear_journal_epoch) be called.
+    pub fn journal_epoch(&self) -> Option<u64> {
+        self.journal_epoch
+    }
+
+    /// The journal checkpointed this log's epoch: its bytes are durable in place.
+    pub fn clear_journal_epoch(&mut self) {
+        self.journal_epoch = None;
     }
 
     /// Second half of a flush: records what the job made durable. Ignored if a

@@ -299,7 +299,11 @@ impl MapWriter {
 }
 
 /// `pwritev` until every byte of `parts` is written at `pos` on.
-fn pwritev_all(file: &File, mut pos: u64, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+pub(crate) fn pwritev_all(
+    file: &File,
+    mut pos: u64,
+    mut parts: &mut [IoSlice<'_>],
+) -> io::Result<()> {
     // Linux caps one call at IOV_MAX (1024) buffers.
     const IOV_MAX: usize = 1024;
     IoSlice::advance_slices(&mut parts, 0);

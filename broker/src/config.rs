@@ -114,6 +114,12 @@ pub struct Config {
     /// `flush_interval_ms`: with `durability = "interval"`, how often every partition
     /// is flushed. Default 1000. Range 1..=3600000.
     pub flush_interval_ms: u64,
+    /// `journal_bytes`: size of the data directory's shared journal (`meta/journal`),
+    /// through which one fdatasync makes the new bytes of many partitions durable
+    /// (group commit across partitions). Written with zeros when created; when full,
+    /// the journalled segment files are synced in place and it starts over.
+    /// Default 67108864 (64 MiB). Range 1048576..=4294967296.
+    pub journal_bytes: u64,
     /// `retention_check_interval_ms`: how often retention deletes expired segments.
     /// Default 300000 (5 min, like Kafka). Range 100..=86400000.
     pub retention_check_interval_ms: u64,
@@ -192,6 +198,7 @@ impl Default for Config {
             request_read_timeout_ms: 30_000,
             durability: Durability::Fsync,
             flush_interval_ms: 1000,
+            journal_bytes: 64 << 20,
             retention_check_interval_ms: 300_000,
             fetch_wait_ms_max: 30_000,
             shutdown_timeout_ms: 10_000,
@@ -253,6 +260,7 @@ struct FileConfig {
     request_read_timeout_ms: Option<i64>,
     durability: Option<Durability>,
     flush_interval_ms: Option<i64>,
+    journal_bytes: Option<i64>,
     retention_check_interval_ms: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
     shutdown_timeout_ms: Option<i64>,
@@ -327,6 +335,9 @@ pub struct Cli {
     /// Flush period with --durability interval [default: 1000].
     #[arg(long)]
     pub flush_interval_ms: Option<i64>,
+    /// Size of the shared journal that group-commits many partitions [default: 67108864].
+    #[arg(long)]
+    pub journal_bytes: Option<i64>,
     /// Retention check period [default: 300000].
     #[arg(long)]
     pub retention_check_interval_ms: Option<i64>,
@@ -470,6 +481,9 @@ impl Config {
         }
         if let Some(v) = pick!(flush_interval_ms) {
             config.flush_interval_ms = in_range("flush_interval_ms", v, 1, 3_600_000)? as u64;
+        }
+        if let Some(v) = pick!(journal_bytes) {
+            config.journal_bytes = in_range("journal_bytes", v, 1 << 20, 1 << 32)? as u64;
         }
         if let Some(v) = pick!(retention_check_interval_ms) {
             config.retention_check_interval_ms =

@@ -3,8 +3,9 @@
 //! `rill_log_flushes_total` and `rill_acks_all_responses_total` are what the
 //! durability test observes: the group-commit ratio is responses per flush. A flush
 //! is one sync round of the persist loop; `rill_partition_syncs_total` counts the
-//! partition logs those rounds synced (partitions per round = group commit across
-//! partitions).
+//! partition logs those rounds synced in place, `rill_journal_syncs_total` the
+//! fdatasyncs of the shared journal and `rill_journal_partition_writes_total` the
+//! partition writes they covered (writes per journal sync = partitions per fsync).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +17,14 @@ pub struct Metrics {
     /// Completed sync rounds of the persist loop (each covers every partition with
     /// something to sync, and the terms-and-votes file).
     pub log_flushes_total: AtomicU64,
-    /// Partition logs synced by those rounds (the fdatasync of their dirty files).
+    /// Partition logs synced in place by those rounds (the fdatasync of their dirty
+    /// files).
     pub partition_syncs_total: AtomicU64,
+    /// fdatasyncs of the shared journal: each made the new bytes of several partitions
+    /// durable at once.
+    pub journal_syncs_total: AtomicU64,
+    /// Partition writes those journal syncs covered.
+    pub journal_partition_writes_total: AtomicU64,
     /// Appends that had to create, grow or roll a segment file themselves (the persist
     /// loop grows active segments ahead of the write stream, so this stays rare).
     pub appends_with_file_io_total: AtomicU64,
@@ -55,6 +62,8 @@ impl Default for Metrics {
         Metrics {
             log_flushes_total: AtomicU64::new(0),
             partition_syncs_total: AtomicU64::new(0),
+            journal_syncs_total: AtomicU64::new(0),
+            journal_partition_writes_total: AtomicU64::new(0),
             appends_with_file_io_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
@@ -121,8 +130,18 @@ impl Metrics {
             ),
             (
                 "rill_partition_syncs_total",
-                "Partition logs synced by those rounds.",
+                "Partition logs synced in place by those rounds.",
                 &self.partition_syncs_total,
+            ),
+            (
+                "rill_journal_syncs_total",
+                "fdatasyncs of the shared journal (each covers several partitions).",
+                &self.journal_syncs_total,
+            ),
+            (
+                "rill_journal_partition_writes_total",
+                "Partition writes made durable by those journal syncs.",
+                &self.journal_partition_writes_total,
             ),
             (
                 "rill_appends_with_file_io_total",

@@ -83,9 +83,18 @@ fn value(round: u32, partition: i32, batch: u64, record: usize) -> Vec<u8> {
 /// (offset, value) pairs of one partition.
 type Records = Vec<(i64, Vec<u8>)>;
 
+/// What one round acknowledged, per partition, and the error codes answered.
+struct Produced {
+    acked: Vec<Records>,
+    errors: Vec<i16>,
+    /// Partition writes the broker made durable through its shared journal (one
+    /// fdatasync for several partitions) rather than in place, just before the kill.
+    journal_writes: u64,
+}
+
 /// One producer per partition on its own connection, acks=-1, until the broker dies
-/// under it; returns what was acknowledged and any error codes answered.
-fn produce_until_killed(broker: &mut RilldProcess, round: u32) -> (Vec<Records>, Vec<i16>) {
+/// under it.
+fn produce_until_killed(broker: &mut RilldProcess, round: u32) -> Produced {
     let addr = broker.addr();
     let producers: Vec<_> = (0..PARTITIONS)
         .map(|partition| {
@@ -115,6 +124,7 @@ fn produce_until_killed(broker: &mut RilldProcess, round: u32) -> (Vec<Records>,
         })
         .collect();
     std::thread::sleep(Duration::from_millis(PRODUCE_MS));
+    let journal_writes = broker.metric("rill_journal_partition_writes_total");
     broker.kill();
     let mut acked = Vec::new();
     let mut errors = Vec::new();
@@ -123,7 +133,11 @@ fn produce_until_killed(broker: &mut RilldProcess, round: u32) -> (Vec<Records>,
         acked.push(a);
         errors.extend(e);
     }
-    (acked, errors)
+    Produced {
+        acked,
+        errors,
+        journal_writes,
+    }
 }
 
 #[test]
@@ -159,8 +173,14 @@ fn acknowledged_records_survive_power_loss_at_their_offsets() {
     let mut bytes_dropped = 0;
     let mut undone = 0;
     let mut acked_records = 0u64;
+    let mut journal_writes = 0u64;
     for round in 0..rounds {
-        let (new, errors) = produce_until_killed(&mut broker, round);
+        let Produced {
+            acked: new,
+            errors,
+            journal_writes: journalled,
+        } = produce_until_killed(&mut broker, round);
+        journal_writes += journalled;
         assert!(
             errors.is_empty(),
             "round {round}: produce answered errors {errors:?}\n{}",
@@ -232,11 +252,14 @@ fn acknowledged_records_survive_power_loss_at_their_offsets() {
             segments.iter().all(|&n| n >= 2),
             "no segment roll in {rounds} rounds: {segments:?}"
         );
+        // Both ways to durability must have been crossed by the power losses.
+        assert!(journal_writes > 0, "the journal never made a write durable");
     }
     println!(
         "power loss, durability={durability}: {rounds} rounds, {acked_records} records \
          acknowledged, {} lost ({} missing, {} offsets reused), crashes dropped {bytes_dropped} \
-         unsynced bytes and undid {undone} namespace changes, {:.1} s",
+         unsynced bytes and undid {undone} namespace changes, {journal_writes} partition \
+         writes made durable through the journal, {:.1} s",
         total.missing + total.replaced,
         total.missing,
         total.replaced,

@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rill_storage::{FlushJob, FlushedTo, StorageError};
+use rill_storage::{FlushJob, FlushedTo, Journal, JournalWrite, StorageError};
 
 use super::hard_state::{HardStates, ReplicaKey};
 use super::Partition;
@@ -46,7 +46,21 @@ pub struct EngineConfig {
     pub flush_interval: Duration,
     /// Testing aid: sleep this long before each sync round (widens group commits).
     pub debug_flush_delay: Duration,
+    /// The data directory: root of the journal records' segment paths.
+    pub data_dir: std::path::PathBuf,
+    /// Size of the shared journal (`meta/journal`).
+    pub journal_bytes: u64,
 }
+
+/// The shared journal of a data directory, locked by the persist loop (holding no
+/// partition lock) and by a partition's truncation barrier (holding that partition's
+/// lock): the order is always partition → journal.
+pub type SharedJournal = Arc<Mutex<Journal>>;
+
+/// Fewest partitions a round makes durable through the journal rather than with an
+/// fdatasync each: a single partition syncs in place (no second copy of its bytes);
+/// from two on, one journal fdatasync replaces one per partition.
+const JOURNAL_PARTITIONS_MIN: usize = 2;
 
 #[derive(Default)]
 struct Queue {
@@ -60,6 +74,7 @@ pub struct Engine {
     queue: Mutex<Queue>,
     wake: Condvar,
     hard_states: Mutex<HardStates>,
+    journal: SharedJournal,
     /// Every live replica of the directory (interval syncs, shutdown).
     replicas: Mutex<HashMap<ReplicaKey, Weak<Partition>>>,
     /// The replicas whose ticks matter: all but sole-member leaders (see `tick_all`).
@@ -88,16 +103,35 @@ struct Work {
     after_persist: rill_raft::AfterPersist,
     flush: Option<FlushJob>,
     flushed: Option<FlushedTo>,
+    /// The round's new bytes as a journal write, when that is all the group needs.
+    journal: Option<JournalWrite>,
+    /// Made durable by the journal in this epoch.
+    journalled: Option<(FlushedTo, u64)>,
 }
 
 impl Engine {
-    /// Loads the directory's terms and votes and starts the loop's thread.
+    /// Replays the directory's journal (before any log opens: the caller opens them
+    /// after this), loads its terms and votes and starts the loop's thread.
     pub fn start(
         meta_dir: &std::path::Path,
         config: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Engine>, BrokerError> {
+        let (journal, replayed) = Journal::open(
+            &meta_dir.join("journal"),
+            &config.data_dir,
+            config.journal_bytes,
+        )
+        .map_err(|e| BrokerError::Storage(e.to_string()))?;
+        if replayed.records > 0 {
+            tracing::info!(
+                records = replayed.records,
+                bytes = replayed.bytes,
+                "wrote back journalled segment bytes"
+            );
+        }
         let engine = Arc::new(Engine {
+            journal: Arc::new(Mutex::new(journal)),
             config,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -118,6 +152,11 @@ impl Engine {
             .map_err(|e| BrokerError::Storage(format!("cannot start the persist thread: {e}")))?;
         *engine.thread.lock().expect("engine thread lock") = Some(handle);
         Ok(engine)
+    }
+
+    /// The directory's shared journal (for partition truncation barriers).
+    pub fn journal(&self) -> &SharedJournal {
+        &self.journal
     }
 
     /// A replica's last durable term, vote and commit hint.
@@ -216,6 +255,12 @@ impl Engine {
             return Err(self.offline_error());
         }
         self.sync_all()?;
+        // Everything journalled goes in place too, so the journal starts empty.
+        self.journal
+            .lock()
+            .expect("journal lock")
+            .checkpoint()
+            .map_err(|e| BrokerError::Storage(e.to_string()))?;
         let mut hard_states = self.hard_states.lock().expect("hard states lock");
         for partition in self.live_replicas() {
             let st = partition.state();
@@ -278,6 +323,8 @@ impl Engine {
                 after_persist: ready.after_persist,
                 flush: None,
                 flushed: None,
+                journal: None,
+                journalled: None,
             });
         }
         let mut work = Vec::with_capacity(pending.len());
@@ -308,6 +355,10 @@ impl Engine {
         // Sync: every dirty segment, then the terms and votes of all groups at once.
         if work.iter().any(|w| w.flush.is_some()) && !self.config.debug_flush_delay.is_zero() {
             std::thread::sleep(self.config.debug_flush_delay);
+        }
+        if let Err(e) = self.journal_round(&mut work) {
+            self.fail_round(&work, &e.to_string());
+            return;
         }
         let jobs: Vec<(usize, FlushJob)> = work
             .iter_mut()
@@ -353,7 +404,7 @@ impl Engine {
         if self.short_of_space.swap(false, Ordering::AcqRel) {
             tracing::info!("log directory has space again");
         }
-        if synced > 0 {
+        if synced > 0 || work.iter().any(|w| w.journalled.is_some()) {
             Metrics::add(&self.metrics.log_flushes_total, 1);
             Metrics::add(&self.metrics.partition_syncs_total, synced);
         }
@@ -363,6 +414,12 @@ impl Engine {
             let mut st = partition.state();
             if let Some(done) = w.flushed {
                 st.raft.store_mut().log_mut().complete_flush(done);
+            }
+            if let Some((done, epoch)) = w.journalled {
+                st.raft
+                    .store_mut()
+                    .log_mut()
+                    .complete_journaled(done, epoch);
             }
             let durable = w.persist.into_durable();
             let after = w.after_persist.release(&durable);
@@ -410,8 +467,55 @@ impl Engine {
                 .expect("hard states lock")
                 .set(w.partition.key(), hs);
         }
-        w.flush = (changed && self.config.durability == Durability::Fsync)
-            .then(|| st.log().prepare_flush());
+        if changed && self.config.durability == Durability::Fsync {
+            w.journal = st.log().journal_write(&self.config.data_dir);
+            w.flush = Some(st.log().prepare_flush());
+        }
+        Ok(())
+    }
+
+    /// Makes the round's journal writes durable with one journal fdatasync, when at
+    /// least [`JOURNAL_PARTITIONS_MIN`] groups have one; those groups then skip their
+    /// own sync. Writes beyond what the journal holds sync in place as before.
+    fn journal_round(&self, work: &mut [Work]) -> Result<(), StorageError> {
+        let candidates = work.iter().filter(|w| w.journal.is_some()).count();
+        if candidates < JOURNAL_PARTITIONS_MIN {
+            for w in work.iter_mut() {
+                w.journal = None; // drops its reference to the segment map
+            }
+            return Ok(());
+        }
+        let mut journal = self.journal.lock().expect("journal lock");
+        let capacity_bytes = journal.record_capacity_bytes();
+        let mut total_bytes = 0u64;
+        let mut indices = Vec::with_capacity(candidates);
+        let mut writes = Vec::with_capacity(candidates);
+        for (i, w) in work.iter_mut().enumerate() {
+            let Some(write) = w.journal.take() else {
+                continue;
+            };
+            if total_bytes + write.journal_bytes() > capacity_bytes {
+                continue; // synced in place by its flush job
+            }
+            total_bytes += write.journal_bytes();
+            indices.push(i);
+            writes.push(write);
+        }
+        if writes.len() < JOURNAL_PARTITIONS_MIN {
+            return Ok(());
+        }
+        journal.append(&writes)?;
+        let epoch = journal.epoch();
+        drop(journal);
+        Metrics::add(&self.metrics.journal_syncs_total, 1);
+        Metrics::add(
+            &self.metrics.journal_partition_writes_total,
+            writes.len() as u64,
+        );
+        for (i, write) in indices.into_iter().zip(writes) {
+            work[i].flush = None;
+            work[i].journalled = Some((write.into_outcome(), epoch));
+        }
         Ok(())
     }
 

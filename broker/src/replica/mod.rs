@@ -258,7 +258,13 @@ impl Partition {
         let hard_state = engine.hard_state(key);
         let node = store::raft_node_id(broker_id);
         let membership = rill_raft::Membership::with_voters([node]);
-        let store = PartitionStore::new(log, hard_state, membership, broker_id);
+        let store = PartitionStore::new(
+            log,
+            hard_state,
+            membership,
+            broker_id,
+            Some(Arc::clone(engine.journal())),
+        );
         let mut config = rill_raft::Config::new(node, rand::random());
         // Appends are bounded by the request budget and QUEUED_BYTES_MAX; the data of
         // a leader's uncommitted entries are slices of its mapped segments.
@@ -578,6 +584,7 @@ impl Partition {
         while self.state().in_round {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
+        crate::runtime::off_runtime(|| self.journal_barrier());
     }
 
     /// [`Partition::close`] for synchronous callers (undoing a failed creation): the
@@ -586,6 +593,18 @@ impl Partition {
         self.mark_closed();
         while self.state().in_round {
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.journal_barrier();
+    }
+
+    /// A closed partition's directory may be removed and a new one made under its
+    /// name: none of its bytes may stay in the journal's current epoch, or a replay
+    /// would write them into the newcomer's files. A failure takes the directory
+    /// offline (fail-stop, like any failed sync).
+    fn journal_barrier(&self) {
+        let result = self.state().raft.store_mut().journal_barrier();
+        if let Err(e) = result {
+            self.engine.go_offline(&e.to_string());
         }
     }
 

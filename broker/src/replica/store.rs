@@ -25,6 +25,8 @@ use rill_record::control::{
 use rill_record::BatchView;
 use rill_storage::{PartitionLog, StorageError};
 
+use super::engine::SharedJournal;
+
 /// A partition log seen as a Raft log (see the module docs).
 #[derive(Debug)]
 pub struct PartitionStore {
@@ -41,6 +43,8 @@ pub struct PartitionStore {
     membership: Membership,
     /// This broker's id.
     broker_id: i32,
+    /// The data directory's shared journal (`None` in unit tests without one).
+    journal: Option<SharedJournal>,
 }
 
 /// Timestamp of the control batches the replication layer writes: none (-1), so
@@ -62,6 +66,7 @@ impl PartitionStore {
         hard_state: HardState,
         membership: Membership,
         broker_id: i32,
+        journal: Option<SharedJournal>,
     ) -> Self {
         let raft_end = log.log_end_offset();
         PartitionStore {
@@ -72,7 +77,35 @@ impl PartitionStore {
             start_membership: membership.clone(),
             membership,
             broker_id,
+            journal,
         }
+    }
+
+    /// Truncates the log to `offset` behind the journal barrier (a no-op cut, at or
+    /// past the log end, needs none: a follower's every append checks this).
+    fn truncate_suffix(&mut self, offset: u64) -> Result<(), StorageError> {
+        if offset < self.log.log_end_offset() {
+            self.journal_barrier()?;
+        }
+        self.log.truncate_suffix(offset).map(|_| ())
+    }
+
+    /// Call before the log truncates, resets or is deleted: if bytes of this log are
+    /// durable only through the journal's current epoch, the journal checkpoints, so
+    /// a replay can never write them back over what replaces them
+    /// (`rill_storage::journal`'s rule). Rare: a truncation means a leader change.
+    pub fn journal_barrier(&mut self) -> Result<(), StorageError> {
+        let Some(epoch) = self.log.journal_epoch() else {
+            return Ok(());
+        };
+        if let Some(journal) = &self.journal {
+            journal
+                .lock()
+                .expect("journal lock")
+                .checkpoint_epoch(epoch)?;
+        }
+        self.log.clear_journal_epoch();
+        Ok(())
     }
 
     /// The storage log (reads, metrics).
@@ -128,7 +161,7 @@ impl PartitionStore {
         let info = self.log.append_as_leader(batches, epoch_of(entry.term))?;
         if info.log_end_offset != entry.end_offset {
             // The batches hold another number of offsets than the core was told: undo.
-            self.log.truncate_suffix(entry.base_offset)?;
+            self.truncate_suffix(entry.base_offset)?;
             return Err(StorageError::CorruptBatch {
                 position: 0,
                 reason: "entry's offset count does not match its batches",
@@ -141,7 +174,7 @@ impl PartitionStore {
     /// appends that never reached the core, when it stops leading).
     pub fn discard_unknown_suffix(&mut self) -> Result<(), StorageError> {
         if self.log.log_end_offset() > self.raft_end {
-            self.log.truncate_suffix(self.raft_end)?;
+            self.truncate_suffix(self.raft_end)?;
         }
         Ok(())
     }
@@ -153,6 +186,7 @@ impl PartitionStore {
     pub fn apply(&mut self, persist: &Persist) -> Result<bool, StorageError> {
         let mut changed = false;
         if let Some(reset) = &persist.reset_to {
+            self.journal_barrier()?;
             self.log.reset_to(reset.start.offset)?;
             self.raft_end = reset.start.offset;
             self.reset_start = Some(reset.start);
@@ -162,7 +196,7 @@ impl PartitionStore {
         }
         if let Some(offset) = persist.truncate_to {
             self.raft_end = self.raft_end.min(offset);
-            self.log.truncate_suffix(offset)?;
+            self.truncate_suffix(offset)?;
             changed = true;
         }
         for entry in &persist.entries {
@@ -170,7 +204,7 @@ impl PartitionStore {
                 && self.log.log_end_offset() >= entry.end_offset
                 && self.log.term_at(entry.last_offset()) == Some(epoch_of(entry.term));
             if !written {
-                self.log.truncate_suffix(entry.base_offset)?;
+                self.truncate_suffix(entry.base_offset)?;
                 self.write_entry(entry)?;
             }
             self.raft_end = entry.end_offset;
@@ -388,7 +422,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("open");
         let voters = Membership::with_voters([raft_node_id(1)]);
-        let mut store = PartitionStore::new(log, HardState::default(), voters.clone(), 1);
+        let mut store = PartitionStore::new(log, HardState::default(), voters.clone(), 1, None);
         let mut reference = MemStore::new(voters.clone());
         let mut next = 0;
         let mut entries = Vec::new();

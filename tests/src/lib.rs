@@ -26,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod proxy;
 pub mod raw;
 
 use std::io::{BufRead, BufReader, Read, Write};

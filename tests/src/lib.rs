@@ -23,9 +23,19 @@
 //!
 //! Every broker is killed (SIGKILL) when its [`RilldProcess`] is dropped, also when
 //! a test panics.
+//!
+//! # Layout
+//!
+//! - this file: [`RilldProcess`] and the binaries it runs;
+//! - [`raw`]: a blocking raw Kafka-protocol connection and request builders;
+//! - [`proxy`]: a fault-injecting TCP proxy to put between brokers;
+//! - [`history`]: a checker of produce acknowledgements against what reads found, and
+//!   of replicas' log files against each other.
 
 #![forbid(unsafe_code)]
 
+pub mod history;
+pub mod proxy;
 pub mod raw;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -158,13 +158,24 @@ impl Journal {
         } else {
             (0, ReplayStats::default())
         };
+        let mut usable_bytes = capacity_bytes.max(len_bytes);
         if len_bytes < capacity_bytes {
-            zero_fill(&file, len_bytes, capacity_bytes).map_err(io("allocate journal"))?;
+            match zero_fill(&file, len_bytes, capacity_bytes) {
+                Ok(()) => {}
+                Err(e) if is_no_space(&e) => {
+                    // Start anyway, syncing every partition in place: a full disk
+                    // must not keep the broker (and its data) offline. The new epoch
+                    // below still retires what was replayed.
+                    tracing::warn!(journal = %path.display(), capacity_bytes, "no space for the journal: partitions sync in place until a restart finds room");
+                    usable_bytes = RECORDS_START_BYTES;
+                }
+                Err(e) => return Err(StorageError::io("allocate journal", path, e)),
+            }
         }
         let mut journal = Journal {
             file,
             path: path.to_path_buf(),
-            capacity_bytes: capacity_bytes.max(len_bytes),
+            capacity_bytes: usable_bytes,
             epoch,
             write_position: RECORDS_START_BYTES,
             journalled: HashMap::new(),
@@ -189,7 +200,7 @@ impl Journal {
         self.capacity_bytes - self.write_position
     }
 
-    /// Total size of the record area.
+    /// Total size of the record area (0 when the disk had no room for the journal).
     pub fn record_capacity_bytes(&self) -> u64 {
         self.capacity_bytes - RECORDS_START_BYTES
     }
@@ -414,6 +425,12 @@ fn parse_payload(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
     let at_bytes = payload.get(2 + path_len..2 + path_len + 8)?;
     let at = u64::from_le_bytes(at_bytes.try_into().ok()?);
     Some((path, at, &payload[2 + path_len + 8..]))
+}
+
+fn is_no_space(e: &io::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(e.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
 }
 
 /// Writes zeros over `[from, to)` (allocated, written blocks: later overwrites need no

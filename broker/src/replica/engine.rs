@@ -3,9 +3,11 @@
 //!
 //! One round: take every scheduled group that has a `Ready`, apply its log changes
 //! (a leader's entries are in the segment already; a follower's are written here),
-//! then sync them all — one fdatasync per dirty segment file, one write of the terms
-//! and votes file for all groups, one directory fsync where segments were created —
-//! and only then advance the groups, release their after-persist messages and publish
+//! then sync them all — the new bytes of every group that only appended go into the
+//! directory's shared journal with one fdatasync for all of them (`rill_storage`'s
+//! `Journal`; from two such groups on), the rest get an fdatasync of their dirty files
+//! (and a directory fsync where segments were created), the terms and votes of all
+//! groups one file write — and only then advance the groups, release their after-persist messages and publish
 //! their new high watermarks (persist before send: `Durable` receipts exist only after
 //! the sync). Appends that arrive during the sync are written and queued, and all
 //! share the next round (group commit across requests *and* partitions).

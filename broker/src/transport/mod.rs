@@ -44,6 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::codec::FramedRead;
+use tracing::Instrument;
 
 pub mod codec;
 mod peer;
@@ -90,7 +91,11 @@ pub struct TransportConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for a peer's handshake, either side. Default 5,000 ms.
     pub handshake_timeout_ms: u64,
-    /// Inbound connections served at once; more are closed at accept. Default 1,024.
+    /// Inbound connections served at once; more are closed at accept. A cluster needs
+    /// one per peer broker (two briefly while one reconnects). It also bounds the memory
+    /// peers can make this broker hold for frames being received: at most
+    /// `inbound_connections_max × frame_bytes_max`, and only as bytes actually arrive
+    /// (plus what the inbound channel holds). Default 64.
     pub inbound_connections_max: usize,
 }
 
@@ -111,7 +116,7 @@ impl TransportConfig {
             reconnect_backoff_ms_max: 2_000,
             connect_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
-            inbound_connections_max: 1_024,
+            inbound_connections_max: 64,
         }
     }
 
@@ -238,6 +243,12 @@ pub enum TransportError {
         /// Raft node id in the offending message (or the frame's own, if the header lied).
         node: u64,
     },
+    /// A received message addressed to a Raft node other than this broker's.
+    #[error("message addressed to node {to}, not to this broker")]
+    Misaddressed {
+        /// The addressee it names.
+        to: u64,
+    },
     /// The peer closed an outbound connection.
     #[error("closed by peer")]
     ClosedByPeer,
@@ -352,6 +363,8 @@ pub struct Transport {
     shutdown_tx: watch::Sender<bool>,
     shut_down: AtomicBool,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// Tasks of removed peers, still ending; [`Transport::shutdown`] awaits them too.
+    retired_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Transport {
@@ -381,6 +394,7 @@ impl Transport {
             shutdown_tx,
             shut_down: AtomicBool::new(false),
             accept_task: Mutex::new(Some(accept_task)),
+            retired_tasks: Mutex::new(Vec::new()),
         };
         transport.set_peers(peers);
         Ok(transport)
@@ -411,16 +425,22 @@ impl Transport {
             return;
         }
         let mut current = lock(&self.peers);
-        current.retain(|id, entry| {
-            if peers.contains_key(id) {
-                return true;
+        let removed: Vec<BrokerId> = current
+            .keys()
+            .filter(|id| !peers.contains_key(id))
+            .copied()
+            .collect();
+        for id in removed {
+            if let Some(entry) = current.remove(&id) {
+                lock(&entry.peer.state).removed = true;
+                entry.peer.reconfigured.notify_one();
+                // The task sees `removed` and ends; it is not awaited here (this may run
+                // on a thread outside the runtime), but by `shutdown`.
+                let mut retired = lock(&self.retired_tasks);
+                retired.retain(|task| !task.is_finished());
+                retired.push(entry.task);
             }
-            lock(&entry.peer.state).removed = true;
-            entry.peer.reconfigured.notify_one();
-            // The task sees `removed` and ends; it is not awaited here (this may run on
-            // a thread outside the runtime) and the entry's handle goes with it.
-            false
-        });
+        }
         for (id, addr) in peers {
             if id == self.shared.config.broker_id {
                 continue;
@@ -453,6 +473,11 @@ impl Transport {
         if self.shut_down.load(Ordering::Acquire) {
             return Err(SendError::ShutDown);
         }
+        debug_assert_eq!(
+            envelope.message.to,
+            crate::replica::store::raft_node_id(to_broker),
+            "message addressed to another node than broker {to_broker}'s"
+        );
         let bytes = envelope.encoded_bytes();
         if FRAME_HEADER_BYTES + bytes > self.shared.config.frame_bytes_max {
             counters.bump(&counters.messages_dropped_too_large);
@@ -494,6 +519,12 @@ impl Transport {
         for entry in peers {
             if let Err(error) = entry.task.await {
                 tracing::error!(peer = entry.peer.broker_id, %error, "peer task panicked");
+            }
+        }
+        let retired: Vec<JoinHandle<()>> = lock(&self.retired_tasks).drain(..).collect();
+        for task in retired {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "removed peer's task panicked");
             }
         }
     }
@@ -550,13 +581,14 @@ async fn accept_loop(
                     };
                     let shared = Arc::clone(&shared);
                     let shutdown = shutdown.clone();
+                    let span = tracing::info_span!("inter_broker_in", %addr);
                     connections.spawn(async move {
                         if let Err(error) = serve_inbound(stream, &shared, shutdown).await {
                             shared.counters.bump(&shared.counters.inbound_rejected);
-                            tracing::warn!(%addr, %error, "inter-broker connection closed");
+                            tracing::warn!(%error, "inter-broker connection closed: peer not trusted");
                         }
                         drop(slot);
-                    });
+                    }.instrument(span));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: pause rather than spin.
@@ -599,6 +631,7 @@ async fn serve_inbound(
     check_hello(config, &hello)?;
     let from_broker = hello.broker_id;
     let from_node = crate::replica::store::raft_node_id(from_broker);
+    let own_node = crate::replica::store::raft_node_id(config.broker_id);
     writer
         .write_all(&codec::encode_hello(&Hello {
             broker_id: config.broker_id,
@@ -624,12 +657,19 @@ async fn serve_inbound(
                 node: crate::replica::store::raft_node_id(frame.sender_broker_id),
             });
         }
-        if let Some(spoofed) = frame.envelopes.iter().find(|e| e.message.from != from_node) {
-            return Err(TransportError::SpoofedSender {
-                handshake: from_broker,
-                claimed: from_broker,
-                node: spoofed.message.from,
-            });
+        for envelope in &frame.envelopes {
+            if envelope.message.from != from_node {
+                return Err(TransportError::SpoofedSender {
+                    handshake: from_broker,
+                    claimed: from_broker,
+                    node: envelope.message.from,
+                });
+            }
+            if envelope.message.to != own_node {
+                return Err(TransportError::Misaddressed {
+                    to: envelope.message.to,
+                });
+            }
         }
         counters.bump(&counters.frames_received);
         counters.add(&counters.bytes_received, frame_bytes as u64);

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio_util::codec::FramedRead;
+use tracing::Instrument;
 
 use super::codec::{self, Envelope, Hello, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
 use super::{lock, stopped, BrokerId, Shared, TransportError};
@@ -215,7 +216,12 @@ enum Ended {
 
 /// The task of one outbound peer: connect, handshake, drain the queue; on failure back
 /// off and reconnect, until shutdown or removal.
-pub(crate) async fn run(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(peer: Arc<Peer>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let span = tracing::info_span!("inter_broker_out", peer = peer.broker_id);
+    run_peer(peer, shared, shutdown).instrument(span).await
+}
+
+async fn run_peer(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let config = &shared.config;
     let mut backoff = Backoff::new(
         config.reconnect_backoff_ms_min,
@@ -241,18 +247,18 @@ pub(crate) async fn run(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watc
                 }
                 connected_before = true;
                 backoff.reset();
-                tracing::debug!(peer = peer.broker_id, %addr, "inter-broker connection up");
+                tracing::debug!(%addr, "inter-broker connection up");
                 match write_loop(&peer, &shared, &mut shutdown, stream, generation).await {
                     Ended::Stop => return,
                     Ended::Moved => continue,
                     Ended::Failed(error) => {
-                        tracing::info!(peer = peer.broker_id, %addr, %error, "inter-broker connection lost");
+                        tracing::info!(%addr, %error, "inter-broker connection lost");
                     }
                 }
             }
             Err(error) => {
                 shared.counters.bump(&shared.counters.connect_failures);
-                tracing::debug!(peer = peer.broker_id, %addr, %error, "inter-broker connect failed");
+                tracing::debug!(%addr, %error, "inter-broker connect failed");
             }
         }
         tokio::select! {

@@ -281,6 +281,10 @@ async fn peers_sending_garbage_are_disconnected_and_the_good_peer_is_still_serve
     let mut spoofed = raw_hello(5, CLUSTER);
     spoofed.extend_from_slice(&codec::encode_frame(5, &[append(0, 1, 0, 0)]).to_bytes());
     assert!(hung_up_after(addr, &spoofed).await, "spoofed sender");
+    // A frame addressed to a Raft node other than the receiver's.
+    let mut misaddressed = raw_hello(5, CLUSTER);
+    misaddressed.extend_from_slice(&codec::encode_frame(5, &[append(5, 4, 0, 0)]).to_bytes());
+    assert!(hung_up_after(addr, &misaddressed).await, "misaddressed");
     // A frame cut off by a bad tag after a valid handshake.
     let mut bad_tag = raw_hello(5, CLUSTER);
     let mut frame = codec::encode_frame(5, &[heartbeat(5, 1, 0, 1)])
@@ -292,7 +296,7 @@ async fn peers_sending_garbage_are_disconnected_and_the_good_peer_is_still_serve
     assert!(hung_up_after(addr, &bad_tag).await, "unknown body tag");
 
     eventually("every rejection counted", || {
-        TransportCounters::get(&nodes[1].0.counters().inbound_rejected) == 7
+        TransportCounters::get(&nodes[1].0.counters().inbound_rejected) == 8
     })
     .await;
     nodes[0].0.send(1, append(0, 1, 0, 42)).unwrap();
@@ -479,4 +483,47 @@ fn config_validation_names_the_key() {
         })
     ));
     assert!(config(1).validate().is_ok());
+}
+
+#[tokio::test]
+async fn a_changed_address_moves_the_connection_and_a_removed_peer_is_forgotten() {
+    let (sender, _rx) = start_with(config(1)).await;
+    let (first, mut first_rx) = start_with(config(2)).await;
+    let (second, mut second_rx) = start_with(config(2)).await;
+    sender.set_peers(HashMap::from([(2, first.local_addr())]));
+    sender.send(2, append(1, 2, 0, 0)).unwrap();
+    assert_eq!(
+        receive(&mut first_rx, 1).await,
+        vec![(1, append(1, 2, 0, 0))]
+    );
+
+    sender.set_peers(HashMap::from([(2, second.local_addr())]));
+    // A message may still leave on the old connection before the task sees the move.
+    let got = tokio::time::timeout(WAIT, async {
+        let mut sequence = 1;
+        loop {
+            sender.send(2, append(1, 2, 0, sequence)).unwrap();
+            sequence += 1;
+            if let Ok(Some(batch)) =
+                tokio::time::timeout(Duration::from_millis(100), second_rx.recv()).await
+            {
+                return batch;
+            }
+        }
+    })
+    .await
+    .expect("the moved peer is reached");
+    assert_eq!(got.from_broker, 1);
+
+    sender.set_peers(HashMap::new());
+    assert_eq!(sender.queued_bytes(2), None);
+    assert_eq!(
+        sender.send(2, append(1, 2, 0, 0)),
+        Err(SendError::UnknownPeer(2))
+    );
+    tokio::time::timeout(WAIT, sender.shutdown())
+        .await
+        .expect("shutdown ends");
+    first.shutdown().await;
+    second.shutdown().await;
 }

@@ -33,8 +33,8 @@
 //! Decoding reads untrusted bytes through `rill-protocol`'s [`WireReader`]: every length and
 //! count is checked against the bytes left before anything is allocated, preallocation is
 //! capped ([`prealloc_capacity`]), and every unknown tag or non-canonical value is a typed
-//! [`CodecError`]. The frame's length prefix is checked by the reader of the socket
-//! (`rill_protocol::frame::FrameCodec`) against `frame_bytes_max` before the body is read.
+//! [`CodecError`]. The frame's length prefix is checked by [`FrameDecoder`] against
+//! `frame_bytes_max` before the body is read.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::IoSlice;
@@ -42,8 +42,10 @@ use std::io::IoSlice;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rill_protocol::decode::source::prealloc_capacity;
 use rill_protocol::decode::{DecodeError, Source, WireReader};
-use rill_protocol::frame::FRAME_PREFIX_BYTES;
+use rill_protocol::frame::{FrameCodec, FRAME_PREFIX_BYTES};
+use rill_protocol::ProtocolError;
 use rill_raft::{AppendResult, Entry, EntryKind, Membership, Message, MessageBody, NodeId};
+use tokio_util::codec::Decoder;
 
 use super::BrokerId;
 use crate::replica::hard_state::ReplicaKey;
@@ -64,6 +66,10 @@ pub const HELLO_BYTES_MAX: usize = HELLO_MAGIC.len() + 1 + 4 + 2 + CLUSTER_ID_BY
 
 /// Bytes of a frame before its first envelope: length prefix, version, sender, count.
 pub const FRAME_HEADER_BYTES: usize = FRAME_PREFIX_BYTES + 1 + 4 + 4;
+
+/// Largest frame whose whole buffer [`FrameDecoder`] reserves as soon as its length
+/// prefix has arrived: one Raft append at its default `append_bytes_max` (1 MiB) fits.
+pub const FRAME_RESERVE_WHOLE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Bytes every envelope takes at least: group (16 + 4), from, to, term, body tag.
 const ENVELOPE_BYTES_MIN: usize = 16 + 4 + 8 + 8 + 8 + 1;
@@ -250,6 +256,48 @@ impl Buf for EncodedFrame {
             cnt -= front.len();
             self.chunks.pop_front();
         }
+    }
+}
+
+/// Splits received bytes into frame bodies (length prefix checked and removed).
+///
+/// `rill_protocol`'s [`FrameCodec`] refuses a prefix above `frame_bytes_max` before
+/// reading the body and grows the buffer with the bytes that arrive, never to a claimed
+/// length. Each growth re-copies what had arrived, so on top of it a frame of at most
+/// [`FRAME_RESERVE_WHOLE_BYTES_MAX`] gets its whole buffer reserved once its prefix is
+/// in: the socket then reads it straight into the buffer its entry data are sliced from.
+/// (The broker's request framing does the same, for the same reason.) What a stalling
+/// peer can make this reserve is bounded by that constant per connection.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    codec: FrameCodec,
+}
+
+impl FrameDecoder {
+    /// Frames of at most `frame_bytes_max` bytes, length prefix excluded.
+    pub fn new(frame_bytes_max: usize) -> FrameDecoder {
+        FrameDecoder {
+            codec: FrameCodec::new(frame_bytes_max),
+        }
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = BytesMut;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+        if let Some(prefix) = src.first_chunk::<FRAME_PREFIX_BYTES>() {
+            let size = u32::from_be_bytes(*prefix) as usize;
+            let frame_len = FRAME_PREFIX_BYTES + size;
+            if size <= FRAME_RESERVE_WHOLE_BYTES_MAX
+                && size <= self.codec.frame_bytes_max()
+                && src.len() < frame_len
+            {
+                src.reserve(frame_len - src.len());
+            }
+        }
+        self.codec.decode(src)
     }
 }
 

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rill_protocol::frame::{FrameCodec, FRAME_PREFIX_BYTES};
+use rill_protocol::frame::FRAME_PREFIX_BYTES;
 use rill_protocol::ProtocolError;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -51,7 +51,7 @@ mod peer;
 
 pub use codec::{CodecError, Envelope, Hello};
 
-use codec::{FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
+use codec::{FrameDecoder, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
 use peer::{Peer, Pushed};
 
 /// A Kafka broker id (`node_id` in the configuration): `0..=i32::MAX`, the type the
@@ -618,7 +618,7 @@ async fn serve_inbound(
     // The handshake is read with a limit of its own size, so a garbage prefix is
     // refused from its first four bytes; frames after it get `frame_bytes_max`. The
     // codec grows the buffer with the bytes that arrive, never to a claimed length.
-    let mut frames = FramedRead::new(reader, FrameCodec::new(HELLO_BYTES_MAX));
+    let mut frames = FramedRead::new(reader, FrameDecoder::new(HELLO_BYTES_MAX));
     let handshake_timeout = Duration::from_millis(config.handshake_timeout_ms);
     let hello = tokio::select! {
         _ = stopped(&mut shutdown) => return Ok(()),
@@ -638,7 +638,7 @@ async fn serve_inbound(
             cluster_id: config.cluster_id.clone(),
         }))
         .await?;
-    *frames.decoder_mut() = FrameCodec::new(config.frame_bytes_max);
+    *frames.decoder_mut() = FrameDecoder::new(config.frame_bytes_max);
     loop {
         let body = tokio::select! {
             _ = stopped(&mut shutdown) => return Ok(()),

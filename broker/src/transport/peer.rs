@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rand::Rng;
-use rill_protocol::frame::FrameCodec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
-use super::codec::{self, Envelope, Hello, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
+use super::codec::{self, Envelope, FrameDecoder, Hello, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
 use super::{lock, stopped, BrokerId, Shared, TransportError};
 use crate::replica::hard_state::ReplicaKey;
 
@@ -290,7 +289,7 @@ async fn connect(
     stream.write_all(&hello).await?;
     let handshake_timeout = Duration::from_millis(config.handshake_timeout_ms);
     let reply = {
-        let mut frames = FramedRead::new(&mut stream, FrameCodec::new(HELLO_BYTES_MAX));
+        let mut frames = FramedRead::new(&mut stream, FrameDecoder::new(HELLO_BYTES_MAX));
         tokio::time::timeout(handshake_timeout, frames.next())
             .await
             .map_err(|_| TransportError::Timeout { what: "handshake" })?

@@ -310,7 +310,7 @@ async fn a_claimed_frame_length_reserves_no_memory_before_its_bytes_arrive() {
     // The same reader setup the inbound connection uses, over an in-memory pipe.
     let frame_bytes_max = 64 * 1024 * 1024;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    let mut frames = FramedRead::new(server, FrameCodec::new(frame_bytes_max));
+    let mut frames = FramedRead::new(server, FrameDecoder::new(frame_bytes_max));
     client
         .write_all(&((frame_bytes_max - 1) as u32).to_be_bytes())
         .await
@@ -526,4 +526,42 @@ async fn a_changed_address_moves_the_connection_and_a_removed_peer_is_forgotten(
         .expect("shutdown ends");
     first.shutdown().await;
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_of_one_append_is_read_into_a_buffer_reserved_once() {
+    let frame_bytes_max = 64 * 1024 * 1024;
+    let body_bytes = 512 * 1024;
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let mut frames = FramedRead::new(server, FrameDecoder::new(frame_bytes_max));
+    client
+        .write_all(&(body_bytes as u32).to_be_bytes())
+        .await
+        .unwrap();
+    client.write_all(&[7u8; 100]).await.unwrap();
+    let pending = tokio::time::timeout(Duration::from_millis(50), frames.next()).await;
+    assert!(pending.is_err(), "an incomplete frame is not an error");
+    let capacity = frames.read_buffer().capacity();
+    assert!(
+        capacity >= FRAME_PREFIX_BYTES + body_bytes,
+        "only {capacity} bytes reserved"
+    );
+    // The rest arrives into that buffer: the frame is one allocation, never regrown
+    // (which would copy what had arrived).
+    let address = frames.read_buffer().as_ptr();
+    let writer = tokio::spawn(async move {
+        client
+            .write_all(&vec![7u8; body_bytes - 100])
+            .await
+            .unwrap();
+        client
+    });
+    let frame = tokio::time::timeout(WAIT, frames.next())
+        .await
+        .expect("the frame arrives")
+        .expect("not EOF")
+        .expect("valid");
+    writer.await.unwrap();
+    assert_eq!(frame.len(), body_bytes);
+    assert_eq!(frame.as_ptr(), address.wrapping_add(FRAME_PREFIX_BYTES));
 }

@@ -565,3 +565,50 @@ async fn a_frame_of_one_append_is_read_into_a_buffer_reserved_once() {
     assert_eq!(frame.len(), body_bytes);
     assert_eq!(frame.as_ptr(), address.wrapping_add(FRAME_PREFIX_BYTES));
 }
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_pushes_back_to_the_senders_bounded_queue() {
+    // The receiver's channel holds one batch and nobody reads it: its connection stops
+    // reading, TCP fills, the sender's writer blocks, its queue fills, and it drops.
+    let (tx, mut stalled_rx) = mpsc::channel(1);
+    let receiver = Transport::start(config(2), HashMap::new(), tx)
+        .await
+        .unwrap();
+    let mut sender_config = config(1);
+    sender_config.frame_bytes_max = 256 * 1024;
+    sender_config.inflight_bytes_max = 1024 * 1024;
+    let limit = sender_config.inflight_bytes_max;
+    let (sender, _rx) = start_with(sender_config).await;
+    sender.set_peers(HashMap::from([(2, receiver.local_addr())]));
+    // One shared 200 KiB buffer: every append refers to it, so the test itself holds
+    // no memory per message while the socket path moves gigabytes' worth if unbounded.
+    let data = Bytes::from(vec![5u8; 200 * 1024]);
+    let big = |sequence: u64| {
+        let mut envelope = append(1, 2, 0, sequence);
+        if let MessageBody::Append { entries, .. } = &mut envelope.message.body {
+            entries[0].data = data.clone();
+        }
+        envelope
+    };
+    let mut sequence = 0;
+    tokio::time::timeout(WAIT, async {
+        while TransportCounters::get(&sender.counters().messages_dropped_queue_full) == 0 {
+            let _ = sender.send(2, big(sequence));
+            sequence += 1;
+            let queued = sender.queued_bytes(2).unwrap();
+            assert!(queued <= limit, "{queued} bytes queued, limit {limit}");
+            // Let the writer and the receiver run between sends.
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the sender's queue fills once the consumer stops reading");
+    // The receiver buffered no more than what the channel and one frame hold.
+    let received = TransportCounters::get(&receiver.counters().messages_received);
+    assert!(received < sequence, "{received} of {sequence} received");
+    // Reading again drains what was queued.
+    let first = stalled_rx.recv().await.expect("a batch");
+    assert_eq!(first.envelopes[0], big(0));
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}

@@ -462,4 +462,80 @@ mod tests {
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(50));
     }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Heartbeat { partition: i32, response: bool },
+        Data { partition: i32 },
+        Write { frame_bytes_max: usize },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..3i32, any::<bool>()).prop_map(|(partition, response)| Op::Heartbeat {
+                partition,
+                response
+            }),
+            (0..3i32).prop_map(|partition| Op::Data { partition }),
+            (FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + 400)
+                .prop_map(|frame_bytes_max| Op::Write { frame_bytes_max }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving of sends and writes: charged bytes stay within the
+        /// limit, data messages leave in the order they were queued (none skipped but
+        /// the dropped ones), and at most one heartbeat per (group, direction) waits.
+        #[test]
+        fn the_queue_keeps_its_bound_its_order_and_one_heartbeat_per_key(
+            ops in proptest::collection::vec(op(), 0..200),
+            limit_bytes in 100usize..2_000,
+        ) {
+            let mut queue = PeerQueue::new(limit_bytes);
+            let mut next_sequence = 0u64;
+            let mut accepted = Vec::new();
+            let mut written = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Heartbeat { partition, response } => {
+                        let body = if response {
+                            MessageBody::HeartbeatResponse
+                        } else {
+                            MessageBody::Heartbeat { commit_offset: next_sequence }
+                        };
+                        push(&mut queue, envelope(partition, body));
+                    }
+                    Op::Data { partition } => {
+                        let body = MessageBody::AppendResponse(rill_raft::AppendResult::Accepted {
+                            match_end_offset: next_sequence,
+                        });
+                        if push(&mut queue, envelope(partition, body)) == Pushed::Queued {
+                            accepted.push(next_sequence);
+                        }
+                        next_sequence += 1;
+                    }
+                    Op::Write { frame_bytes_max } => {
+                        let (batch, bytes) = queue.take_batch(frame_bytes_max);
+                        let mut keys = std::collections::HashSet::new();
+                        for e in &batch {
+                            match e.message.body {
+                                MessageBody::AppendResponse(rill_raft::AppendResult::Accepted {
+                                    match_end_offset,
+                                }) => written.push(match_end_offset),
+                                MessageBody::HeartbeatResponse => {
+                                    proptest::prop_assert!(keys.insert((e.group, true)));
+                                }
+                                _ => proptest::prop_assert!(keys.insert((e.group, false))),
+                            }
+                        }
+                        queue.release(bytes);
+                    }
+                }
+                proptest::prop_assert!(queue.charged_bytes() <= limit_bytes);
+                proptest::prop_assert!(queue.heartbeats.len() <= 6);
+            }
+            proptest::prop_assert!(accepted.starts_with(&written));
+        }
+    }
 }

@@ -91,6 +91,13 @@ pub struct TransportConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for a peer's handshake, either side. Default 5,000 ms.
     pub handshake_timeout_ms: u64,
+    /// Time allowed for writing one frame; past it the connection is dropped and
+    /// reopened. Without it, a peer that vanished without a reset (power loss, a
+    /// partition) holds the connection until the kernel gives up (about 15 minutes on
+    /// Linux), and a restarted peer is not reached meanwhile. The cost: a receiver that
+    /// stalls this long (its consumer blocked) is reconnected; what was queued for it
+    /// would have been dropped anyway. Default 30,000 ms.
+    pub write_stall_timeout_ms: u64,
     /// Inbound connections served at once; more are closed at accept. A cluster needs
     /// one per peer broker (two briefly while one reconnects). It also bounds the memory
     /// peers can make this broker hold for frames being received: at most
@@ -116,6 +123,7 @@ impl TransportConfig {
             reconnect_backoff_ms_max: 2_000,
             connect_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
+            write_stall_timeout_ms: 30_000,
             inbound_connections_max: 64,
         }
     }
@@ -168,6 +176,7 @@ impl TransportConfig {
         for (key, value) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("write_stall_timeout_ms", self.write_stall_timeout_ms),
             (
                 "inbound_connections_max",
                 self.inbound_connections_max as u64,

@@ -349,11 +349,14 @@ async fn write_loop(
         }
         let mut frame = codec::encode_frame(shared.config.broker_id, &batch);
         let frame_bytes = bytes::Buf::remaining(&frame);
+        let write_stall_timeout = Duration::from_millis(shared.config.write_stall_timeout_ms);
         let written = tokio::select! {
             _ = stopped(shutdown) => None,
             // `write_all_buf` hands the frame's chunks to vectored writes: entry data
             // goes from its buffer to the socket without a copy.
-            written = writer.write_all_buf(&mut frame) => Some(written),
+            written = tokio::time::timeout(write_stall_timeout, writer.write_all_buf(&mut frame)) => {
+                Some(written.unwrap_or(Err(std::io::ErrorKind::TimedOut.into())))
+            }
         };
         lock(&peer.state).queue.release(batch_bytes);
         match written {

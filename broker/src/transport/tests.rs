@@ -612,3 +612,55 @@ async fn a_consumer_that_stops_reading_pushes_back_to_the_senders_bounded_queue(
     sender.shutdown().await;
     receiver.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_reconnected_after_the_write_stall_timeout() {
+    // A fake peer that completes the handshake, then never reads again.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted_tx, mut accepted_rx) = mpsc::channel(8);
+    let fake = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut prefix = [0u8; 4];
+            stream.read_exact(&mut prefix).await.unwrap();
+            let mut hello = vec![0u8; u32::from_be_bytes(prefix) as usize];
+            stream.read_exact(&mut hello).await.unwrap();
+            stream.write_all(&raw_hello(2, CLUSTER)).await.unwrap();
+            held.push(stream);
+            accepted_tx.send(()).await.unwrap();
+        }
+    });
+    let mut config = config(1);
+    config.write_stall_timeout_ms = 200;
+    let (sender, _rx) = start_with(config).await;
+    sender.set_peers(HashMap::from([(2, addr)]));
+    accepted_rx.recv().await.unwrap();
+    let data = Bytes::from(vec![1u8; 200 * 1024]);
+    tokio::time::timeout(WAIT, async {
+        let mut sequence = 0;
+        // Keep the queue full until the stalled write times out and a second
+        // connection is made.
+        while accepted_rx.try_recv().is_err() {
+            let mut envelope = append(1, 2, 0, sequence);
+            if let MessageBody::Append { entries, .. } = &mut envelope.message.body {
+                entries[0].data = data.clone();
+            }
+            let _ = sender.send(2, envelope);
+            sequence += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the sender gives up on the stalled connection and reconnects");
+    let counters = sender.counters();
+    assert!(TransportCounters::get(&counters.messages_dropped_disconnected) >= 1);
+    // The sender counts the reconnect once it has read the fake's handshake.
+    eventually("a counted reconnect", || {
+        TransportCounters::get(&counters.reconnects) >= 1
+    })
+    .await;
+    sender.shutdown().await;
+    fake.abort();
+}

@@ -245,9 +245,17 @@ async fn run_peer(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watch::Rec
                     shared.counters.bump(&shared.counters.reconnects);
                 }
                 connected_before = true;
-                backoff.reset();
                 tracing::debug!(%addr, "inter-broker connection up");
-                match write_loop(&peer, &shared, &mut shutdown, stream, generation).await {
+                let ended = write_loop(
+                    &peer,
+                    &shared,
+                    &mut shutdown,
+                    stream,
+                    generation,
+                    &mut backoff,
+                )
+                .await;
+                match ended {
                     Ended::Stop => return,
                     Ended::Moved => continue,
                     Ended::Failed(error) => {
@@ -314,6 +322,7 @@ async fn write_loop(
     shutdown: &mut watch::Receiver<bool>,
     stream: TcpStream,
     generation: u64,
+    backoff: &mut Backoff,
 ) -> Ended {
     let counters = &shared.counters;
     let (mut reader, mut writer) = stream.into_split();
@@ -362,6 +371,9 @@ async fn write_loop(
         match written {
             None => return Ended::Stop,
             Some(Ok(())) => {
+                // Only a connection that carried a frame resets the backoff: a peer that
+                // accepts the handshake and then hangs up keeps being retried slowly.
+                backoff.reset();
                 counters.add(&counters.frames_sent, 1);
                 counters.add(&counters.bytes_sent, frame_bytes as u64);
                 counters.add(&counters.messages_sent, batch.len() as u64);

@@ -22,6 +22,9 @@
 //!   and its one check, high watermark = commit offset; [`replica::engine`] is the
 //!   persist loop and timer of a data directory (sync rounds across partitions,
 //!   fail-stop), [`replica::hard_state`] the terms and votes file.
+//! * [`transport`] — the inter-broker transport: Raft messages of all groups batched
+//!   per peer broker over TCP, bounded queues, heartbeat coalescing, reconnects (not
+//!   yet wired to [`replica::engine`]).
 //! * [`admin`] — the admin HTTP port (`/metrics`, `/partitions`).
 //! * [`metrics`] — counters.
 //! * [`clock`] — the wall clock (`now_ms`).
@@ -42,3 +45,4 @@ pub mod replica;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod transport;

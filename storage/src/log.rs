@@ -1340,15 +1340,7 @@ impl PartitionLog {
             dir: self.dir.clone(),
             sync_dir: self.dir_changes > self.dir_changes_synced,
             checkpoints: self.checkpoints.clone(),
-            outcome: FlushedTo {
-                offset: self.log_end_offset(),
-                generation: self.generation,
-                dir_changes: self.dir_changes,
-                active_base_offset: active_seg.base_offset,
-                active_position: active_seg.size_bytes,
-                active_needed_sync: self.active.needs_sync,
-                closed_synced,
-            },
+            outcome: self.flushed_to_end(self.active.needs_sync, closed_synced),
         }
     }
 
@@ -1382,16 +1374,22 @@ impl PartitionLog {
                 .writer
                 .map()
                 .bytes(active_seg.flushed_bytes, active_seg.size_bytes),
-            outcome: FlushedTo {
-                offset: self.log_end_offset(),
-                generation: self.generation,
-                dir_changes: self.dir_changes,
-                active_base_offset: active_seg.base_offset,
-                active_position: active_seg.size_bytes,
-                active_needed_sync: false,
-                closed_synced: Vec::new(),
-            },
+            outcome: self.flushed_to_end(false, Vec::new()),
         })
+    }
+
+    /// What a sync of everything written so far makes durable.
+    fn flushed_to_end(&self, active_needed_sync: bool, closed_synced: Vec<u64>) -> FlushedTo {
+        let active_seg = self.active_segment();
+        FlushedTo {
+            offset: self.log_end_offset(),
+            generation: self.generation,
+            dir_changes: self.dir_changes,
+            active_base_offset: active_seg.base_offset,
+            active_position: active_seg.size_bytes,
+            active_needed_sync,
+            closed_synced,
+        }
     }
 
     /// Records that a [`JournalWrite`] is durable in journal epoch `epoch` (like

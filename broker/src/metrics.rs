@@ -25,6 +25,10 @@ pub struct Metrics {
     pub journal_syncs_total: AtomicU64,
     /// Partition writes those journal syncs covered.
     pub journal_partition_writes_total: AtomicU64,
+    /// Journal checkpoints (journalled segment files synced in place, new epoch).
+    pub journal_checkpoints_total: AtomicU64,
+    /// Segment files those checkpoints synced.
+    pub journal_checkpoint_file_syncs_total: AtomicU64,
     /// Appends that had to create, grow or roll a segment file themselves (the persist
     /// loop grows active segments ahead of the write stream, so this stays rare).
     pub appends_with_file_io_total: AtomicU64,
@@ -64,6 +68,8 @@ impl Default for Metrics {
             partition_syncs_total: AtomicU64::new(0),
             journal_syncs_total: AtomicU64::new(0),
             journal_partition_writes_total: AtomicU64::new(0),
+            journal_checkpoints_total: AtomicU64::new(0),
+            journal_checkpoint_file_syncs_total: AtomicU64::new(0),
             appends_with_file_io_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
@@ -142,6 +148,16 @@ impl Metrics {
                 "rill_journal_partition_writes_total",
                 "Partition writes made durable by those journal syncs.",
                 &self.journal_partition_writes_total,
+            ),
+            (
+                "rill_journal_checkpoints_total",
+                "Journal checkpoints (journalled segments synced in place).",
+                &self.journal_checkpoints_total,
+            ),
+            (
+                "rill_journal_checkpoint_file_syncs_total",
+                "Segment files synced in place by journal checkpoints.",
+                &self.journal_checkpoint_file_syncs_total,
             ),
             (
                 "rill_appends_with_file_io_total",

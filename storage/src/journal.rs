@@ -122,6 +122,9 @@ pub struct Journal {
     write_position: u64,
     /// Files with bytes durable only through the current epoch, by address.
     journalled: HashMap<usize, Arc<File>>,
+    /// Checkpoints run, and the segment files they synced in place (statistics).
+    checkpoints_total: u64,
+    checkpoint_file_syncs_total: u64,
 }
 
 impl Journal {
@@ -179,6 +182,8 @@ impl Journal {
             epoch,
             write_position: RECORDS_START_BYTES,
             journalled: HashMap::new(),
+            checkpoints_total: 0,
+            checkpoint_file_syncs_total: 0,
         };
         journal.begin_epoch()?;
         if !existed {
@@ -264,6 +269,8 @@ impl Journal {
             return Ok(());
         }
         let files: Vec<Arc<File>> = self.journalled.drain().map(|(_, f)| f).collect();
+        self.checkpoints_total += 1;
+        self.checkpoint_file_syncs_total += files.len() as u64;
         sync_files(&files)
             .map_err(|e| StorageError::io("fdatasync journalled segment", &self.path, e))?;
         self.begin_epoch()
@@ -276,6 +283,17 @@ impl Journal {
             self.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Checkpoints run since the journal was opened.
+    pub fn checkpoints_total(&self) -> u64 {
+        self.checkpoints_total
+    }
+
+    /// Segment files those checkpoints synced in place (fdatasyncs besides the
+    /// journal's own).
+    pub fn checkpoint_file_syncs_total(&self) -> u64 {
+        self.checkpoint_file_syncs_total
     }
 
     /// Files whose bytes the current epoch holds.

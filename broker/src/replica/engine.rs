@@ -508,6 +508,14 @@ impl Engine {
         }
         journal.append(&writes)?;
         let epoch = journal.epoch();
+        // Checkpoints also run in truncation barriers: the totals live in the journal.
+        let metrics = &self.metrics;
+        metrics
+            .journal_checkpoints_total
+            .store(journal.checkpoints_total(), Ordering::Relaxed);
+        metrics
+            .journal_checkpoint_file_syncs_total
+            .store(journal.checkpoint_file_syncs_total(), Ordering::Relaxed);
         drop(journal);
         Metrics::add(&self.metrics.journal_syncs_total, 1);
         Metrics::add(

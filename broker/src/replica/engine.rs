@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use super::Partition;
 use crate::config::Durability;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
+use crate::transport::{Envelope, InboundBatch, Transport};
 
 /// Raft tick period (the core's election timeout is 10–20 ticks).
 pub const TICK: Duration = Duration::from_millis(100);
@@ -88,6 +89,9 @@ pub struct Engine {
     short_of_space: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    /// Where the groups' messages to peer replicas go (unset on a single node, whose
+    /// groups have no peers).
+    transport: OnceLock<Arc<Transport>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,6 +150,7 @@ impl Engine {
             short_of_space: AtomicBool::new(false),
             thread: Mutex::new(None),
             metrics,
+            transport: OnceLock::new(),
         });
         let weak = Arc::downgrade(&engine);
         let handle = std::thread::Builder::new()
@@ -154,6 +159,75 @@ impl Engine {
             .map_err(|e| BrokerError::Storage(format!("cannot start the persist thread: {e}")))?;
         *engine.thread.lock().expect("engine thread lock") = Some(handle);
         Ok(engine)
+    }
+
+    /// Connects the groups to their peers: from now on their messages go out through
+    /// `transport`, and every batch arriving on `inbound` is handed to its groups by a
+    /// thread of its own (stepping a message may write a new leader's entry: file
+    /// I/O, never on a tokio worker). Call once.
+    pub fn connect(
+        self: &Arc<Self>,
+        transport: Arc<Transport>,
+        mut inbound: tokio::sync::mpsc::Receiver<InboundBatch>,
+    ) -> Result<(), BrokerError> {
+        if self.transport.set(transport).is_err() {
+            return Err(BrokerError::Storage(
+                "the engine is connected already".into(),
+            ));
+        }
+        let engine = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("rill-inbound".into())
+            .spawn(move || {
+                while let Some(batch) = inbound.blocking_recv() {
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    engine.deliver(batch);
+                }
+            })
+            .map_err(|e| BrokerError::Storage(format!("cannot start the inbound thread: {e}")))?;
+        Ok(())
+    }
+
+    /// Hands each received message to its group's replica; messages for groups this
+    /// broker does not host (deleted, not created yet) are dropped.
+    fn deliver(&self, batch: InboundBatch) {
+        let replicas = self.replicas.lock().expect("replicas lock");
+        let targets: Vec<(Option<Arc<Partition>>, rill_raft::Message)> = batch
+            .envelopes
+            .into_iter()
+            .map(|e| (replicas.get(&e.group).and_then(Weak::upgrade), e.message))
+            .collect();
+        drop(replicas);
+        for (partition, message) in targets {
+            match partition {
+                Some(p) => p.deliver(message),
+                None => tracing::debug!(
+                    from = batch.from_broker,
+                    "message for a group not hosted here"
+                ),
+            }
+        }
+    }
+
+    /// Sends a group's messages to its peer replicas (dropped without a transport:
+    /// a group of one has no peers).
+    fn send(&self, group: ReplicaKey, messages: Vec<rill_raft::Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let Some(transport) = self.transport.get() else {
+            tracing::debug!(count = messages.len(), "messages without a transport");
+            return;
+        };
+        for message in messages {
+            let to = super::store::broker_id(message.to);
+            if let Err(e) = transport.send(to, Envelope { group, message }) {
+                // Raft resends what matters; the transport counts the drop.
+                tracing::debug!(to, error = %e, "message not sent");
+            }
+        }
     }
 
     /// The directory's shared journal (for partition truncation barriers).
@@ -312,13 +386,12 @@ impl Engine {
             if partition.is_closed() || self.is_offline() || st.ready_out || !st.raft.has_ready() {
                 continue;
             }
-            let ready = st.raft.ready();
+            let mut ready = st.raft.ready();
             st.ready_out = true;
-            if !ready.messages.is_empty() {
-                // A group of one has no peer; the cluster's transport sends these.
-                tracing::debug!(count = ready.messages.len(), "messages without a transport");
-            }
+            st.raft.store().attach_control_data(&mut ready.messages);
             drop(st);
+            // Need nothing durable (a leader's appends, vote requests): out at once.
+            self.send(partition.key(), ready.messages);
             pending.push(Work {
                 partition,
                 persist: ready.persist,
@@ -425,12 +498,16 @@ impl Engine {
             }
             let durable = w.persist.into_durable();
             let after = w.after_persist.release(&durable);
-            if !after.is_empty() {
-                tracing::debug!(count = after.len(), "messages without a transport");
-            }
+            self.send(partition.key(), after);
             st.raft.advance(durable);
             st.ready_out = false;
             st.in_round = false;
+            // What peers sent while the `Ready` was out.
+            while let Some(message) = st.inbox.pop_front() {
+                if let Err(e) = st.raft.step(message) {
+                    tracing::debug!(error = %e, "message refused by the core");
+                }
+            }
             if partition.is_closed() {
                 continue;
             }

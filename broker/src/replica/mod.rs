@@ -118,7 +118,14 @@ pub struct ReplicaState {
     ticking: bool,
     /// Bytes appended since the persist loop last grew the segment ahead.
     appended_since_reserve: usize,
+    /// Messages from peers that arrived while the persist loop held the `Ready` (the
+    /// core takes no input until it advances), stepped right after.
+    inbox: VecDeque<rill_raft::Message>,
 }
+
+/// Most peer messages a replica holds while its `Ready` is being synced; more are
+/// dropped (Raft resends what matters: appends are retried, votes re-requested).
+const INBOX_MESSAGES_MAX: usize = 1024;
 
 impl ReplicaState {
     /// The storage log.
@@ -244,7 +251,10 @@ impl std::ops::Deref for LogGuard<'_> {
 impl Partition {
     /// Starts the replica of an opened log: restores its Raft group from the log and
     /// the data directory's terms and votes, registers it with the persist loop and
-    /// starts an election (a group of one elects itself at once).
+    /// starts an election if it is the group's only voter (a group of one elects
+    /// itself at once; a larger group elects on its election timeout). `voters` are
+    /// the broker ids of the group's replicas, this broker among them.
+    #[allow(clippy::too_many_arguments)] // one replica's identity, log and context
     pub fn open(
         topic: String,
         index: i32,
@@ -252,12 +262,20 @@ impl Partition {
         log: PartitionLog,
         engine: Arc<Engine>,
         broker_id: i32,
+        voters: &[i32],
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Partition>, BrokerError> {
         let key = (topic_id, index);
         let hard_state = engine.hard_state(key);
         let node = store::raft_node_id(broker_id);
-        let membership = rill_raft::Membership::with_voters([node]);
+        if !voters.contains(&broker_id) {
+            return Err(BrokerError::Storage(format!(
+                "replica of {topic}-{index} on broker {broker_id}, which is not among its voters {voters:?}"
+            )));
+        }
+        let sole_voter = voters.len() == 1;
+        let membership =
+            rill_raft::Membership::with_voters(voters.iter().map(|&b| store::raft_node_id(b)));
         let store = PartitionStore::new(
             log,
             hard_state,
@@ -295,6 +313,7 @@ impl Partition {
                 discards: 0,
                 ticking: true,
                 appended_since_reserve: 0,
+                inbox: VecDeque::new(),
             }),
             status: watch::Sender::new(status),
             closed: AtomicBool::new(false),
@@ -302,12 +321,33 @@ impl Partition {
             metrics,
         });
         engine.register(&partition);
-        {
+        if sole_voter {
             let mut st = partition.state();
             st.raft.campaign();
             partition.after_input(&mut st);
         }
         Ok(partition)
+    }
+
+    /// A message from a peer replica of this group: stepped into the core now, or
+    /// held until the persist loop advances the group (see [`ReplicaState`]'s inbox).
+    pub fn deliver(&self, message: rill_raft::Message) {
+        if self.is_closed() {
+            return;
+        }
+        let mut st = self.state();
+        if st.ready_out {
+            if st.inbox.len() < INBOX_MESSAGES_MAX {
+                st.inbox.push_back(message);
+            } else {
+                tracing::debug!(topic = %self.topic, partition = self.index, "replica inbox full: message dropped");
+            }
+            return;
+        }
+        if let Err(e) = st.raft.step(message) {
+            tracing::debug!(topic = %self.topic, partition = self.index, error = %e, "message refused by the core");
+        }
+        self.after_input(&mut st);
     }
 
     /// Locks the replica state. A poisoned lock means a panic inside storage or Raft;

@@ -16,8 +16,8 @@ use kafka_protocol::messages::leader_change_message::{LeaderChangeMessage, Voter
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::protocol::Encodable;
 use rill_raft::{
-    BootState, Entry, EntryKind, HardState, LogReadError, LogStart, LogStore, Membership, NodeId,
-    Persist, Term,
+    BootState, Entry, EntryKind, HardState, LogReadError, LogStart, LogStore, Membership, Message,
+    MessageBody, NodeId, Persist, Term,
 };
 use rill_record::control::{
     control_batch, control_record, CONTROL_TYPE_LEADER_CHANGE, CONTROL_TYPE_RILL_MEMBERSHIP,
@@ -88,6 +88,29 @@ impl PartitionStore {
             self.journal_barrier()?;
         }
         self.log.truncate_suffix(offset).map(|_| ())
+    }
+
+    /// Gives the control entries (leader change, membership) of outgoing appends the
+    /// bytes this replica wrote for them, so every follower stores the same batch (the
+    /// term's leader and voters as the leader wrote them, not its own view). A leader's
+    /// entries are in its log before its `Ready` is taken.
+    pub fn attach_control_data(&self, messages: &mut [Message]) {
+        for message in messages {
+            let MessageBody::Append { entries, .. } = &mut message.body else {
+                continue;
+            };
+            for entry in entries.iter_mut() {
+                if entry.kind == EntryKind::Data || !entry.data.is_empty() {
+                    continue;
+                }
+                match self.log.read(entry.base_offset, 1, entry.end_offset) {
+                    Ok(bytes) if !bytes.is_empty() => entry.data = bytes,
+                    // Not in the log (cannot happen for the leader's own entries): the
+                    // follower builds the batch itself.
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Call before the log truncates, resets or is deleted: if bytes of this log are

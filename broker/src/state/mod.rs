@@ -216,6 +216,7 @@ impl PartitionManager {
             log,
             Arc::clone(&self.engine),
             self.config.node_id,
+            &[self.config.node_id],
             Arc::clone(&self.metrics),
         )
     }

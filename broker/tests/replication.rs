@@ -1,0 +1,253 @@
+//! Three replica engines, each with its own data directory, persist thread and
+//! inter-broker transport on a loopback port, replicate one partition with Raft: one
+//! leader is elected, acks=-1 appends are acknowledged only once a majority holds
+//! them, every replica's log becomes byte-identical, and when the leader's broker
+//! stops, the other two elect a new leader that keeps every acknowledged batch; the
+//! old leader restarts on its directory and catches up.
+//!
+//! The brokers share this test's process (the cluster issue's multi-process tests
+//! build on the same engine); the files, fsyncs, sockets and threads are real.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rill_broker::config::Durability;
+use rill_broker::metrics::Metrics;
+use rill_broker::replica::engine::{Engine, EngineConfig};
+use rill_broker::replica::{BatchCounts, Partition};
+use rill_broker::transport::{Transport, TransportConfig};
+use rill_storage::batch::{encode_uncompressed, RecordSpec};
+use rill_storage::{LogConfig, PartitionLog};
+use tokio::time::Instant;
+
+const BROKERS: [i32; 3] = [1, 2, 3];
+const TOPIC: &str = "replicated";
+const TOPIC_ID: uuid::Uuid = uuid::Uuid::from_u128(0x5eed_0000_0000_0000_0000_0000_0000_0001);
+const CLUSTER_ID: &str = "replication-test";
+
+/// One broker: engine, transport and the partition's replica over a data directory.
+struct Node {
+    id: i32,
+    data_dir: PathBuf,
+    engine: Arc<Engine>,
+    transport: Arc<Transport>,
+    partition: Arc<Partition>,
+}
+
+impl Node {
+    /// Starts the broker's engine and transport on `data_dir` (listening on `port`, 0
+    /// for any) and opens its replica.
+    async fn start(id: i32, data_dir: &Path, port: u16) -> Node {
+        let meta_dir = data_dir.join("meta");
+        std::fs::create_dir_all(&meta_dir).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let engine = Engine::start(
+            &meta_dir,
+            EngineConfig {
+                durability: Durability::Fsync,
+                flush_interval: Duration::from_secs(1),
+                debug_flush_delay: Duration::ZERO,
+                data_dir: data_dir.to_path_buf(),
+                journal_bytes: 1 << 20,
+            },
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let transport = Arc::new(
+            Transport::start(
+                TransportConfig::new(id, CLUSTER_ID, listen),
+                HashMap::new(),
+                tx,
+            )
+            .await
+            .unwrap(),
+        );
+        engine.connect(Arc::clone(&transport), rx).unwrap();
+        let log =
+            PartitionLog::open(&data_dir.join(format!("{TOPIC}-0")), LogConfig::default()).unwrap();
+        let partition = Partition::open(
+            TOPIC.to_string(),
+            0,
+            TOPIC_ID,
+            log,
+            Arc::clone(&engine),
+            id,
+            &BROKERS,
+            metrics,
+        )
+        .unwrap();
+        Node {
+            id,
+            data_dir: data_dir.to_path_buf(),
+            engine,
+            transport,
+            partition,
+        }
+    }
+
+    /// Stops the broker: its replica, persist loop (with a last sync) and transport.
+    async fn stop(self) -> (PathBuf, u16) {
+        let port = self.transport.local_addr().port();
+        self.partition.close().await;
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+        self.transport.shutdown().await;
+        (self.data_dir, port)
+    }
+}
+
+/// Tells every node where the others listen.
+fn connect_all(nodes: &[&Node]) {
+    let peers: HashMap<i32, SocketAddr> = nodes
+        .iter()
+        .map(|n| (n.id, n.transport.local_addr()))
+        .collect();
+    for n in nodes {
+        n.transport.set_peers(peers.clone());
+    }
+}
+
+/// The node whose replica leads with a current high watermark, waiting up to 20 s.
+async fn leader<'a>(nodes: &[&'a Node]) -> &'a Node {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready: Vec<&Node> = nodes
+            .iter()
+            .copied()
+            .filter(|n| n.partition.status().leader_ready)
+            .collect();
+        if let [one] = ready.as_slice() {
+            return one;
+        }
+        assert!(Instant::now() < deadline, "no single leader within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn batch(n: u64) -> Bytes {
+    let value = format!("record {n}");
+    let mut out = Vec::new();
+    let record = RecordSpec {
+        timestamp_ms: 1_700_000_000_000 + n as i64,
+        key: None,
+        value: Some(value.as_bytes()),
+    };
+    encode_uncompressed(&mut out, 0, -1, &[record]);
+    Bytes::from(out)
+}
+
+/// Appends `count` single-record batches on `leader`, each acknowledged as acks=-1
+/// would be; returns their offsets.
+async fn produce(leader: &Node, first: u64, count: u64) -> Vec<i64> {
+    let counts = BatchCounts {
+        batches: 1,
+        offsets: 1,
+    };
+    let mut offsets = Vec::new();
+    for n in first..first + count {
+        let appended = leader.partition.append(&batch(n), counts).unwrap();
+        leader
+            .partition
+            .wait_acknowledgeable(&appended)
+            .await
+            .unwrap();
+        offsets.push(appended.base_offset);
+    }
+    offsets
+}
+
+/// Every byte of the replica's log below `end`.
+fn log_bytes(node: &Node, end: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let guard = node.partition.log();
+    while offset < end {
+        let bytes = guard.read(offset as u64, 1 << 20, end as u64).unwrap();
+        assert!(!bytes.is_empty(), "broker {}: nothing at {offset}", node.id);
+        let mut next = offset;
+        for view in rill_record::batches(&bytes) {
+            next = view.unwrap().next_offset();
+        }
+        out.extend_from_slice(&bytes);
+        offset = next;
+    }
+    out
+}
+
+/// Waits until every node's high watermark reaches `end`, then checks their logs
+/// below it are byte-identical.
+async fn assert_converged(nodes: &[&Node], end: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in nodes {
+        while n.partition.status().commit_offset < end {
+            assert!(
+                Instant::now() < deadline,
+                "broker {} stuck at high watermark {} < {end}",
+                n.id,
+                n.partition.status().commit_offset
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let reference = log_bytes(nodes[0], end);
+    for n in &nodes[1..] {
+        assert!(
+            log_bytes(n, end) == reference,
+            "broker {}'s log differs from broker {}'s",
+            n.id,
+            nodes[0].id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_elect_one_leader_replicate_and_survive_its_loss() {
+    let dirs: Vec<tempfile::TempDir> = BROKERS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut nodes = Vec::new();
+    for (id, dir) in BROKERS.iter().zip(&dirs) {
+        nodes.push(Node::start(*id, dir.path(), 0).await);
+    }
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+
+    let first_leader = leader(&nodes.iter().collect::<Vec<_>>()).await;
+    let first_term = first_leader.partition.status().term;
+    let acked = produce(first_leader, 0, 200).await;
+    // Offset 0 is the leader's LEADER_CHANGE control batch.
+    assert_eq!(acked, (1..=200).collect::<Vec<i64>>());
+    assert_converged(&nodes.iter().collect::<Vec<_>>(), 201).await;
+
+    // The leader's broker stops; the other two elect a new leader in a later term,
+    // which still holds every acknowledged batch and takes new ones.
+    let position = nodes.iter().position(|n| n.id == first_leader.id).unwrap();
+    let old = nodes.remove(position);
+    let old_id = old.id;
+    let (old_dir, old_port) = old.stop().await;
+    let survivors: Vec<&Node> = nodes.iter().collect();
+    let new_leader = leader(&survivors).await;
+    assert!(new_leader.partition.status().term > first_term);
+    let more = produce(new_leader, 200, 100).await;
+    assert!(more[0] > 200, "new leader reused offsets: {more:?}");
+    let end = more.last().unwrap() + 1;
+    assert_converged(&survivors, end).await;
+
+    // The old leader comes back on its directory and port and catches up to the
+    // same bytes.
+    nodes.push(Node::start(old_id, &old_dir, old_port).await);
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+    assert_converged(&nodes.iter().collect::<Vec<_>>(), end).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}

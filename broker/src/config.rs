@@ -53,6 +53,15 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// `node_id`: this broker's id in Metadata and DescribeCluster. Default 1.
     pub node_id: i32,
+    /// `inter_broker_listen`: where peer brokers connect for replication (the Raft
+    /// messages of every group). Default `127.0.0.1:9093`; bound only in a cluster
+    /// (`controller_voters` set).
+    pub inter_broker_listen: SocketAddr,
+    /// `controller_voters`: the brokers of the cluster's metadata group, as
+    /// `id@host:port` of their `inter_broker_listen`, comma-separated
+    /// (`1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293`). Empty (the default):
+    /// this broker is a cluster of one. `node_id` must be among them.
+    pub controller_voters: Vec<(i32, SocketAddr)>,
     /// `data_dir`: where partition logs and topic metadata live. Default `./rill-data`.
     pub data_dir: PathBuf,
     /// `auto_create_topics`: create a topic (with `default_partitions`) when a
@@ -185,6 +194,8 @@ impl Default for Config {
             advertised_listen: None,
             admin_listen: Some("127.0.0.1:9644".parse().expect("literal address")),
             node_id: 1,
+            inter_broker_listen: SocketAddr::from(([127, 0, 0, 1], 9093)),
+            controller_voters: Vec::new(),
             data_dir: PathBuf::from("./rill-data"),
             auto_create_topics: true,
             default_partitions: 1,
@@ -247,6 +258,8 @@ struct FileConfig {
     advertised_listen: Option<String>,
     admin_listen: Option<String>,
     node_id: Option<i32>,
+    inter_broker_listen: Option<String>,
+    controller_voters: Option<String>,
     data_dir: Option<PathBuf>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
@@ -296,6 +309,12 @@ pub struct Cli {
     /// Broker id [default: 1].
     #[arg(long)]
     pub node_id: Option<i32>,
+    /// Address peers connect to for replication [default: 127.0.0.1:9093].
+    #[arg(long, value_name = "ADDR")]
+    pub inter_broker_listen: Option<String>,
+    /// The cluster's metadata voters, `id@host:port,...` [default: none: one node].
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub controller_voters: Option<String>,
     /// Data directory [default: ./rill-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -393,6 +412,38 @@ fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> 
         .map_err(|e| invalid(key, format!("`{text}` is not an ip:port address ({e})")))
 }
 
+/// Most voters the metadata group may have (each one takes part in every commit).
+const CONTROLLER_VOTERS_MAX: usize = 16;
+
+/// `controller_voters`: `id@ip:port` items, comma-separated, distinct ids; empty
+/// text means none.
+fn parse_voters(text: &str) -> Result<Vec<(i32, SocketAddr)>, ConfigError> {
+    const KEY: &str = "controller_voters";
+    let mut voters: Vec<(i32, SocketAddr)> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| invalid(KEY, format!("`{item}` is not id@ip:port")))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| invalid(KEY, format!("`{id}` is not a broker id")))?;
+        if voters.iter().any(|(v, _)| *v == id) {
+            return Err(invalid(KEY, format!("broker {id} is listed twice")));
+        }
+        voters.push((id, parse_addr(KEY, addr)?));
+    }
+    if voters.len() > CONTROLLER_VOTERS_MAX {
+        return Err(invalid(
+            KEY,
+            format!("{} voters; at most {CONTROLLER_VOTERS_MAX}", voters.len()),
+        ));
+    }
+    voters.sort_unstable_by_key(|(id, _)| *id);
+    Ok(voters)
+}
+
 impl Config {
     /// Builds the configuration from defaults, the file named by `cli.config`, and
     /// the flags, then validates it.
@@ -432,6 +483,20 @@ impl Config {
         }
         if let Some(v) = pick!(node_id) {
             config.node_id = in_range("node_id", v.into(), 0, i32::MAX.into())? as i32;
+        }
+        if let Some(v) = pick!(inter_broker_listen) {
+            config.inter_broker_listen = parse_addr("inter_broker_listen", &v)?;
+        }
+        if let Some(v) = pick!(controller_voters) {
+            config.controller_voters = parse_voters(&v)?;
+        }
+        if !config.controller_voters.is_empty()
+            && !config.controller_voters.iter().any(|(id, _)| *id == config.node_id)
+        {
+            return Err(invalid(
+                "controller_voters",
+                format!("node_id {} is not among them", config.node_id),
+            ));
         }
         if let Some(v) = pick!(data_dir) {
             if v.as_os_str().is_empty() {
@@ -589,6 +654,32 @@ mod tests {
         assert_eq!(config.listen.port(), 19092);
         assert_eq!(config.default_partitions, 5);
         assert_eq!(config.durability, Durability::Interval);
+    }
+
+    #[test]
+    fn controller_voters_parse_and_must_name_this_broker() {
+        let cli = Cli::parse_from([
+            "rilld",
+            "--node-id",
+            "2",
+            "--controller-voters",
+            "3@127.0.0.1:9293, 1@127.0.0.1:9093,2@127.0.0.1:9193",
+        ]);
+        let config = Config::load(&cli).unwrap();
+        let ids: Vec<i32> = config.controller_voters.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(config.controller_voters[1].1.port(), 9193);
+        for bad in [
+            "1@127.0.0.1:9093,1@127.0.0.1:9193",
+            "x@127.0.0.1:9093",
+            "2:127.0.0.1:9093",
+            "2@localhost",
+            "1@127.0.0.1:9093",
+        ] {
+            let cli = Cli::parse_from(["rilld", "--node-id", "2", "--controller-voters", bad]);
+            let err = Config::load(&cli).unwrap_err().to_string();
+            assert!(err.contains("controller_voters"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use uuid::Uuid;
 
-use super::image::MetadataImage;
+use super::image::{MetadataImage, TopicImage};
 use super::record::{MetadataRecord, PartitionAssignment};
 
 /// Mostly ids 0..5 (brokers a test registers), sometimes -1 or anything.
@@ -116,24 +116,119 @@ pub(super) fn arb_record() -> impl Strategy<Value = MetadataRecord> {
     ]
 }
 
-/// Registrations of brokers 0..4 (racks `r0`, `r1`) followed by arbitrary records: the
-/// prefix makes many of the random records valid.
+/// Registrations of brokers 0..4 (racks `r0`, `r1`), then a mix of records aimed at the
+/// image built so far (a topic over registered brokers, a hint naming a replica, the next
+/// producer-id block, each sometimes off by one) and arbitrary ones, so random logs both
+/// build up state and keep hitting every validation rule.
 pub(super) fn arb_log() -> impl Strategy<Value = Vec<MetadataRecord>> {
-    proptest::collection::vec(arb_record(), 0..80).prop_map(|tail| {
-        let mut log: Vec<MetadataRecord> = (0..4)
-            .map(|broker_id| MetadataRecord::RegisterBroker {
-                broker_id,
-                incarnation_id: Uuid::from_u128(1),
-                client_host: format!("b{broker_id}"),
-                client_port: 9092,
-                inter_broker_host: format!("b{broker_id}"),
-                inter_broker_port: 9093,
-                rack: Some(format!("r{}", broker_id % 2)),
-            })
-            .collect();
-        log.extend(tail);
+    let op = prop_oneof![
+        1 => arb_record().prop_map(Op::Raw),
+        3 => (0u8..7, any::<[u32; 6]>()).prop_map(|(kind, picks)| Op::Aimed { kind, picks }),
+    ];
+    proptest::collection::vec(op, 0..80).prop_map(|ops| {
+        let mut log: Vec<MetadataRecord> = (0..4).map(|id| register(id, 1)).collect();
+        let mut image = MetadataImage::default();
+        for (offset, record) in log.iter().enumerate() {
+            let _ = image.apply(offset as u64, record);
+        }
+        for op in ops {
+            let record = match op {
+                Op::Raw(record) => record,
+                Op::Aimed { kind, picks } => aimed(&image, kind, picks),
+            };
+            let _ = image.apply(log.len() as u64, &record);
+            log.push(record);
+        }
         log
     })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Raw(MetadataRecord),
+    Aimed { kind: u8, picks: [u32; 6] },
+}
+
+fn register(broker_id: i32, incarnation: u128) -> MetadataRecord {
+    MetadataRecord::RegisterBroker {
+        broker_id,
+        incarnation_id: Uuid::from_u128(incarnation),
+        client_host: format!("b{broker_id}"),
+        client_port: 9092,
+        inter_broker_host: format!("b{broker_id}"),
+        inter_broker_port: 9093,
+        rack: Some(format!("r{}", broker_id % 2)),
+    }
+}
+
+/// A record of kind `kind` that is mostly valid against `image`; `picks` choose among
+/// what the image holds.
+fn aimed(image: &MetadataImage, kind: u8, picks: [u32; 6]) -> MetadataRecord {
+    let pick = |i: usize, n: usize| picks[i] as usize % n.max(1);
+    // One in eight aimed records is deliberately off by one somewhere.
+    let off = picks[5] % 8 == 0;
+    let brokers: Vec<i32> = image.brokers().map(|b| b.broker_id).collect();
+    let topics: Vec<&TopicImage> = image.topics().collect();
+    let lists = |partitions: usize, replication_factor: usize| -> Vec<PartitionAssignment> {
+        (0..partitions)
+            .map(|p| PartitionAssignment {
+                replicas: (0..replication_factor)
+                    .filter_map(|r| {
+                        brokers
+                            .get((pick(4, brokers.len()) + p + r) % brokers.len().max(1))
+                            .copied()
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    match (kind, topics.get(pick(0, topics.len()))) {
+        (1, Some(topic)) => {
+            let replication_factor = topic.partitions[0].replicas.len() + usize::from(off);
+            MetadataRecord::CreatePartitions {
+                topic_id: topic.topic_id,
+                new_partitions: lists(1 + pick(2, 3), replication_factor.min(brokers.len())),
+            }
+        }
+        (2, Some(topic)) => MetadataRecord::DeleteTopic {
+            topic_id: topic.topic_id,
+        },
+        (3, Some(topic)) => {
+            let partition = pick(1, topic.partitions.len());
+            let replicas = &topic.partitions[partition].replicas;
+            let hinted = image.leader_hint(topic.topic_id, partition as i32);
+            MetadataRecord::LeaderHint {
+                topic_id: topic.topic_id,
+                partition: partition as i32,
+                leader: replicas[pick(2, replicas.len())],
+                leader_epoch: hinted.map_or(0, |h| h.leader_epoch + 1) - i32::from(off),
+            }
+        }
+        (4, _) => MetadataRecord::ProducerIdBlock {
+            broker_id: brokers.get(pick(1, brokers.len())).copied().unwrap_or(0),
+            first_producer_id: image.next_producer_id() + i64::from(off),
+            size: 1 + pick(2, 1000) as i32,
+        },
+        (5, _) => {
+            let broker = image.brokers().nth(pick(1, brokers.len()));
+            MetadataRecord::UnregisterBroker {
+                broker_id: broker.map_or(0, |b| b.broker_id),
+                incarnation_id: Uuid::from_u128(
+                    broker.map_or(0, |b| b.incarnation_id.as_u128()) + u128::from(off),
+                ),
+            }
+        }
+        (6, _) => register(pick(1, 6) as i32, pick(2, 3) as u128),
+        _ => MetadataRecord::CreateTopic {
+            name: format!("t{}", pick(1, 6)),
+            topic_id: Uuid::from_u128(1 + pick(2, 8) as u128),
+            configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+            partitions: lists(
+                1 + pick(3, 4),
+                1 + pick(0, brokers.len().min(3)) + usize::from(off),
+            ),
+        },
+    }
 }
 
 /// The image after applying `log` at offsets 0, 2, 4, … (gaps, as control batches leave).

@@ -25,6 +25,9 @@
 //! * [`transport`] — the inter-broker transport: Raft messages of all groups batched
 //!   per peer broker over TCP, bounded queues, heartbeat coalescing, reconnects (not
 //!   yet wired to [`replica::engine`]).
+//! * [`controller`] — the cluster metadata model, sans-I/O: metadata log records, the
+//!   image every broker applies them to (brokers, topics, replica assignments), replica
+//!   placement and image snapshots (not yet driven by a metadata Raft group).
 //! * [`admin`] — the admin HTTP port (`/metrics`, `/partitions`).
 //! * [`metrics`] — counters.
 //! * [`clock`] — the wall clock (`now_ms`).
@@ -39,6 +42,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod controller;
 pub mod error;
 pub mod metrics;
 pub mod replica;

@@ -445,6 +445,30 @@ fn parse_voters(text: &str) -> Result<Vec<(i32, SocketAddr)>, ConfigError> {
 }
 
 impl Config {
+    /// In a cluster, the cluster id every broker derives from the same
+    /// `controller_voters` (a UUID from two FNV-1a hashes of their canonical text), so
+    /// brokers started with the same list recognise each other and no id has to be
+    /// handed around; `None` for a single node (its id is kept in its data directory).
+    pub fn cluster_id_from_voters(&self) -> Option<String> {
+        if self.controller_voters.is_empty() {
+            return None;
+        }
+        let text: Vec<String> = self
+            .controller_voters
+            .iter()
+            .map(|(id, addr)| format!("{id}@{addr}"))
+            .collect();
+        let text = text.join(",");
+        let fnv = |seed: u64| {
+            text.bytes().fold(seed, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        let high = fnv(0xcbf2_9ce4_8422_2325);
+        let low = fnv(0x8422_2325_cbf2_9ce4);
+        Some(uuid::Uuid::from_u64_pair(high, low).to_string())
+    }
+
     /// Builds the configuration from defaults, the file named by `cli.config`, and
     /// the flags, then validates it.
     pub fn load(cli: &Cli) -> Result<Config, ConfigError> {

@@ -89,6 +89,12 @@ pub enum BrokerError {
     /// proposed and not yet committed); retriable.
     #[error("partition is busy: {0}")]
     Busy(String),
+
+    /// A cluster change (CreateTopics, DeleteTopics) sent to a broker that is not the
+    /// controller (the metadata group's leader): clients retry at the controller that
+    /// Metadata names.
+    #[error("this broker is not the controller")]
+    NotController,
 }
 
 impl BrokerError {
@@ -117,6 +123,7 @@ impl BrokerError {
             // Kafka's retriable "wait and send again" for a leader that cannot take
             // the write yet.
             BrokerError::Busy(_) => ResponseError::NotEnoughReplicas,
+            BrokerError::NotController => ResponseError::NotController,
         }
     }
 

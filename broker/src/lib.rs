@@ -28,6 +28,9 @@
 //! * [`controller`] — the cluster metadata model, sans-I/O: metadata log records, the
 //!   image every broker applies them to (brokers, topics, replica assignments), replica
 //!   placement and image snapshots (not yet driven by a metadata Raft group).
+//! * [`cluster`] — in a cluster: this broker's metadata replica, the applier that
+//!   turns the committed metadata log into local replicas, and the controller's
+//!   proposals (CreateTopics) when it leads the metadata group.
 //! * [`admin`] — the admin HTTP port (`/metrics`, `/partitions`).
 //! * [`metrics`] — counters.
 //! * [`clock`] — the wall clock (`now_ms`).
@@ -40,6 +43,7 @@
 pub mod admin;
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod controller;

@@ -23,6 +23,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::clock::now_ms;
+use crate::cluster::{Cluster, SelfRegistration};
+use crate::transport::{Transport, TransportConfig};
 use crate::config::Config;
 use crate::context::Broker;
 use crate::metrics::Metrics;
@@ -83,13 +85,17 @@ impl Server {
             }
             None => (local.ip().to_string(), i32::from(local.port())),
         };
+        let manager = Arc::new(manager);
+        if !config.controller_voters.is_empty() {
+            join_cluster(&config, &manager, &advertised_host, advertised_port).await?;
+        }
         let (shutdown_tx, shutdown) = watch::channel(false);
         Ok(Server {
             listener,
             admin,
             broker: Arc::new(Broker {
                 config,
-                manager: Arc::new(manager),
+                manager,
                 advertised_host,
                 advertised_port,
                 shutdown,
@@ -197,6 +203,61 @@ impl Server {
         Ok(())
     }
 }
+
+/// Starts the inter-broker transport, connects the replica engine to it, and opens
+/// this broker's replica of the metadata group (see [`crate::cluster`]).
+async fn join_cluster(
+    config: &Config,
+    manager: &Arc<PartitionManager>,
+    advertised_host: &str,
+    advertised_port: i32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let peers: HashMap<i32, SocketAddr> = config
+        .controller_voters
+        .iter()
+        .filter(|(id, _)| *id != config.node_id)
+        .copied()
+        .collect();
+    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_BATCHES_MAX);
+    let transport_config = TransportConfig::new(
+        config.node_id,
+        manager.cluster_id.clone(),
+        config.inter_broker_listen,
+    );
+    let transport = Arc::new(
+        Transport::start(transport_config, peers, inbound_tx)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot start the inter-broker transport on {} (key `inter_broker_listen`): {e}",
+                    config.inter_broker_listen
+                )
+            })?,
+    );
+    manager
+        .engine
+        .connect(Arc::clone(&transport), inbound_rx)?;
+    let me = SelfRegistration {
+        broker_id: config.node_id,
+        incarnation_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
+        client_host: advertised_host.to_string(),
+        client_port: u16::try_from(advertised_port)?,
+        inter_broker: transport.local_addr(),
+    };
+    let cluster = crate::runtime::off_runtime(|| {
+        Cluster::start(Arc::clone(manager), Arc::clone(&transport), me)
+    })?;
+    manager.set_cluster(cluster);
+    tracing::info!(
+        inter_broker = %transport.local_addr(),
+        voters = ?config.controller_voters,
+        "joined the cluster"
+    );
+    Ok(())
+}
+
+/// Received frames of peer messages waiting for the engine's inbound thread.
+const INBOUND_BATCHES_MAX: usize = 1024;
 
 /// Connections being served per peer IP address (`connections_max_per_ip`).
 #[derive(Debug, Default)]

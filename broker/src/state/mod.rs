@@ -61,6 +61,9 @@ pub struct PartitionManager {
     pub metrics: Arc<Metrics>,
     /// The persist loop and timer of the data directory's Raft groups.
     pub engine: Arc<Engine>,
+    /// In a cluster (`controller_voters` set): the metadata group and controller, which
+    /// own topic creation; unset on a single node.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Checks a topic name the way Kafka does.
@@ -126,7 +129,10 @@ impl PartitionManager {
             rill_storage::atomic_file::sync_dir(&config.data_dir)
                 .map_err(|e| BrokerError::Storage(e.to_string()))?;
         }
-        let cluster_id = topic_meta::load_cluster_id(&meta_dir)?;
+        let cluster_id = match config.cluster_id_from_voters() {
+            Some(id) => id,
+            None => topic_meta::load_cluster_id(&meta_dir)?,
+        };
         let engine = Engine::start(
             &meta_dir,
             EngineConfig {
@@ -146,13 +152,18 @@ impl PartitionManager {
             admin: tokio::sync::Mutex::new(()),
             cluster_id,
             metrics,
+            cluster: std::sync::OnceLock::new(),
         };
         let mut topics = HashMap::new();
         for meta in topic_meta::load_all(&meta_dir)? {
             let topic = manager.open_topic(&meta)?;
             topics.insert(meta.name.clone(), Arc::new(topic));
         }
-        manager.remove_orphans(&topics)?;
+        if manager.config.controller_voters.is_empty() {
+            // In a cluster, topics come from the metadata log, replayed after start-up:
+            // a directory without a topic file is not an orphan there.
+            manager.remove_orphans(&topics)?;
+        }
         tracing::info!(topics = topics.len(), "loaded topics");
         if let Err(e) = manager.check_free_space() {
             // Not fatal: existing partitions are served; only new ones are refused.
@@ -206,6 +217,17 @@ impl PartitionManager {
         index: i32,
         config: &TopicConfig,
     ) -> Result<Arc<Partition>, BrokerError> {
+        self.open_partition_with(topic, topic_id, index, config, &[self.config.node_id])
+    }
+
+    fn open_partition_with(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        index: i32,
+        config: &TopicConfig,
+        voters: &[i32],
+    ) -> Result<Arc<Partition>, BrokerError> {
         let dir = self.config.partition_dir(topic, index);
         let log = PartitionLog::open(&dir, self.log_config(config))
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
@@ -216,7 +238,7 @@ impl PartitionManager {
             log,
             Arc::clone(&self.engine),
             self.config.node_id,
-            &[self.config.node_id],
+            voters,
             Arc::clone(&self.metrics),
         )
     }
@@ -340,6 +362,26 @@ impl PartitionManager {
                 "replication factor {replication_factor} > 1 available broker"
             )));
         }
+        if let Some(cluster) = self.cluster.get() {
+            TopicConfig::new(&self.config.topic_defaults, configs.clone())
+                .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+            let _admin = self.admin.lock().await;
+            self.check_free_space()?;
+            cluster
+                .create_topic(name, partitions, replication_factor, configs, validate_only)
+                .await?;
+            return match self.topic(name) {
+                Some(topic) => Ok(topic),
+                // validate_only: nothing was created.
+                None => Ok(Arc::new(Topic {
+                    name: name.to_string(),
+                    id: Uuid::nil(),
+                    config: TopicConfig::new(&self.config.topic_defaults, BTreeMap::new())
+                        .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?,
+                    partitions: Vec::new(),
+                })),
+            };
+        }
         let config = TopicConfig::new(&self.config.topic_defaults, configs.clone())
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
         let _admin = self.admin.lock().await;
@@ -388,6 +430,57 @@ impl PartitionManager {
             .insert(name.to_string(), Arc::clone(&topic));
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
+    }
+
+    /// Joins the cluster: topic creation goes through `cluster` from now on.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this broker belongs to, if it is not a cluster of one.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// A topic the metadata log created: opens its replicas (each partition's group
+    /// over `replicas[i]`) unless it is open already. Blocking (file work); the
+    /// metadata applier calls it.
+    pub fn ensure_replicated_topic(
+        &self,
+        name: &str,
+        id: Uuid,
+        configs: BTreeMap<String, String>,
+        replicas: &[Vec<i32>],
+    ) -> Result<(), BrokerError> {
+        if self.topic(name).is_some_and(|t| t.id == id) {
+            return Ok(());
+        }
+        let config = TopicConfig::new(&self.config.topic_defaults, configs)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        let mut partitions = Vec::with_capacity(replicas.len());
+        for (index, voters) in replicas.iter().enumerate() {
+            match self.open_partition_with(name, id, index as i32, &config, voters) {
+                Ok(partition) => partitions.push(partition),
+                Err(e) => {
+                    for partition in &partitions {
+                        partition.close_blocking();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            id,
+            config,
+            partitions,
+        });
+        self.topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), topic);
+        tracing::info!(topic = name, partitions = replicas.len(), "created replicas of a cluster topic");
+        Ok(())
     }
 
     /// Returns the topic, creating it with the default partition count when

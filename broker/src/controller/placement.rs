@@ -20,6 +20,11 @@
 //! A last pass (`balance_leaders`) reorders replica lists so preferred leaders are
 //! balanced too, which greedy choice alone does not achieve.
 //!
+//! Cost: O(partitions × brokers × log brokers) for the greedy part, plus the leader pass;
+//! 10,000 partitions (the most a topic may have) on 200 brokers took 2.9 s in a debug
+//! build, 1.2 s of it in the leader pass (release not measured). A driver should run it
+//! off the metadata group's event loop, or bound the partitions per request lower.
+//!
 //! Rack diversity wins over balance: with racks of unequal size, the brokers of the
 //! smaller racks take more replicas (as with Kafka's rack-aware assignment).
 
@@ -224,12 +229,15 @@ fn augmenting_path(
     let mut came_from: Vec<Option<(usize, usize)>> = vec![None; leader_counts.len()];
     let mut visited = vec![false; leader_counts.len()];
     visited[start] = true;
+    // Partitions by leader, so the search costs O(partitions × replication factor).
+    let mut led_by: Vec<Vec<usize>> = vec![Vec::new(); leader_counts.len()];
+    for (partition, replicas) in assignments.iter().enumerate() {
+        led_by[replicas[0]].push(partition);
+    }
     let mut queue = std::collections::VecDeque::from([start]);
     while let Some(broker) = queue.pop_front() {
-        for (partition, replicas) in assignments.iter().enumerate() {
-            if replicas[0] != broker {
-                continue;
-            }
+        for &partition in &led_by[broker] {
+            let replicas = &assignments[partition];
             for (position, &follower) in replicas.iter().enumerate().skip(1) {
                 if visited[follower] {
                     continue;

@@ -117,8 +117,9 @@ impl From<DecodeError> for SnapshotError {
     }
 }
 
-/// Encodes the whole image. Fails only for an image over the limits of the encoding,
-/// which [`MetadataImage::apply`] never builds.
+/// Encodes the whole image. Fails only for an image over the limits of the encoding, which
+/// an image built from decoded records never is ([`MetadataImage::apply`] does not check
+/// string lengths itself: a record that did not fit the encoding never reached the log).
 pub fn encode_snapshot(image: &MetadataImage) -> Result<Bytes, SnapshotError> {
     let mut out = BytesMut::with_capacity(1024);
     out.put_slice(&SNAPSHOT_MAGIC);

@@ -180,8 +180,9 @@ impl Cluster {
                     brokers.len()
                 )));
             }
-            let assignments = assign_replicas(&brokers, partitions, factor, 0, &image.replica_lists())
-                .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))?;
+            let assignments =
+                assign_replicas(&brokers, partitions, factor, 0, &image.replica_lists())
+                    .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))?;
             let topic_id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
             let record = MetadataRecord::CreateTopic {
                 name: name.to_string(),
@@ -316,7 +317,9 @@ impl Cluster {
                     continue;
                 }
                 if !view.is_control() {
-                    let records = view.records().map_err(|e| BrokerError::Storage(e.to_string()))?;
+                    let records = view
+                        .records()
+                        .map_err(|e| BrokerError::Storage(e.to_string()))?;
                     for record in records {
                         let record = record.map_err(|e| BrokerError::Storage(e.to_string()))?;
                         let Some(value) = record.value else { continue };

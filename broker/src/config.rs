@@ -515,7 +515,10 @@ impl Config {
             config.controller_voters = parse_voters(&v)?;
         }
         if !config.controller_voters.is_empty()
-            && !config.controller_voters.iter().any(|(id, _)| *id == config.node_id)
+            && !config
+                .controller_voters
+                .iter()
+                .any(|(id, _)| *id == config.node_id)
         {
             return Err(invalid(
                 "controller_voters",

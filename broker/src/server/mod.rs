@@ -24,11 +24,11 @@ use tracing::Instrument;
 
 use crate::clock::now_ms;
 use crate::cluster::{Cluster, SelfRegistration};
-use crate::transport::{Transport, TransportConfig};
 use crate::config::Config;
 use crate::context::Broker;
 use crate::metrics::Metrics;
 use crate::state::PartitionManager;
+use crate::transport::{Transport, TransportConfig};
 
 /// A bound, not yet running, broker.
 pub struct Server {
@@ -234,9 +234,7 @@ async fn join_cluster(
                 )
             })?,
     );
-    manager
-        .engine
-        .connect(Arc::clone(&transport), inbound_rx)?;
+    manager.engine.connect(Arc::clone(&transport), inbound_rx)?;
     let me = SelfRegistration {
         broker_id: config.node_id,
         incarnation_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),

@@ -479,7 +479,11 @@ impl PartitionManager {
             .write()
             .expect("topics lock")
             .insert(name.to_string(), topic);
-        tracing::info!(topic = name, partitions = replicas.len(), "created replicas of a cluster topic");
+        tracing::info!(
+            topic = name,
+            partitions = replicas.len(),
+            "created replicas of a cluster topic"
+        );
         Ok(())
     }
 

@@ -22,7 +22,10 @@
 //! entry     = term:u64 base_offset:u64 end_offset:u64 kind_tag:u8 [membership] length:u32 data
 //! membership= count:u32 voter:u64*count count:u32 learner:u64*count   (strictly ascending)
 //! bool      = 0 | 1
-//! hello     = length:u32 magic:"RLTX" version:u8 broker_id:i32 cluster_id_length:i16 utf8
+//! hello     = length:u32 magic:"RLTX" version:u8 broker_id:i32 cluster_id:string
+//!             client_host:string client_port:u16 rack:nullable_string incarnation_id:16
+//! string    = length:i16 utf8                  (at most 255 bytes each, see the constants)
+//! nullable_string = -1:i16 | string
 //! ```
 //!
 //! Encoding never copies entry data: the small headers go into one `BytesMut` and each
@@ -46,13 +49,19 @@ use rill_protocol::frame::{FrameCodec, FRAME_PREFIX_BYTES};
 use rill_protocol::ProtocolError;
 use rill_raft::{AppendResult, Entry, EntryKind, Membership, Message, MessageBody, NodeId};
 use tokio_util::codec::Decoder;
+use uuid::Uuid;
 
 use super::BrokerId;
 use crate::replica::hard_state::ReplicaKey;
 
 /// Version byte of frames and of the handshake. A peer speaking another version is
 /// refused ([`CodecError::UnknownVersion`]) rather than guessed at.
-pub const WIRE_VERSION: u8 = 1;
+///
+/// * 1 — the first transport.
+/// * 2 — the handshake carries the sender's [`BrokerRegistrationInfo`]. Frames are
+///   unchanged, but one number covers both: a connection whose handshake is refused
+///   never carries a frame, so frames of version 1 are never met by this build.
+pub const WIRE_VERSION: u8 = 2;
 
 /// First bytes of a handshake body, so a connection from something that is not a Rill
 /// transport (a Kafka client on the wrong port) fails at once with a clear error.
@@ -61,8 +70,21 @@ pub const HELLO_MAGIC: [u8; 4] = *b"RLTX";
 /// Longest cluster id a handshake may carry.
 pub const CLUSTER_ID_BYTES_MAX: usize = 255;
 
-/// Largest handshake body (magic, version, broker id, cluster id and its length).
-pub const HELLO_BYTES_MAX: usize = HELLO_MAGIC.len() + 1 + 4 + 2 + CLUSTER_ID_BYTES_MAX;
+/// Longest [`BrokerRegistrationInfo::client_host`] a handshake may carry (a DNS name
+/// is at most 253 bytes).
+pub const CLIENT_HOST_BYTES_MAX: usize = 255;
+
+/// Longest [`BrokerRegistrationInfo::rack`] a handshake may carry.
+pub const RACK_BYTES_MAX: usize = 255;
+
+/// Bytes of a handshake body besides its strings: magic, version, broker id, the three
+/// string lengths, client port, incarnation id.
+const HELLO_FIXED_BYTES: usize = HELLO_MAGIC.len() + 1 + 4 + 2 + 2 + 2 + 2 + 16;
+
+/// Largest handshake body: every string at its longest. The handshake is read with this
+/// as its frame limit, so a peer cannot make the receiver buffer more before it is checked.
+pub const HELLO_BYTES_MAX: usize =
+    HELLO_FIXED_BYTES + CLUSTER_ID_BYTES_MAX + CLIENT_HOST_BYTES_MAX + RACK_BYTES_MAX;
 
 /// Bytes of a frame before its first envelope: length prefix, version, sender, count.
 pub const FRAME_HEADER_BYTES: usize = FRAME_PREFIX_BYTES + 1 + 4 + 4;
@@ -131,6 +153,35 @@ pub struct Hello {
     pub broker_id: BrokerId,
     /// The cluster the sender belongs to; a mismatch closes the connection.
     pub cluster_id: String,
+    /// How Kafka clients reach the sender, and which process it is.
+    pub registration: BrokerRegistrationInfo,
+}
+
+/// What a broker tells its peers about itself in every handshake, for the controller to
+/// publish: where Kafka clients reach it and which process start this is.
+///
+/// It is the sender's own claim, checked only for size: a peer that passed the cluster id
+/// check is trusted to describe itself.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BrokerRegistrationInfo {
+    /// Host (name or address) Kafka clients should connect to for this broker: its
+    /// advertised listener. At most [`CLIENT_HOST_BYTES_MAX`] bytes.
+    pub client_host: String,
+    /// Port of that listener.
+    pub client_port: u16,
+    /// The broker's rack (`broker.rack`), if it has one. At most [`RACK_BYTES_MAX`] bytes.
+    pub rack: Option<String>,
+    /// Random per process start ([`BrokerRegistrationInfo::random_incarnation_id`]), so a
+    /// restarted broker is told apart from the process it replaced even when every other
+    /// field is the same.
+    pub incarnation_id: Uuid,
+}
+
+impl BrokerRegistrationInfo {
+    /// A fresh random (v4) incarnation id. Call it once per process start and keep it.
+    pub fn random_incarnation_id() -> Uuid {
+        uuid::Builder::from_random_bytes(rand::random()).into_uuid()
+    }
 }
 
 /// Why received bytes are not a valid frame or handshake. Every variant is the peer's
@@ -183,6 +234,18 @@ pub enum CodecError {
     /// A handshake cluster id longer than [`CLUSTER_ID_BYTES_MAX`].
     #[error("cluster id of {bytes} bytes, at most {CLUSTER_ID_BYTES_MAX} allowed")]
     ClusterIdTooLong {
+        /// Its length.
+        bytes: usize,
+    },
+    /// A handshake client host longer than [`CLIENT_HOST_BYTES_MAX`].
+    #[error("client host of {bytes} bytes, at most {CLIENT_HOST_BYTES_MAX} allowed")]
+    ClientHostTooLong {
+        /// Its length.
+        bytes: usize,
+    },
+    /// A handshake rack longer than [`RACK_BYTES_MAX`].
+    #[error("rack of {bytes} bytes, at most {RACK_BYTES_MAX} allowed")]
+    RackTooLong {
         /// Its length.
         bytes: usize,
     },
@@ -498,20 +561,62 @@ pub fn decode_frame(body: Bytes) -> Result<Frame, CodecError> {
 }
 
 /// Encodes a handshake, length prefix included.
+///
+/// The strings must be within their limits ([`CLUSTER_ID_BYTES_MAX`],
+/// [`CLIENT_HOST_BYTES_MAX`], [`RACK_BYTES_MAX`]); `TransportConfig::validate` refuses a
+/// configuration that breaks them, so a longer one here is a bug and panics.
 pub fn encode_hello(hello: &Hello) -> Bytes {
-    assert!(
-        hello.cluster_id.len() <= CLUSTER_ID_BYTES_MAX,
-        "cluster id longer than {CLUSTER_ID_BYTES_MAX} bytes (TransportConfig::validate refuses it)"
-    );
-    let body_bytes = HELLO_MAGIC.len() + 1 + 4 + 2 + hello.cluster_id.len();
+    let registration = &hello.registration;
+    for (what, bytes, max) in [
+        ("cluster id", hello.cluster_id.len(), CLUSTER_ID_BYTES_MAX),
+        (
+            "client host",
+            registration.client_host.len(),
+            CLIENT_HOST_BYTES_MAX,
+        ),
+        (
+            "rack",
+            registration.rack.as_ref().map_or(0, String::len),
+            RACK_BYTES_MAX,
+        ),
+    ] {
+        assert!(
+            bytes <= max,
+            "{what} of {bytes} bytes, longer than {max} (TransportConfig::validate refuses it)"
+        );
+    }
+    encode_hello_unchecked(hello)
+}
+
+/// [`encode_hello`] without the length checks, so tests can build what a misbehaving
+/// peer sends. Every string must still fit its `i16` length field.
+pub(crate) fn encode_hello_unchecked(hello: &Hello) -> Bytes {
+    let registration = &hello.registration;
+    let rack_bytes = registration.rack.as_ref().map_or(0, String::len);
+    let body_bytes =
+        HELLO_FIXED_BYTES + hello.cluster_id.len() + registration.client_host.len() + rack_bytes;
     let mut out = BytesMut::with_capacity(FRAME_PREFIX_BYTES + body_bytes);
     out.put_u32(body_bytes as u32);
     out.put_slice(&HELLO_MAGIC);
     out.put_u8(WIRE_VERSION);
     out.put_i32(hello.broker_id);
-    out.put_i16(hello.cluster_id.len() as i16);
-    out.put_slice(hello.cluster_id.as_bytes());
+    put_string(&mut out, &hello.cluster_id);
+    put_string(&mut out, &registration.client_host);
+    out.put_u16(registration.client_port);
+    match &registration.rack {
+        Some(rack) => put_string(&mut out, rack),
+        None => out.put_i16(-1),
+    }
+    out.put_u128(registration.incarnation_id.as_u128());
+    debug_assert_eq!(out.len(), FRAME_PREFIX_BYTES + body_bytes);
     out.freeze()
+}
+
+/// A Kafka STRING: `i16` length, then the UTF-8 bytes.
+fn put_string(out: &mut BytesMut, s: &str) {
+    let len = i16::try_from(s.len()).expect("string fits an i16 length");
+    out.put_i16(len);
+    out.put_slice(s.as_bytes());
 }
 
 /// Decodes a handshake body (the bytes after its length prefix).
@@ -526,16 +631,37 @@ pub fn decode_hello(body: Bytes) -> Result<Hello, CodecError> {
     }
     version(&mut r)?;
     let broker_id = broker_id(&mut r)?;
+    // Each string is a slice of the body, checked before it is copied into a `String`.
     let cluster_id = r.string(false)?;
     if cluster_id.len() > CLUSTER_ID_BYTES_MAX {
         return Err(CodecError::ClusterIdTooLong {
             bytes: cluster_id.len(),
         });
     }
+    let client_host = r.string(false)?;
+    if client_host.len() > CLIENT_HOST_BYTES_MAX {
+        return Err(CodecError::ClientHostTooLong {
+            bytes: client_host.len(),
+        });
+    }
+    let client_port = r.uint16()?;
+    let rack = r.nullable_string(false)?;
+    if let Some(rack) = &rack {
+        if rack.len() > RACK_BYTES_MAX {
+            return Err(CodecError::RackTooLong { bytes: rack.len() });
+        }
+    }
+    let incarnation_id = r.uuid()?;
     r.finish()?;
     Ok(Hello {
         broker_id,
         cluster_id: cluster_id.to_string(),
+        registration: BrokerRegistrationInfo {
+            client_host: client_host.to_string(),
+            client_port,
+            rack: rack.map(|rack| rack.to_string()),
+            incarnation_id,
+        },
     })
 }
 
@@ -686,7 +812,6 @@ fn node_set(r: &mut WireReader) -> Result<BTreeSet<NodeId>, CodecError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use uuid::Uuid;
 
     fn node_set() -> impl Strategy<Value = BTreeSet<NodeId>> {
         proptest::collection::btree_set(any::<u64>(), 0..5)
@@ -794,6 +919,59 @@ mod tests {
             })
     }
 
+    /// At most 63 characters of any script: at most 252 bytes, within every string limit.
+    fn short_string() -> impl Strategy<Value = String> {
+        ".{0,63}"
+    }
+
+    fn hello() -> impl Strategy<Value = Hello> {
+        (
+            0..=i32::MAX,
+            short_string(),
+            short_string(),
+            any::<u16>(),
+            proptest::option::of(short_string()),
+            any::<u128>(),
+        )
+            .prop_map(
+                |(broker_id, cluster_id, client_host, client_port, rack, incarnation)| Hello {
+                    broker_id,
+                    cluster_id,
+                    registration: BrokerRegistrationInfo {
+                        client_host,
+                        client_port,
+                        rack,
+                        incarnation_id: Uuid::from_u128(incarnation),
+                    },
+                },
+            )
+    }
+
+    /// A handshake body as the socket reader hands it over (length prefix stripped).
+    fn hello_body(hello: &Hello) -> Bytes {
+        let mut bytes = encode_hello_unchecked(hello);
+        let prefix = bytes.get_u32() as usize;
+        assert_eq!(
+            prefix,
+            bytes.len(),
+            "length prefix counts the bytes after it"
+        );
+        bytes
+    }
+
+    fn sample_hello() -> Hello {
+        Hello {
+            broker_id: 42,
+            cluster_id: "rill-test".into(),
+            registration: BrokerRegistrationInfo {
+                client_host: "broker-42.example".into(),
+                client_port: 9092,
+                rack: Some("eu-west-1a".into()),
+                incarnation_id: Uuid::from_u128(0x1234_5678_9abc_def0),
+            },
+        }
+    }
+
     /// The frame body as the socket reader hands it over: the length prefix checked
     /// and stripped.
     fn body_of(frame: &EncodedFrame) -> Bytes {
@@ -818,6 +996,29 @@ mod tests {
             let decoded = decode_frame(body_of(&frame)).expect("own encoding decodes");
             prop_assert_eq!(decoded.sender_broker_id, sender);
             prop_assert_eq!(decoded.envelopes, envelopes);
+        }
+
+        #[test]
+        fn every_hello_survives_a_round_trip(hello in hello()) {
+            let encoded = encode_hello(&hello);
+            prop_assert!(encoded.len() - FRAME_PREFIX_BYTES <= HELLO_BYTES_MAX);
+            prop_assert_eq!(decode_hello(hello_body(&hello)), Ok(hello));
+        }
+
+        #[test]
+        fn mutated_hellos_never_panic(
+            hello in hello(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = hello_body(&hello).to_vec();
+            for (at, value) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            let _ = decode_hello(Bytes::from(bytes.clone()));
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let _ = decode_hello(Bytes::from(bytes));
         }
 
         #[test]
@@ -969,16 +1170,83 @@ mod tests {
 
     #[test]
     fn hello_round_trips_and_rejects_foreign_bytes() {
-        let hello = Hello {
-            broker_id: 42,
-            cluster_id: "rill-test".into(),
-        };
+        let hello = sample_hello();
         let mut bytes = encode_hello(&hello);
         bytes.advance(FRAME_PREFIX_BYTES);
-        assert_eq!(decode_hello(bytes), Ok(hello));
+        assert_eq!(decode_hello(bytes), Ok(hello.clone()));
+        let no_rack = Hello {
+            registration: BrokerRegistrationInfo {
+                rack: None,
+                ..hello.registration
+            },
+            ..hello
+        };
+        assert_eq!(decode_hello(hello_body(&no_rack)), Ok(no_rack));
         assert!(matches!(
             decode_hello(Bytes::from_static(b"\0\0\0\x10GET / HTTP/1.1")),
             Err(CodecError::BadMagic { .. })
         ));
+    }
+
+    #[test]
+    fn a_hello_of_the_version_before_registrations_is_refused_as_unknown() {
+        // Version 1 as it was sent: magic, version, broker id, cluster id, nothing more.
+        let mut old = BytesMut::new();
+        old.put_slice(&HELLO_MAGIC);
+        old.put_u8(1);
+        old.put_i32(7);
+        old.put_i16(9);
+        old.put_slice(b"rill-test");
+        assert_eq!(
+            decode_hello(old.freeze()),
+            Err(CodecError::UnknownVersion { version: 1 })
+        );
+    }
+
+    #[test]
+    fn hello_strings_are_bounded_at_255_bytes_on_decode() {
+        let at_limit = |n: usize| "h".repeat(n);
+        let mut hello = sample_hello();
+        hello.cluster_id = at_limit(CLUSTER_ID_BYTES_MAX);
+        hello.registration.client_host = at_limit(CLIENT_HOST_BYTES_MAX);
+        hello.registration.rack = Some(at_limit(RACK_BYTES_MAX));
+        let longest = encode_hello(&hello);
+        assert_eq!(longest.len() - FRAME_PREFIX_BYTES, HELLO_BYTES_MAX);
+        assert_eq!(decode_hello(hello_body(&hello)), Ok(hello));
+
+        let mut long_host = sample_hello();
+        long_host.registration.client_host = at_limit(CLIENT_HOST_BYTES_MAX + 1);
+        assert_eq!(
+            decode_hello(hello_body(&long_host)),
+            Err(CodecError::ClientHostTooLong { bytes: 256 })
+        );
+        let mut long_rack = sample_hello();
+        long_rack.registration.rack = Some(at_limit(RACK_BYTES_MAX + 1));
+        assert_eq!(
+            decode_hello(hello_body(&long_rack)),
+            Err(CodecError::RackTooLong { bytes: 256 })
+        );
+        let mut long_cluster = sample_hello();
+        long_cluster.cluster_id = at_limit(CLUSTER_ID_BYTES_MAX + 1);
+        assert_eq!(
+            decode_hello(hello_body(&long_cluster)),
+            Err(CodecError::ClusterIdTooLong { bytes: 256 })
+        );
+        // A length beyond the bytes left is refused before anything is read or copied.
+        let mut claims_more = hello_body(&sample_hello()).to_vec();
+        let host_length_at = HELLO_MAGIC.len() + 1 + 4 + 2 + "rill-test".len();
+        claims_more[host_length_at..host_length_at + 2].copy_from_slice(&0x7fffi16.to_be_bytes());
+        assert!(matches!(
+            decode_hello(claims_more.into()),
+            Err(CodecError::Wire(DecodeError::Truncated { .. }))
+        ));
+    }
+
+    #[test]
+    #[should_panic(expected = "client host of 256 bytes")]
+    fn encoding_an_over_long_client_host_is_a_bug() {
+        let mut hello = sample_hello();
+        hello.registration.client_host = "h".repeat(CLIENT_HOST_BYTES_MAX + 1);
+        encode_hello(&hello);
     }
 }

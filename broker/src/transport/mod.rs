@@ -29,6 +29,20 @@
 //! Outbound connections only write and inbound ones only read (after the handshake),
 //! so each broker pair uses two connections, one per direction. That keeps each side's
 //! ownership simple: the sender owns reconnecting, the receiver owns validating.
+//!
+//! # Registrations
+//!
+//! Every handshake carries the sender's [`BrokerRegistrationInfo`] (its client address,
+//! rack and incarnation id; [`TransportConfig::registration`]). The transport keeps the
+//! latest one of every peer whose inbound connection completed a handshake — the peer's
+//! own claim, keyed by its broker id — and a controller reads them with
+//! [`Transport::peer_registrations`], woken by [`Transport::registrations_changed`].
+//! Only inbound handshakes count: they are the ones whose sender chose to reach this
+//! broker, and each peer keeps one open to every broker it talks to.
+//!
+//! The map records who said what last, not who is alive: a peer whose connection closes
+//! stays in it, and telling a live broker from a dead one is left to a separate
+//! mechanism (heartbeats or leases at the controller).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,7 +63,7 @@ use tracing::Instrument;
 pub mod codec;
 mod peer;
 
-pub use codec::{CodecError, Envelope, Hello};
+pub use codec::{BrokerRegistrationInfo, CodecError, Envelope, Hello};
 
 use codec::{FrameDecoder, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
 use peer::{Peer, Pushed};
@@ -104,6 +118,12 @@ pub struct TransportConfig {
     /// `inbound_connections_max × frame_bytes_max`, and only as bytes actually arrive
     /// (plus what the inbound channel holds). Default 64.
     pub inbound_connections_max: usize,
+    /// What this broker tells its peers about itself in every handshake (see the module
+    /// docs). Default: client host `127.0.0.1`, port 9092, no rack, and an incarnation id
+    /// drawn at random by [`TransportConfig::new`]; set the real one with
+    /// [`TransportConfig::with_registration`]. `client_host` must be non-empty and at most
+    /// [`codec::CLIENT_HOST_BYTES_MAX`] bytes, `rack` at most [`codec::RACK_BYTES_MAX`].
+    pub registration: BrokerRegistrationInfo,
 }
 
 impl TransportConfig {
@@ -125,7 +145,19 @@ impl TransportConfig {
             handshake_timeout_ms: 5_000,
             write_stall_timeout_ms: 30_000,
             inbound_connections_max: 64,
+            registration: BrokerRegistrationInfo {
+                client_host: "127.0.0.1".into(),
+                client_port: 9092,
+                rack: None,
+                incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
+            },
         }
+    }
+
+    /// This configuration announcing `registration` in its handshakes.
+    pub fn with_registration(mut self, registration: BrokerRegistrationInfo) -> Self {
+        self.registration = registration;
+        self
     }
 
     /// Checks every field; the error names the key.
@@ -140,6 +172,25 @@ impl TransportConfig {
                 "cluster_id",
                 format!("longer than {} bytes", codec::CLUSTER_ID_BYTES_MAX),
             );
+        }
+        let host = &self.registration.client_host;
+        if host.is_empty() || host.len() > codec::CLIENT_HOST_BYTES_MAX {
+            return invalid(
+                "registration.client_host",
+                format!(
+                    "{} bytes, not in 1..={}",
+                    host.len(),
+                    codec::CLIENT_HOST_BYTES_MAX
+                ),
+            );
+        }
+        if let Some(rack) = &self.registration.rack {
+            if rack.len() > codec::RACK_BYTES_MAX {
+                return invalid(
+                    "registration.rack",
+                    format!("longer than {} bytes", codec::RACK_BYTES_MAX),
+                );
+            }
         }
         // Room for the frame header, one envelope and a little data.
         const FRAME_BYTES_MIN: usize = 1024;
@@ -327,6 +378,8 @@ pub struct TransportCounters {
     pub connect_failures: AtomicU64,
     /// Inbound connections closed for invalid input (handshake, framing, decoding).
     pub inbound_rejected: AtomicU64,
+    /// Inbound connections that ended, for any reason (rejected ones included).
+    pub inbound_ended: AtomicU64,
 }
 
 impl TransportCounters {
@@ -350,6 +403,45 @@ struct Shared {
     config: TransportConfig,
     counters: Arc<TransportCounters>,
     inbound: mpsc::Sender<InboundBatch>,
+    /// The latest registration each peer announced on an inbound connection.
+    registrations: Mutex<HashMap<BrokerId, BrokerRegistrationInfo>>,
+    /// Bumped after every change of `registrations`.
+    registrations_changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn hello(&self) -> Hello {
+        Hello {
+            broker_id: self.config.broker_id,
+            cluster_id: self.config.cluster_id.clone(),
+            registration: self.config.registration.clone(),
+        }
+    }
+
+    /// Records what `broker` announced in an inbound handshake. The latest handshake
+    /// wins: incarnation ids are random, so arrival is the only order there is, and a
+    /// restarted peer's handshake comes after its predecessor's.
+    fn record_registration(&self, broker: BrokerId, registration: BrokerRegistrationInfo) {
+        let previous = lock(&self.registrations).insert(broker, registration.clone());
+        if previous.as_ref() == Some(&registration) {
+            return;
+        }
+        match &previous {
+            Some(previous) if previous.incarnation_id != registration.incarnation_id => {
+                tracing::info!(
+                    broker,
+                    old_incarnation = %previous.incarnation_id,
+                    new_incarnation = %registration.incarnation_id,
+                    "peer broker restarted"
+                );
+            }
+            _ => tracing::info!(broker, ?registration, "peer broker registered"),
+        }
+        // Outside the map's lock: a reader holding the watch's value while it reads the
+        // map must not wait for a writer that waits for the watch.
+        self.registrations_changed
+            .send_modify(|version| *version += 1);
+    }
 }
 
 /// A peer's state and its task.
@@ -393,6 +485,8 @@ impl Transport {
             config,
             counters: Arc::new(TransportCounters::default()),
             inbound,
+            registrations: Mutex::new(HashMap::new()),
+            registrations_changed: watch::channel(0).0,
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown));
         let transport = Transport {
@@ -417,6 +511,23 @@ impl Transport {
     /// The counters.
     pub fn counters(&self) -> &Arc<TransportCounters> {
         &self.shared.counters
+    }
+
+    /// The latest registration of every peer that completed a handshake on an inbound
+    /// connection, by broker id: what each peer claims about itself. A peer stays here
+    /// after its connection closes (liveness is not this map's concern); a restarted one
+    /// replaces its predecessor's entry when it connects again.
+    pub fn peer_registrations(&self) -> HashMap<BrokerId, BrokerRegistrationInfo> {
+        lock(&self.shared.registrations).clone()
+    }
+
+    /// A receiver whose value is bumped after every change of
+    /// [`Transport::peer_registrations`] (a new peer, a new incarnation or a changed
+    /// field; a reconnect announcing the same registration is no change). It starts with
+    /// the current value marked seen: call [`Transport::peer_registrations`] once, then
+    /// again after each `changed()`.
+    pub fn registrations_changed(&self) -> watch::Receiver<u64> {
+        self.shared.registrations_changed.subscribe()
     }
 
     /// Bytes queued for (or being written to) `broker`, if it is a peer.
@@ -596,6 +707,7 @@ async fn accept_loop(
                             shared.counters.bump(&shared.counters.inbound_rejected);
                             tracing::warn!(%error, "inter-broker connection closed: peer not trusted");
                         }
+                        shared.counters.bump(&shared.counters.inbound_ended);
                         drop(slot);
                     }.instrument(span));
                 }
@@ -642,11 +754,9 @@ async fn serve_inbound(
     let from_node = crate::replica::store::raft_node_id(from_broker);
     let own_node = crate::replica::store::raft_node_id(config.broker_id);
     writer
-        .write_all(&codec::encode_hello(&Hello {
-            broker_id: config.broker_id,
-            cluster_id: config.cluster_id.clone(),
-        }))
+        .write_all(&codec::encode_hello(&shared.hello()))
         .await?;
+    shared.record_registration(from_broker, hello.registration);
     *frames.decoder_mut() = FrameDecoder::new(config.frame_bytes_max);
     loop {
         let body = tokio::select! {

@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
-use super::codec::{self, Envelope, FrameDecoder, Hello, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
+use super::codec::{self, Envelope, FrameDecoder, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
 use super::{lock, stopped, BrokerId, Shared, TransportError};
 use crate::replica::hard_state::ReplicaKey;
 
@@ -290,10 +290,7 @@ async fn connect(
         .await
         .map_err(|_| TransportError::Timeout { what: "connect" })??;
     stream.set_nodelay(true)?;
-    let hello = codec::encode_hello(&Hello {
-        broker_id: config.broker_id,
-        cluster_id: config.cluster_id.clone(),
-    });
+    let hello = codec::encode_hello(&shared.hello());
     stream.write_all(&hello).await?;
     let handshake_timeout = Duration::from_millis(config.handshake_timeout_ms);
     let reply = {

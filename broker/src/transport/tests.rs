@@ -35,9 +35,15 @@ async fn start_with(config: TransportConfig) -> (Transport, mpsc::Receiver<Inbou
 
 /// Starts one transport per broker id and makes every one a peer of every other.
 async fn mesh(ids: &[BrokerId]) -> Vec<(Transport, mpsc::Receiver<InboundBatch>)> {
+    mesh_of(ids.iter().map(|id| config(*id)).collect()).await
+}
+
+/// Starts one transport per configuration and makes every one a peer of every other.
+async fn mesh_of(configs: Vec<TransportConfig>) -> Vec<(Transport, mpsc::Receiver<InboundBatch>)> {
+    let ids: Vec<BrokerId> = configs.iter().map(|c| c.broker_id).collect();
     let mut nodes = Vec::new();
-    for id in ids {
-        nodes.push(start_with(config(*id)).await);
+    for config in configs {
+        nodes.push(start_with(config).await);
     }
     let addrs: HashMap<BrokerId, SocketAddr> = ids
         .iter()
@@ -247,6 +253,7 @@ fn raw_hello(broker_id: BrokerId, cluster_id: &str) -> Vec<u8> {
     codec::encode_hello(&Hello {
         broker_id,
         cluster_id: cluster_id.into(),
+        registration: config(broker_id).registration,
     })
     .to_vec()
 }
@@ -482,6 +489,22 @@ fn config_validation_names_the_key() {
             ..
         })
     ));
+    let c = config(1).with_registration(registration("", 9092, None));
+    assert!(matches!(
+        c.validate(),
+        Err(TransportError::Config {
+            key: "registration.client_host",
+            ..
+        })
+    ));
+    let c = config(1).with_registration(registration("h", 9092, Some(&"r".repeat(256))));
+    assert!(matches!(
+        c.validate(),
+        Err(TransportError::Config {
+            key: "registration.rack",
+            ..
+        })
+    ));
     assert!(config(1).validate().is_ok());
 }
 
@@ -663,4 +686,159 @@ async fn a_peer_that_stops_reading_is_reconnected_after_the_write_stall_timeout(
     .await;
     sender.shutdown().await;
     fake.abort();
+}
+
+fn registration(host: &str, port: u16, rack: Option<&str>) -> BrokerRegistrationInfo {
+    BrokerRegistrationInfo {
+        client_host: host.into(),
+        client_port: port,
+        rack: rack.map(Into::into),
+        incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
+    }
+}
+
+/// Waits (bounded by [`WAIT`]) until `transport` knows a registration of `broker`
+/// that satisfies `wanted`, waking on each bump of `changed`; returns it.
+async fn registration_of(
+    transport: &Transport,
+    changed: &mut watch::Receiver<u64>,
+    broker: BrokerId,
+    wanted: impl Fn(&BrokerRegistrationInfo) -> bool,
+) -> BrokerRegistrationInfo {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            // Marked seen before the map is read, so a change after the read wakes us.
+            changed.borrow_and_update();
+            if let Some(info) = transport.peer_registrations().get(&broker) {
+                if wanted(info) {
+                    return info.clone();
+                }
+            }
+            changed.changed().await.expect("transport alive");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no wanted registration of broker {broker} arrived"))
+}
+
+#[tokio::test]
+async fn two_transports_with_different_registrations_learn_each_others() {
+    let first = registration("broker-0.example", 19092, Some("rack-a"));
+    let second = registration("10.0.0.2", 29092, None);
+    let nodes = mesh_of(vec![
+        config(0).with_registration(first.clone()),
+        config(1).with_registration(second.clone()),
+    ])
+    .await;
+    let mut changed_0 = nodes[0].0.registrations_changed();
+    let mut changed_1 = nodes[1].0.registrations_changed();
+    assert_eq!(
+        registration_of(&nodes[0].0, &mut changed_0, 1, |_| true).await,
+        second
+    );
+    assert_eq!(
+        registration_of(&nodes[1].0, &mut changed_1, 0, |_| true).await,
+        first
+    );
+    // Each knows the other only: never itself.
+    assert_eq!(
+        nodes[0].0.peer_registrations(),
+        HashMap::from([(1, second)])
+    );
+    assert_eq!(nodes[1].0.peer_registrations(), HashMap::from([(0, first)]));
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_restarted_peer_replaces_its_old_incarnation_and_bumps_the_watch() {
+    let old_registration = registration("broker-1.example", 9092, Some("rack-b"));
+    let mut nodes = mesh_of(vec![
+        config(0),
+        config(1).with_registration(old_registration.clone()),
+    ])
+    .await;
+    let mut changed = nodes[0].0.registrations_changed();
+    let seen = registration_of(&nodes[0].0, &mut changed, 1, |_| true).await;
+    assert_eq!(seen, old_registration);
+    let version_before = *changed.borrow_and_update();
+
+    // Broker 1 stops: its connection to broker 0 closes, and its entry stays.
+    let addr_0 = nodes[0].0.local_addr();
+    let (old, _) = nodes.pop().unwrap();
+    old.shutdown().await;
+    drop(old);
+    let counters = Arc::clone(nodes[0].0.counters());
+    eventually("broker 1's inbound connection to end", || {
+        TransportCounters::get(&counters.inbound_ended) >= 1
+    })
+    .await;
+    assert_eq!(
+        nodes[0].0.peer_registrations(),
+        HashMap::from([(1, old_registration.clone())])
+    );
+    assert!(!changed.has_changed().unwrap(), "a close is no change");
+
+    // It starts again: same host, port and rack, a new incarnation.
+    let new_registration = BrokerRegistrationInfo {
+        incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
+        ..old_registration.clone()
+    };
+    assert_ne!(new_registration, old_registration);
+    let (restarted, _rx) = start_with(config(1).with_registration(new_registration.clone())).await;
+    restarted.set_peers(HashMap::from([(0, addr_0)]));
+    let seen = registration_of(&nodes[0].0, &mut changed, 1, |info| {
+        info.incarnation_id != old_registration.incarnation_id
+    })
+    .await;
+    assert_eq!(seen, new_registration);
+    assert!(*changed.borrow() > version_before, "the watch was bumped");
+    assert_eq!(
+        nodes[0].0.peer_registrations(),
+        HashMap::from([(1, new_registration)])
+    );
+    restarted.shutdown().await;
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_handshake_with_an_over_long_host_or_of_version_1_is_refused_and_closed() {
+    let (receiver, _rx) = start_with(config(1)).await;
+    let addr = receiver.local_addr();
+    let mut changed = receiver.registrations_changed();
+    let mut hello = Hello {
+        broker_id: 5,
+        cluster_id: CLUSTER.into(),
+        registration: registration("h", 9092, None),
+    };
+    hello.registration.client_host = "h".repeat(codec::CLIENT_HOST_BYTES_MAX + 1);
+    let over_long = codec::encode_hello_unchecked(&hello);
+    assert!(
+        over_long.len() - FRAME_PREFIX_BYTES <= codec::HELLO_BYTES_MAX,
+        "within the handshake's frame limit, so it is the host check that refuses it"
+    );
+    assert!(hung_up_after(addr, &over_long).await, "over-long host");
+    // A peer of the previous build: its handshake, version 1, has no registration.
+    let mut version_1 = Vec::new();
+    version_1.extend_from_slice(&(4 + 1 + 4 + 2 + CLUSTER.len() as u32).to_be_bytes());
+    version_1.extend_from_slice(&codec::HELLO_MAGIC);
+    version_1.push(1);
+    version_1.extend_from_slice(&5i32.to_be_bytes());
+    version_1.extend_from_slice(&(CLUSTER.len() as i16).to_be_bytes());
+    version_1.extend_from_slice(CLUSTER.as_bytes());
+    assert!(hung_up_after(addr, &version_1).await, "version 1 handshake");
+    eventually("both rejections counted", || {
+        TransportCounters::get(&receiver.counters().inbound_rejected) == 2
+    })
+    .await;
+    assert!(receiver.peer_registrations().is_empty());
+    assert!(!changed.has_changed().unwrap());
+
+    // The same peer with a host at the limit is accepted and registered.
+    hello.registration.client_host = "h".repeat(codec::CLIENT_HOST_BYTES_MAX);
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&codec::encode_hello(&hello)).await.unwrap();
+    let seen = registration_of(&receiver, &mut changed, 5, |_| true).await;
+    assert_eq!(seen, hello.registration);
+    drop(raw);
+    receiver.shutdown().await;
 }

@@ -36,7 +36,7 @@ use crate::controller::record::{MetadataRecord, PartitionAssignment};
 use crate::error::BrokerError;
 use crate::replica::{BatchCounts, Partition};
 use crate::state::PartitionManager;
-use crate::transport::Transport;
+use crate::transport::{BrokerRegistrationInfo, Transport};
 
 /// Topic id of the metadata group (never a client topic's: those are random v4 ids).
 pub const METADATA_TOPIC_ID: Uuid = Uuid::from_u128(1);
@@ -253,23 +253,43 @@ impl Cluster {
         }
     }
 
-    /// Registrations the image lacks: this broker's own (from its configuration).
+    /// Registrations the image lacks or holds for another incarnation: this broker's
+    /// own, and each peer's as its handshake announced it (at the address
+    /// `controller_voters` gives it).
     fn missing_registrations(&self) -> Vec<MetadataRecord> {
         let image = self.image.read().expect("image lock");
         let mut out = Vec::new();
         let me = &self.me;
-        if image
-            .broker(me.broker_id)
-            .is_none_or(|b| b.incarnation_id != me.incarnation_id)
-        {
-            out.push(MetadataRecord::RegisterBroker {
-                broker_id: me.broker_id,
-                incarnation_id: me.incarnation_id,
+        let mut known: Vec<(i32, BrokerRegistrationInfo, SocketAddr)> = vec![(
+            me.broker_id,
+            BrokerRegistrationInfo {
                 client_host: me.client_host.clone(),
                 client_port: me.client_port,
-                inter_broker_host: me.inter_broker.ip().to_string(),
-                inter_broker_port: me.inter_broker.port(),
                 rack: None,
+                incarnation_id: me.incarnation_id,
+            },
+            me.inter_broker,
+        )];
+        for (id, info) in self.transport.peer_registrations() {
+            if let Some((_, addr)) = self.voters.iter().find(|(v, _)| *v == id) {
+                known.push((id, info, *addr));
+            }
+        }
+        for (broker_id, info, inter_broker) in known {
+            if image
+                .broker(broker_id)
+                .is_some_and(|b| b.incarnation_id == info.incarnation_id)
+            {
+                continue;
+            }
+            out.push(MetadataRecord::RegisterBroker {
+                broker_id,
+                incarnation_id: info.incarnation_id,
+                client_host: info.client_host,
+                client_port: info.client_port,
+                inter_broker_host: inter_broker.ip().to_string(),
+                inter_broker_port: inter_broker.port(),
+                rack: info.rack,
             });
         }
         out
@@ -381,8 +401,7 @@ impl Cluster {
     /// Stops the metadata replica (the applier thread ends with it).
     pub async fn close(&self) {
         self.metadata.close().await;
-        let _ = &self.transport;
-        let _ = &self.voters;
+        self.transport.shutdown().await;
     }
 }
 

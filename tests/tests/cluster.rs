@@ -107,6 +107,23 @@ async fn leader_of(bootstrap: &str, partition: i32) -> Option<i32> {
     (leader >= 0).then_some(leader)
 }
 
+/// The leader of `partition`, waiting up to 20 s for one (a restarted broker knows no
+/// topic until it has replayed the metadata log).
+async fn wait_leader(cluster: &Cluster, partition: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(leader) = leader_of(&cluster.bootstrap(), partition).await {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} has no leader\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Produces `count` acks=all records, recording attempts, acknowledgements and
 /// failures (indeterminate) in `history`.
 async fn produce(
@@ -184,10 +201,9 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
 
     // Every partition read back from its leader: nothing acknowledged is lost, no
     // offset holds two records.
-    let bootstrap = cluster.bootstrap();
     let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
     for partition in 0..PARTITIONS {
-        let leader = leader_of(&bootstrap, partition).await.expect("leader");
+        let leader = wait_leader(&cluster, partition).await;
         let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
         let log = read_all(&mut conn, TOPIC, partition);
         reads.insert(

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::context::Broker;
 use crate::metrics::Metrics;
 use crate::state::PartitionManager;
-use crate::transport::{Transport, TransportConfig};
+use crate::transport::{BrokerRegistrationInfo, Transport, TransportConfig};
 
 /// A bound, not yet running, broker.
 pub struct Server {
@@ -219,11 +219,21 @@ async fn join_cluster(
         .copied()
         .collect();
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_BATCHES_MAX);
+    let incarnation_id = BrokerRegistrationInfo::random_incarnation_id();
+    let client_port = u16::try_from(advertised_port)?;
+    // Peers learn from the handshake where clients reach this broker; the controller
+    // registers what it hears.
     let transport_config = TransportConfig::new(
         config.node_id,
         manager.cluster_id.clone(),
         config.inter_broker_listen,
-    );
+    )
+    .with_registration(BrokerRegistrationInfo {
+        client_host: advertised_host.to_string(),
+        client_port,
+        rack: None,
+        incarnation_id,
+    });
     let transport = Arc::new(
         Transport::start(transport_config, peers, inbound_tx)
             .await
@@ -237,9 +247,9 @@ async fn join_cluster(
     manager.engine.connect(Arc::clone(&transport), inbound_rx)?;
     let me = SelfRegistration {
         broker_id: config.node_id,
-        incarnation_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid(),
+        incarnation_id,
         client_host: advertised_host.to_string(),
-        client_port: u16::try_from(advertised_port)?,
+        client_port,
         inter_broker: transport.local_addr(),
     };
     let cluster = crate::runtime::off_runtime(|| {

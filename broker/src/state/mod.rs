@@ -357,11 +357,6 @@ impl PartitionManager {
                 "{partitions} is outside 1..={PARTITIONS_MAX}"
             )));
         }
-        if replication_factor != -1 && replication_factor != 1 {
-            return Err(BrokerError::InvalidReplicationFactor(format!(
-                "replication factor {replication_factor} > 1 available broker"
-            )));
-        }
         if let Some(cluster) = self.cluster.get() {
             TopicConfig::new(&self.config.topic_defaults, configs.clone())
                 .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
@@ -381,6 +376,11 @@ impl PartitionManager {
                     partitions: Vec::new(),
                 })),
             };
+        }
+        if replication_factor != -1 && replication_factor != 1 {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "replication factor {replication_factor} > 1 available broker"
+            )));
         }
         let config = TopicConfig::new(&self.config.topic_defaults, configs.clone())
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
@@ -639,9 +639,14 @@ impl PartitionManager {
     /// commit hints.
     pub async fn shutdown(&self) -> Result<(), BrokerError> {
         let engine = Arc::clone(&self.engine);
-        tokio::task::spawn_blocking(move || engine.shutdown())
+        let result = tokio::task::spawn_blocking(move || engine.shutdown())
             .await
-            .map_err(|e| BrokerError::Storage(format!("shutdown task: {e}")))?
+            .map_err(|e| BrokerError::Storage(format!("shutdown task: {e}")))?;
+        // After the last sync: peers stop hearing from this broker.
+        if let Some(cluster) = self.cluster.get() {
+            cluster.close().await;
+        }
+        result
     }
 
     /// Applies retention to every partition.

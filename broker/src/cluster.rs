@@ -30,7 +30,7 @@ use rill_storage::{LogConfig, PartitionLog};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::controller::image::MetadataImage;
+use crate::controller::image::{MetadataImage, TopicImage};
 use crate::controller::placement::assign_replicas;
 use crate::controller::record::{MetadataRecord, PartitionAssignment};
 use crate::error::BrokerError;
@@ -370,21 +370,18 @@ impl Cluster {
     /// Creates the replicas the image assigns to this broker and removes those of
     /// deleted topics.
     fn reconcile(&self) {
-        let topics: Vec<(String, Uuid, BTreeMap<String, String>, Vec<Vec<i32>>)> = {
+        let topics: Vec<TopicImage> = {
             let image = self.image.read().expect("image lock");
-            image
-                .topics()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        t.topic_id,
-                        t.configs.clone(),
-                        t.partitions.iter().map(|p| p.replicas.clone()).collect(),
-                    )
-                })
-                .collect()
+            image.topics().cloned().collect()
         };
-        for (name, topic_id, configs, replicas) in topics {
+        for topic in topics {
+            let TopicImage {
+                name,
+                topic_id,
+                configs,
+                partitions,
+            } = topic;
+            let replicas: Vec<Vec<i32>> = partitions.into_iter().map(|p| p.replicas).collect();
             if !replicas.iter().all(|r| r.contains(&self.me.broker_id)) {
                 tracing::warn!(topic = %name, "topic not hosted here: this version hosts every partition on every broker");
                 continue;

@@ -124,6 +124,54 @@ async fn wait_leader(cluster: &Cluster, partition: i32) -> i32 {
     }
 }
 
+/// What a producer task attempted: each value and its outcome (partition and offset
+/// when acknowledged, `None` when the send failed: indeterminate).
+type Outcomes = Vec<(Bytes, Option<(i32, i64)>)>;
+
+/// Produces acks=all records for `duration` from a task of its own (so a kill lands
+/// while sends are in flight), at most `in_flight` awaiting acknowledgement.
+fn produce_for(
+    producer: Producer,
+    round: u32,
+    duration: Duration,
+) -> tokio::task::JoinHandle<Outcomes> {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + duration;
+        let mut out = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            let value = Bytes::from(format!("round{round}-live-{n}"));
+            let record = ProducerRecord::new(TOPIC, value.clone())
+                .with_partition((n % PARTITIONS as u64) as i32);
+            n += 1;
+            match producer.send(record).await {
+                Ok(delivery) => pending.push_back((value, delivery)),
+                Err(_) => out.push((value, None)),
+            }
+            if pending.len() >= 64 {
+                let (value, delivery) = pending.pop_front().expect("non-empty");
+                out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
+            }
+        }
+        for (value, delivery) in pending {
+            out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
+        }
+        out
+    })
+}
+
+/// Adds a producer task's outcomes to `history`.
+fn record_outcomes(history: &mut History, outcomes: Outcomes) {
+    for (value, outcome) in outcomes {
+        history.record_attempt(value.clone());
+        match outcome {
+            Some((partition, offset)) => history.record_ack(partition, offset, value),
+            None => history.record_failure(value),
+        }
+    }
+}
+
 /// Produces `count` acks=all records, recording attempts, acknowledgements and
 /// failures (indeterminate) in `history`.
 async fn produce(
@@ -177,10 +225,18 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         let leader = leader_of(&bootstrap, 0)
             .await
             .unwrap_or_else(|| panic!("no leader of partition 0\n{}", cluster.logs()));
+        // A producer runs across the kill: some sends are in flight when it lands.
+        let live = produce_for(
+            Producer::new(ProducerConfig::new(&bootstrap)).expect("producer"),
+            round,
+            Duration::from_millis(1500),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let killed = &mut cluster.brokers[(leader - 1) as usize];
         killed.kill();
         let killed_at = Instant::now();
         produce(&producer, &mut history, round, "after", RECORDS_PER_PHASE).await;
+        record_outcomes(&mut history, live.await.expect("producer task"));
         let bootstrap = cluster.bootstrap();
         let new_leader = leader_of(&bootstrap, 0).await;
         assert!(
@@ -231,4 +287,72 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
             panic!("partition {partition}: replicas differ: {e}");
         }
     }
+}
+
+/// Sends `signal` (e.g. "-STOP") to a broker's process.
+fn signal(broker: &RilldProcess, signal: &str) {
+    let pid = broker.pid().expect("running");
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// acks=all is answered only once a majority holds the record: with both followers
+/// frozen (SIGSTOP), the leader must not acknowledge; once they thaw, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_waits_for_a_majority() {
+    let cluster = Cluster::start();
+    wait_registered(&cluster, 3).await;
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(TOPIC, PARTITIONS)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+    let leader = wait_leader(&cluster, 0).await;
+    let leader_bootstrap = cluster.brokers[(leader - 1) as usize].bootstrap();
+    let producer = Producer::new(ProducerConfig::new(&leader_bootstrap)).expect("producer");
+    let first = producer
+        .send(ProducerRecord::new(TOPIC, Bytes::from_static(b"first")).with_partition(0))
+        .await
+        .expect("send")
+        .await
+        .expect("acknowledged with every replica up");
+
+    let followers: Vec<&RilldProcess> = (1..=3)
+        .filter(|id| *id != leader)
+        .map(|id| &cluster.brokers[(id - 1) as usize])
+        .collect();
+    for f in &followers {
+        signal(f, "-STOP");
+    }
+    let delivery = producer
+        .send(ProducerRecord::new(TOPIC, Bytes::from_static(b"frozen")).with_partition(0))
+        .await
+        .expect("send");
+    let early = tokio::time::timeout(Duration::from_secs(2), delivery).await;
+    for f in &followers {
+        signal(f, "-CONT");
+    }
+    assert!(
+        early.is_err(),
+        "acks=all answered while no follower could hold the record: {early:?}"
+    );
+    let second = producer
+        .send(ProducerRecord::new(TOPIC, Bytes::from_static(b"thawed")).with_partition(0))
+        .await
+        .expect("send")
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "not acknowledged after the followers thawed: {e}\n{}",
+                cluster.logs()
+            )
+        });
+    assert!(second.offset > first.offset);
 }

@@ -161,6 +161,50 @@ fn produce_for(
     })
 }
 
+/// Like [`produce_for`], with librdkafka (the rdkafka crate) as the producer.
+fn rdkafka_produce_for(
+    bootstrap: &str,
+    round: u32,
+    duration: Duration,
+) -> tokio::task::JoinHandle<Outcomes> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("rdkafka producer");
+    tokio::spawn(async move {
+        let deadline = Instant::now() + duration;
+        let mut out = Vec::new();
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            let sends: Vec<_> = (0..50)
+                .map(|_| {
+                    let value = format!("round{round}-rdk-{n}");
+                    let partition = (n % PARTITIONS as u64) as i32;
+                    n += 1;
+                    let producer = producer.clone();
+                    async move {
+                        let record = FutureRecord::<(), str>::to(TOPIC)
+                            .payload(&value)
+                            .partition(partition);
+                        let delivered = producer
+                            .send(record, Duration::from_secs(30))
+                            .await
+                            .ok()
+                            .map(|d| (d.partition, d.offset));
+                        (Bytes::from(value), delivered)
+                    }
+                })
+                .collect();
+            out.extend(futures::future::join_all(sends).await);
+        }
+        out
+    })
+}
+
 /// Adds a producer task's outcomes to `history`.
 fn record_outcomes(history: &mut History, outcomes: Outcomes) {
     for (value, outcome) in outcomes {
@@ -231,12 +275,17 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
             round,
             Duration::from_millis(1500),
         );
+        let rdkafka_live = rdkafka_produce_for(&bootstrap, round, Duration::from_millis(1500));
         tokio::time::sleep(Duration::from_millis(500)).await;
         let killed = &mut cluster.brokers[(leader - 1) as usize];
         killed.kill();
         let killed_at = Instant::now();
         produce(&producer, &mut history, round, "after", RECORDS_PER_PHASE).await;
         record_outcomes(&mut history, live.await.expect("producer task"));
+        record_outcomes(
+            &mut history,
+            rdkafka_live.await.expect("rdkafka producer task"),
+        );
         let bootstrap = cluster.bootstrap();
         let new_leader = leader_of(&bootstrap, 0).await;
         assert!(

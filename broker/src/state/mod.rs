@@ -505,12 +505,20 @@ impl PartitionManager {
             Err(BrokerError::TopicAlreadyExists(_)) => {
                 self.topic(name).ok_or(BrokerError::UnknownTopicOrPartition)
             }
+            // In a cluster only the controller creates; a client asking another broker
+            // sees the topic once it exists (Kafka answers the same while it is made).
+            Err(BrokerError::NotController) => Err(BrokerError::UnknownTopicOrPartition),
             Err(e) => Err(e),
         }
     }
 
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<Uuid, BrokerError> {
+        if self.cluster.get().is_some() {
+            return Err(BrokerError::InvalidRequest(
+                "DeleteTopics is not supported in a cluster yet".into(),
+            ));
+        }
         let _admin = self.admin.lock().await;
         let topic = self
             .topics
@@ -544,6 +552,11 @@ impl PartitionManager {
         count: i32,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
+        if self.cluster.get().is_some() {
+            return Err(BrokerError::InvalidRequest(
+                "CreatePartitions is not supported in a cluster yet".into(),
+            ));
+        }
         let _admin = self.admin.lock().await;
         let topic = self
             .topic(name)

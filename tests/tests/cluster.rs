@@ -5,7 +5,7 @@
 //! finds no acknowledged record lost and no offset holding two records, and every
 //! replica's log files are byte-identical.
 //!
-//! `RILL_CLUSTER_ROUNDS=N` runs N kill rounds (default 3).
+//! `RILL_CLUSTER_ROUNDS=N` runs N kill rounds (default 10).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -19,7 +19,10 @@ use rill_tests::RilldProcess;
 
 const TOPIC: &str = "replicated";
 const PARTITIONS: i32 = 2;
-const ROUNDS_DEFAULT: u32 = 3;
+const ROUNDS_DEFAULT: u32 = 10;
+/// Longest a partition may go without a leader after its leader is killed: the
+/// election timeout (at most 20 ticks of 100 ms) plus 2 s to elect and report it.
+const FAILOVER_MAX: Duration = Duration::from_secs(4);
 /// Records each round produces before and after its kill.
 const RECORDS_PER_PHASE: usize = 300;
 
@@ -262,6 +265,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
 
     let mut history = History::default();
+    let mut failovers = Vec::new();
     for round in 0..rounds {
         let bootstrap = cluster.bootstrap();
         let producer = Producer::new(ProducerConfig::new(&bootstrap)).expect("producer");
@@ -280,6 +284,21 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         let killed = &mut cluster.brokers[(leader - 1) as usize];
         killed.kill();
         let killed_at = Instant::now();
+        // Failover: the survivors' Metadata names a new leader.
+        let failover = loop {
+            if let Some(l) = leader_of(&cluster.bootstrap(), 0).await {
+                if l != leader {
+                    break killed_at.elapsed();
+                }
+            }
+            assert!(
+                killed_at.elapsed() < FAILOVER_MAX,
+                "round {round}: no new leader of partition 0 within {FAILOVER_MAX:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        failovers.push(failover);
         produce(&producer, &mut history, round, "after", RECORDS_PER_PHASE).await;
         record_outcomes(&mut history, live.await.expect("producer task"));
         record_outcomes(
@@ -296,13 +315,21 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
             cluster.logs()
         );
         println!(
-            "round {round}: broker {leader} killed; new leader {new_leader:?}; {:.2} s to \
-             produce the next {RECORDS_PER_PHASE} records",
+            "round {round}: broker {leader} killed; new leader {new_leader:?} named after \
+             {:.2} s; {:.2} s to produce the next {RECORDS_PER_PHASE} records",
+            failover.as_secs_f64(),
             killed_at.elapsed().as_secs_f64()
         );
         drop(producer);
         cluster.brokers[(leader - 1) as usize].restart();
     }
+
+    failovers.sort();
+    println!(
+        "failover (kill to a new leader in Metadata) over {rounds} rounds: median {:.2} s, max {:.2} s",
+        failovers[failovers.len() / 2].as_secs_f64(),
+        failovers[failovers.len() - 1].as_secs_f64()
+    );
 
     // Every partition read back from its leader: nothing acknowledged is lost, no
     // offset holds two records.

@@ -20,9 +20,12 @@ use rill_tests::RilldProcess;
 const TOPIC: &str = "replicated";
 const PARTITIONS: i32 = 2;
 const ROUNDS_DEFAULT: u32 = 10;
-/// Longest a partition may go without a leader after its leader is killed: the
-/// election timeout (at most 20 ticks of 100 ms) plus 2 s to elect and report it.
-const FAILOVER_MAX: Duration = Duration::from_secs(4);
+/// Longest a partition may go without a leader after its leader is killed before the
+/// test fails. Detection is the election timeout (at most 20 ticks of 100 ms); electing
+/// and reporting the new leader takes well under 2 s more on a quiet machine (the test
+/// prints the figures: about 1.4 s from kill to new leader). The bound leaves room for
+/// a loaded CI machine: it catches a failover that does not happen, not a slow one.
+const FAILOVER_MAX: Duration = Duration::from_secs(10);
 /// Records each round produces before and after its kill.
 const RECORDS_PER_PHASE: usize = 300;
 
@@ -100,6 +103,18 @@ async fn wait_registered(cluster: &Cluster, count: usize) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Creates TOPIC with a replica on each of the three brokers (through the controller).
+async fn create_replicated_topic(cluster: &Cluster) {
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(TOPIC, PARTITIONS)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
 }
 
 /// The broker id leading `partition`, per Metadata.
@@ -255,14 +270,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         .unwrap_or(ROUNDS_DEFAULT);
     let mut cluster = Cluster::start();
     wait_registered(&cluster, 3).await;
-    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
-    admin
-        .create_topics(&[NewTopic {
-            replication_factor: 3,
-            ..NewTopic::new(TOPIC, PARTITIONS)
-        }])
-        .await
-        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+    create_replicated_topic(&cluster).await;
 
     let mut history = History::default();
     let mut failovers = Vec::new();
@@ -382,14 +390,7 @@ fn signal(broker: &RilldProcess, signal: &str) {
 async fn acks_all_waits_for_a_majority() {
     let cluster = Cluster::start();
     wait_registered(&cluster, 3).await;
-    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
-    admin
-        .create_topics(&[NewTopic {
-            replication_factor: 3,
-            ..NewTopic::new(TOPIC, PARTITIONS)
-        }])
-        .await
-        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+    create_replicated_topic(&cluster).await;
     let leader = wait_leader(&cluster, 0).await;
     let leader_bootstrap = cluster.brokers[(leader - 1) as usize].bootstrap();
     let producer = Producer::new(ProducerConfig::new(&leader_bootstrap)).expect("producer");

@@ -54,6 +54,10 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Free-space floor the harness gives brokers unless a test sets its own.
 const TEST_LOG_DIR_FREE_BYTES_MIN: u64 = 16 * 1024 * 1024;
 
+/// `journal_bytes` of test brokers (4 MiB; the default 64 MiB would be written at
+/// every start of a fresh data directory).
+pub const TEST_JOURNAL_BYTES: u64 = 4 << 20;
+
 /// Segment size the harness gives brokers (a test that needs another one sets the
 /// topic's `segment.bytes`): small, so tests roll segments without writing much.
 pub const TEST_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
@@ -263,6 +267,13 @@ impl RilldProcess {
             command
                 .arg("--log-dir-free-bytes-min")
                 .arg(TEST_LOG_DIR_FREE_BYTES_MIN.to_string());
+        }
+        // A small journal: each start writes its journal's zeros once, and tests start
+        // brokers by the dozen (a full journal checkpoints more often, which tests want).
+        if !self.args.iter().any(|a| a.starts_with("--journal-bytes")) {
+            command
+                .arg("--journal-bytes")
+                .arg(TEST_JOURNAL_BYTES.to_string());
         }
         command
             .args(&self.args)

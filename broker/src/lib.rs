@@ -1,5 +1,5 @@
 //! rill-broker: the Kafka-protocol broker behind the `rilld` binary; every partition is a
-//! Raft group (of one voter while the broker runs single-node).
+//! Raft group (of one voter on a single node; over its assigned replicas in a cluster).
 //!
 //! # Layout
 //!
@@ -23,8 +23,8 @@
 //!   persist loop and timer of a data directory (sync rounds across partitions,
 //!   fail-stop), [`replica::hard_state`] the terms and votes file.
 //! * [`transport`] — the inter-broker transport: Raft messages of all groups batched
-//!   per peer broker over TCP, bounded queues, heartbeat coalescing, reconnects (not
-//!   yet wired to [`replica::engine`]).
+//!   per peer broker over TCP, bounded queues, heartbeat coalescing, reconnects;
+//!   [`replica::engine::Engine::connect`] plugs the groups into it.
 //! * [`controller`] — the cluster metadata model, sans-I/O: metadata log records, the
 //!   image every broker applies them to (brokers, topics, replica assignments), replica
 //!   placement and image snapshots (not yet driven by a metadata Raft group).

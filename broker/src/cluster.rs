@@ -49,6 +49,8 @@ const METADATA_DIR: &str = "meta/cluster-metadata-0";
 const REGISTER_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a controller change waits for its record to be committed and applied.
 const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// How long CreateTopics waits for the new partitions' leaders before answering.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Bytes the applier reads from the metadata log at a time.
 const READ_BYTES_MAX: usize = 1 << 20;
 
@@ -201,7 +203,18 @@ impl Cluster {
         self.propose(&record).await?;
         match self.manager.topic(name) {
             Some(topic) if topic.id == topic_id => {
-                self.manager.wait_leaders(&topic.partitions).await;
+                // Answer once every partition has elected a leader, on any broker, so
+                // the client's next Metadata finds them.
+                let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+                for partition in &topic.partitions {
+                    if !partition.wait_leader_known(deadline).await {
+                        tracing::warn!(
+                            topic = name,
+                            partition = partition.index,
+                            "no leader yet; clients retry"
+                        );
+                    }
+                }
                 Ok(())
             }
             // The applier skipped it (another creation of the name got in first).

@@ -433,3 +433,75 @@ async fn acks_all_waits_for_a_majority() {
         });
     assert!(second.offset > first.offset);
 }
+
+/// The controller's broker is killed: the other two elect a new controller, which
+/// creates a topic (replicas on all three, the dead one included) that takes acks=all
+/// records meanwhile; the killed broker restarts and hosts the topic too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_while_a_controller_voter_is_down() {
+    let mut cluster = Cluster::start();
+    wait_registered(&cluster, 3).await;
+    let controller = Admin::new(ClientConfig::new(&cluster.bootstrap()))
+        .expect("admin")
+        .describe_cluster()
+        .await
+        .expect("describe cluster")
+        .controller_id;
+    cluster.brokers[(controller - 1) as usize].kill();
+    let killed_at = Instant::now();
+
+    // The survivors elect a new controller (clients retry NOT_CONTROLLER meanwhile).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+        match admin
+            .create_topics(&[NewTopic {
+                replication_factor: 3,
+                ..NewTopic::new(TOPIC, PARTITIONS)
+            }])
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no topic creation within 20 s of losing controller {controller}: {e}\n{}",
+                cluster.logs()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "controller {controller} killed; topic created {:.2} s later",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    let mut history = History::default();
+    produce(&producer, &mut history, 0, "degraded", 100).await;
+    println!(
+        "100 records with a voter down by {:.2} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    cluster.brokers[(controller - 1) as usize].restart();
+    produce(&producer, &mut history, 0, "healed", 100).await;
+    println!(
+        "100 more after its restart by {:.2} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let leader = wait_leader(&cluster, partition).await;
+        let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
+        reads.insert(
+            partition,
+            read_all(&mut conn, TOPIC, partition)
+                .into_iter()
+                .map(|(o, v)| (o, Bytes::from(v)))
+                .collect(),
+        );
+    }
+    history.record_reads(&reads);
+    let report = history.check(Duplicates::Forbidden);
+    println!("{report}");
+    report.assert_ok();
+    assert_eq!(report.acks, 200, "every record acknowledged");
+}

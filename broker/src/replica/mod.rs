@@ -415,6 +415,16 @@ impl Partition {
             .is_ok_and(|r| r.is_ok_and(|s| s.leader_ready))
     }
 
+    /// Waits until this replica knows its group's leader (itself or a peer), or
+    /// `deadline` passes: what a new cluster topic waits for before CreateTopics is
+    /// answered, wherever its leaders end up.
+    pub async fn wait_leader_known(&self, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.watch_status();
+        tokio::time::timeout_at(deadline, rx.wait_for(|s| s.leader.is_some() || s.failed))
+            .await
+            .is_ok_and(|r| r.is_ok_and(|s| s.leader.is_some()))
+    }
+
     /// Appends a produce's record batches (whole, validated) as leader, all or nothing,
     /// without waiting: writes them to the segment (acks=1 may be answered) and
     /// proposes them to the group. [`Partition::wait_acknowledgeable`] waits for what

@@ -502,3 +502,44 @@ fn random_and_mutated_frames_never_crash_the_broker_or_leak_into_other_connectio
     );
     assert_alive(&broker);
 }
+
+/// A data directory belongs to the broker that created it: starting another node id on
+/// it is refused with an error naming both ids (its votes and replicas are not the
+/// newcomer's to use), and the owner still starts on it afterwards.
+#[test]
+fn a_data_directory_refuses_another_node_id() {
+    let mut owner = RilldProcess::start_with(&["--node-id", "1"]);
+    owner.stop();
+    let mut intruder = std::process::Command::new(rill_tests::rilld_bin())
+        .arg("--data-dir")
+        .arg(owner.data_dir())
+        .args(["--node-id", "2", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run rilld");
+    // Bounded: a broker that accepted the directory would run until killed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = intruder.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = intruder.kill();
+            let _ = intruder.wait();
+            panic!("rilld kept running as node 2 on node 1's data directory");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut intruder.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "rilld started as node 2:\n{stderr}");
+    assert!(
+        stderr.contains("belongs to node_id 1") && stderr.contains("not to node_id 2"),
+        "{stderr}"
+    );
+    owner.restart();
+    assert_alive(&owner);
+}

@@ -110,3 +110,31 @@ pub(super) fn load_cluster_id(meta_dir: &Path) -> Result<String, BrokerError> {
     atomic_file::write(&path, &body).map_err(storage_error)?;
     Ok(meta.cluster_id)
 }
+
+/// The persisted identity of the broker that owns a data directory.
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeMeta {
+    node_id: i32,
+}
+
+/// Binds the data directory to `node_id`: the first start writes `node.json`; a later
+/// start with another `node_id` is refused, since the directory's replicas, votes and
+/// terms are that other broker's (a second broker claiming them would vote twice in
+/// its groups' terms and serve another broker's log as its own).
+pub(super) fn check_node_id(meta_dir: &Path, node_id: i32) -> Result<(), BrokerError> {
+    let path = meta_dir.join("node.json");
+    if let Some(body) = atomic_file::read(&path).map_err(storage_error)? {
+        let meta: NodeMeta = serde_json::from_slice(&body)
+            .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))?;
+        if meta.node_id != node_id {
+            return Err(BrokerError::Storage(format!(
+                "the data directory belongs to node_id {} (meta/node.json), not to node_id \
+                 {node_id}: start that broker with its own data directory",
+                meta.node_id
+            )));
+        }
+        return Ok(());
+    }
+    let body = serde_json::to_vec(&NodeMeta { node_id }).map_err(storage_error)?;
+    atomic_file::write(&path, &body).map_err(storage_error)
+}

@@ -54,17 +54,14 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Bytes the applier reads from the metadata log at a time.
 const READ_BYTES_MAX: usize = 1 << 20;
 
-/// What this broker tells the cluster about itself.
+/// What this broker tells the cluster about itself: the registration its handshakes
+/// send peers, under its id and inter-broker address.
 #[derive(Debug, Clone)]
 pub struct SelfRegistration {
     /// `node_id`.
     pub broker_id: i32,
-    /// Chosen at every start.
-    pub incarnation_id: Uuid,
-    /// The advertised client host and port.
-    pub client_host: String,
-    /// The advertised client port.
-    pub client_port: u16,
+    /// Client address, rack and incarnation (as in the transport's handshake).
+    pub registration: BrokerRegistrationInfo,
     /// `inter_broker_listen`.
     pub inter_broker: SocketAddr,
 }
@@ -273,16 +270,8 @@ impl Cluster {
         let image = self.image.read().expect("image lock");
         let mut out = Vec::new();
         let me = &self.me;
-        let mut known: Vec<(i32, BrokerRegistrationInfo, SocketAddr)> = vec![(
-            me.broker_id,
-            BrokerRegistrationInfo {
-                client_host: me.client_host.clone(),
-                client_port: me.client_port,
-                rack: None,
-                incarnation_id: me.incarnation_id,
-            },
-            me.inter_broker,
-        )];
+        let mut known: Vec<(i32, BrokerRegistrationInfo, SocketAddr)> =
+            vec![(me.broker_id, me.registration.clone(), me.inter_broker)];
         for (id, info) in self.transport.peer_registrations() {
             if let Some((_, addr)) = self.voters.iter().find(|(v, _)| *v == id) {
                 known.push((id, info, *addr));

@@ -219,21 +219,20 @@ async fn join_cluster(
         .copied()
         .collect();
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(INBOUND_BATCHES_MAX);
-    let incarnation_id = BrokerRegistrationInfo::random_incarnation_id();
-    let client_port = u16::try_from(advertised_port)?;
     // Peers learn from the handshake where clients reach this broker; the controller
-    // registers what it hears.
+    // registers what it hears (and registers itself with the same record).
+    let registration = BrokerRegistrationInfo {
+        client_host: advertised_host.to_string(),
+        client_port: u16::try_from(advertised_port)?,
+        rack: None,
+        incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
+    };
     let transport_config = TransportConfig::new(
         config.node_id,
         manager.cluster_id.clone(),
         config.inter_broker_listen,
     )
-    .with_registration(BrokerRegistrationInfo {
-        client_host: advertised_host.to_string(),
-        client_port,
-        rack: None,
-        incarnation_id,
-    });
+    .with_registration(registration.clone());
     let transport = Arc::new(
         Transport::start(transport_config, peers, inbound_tx)
             .await
@@ -247,9 +246,7 @@ async fn join_cluster(
     manager.engine.connect(Arc::clone(&transport), inbound_rx)?;
     let me = SelfRegistration {
         broker_id: config.node_id,
-        incarnation_id,
-        client_host: advertised_host.to_string(),
-        client_port,
+        registration,
         inter_broker: transport.local_addr(),
     };
     let cluster = crate::runtime::off_runtime(|| {

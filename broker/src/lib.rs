@@ -48,6 +48,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod leadership;
 pub mod metrics;
 pub mod replica;
 pub mod runtime;

@@ -387,11 +387,7 @@ impl Cluster {
                 .topic_by_name(name)
                 .ok_or(BrokerError::UnknownTopicOrPartition)?;
             let current = topic.partitions.len() as i32;
-            if count <= current {
-                return Err(BrokerError::InvalidPartitions(format!(
-                    "topic {name} has {current} partitions; the new count {count} must be larger"
-                )));
-            }
+            crate::state::check_partition_growth(name, current, count)?;
             let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
             let new_partitions = match assignments {
                 Some(assignments) => {

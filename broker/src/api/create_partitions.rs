@@ -17,10 +17,8 @@ pub async fn handle(broker: &Broker, request: CreatePartitionsRequest) -> Create
         let assignments = topic.assignments.as_ref().filter(|a| !a.is_empty());
         let result = match (assignments, broker.manager.cluster()) {
             (Some(assignments), Some(_)) => {
-                let assignments: Vec<Vec<i32>> = assignments
-                    .iter()
-                    .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
-                    .collect();
+                let assignments =
+                    super::assigned_broker_ids(assignments.iter().map(|a| &a.broker_ids));
                 broker
                     .manager
                     .create_partitions_assigned(

@@ -58,10 +58,8 @@ pub async fn handle(
                     "partition indexes must be 0..count, each once".into(),
                 ))
             } else {
-                let assignments: Vec<Vec<i32>> = assignments
-                    .iter()
-                    .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
-                    .collect();
+                let assignments =
+                    super::assigned_broker_ids(assignments.iter().map(|a| &a.broker_ids));
                 broker
                     .manager
                     .create_topic_assigned(

@@ -97,6 +97,22 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// CreatePartitions' rule: the new count must be above the current one and at most
+/// [`PARTITIONS_MAX`].
+pub fn check_partition_growth(name: &str, current: i32, count: i32) -> Result<(), BrokerError> {
+    if count <= current {
+        return Err(BrokerError::InvalidPartitions(format!(
+            "topic {name} has {current} partitions; the new count {count} must be larger"
+        )));
+    }
+    if count > PARTITIONS_MAX {
+        return Err(BrokerError::InvalidPartitions(format!(
+            "{count} is more than {PARTITIONS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
 /// Maps a storage append error to the Kafka error a producer gets.
 pub fn append_error(e: StorageError) -> BrokerError {
     match e {
@@ -239,7 +255,7 @@ impl PartitionManager {
         voters: &[i32],
         dir: &Path,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let log = PartitionLog::open(&dir, self.log_config(config))
+        let log = PartitionLog::open(dir, self.log_config(config))
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
         Partition::open(
             topic.to_string(),
@@ -717,11 +733,6 @@ impl PartitionManager {
         validate_only: bool,
     ) -> Result<(), BrokerError> {
         if let Some(cluster) = self.cluster.get() {
-            if count > PARTITIONS_MAX {
-                return Err(BrokerError::InvalidPartitions(format!(
-                    "{count} is more than {PARTITIONS_MAX}"
-                )));
-            }
             let _admin = self.admin.lock().await;
             self.check_free_space()?;
             return cluster
@@ -733,16 +744,7 @@ impl PartitionManager {
             .topic(name)
             .ok_or(BrokerError::UnknownTopicOrPartition)?;
         let current = topic.partitions.len() as i32;
-        if count <= current {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "topic {name} has {current} partitions; the new count {count} must be larger"
-            )));
-        }
-        if count > PARTITIONS_MAX {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "{count} is more than {PARTITIONS_MAX}"
-            )));
-        }
+        check_partition_growth(name, current, count)?;
         self.check_free_space()?;
         if validate_only {
             return Ok(());

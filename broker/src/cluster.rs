@@ -98,9 +98,13 @@ pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 /// so a broker that missed a report or restarted learns within this long.
 const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// Shortest and longest time between two ISR samples (a quarter of the lag bound in
-/// between).
+/// between: 1 s by default). A sample locks each led partition's Raft state, so with
+/// thousands of partitions it is kept rare.
 const SAMPLE_INTERVAL_MIN: Duration = Duration::from_millis(50);
-const SAMPLE_INTERVAL_MAX: Duration = Duration::from_millis(250);
+const SAMPLE_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// How often a leader looks for partitions it newly leads (reading their status only),
+/// so other brokers learn a new leader within this long of its election.
+const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// One partition as Metadata and the CLI describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -499,7 +503,10 @@ impl Cluster {
     /// replicas and reports them to every broker (see [`crate::leadership`]).
     async fn report_loop(self: Arc<Self>) {
         let lag_max = Duration::from_millis(self.manager.config().replica_lag_time_max_ms);
-        let interval = (lag_max / 4).clamp(SAMPLE_INTERVAL_MIN, SAMPLE_INTERVAL_MAX);
+        let sample_interval = (lag_max / 4).clamp(SAMPLE_INTERVAL_MIN, SAMPLE_INTERVAL_MAX);
+        let interval = sample_interval.min(LEADERSHIP_CHECK_INTERVAL);
+        let samples_every = (sample_interval.as_millis() / interval.as_millis()).max(1) as u64;
+        let mut ticks: u64 = 0;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut trackers: HashMap<ReplicaKey, IsrTracker> = HashMap::new();
@@ -511,6 +518,8 @@ impl Cluster {
             if self.metadata.is_closed() {
                 return;
             }
+            ticks += 1;
+            let sampling = ticks % samples_every == 0;
             let now = Instant::now();
             let mut all = Vec::new();
             let mut changed = Vec::new();
@@ -519,6 +528,22 @@ impl Cluster {
                 let status = partition.status();
                 if !status.leader_ready || status.leader != Some(me) {
                     continue;
+                }
+                if !sampling {
+                    // Between samples only new leaderships are sampled; the others keep
+                    // their last in-sync replicas.
+                    let epoch = crate::replica::store::epoch_of(status.term);
+                    if let Some((sent_epoch, isr)) = sent.get(&key) {
+                        if *sent_epoch == epoch {
+                            all.push(LeaderReport {
+                                topic_id: topic.id,
+                                partition: partition.index,
+                                leader_epoch: epoch,
+                                isr: isr.clone(),
+                            });
+                            continue;
+                        }
+                    }
                 }
                 let Some(replicas) = self.replicas(topic.id, partition.index) else {
                     continue;

@@ -448,12 +448,12 @@ async fn isr_shrinks_while_a_follower_is_stopped_and_grows_back() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-            started.elapsed()
         }
     };
     wait_isr(vec![1, 2, 3], |isr, _| isr.len() == 3, "all three").await;
 
     signal(cluster.broker(follower), "-STOP");
+    let stopped_at = Instant::now();
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap_without(&[follower])))
         .expect("producer");
     for n in 0..20 {
@@ -466,12 +466,13 @@ async fn isr_shrinks_while_a_follower_is_stopped_and_grows_back() {
             .await
             .unwrap_or_else(|e| panic!("acks=all with 2 of 3: {e}"));
     }
-    let shrunk = wait_isr(
+    wait_isr(
         live.clone(),
         |isr, follower| isr.len() == 2 && !isr.contains(&follower),
         "without the stopped follower",
     )
     .await;
+    let shrunk = stopped_at.elapsed();
     let output = std::process::Command::new(rill_tests::rill_bin())
         .args(["-b", &cluster.bootstrap_without(&[follower]), "cluster"])
         .output()
@@ -486,7 +487,9 @@ async fn isr_shrinks_while_a_follower_is_stopped_and_grows_back() {
     );
 
     signal(cluster.broker(follower), "-CONT");
-    let grown = wait_isr(vec![1, 2, 3], |isr, _| isr.len() == 3, "all three again").await;
+    let continued_at = Instant::now();
+    wait_isr(vec![1, 2, 3], |isr, _| isr.len() == 3, "all three again").await;
+    let grown = continued_at.elapsed();
     println!(
         "follower {follower} of leader {leader}: out of the ISR {:.2} s after SIGSTOP \
          (lag bound {LAG_MAX_MS} ms), back {:.2} s after SIGCONT",

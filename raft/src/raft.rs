@@ -230,17 +230,19 @@ impl<S: LogStore> Raft<S> {
         self.quiesced
     }
 
-    /// Wakes a quiet group because the driver believes its leader's node (or, at
-    /// a leader, a member's node) stopped answering. A follower treats the leader
-    /// as lost: it no longer defends it against votes and campaigns within one
-    /// randomized election timeout's remainder; a leader resumes heartbeats and its
-    /// quorum check. Does nothing to a group that is not quiet.
-    pub fn unquiesce(&mut self) {
+    /// Wakes a quiet group because the driver believes a member's node stopped
+    /// answering. With `leader_lost` (a follower's leader is the silent one) the
+    /// follower no longer defends that leader against votes and campaigns within
+    /// the remainder of one randomized election timeout. Otherwise the group just
+    /// ticks again: a leader resumes heartbeats and its quorum check (and steps down
+    /// if its quorum is gone), a follower keeps its leader. Does nothing to a group
+    /// that is not quiet.
+    pub fn unquiesce(&mut self, leader_lost: bool) {
         self.assert_no_ready("unquiesce");
         if !std::mem::take(&mut self.quiesced) {
             return;
         }
-        self.wake_after_quiet(true);
+        self.wake_after_quiet(leader_lost && self.role != Role::Leader);
     }
 
     /// Any input but the quiet exchange itself wakes a quiet group.

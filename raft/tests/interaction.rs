@@ -20,7 +20,7 @@
 //! | `partition A… / B…`, `heal` | cut / restore links between groups |
 //! | `crash ID`, `restart ID` | lose non-durable state / come back from the store |
 //! | `compact ID` | retention: move the log start to the commit offset |
-//! | `unquiesce ID` | the driver lost the node's leader: wake its quiet group |
+//! | `unquiesce ID` | the driver lost the node's leader: wake its quiet group (`leader_lost`) |
 //! | `status [ID…]`, `log ID` | print role, term, commit, membership / entries |
 
 #[path = "support/cluster.rs"]
@@ -164,7 +164,7 @@ fn execute(c: &mut Option<Cluster>, line: &str) -> String {
             }
         }
         "stabilize" => c.stabilize(),
-        "unquiesce" => c.node(id(0)).unquiesce(),
+        "unquiesce" => c.node(id(0)).unquiesce(true),
         "propose" => {
             let data = args.get(1).map_or("", |s| s.as_str());
             let r = c.propose(id(0), data);

@@ -582,15 +582,15 @@ impl Sim {
                 continue;
             }
             let membership = raft.membership();
+            let silent = |m: NodeId| {
+                self.nodes.get(&m).is_none_or(|n| n.raft.is_none()) || self.cut.contains(&(m, id))
+            };
             let orphaned = membership
                 .voters
                 .iter()
                 .chain(membership.learners.iter())
-                .any(|&m| {
-                    m != id
-                        && (self.nodes.get(&m).is_none_or(|n| n.raft.is_none())
-                            || self.cut.contains(&(m, id)))
-                });
+                .any(|&m| m != id && silent(m));
+            let leader_lost = raft.leader().is_none_or(silent);
             if orphaned {
                 self.nodes
                     .get_mut(&id)
@@ -598,7 +598,7 @@ impl Sim {
                     .raft
                     .as_mut()
                     .unwrap()
-                    .unquiesce();
+                    .unquiesce(leader_lost);
                 self.event(|| format!("{id} UNQUIESCE"));
             }
         }

@@ -92,7 +92,10 @@ fn heartbeat(from: BrokerId, to: BrokerId, g: u32, commit_offset: u64) -> Envelo
             from: raft_node_id(from),
             to: raft_node_id(to),
             term: 3,
-            body: MessageBody::Heartbeat { commit_offset },
+            body: MessageBody::Heartbeat {
+                    commit_offset,
+                    quiesce: false,
+                },
         },
     }
 }

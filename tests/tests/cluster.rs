@@ -517,7 +517,10 @@ async fn quiet_groups_elect_a_new_leader_when_the_leaders_broker_dies() {
     let started = Instant::now();
     let mut cluster = Cluster::start();
     wait_registered(&cluster, 3).await;
-    println!("3 brokers registered in {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "3 brokers registered in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
     admin
         .create_topics(&[NewTopic {
@@ -592,7 +595,12 @@ async fn quiet_groups_elect_a_new_leader_when_the_leaders_broker_dies() {
     loop {
         let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
         let leaders: Vec<i32> = match admin.describe_topics(&[QUIET_TOPIC]).await {
-            Ok(mut topics) => topics.remove(0).partitions.iter().map(|p| p.leader).collect(),
+            Ok(mut topics) => topics
+                .remove(0)
+                .partitions
+                .iter()
+                .map(|p| p.leader)
+                .collect(),
             Err(_) => Vec::new(),
         };
         if leaders.len() == QUIET_PARTITIONS as usize

@@ -270,7 +270,12 @@ impl Engine {
     /// Puts a replica in the timer set `timer` names, out of the others.
     pub(super) fn set_timer(&self, partition: &Partition, timer: Timer) {
         let key = partition.key();
-        let weak = self.replicas.lock().expect("replicas lock").get(&key).cloned();
+        let weak = self
+            .replicas
+            .lock()
+            .expect("replicas lock")
+            .get(&key)
+            .cloned();
         let mut ticking = self.ticking.lock().expect("ticking lock");
         let mut quiet = self.quiet.lock().expect("quiet lock");
         ticking.remove(&key);

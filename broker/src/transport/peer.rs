@@ -419,26 +419,35 @@ mod tests {
         for commit_offset in 0..1000 {
             push(
                 &mut queue,
-                envelope(0, MessageBody::Heartbeat {
-                    commit_offset,
-                    quiesce: false,
-                }),
+                envelope(
+                    0,
+                    MessageBody::Heartbeat {
+                        commit_offset,
+                        quiesce: false,
+                    },
+                ),
             );
         }
         push(&mut queue, envelope(0, MessageBody::HeartbeatResponse));
         push(
             &mut queue,
-            envelope(1, MessageBody::Heartbeat {
+            envelope(
+                1,
+                MessageBody::Heartbeat {
                     commit_offset: 5,
                     quiesce: false,
-                }),
+                },
+            ),
         );
         let (batch, bytes) = queue.take_batch(1 << 20);
         assert_eq!(batch.len(), 3);
-        assert!(batch.contains(&envelope(0, MessageBody::Heartbeat {
-                    commit_offset: 999,
-                    quiesce: false,
-                })));
+        assert!(batch.contains(&envelope(
+            0,
+            MessageBody::Heartbeat {
+                commit_offset: 999,
+                quiesce: false,
+            }
+        )));
         assert_eq!(bytes, queue.charged_bytes());
         queue.release(bytes);
         assert_eq!(queue.charged_bytes(), 0);

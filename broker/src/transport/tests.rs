@@ -93,9 +93,9 @@ fn heartbeat(from: BrokerId, to: BrokerId, g: u32, commit_offset: u64) -> Envelo
             to: raft_node_id(to),
             term: 3,
             body: MessageBody::Heartbeat {
-                    commit_offset,
-                    quiesce: false,
-                },
+                commit_offset,
+                quiesce: false,
+            },
         },
     }
 }

@@ -300,7 +300,8 @@ async fn peers_sending_garbage_are_disconnected_and_the_good_peer_is_still_serve
     let mut frame = codec::encode_frame(5, &[heartbeat(5, 1, 0, 1)])
         .to_bytes()
         .to_vec();
-    let last = frame.len() - 9;
+    // The body tag sits before the heartbeat's commit offset (8 bytes) and flag (1).
+    let last = frame.len() - 10;
     frame[last] = 0xee;
     bad_tag.extend_from_slice(&frame);
     assert!(hung_up_after(addr, &bad_tag).await, "unknown body tag");

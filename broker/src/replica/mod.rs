@@ -28,7 +28,7 @@ pub mod engine;
 pub mod hard_state;
 pub mod store;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use engine::Engine;
+use engine::{Engine, Timer};
 use hard_state::ReplicaKey;
 use store::{broker_id, epoch_of, PartitionStore};
 
@@ -114,8 +114,8 @@ pub struct ReplicaState {
     /// End of this term's leader entry (committing it makes the leader ready).
     leader_entry_end: u64,
     discards: u64,
-    /// In the engine's ticked set.
-    ticking: bool,
+    /// Which of the engine's timer sets holds the group.
+    timer: Timer,
     /// Bytes appended since the persist loop last grew the segment ahead.
     appended_since_reserve: usize,
     /// Messages from peers that arrived while the persist loop held the `Ready` (the
@@ -287,6 +287,9 @@ impl Partition {
         // Appends are bounded by the request budget and QUEUED_BYTES_MAX; the data of
         // a leader's uncommitted entries are slices of its mapped segments.
         config.uncommitted_bytes_max = QUEUED_BYTES_MAX;
+        // Idle groups go quiet; the engine wakes those whose members' brokers fall
+        // silent on the transport (`Engine::wake_orphans`).
+        config.quiesce = true;
         let raft = Raft::new(config, store).map_err(|e| BrokerError::Storage(e.to_string()))?;
         let status = ReplicaStatus {
             commit_offset: raft.commit_offset() as i64,
@@ -311,7 +314,7 @@ impl Partition {
                 in_round: false,
                 leader_entry_end: u64::MAX,
                 discards: 0,
-                ticking: true,
+                timer: Timer::Ticking,
                 appended_since_reserve: 0,
                 inbox: VecDeque::new(),
             }),
@@ -687,6 +690,51 @@ impl Partition {
         if st.raft.has_ready() {
             self.schedule(st);
         }
+        self.sync_timer(st);
+    }
+
+    /// Moves the group to the timer set its state needs: a sole-member leader needs
+    /// no ticks at all, a quiet group none until its members' brokers fall silent,
+    /// any other group a tick every `TICK`.
+    fn sync_timer(&self, st: &mut ReplicaState) {
+        let timer = if st.is_sole_leader() {
+            Timer::Untimed
+        } else if st.raft.is_quiesced() {
+            Timer::Quiet
+        } else {
+            Timer::Ticking
+        };
+        if timer != st.timer {
+            st.timer = timer;
+            self.engine.set_timer(self, timer);
+        }
+    }
+
+    /// A quiet group whose other members include a broker in `silent` wakes: its
+    /// leader may be gone (a follower campaigns once its timeout runs out) or it may
+    /// lead without a quorum (a leader's quorum check steps it down). Skipped while
+    /// the persist loop holds the group; the engine asks again next tick.
+    pub(super) fn wake_if_orphaned(&self, silent: &HashSet<i32>) {
+        let mut st = self.state();
+        if st.ready_out || self.is_closed() || !st.raft.is_quiesced() {
+            return;
+        }
+        let me = st.raft.id();
+        let membership = st.raft.membership();
+        let orphaned = membership
+            .voters
+            .iter()
+            .chain(membership.learners.iter())
+            .any(|&node| node != me && silent.contains(&broker_id(node)));
+        if orphaned {
+            let leader_lost = st
+                .raft
+                .leader()
+                .is_none_or(|leader| silent.contains(&broker_id(leader)));
+            tracing::debug!(topic = %self.topic, partition = self.index, leader_lost, "waking a quiet group: a member's broker is silent");
+            st.raft.unquiesce(leader_lost);
+            self.after_input(&mut st);
+        }
     }
 
     fn schedule(&self, st: &mut ReplicaState) {
@@ -701,11 +749,7 @@ impl Partition {
     /// Publishes the group's status after the persist loop advanced it, and tells the
     /// timer whether the group needs ticks.
     fn publish(&self, st: &mut ReplicaState) {
-        let ticking = !st.is_sole_leader();
-        if ticking != st.ticking {
-            st.ticking = ticking;
-            self.engine.set_ticking(self, ticking);
-        }
+        self.sync_timer(st);
         let raft = &st.raft;
         let leader_ready =
             raft.role() == Role::Leader && raft.commit_offset() >= st.leader_entry_end;

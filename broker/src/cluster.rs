@@ -96,12 +96,12 @@ const READ_BYTES_MAX: usize = 1 << 20;
 pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 /// Leaders report every partition at least this often (and changes at every sample),
 /// so a broker that missed a report or restarted learns within this long.
-const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Shortest and longest time between two ISR samples (a quarter of the lag bound in
-/// between: 1 s by default). A sample locks each led partition's Raft state, so with
+/// between: 2 s by default). A sample locks each led partition's Raft state, so with
 /// thousands of partitions it is kept rare.
 const SAMPLE_INTERVAL_MIN: Duration = Duration::from_millis(50);
-const SAMPLE_INTERVAL_MAX: Duration = Duration::from_secs(1);
+const SAMPLE_INTERVAL_MAX: Duration = Duration::from_secs(2);
 /// How often a leader looks for partitions it newly leads (reading their status only),
 /// so other brokers learn a new leader within this long of its election.
 const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -521,26 +521,33 @@ impl Cluster {
             ticks += 1;
             let sampling = ticks % samples_every == 0;
             let now = Instant::now();
+            let full = last_full.is_none_or(|at| now.duration_since(at) >= FULL_REPORT_INTERVAL);
+            // Every led partition's report, gathered on the ticks that need them all.
             let mut all = Vec::new();
             let mut changed = Vec::new();
-            for (topic, partition) in self.manager.all_partitions() {
-                let key = partition.key();
+            // Cheap for partitions not led here (most of them): one status read each.
+            let topics = self.manager.topics();
+            let hosted = topics.iter().flat_map(|t| t.hosted().map(move |p| (t, p)));
+            for (topic, partition) in hosted {
                 let status = partition.status();
                 if !status.leader_ready || status.leader != Some(me) {
                     continue;
                 }
+                let key = partition.key();
                 if !sampling {
                     // Between samples only new leaderships are sampled; the others keep
-                    // their last in-sync replicas.
+                    // their last in-sync replicas (reported again on full reports).
                     let epoch = crate::replica::store::epoch_of(status.term);
                     if let Some((sent_epoch, isr)) = sent.get(&key) {
                         if *sent_epoch == epoch {
-                            all.push(LeaderReport {
-                                topic_id: topic.id,
-                                partition: partition.index,
-                                leader_epoch: epoch,
-                                isr: isr.clone(),
-                            });
+                            if full {
+                                all.push(LeaderReport {
+                                    topic_id: topic.id,
+                                    partition: partition.index,
+                                    leader_epoch: epoch,
+                                    isr: isr.clone(),
+                                });
+                            }
                             continue;
                         }
                     }
@@ -592,10 +599,13 @@ impl Cluster {
                 }
                 all.push(report);
             }
-            let led: HashSet<ReplicaKey> = all.iter().map(|r| (r.topic_id, r.partition)).collect();
-            trackers.retain(|k, _| led.contains(k));
-            sent.retain(|k, _| led.contains(k));
-            let full = last_full.is_none_or(|at| now.duration_since(at) >= FULL_REPORT_INTERVAL);
+            if sampling {
+                // Every led partition was sampled: forget the ones no longer led.
+                let led: HashSet<ReplicaKey> =
+                    all.iter().map(|r| (r.topic_id, r.partition)).collect();
+                trackers.retain(|k, _| led.contains(k));
+                sent.retain(|k, _| led.contains(k));
+            }
             let outgoing = if full {
                 last_full = Some(now);
                 &all

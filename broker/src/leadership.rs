@@ -41,10 +41,10 @@
 //!
 //! Kafka's rule: a follower is in sync while it has caught up with the leader's log end
 //! within the last `replica_lag_time_max_ms`. The leader samples its Raft progress
-//! every quarter of that bound (between 50 ms and 1 s; sampling locks each partition's
+//! every quarter of that bound (between 50 ms and 2 s; sampling locks each partition's
 //! state, so it stays rare with thousands of partitions) and looks for partitions it
 //! newly leads every 250 ms (reading their status only), reporting what changed at once
-//! and everything every 2 s. A follower whose match offset reached the leader's log end
+//! and everything every 5 s. A follower whose match offset reached the leader's log end
 //! *as of the previous sample*, and that the leader has heard from in the current
 //! check-quorum round (Raft's `recent_active`), has caught up now. The previous sample's
 //! end, not the current one, so that a steady stream of produces does not push every

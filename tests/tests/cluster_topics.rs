@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::MetadataRequest;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -322,6 +324,28 @@ async fn topics_live_on_their_assigned_brokers_only() {
     let answer = &fetched.responses[0].partitions[0];
     assert_eq!(answer.error_code, 6, "{answer:?}");
     assert_eq!(answer.current_leader.leader_id.0, leader, "{answer:?}");
+    // Fetch v16 (librdkafka's) names topics by id and carries the leader's endpoint.
+    let metadata = conn.call(
+        12,
+        &MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(requests::topic_name("rf1")))
+        ])),
+    );
+    let topic_id = metadata.topics[0].topic_id;
+    let mut fetch = requests::fetch("rf1", 0, 0, 0, 0);
+    fetch.topics[0].topic_id = topic_id;
+    let fetched = conn.call(16, &fetch);
+    let answer = &fetched.responses[0].partitions[0];
+    assert_eq!(answer.error_code, 6, "{answer:?}");
+    assert_eq!(answer.current_leader.leader_id.0, leader, "{answer:?}");
+    assert!(
+        fetched
+            .node_endpoints
+            .iter()
+            .any(|e| e.node_id.0 == leader
+                && e.port == i32::from(cluster.broker(leader).addr().port())),
+        "Fetch v16 names the leader's endpoint: {fetched:?}"
+    );
 
     // Both clients produce to and consume from every partition (each sent to its
     // leader after, at most, one NOT_LEADER_OR_FOLLOWER).

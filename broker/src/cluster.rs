@@ -37,7 +37,8 @@
 //!   with `replica_lag_time_max_ms`). Metadata answers from the metadata image
 //!   (topics, replicas) and the freshest leadership known: this broker's own replica's
 //!   Raft state or the latest report, whichever has the higher epoch. A partition with
-//!   no known leader is answered LEADER_NOT_AVAILABLE. A replica that does not lead
+//!   no known leader, or whose reported leader's broker has been silent on the
+//!   inter-broker transport for a second, is answered LEADER_NOT_AVAILABLE. A replica that does not lead
 //!   reports the ISR from its leader's latest report, or the whole replica list before
 //!   one arrives.
 //! * **Requests to the wrong broker.** Produce and Fetch for a partition this broker
@@ -102,6 +103,9 @@ const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// thousands of partitions it is kept rare.
 const SAMPLE_INTERVAL_MIN: Duration = Duration::from_millis(50);
 const SAMPLE_INTERVAL_MAX: Duration = Duration::from_secs(2);
+/// A reported leader whose broker the transport has not heard from (keepalives come
+/// every 200 ms) for this long is not named in Metadata.
+const LEADER_SILENCE: Duration = Duration::from_secs(1);
 /// How often a leader looks for partitions it newly leads (reading their status only),
 /// so other brokers learn a new leader within this long of its election.
 const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -147,6 +151,8 @@ pub struct Cluster {
     /// Topic ids whose deletion the applier has applied (their replica directories are
     /// removed when met).
     deleted: Mutex<HashSet<Uuid>>,
+    /// Peers silent for [`LEADER_SILENCE`], and when that was computed.
+    silent: Mutex<(Option<Instant>, HashSet<i32>)>,
 }
 
 impl Cluster {
@@ -185,6 +191,7 @@ impl Cluster {
             transport,
             leadership,
             deleted: Mutex::new(HashSet::new()),
+            silent: Mutex::new((None, HashSet::new())),
         });
         let applier = Arc::clone(&cluster);
         let runtime = tokio::runtime::Handle::current();
@@ -448,9 +455,14 @@ impl Cluster {
             isr: Vec::new(),
         };
         if let Some(known) = &reported {
-            view.leader = Some(known.leader);
-            view.leader_epoch = known.leader_epoch;
-            view.isr = known.isr.clone();
+            // A reported leader whose broker has gone silent is not named: clients
+            // would only time out on it (Kafka answers LEADER_NOT_AVAILABLE while a
+            // partition has no live leader). Its replicas elect another and report it.
+            if !self.is_silent(known.leader) {
+                view.leader = Some(known.leader);
+                view.leader_epoch = known.leader_epoch;
+                view.isr = known.isr.clone();
+            }
         }
         if let Some(partition) = local {
             let status = partition.status();
@@ -479,6 +491,24 @@ impl Cluster {
             view.isr.clear();
         }
         view
+    }
+
+    /// Whether `broker` is another broker the transport has heard nothing from (not
+    /// even keepalives) for [`LEADER_SILENCE`]. The set is refreshed at most every
+    /// 100 ms, so a Metadata request over many partitions computes it once.
+    fn is_silent(&self, broker: i32) -> bool {
+        if broker == self.me.broker_id {
+            return false;
+        }
+        let mut cached = self.silent.lock().expect("silent lock");
+        let now = Instant::now();
+        if cached
+            .0
+            .is_none_or(|at| now.duration_since(at) > Duration::from_millis(100))
+        {
+            *cached = (Some(now), self.transport.silent_peers(LEADER_SILENCE));
+        }
+        cached.1.contains(&broker)
     }
 
     /// The current leader of a partition, if known: for NOT_LEADER_OR_FOLLOWER answers.

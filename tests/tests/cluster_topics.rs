@@ -6,7 +6,8 @@
 //! it all; DeleteTopics removes the replicas from every broker and a topic created again
 //! under the name starts empty; CreatePartitions adds partitions librdkafka uses; the
 //! in-sync replicas shrink while a follower is SIGSTOPped past `replica_lag_time_max_ms`
-//! and grow back after SIGCONT.
+//! and grow back after SIGCONT; a partition whose only replica died is answered without
+//! a leader.
 
 mod cluster_support;
 
@@ -428,6 +429,30 @@ async fn topics_live_on_their_assigned_brokers_only() {
     assert_eq!(
         received, sent,
         "the recreated topic holds only the new records"
+    );
+
+    // The only replica of rf1-0 dies: the other brokers stop naming it as the leader
+    // (LEADER_NOT_AVAILABLE) instead of sending clients to a dead broker.
+    let mut cluster = cluster;
+    let dead = rf1[0].leader;
+    cluster.brokers[(dead - 1) as usize].kill();
+    let killed_at = Instant::now();
+    for id in (1..=3).filter(|id| *id != dead) {
+        loop {
+            let partitions = partitions_of(&cluster.broker(id).bootstrap(), "rf1").await;
+            if partitions.as_ref().is_some_and(|p| p[0].leader == -1) {
+                break;
+            }
+            assert!(
+                killed_at.elapsed() < CHANGE_MAX,
+                "broker {id} still names dead broker {dead} as rf1-0's leader: {partitions:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    println!(
+        "broker {dead}, rf1-0's only replica, killed: no longer named its leader after {:.2} s",
+        killed_at.elapsed().as_secs_f64()
     );
 }
 

@@ -95,8 +95,9 @@ const READ_BYTES_MAX: usize = 1 << 20;
 /// registered (Kafka's `default.replication.factor` is 1; 3 is what every production
 /// cluster sets, and a replicated log should replicate by default).
 pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
-/// Leaders report every partition at least this often (and changes at every sample),
-/// so a broker that missed a report or restarted learns within this long.
+/// Leaders report every partition at least this often (changes at once, and everything
+/// when a peer broker connects), so a broker that missed a report learns within this
+/// long.
 const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Shortest and longest time between two ISR samples (a quarter of the lag bound in
 /// between: 2 s by default). A sample locks each led partition's Raft state, so with
@@ -542,6 +543,9 @@ impl Cluster {
         let mut trackers: HashMap<ReplicaKey, IsrTracker> = HashMap::new();
         let mut sent: HashMap<ReplicaKey, (i32, Vec<i32>)> = HashMap::new();
         let mut last_full: Option<Instant> = None;
+        // A peer's handshake (a broker started or restarted) brings a full report
+        // forward, so it learns every leader at once rather than within FULL_REPORT_INTERVAL.
+        let mut registrations = self.transport.registrations_changed();
         let me = self.me.broker_id;
         loop {
             tick.tick().await;
@@ -551,7 +555,12 @@ impl Cluster {
             ticks += 1;
             let sampling = ticks % samples_every == 0;
             let now = Instant::now();
-            let full = last_full.is_none_or(|at| now.duration_since(at) >= FULL_REPORT_INTERVAL);
+            let peer_joined = registrations.has_changed().unwrap_or(false);
+            if peer_joined {
+                registrations.mark_unchanged();
+            }
+            let full = peer_joined
+                || last_full.is_none_or(|at| now.duration_since(at) >= FULL_REPORT_INTERVAL);
             // Every led partition's report, gathered on the ticks that need them all.
             let mut all = Vec::new();
             let mut changed = Vec::new();

@@ -552,3 +552,127 @@ async fn quiet_groups_elect_a_new_leader_when_the_leaders_broker_dies() {
     report.assert_ok();
     assert_eq!(report.acks, 2 * QUIET_PARTITIONS as usize);
 }
+
+/// Each partition of `topic` as (leader, replicas) through any live broker; empty
+/// while Metadata cannot be had.
+async fn placement(cluster: &Cluster, topic: &str) -> Vec<(i32, Vec<i32>)> {
+    let Ok(admin) = Admin::new(ClientConfig::new(&cluster.bootstrap())) else {
+        return Vec::new();
+    };
+    match admin.describe_topics(&[topic]).await {
+        Ok(mut topics) if !topics.is_empty() => topics
+            .remove(0)
+            .partitions
+            .into_iter()
+            .map(|p| (p.leader, p.replicas))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Creates an RF=3 topic of `partitions` and writes one acks=all record to each.
+async fn create_and_touch(cluster: &Cluster, topic: &str, partitions: i32) {
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(topic, partitions)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    for p in 0..partitions {
+        producer
+            .send(ProducerRecord::new(topic, Bytes::from_static(b"x")).with_partition(p))
+            .await
+            .expect("send")
+            .await
+            .unwrap_or_else(|e| panic!("acks=all: {e}\n{}", cluster.logs()));
+    }
+}
+
+/// Controlled shutdown: a broker stopped with SIGINT hands every partition it leads to
+/// a caught-up replica before it exits, so the moment it is gone the survivors already
+/// lead them (a killed broker's partitions wait at least a second for the silence to
+/// be noticed, and an election).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_hands_its_leaderships_over_first() {
+    const HANDOFF_TOPIC: &str = "handoff";
+    let mut cluster = Cluster::start();
+    wait_registered(&cluster, 3).await;
+    create_and_touch(&cluster, HANDOFF_TOPIC, 6).await;
+    let before = placement(&cluster, HANDOFF_TOPIC).await;
+    let mut led = [0usize; 4];
+    for (leader, _) in &before {
+        led[(*leader).clamp(0, 3) as usize] += 1;
+    }
+    let victim = (1..=3).max_by_key(|id| led[*id]).expect("a broker");
+    let stop_started = Instant::now();
+    let status = cluster.brokers[victim - 1].interrupt();
+    let stopped_after = stop_started.elapsed();
+    assert!(status.success(), "rilld exited with {status}");
+    let after = placement(&cluster, HANDOFF_TOPIC).await;
+    println!(
+        "broker {victim} led {} of 6; stopped in {:.2} s; leaders right after its exit: {:?}",
+        led[victim],
+        stopped_after.as_secs_f64(),
+        after.iter().map(|(l, _)| *l).collect::<Vec<_>>()
+    );
+    assert!(
+        after.len() == 6 && after.iter().all(|(l, _)| *l > 0 && *l as usize != victim),
+        "leaderships of broker {victim} not handed off before it exited: {after:?}\n{}",
+        cluster.logs()
+    );
+}
+
+/// The leader balancer: after a broker is killed and restarts, the partitions whose
+/// preferred replica (first in the assignment) it is go back to it, so leadership stays
+/// spread over the brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_preferred_replicas() {
+    const BALANCE_TOPIC: &str = "balance";
+    let mut cluster = Cluster::start_with(&["--leader-balance-interval-ms", "500"]);
+    wait_registered(&cluster, 3).await;
+    create_and_touch(&cluster, BALANCE_TOPIC, 6).await;
+    async fn wait_preferred(cluster: &Cluster, what: &str) {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            let now = placement(cluster, BALANCE_TOPIC).await;
+            if now.len() == 6
+                && now
+                    .iter()
+                    .all(|(leader, replicas)| replicas.first() == Some(leader))
+            {
+                println!(
+                    "{what}: every partition led by its preferred replica after {:.2} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: leaders not back on their preferred replicas within 30 s: {now:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    wait_preferred(&cluster, "after creation").await;
+    cluster.brokers[0].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = placement(&cluster, BALANCE_TOPIC).await;
+        if now.len() == 6 && now.iter().all(|(l, _)| *l == 2 || *l == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover from broker 1: {now:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.brokers[0].restart();
+    wait_preferred(&cluster, "after broker 1 restarted").await;
+}

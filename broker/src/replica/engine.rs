@@ -101,6 +101,9 @@ pub struct Engine {
     /// Quiet groups (Raft quiescence), woken when a member's broker falls silent.
     quiet: Mutex<HashMap<ReplicaKey, Weak<Partition>>>,
     offline: AtomicBool,
+    /// Controlled shutdown began: replicas here no longer take leadership handed to
+    /// them (`Partition::deliver` drops `TimeoutNow`).
+    stopping: AtomicBool,
     offline_reason: Mutex<String>,
     /// Groups whose last `Ready` ran out of space, retried every round.
     stuck: Mutex<Vec<Work>>,
@@ -167,6 +170,7 @@ impl Engine {
             ticking: Mutex::new(HashMap::new()),
             quiet: Mutex::new(HashMap::new()),
             offline: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             offline_reason: Mutex::new(String::new()),
             stuck: Mutex::new(Vec::new()),
             short_of_space: AtomicBool::new(false),
@@ -270,6 +274,16 @@ impl Engine {
     /// The directory's shared journal (for partition truncation barriers).
     pub fn journal(&self) -> &SharedJournal {
         &self.journal
+    }
+
+    /// Marks the start of a controlled shutdown (see `stopping`).
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a controlled shutdown began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// A replica's last durable term, vote and commit hint.

@@ -26,6 +26,7 @@
 
 pub mod engine;
 pub mod hard_state;
+mod leadership;
 pub mod store;
 
 use std::collections::{HashSet, VecDeque};
@@ -229,6 +230,11 @@ pub struct Partition {
     closed: AtomicBool,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    /// This broker's id.
+    broker_id: i32,
+    /// The replica placement lists first: where leadership goes back to
+    /// (`leadership.rs`).
+    preferred_leader: i32,
 }
 
 impl std::fmt::Debug for Partition {
@@ -253,7 +259,8 @@ impl Partition {
     /// the data directory's terms and votes, registers it with the persist loop and
     /// starts an election if it is the group's only voter (a group of one elects
     /// itself at once; a larger group elects on its election timeout). `voters` are
-    /// the broker ids of the group's replicas, this broker among them.
+    /// the broker ids of the group's replicas in assignment order (the first is the
+    /// preferred leader), this broker among them.
     #[allow(clippy::too_many_arguments)] // one replica's identity, log and context
     pub fn open(
         topic: String,
@@ -322,6 +329,8 @@ impl Partition {
             closed: AtomicBool::new(false),
             engine: Arc::clone(&engine),
             metrics,
+            broker_id,
+            preferred_leader: voters.first().copied().unwrap_or(broker_id),
         });
         engine.register(&partition);
         if sole_voter {
@@ -336,6 +345,11 @@ impl Partition {
     /// held until the persist loop advances the group (see [`ReplicaState`]'s inbox).
     pub fn deliver(&self, message: rill_raft::Message) {
         if self.is_closed() {
+            return;
+        }
+        if self.engine.is_stopping() && matches!(message.body, rill_raft::MessageBody::TimeoutNow) {
+            // A broker shutting down hands leadership away; it takes none (the
+            // sender's transfer is abandoned after an election timeout).
             return;
         }
         let mut st = self.state();

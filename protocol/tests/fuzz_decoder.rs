@@ -429,9 +429,11 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
         }
         // The group APIs: random valid messages (strings, ids and byte blobs of every
         // shape), which is what their decoders' lengths and counts see from a client.
-        ApiKey::FindCoordinator => {
-            encode_seed(api, v, &random_message::<FindCoordinatorRequest>(rng.gen(), v))
-        }
+        ApiKey::FindCoordinator => encode_seed(
+            api,
+            v,
+            &random_message::<FindCoordinatorRequest>(rng.gen(), v),
+        ),
         ApiKey::JoinGroup => encode_seed(api, v, &random_message::<JoinGroupRequest>(rng.gen(), v)),
         ApiKey::SyncGroup => encode_seed(api, v, &random_message::<SyncGroupRequest>(rng.gen(), v)),
         ApiKey::Heartbeat => encode_seed(api, v, &random_message::<HeartbeatRequest>(rng.gen(), v)),
@@ -447,9 +449,11 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
         ApiKey::ListGroups => {
             encode_seed(api, v, &random_message::<ListGroupsRequest>(rng.gen(), v))
         }
-        ApiKey::DescribeGroups => {
-            encode_seed(api, v, &random_message::<DescribeGroupsRequest>(rng.gen(), v))
-        }
+        ApiKey::DescribeGroups => encode_seed(
+            api,
+            v,
+            &random_message::<DescribeGroupsRequest>(rng.gen(), v),
+        ),
         other => panic!("no seed builder for served api {other:?}: add one"),
     }
 }

@@ -123,8 +123,7 @@ mod tests {
         // v0: group "g", session timeout, member "", type "c", one protocol "r" whose
         // metadata claims 1 MiB.
         let body = Bytes::from_static(&[
-            0, 1, b'g', 0, 0, 0x27, 0x10, 0, 0, 0, 1, b'c', 0, 0, 0, 1, 0, 1, b'r', 0, 0x10, 0,
-            0,
+            0, 1, b'g', 0, 0, 0x27, 0x10, 0, 0, 0, 1, b'c', 0, 0, 0, 1, 0, 1, b'r', 0, 0x10, 0, 0,
         ]);
         assert!(matches!(
             decode_body::<JoinGroupRequest>(body, 0),

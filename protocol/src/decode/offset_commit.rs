@@ -121,8 +121,8 @@ mod tests {
         // v2: group "g", generation, member "", retention, one topic "t" with i32::MAX
         // partitions.
         let body = Bytes::from_static(&[
-            0, 1, b'g', 0, 0, 0, 1, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0,
-            0, 1, 0, 1, b't', 0x7f, 0xff, 0xff, 0xff,
+            0, 1, b'g', 0, 0, 0, 1, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0,
+            1, 0, 1, b't', 0x7f, 0xff, 0xff, 0xff,
         ]);
         assert!(matches!(
             decode_body::<OffsetCommitRequest>(body, 2),

@@ -101,6 +101,9 @@ fn values(prefix: &str, count: usize) -> Vec<String> {
 struct Member {
     stop: Arc<AtomicBool>,
     assigned: Arc<AtomicUsize>,
+    /// How many times its assignment changed (a member of a group that forms in one
+    /// generation sees exactly one change).
+    assignment_changes: Arc<AtomicUsize>,
     handle: JoinHandle<()>,
 }
 
@@ -113,8 +116,13 @@ fn spawn_member(bootstrap: &str, group: &str, topic: &str, seen: Seen) -> Member
     consumer.subscribe(&[topic]).expect("subscribe");
     let stop = Arc::new(AtomicBool::new(false));
     let assigned = Arc::new(AtomicUsize::new(0));
+    let assignment_changes = Arc::new(AtomicUsize::new(0));
     let handle = {
-        let (stop, assigned) = (Arc::clone(&stop), Arc::clone(&assigned));
+        let (stop, assigned, changes) = (
+            Arc::clone(&stop),
+            Arc::clone(&assigned),
+            Arc::clone(&assignment_changes),
+        );
         std::thread::spawn(move || {
             while !stop.load(Ordering::Acquire) {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
@@ -124,7 +132,9 @@ fn spawn_member(bootstrap: &str, group: &str, topic: &str, seen: Seen) -> Member
                         .push((m.partition(), m.offset(), value));
                 }
                 let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-                assigned.store(count, Ordering::Release);
+                if assigned.swap(count, Ordering::AcqRel) != count {
+                    changes.fetch_add(1, Ordering::AcqRel);
+                }
             }
             if !seen.lock().unwrap().is_empty() {
                 consumer
@@ -137,6 +147,7 @@ fn spawn_member(bootstrap: &str, group: &str, topic: &str, seen: Seen) -> Member
     Member {
         stop,
         assigned,
+        assignment_changes,
         handle,
     }
 }
@@ -230,6 +241,50 @@ async fn rdkafka_groups_of_two_and_three_split_partitions_commit_and_resume() {
     members_split_commit_and_a_new_member_resumes(&bootstrap, 3).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_starting_together_form_one_generation_after_the_default_delay() {
+    // Defaults: 50 partitions of __consumer_offsets, a 3 s initial rebalance delay.
+    let broker = RilldProcess::start();
+    let bootstrap = broker.bootstrap();
+    let topic = "together";
+    create_topic(&bootstrap, topic).await;
+    let started = Instant::now();
+    let team: Vec<Member> = (0..3)
+        .map(|_| spawn_member(&bootstrap, "together", topic, Seen::default()))
+        .collect();
+    wait_until("the group of three to hold every partition", || {
+        let counts: Vec<usize> = team
+            .iter()
+            .map(|m| m.assigned.load(Ordering::Acquire))
+            .collect();
+        counts.iter().all(|&c| c > 0) && counts.iter().sum::<usize>() == PARTITIONS as usize
+    });
+    let formed = started.elapsed();
+    println!(
+        "three members hold all {PARTITIONS} partitions {formed:?} after the first was created \
+         (default 3 s initial delay)"
+    );
+    // The first JoinGroup came after `started`, and the group may not complete its first
+    // rebalance before the delay has passed since then.
+    assert!(
+        formed >= Duration::from_secs(3),
+        "no initial delay: {formed:?}"
+    );
+    // The delay held the first rebalance back until all three had joined: each member got
+    // exactly one assignment (a member alone first would have had all four, then fewer).
+    let changes: Vec<usize> = team
+        .iter()
+        .map(|m| m.assignment_changes.load(Ordering::Acquire))
+        .collect();
+    assert_eq!(changes, vec![1, 1, 1], "rebalances seen by each member");
+    for m in &team {
+        m.stop.store(true, Ordering::Release);
+    }
+    for m in team {
+        m.handle.join().expect("member thread");
+    }
+}
+
 /// Not a test on its own: the body of the child process that
 /// `a_killed_member_is_removed_after_its_session_timeout` SIGKILLs. It prints its
 /// assignment size whenever it changes.
@@ -246,13 +301,26 @@ fn child_group_member() {
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut last = usize::MAX;
-    loop {
+    // Ends on its own if the parent never kills it.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
         let _ = consumer.poll(Duration::from_millis(50));
         let count = consumer.assignment().map(|a| a.count()).unwrap_or(0);
         if count != last {
             println!("ASSIGNED {count}");
             last = count;
         }
+    }
+}
+
+/// Kills the child member if the test ends early (a failed assertion), so no consumer
+/// process outlives the test.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -264,15 +332,17 @@ async fn a_killed_member_is_removed_after_its_session_timeout() {
     let group = "group-with-a-victim";
     create_topic(&bootstrap, topic).await;
 
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["child_group_member", "--exact", "--ignored", "--nocapture"])
-        .env("RILL_GROUP_CHILD", format!("{bootstrap}|{group}|{topic}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the child member");
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().expect("test binary"))
+            .args(["child_group_member", "--exact", "--ignored", "--nocapture"])
+            .env("RILL_GROUP_CHILD", format!("{bootstrap}|{group}|{topic}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the child member"),
+    );
     let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().expect("child stdout");
+    let stdout = child.0.stdout.take().expect("child stdout");
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(n) = line.strip_prefix("ASSIGNED ") {
@@ -306,9 +376,9 @@ async fn a_killed_member_is_removed_after_its_session_timeout() {
     wait_child(2);
 
     // SIGKILL: no LeaveGroup. After the child's 2 s session the survivor takes over.
-    child.kill().expect("kill the child");
+    child.0.kill().expect("kill the child");
     let killed_at = Instant::now();
-    child.wait().expect("reap the child");
+    child.0.wait().expect("reap the child");
     let took = wait_until("the survivor to hold every partition", || {
         survivor.assigned.load(Ordering::Acquire) == PARTITIONS as usize
     });

@@ -11,11 +11,14 @@ use crate::context::Broker;
 use crate::group::records::OffsetValue;
 use crate::group::OFFSET_METADATA_BYTES_MAX;
 
+/// Per partition of a topic: the offset to write, or the error it is answered with.
+type CheckedPartitions = Vec<(i32, Result<OffsetValue, ResponseError>)>;
+
 /// Answers an OffsetCommit request.
 pub async fn handle(broker: &Broker, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let now_ms = crate::clock::now_ms();
     // Per partition: Ok(value) to write, or the error it is answered with.
-    let mut checked: Vec<(String, Vec<(i32, Result<OffsetValue, ResponseError>)>)> = Vec::new();
+    let mut checked: Vec<(String, CheckedPartitions)> = Vec::new();
     for topic in &request.topics {
         let name = topic.name.to_string();
         let known = broker.manager.topic(&name);

@@ -9,9 +9,10 @@ use kafka_protocol::ResponseError;
 
 use super::str_bytes;
 use crate::context::Broker;
+use crate::group::coordinator::TopicOffsets;
 use crate::group::records::OffsetValue;
 
-type Fetched = Result<Vec<(String, Vec<(i32, Option<OffsetValue>)>)>, ResponseError>;
+type Fetched = Result<TopicOffsets, ResponseError>;
 
 fn offset_parts(value: &Option<OffsetValue>) -> (i64, i32, String) {
     match value {

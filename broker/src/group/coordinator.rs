@@ -26,6 +26,9 @@ use crate::error::BrokerError;
 use crate::replica::{Appended, BatchCounts, Partition};
 use crate::state::PartitionManager;
 
+/// Committed offsets by topic: (topic, [(partition, offset if committed)]).
+pub type TopicOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
+
 /// Bytes read from `__consumer_offsets` per step while loading.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
@@ -633,7 +636,7 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         wanted: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Result<Vec<(String, Vec<(i32, Option<OffsetValue>)>)>, ResponseError> {
+    ) -> Result<TopicOffsets, ResponseError> {
         if let Some(e) = check_group_id(group_id) {
             return Err(e);
         }

@@ -980,6 +980,37 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_static_member_replaces_and_fences_its_old_incarnation() {
+        let mut group = Group::new("g".into());
+        let mut first = request("");
+        first.group_instance_id = Some("instance-1".into());
+        // Static members get their id at once (no MEMBER_ID_REQUIRED round trip).
+        let JoinOutcome::Wait(mut rx) = group.join(first.clone(), SETTINGS, 0) else {
+            panic!("a static member's first join waits for the rebalance");
+        };
+        group.tick(SETTINGS, 3000);
+        let old = rx.try_recv().expect("joined").member_id;
+        let _ = group.sync(1, &old, Some("instance-1"), None, None, Vec::new(), 3000);
+        assert_eq!(group.heartbeat(1, &old, Some("instance-1"), 3100), Ok(()));
+        // The same instance comes back without its member id (a restarted process).
+        let JoinOutcome::Wait(mut rx) = group.join(first, SETTINGS, 4000) else {
+            panic!("the new incarnation waits for the rebalance");
+        };
+        group.tick(SETTINGS, 4000);
+        let new = rx.try_recv().expect("rejoined").member_id;
+        assert_ne!(new, old);
+        assert_eq!(group.members.len(), 1);
+        assert_eq!(
+            group.heartbeat(2, &old, Some("instance-1"), 4100),
+            Err(ResponseError::FencedInstanceId)
+        );
+        assert_eq!(
+            group.check_commit(2, &old, Some("instance-1"), 4100),
+            Err(ResponseError::FencedInstanceId)
+        );
+    }
+
+    #[test]
     fn protocols_are_chosen_by_vote_among_those_all_members_support() {
         let mut group = Group::new("g".into());
         let mut first = request("");

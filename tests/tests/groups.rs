@@ -707,3 +707,60 @@ fn bad_members_generations_and_group_ids_get_clear_errors() {
     let versions = conn.call(3, &ApiVersionsRequest::default());
     assert_eq!(versions.error_code, NONE);
 }
+
+/// Heartbeat v3, retried while the coordinator is not ready after a restart.
+fn heartbeat_when_ready(conn: &mut RawConn, group: &str, generation: i32, member: &str) -> i16 {
+    const NOT_COORDINATOR: i16 = 16;
+    let started = Instant::now();
+    loop {
+        let code = heartbeat(conn, group, generation, member);
+        if !(code == COORDINATOR_LOAD_IN_PROGRESS || code == NOT_COORDINATOR)
+            || started.elapsed() > TIMEOUT
+        {
+            return code;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn group_membership_survives_a_coordinator_sigkill() {
+    let mut broker = RilldProcess::start_with(BROKER_ARGS);
+    let mut conn = RawConn::connect(broker.addr());
+    let found = conn.call(2, &FindCoordinatorRequest::default().with_key(s("kept")));
+    assert_eq!(found.error_code, NONE);
+    let response = join(&mut conn, &join_request("kept", "", 30_000));
+    assert_eq!(response.error_code, MEMBER_ID_REQUIRED);
+    let member = response.member_id.to_string();
+    let response = join(&mut conn, &join_request("kept", &member, 30_000));
+    assert_eq!(response.error_code, NONE);
+    let generation = response.generation_id;
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("kept")))
+        .with_generation_id(generation)
+        .with_member_id(s(&member))
+        .with_assignments(vec![SyncGroupRequestAssignment::default()
+            .with_member_id(s(&member))
+            .with_assignment(bytes::Bytes::from_static(b"kept-assignment"))]);
+    // The leader's SyncGroup is answered once the generation is written.
+    assert_eq!(conn.call(3, &sync).error_code, NONE);
+
+    broker.kill();
+    broker.restart();
+    let mut conn = RawConn::connect(broker.addr());
+    // The member keeps its generation across the restart (its session starts again).
+    assert_eq!(
+        heartbeat_when_ready(&mut conn, "kept", generation, &member),
+        NONE
+    );
+    let synced = conn.call(3, &sync);
+    assert_eq!(synced.error_code, NONE);
+    assert_eq!(&synced.assignment[..], b"kept-assignment");
+    let described = conn.call(
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("kept"))]),
+    );
+    assert_eq!(described.groups[0].group_state.as_str(), "Stable");
+    assert_eq!(described.groups[0].members.len(), 1);
+    assert_eq!(described.groups[0].members[0].member_id.as_str(), member);
+}

@@ -480,13 +480,17 @@ impl GroupCoordinator {
         if let Some(e) = check_group_id(group_id) {
             return refuse(e);
         }
-        let outcome = {
-            let mut owned = match self.owned(group_id) {
+        let (outcome, written) = {
+            let owned = match self.owned(group_id) {
                 Ok(owned) => owned,
                 Err(e) => return refuse(e),
             };
             let now_ms = self.now_ms();
-            let Some(group) = owned.shard.groups.get_mut(group_id) else {
+            let Owned {
+                mut shard,
+                partition,
+            } = owned;
+            let Some(group) = shard.groups.get_mut(group_id) else {
                 return refuse(ResponseError::UnknownMemberId);
             };
             let outcome = group.sync(
@@ -498,9 +502,36 @@ impl GroupCoordinator {
                 assignments,
                 now_ms,
             );
-            self.persist(&mut owned, group_id);
-            outcome
+            // The leader's SyncGroup completed the generation: its metadata (members and
+            // assignments) is written, and the leader answered once it is committed, so a
+            // coordinator that restarts after the answer restores the generation.
+            let written = group.take_dirty(crate::clock::now_ms()).map(|value| {
+                let entries = [(
+                    records::group_key(group_id),
+                    Some(records::group_value(&value)),
+                )];
+                self.write(&partition, &entries)
+                    .map(|appended| (appended, Arc::clone(&partition)))
+            });
+            (outcome, written)
         };
+        match written {
+            None => {}
+            Some(Err(e)) => return refuse(e),
+            Some(Ok((appended, partition))) => {
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    result = partition.wait_acknowledgeable(&appended) => {
+                        if let Err(e) = result {
+                            return refuse(not_available(e));
+                        }
+                    }
+                    _ = shutdown.wait_for(|s| *s) => {
+                        return refuse(ResponseError::CoordinatorNotAvailable);
+                    }
+                }
+            }
+        }
         match outcome {
             SyncOutcome::Now(answer) => answer,
             SyncOutcome::Wait(rx) => self

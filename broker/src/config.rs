@@ -144,6 +144,10 @@ pub struct Config {
     /// members before its first rebalance completes (Kafka's
     /// `group.initial.rebalance.delay.ms`). Default 3000. Range 0..=300000.
     pub group_initial_rebalance_delay_ms: u64,
+    /// `offsets_retention_minutes`: committed offsets of a group without members expire this
+    /// long after the later of their commit and the moment the group became empty (Kafka's
+    /// `offsets.retention.minutes`, KIP-211). Default 10080 (7 days). Range 1..=52560000.
+    pub offsets_retention_minutes: u64,
     /// `shutdown_timeout_ms`: on SIGINT/SIGTERM, how long in-flight requests get to
     /// finish before the broker flushes and exits anyway. Default 10000.
     pub shutdown_timeout_ms: u64,
@@ -223,6 +227,7 @@ impl Default for Config {
             fetch_wait_ms_max: 30_000,
             offsets_topic_partitions: 50,
             group_initial_rebalance_delay_ms: 3000,
+            offsets_retention_minutes: 10_080,
             shutdown_timeout_ms: 10_000,
             debug_flush_delay_ms: 0,
             log_dir_free_bytes_min: 1024 * 1024 * 1024,
@@ -289,6 +294,7 @@ struct FileConfig {
     fetch_wait_ms_max: Option<i64>,
     offsets_topic_partitions: Option<i64>,
     group_initial_rebalance_delay_ms: Option<i64>,
+    offsets_retention_minutes: Option<i64>,
     shutdown_timeout_ms: Option<i64>,
     debug_flush_delay_ms: Option<i64>,
     log_dir_free_bytes_min: Option<i64>,
@@ -382,6 +388,9 @@ pub struct Cli {
     /// A new group's wait for more members before its first rebalance [default: 3000].
     #[arg(long)]
     pub group_initial_rebalance_delay_ms: Option<i64>,
+    /// Committed offsets of an empty group expire after this long [default: 10080].
+    #[arg(long)]
+    pub offsets_retention_minutes: Option<i64>,
     /// Grace period for in-flight requests at shutdown [default: 10000].
     #[arg(long)]
     pub shutdown_timeout_ms: Option<i64>,
@@ -610,6 +619,10 @@ impl Config {
         if let Some(v) = pick!(group_initial_rebalance_delay_ms) {
             config.group_initial_rebalance_delay_ms =
                 in_range("group_initial_rebalance_delay_ms", v, 0, 300_000)? as u64;
+        }
+        if let Some(v) = pick!(offsets_retention_minutes) {
+            config.offsets_retention_minutes =
+                in_range("offsets_retention_minutes", v, 1, 52_560_000)? as u64;
         }
         if let Some(v) = pick!(shutdown_timeout_ms) {
             config.shutdown_timeout_ms = in_range("shutdown_timeout_ms", v, 0, 3_600_000)? as u64;

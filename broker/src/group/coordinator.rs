@@ -29,6 +29,10 @@ use crate::state::PartitionManager;
 /// Committed offsets by topic: (topic, [(partition, offset if committed)]).
 pub type TopicOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
 
+/// How often the timer looks for expired offsets (Kafka's
+/// `offsets.retention.check.interval.ms` is 10 minutes).
+const OFFSETS_RETENTION_CHECK_MS: u64 = 60_000;
+
 /// Bytes read from `__consumer_offsets` per step while loading.
 const LOAD_READ_BYTES: usize = 1 << 20;
 
@@ -60,6 +64,8 @@ pub struct GroupCoordinator {
     shutdown: watch::Receiver<bool>,
     /// Itself, for the tasks it spawns.
     me: std::sync::Weak<GroupCoordinator>,
+    /// Coordinator clock of the last offset-retention pass.
+    last_retention_check_ms: std::sync::atomic::AtomicU64,
 }
 
 fn not_available(e: BrokerError) -> ResponseError {
@@ -88,6 +94,7 @@ impl GroupCoordinator {
             clock: tokio::time::Instant::now(),
             shutdown,
             me: me.clone(),
+            last_retention_check_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -126,7 +133,12 @@ impl GroupCoordinator {
         self.config.node_id
     }
 
+    /// The shards, made on the first sight of a topic with partitions (a cluster topic not
+    /// applied here yet has none, and must not fix the count at zero).
     fn shards(&self, partitions: usize) -> &[Mutex<Shard>] {
+        if partitions == 0 {
+            return self.shards.get().map_or(&[], Vec::as_slice);
+        }
         self.shards
             .get_or_init(|| (0..partitions).map(|_| Mutex::default()).collect())
     }
@@ -174,7 +186,11 @@ impl GroupCoordinator {
         }
         let partitions = self.offsets_partitions().await?;
         let index = partition_for(group, partitions.len() as i32) as usize;
-        let status = partitions[index].status();
+        // A cluster topic this broker has not applied yet has no partitions here.
+        let status = partitions
+            .get(index)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?
+            .status();
         if status.failed || status.closed {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
@@ -198,7 +214,12 @@ impl GroupCoordinator {
             .topic(OFFSETS_TOPIC)
             .ok_or(ResponseError::NotCoordinator)?;
         let index = partition_for(group, topic.partitions.len() as i32) as usize;
-        let partition = Arc::clone(&topic.partitions[index]);
+        let partition = Arc::clone(
+            topic
+                .partitions
+                .get(index)
+                .ok_or(ResponseError::CoordinatorNotAvailable)?,
+        );
         let shards = self.shards(topic.partitions.len());
         let shard = shards
             .get(index)
@@ -290,6 +311,17 @@ impl GroupCoordinator {
         let shards = self.shards(topic.partitions.len());
         let now_ms = self.now_ms();
         let settings = self.settings();
+        let now_wall_ms = crate::clock::now_ms();
+        let retention_due = now_ms
+            >= self
+                .last_retention_check_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                + OFFSETS_RETENTION_CHECK_MS;
+        if retention_due {
+            self.last_retention_check_ms
+                .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+        let retention_ms = (self.config.offsets_retention_minutes as i64).saturating_mul(60_000);
         for (index, (partition, shard)) in topic.partitions.iter().zip(shards).enumerate() {
             let status = partition.status();
             let leads = status.leader == Some(self.node_id())
@@ -322,8 +354,14 @@ impl GroupCoordinator {
             let mut writes = Vec::new();
             shard.groups.retain(|id, group| {
                 group.tick(settings, now_ms);
-                if let Some(value) = group.take_dirty(crate::clock::now_ms()) {
+                if let Some(value) = group.take_dirty(now_wall_ms) {
                     writes.push((records::group_key(id), Some(records::group_value(&value))));
+                }
+                if retention_due {
+                    for (topic, partition) in group.expire_offsets(now_wall_ms, retention_ms) {
+                        tracing::info!(group = %id, topic, partition, "committed offset expired");
+                        writes.push((records::offset_key(id, &topic, partition), None));
+                    }
                 }
                 !group.is_forgettable()
             });

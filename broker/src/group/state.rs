@@ -140,6 +140,11 @@ pub struct Group {
     next_member_seq: u64,
     /// The durable state changed since the last [`Group::take_dirty`].
     dirty: bool,
+    /// Wall-clock ms when the group last became empty (offset retention counts from here).
+    empty_since_wall_ms: i64,
+    /// The group became empty since the last [`Group::take_dirty`] (which stamps the time:
+    /// the state machine itself only sees the monotonic clock).
+    emptied: bool,
 }
 
 fn code(e: ResponseError) -> i16 {
@@ -165,6 +170,8 @@ impl Group {
             next_join_seq: 0,
             next_member_seq: 0,
             dirty: false,
+            empty_since_wall_ms: 0,
+            emptied: false,
         }
     }
 
@@ -209,6 +216,7 @@ impl Group {
                 },
             );
         }
+        self.empty_since_wall_ms = value.current_state_timestamp_ms;
         self.state = if self.members.is_empty() {
             GroupState::Empty
         } else {
@@ -226,6 +234,9 @@ impl Group {
 
     /// The group's record value, if its durable state changed since the last call.
     pub fn take_dirty(&mut self, now_wall_ms: i64) -> Option<GroupValue> {
+        if std::mem::take(&mut self.emptied) {
+            self.empty_since_wall_ms = now_wall_ms;
+        }
         if !std::mem::take(&mut self.dirty) {
             return None;
         }
@@ -517,6 +528,7 @@ impl Group {
         self.dirty = true;
         if self.members.is_empty() {
             self.state = GroupState::Empty;
+            self.emptied = true;
             self.protocol = None;
             self.leader = None;
             return;
@@ -534,6 +546,7 @@ impl Group {
                 self.remove_member(&id);
             }
             self.state = GroupState::Empty;
+            self.emptied = true;
             return;
         };
         self.protocol = Some(protocol);
@@ -846,6 +859,32 @@ impl Group {
         }
     }
 
+    /// Offset retention (Kafka's KIP-211): while the group has no members, an offset
+    /// expires `retention_ms` after the later of its commit and the moment the group became
+    /// empty. Removes the expired offsets and returns them (the caller writes tombstones).
+    pub fn expire_offsets(&mut self, now_wall_ms: i64, retention_ms: i64) -> Vec<(String, i32)> {
+        if self.state != GroupState::Empty || !self.members.is_empty() {
+            return Vec::new();
+        }
+        let empty_since = self.empty_since_wall_ms;
+        let expired: Vec<(String, i32)> = self
+            .offsets
+            .iter()
+            .filter(|(_, c)| {
+                c.value
+                    .commit_timestamp_ms
+                    .max(empty_since)
+                    .saturating_add(retention_ms)
+                    <= now_wall_ms
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &expired {
+            self.offsets.remove(key);
+        }
+        expired
+    }
+
     /// Ends the group's life on this coordinator (leadership moved): every parked request
     /// is answered NOT_COORDINATOR so its client looks for the new one.
     pub fn unload(&mut self) {
@@ -1008,6 +1047,39 @@ mod tests {
             group.check_commit(2, &old, Some("instance-1"), 4100),
             Err(ResponseError::FencedInstanceId)
         );
+    }
+
+    #[test]
+    fn offsets_of_an_empty_group_expire_after_retention_counted_from_when_it_emptied() {
+        let mut group = Group::new("g".into());
+        let committed = |offset, at| Committed {
+            value: OffsetValue {
+                offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp_ms: at,
+            },
+            log_offset: offset,
+        };
+        let (a, _rx) = join_new(&mut group, 0);
+        group.tick(SETTINGS, 3000);
+        group.apply_offset("t", 0, committed(5, 1_000));
+        group.apply_offset("t", 1, committed(6, 50_000));
+        // With a member, nothing expires however old.
+        assert!(group.expire_offsets(1_000_000, 10_000).is_empty());
+        // The member leaves at wall time 100,000: retention counts from there.
+        group.leave(&a, None, SETTINGS, 4000).unwrap();
+        assert_eq!(group.state, GroupState::Empty);
+        assert!(group.take_dirty(100_000).is_some());
+        assert!(group.expire_offsets(109_999, 10_000).is_empty());
+        let mut expired = group.expire_offsets(110_000, 10_000);
+        expired.sort();
+        assert_eq!(expired, vec![("t".to_string(), 0), ("t".to_string(), 1)]);
+        assert!(group.offsets.is_empty());
+        // A commit to the empty group later counts from its own time.
+        group.apply_offset("t", 0, committed(7, 200_000));
+        assert!(group.expire_offsets(209_999, 10_000).is_empty());
+        assert_eq!(group.expire_offsets(210_000, 10_000).len(), 1);
     }
 
     #[test]

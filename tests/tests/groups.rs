@@ -764,3 +764,66 @@ fn group_membership_survives_a_coordinator_sigkill() {
     assert_eq!(described.groups[0].members.len(), 1);
     assert_eq!(described.groups[0].members[0].member_id.as_str(), member);
 }
+
+#[test]
+fn ten_thousand_groups_joining_at_once_get_answers_and_bounded_memory() {
+    const GROUPS: usize = 10_000;
+    const THREADS: usize = 8;
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let pid = broker.pid().expect("running");
+    let mut conn = RawConn::connect(broker.addr());
+    let found = conn.call(2, &FindCoordinatorRequest::default().with_key(s("flood-0")));
+    assert_eq!(found.error_code, NONE);
+    // Let the coordinator load its partitions before the flood.
+    assert_eq!(
+        join(&mut conn, &join_request("flood-0", "", 10_000)).error_code,
+        MEMBER_ID_REQUIRED
+    );
+    let rss_before = rill_tests::proc_status_bytes(pid, "RssAnon");
+    let started = Instant::now();
+    let addr = broker.addr();
+    let threads: Vec<JoinHandle<BTreeMap<i16, usize>>> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut conn = RawConn::connect(addr);
+                let mut codes = BTreeMap::new();
+                for i in (t..GROUPS).step_by(THREADS) {
+                    // Every first join of a new group, with a 64 KiB subscription.
+                    let mut request = join_request(&format!("flood-{i}"), "", 10_000);
+                    request.protocols[0].metadata = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+                    let response = join(&mut conn, &request);
+                    *codes.entry(response.error_code).or_default() += 1;
+                }
+                codes
+            })
+        })
+        .collect();
+    let mut codes: BTreeMap<i16, usize> = BTreeMap::new();
+    for t in threads {
+        for (code, n) in t.join().expect("flood thread") {
+            *codes.entry(code).or_default() += n;
+        }
+    }
+    let rss_after = rill_tests::proc_status_bytes(pid, "RssAnon");
+    println!(
+        "{GROUPS} first joins of new groups in {:?}: answers {codes:?}; broker anonymous RSS \
+         {} -> {} MiB",
+        started.elapsed(),
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    // Each is told its member id; nothing of the 64 KiB subscriptions is kept for a
+    // member that has not joined with it (640 MB if it were).
+    assert_eq!(codes, BTreeMap::from([(MEMBER_ID_REQUIRED, GROUPS)]));
+    assert!(
+        rss_after.saturating_sub(rss_before) < 256 << 20,
+        "anonymous memory grew by {} MiB",
+        (rss_after - rss_before) >> 20
+    );
+    // The broker keeps serving groups.
+    let response = join(&mut conn, &join_request("after-the-flood", "", 10_000));
+    assert_eq!(response.error_code, MEMBER_ID_REQUIRED);
+    let member = response.member_id.to_string();
+    let response = join(&mut conn, &join_request("after-the-flood", &member, 10_000));
+    assert_eq!(response.error_code, NONE);
+}

@@ -88,6 +88,7 @@ pub fn decode_request_kind(
         ApiKey::OffsetFetch => RequestKind::OffsetFetch(decode_request(body, version)?),
         ApiKey::ListGroups => RequestKind::ListGroups(decode_request(body, version)?),
         ApiKey::DescribeGroups => RequestKind::DescribeGroups(decode_request(body, version)?),
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(decode_request(body, version)?),
         // Served (the table says so) but with no decoder here: a bug that the test
         // `every_served_api_and_version_decodes` catches; answered as unsupported meanwhile.
         _ => {
@@ -387,7 +388,8 @@ mod tests {
                     SyncGroup => SyncGroupRequest, Heartbeat => HeartbeatRequest,
                     LeaveGroup => LeaveGroupRequest, OffsetCommit => OffsetCommitRequest,
                     OffsetFetch => OffsetFetchRequest, ListGroups => ListGroupsRequest,
-                    DescribeGroups => DescribeGroupsRequest);
+                    DescribeGroups => DescribeGroupsRequest,
+                    DeleteGroups => DeleteGroupsRequest);
                 let header = RequestHeader {
                     api_key: range.api_key,
                     api_version: v,

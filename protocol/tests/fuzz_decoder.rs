@@ -449,6 +449,9 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
         ApiKey::ListGroups => {
             encode_seed(api, v, &random_message::<ListGroupsRequest>(rng.gen(), v))
         }
+        ApiKey::DeleteGroups => {
+            encode_seed(api, v, &random_message::<DeleteGroupsRequest>(rng.gen(), v))
+        }
         ApiKey::DescribeGroups => encode_seed(
             api,
             v,
@@ -1289,6 +1292,9 @@ macro_rules! with_message_types {
             ApiKey::ListGroups => {
                 call_with!($which, $f, ListGroupsRequest, ListGroupsResponse, $($arg),*)
             }
+            ApiKey::DeleteGroups => call_with!(
+                $which, $f, DeleteGroupsRequest, DeleteGroupsResponse, $($arg),*
+            ),
             ApiKey::DescribeGroups => call_with!(
                 $which, $f, DescribeGroupsRequest, DescribeGroupsResponse, $($arg),*
             ),

@@ -827,3 +827,78 @@ fn ten_thousand_groups_joining_at_once_get_answers_and_bounded_memory() {
     let response = join(&mut conn, &join_request("after-the-flood", &member, 10_000));
     assert_eq!(response.error_code, NONE);
 }
+
+#[test]
+fn delete_groups_removes_an_empty_group_and_its_offsets_for_good() {
+    const NON_EMPTY_GROUP: i16 = 68;
+    const GROUP_ID_NOT_FOUND: i16 = 69;
+    let mut broker = RilldProcess::start_with(BROKER_ARGS);
+    let mut conn = RawConn::connect(broker.addr());
+    let created = conn.call(
+        4,
+        &rill_tests::raw::requests::create_topic("raw-topic", 2, &[]),
+    );
+    assert_eq!(created.topics[0].error_code, NONE);
+    let found = conn.call(2, &FindCoordinatorRequest::default().with_key(s("doomed")));
+    assert_eq!(found.error_code, NONE);
+    // A member joins and commits; the group cannot be deleted while it is there.
+    let response = join(&mut conn, &join_request("doomed", "", 10_000));
+    let member = response.member_id.to_string();
+    let response = join(&mut conn, &join_request("doomed", &member, 10_000));
+    let generation = response.generation_id;
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(s("doomed")))
+        .with_generation_id(generation)
+        .with_member_id(s(&member));
+    assert_eq!(conn.call(3, &sync).error_code, NONE);
+    assert_eq!(commit(&mut conn, "doomed", generation, &member, 9), NONE);
+    let delete = DeleteGroupsRequest::default()
+        .with_groups_names(vec![GroupId(s("doomed")), GroupId(s("never-was"))]);
+    let codes: Vec<i16> = conn
+        .call(2, &delete)
+        .results
+        .iter()
+        .map(|r| r.error_code)
+        .collect();
+    assert_eq!(codes, vec![NON_EMPTY_GROUP, GROUP_ID_NOT_FOUND]);
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(s("doomed")))
+        .with_member_id(s(&member));
+    assert_eq!(conn.call(1, &leave).error_code, NONE);
+    let codes: Vec<i16> = conn
+        .call(2, &delete)
+        .results
+        .iter()
+        .map(|r| r.error_code)
+        .collect();
+    assert_eq!(codes, vec![NONE, GROUP_ID_NOT_FOUND]);
+
+    // Gone, also after a restart (the tombstones are replayed).
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s("doomed")))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(TopicName(s("raw-topic")))
+            .with_partition_indexes(vec![1])]));
+    assert_eq!(
+        conn.call(7, &fetch).topics[0].partitions[0].committed_offset,
+        -1
+    );
+    broker.kill();
+    broker.restart();
+    let mut conn = RawConn::connect(broker.addr());
+    let started = Instant::now();
+    let fetched = loop {
+        let fetched = conn.call(7, &fetch);
+        if fetched.error_code != COORDINATOR_LOAD_IN_PROGRESS || started.elapsed() > TIMEOUT {
+            break fetched;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(fetched.error_code, NONE);
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, -1);
+    let described = conn.call(
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![GroupId(s("doomed"))]),
+    );
+    assert_eq!(described.groups[0].group_state.as_str(), "Dead");
+}

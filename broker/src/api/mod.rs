@@ -6,6 +6,7 @@
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -179,6 +180,11 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn:
             let request = decode!(DescribeGroupsRequest);
             let _held = turn.take().await;
             encode!(describe_groups::handle(broker, request, version))
+        }
+        ApiKey::DeleteGroups => {
+            let request = decode!(DeleteGroupsRequest);
+            let _held = turn.take().await;
+            encode!(delete_groups::handle(broker, request).await)
         }
         other => {
             return Err(CloseConnection(format!(

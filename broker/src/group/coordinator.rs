@@ -943,3 +943,39 @@ impl GroupCoordinator {
         })
     }
 }
+
+impl GroupCoordinator {
+    /// DeleteGroups for one group: refused while it has members (NON_EMPTY_GROUP) or if it
+    /// does not exist (GROUP_ID_NOT_FOUND); otherwise tombstones for its offsets and its
+    /// metadata are written and committed, then it is forgotten.
+    pub async fn delete_group(&self, group_id: &str) -> Result<(), ResponseError> {
+        if let Some(e) = check_group_id(group_id) {
+            return Err(e);
+        }
+        let (appended, partition) = {
+            let mut owned = self.owned(group_id)?;
+            let group = owned
+                .shard
+                .groups
+                .get(group_id)
+                .ok_or(ResponseError::GroupIdNotFound)?;
+            if !group.members.is_empty() || !group.pending_members.is_empty() {
+                return Err(ResponseError::NonEmptyGroup);
+            }
+            let mut entries: Vec<(Bytes, Option<Bytes>)> = group
+                .offsets
+                .keys()
+                .map(|(topic, partition)| (records::offset_key(group_id, topic, *partition), None))
+                .collect();
+            entries.push((records::group_key(group_id), None));
+            let appended = self.write(&owned.partition, &entries)?;
+            owned.shard.groups.remove(group_id);
+            (appended, Arc::clone(&owned.partition))
+        };
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            result = partition.wait_acknowledgeable(&appended) => result.map_err(not_available),
+            _ = shutdown.wait_for(|s| *s) => Err(ResponseError::CoordinatorNotAvailable),
+        }
+    }
+}

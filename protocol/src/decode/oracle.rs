@@ -123,4 +123,5 @@ oracle_tests! {
     offset_fetch_matches_kafka_protocol: OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
     list_groups_matches_kafka_protocol: ListGroups => ListGroupsRequest, ListGroupsResponse;
     describe_groups_matches_kafka_protocol: DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
+    delete_groups_matches_kafka_protocol: DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
 }

@@ -832,8 +832,22 @@ fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord, log_offset:
                 .entry(group.clone())
                 .or_insert_with(|| Group::new(group))
                 .restore(value, now_ms),
+            // A group tombstone deletes the group's metadata; its offsets have their own
+            // keys and tombstones (a compacted log may keep either without the other).
             None => {
-                groups.remove(&group);
+                if let Some(g) = groups.get_mut(&group) {
+                    g.restore(
+                        super::records::GroupValue {
+                            protocol_type: String::new(),
+                            generation: 0,
+                            protocol: None,
+                            leader: None,
+                            current_state_timestamp_ms: 0,
+                            members: Vec::new(),
+                        },
+                        now_ms,
+                    );
+                }
             }
         },
     }

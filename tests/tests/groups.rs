@@ -703,6 +703,18 @@ fn bad_members_generations_and_group_ids_get_clear_errors() {
         UNKNOWN_MEMBER_ID
     );
 
+    // Clients cannot write into the coordinator's topic.
+    let batch = rill_tests::raw::record_batch(&[b"forged"], 1_700_000_000_000);
+    let produced = conn.call(
+        7,
+        &rill_tests::raw::requests::produce("__consumer_offsets", 0, batch, -1),
+    );
+    const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    assert_eq!(
+        produced.responses[0].partition_responses[0].error_code,
+        INVALID_TOPIC_EXCEPTION
+    );
+
     // The broker keeps serving.
     let versions = conn.call(3, &ApiVersionsRequest::default());
     assert_eq!(versions.error_code, NONE);

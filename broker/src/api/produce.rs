@@ -208,6 +208,13 @@ fn append_partition(
     if !matches!(acks, -1..=1) {
         return Err(BrokerError::InvalidRequiredAcks(acks));
     }
+    // Only the group coordinator writes __consumer_offsets (Kafka refuses client appends to
+    // its internal topics the same way).
+    if topic == crate::group::OFFSETS_TOPIC {
+        return Err(BrokerError::InvalidTopic(format!(
+            "{topic} is internal: clients cannot produce to it"
+        )));
+    }
     let (topic, partition) = broker.manager.hosted_partition(topic, data.index)?;
     let records = data.records.clone().unwrap_or_default();
     let counts =

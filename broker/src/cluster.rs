@@ -15,14 +15,45 @@
 //! created the topic. Other brokers answer NOT_CONTROLLER, and Metadata names the
 //! controller, so clients retry there.
 //!
-//! Limits of this first cluster: every broker hosts every partition (the replication
-//! factor is the number of registered brokers), CreatePartitions is refused, and the
-//! in-sync replica list is the replica list.
+//! Topics in a cluster behave as in Kafka:
+//!
+//! * **Replicas on a subset of brokers.** CreateTopics honours `replication_factor`
+//!   (-1 = [`DEFAULT_REPLICATION_FACTOR`] capped at the registered brokers; more than
+//!   the registered brokers is INVALID_REPLICATION_FACTOR) or the request's explicit
+//!   assignment (checked: every broker registered, none twice, all partitions the same
+//!   size, else INVALID_REPLICA_ASSIGNMENT). Placement spreads replicas and preferred
+//!   leaders ([`assign_replicas`]). Each broker opens only the replicas assigned to it,
+//!   in `<topic>-<partition>.<topic id>` directories
+//!   ([`crate::config::replica_dir`]), so a topic created again under an old name never
+//!   meets a replica of the old one.
+//! * **DeleteTopics and CreatePartitions** are served by the controller like
+//!   CreateTopics (others answer NOT_CONTROLLER): a `DeleteTopic` or `CreatePartitions`
+//!   record, after which every broker's applier removes or opens its replicas. A
+//!   broker that was down during a deletion removes the directories when its applier
+//!   replays the deletion.
+//! * **Leaders and in-sync replicas known everywhere.** Each partition leader reports
+//!   its leader epoch and in-sync replicas to every broker (see [`crate::leadership`]
+//!   for the protocol, why it does not go through the metadata log, and the ISR rule
+//!   with `replica_lag_time_max_ms`). Metadata answers from the metadata image
+//!   (topics, replicas) and the freshest leadership known: this broker's own replica's
+//!   Raft state or the latest report, whichever has the higher epoch. A partition with
+//!   no known leader, or whose reported leader's broker has been silent on the
+//!   inter-broker transport for a second, is answered LEADER_NOT_AVAILABLE. A replica that does not lead
+//!   reports the ISR from its leader's latest report, or the whole replica list before
+//!   one arrives.
+//! * **Requests to the wrong broker.** Produce and Fetch for a partition this broker
+//!   does not host, or hosts as a follower, get NOT_LEADER_OR_FOLLOWER with the current
+//!   leader and its endpoint (KIP-951: Produce v10, Fetch v16 — the newest versions
+//!   advertised) when it is known, so a client recovers with at most one refresh.
+//!
+//! Limits: assignments never change after creation (no reassignment, no leader
+//! balancer yet), and deleted topics' ids are remembered only while the metadata log
+//! holds their deletion.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rill_storage::batch::{encode_uncompressed, RecordSpec};
@@ -33,7 +64,14 @@ use uuid::Uuid;
 use crate::controller::image::{MetadataImage, TopicImage};
 use crate::controller::placement::assign_replicas;
 use crate::controller::record::{MetadataRecord, PartitionAssignment};
+use crate::controller::REPLICAS_PER_PARTITION_MAX;
 use crate::error::BrokerError;
+use crate::leadership::{
+    encode_reports, report_envelope, IsrTracker, LeaderReport, LeadershipTable,
+    REPORTS_PER_MESSAGE_MAX,
+};
+use crate::replica::hard_state::ReplicaKey;
+use crate::replica::store::raft_node_id;
 use crate::replica::{BatchCounts, Partition};
 use crate::state::PartitionManager;
 use crate::transport::{BrokerRegistrationInfo, Transport};
@@ -53,6 +91,38 @@ const APPLY_WAIT: Duration = Duration::from_secs(30);
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Bytes the applier reads from the metadata log at a time.
 const READ_BYTES_MAX: usize = 1 << 20;
+/// The replication factor of a topic created with -1, when that many brokers are
+/// registered (Kafka's `default.replication.factor` is 1; 3 is what every production
+/// cluster sets, and a replicated log should replicate by default).
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
+/// Leaders report every partition at least this often (changes at once, and everything
+/// when a peer broker connects), so a broker that missed a report learns within this
+/// long.
+const FULL_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// Shortest and longest time between two ISR samples (a quarter of the lag bound in
+/// between: 2 s by default). A sample locks each led partition's Raft state, so with
+/// thousands of partitions it is kept rare.
+const SAMPLE_INTERVAL_MIN: Duration = Duration::from_millis(50);
+const SAMPLE_INTERVAL_MAX: Duration = Duration::from_secs(2);
+/// A reported leader whose broker the transport has not heard from (keepalives come
+/// every 200 ms) for this long is not named in Metadata.
+const LEADER_SILENCE: Duration = Duration::from_secs(1);
+/// How often a leader looks for partitions it newly leads (reading their status only),
+/// so other brokers learn a new leader within this long of its election.
+const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// One partition as Metadata and the CLI describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    /// The leader, when known.
+    pub leader: Option<i32>,
+    /// Its epoch (-1 when unknown).
+    pub leader_epoch: i32,
+    /// The assigned replicas, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas (see the module docs).
+    pub isr: Vec<i32>,
+}
 
 /// What this broker tells the cluster about itself: the registration its handshakes
 /// send peers, under its id and inter-broker address.
@@ -77,6 +147,13 @@ pub struct Cluster {
     applied_end: watch::Sender<u64>,
     manager: Arc<PartitionManager>,
     transport: Arc<Transport>,
+    /// Every partition's leader and ISR as reported (see [`crate::leadership`]).
+    leadership: Arc<LeadershipTable>,
+    /// Topic ids whose deletion the applier has applied (their replica directories are
+    /// removed when met).
+    deleted: Mutex<HashSet<Uuid>>,
+    /// Peers silent for [`LEADER_SILENCE`], and when that was computed.
+    silent: Mutex<(Option<Instant>, HashSet<i32>)>,
 }
 
 impl Cluster {
@@ -103,6 +180,8 @@ impl Cluster {
             &voter_ids,
             Arc::clone(&manager.metrics),
         )?;
+        let leadership = Arc::new(LeadershipTable::default());
+        manager.engine.set_leadership(Arc::clone(&leadership));
         let cluster = Arc::new(Cluster {
             me,
             voters,
@@ -111,6 +190,9 @@ impl Cluster {
             applied_end: watch::Sender::new(0),
             manager,
             transport,
+            leadership,
+            deleted: Mutex::new(HashSet::new()),
+            silent: Mutex::new((None, HashSet::new())),
         });
         let applier = Arc::clone(&cluster);
         let runtime = tokio::runtime::Handle::current();
@@ -119,6 +201,7 @@ impl Cluster {
             .spawn(move || applier.apply_loop(&runtime))
             .map_err(|e| BrokerError::Storage(format!("cannot start the metadata applier: {e}")))?;
         tokio::spawn(Arc::clone(&cluster).register_loop());
+        tokio::spawn(Arc::clone(&cluster).report_loop());
         if config.leader_balance_interval_ms > 0 {
             tokio::spawn(crate::balancer::balance_loop(
                 Arc::clone(&cluster.manager),
@@ -170,41 +253,94 @@ impl Cluster {
         Some(topic.partitions.get(partition as usize)?.replicas.clone())
     }
 
-    /// CreateTopics at the controller: places the replicas on every registered broker,
-    /// proposes the topic and returns once this broker has created it.
+    /// The replication factor -1 stands for: [`DEFAULT_REPLICATION_FACTOR`], or the
+    /// number of registered brokers when fewer.
+    pub fn default_replication_factor(&self) -> i16 {
+        let image = self.image.read().expect("image lock");
+        image.brokers().count().min(DEFAULT_REPLICATION_FACTOR) as i16
+    }
+
+    /// Checks a replica assignment given in a request against the registered brokers.
+    fn check_assignment(
+        image: &MetadataImage,
+        assignments: &[Vec<i32>],
+        replication_factor: Option<usize>,
+    ) -> Result<(), BrokerError> {
+        let bad = |message: String| Err(BrokerError::InvalidReplicaAssignment(message));
+        let size = replication_factor.or(assignments.first().map(Vec::len));
+        for (index, replicas) in assignments.iter().enumerate() {
+            if replicas.is_empty() || replicas.len() > REPLICAS_PER_PARTITION_MAX {
+                return bad(format!(
+                    "partition {index}: {} replicas, 1..={REPLICAS_PER_PARTITION_MAX} allowed",
+                    replicas.len()
+                ));
+            }
+            if Some(replicas.len()) != size {
+                return bad(format!(
+                    "partition {index} has {} replicas; every partition must have {}",
+                    replicas.len(),
+                    size.unwrap_or(0)
+                ));
+            }
+            let mut seen = HashSet::new();
+            for broker in replicas {
+                if !seen.insert(*broker) {
+                    return bad(format!("partition {index}: broker {broker} listed twice"));
+                }
+                if image.broker(*broker).is_none() {
+                    return bad(format!(
+                        "partition {index}: broker {broker} is not registered"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// CreateTopics at the controller: places the replicas (or checks `assignments`),
+    /// proposes the topic and returns once every partition has a known leader (or
+    /// [`LEADER_WAIT`] passed).
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: i32,
         replication_factor: i16,
+        assignments: Option<Vec<Vec<i32>>>,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
         if !self.is_controller() {
             return Err(BrokerError::NotController);
         }
-        let (record, topic_id) = {
+        let (record, topic_id, count) = {
             let image = self.image.read().expect("image lock");
             if image.topic_by_name(name).is_some() {
                 return Err(BrokerError::TopicAlreadyExists(name.to_string()));
             }
-            let brokers = image.placement_brokers();
-            let factor = if replication_factor == -1 {
-                brokers.len() as i16
-            } else {
-                replication_factor
+            let assignments = match assignments {
+                Some(assignments) => {
+                    Self::check_assignment(&image, &assignments, None)?;
+                    assignments
+                }
+                None => {
+                    let brokers = image.placement_brokers();
+                    let factor = if replication_factor == -1 {
+                        brokers.len().min(DEFAULT_REPLICATION_FACTOR) as i16
+                    } else {
+                        replication_factor
+                    };
+                    if factor < 1 || factor as usize > brokers.len() {
+                        return Err(BrokerError::InvalidReplicationFactor(format!(
+                            "replication factor {factor} with {} registered brokers",
+                            brokers.len()
+                        )));
+                    }
+                    assign_replicas(&brokers, partitions, factor, 0, &image.replica_lists())
+                        .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))?
+                }
             };
-            if factor as usize != brokers.len() {
-                return Err(BrokerError::InvalidReplicationFactor(format!(
-                    "{factor} with {} brokers: this version hosts every partition on every \
-                     broker (replication factor = cluster size, or -1)",
-                    brokers.len()
-                )));
-            }
-            let assignments =
-                assign_replicas(&brokers, partitions, factor, 0, &image.replica_lists())
-                    .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))?;
             let topic_id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            let count = assignments.len() as i32;
             let record = MetadataRecord::CreateTopic {
                 name: name.to_string(),
                 topic_id,
@@ -214,7 +350,7 @@ impl Cluster {
                     .map(|replicas| PartitionAssignment { replicas })
                     .collect(),
             };
-            (record, topic_id)
+            (record, topic_id, count)
         };
         if validate_only {
             return Ok(());
@@ -222,22 +358,336 @@ impl Cluster {
         self.propose(&record).await?;
         match self.manager.topic(name) {
             Some(topic) if topic.id == topic_id => {
-                // Answer once every partition has elected a leader, on any broker, so
-                // the client's next Metadata finds them.
-                let deadline = tokio::time::Instant::now() + LEADER_WAIT;
-                for partition in &topic.partitions {
-                    if !partition.wait_leader_known(deadline).await {
-                        tracing::warn!(
-                            topic = name,
-                            partition = partition.index,
-                            "no leader yet; clients retry"
-                        );
-                    }
-                }
+                self.wait_leaders(name, topic_id, 0..count).await;
                 Ok(())
             }
             // The applier skipped it (another creation of the name got in first).
             _ => Err(BrokerError::TopicAlreadyExists(name.to_string())),
+        }
+    }
+
+    /// Waits until the partitions have a reported leader, on any broker, so the
+    /// client's next Metadata finds them; logs the ones still without one at
+    /// [`LEADER_WAIT`].
+    async fn wait_leaders(&self, name: &str, topic_id: Uuid, partitions: std::ops::Range<i32>) {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        if !self
+            .leadership
+            .wait_known(topic_id, partitions, deadline)
+            .await
+        {
+            tracing::warn!(
+                topic = name,
+                "partitions without a leader yet; clients retry"
+            );
+        }
+    }
+
+    /// DeleteTopics at the controller: proposes the deletion; every broker removes its
+    /// replicas when it applies it. Returns the deleted topic's id.
+    pub async fn delete_topic(&self, name: &str) -> Result<Uuid, BrokerError> {
+        if !self.is_controller() {
+            return Err(BrokerError::NotController);
+        }
+        let topic_id = {
+            let image = self.image.read().expect("image lock");
+            image
+                .topic_by_name(name)
+                .ok_or(BrokerError::UnknownTopicOrPartition)?
+                .topic_id
+        };
+        self.propose(&MetadataRecord::DeleteTopic { topic_id })
+            .await?;
+        tracing::info!(topic = name, %topic_id, "deleted topic");
+        Ok(topic_id)
+    }
+
+    /// CreatePartitions at the controller: places the new partitions' replicas (or
+    /// checks `assignments`, one list per new partition), proposes them and returns once
+    /// they have leaders.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        if !self.is_controller() {
+            return Err(BrokerError::NotController);
+        }
+        let (record, topic_id, current) = {
+            let image = self.image.read().expect("image lock");
+            let topic = image
+                .topic_by_name(name)
+                .ok_or(BrokerError::UnknownTopicOrPartition)?;
+            let current = topic.partitions.len() as i32;
+            crate::state::check_partition_growth(name, current, count)?;
+            let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
+            let new_partitions = match assignments {
+                Some(assignments) => {
+                    if assignments.len() as i32 != count - current {
+                        return Err(BrokerError::InvalidReplicaAssignment(format!(
+                            "{} assignments for {} new partitions",
+                            assignments.len(),
+                            count - current
+                        )));
+                    }
+                    Self::check_assignment(&image, &assignments, Some(factor))?;
+                    assignments
+                }
+                None => assign_replicas(
+                    &image.placement_brokers(),
+                    count - current,
+                    factor as i16,
+                    current,
+                    &image.replica_lists(),
+                )
+                .map_err(|e| BrokerError::InvalidReplicationFactor(e.to_string()))?,
+            };
+            let record = MetadataRecord::CreatePartitions {
+                topic_id: topic.topic_id,
+                new_partitions: new_partitions
+                    .into_iter()
+                    .map(|replicas| PartitionAssignment { replicas })
+                    .collect(),
+            };
+            (record, topic.topic_id, current)
+        };
+        if validate_only {
+            return Ok(());
+        }
+        self.propose(&record).await?;
+        self.wait_leaders(name, topic_id, current..count).await;
+        Ok(())
+    }
+
+    /// How a partition is described to clients (see the module docs): `local` is this
+    /// broker's replica of it, if it hosts one.
+    pub fn describe_partition(
+        &self,
+        topic_id: Uuid,
+        index: i32,
+        local: Option<&Arc<Partition>>,
+    ) -> PartitionView {
+        let replicas = self.replicas(topic_id, index).unwrap_or_default();
+        let reported = self.leadership.get(topic_id, index);
+        let mut view = PartitionView {
+            leader: None,
+            leader_epoch: -1,
+            replicas,
+            isr: Vec::new(),
+        };
+        if let Some(known) = &reported {
+            // A reported leader whose broker has gone silent is not named: clients
+            // would only time out on it (Kafka answers LEADER_NOT_AVAILABLE while a
+            // partition has no live leader). Its replicas elect another and report it.
+            if !self.is_silent(known.leader) {
+                view.leader = Some(known.leader);
+                view.leader_epoch = known.leader_epoch;
+                view.isr = known.isr.clone();
+            }
+        }
+        if let Some(partition) = local {
+            let status = partition.status();
+            let epoch = partition.leader_epoch();
+            let me = self.me.broker_id;
+            // This replica names itself once its high watermark is current; a
+            // follower names the leader it follows.
+            let leader = match status.leader {
+                Some(id) if status.leader_ready || id != me => Some(id),
+                _ => None,
+            };
+            if leader.is_some() && epoch >= view.leader_epoch {
+                let same_term = reported
+                    .as_ref()
+                    .is_some_and(|r| r.leader_epoch == epoch && Some(r.leader) == leader);
+                view.leader = leader;
+                view.leader_epoch = epoch;
+                if !same_term {
+                    // No report of this term yet: a new leader counts every follower
+                    // in sync for one lag bound (see crate::leadership).
+                    view.isr = view.replicas.clone();
+                }
+            }
+        }
+        if view.leader.is_none() {
+            view.isr.clear();
+        }
+        view
+    }
+
+    /// Whether `broker` is another broker the transport has heard nothing from (not
+    /// even keepalives) for [`LEADER_SILENCE`]. The set is refreshed at most every
+    /// 100 ms, so a Metadata request over many partitions computes it once.
+    fn is_silent(&self, broker: i32) -> bool {
+        if broker == self.me.broker_id {
+            return false;
+        }
+        let mut cached = self.silent.lock().expect("silent lock");
+        let now = Instant::now();
+        if cached
+            .0
+            .is_none_or(|at| now.duration_since(at) > Duration::from_millis(100))
+        {
+            *cached = (Some(now), self.transport.silent_peers(LEADER_SILENCE));
+        }
+        cached.1.contains(&broker)
+    }
+
+    /// The current leader of a partition, if known: for NOT_LEADER_OR_FOLLOWER answers.
+    pub fn current_leader(&self, topic_id: Uuid, index: i32) -> Option<(i32, i32)> {
+        let local = self
+            .manager
+            .topic_by_id(topic_id)
+            .and_then(|t| t.partitions.get(index as usize).cloned().flatten());
+        let view = self.describe_partition(topic_id, index, local.as_ref());
+        view.leader.map(|leader| (leader, view.leader_epoch))
+    }
+
+    /// A registered broker's client endpoint: (host, port, rack).
+    pub fn endpoint(&self, broker_id: i32) -> Option<(String, u16, Option<String>)> {
+        let image = self.image.read().expect("image lock");
+        image
+            .broker(broker_id)
+            .map(|b| (b.client_host.clone(), b.client_port, b.rack.clone()))
+    }
+
+    /// Every leader's task: samples its led partitions' Raft progress into in-sync
+    /// replicas and reports them to every broker (see [`crate::leadership`]).
+    async fn report_loop(self: Arc<Self>) {
+        let lag_max = Duration::from_millis(self.manager.config().replica_lag_time_max_ms);
+        let sample_interval = (lag_max / 4).clamp(SAMPLE_INTERVAL_MIN, SAMPLE_INTERVAL_MAX);
+        let interval = sample_interval.min(LEADERSHIP_CHECK_INTERVAL);
+        let samples_every = (sample_interval.as_millis() / interval.as_millis()).max(1) as u64;
+        let mut ticks: u64 = 0;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trackers: HashMap<ReplicaKey, IsrTracker> = HashMap::new();
+        let mut sent: HashMap<ReplicaKey, (i32, Vec<i32>)> = HashMap::new();
+        let mut last_full: Option<Instant> = None;
+        // A peer's handshake (a broker started or restarted) brings a full report
+        // forward, so it learns every leader at once rather than within FULL_REPORT_INTERVAL.
+        let mut registrations = self.transport.registrations_changed();
+        let me = self.me.broker_id;
+        loop {
+            tick.tick().await;
+            if self.metadata.is_closed() {
+                return;
+            }
+            ticks += 1;
+            let sampling = ticks % samples_every == 0;
+            let now = Instant::now();
+            let peer_joined = registrations.has_changed().unwrap_or(false);
+            if peer_joined {
+                registrations.mark_unchanged();
+            }
+            let full = peer_joined
+                || last_full.is_none_or(|at| now.duration_since(at) >= FULL_REPORT_INTERVAL);
+            // Every led partition's report, gathered on the ticks that need them all.
+            let mut all = Vec::new();
+            let mut changed = Vec::new();
+            // Cheap for partitions not led here (most of them): one status read each.
+            let topics = self.manager.topics();
+            let hosted = topics.iter().flat_map(|t| t.hosted().map(move |p| (t, p)));
+            for (topic, partition) in hosted {
+                let status = partition.status();
+                if !status.leader_ready || status.leader != Some(me) {
+                    continue;
+                }
+                let key = partition.key();
+                if !sampling {
+                    // Between samples only new leaderships are sampled; the others keep
+                    // their last in-sync replicas (reported again on full reports).
+                    let epoch = crate::replica::store::epoch_of(status.term);
+                    if let Some((sent_epoch, isr)) = sent.get(&key) {
+                        if *sent_epoch == epoch {
+                            if full {
+                                all.push(LeaderReport {
+                                    topic_id: topic.id,
+                                    partition: partition.index,
+                                    leader_epoch: epoch,
+                                    isr: isr.clone(),
+                                });
+                            }
+                            continue;
+                        }
+                    }
+                }
+                let Some(replicas) = self.replicas(topic.id, partition.index) else {
+                    continue;
+                };
+                let (term, end_offset, followers) = {
+                    let state = partition.state();
+                    let raft = state.raft();
+                    let followers: Vec<(i32, Option<u64>)> = replicas
+                        .iter()
+                        .filter(|r| **r != me)
+                        .map(|r| {
+                            // A follower not heard from this check-quorum round has
+                            // not caught up, however far its last answer got.
+                            let progress =
+                                raft.progress(raft_node_id(*r)).filter(|p| p.recent_active);
+                            (*r, progress.map(|p| p.match_end_offset))
+                        })
+                        .collect();
+                    (raft.term(), raft.last_end_offset(), followers)
+                };
+                let tracker = trackers
+                    .entry(key)
+                    .and_modify(|t| {
+                        if t.term() != term {
+                            *t = IsrTracker::new(term, end_offset);
+                        }
+                    })
+                    .or_insert_with(|| IsrTracker::new(term, end_offset));
+                let isr = tracker.sample(now, me, end_offset, &followers, lag_max);
+                let report = LeaderReport {
+                    topic_id: topic.id,
+                    partition: partition.index,
+                    leader_epoch: crate::replica::store::epoch_of(term),
+                    isr,
+                };
+                let last = (report.leader_epoch, report.isr.clone());
+                if sent.get(&key) != Some(&last) {
+                    if sent
+                        .get(&key)
+                        .is_some_and(|(_, isr)| isr.len() != last.1.len())
+                    {
+                        tracing::info!(topic = %topic.name, partition = partition.index, isr = ?last.1, "in-sync replicas changed");
+                    }
+                    sent.insert(key, last);
+                    changed.push(report.clone());
+                }
+                all.push(report);
+            }
+            if sampling {
+                // Every led partition was sampled: forget the ones no longer led.
+                let led: HashSet<ReplicaKey> =
+                    all.iter().map(|r| (r.topic_id, r.partition)).collect();
+                trackers.retain(|k, _| led.contains(k));
+                sent.retain(|k, _| led.contains(k));
+            }
+            let outgoing = if full {
+                last_full = Some(now);
+                &all
+            } else {
+                &changed
+            };
+            if outgoing.is_empty() {
+                continue;
+            }
+            self.leadership.apply(me, outgoing.clone());
+            for chunk in outgoing.chunks(REPORTS_PER_MESSAGE_MAX) {
+                let data = encode_reports(chunk);
+                for (peer, _) in self.voters.iter().filter(|(id, _)| *id != me) {
+                    if let Err(e) = self
+                        .transport
+                        .send(*peer, report_envelope(me, *peer, data.clone()))
+                    {
+                        tracing::debug!(to = peer, error = %e, "leadership report not sent");
+                    }
+                }
+            }
         }
     }
 
@@ -354,6 +804,7 @@ impl Cluster {
                 break;
             }
             let mut changed = false;
+            let mut deletions = false;
             for view in rill_record::batches(&read.records) {
                 let view = view.map_err(|e| BrokerError::Storage(e.to_string()))?;
                 let next = view.next_offset();
@@ -371,8 +822,19 @@ impl Cluster {
                         match MetadataRecord::decode(value) {
                             Ok(decoded) => {
                                 let mut image = self.image.write().expect("image lock");
-                                if let Err(e) = image.apply(record.offset as u64, &decoded) {
-                                    tracing::warn!(offset = record.offset, error = %e, "metadata record skipped");
+                                match image.apply(record.offset as u64, &decoded) {
+                                    Ok(()) => {
+                                        if let MetadataRecord::DeleteTopic { topic_id } = decoded {
+                                            self.deleted
+                                                .lock()
+                                                .expect("deleted lock")
+                                                .insert(topic_id);
+                                            deletions = true;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(offset = record.offset, error = %e, "metadata record skipped");
+                                    }
                                 }
                                 changed = true;
                             }
@@ -387,17 +849,31 @@ impl Cluster {
             if changed {
                 self.reconcile();
             }
+            if deletions {
+                let deleted = self.deleted.lock().expect("deleted lock").clone();
+                self.manager.remove_stale_replicas(&deleted);
+            }
         }
         Ok(offset)
     }
 
-    /// Creates the replicas the image assigns to this broker and removes those of
-    /// deleted topics.
+    /// Opens the replicas the image assigns to this broker (and an entry for every
+    /// topic, hosted here or not) and removes those of deleted topics.
     fn reconcile(&self) {
         let topics: Vec<TopicImage> = {
             let image = self.image.read().expect("image lock");
             image.topics().cloned().collect()
         };
+        let live: HashMap<Uuid, usize> = topics
+            .iter()
+            .map(|t| (t.topic_id, t.partitions.len()))
+            .collect();
+        for topic in self.manager.topics() {
+            if !live.contains_key(&topic.id) {
+                self.manager.remove_replicated_topic(&topic.name, topic.id);
+            }
+        }
+        self.leadership.retain(|id| live.get(&id).copied());
         for topic in topics {
             let TopicImage {
                 name,
@@ -406,10 +882,6 @@ impl Cluster {
                 partitions,
             } = topic;
             let replicas: Vec<Vec<i32>> = partitions.into_iter().map(|p| p.replicas).collect();
-            if !replicas.iter().all(|r| r.contains(&self.me.broker_id)) {
-                tracing::warn!(topic = %name, "topic not hosted here: this version hosts every partition on every broker");
-                continue;
-            }
             if let Err(e) = self
                 .manager
                 .ensure_replicated_topic(&name, topic_id, configs, &replicas)

@@ -135,6 +135,10 @@ pub struct Config {
     /// `fetch_wait_ms_max`: upper bound on a Fetch request's max_wait_ms, so a
     /// client cannot park a request for longer. Default 30000. Range 0..=300000.
     pub fetch_wait_ms_max: u64,
+    /// `replica_lag_time_max_ms`: in a cluster, a follower that has not caught up with
+    /// its leader's log end for this long leaves the partition's in-sync replicas
+    /// (Kafka's `replica.lag.time.max.ms`). Default 30000. Range 100..=3600000.
+    pub replica_lag_time_max_ms: u64,
     /// `offsets_topic_partitions`: partitions of `__consumer_offsets`, created on the first
     /// group request (Kafka's `offsets.topic.num.partitions`). A group's coordinator is
     /// the leader of partition `abs(java_hash(group)) % offsets_topic_partitions`, so the
@@ -230,6 +234,7 @@ impl Default for Config {
             journal_bytes: 64 << 20,
             retention_check_interval_ms: 300_000,
             fetch_wait_ms_max: 30_000,
+            replica_lag_time_max_ms: 30_000,
             offsets_topic_partitions: 50,
             group_initial_rebalance_delay_ms: 3000,
             offsets_retention_minutes: 10_080,
@@ -298,6 +303,7 @@ struct FileConfig {
     journal_bytes: Option<i64>,
     retention_check_interval_ms: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
+    replica_lag_time_max_ms: Option<i64>,
     offsets_topic_partitions: Option<i64>,
     group_initial_rebalance_delay_ms: Option<i64>,
     offsets_retention_minutes: Option<i64>,
@@ -389,6 +395,10 @@ pub struct Cli {
     /// Upper bound on Fetch max_wait_ms [default: 30000].
     #[arg(long)]
     pub fetch_wait_ms_max: Option<i64>,
+    /// In a cluster: how long a follower may lag before it leaves the in-sync replicas
+    /// [default: 30000].
+    #[arg(long)]
+    pub replica_lag_time_max_ms: Option<i64>,
     /// Partitions of `__consumer_offsets` [default: 50].
     #[arg(long)]
     pub offsets_topic_partitions: Option<i64>,
@@ -623,6 +633,10 @@ impl Config {
         if let Some(v) = pick!(fetch_wait_ms_max) {
             config.fetch_wait_ms_max = in_range("fetch_wait_ms_max", v, 0, 300_000)? as u64;
         }
+        if let Some(v) = pick!(replica_lag_time_max_ms) {
+            config.replica_lag_time_max_ms =
+                in_range("replica_lag_time_max_ms", v, 100, 3_600_000)? as u64;
+        }
         if let Some(v) = pick!(offsets_topic_partitions) {
             config.offsets_topic_partitions =
                 in_range("offsets_topic_partitions", v, 1, 1000)? as i32;
@@ -677,6 +691,14 @@ impl Config {
     pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
         partition_dir(&self.data_dir, topic, partition)
     }
+}
+
+/// `<data_dir>/<topic>-<partition>.<topic id>`: where a cluster keeps a replica. The
+/// topic id in the name means a topic deleted and created again under the same name
+/// never opens a replica of the old one left behind (a broker that was down during the
+/// deletion, a removal that failed).
+pub fn replica_dir(data_dir: &Path, topic: &str, partition: i32, topic_id: uuid::Uuid) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}.{}", topic_id.simple()))
 }
 
 /// `<data_dir>/<topic>-<partition>` (ARCHITECTURE §3).

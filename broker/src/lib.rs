@@ -53,6 +53,7 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod group;
+pub mod leadership;
 pub mod metrics;
 pub mod replica;
 pub mod runtime;

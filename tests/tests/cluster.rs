@@ -7,8 +7,9 @@
 //!
 //! `RILL_CLUSTER_ROUNDS=N` runs N kill rounds (default 10).
 
+mod cluster_support;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +17,8 @@ use rill_client::{Admin, ClientConfig, NewTopic, Producer, ProducerConfig, Produ
 use rill_tests::history::{replicas_identical, Duplicates, History};
 use rill_tests::raw::{read_all, RawConn};
 use rill_tests::RilldProcess;
+
+use cluster_support::{leader_of, replica_dir, signal, wait_leader, wait_registered, Cluster};
 
 const TOPIC: &str = "replicated";
 const PARTITIONS: i32 = 2;
@@ -29,91 +32,6 @@ const FAILOVER_MAX: Duration = Duration::from_secs(10);
 /// Records each round produces before and after its kill.
 const RECORDS_PER_PHASE: usize = 300;
 
-/// A free loopback port (bound and released: the broker binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-struct Cluster {
-    brokers: Vec<RilldProcess>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        Cluster::start_with(&[])
-    }
-
-    /// Three brokers, each also given `extra` flags.
-    fn start_with(extra: &[&str]) -> Cluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let voters = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let brokers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let node_id = (i + 1).to_string();
-                let inter_broker = format!("127.0.0.1:{port}");
-                let mut args = vec![
-                    "--node-id",
-                    &node_id,
-                    "--controller-voters",
-                    &voters,
-                    "--inter-broker-listen",
-                    &inter_broker,
-                ];
-                args.extend_from_slice(extra);
-                RilldProcess::start_with(&args)
-            })
-            .collect();
-        Cluster { brokers }
-    }
-
-    fn bootstrap(&self) -> String {
-        self.brokers
-            .iter()
-            .filter(|b| b.pid().is_some())
-            .map(|b| b.bootstrap())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn logs(&self) -> String {
-        self.brokers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("===== broker {} =====\n{}", i + 1, b.log()))
-            .collect()
-    }
-}
-
-/// Waits until Metadata (through any live broker) lists `count` brokers.
-async fn wait_registered(cluster: &Cluster, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
-        if let Ok(described) = admin.describe_cluster().await {
-            if described.brokers.len() == count && described.controller_id >= 0 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{count} brokers not registered within 30 s\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Creates TOPIC with a replica on each of the three brokers (through the controller).
 async fn create_replicated_topic(cluster: &Cluster) {
     let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
@@ -124,31 +42,6 @@ async fn create_replicated_topic(cluster: &Cluster) {
         }])
         .await
         .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
-}
-
-/// The broker id leading `partition`, per Metadata.
-async fn leader_of(bootstrap: &str, partition: i32) -> Option<i32> {
-    let admin = Admin::new(ClientConfig::new(bootstrap)).ok()?;
-    let topics = admin.describe_topics(&[TOPIC]).await.ok()?;
-    let leader = topics.first()?.partitions.get(partition as usize)?.leader;
-    (leader >= 0).then_some(leader)
-}
-
-/// The leader of `partition`, waiting up to 20 s for one (a restarted broker knows no
-/// topic until it has replayed the metadata log).
-async fn wait_leader(cluster: &Cluster, partition: i32) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(leader) = leader_of(&cluster.bootstrap(), partition).await {
-            return leader;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partition {partition} has no leader\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// What a producer task attempted: each value and its outcome (partition and offset
@@ -287,7 +180,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         let bootstrap = cluster.bootstrap();
         let producer = Producer::new(ProducerConfig::new(&bootstrap)).expect("producer");
         produce(&producer, &mut history, round, "before", RECORDS_PER_PHASE).await;
-        let leader = leader_of(&bootstrap, 0)
+        let leader = leader_of(&bootstrap, TOPIC, 0)
             .await
             .unwrap_or_else(|| panic!("no leader of partition 0\n{}", cluster.logs()));
         // A producer runs across the kill: some sends are in flight when it lands.
@@ -303,7 +196,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         let killed_at = Instant::now();
         // Failover: the survivors' Metadata names a new leader.
         let failover = loop {
-            if let Some(l) = leader_of(&cluster.bootstrap(), 0).await {
+            if let Some(l) = leader_of(&cluster.bootstrap(), TOPIC, 0).await {
                 if l != leader {
                     break killed_at.elapsed();
                 }
@@ -323,7 +216,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
             rdkafka_live.await.expect("rdkafka producer task"),
         );
         let bootstrap = cluster.bootstrap();
-        let new_leader = leader_of(&bootstrap, 0).await;
+        let new_leader = leader_of(&bootstrap, TOPIC, 0).await;
         assert!(
             new_leader.is_some_and(|l| l != leader),
             "round {round}: partition 0 has no new leader ({new_leader:?}) {:.1} s after \
@@ -352,7 +245,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
     // offset holds two records.
     let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
     for partition in 0..PARTITIONS {
-        let leader = wait_leader(&cluster, partition).await;
+        let leader = wait_leader(&cluster, TOPIC, partition).await;
         let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
         let log = read_all(&mut conn, TOPIC, partition);
         reads.insert(
@@ -374,23 +267,15 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         let dirs: Vec<_> = cluster
             .brokers
             .iter()
-            .map(|b| b.data_dir().join(format!("{TOPIC}-{partition}")))
+            .map(|b| {
+                replica_dir(&b.data_dir(), TOPIC, partition)
+                    .unwrap_or_else(|| panic!("no replica of {TOPIC}-{partition}"))
+            })
             .collect();
         if let Err(e) = replicas_identical(&dirs) {
             panic!("partition {partition}: replicas differ: {e}");
         }
     }
-}
-
-/// Sends `signal` (e.g. "-STOP") to a broker's process.
-fn signal(broker: &RilldProcess, signal: &str) {
-    let pid = broker.pid().expect("running");
-    let status = std::process::Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} {pid}");
 }
 
 /// acks=all is answered only once a majority holds the record: with both followers
@@ -400,7 +285,7 @@ async fn acks_all_waits_for_a_majority() {
     let cluster = Cluster::start();
     wait_registered(&cluster, 3).await;
     create_replicated_topic(&cluster).await;
-    let leader = wait_leader(&cluster, 0).await;
+    let leader = wait_leader(&cluster, TOPIC, 0).await;
     let leader_bootstrap = cluster.brokers[(leader - 1) as usize].bootstrap();
     let producer = Producer::new(ProducerConfig::new(&leader_bootstrap)).expect("producer");
     let first = producer
@@ -498,7 +383,7 @@ async fn topics_are_created_while_a_controller_voter_is_down() {
     );
     let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
     for partition in 0..PARTITIONS {
-        let leader = wait_leader(&cluster, partition).await;
+        let leader = wait_leader(&cluster, TOPIC, partition).await;
         let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
         reads.insert(
             partition,

@@ -13,19 +13,37 @@ pub async fn handle(broker: &Broker, request: CreatePartitionsRequest) -> Create
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.to_string();
-        let bad_assignment = topic.assignments.as_ref().is_some_and(|a| {
-            a.iter()
-                .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != me)
-        });
-        let result = if bad_assignment {
-            Err(BrokerError::InvalidReplicaAssignment(format!(
-                "every partition must be assigned to broker {me} only"
-            )))
-        } else {
-            broker
-                .manager
-                .create_partitions(&name, topic.count, request.validate_only)
-                .await
+        // An empty list is no assignment (clients send one rather than null).
+        let assignments = topic.assignments.as_ref().filter(|a| !a.is_empty());
+        let result = match (assignments, broker.manager.cluster()) {
+            (Some(assignments), Some(_)) => {
+                let assignments =
+                    super::assigned_broker_ids(assignments.iter().map(|a| &a.broker_ids));
+                broker
+                    .manager
+                    .create_partitions_assigned(
+                        &name,
+                        topic.count,
+                        Some(assignments),
+                        request.validate_only,
+                    )
+                    .await
+            }
+            (Some(assignments), None)
+                if assignments
+                    .iter()
+                    .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != me) =>
+            {
+                Err(BrokerError::InvalidReplicaAssignment(format!(
+                    "every partition must be assigned to broker {me} only"
+                )))
+            }
+            _ => {
+                broker
+                    .manager
+                    .create_partitions(&name, topic.count, request.validate_only)
+                    .await
+            }
         };
         let (error_code, error_message) = error_parts(&result);
         results.push(

@@ -1,4 +1,5 @@
-//! CreateTopics: validate_only, partition counts, replication factor 1, configs.
+//! CreateTopics: validate_only, partition counts, replication factor (1 on a single
+//! node; placement or the request's assignment in a cluster), configs.
 
 use std::collections::BTreeMap;
 
@@ -38,14 +39,43 @@ pub async fn handle(
         }
         let result = if let Some(message) = bad {
             Err(BrokerError::InvalidConfig(message))
+        } else if !topic.assignments.is_empty()
+            && (topic.num_partitions != -1 || topic.replication_factor != -1)
+        {
+            Err(BrokerError::InvalidRequest(
+                "assignments given with num_partitions/replication_factor not -1".into(),
+            ))
+        } else if !topic.assignments.is_empty() && broker.manager.cluster().is_some() {
+            // The controller checks them against the registered brokers.
+            let mut assignments: Vec<_> = topic.assignments.iter().collect();
+            assignments.sort_by_key(|a| a.partition_index);
+            if assignments
+                .iter()
+                .enumerate()
+                .any(|(i, a)| a.partition_index != i as i32)
+            {
+                Err(BrokerError::InvalidReplicaAssignment(
+                    "partition indexes must be 0..count, each once".into(),
+                ))
+            } else {
+                let assignments =
+                    super::assigned_broker_ids(assignments.iter().map(|a| &a.broker_ids));
+                broker
+                    .manager
+                    .create_topic_assigned(
+                        &name,
+                        assignments.len() as i32,
+                        -1,
+                        Some(assignments),
+                        configs,
+                        request.validate_only,
+                    )
+                    .await
+            }
         } else if !topic.assignments.is_empty() {
             // Manual assignment on a single node: only this broker, one replica each.
             let me = broker.config.node_id;
-            if topic.num_partitions != -1 || topic.replication_factor != -1 {
-                Err(BrokerError::InvalidRequest(
-                    "assignments given with num_partitions/replication_factor not -1".into(),
-                ))
-            } else if topic
+            if topic
                 .assignments
                 .iter()
                 .any(|a| a.broker_ids.len() != 1 || a.broker_ids[0].0 != me)
@@ -95,9 +125,21 @@ pub async fn handle(
             } else {
                 created.partitions.len() as i32
             };
+            let replication_factor = match broker.manager.cluster() {
+                None => 1,
+                Some(cluster) => match cluster.replicas(created.id, 0) {
+                    Some(replicas) => replicas.len() as i16,
+                    // validate_only: what would have been created.
+                    None if !topic.assignments.is_empty() => {
+                        topic.assignments[0].broker_ids.len() as i16
+                    }
+                    None if topic.replication_factor == -1 => cluster.default_replication_factor(),
+                    None => topic.replication_factor,
+                },
+            };
             entry = entry
                 .with_num_partitions(partitions)
-                .with_replication_factor(1);
+                .with_replication_factor(replication_factor);
             if version >= 7 {
                 entry = entry.with_topic_id(created.id);
             }

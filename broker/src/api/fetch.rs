@@ -23,6 +23,7 @@ use kafka_protocol::ResponseError;
 use rill_protocol::error::ProtocolError;
 use rill_protocol::fetch::{
     encode_fetch_response, FetchPartitionPart, FetchResponseParts, FetchTopicPart,
+    LeaderIdAndEpochPart, NodeEndpointPart,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -79,7 +80,10 @@ pub async fn handle(
                 .topic(topic.topic.as_str())
                 .ok_or(BrokerError::UnknownTopicOrPartition)
         };
-        topics.push((topic.topic.0.clone(), topic.topic_id));
+        topics.push((
+            topic.topic.0.clone(),
+            resolved.as_ref().map_or(topic.topic_id, |t| t.id),
+        ));
         for p in &topic.partitions {
             let target = match &resolved {
                 Ok(t) => usize::try_from(p.partition)
@@ -87,6 +91,8 @@ pub async fn handle(
                     .and_then(|i| t.partitions.get(i))
                     .cloned()
                     .ok_or(BrokerError::UnknownTopicOrPartition)
+                    // A partition of a cluster topic hosted by other brokers.
+                    .and_then(|hosted| hosted.ok_or(BrokerError::NotLeaderOrFollower))
                     .and_then(|partition| {
                         partition.check_leader_epoch(p.current_leader_epoch)?;
                         Ok(partition)
@@ -152,16 +158,58 @@ pub async fn handle(
         })
         .collect();
     let mut bytes_out = 0u64;
-    for (slot, result) in slots.iter().zip(results) {
+    let mut leaders_named = std::collections::BTreeSet::new();
+    for (slot, mut result) in slots.iter().zip(results) {
         bytes_out += record_bytes(&result) as u64;
+        if result.error_code == ResponseError::NotLeaderOrFollower.code() {
+            let topic_id = responses[slot.topic_index].topic_id;
+            result.current_leader = current_leader(broker, topic_id, slot.partition_index);
+            if let Some(leader) = &result.current_leader {
+                leaders_named.insert(leader.leader_id);
+            }
+        }
         responses[slot.topic_index].partitions.push(result);
     }
     Metrics::add(&broker.metrics().bytes_out_total, bytes_out);
     let response = FetchResponseParts {
         topics: responses,
+        node_endpoints: node_endpoints(broker, leaders_named),
         ..FetchResponseParts::default()
     };
     encode_fetch_response(correlation_id, version, &response).map(|frame| frame.into_chunks())
+}
+
+/// KIP-951: the partition's current leader, when this broker knows it and it is another
+/// broker, for a NOT_LEADER_OR_FOLLOWER answer (the encoder sends it from v12).
+fn current_leader(broker: &Broker, topic_id: Uuid, partition: i32) -> Option<LeaderIdAndEpochPart> {
+    let cluster = broker.manager.cluster()?;
+    let (leader_id, leader_epoch) = cluster.current_leader(topic_id, partition)?;
+    (leader_id != broker.config.node_id).then_some(LeaderIdAndEpochPart {
+        leader_id,
+        leader_epoch,
+    })
+}
+
+/// The endpoints of the leaders named in current_leader fields (sent from v16).
+fn node_endpoints(
+    broker: &Broker,
+    leaders: std::collections::BTreeSet<i32>,
+) -> Vec<NodeEndpointPart> {
+    let Some(cluster) = broker.manager.cluster() else {
+        return Vec::new();
+    };
+    leaders
+        .into_iter()
+        .filter_map(|node_id| {
+            let (host, port, rack) = cluster.endpoint(node_id)?;
+            Some(NodeEndpointPart {
+                node_id,
+                host: StrBytes::from_string(host),
+                port: i32::from(port),
+                rack: rack.map(StrBytes::from_string),
+            })
+        })
+        .collect()
 }
 
 fn record_bytes(part: &FetchPartitionPart) -> usize {

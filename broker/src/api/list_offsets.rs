@@ -67,10 +67,7 @@ fn lookup(
     current_leader_epoch: i32,
     timestamp: i64,
 ) -> Result<(i64, i64, i32), BrokerError> {
-    let (_, partition) = broker
-        .manager
-        .partition(topic, index)
-        .ok_or(BrokerError::UnknownTopicOrPartition)?;
+    let (_, partition) = broker.manager.hosted_partition(topic, index)?;
     partition.check_leader_epoch(current_leader_epoch)?;
     let high_watermark = partition.visible_end_offset();
     let log = partition.log();

@@ -105,30 +105,41 @@ fn describe(
     let partitions = topic
         .partitions
         .iter()
-        .map(|p| {
-            let status = p.status();
-            // This replica names itself once its high watermark is current; a follower
-            // names the leader it follows.
-            let leader = match status.leader {
-                Some(id) if status.leader_ready || id != node_id.0 => BrokerId(id),
-                _ => BrokerId(-1),
+        .enumerate()
+        .map(|(index, local)| {
+            let index = index as i32;
+            let (leader, leader_epoch, replicas, isr) = match (cluster, local) {
+                (Some(cluster), _) => {
+                    let view = cluster.describe_partition(topic.id, index, local.as_ref());
+                    (
+                        view.leader.unwrap_or(-1),
+                        view.leader_epoch,
+                        view.replicas,
+                        view.isr,
+                    )
+                }
+                (None, Some(p)) => {
+                    let status = p.status();
+                    let leader = match status.leader {
+                        Some(id) if status.leader_ready => id,
+                        _ => -1,
+                    };
+                    (leader, p.leader_epoch(), vec![node_id.0], vec![node_id.0])
+                }
+                (None, None) => (-1, -1, Vec::new(), Vec::new()),
             };
-            let replicas: Vec<BrokerId> = cluster
-                .and_then(|c| c.replicas(topic.id, p.index))
-                .map_or_else(|| vec![node_id], |r| r.into_iter().map(BrokerId).collect());
-            let error = if leader.0 < 0 {
+            let error = if leader < 0 {
                 ResponseError::LeaderNotAvailable.code()
             } else {
                 0
             };
             MetadataResponsePartition::default()
                 .with_error_code(error)
-                .with_partition_index(p.index)
-                .with_leader_id(leader)
-                .with_leader_epoch(p.leader_epoch())
-                // In-sync replicas are not tracked yet: every replica is listed.
-                .with_isr_nodes(replicas.clone())
-                .with_replica_nodes(replicas)
+                .with_partition_index(index)
+                .with_leader_id(BrokerId(leader))
+                .with_leader_epoch(leader_epoch)
+                .with_isr_nodes(isr.into_iter().map(BrokerId).collect())
+                .with_replica_nodes(replicas.into_iter().map(BrokerId).collect())
         })
         .collect();
     MetadataResponseTopic::default()

@@ -233,3 +233,13 @@ pub fn error_parts<T>(result: &Result<T, crate::error::BrokerError>) -> (i16, Op
         Err(e) => (e.code(), Some(str_bytes(e.to_string()))),
     }
 }
+
+/// The broker ids of replica assignments given in a request (CreateTopics,
+/// CreatePartitions), one list per partition.
+pub fn assigned_broker_ids<'a>(
+    assignments: impl Iterator<Item = &'a Vec<kafka_protocol::messages::BrokerId>>,
+) -> Vec<Vec<i32>> {
+    assignments
+        .map(|ids| ids.iter().map(|b| b.0).collect())
+        .collect()
+}

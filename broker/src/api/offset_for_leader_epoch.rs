@@ -56,10 +56,7 @@ fn end_offset(
     current_leader_epoch: i32,
     leader_epoch: i32,
 ) -> Result<(i32, i64), BrokerError> {
-    let (_, partition) = broker
-        .manager
-        .partition(topic, index)
-        .ok_or(BrokerError::UnknownTopicOrPartition)?;
+    let (_, partition) = broker.manager.hosted_partition(topic, index)?;
     partition.check_leader_epoch(current_leader_epoch)?;
     let log = partition.log();
     // Every epoch in the log starts with its leader's LEADER_CHANGE batch, so the

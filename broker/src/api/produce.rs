@@ -20,8 +20,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 
 use super::str_bytes;
 use crate::context::order::TurnHeld;
@@ -69,6 +71,7 @@ pub async fn handle(
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut topics = Vec::with_capacity(appends.len());
+    let mut leaders_named = std::collections::BTreeSet::new();
     for (topic, partitions) in request.topic_data.into_iter().zip(appends) {
         let results = join_all(partitions.into_iter().map(|(index, result, partition)| {
             acknowledge(
@@ -82,6 +85,15 @@ pub async fn handle(
             )
         }))
         .await;
+        let results = results
+            .into_iter()
+            .map(|response| name_current_leader(broker, topic.name.0.as_str(), response))
+            .inspect(|response| {
+                if response.current_leader.leader_id.0 >= 0 {
+                    leaders_named.insert(response.current_leader.leader_id.0);
+                }
+            })
+            .collect();
         topics.push(
             TopicProduceResponse::default()
                 .with_name(topic.name)
@@ -89,7 +101,58 @@ pub async fn handle(
                 .with_partition_responses(results),
         );
     }
-    Some(ProduceResponse::default().with_responses(topics))
+    Some(
+        ProduceResponse::default()
+            .with_responses(topics)
+            .with_node_endpoints(node_endpoints(broker, leaders_named)),
+    )
+}
+
+/// KIP-951: a NOT_LEADER_OR_FOLLOWER answer names the partition's current leader when
+/// this broker knows it (sent from Produce v10; older versions leave it out).
+fn name_current_leader(
+    broker: &Broker,
+    topic: &str,
+    response: PartitionProduceResponse,
+) -> PartitionProduceResponse {
+    if response.error_code != kafka_protocol::ResponseError::NotLeaderOrFollower.code() {
+        return response;
+    }
+    let Some(cluster) = broker.manager.cluster() else {
+        return response;
+    };
+    let Some(topic) = broker.manager.topic(topic) else {
+        return response;
+    };
+    match cluster.current_leader(topic.id, response.index) {
+        Some((leader, leader_epoch)) if leader != broker.config.node_id => response
+            .with_current_leader(
+                LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(leader))
+                    .with_leader_epoch(leader_epoch),
+            ),
+        _ => response,
+    }
+}
+
+/// The endpoints of the leaders named in current_leader fields (KIP-951).
+fn node_endpoints(broker: &Broker, leaders: std::collections::BTreeSet<i32>) -> Vec<NodeEndpoint> {
+    let Some(cluster) = broker.manager.cluster() else {
+        return Vec::new();
+    };
+    leaders
+        .into_iter()
+        .filter_map(|id| {
+            let (host, port, rack) = cluster.endpoint(id)?;
+            Some(
+                NodeEndpoint::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(str_bytes(host))
+                    .with_port(i32::from(port))
+                    .with_rack(rack.map(str_bytes)),
+            )
+        })
+        .collect()
 }
 
 /// Waits (acks=-1) until the partition's append may be acknowledged, then builds its
@@ -152,10 +215,7 @@ fn append_partition(
             "{topic} is internal: clients cannot produce to it"
         )));
     }
-    let (topic, partition) = broker
-        .manager
-        .partition(topic, data.index)
-        .ok_or(BrokerError::UnknownTopicOrPartition)?;
+    let (topic, partition) = broker.manager.hosted_partition(topic, data.index)?;
     let records = data.records.clone().unwrap_or_default();
     let counts =
         super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;

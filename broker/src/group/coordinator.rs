@@ -145,9 +145,9 @@ impl GroupCoordinator {
 
     /// The `__consumer_offsets` topic, created with `offsets_topic_partitions` partitions
     /// on first use (as Kafka does).
-    async fn offsets_partitions(&self) -> Result<Vec<Arc<Partition>>, ResponseError> {
+    async fn offsets_topic(&self) -> Result<Arc<crate::state::Topic>, ResponseError> {
         if let Some(topic) = self.manager.topic(OFFSETS_TOPIC) {
-            return Ok(topic.partitions.clone());
+            return Ok(topic);
         }
         // Never deleted by retention: compaction (not implemented yet) is what will bound
         // it, as in Kafka.
@@ -166,11 +166,10 @@ impl GroupCoordinator {
             )
             .await
         {
-            Ok(topic) => Ok(topic.partitions.clone()),
+            Ok(topic) => Ok(topic),
             Err(BrokerError::TopicAlreadyExists(_)) => self
                 .manager
                 .topic(OFFSETS_TOPIC)
-                .map(|t| t.partitions.clone())
                 .ok_or(ResponseError::CoordinatorNotAvailable),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create {OFFSETS_TOPIC}");
@@ -184,13 +183,23 @@ impl GroupCoordinator {
         if let Some(e) = check_group_id(group) {
             return Err(e);
         }
-        let partitions = self.offsets_partitions().await?;
-        let index = partition_for(group, partitions.len() as i32) as usize;
+        let topic = self.offsets_topic().await?;
+        let index = partition_for(group, topic.partitions.len() as i32) as usize;
         // A cluster topic this broker has not applied yet has no partitions here.
-        let status = partitions
+        let slot = topic
+            .partitions
             .get(index)
-            .ok_or(ResponseError::CoordinatorNotAvailable)?
-            .status();
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let Some(partition) = slot else {
+            // A partition whose replicas are on other brokers: its reported leader.
+            return self
+                .manager
+                .cluster()
+                .and_then(|c| c.current_leader(topic.id, index as i32))
+                .map(|(leader, _)| leader)
+                .ok_or(ResponseError::CoordinatorNotAvailable);
+        };
+        let status = partition.status();
         if status.failed || status.closed {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
@@ -218,7 +227,10 @@ impl GroupCoordinator {
             topic
                 .partitions
                 .get(index)
-                .ok_or(ResponseError::CoordinatorNotAvailable)?,
+                .ok_or(ResponseError::CoordinatorNotAvailable)?
+                .as_ref()
+                // Its replicas are on other brokers.
+                .ok_or(ResponseError::NotCoordinator)?,
         );
         let shards = self.shards(topic.partitions.len());
         let shard = shards
@@ -323,6 +335,8 @@ impl GroupCoordinator {
         }
         let retention_ms = (self.config.offsets_retention_minutes as i64).saturating_mul(60_000);
         for (index, (partition, shard)) in topic.partitions.iter().zip(shards).enumerate() {
+            // Partitions whose replicas are on other brokers are coordinated there.
+            let Some(partition) = partition else { continue };
             let status = partition.status();
             let leads = status.leader == Some(self.node_id())
                 && status.leader_ready

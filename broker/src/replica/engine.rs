@@ -113,6 +113,9 @@ pub struct Engine {
     /// Where the groups' messages to peer replicas go (unset on a single node, whose
     /// groups have no peers).
     transport: OnceLock<Arc<Transport>>,
+    /// Where leadership reports from peers go (messages of the reserved group
+    /// [`crate::leadership::LEADERSHIP_TOPIC_ID`]); unset on a single node.
+    leadership: OnceLock<Arc<crate::leadership::LeadershipTable>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -174,6 +177,7 @@ impl Engine {
             thread: Mutex::new(None),
             metrics,
             transport: OnceLock::new(),
+            leadership: OnceLock::new(),
         });
         let weak = Arc::downgrade(&engine);
         let handle = std::thread::Builder::new()
@@ -213,12 +217,26 @@ impl Engine {
         Ok(())
     }
 
+    /// Sends the leadership reports of peers to `table` from now on. Call once.
+    pub fn set_leadership(&self, table: Arc<crate::leadership::LeadershipTable>) {
+        let _ = self.leadership.set(table);
+    }
+
     /// Hands each received message to its group's replica; messages for groups this
-    /// broker does not host (deleted, not created yet) are dropped.
+    /// broker does not host (deleted, not created yet) are dropped. Leadership reports
+    /// go to the leadership table.
     fn deliver(&self, batch: InboundBatch) {
-        let replicas = self.replicas.lock().expect("replicas lock");
-        let targets: Vec<(Option<Arc<Partition>>, rill_raft::Message)> = batch
+        let (reports, envelopes): (Vec<Envelope>, Vec<Envelope>) = batch
             .envelopes
+            .into_iter()
+            .partition(|e| e.group.0 == crate::leadership::LEADERSHIP_TOPIC_ID);
+        if let Some(table) = self.leadership.get() {
+            for report in reports {
+                table.receive(batch.from_broker, report.message);
+            }
+        }
+        let replicas = self.replicas.lock().expect("replicas lock");
+        let targets: Vec<(Option<Arc<Partition>>, rill_raft::Message)> = envelopes
             .into_iter()
             .map(|e| (replicas.get(&e.group).and_then(Weak::upgrade), e.message))
             .collect();

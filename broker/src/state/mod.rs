@@ -41,8 +41,16 @@ pub struct Topic {
     pub id: Uuid,
     /// Effective configs.
     pub config: TopicConfig,
-    /// Partitions, index = partition number.
-    pub partitions: Vec<Arc<Partition>>,
+    /// Partitions, index = partition number: the replica this broker hosts, `None` for
+    /// a partition of a cluster topic whose replicas are on other brokers.
+    pub partitions: Vec<Option<Arc<Partition>>>,
+}
+
+impl Topic {
+    /// The partitions this broker hosts a replica of.
+    pub fn hosted(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        self.partitions.iter().flatten()
+    }
 }
 
 /// Owns every topic and partition of this broker.
@@ -84,6 +92,22 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
     {
         return Err(BrokerError::InvalidTopic(format!(
             "`{name}` has characters other than [a-zA-Z0-9._-]"
+        )));
+    }
+    Ok(())
+}
+
+/// CreatePartitions' rule: the new count must be above the current one and at most
+/// [`PARTITIONS_MAX`].
+pub fn check_partition_growth(name: &str, current: i32, count: i32) -> Result<(), BrokerError> {
+    if count <= current {
+        return Err(BrokerError::InvalidPartitions(format!(
+            "topic {name} has {current} partitions; the new count {count} must be larger"
+        )));
+    }
+    if count > PARTITIONS_MAX {
+        return Err(BrokerError::InvalidPartitions(format!(
+            "{count} is more than {PARTITIONS_MAX}"
         )));
     }
     Ok(())
@@ -182,11 +206,11 @@ impl PartitionManager {
         let mut partitions = Vec::with_capacity(meta.partitions.max(0) as usize);
         for index in 0..meta.partitions {
             match self.open_partition(&meta.name, id, index, &config) {
-                Ok(partition) => partitions.push(partition),
+                Ok(partition) => partitions.push(Some(partition)),
                 Err(e) => {
                     // Stop the replicas already started before anyone removes their
                     // directories.
-                    for partition in &partitions {
+                    for partition in partitions.iter().flatten() {
                         partition.close_blocking();
                     }
                     return Err(e);
@@ -218,7 +242,8 @@ impl PartitionManager {
         index: i32,
         config: &TopicConfig,
     ) -> Result<Arc<Partition>, BrokerError> {
-        self.open_partition_with(topic, topic_id, index, config, &[self.config.node_id])
+        let dir = self.config.partition_dir(topic, index);
+        self.open_partition_with(topic, topic_id, index, config, &[self.config.node_id], &dir)
     }
 
     fn open_partition_with(
@@ -228,9 +253,9 @@ impl PartitionManager {
         index: i32,
         config: &TopicConfig,
         voters: &[i32],
+        dir: &Path,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let dir = self.config.partition_dir(topic, index);
-        let log = PartitionLog::open(&dir, self.log_config(config))
+        let log = PartitionLog::open(dir, self.log_config(config))
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
         Partition::open(
             topic.to_string(),
@@ -333,8 +358,34 @@ impl PartitionManager {
         let partition = usize::try_from(index)
             .ok()
             .and_then(|i| topic.partitions.get(i))
-            .cloned()?;
+            .cloned()
+            .flatten()?;
         Some((topic, partition))
+    }
+
+    /// A partition this broker hosts, by topic name and index: UNKNOWN_TOPIC_OR_PARTITION
+    /// for a topic or partition that does not exist, NOT_LEADER_OR_FOLLOWER for a
+    /// partition of a cluster topic whose replicas are on other brokers (the client
+    /// refreshes its metadata and goes to the leader).
+    pub fn hosted_partition(
+        &self,
+        topic: &str,
+        index: i32,
+    ) -> Result<(Arc<Topic>, Arc<Partition>), BrokerError> {
+        let topic = self
+            .topic(topic)
+            .ok_or(BrokerError::UnknownTopicOrPartition)?;
+        let slot = usize::try_from(index)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .ok_or(BrokerError::UnknownTopicOrPartition)?;
+        match slot {
+            Some(partition) => {
+                let partition = Arc::clone(partition);
+                Ok((topic, partition))
+            }
+            None => Err(BrokerError::NotLeaderOrFollower),
+        }
     }
 
     /// Creates a topic (or, with `validate_only`, checks that it could be created).
@@ -344,6 +395,29 @@ impl PartitionManager {
         name: &str,
         partitions: i32,
         replication_factor: i16,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        self.create_topic_assigned(
+            name,
+            partitions,
+            replication_factor,
+            None,
+            configs,
+            validate_only,
+        )
+        .await
+    }
+
+    /// [`PartitionManager::create_topic`] with the replica assignment given in the
+    /// request, if any (then `partitions` is its length). Only a cluster takes one;
+    /// the API handler checks a single node's.
+    pub async fn create_topic_assigned(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        assignments: Option<Vec<Vec<i32>>>,
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Arc<Topic>, BrokerError> {
@@ -364,7 +438,14 @@ impl PartitionManager {
             let _admin = self.admin.lock().await;
             self.check_free_space()?;
             cluster
-                .create_topic(name, partitions, replication_factor, configs, validate_only)
+                .create_topic(
+                    name,
+                    partitions,
+                    replication_factor,
+                    assignments,
+                    configs,
+                    validate_only,
+                )
                 .await?;
             return match self.topic(name) {
                 Some(topic) => Ok(topic),
@@ -424,7 +505,8 @@ impl PartitionManager {
                 return Err(e);
             }
         };
-        self.wait_leaders(&topic.partitions).await;
+        let hosted: Vec<Arc<Partition>> = topic.hosted().cloned().collect();
+        self.wait_leaders(&hosted).await;
         self.topics
             .write()
             .expect("topics lock")
@@ -443,9 +525,11 @@ impl PartitionManager {
         self.cluster.get()
     }
 
-    /// A topic the metadata log created: opens its replicas (each partition's group
-    /// over `replicas[i]`) unless it is open already. Blocking (file work); the
-    /// metadata applier calls it.
+    /// A topic of the metadata image: opens the replicas the image assigns to this
+    /// broker (each partition's group over `replicas[i]`) that are not open yet —
+    /// all of a new topic's, or those of partitions added since. Every topic gets an
+    /// entry, hosting a replica or not, so requests for it are told where to go.
+    /// Blocking (file work); the metadata applier calls it.
     pub fn ensure_replicated_topic(
         &self,
         name: &str,
@@ -453,23 +537,45 @@ impl PartitionManager {
         configs: BTreeMap<String, String>,
         replicas: &[Vec<i32>],
     ) -> Result<(), BrokerError> {
-        if self.topic(name).is_some_and(|t| t.id == id) {
-            return Ok(());
+        let existing = self.topic(name);
+        if let Some(existing) = &existing {
+            if existing.id != id {
+                // The name now belongs to another topic: the old one's deletion was
+                // applied in the same read as this creation.
+                self.remove_replicated_topic(name, existing.id);
+            } else if existing.partitions.len() >= replicas.len() {
+                return Ok(());
+            }
         }
-        let config = TopicConfig::new(&self.config.topic_defaults, configs)
-            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
-        let mut partitions = Vec::with_capacity(replicas.len());
-        for (index, voters) in replicas.iter().enumerate() {
-            match self.open_partition_with(name, id, index as i32, &config, voters) {
-                Ok(partition) => partitions.push(partition),
+        let existing = self.topic(name).filter(|t| t.id == id);
+        let config = match &existing {
+            Some(topic) => topic.config.clone(),
+            None => TopicConfig::new(&self.config.topic_defaults, configs)
+                .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?,
+        };
+        let mut partitions: Vec<Option<Arc<Partition>>> = existing
+            .as_ref()
+            .map(|t| t.partitions.clone())
+            .unwrap_or_default();
+        let first_new = partitions.len();
+        let me = self.config.node_id;
+        for (index, voters) in replicas.iter().enumerate().skip(first_new) {
+            if !voters.contains(&me) {
+                partitions.push(None);
+                continue;
+            }
+            let dir = crate::config::replica_dir(&self.config.data_dir, name, index as i32, id);
+            match self.open_partition_with(name, id, index as i32, &config, voters, &dir) {
+                Ok(partition) => partitions.push(Some(partition)),
                 Err(e) => {
-                    for partition in &partitions {
+                    for partition in partitions[first_new..].iter().flatten() {
                         partition.close_blocking();
                     }
                     return Err(e);
                 }
             }
         }
+        let hosted = partitions[first_new..].iter().flatten().count();
         let topic = Arc::new(Topic {
             name: name.to_string(),
             id,
@@ -483,9 +589,69 @@ impl PartitionManager {
         tracing::info!(
             topic = name,
             partitions = replicas.len(),
-            "created replicas of a cluster topic"
+            new_partitions = replicas.len() - first_new,
+            hosted_here = hosted,
+            "opened the replicas of a cluster topic"
         );
         Ok(())
+    }
+
+    /// A topic the metadata log deleted: closes its replicas here and removes their
+    /// directories. Blocking (file work); the metadata applier calls it.
+    pub fn remove_replicated_topic(&self, name: &str, id: Uuid) {
+        let removed = {
+            let mut topics = self.topics.write().expect("topics lock");
+            match topics.get(name) {
+                Some(topic) if topic.id == id => topics.remove(name),
+                _ => None,
+            }
+        };
+        let Some(topic) = removed else { return };
+        for partition in topic.hosted() {
+            partition.close_blocking();
+        }
+        // Mapped segments still referenced by in-flight fetches stay valid after unlink.
+        for partition in topic.hosted() {
+            let dir = crate::config::replica_dir(&self.config.data_dir, name, partition.index, id);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted topic's replica");
+            }
+        }
+        tracing::info!(
+            topic = name,
+            "removed the replicas of a deleted cluster topic"
+        );
+    }
+
+    /// Removes replica directories (`<topic>-<n>.<topic id>`) of the topics in
+    /// `deleted`: replicas of topics deleted while this broker was down, whose deletion
+    /// the metadata applier met while replaying the log. Blocking.
+    pub fn remove_stale_replicas(&self, deleted: &std::collections::HashSet<Uuid>) {
+        let Ok(entries) = std::fs::read_dir(&self.config.data_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((partition, id)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let Ok(id) = Uuid::try_parse(id) else {
+                continue;
+            };
+            let Some((topic, index)) = partition.rsplit_once('-') else {
+                continue;
+            };
+            if index.parse::<i32>().is_err() || validate_topic_name(topic).is_err() {
+                continue;
+            }
+            if deleted.contains(&id) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                tracing::warn!(dir = %entry.path().display(), "removing the replica of a deleted topic");
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "could not remove it");
+                }
+            }
+        }
     }
 
     /// Returns the topic, creating it with the default partition count when
@@ -515,10 +681,9 @@ impl PartitionManager {
 
     /// Deletes a topic and its data.
     pub async fn delete_topic(&self, name: &str) -> Result<Uuid, BrokerError> {
-        if self.cluster.get().is_some() {
-            return Err(BrokerError::InvalidRequest(
-                "DeleteTopics is not supported in a cluster yet".into(),
-            ));
+        if let Some(cluster) = self.cluster.get() {
+            let _admin = self.admin.lock().await;
+            return cluster.delete_topic(name).await;
         }
         let _admin = self.admin.lock().await;
         let topic = self
@@ -529,13 +694,13 @@ impl PartitionManager {
             .ok_or(BrokerError::UnknownTopicOrPartition)?;
         crate::runtime::off_runtime(|| topic_meta::remove(&self.config.topics_dir(), name))?;
         // No append or flush may touch the directories from here on.
-        for partition in &topic.partitions {
+        for partition in topic.hosted() {
             partition.close().await;
         }
         // Partition directories go after the metadata file is durably gone; mapped
         // segments still referenced by in-flight fetches stay valid after unlink.
         crate::runtime::off_runtime(|| {
-            for partition in &topic.partitions {
+            for partition in topic.hosted() {
                 let dir = self.config.partition_dir(name, partition.index);
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!(dir = %dir.display(), error = %e, "could not remove partition directory; removed at next start");
@@ -553,26 +718,33 @@ impl PartitionManager {
         count: i32,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
-        if self.cluster.get().is_some() {
-            return Err(BrokerError::InvalidRequest(
-                "CreatePartitions is not supported in a cluster yet".into(),
-            ));
+        self.create_partitions_assigned(name, count, None, validate_only)
+            .await
+    }
+
+    /// [`PartitionManager::create_partitions`] with the new partitions' replica
+    /// assignment given in the request, if any. Only a cluster takes one; the API
+    /// handler checks a single node's.
+    pub async fn create_partitions_assigned(
+        &self,
+        name: &str,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        if let Some(cluster) = self.cluster.get() {
+            let _admin = self.admin.lock().await;
+            self.check_free_space()?;
+            return cluster
+                .create_partitions(name, count, assignments, validate_only)
+                .await;
         }
         let _admin = self.admin.lock().await;
         let topic = self
             .topic(name)
             .ok_or(BrokerError::UnknownTopicOrPartition)?;
         let current = topic.partitions.len() as i32;
-        if count <= current {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "topic {name} has {current} partitions; the new count {count} must be larger"
-            )));
-        }
-        if count > PARTITIONS_MAX {
-            return Err(BrokerError::InvalidPartitions(format!(
-                "{count} is more than {PARTITIONS_MAX}"
-            )));
-        }
+        check_partition_growth(name, current, count)?;
         self.check_free_space()?;
         if validate_only {
             return Ok(());
@@ -587,11 +759,21 @@ impl PartitionManager {
         crate::runtime::off_runtime(|| {
             topic_meta::write(&self.config.topics_dir(), &meta)?;
             for index in current..count {
-                partitions.push(self.open_partition(name, topic.id, index, &topic.config)?);
+                partitions.push(Some(self.open_partition(
+                    name,
+                    topic.id,
+                    index,
+                    &topic.config,
+                )?));
             }
             Ok::<_, BrokerError>(())
         })?;
-        self.wait_leaders(&partitions[current as usize..]).await;
+        let added: Vec<Arc<Partition>> = partitions[current as usize..]
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        self.wait_leaders(&added).await;
         let updated = Arc::new(Topic {
             name: topic.name.clone(),
             id: topic.id,
@@ -641,8 +823,7 @@ impl PartitionManager {
         self.topics()
             .into_iter()
             .flat_map(|t| {
-                t.partitions
-                    .iter()
+                t.hosted()
                     .map(|p| (Arc::clone(&t), Arc::clone(p)))
                     .collect::<Vec<_>>()
             })

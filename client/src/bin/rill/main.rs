@@ -53,7 +53,9 @@ enum Command {
     Produce(ProduceArgs),
     /// Consume records and print them to stdout.
     Consume(ConsumeArgs),
-    /// Describe the cluster: id, controller, brokers.
+    /// Describe the cluster: id, controller, brokers with the partitions they lead and
+    /// host, under-replicated partitions (fewer in-sync replicas than replicas) and
+    /// partitions without a leader.
     Cluster,
     /// Measure throughput and latency.
     #[command(subcommand)]
@@ -314,8 +316,17 @@ async fn topic(client: ClientConfig, cmd: TopicCommand) -> Result<(), Error> {
                 );
                 for p in &t.partitions {
                     println!(
-                        "  partition {:>4}  leader {:>3}  epoch {:>4}  replicas {:?}  isr {:?}",
-                        p.partition, p.leader, p.leader_epoch, p.replicas, p.isr
+                        "  partition {:>4}  leader {:>3}  epoch {:>4}  replicas {:?}  isr {:?}{}",
+                        p.partition,
+                        p.leader,
+                        p.leader_epoch,
+                        p.replicas,
+                        p.isr,
+                        if p.isr.len() < p.replicas.len() {
+                            "  under-replicated"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 match admin.describe_topic_configs(&t.name).await {
@@ -350,13 +361,53 @@ async fn cluster(client: ClientConfig) -> Result<(), Error> {
     let c = admin.describe_cluster().await?;
     println!("cluster id {}", c.cluster_id);
     println!("controller {}", c.controller_id);
+    let topics = admin.describe_topics(&[]).await?;
+    let partitions: Vec<(&str, &rill_client::PartitionInfo)> = topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.as_str(), p)))
+        .collect();
     for b in c.brokers {
+        let leads = partitions
+            .iter()
+            .filter(|(_, p)| p.leader == b.node_id)
+            .count();
+        let hosts = partitions
+            .iter()
+            .filter(|(_, p)| p.replicas.contains(&b.node_id))
+            .count();
         println!(
-            "broker {}  {}:{}{}",
+            "broker {}  {}:{}{}  leads {leads}  replicas {hosts}",
             b.node_id,
             b.host,
             b.port,
             b.rack.map(|r| format!("  rack {r}")).unwrap_or_default()
+        );
+    }
+    let under: Vec<_> = partitions
+        .iter()
+        .filter(|(_, p)| p.isr.len() < p.replicas.len())
+        .collect();
+    println!(
+        "partitions {}  under-replicated {}",
+        partitions.len(),
+        under.len()
+    );
+    for (topic, p) in under {
+        let missing: Vec<i32> = p
+            .replicas
+            .iter()
+            .filter(|r| !p.isr.contains(r))
+            .copied()
+            .collect();
+        println!(
+            "  under-replicated {topic}-{}  leader {}  replicas {:?}  isr {:?}  out of sync {missing:?}",
+            p.partition, p.leader, p.replicas, p.isr
+        );
+    }
+    for (topic, p) in partitions.iter().filter(|(_, p)| p.leader < 0) {
+        println!(
+            "  no leader {topic}-{}  replicas {:?}",
+            p.partition, p.replicas
         );
     }
     Ok(())

@@ -17,6 +17,27 @@
 //! sync; every `flush_interval_ms` the loop syncs every group instead (what Kafka does
 //! by default: a power loss loses the records of the last interval).
 //!
+//! Rejoining on an empty data directory: a broker whose data directory was wiped (or
+//! replaced) restarts with every Raft term and vote of its earlier life gone, and could
+//! vote a second time in a term in which it voted already — two leaders of one term, a
+//! safety violation. So while the directory is fresh (this start created
+//! `meta/node.json`) *and* the broker is rejoining (a peer's handshake said the cluster
+//! metadata registers an earlier incarnation of it, [`Transport::rejoining`]), each of its
+//! replicas is **vote-restrained**: it grants no vote, follows no TimeoutNow and never
+//! campaigns (its election timer does not run), until it has (1) heard from a leader of
+//! its group, (2) caught up to the commit offset that leader announced in its first
+//! append, and (3) lived [`REJOIN_VOTE_WAIT`] since the broker started. After that it
+//! votes only in terms above the leader's it follows (Raft refuses a second vote in a
+//! term with a known leader). Why this is enough, nearly: a term in which the lost life
+//! voted had a candidate then; within the wait (two maximal election timeouts) that
+//! candidate either won — and the restrained replica learns that leader's term — or timed
+//! out into a later term, so a vote request of that old term can only come from a
+//! candidate that was stopped or cut off for the whole wait. That residual risk remains
+//! (Kafka's KIP-853 removes it with directory ids known to the quorum), as does the
+//! loss of entries the wiped replica had helped commit if a second replica fails before it
+//! caught up: a wiped disk counts as one failure. A brand-new cluster is not restrained:
+//! no peer knows the broker, so its first elections are as fast as ever.
+//!
 //! Fail-stop: if a write or sync fails, the directory goes offline for good (until a
 //! restart runs recovery): no group is advanced again, so nothing is acknowledged after
 //! the failure, and no later fsync is ever taken to cover the failed range (after a
@@ -39,6 +60,13 @@ use crate::transport::{Envelope, InboundBatch, Transport};
 
 /// Raft tick period (the core's election timeout is 10–20 ticks).
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// How long after start a replica on a wiped data directory of a rejoining broker waits
+/// before it may vote (see the module docs): two maximal election timeouts (2 × 20
+/// ticks), so any election of a term its lost life voted in has ended.
+pub const REJOIN_VOTE_WAIT: Duration = Duration::from_millis(
+    2 * 2 * rill_raft::config::ELECTION_TIMEOUT_TICKS_DEFAULT as u64 * TICK.as_millis() as u64,
+);
 
 /// Settings of one persist loop.
 #[derive(Debug, Clone)]
@@ -92,6 +120,10 @@ pub struct Engine {
     /// Where the groups' messages to peer replicas go (unset on a single node, whose
     /// groups have no peers).
     transport: OnceLock<Arc<Transport>>,
+    /// This start created the data directory's identity (see the module docs).
+    fresh_data_dir: AtomicBool,
+    /// When the engine started (the rejoin wait counts from here).
+    started: Instant,
 }
 
 impl std::fmt::Debug for Engine {
@@ -151,6 +183,8 @@ impl Engine {
             thread: Mutex::new(None),
             metrics,
             transport: OnceLock::new(),
+            fresh_data_dir: AtomicBool::new(false),
+            started: Instant::now(),
         });
         let weak = Arc::downgrade(&engine);
         let handle = std::thread::Builder::new()
@@ -228,6 +262,29 @@ impl Engine {
                 tracing::debug!(to, error = %e, "message not sent");
             }
         }
+    }
+
+    /// Marks the data directory as created by this start: its replicas' terms and votes
+    /// of any earlier life are lost (see the module docs).
+    pub fn mark_fresh_data_dir(&self) {
+        self.fresh_data_dir.store(true, Ordering::Release);
+    }
+
+    /// Whether this start created the data directory's identity.
+    pub(super) fn is_fresh_data_dir(&self) -> bool {
+        self.fresh_data_dir.load(Ordering::Acquire)
+    }
+
+    /// Whether replicas on this directory must hold back their votes: the directory is
+    /// fresh and the cluster knew this broker before (see the module docs).
+    pub(super) fn rejoining_fresh(&self) -> bool {
+        self.fresh_data_dir.load(Ordering::Acquire)
+            && self.transport.get().is_some_and(|t| t.rejoining())
+    }
+
+    /// How long the engine has run.
+    pub(super) fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The directory's shared journal (for partition truncation barriers).
@@ -648,6 +705,10 @@ impl Engine {
         for partition in ticking {
             let mut st = partition.state();
             if st.ready_out || partition.is_closed() {
+                continue;
+            }
+            if partition.vote_restrained(&mut st) {
+                // No election timer: it must not campaign (see the module docs).
                 continue;
             }
             st.raft.tick();

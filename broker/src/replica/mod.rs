@@ -121,6 +121,17 @@ pub struct ReplicaState {
     /// Messages from peers that arrived while the persist loop held the `Ready` (the
     /// core takes no input until it advances), stepped right after.
     inbox: VecDeque<rill_raft::Message>,
+    /// Opened on a fresh data directory: its votes may be held back while the broker
+    /// rejoins (`engine`'s module docs). `None` once released (or never fresh).
+    restraint: Option<VoteRestraint>,
+}
+
+/// A fresh replica's progress towards voting (see `engine`'s module docs).
+#[derive(Debug, Default, Clone, Copy)]
+struct VoteRestraint {
+    /// The commit offset the first leader's append announced: caught up once the
+    /// replica's own commit offset reaches it.
+    catch_up_offset: Option<u64>,
 }
 
 /// Most peer messages a replica holds while its `Ready` is being synced; more are
@@ -314,6 +325,7 @@ impl Partition {
                 ticking: true,
                 appended_since_reserve: 0,
                 inbox: VecDeque::new(),
+                restraint: engine.is_fresh_data_dir().then(VoteRestraint::default),
             }),
             status: watch::Sender::new(status),
             closed: AtomicBool::new(false),
@@ -336,6 +348,22 @@ impl Partition {
             return;
         }
         let mut st = self.state();
+        if self.vote_restrained(&mut st) {
+            match message.body {
+                // Granting either would be a vote this replica's lost life may have
+                // given to another candidate in the same term.
+                rill_raft::MessageBody::Vote { .. } | rill_raft::MessageBody::TimeoutNow => {
+                    tracing::debug!(topic = %self.topic, partition = self.index, from = message.from, term = message.term, "vote request ignored: rejoining on a fresh data directory");
+                    return;
+                }
+                rill_raft::MessageBody::Append { commit_offset, .. } => {
+                    if let Some(restraint) = st.restraint.as_mut() {
+                        restraint.catch_up_offset.get_or_insert(commit_offset);
+                    }
+                }
+                _ => {}
+            }
+        }
         if st.ready_out {
             if st.inbox.len() < INBOX_MESSAGES_MAX {
                 st.inbox.push_back(message);
@@ -348,6 +376,34 @@ impl Partition {
             tracing::debug!(topic = %self.topic, partition = self.index, error = %e, "message refused by the core");
         }
         self.after_input(&mut st);
+    }
+
+    /// Whether this replica holds back its votes now (see `engine`'s module docs);
+    /// releases it for good once it heard a leader, caught up and waited long enough.
+    fn vote_restrained(&self, st: &mut ReplicaState) -> bool {
+        let Some(restraint) = st.restraint else {
+            return false;
+        };
+        if !self.engine.rejoining_fresh() {
+            // Not (yet) known to be rejoining: a new cluster's fresh brokers vote at once.
+            return false;
+        }
+        let caught_up = st.raft.leader().is_some()
+            && restraint
+                .catch_up_offset
+                .is_some_and(|offset| st.raft.commit_offset() >= offset);
+        if caught_up && self.engine.uptime() >= engine::REJOIN_VOTE_WAIT {
+            st.restraint = None;
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.index,
+                term = st.raft.term(),
+                commit_offset = st.raft.commit_offset(),
+                "rejoined on a fresh data directory: caught up with the leader, votes again"
+            );
+            return false;
+        }
+        true
     }
 
     /// Locks the replica state. A poisoned lock means a panic inside storage or Raft;

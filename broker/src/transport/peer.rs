@@ -14,7 +14,10 @@ use tokio::sync::{watch, Notify};
 use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
-use super::codec::{self, Envelope, FrameDecoder, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
+use super::codec::{
+    self, Envelope, FrameDecoder, HandshakeReply, FRAME_HEADER_BYTES, HELLO_BYTES_MAX,
+    REFUSAL_BYTES_MAX,
+};
 use super::{lock, stopped, BrokerId, Shared, TransportError};
 use crate::replica::hard_state::ReplicaKey;
 
@@ -241,6 +244,7 @@ async fn run_peer(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watch::Rec
         };
         match connected {
             Ok(stream) => {
+                lock(&shared.duplicate_since).remove(&peer.broker_id);
                 if connected_before {
                     shared.counters.bump(&shared.counters.reconnects);
                 }
@@ -262,6 +266,10 @@ async fn run_peer(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watch::Rec
                         tracing::info!(%addr, %error, "inter-broker connection lost");
                     }
                 }
+            }
+            Err(TransportError::Refused { by, code, reason }) => {
+                shared.counters.bump(&shared.counters.connect_failures);
+                shared.refused_by(by, code, &reason);
             }
             Err(error) => {
                 shared.counters.bump(&shared.counters.connect_failures);
@@ -290,17 +298,29 @@ async fn connect(
         .await
         .map_err(|_| TransportError::Timeout { what: "connect" })??;
     stream.set_nodelay(true)?;
-    let hello = codec::encode_hello(&shared.hello());
+    let hello = codec::encode_hello(&shared.hello_for(expected_broker_id));
     stream.write_all(&hello).await?;
     let handshake_timeout = Duration::from_millis(config.handshake_timeout_ms);
     let reply = {
-        let mut frames = FramedRead::new(&mut stream, FrameDecoder::new(HELLO_BYTES_MAX));
+        let mut frames = FramedRead::new(
+            &mut stream,
+            FrameDecoder::new(HELLO_BYTES_MAX.max(REFUSAL_BYTES_MAX)),
+        );
         tokio::time::timeout(handshake_timeout, frames.next())
             .await
             .map_err(|_| TransportError::Timeout { what: "handshake" })?
             .ok_or(TransportError::ClosedDuringHandshake)??
     };
-    let reply = codec::decode_hello(reply.freeze())?;
+    let reply = match codec::decode_reply(reply.freeze())? {
+        HandshakeReply::Hello(hello) => hello,
+        HandshakeReply::Refused(refusal) => {
+            return Err(TransportError::Refused {
+                by: refusal.broker_id,
+                code: refusal.code,
+                reason: refusal.reason,
+            })
+        }
+    };
     super::check_hello(config, &reply)?;
     if reply.broker_id != expected_broker_id {
         return Err(TransportError::UnexpectedBroker {
@@ -308,6 +328,17 @@ async fn connect(
             found: reply.broker_id,
         });
     }
+    let incarnation = reply.registration.incarnation_id;
+    let replaced_by = lock(&shared.identities).replaced_by(reply.broker_id, incarnation);
+    if let Some(replaced_by) = replaced_by {
+        // A fenced process still holds the address: send it nothing.
+        return Err(TransportError::StalePeer {
+            broker: reply.broker_id,
+            incarnation,
+            replaced_by,
+        });
+    }
+    shared.note_known(reply.broker_id, reply.known_incarnation);
     Ok(stream)
 }
 
@@ -339,10 +370,27 @@ async fn write_loop(
             state.queue.take_batch(shared.config.frame_bytes_max)
         };
         if batch.is_empty() {
+            let keepalive_interval = Duration::from_millis(shared.config.keepalive_interval_ms);
             tokio::select! {
                 _ = stopped(shutdown) => return Ended::Stop,
                 _ = peer.queued.notified() => {}
                 _ = peer.reconfigured.notified() => {}
+                // Nothing to send for a while: an empty frame renews our session at the
+                // peer (see the module docs of `identity`).
+                _ = tokio::time::sleep(keepalive_interval) => {
+                    let mut frame = codec::encode_frame(shared.config.broker_id, &[]);
+                    let write_stall_timeout =
+                        Duration::from_millis(shared.config.write_stall_timeout_ms);
+                    let written = tokio::select! {
+                        _ = stopped(shutdown) => return Ended::Stop,
+                        written = tokio::time::timeout(write_stall_timeout, writer.write_all_buf(&mut frame)) => written,
+                    };
+                    match written {
+                        Ok(Ok(())) => counters.bump(&counters.keepalives_sent),
+                        Ok(Err(error)) => return Ended::Failed(error.into()),
+                        Err(_) => return Ended::Failed(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+                    }
+                }
                 read = reader.read(&mut probe) => {
                     return Ended::Failed(match read {
                         Ok(0) => TransportError::ClosedByPeer,

@@ -1,0 +1,446 @@
+//! Brokers that come back changed: a follower restarted on an empty data directory
+//! catches up; a follower kept down longer than the retention window, whose log ends
+//! before the leader's log start, is reset to that start and converges; a second process
+//! with a running broker's node id is refused (DUPLICATE_BROKER_REGISTRATION) and exits;
+//! a stopped broker replaced by a newer process with its id is fenced when it resumes
+//! (its handshakes refused, its Raft messages never delivered) and exits naming the
+//! conflict. Every test checks the history (no acknowledged record lost, no offset
+//! holding two records) and that the replicas' log files end byte-identical.
+
+mod cluster_common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cluster_common::*;
+use rill_client::{Admin, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
+use rill_tests::history::{replicas_identical, Duplicates, History};
+use rill_tests::RilldProcess;
+
+/// Bound on waiting for replicas to converge after a rejoin.
+const CONVERGE_MAX: Duration = Duration::from_secs(40);
+
+/// The partition directories of TOPIC's `partition` on `brokers`.
+fn partition_dirs(brokers: &[&RilldProcess], partition: i32) -> Vec<PathBuf> {
+    brokers
+        .iter()
+        .map(|b| b.data_dir().join(format!("{TOPIC}-{partition}")))
+        .collect()
+}
+
+/// Waits until every partition of TOPIC is byte-identical on `brokers` (running: the
+/// followers are catching up); returns how long it took.
+async fn wait_converged(brokers: &[&RilldProcess], logs: impl Fn() -> String) -> Duration {
+    let started = Instant::now();
+    loop {
+        let differences: Vec<String> = (0..PARTITIONS)
+            .filter_map(|p| replicas_identical(&partition_dirs(brokers, p)).err())
+            .collect();
+        if differences.is_empty() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < CONVERGE_MAX,
+            "replicas did not converge within {CONVERGE_MAX:?}: {differences:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The broker id of a broker that does not lead partition 0 (a follower of it).
+async fn follower_of_partition_0(cluster: &Cluster) -> i32 {
+    let leader = wait_leader(cluster, 0).await;
+    if leader == 3 {
+        2
+    } else {
+        3
+    }
+}
+
+/// Creates TOPIC (RF=3) with topic `configs`.
+async fn create_topic_with(cluster: &Cluster, configs: &[(&str, &str)]) {
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    let configs: BTreeMap<String, String> = configs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            configs,
+            ..NewTopic::new(TOPIC, PARTITIONS)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+}
+
+/// Produces `count` acks=all records of `value_bytes` bytes each (to partitions in
+/// turn) and returns every outcome.
+async fn produce_padded(
+    producer: &Producer,
+    phase: &str,
+    count: usize,
+    value_bytes: usize,
+) -> Outcomes {
+    let mut pending = Vec::new();
+    let mut out = Vec::new();
+    for n in 0..count {
+        let mut value = format!("{phase}-{n}-").into_bytes();
+        value.resize(value_bytes.max(value.len()), b'.');
+        let value = Bytes::from(value);
+        let record =
+            ProducerRecord::new(TOPIC, value.clone()).with_partition(n as i32 % PARTITIONS);
+        match producer.send(record).await {
+            Ok(delivery) => pending.push((value, delivery)),
+            Err(_) => out.push((value, None)),
+        }
+    }
+    for (value, delivery) in pending {
+        out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
+    }
+    out
+}
+
+/// The log start offset of a partition directory: its first segment's base offset
+/// (retention and resets remove whole segments).
+fn log_start(dir: &Path) -> Option<i64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse::<i64>().ok()
+        })
+        .min()
+}
+
+/// A follower of partition 0 is SIGKILLed, its data directory deleted, and it restarts:
+/// it rejoins as the same node id with a new incarnation, recreates its metadata
+/// replica and its partition replicas from the controller's log, holds back its votes
+/// until it caught up (it was known to the cluster), and ends byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_on_an_empty_data_directory_catches_up() {
+    let mut cluster = Cluster::start();
+    wait_registered(&cluster, 3).await;
+    create_replicated_topic(&cluster).await;
+    let mut history = History::default();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "before", 400).await;
+
+    let wiped = follower_of_partition_0(&cluster).await;
+    let broker = &mut cluster.brokers[(wiped - 1) as usize];
+    broker.kill();
+    std::fs::remove_dir_all(broker.data_dir()).expect("wipe the data directory");
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "down", 400).await;
+    cluster.brokers[(wiped - 1) as usize].restart();
+    let restarted_at = Instant::now();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "after", 400).await;
+
+    let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
+    let converged = wait_converged(&brokers, || cluster.logs()).await;
+    let log = cluster.brokers[(wiped - 1) as usize].log();
+    assert!(
+        log.contains("rejoining"),
+        "the wiped broker never learned it was known to the cluster\n{log}"
+    );
+    println!(
+        "broker {wiped} wiped and restarted: replicas identical {:.2} s after the restart \
+         ({:.2} s of it after the last produce)",
+        restarted_at.elapsed().as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    // It is a full member again: its votes are released once it caught up and waited.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.brokers[(wiped - 1) as usize]
+        .log()
+        .contains("votes again")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined replicas never released their votes\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    read_back(&cluster, &mut history).await;
+    let report = history.check(Duplicates::Allowed);
+    println!("{report}");
+    report.assert_ok();
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+    assert_replicas_identical(&cluster);
+}
+
+/// With 1 MiB segments, retention.bytes of 2 MiB and retention.ms of 4 s, a follower of
+/// partition 0 is SIGKILLed and stays down longer than the retention window while the
+/// leader produces several segments: the leader's log start moves past the follower's
+/// log end. Restarted, the follower is reset to the leader's log start (its log says
+/// so) and converges; nothing acknowledged at or after the log start is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
+    const SEGMENT_BYTES: &str = "1048576";
+    const VALUE_BYTES: usize = 4096;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let voters = voters_text(&ports);
+    let mut cluster = Cluster::start_with(
+        &ports,
+        &[voters.clone(), voters.clone(), voters],
+        &["--retention-check-interval-ms", "200"],
+    );
+    wait_registered(&cluster, 3).await;
+    create_topic_with(
+        &cluster,
+        &[
+            ("segment.bytes", SEGMENT_BYTES),
+            ("retention.bytes", "2097152"),
+            ("retention.ms", "4000"),
+        ],
+    )
+    .await;
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    let mut outcomes = produce_padded(&producer, "before", 200, VALUE_BYTES).await;
+    let follower_end = outcomes
+        .iter()
+        .filter_map(|(_, o)| o.filter(|(p, _)| *p == 0).map(|(_, offset)| offset + 1))
+        .max()
+        .expect("records acknowledged in partition 0");
+
+    let down = follower_of_partition_0(&cluster).await;
+    cluster.brokers[(down - 1) as usize].kill();
+    let killed_at = Instant::now();
+    // 8 MiB over both partitions: about 4 segments of partition 0, most of them
+    // deleted by retention.bytes, the rest once they are older than retention.ms.
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    outcomes.extend(produce_padded(&producer, "down", 2000, VALUE_BYTES).await);
+    let leader = wait_leader(&cluster, 0).await;
+    let leader_dir = partition_dirs(&[cluster.broker(leader)], 0).remove(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader_start = loop {
+        let start = log_start(&leader_dir).unwrap_or(0);
+        if start > follower_end {
+            break start;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention never moved the leader's log start ({start}) past the follower's \
+             end ({follower_end})\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "broker {down} down for {:.1} s; leader {leader}'s log start {leader_start} > the \
+         follower's end {follower_end}",
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    cluster.brokers[(down - 1) as usize].restart();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    outcomes.extend(produce_padded(&producer, "after", 200, VALUE_BYTES).await);
+    let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
+    let converged = wait_converged(&brokers, || cluster.logs()).await;
+    let log = cluster.brokers[(down - 1) as usize].log();
+    assert!(
+        log.contains("log reset to the leader's log start"),
+        "the follower was never reset\n{log}"
+    );
+    println!(
+        "replicas identical {:.2} s after the last produce",
+        converged.as_secs_f64()
+    );
+
+    // Records below each partition's log start are gone by retention, as configured;
+    // every acknowledged record at or after it must be there.
+    let starts: BTreeMap<i32, i64> = (0..PARTITIONS)
+        .map(|p| {
+            let dir = partition_dirs(&[cluster.broker(leader)], p).remove(0);
+            (p, log_start(&dir).unwrap_or(0))
+        })
+        .collect();
+    let mut history = History::default();
+    let kept: Outcomes = outcomes
+        .into_iter()
+        .filter(|(_, o)| o.is_none_or(|(p, offset)| offset >= starts[&p]))
+        .collect();
+    let acked = record_outcomes(&mut history, kept);
+    read_back(&cluster, &mut history).await;
+    let report = history.check(Duplicates::Allowed);
+    println!("{acked} acknowledged records at or after the log starts {starts:?}\n{report}");
+    report.assert_ok();
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+    assert_replicas_identical(&cluster);
+}
+
+/// A TCP relay whose upstream can be switched: broker 3's address in everyone's
+/// `controller_voters`, so a replacement process on another port can take the place of
+/// a stopped one (as a replacement machine would take over its address).
+struct Relay {
+    listen_addr: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind relay");
+        let listen_addr = listener.local_addr().expect("relay addr");
+        let upstream = Arc::new(Mutex::new(upstream));
+        let current = Arc::clone(&upstream);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = *current.lock().expect("relay lock");
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay {
+            listen_addr,
+            upstream,
+            task,
+        }
+    }
+
+    /// New connections go to `upstream` (open ones stay where they are).
+    fn switch(&self, upstream: SocketAddr) {
+        *self.upstream.lock().expect("relay lock") = upstream;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Broker 3 is reached through a relay. (1) A second process started with node id 3
+/// (its own data directory and port) while broker 3 runs is refused by its peers as a
+/// duplicate and exits with an error naming the id. (2) Broker 3 is SIGSTOPped (a
+/// zombie); a replacement process with node id 3 starts on an empty data directory,
+/// the relay sends broker 3's traffic to it, and once the zombie's session timed out
+/// the controller registers the replacement and every broker fences the zombie. The
+/// replacement catches up. SIGCONT: the zombie's handshakes are refused as a stale
+/// incarnation and it exits with an error naming the incarnation that replaced it.
+/// acks=all produces run throughout: nothing acknowledged is lost, replicas of 1, 2 and
+/// the replacement end byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_node_id_is_refused_and_a_stale_incarnation_is_fenced() {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let relay = Relay::start(format!("127.0.0.1:{}", ports[2]).parse().expect("addr")).await;
+    let voters = format!(
+        "1@127.0.0.1:{},2@127.0.0.1:{},3@{}",
+        ports[0], ports[1], relay.listen_addr
+    );
+    let mut cluster = Cluster::start_with(
+        &ports,
+        &[voters.clone(), voters.clone(), voters.clone()],
+        &[],
+    );
+    wait_registered(&cluster, 3).await;
+    create_replicated_topic(&cluster).await;
+    let mut history = History::default();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "before", 300).await;
+
+    // (1) A duplicate of the running broker 3.
+    let duplicate_port = free_port().to_string();
+    let started = Instant::now();
+    let mut duplicate = RilldProcess::start_with(&[
+        "--node-id",
+        "3",
+        "--controller-voters",
+        &voters,
+        "--inter-broker-listen",
+        &format!("127.0.0.1:{duplicate_port}"),
+    ]);
+    let status = duplicate
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the duplicate kept running\n{}", duplicate.log()));
+    let log = duplicate.log();
+    assert!(!status.success(), "the duplicate exited with {status}");
+    assert!(
+        log.contains("DUPLICATE_BROKER_REGISTRATION") && log.contains("node_id 3"),
+        "{log}"
+    );
+    println!(
+        "duplicate of broker 3 refused, exited after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    produce(&producer, &mut history, 0, "after-duplicate", 300).await;
+
+    // (2) Broker 3 stops; a replacement takes its id (and, through the relay, its
+    // address) on an empty data directory.
+    let live = produce_for(
+        Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer"),
+        1,
+        Duration::from_secs(4),
+    );
+    cluster.broker(3).send_signal("-STOP");
+    let stopped_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let replacement_port = free_port();
+    let replacement = RilldProcess::start_with(&[
+        "--node-id",
+        "3",
+        "--controller-voters",
+        &voters,
+        "--inter-broker-listen",
+        &format!("127.0.0.1:{replacement_port}"),
+    ]);
+    relay.switch(
+        format!("127.0.0.1:{replacement_port}")
+            .parse()
+            .expect("addr"),
+    );
+    let mut zombie = std::mem::replace(&mut cluster.brokers[2], replacement);
+    record_outcomes(&mut history, live.await.expect("producer task"));
+    let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
+    wait_converged(&brokers, || {
+        format!("{}===== zombie =====\n{}", cluster.logs(), zombie.log())
+    })
+    .await;
+    println!(
+        "replacement of broker 3 caught up {:.1} s after broker 3 was stopped",
+        stopped_at.elapsed().as_secs_f64()
+    );
+
+    // The zombie resumes: fenced, it exits and says why.
+    zombie.send_signal("-CONT");
+    let status = zombie
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the zombie kept running\n{}", zombie.log()));
+    let log = zombie.log();
+    assert!(!status.success(), "the zombie exited with {status}");
+    assert!(
+        log.contains("fenced") && log.contains("node_id 3") && log.contains("replac"),
+        "{log}"
+    );
+    println!("zombie broker 3 fenced after SIGCONT, exited with {status}");
+
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 2, "after-zombie", 300).await;
+    read_back(&cluster, &mut history).await;
+    let report = history.check(Duplicates::Allowed);
+    println!("{report}");
+    report.assert_ok();
+    let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
+    wait_converged(&brokers, || cluster.logs()).await;
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+    assert_replicas_identical(&cluster);
+}

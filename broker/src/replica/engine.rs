@@ -204,11 +204,12 @@ impl Engine {
         transport: Arc<Transport>,
         mut inbound: tokio::sync::mpsc::Receiver<InboundBatch>,
     ) -> Result<(), BrokerError> {
-        if self.transport.set(transport).is_err() {
+        if self.transport.set(Arc::clone(&transport)).is_err() {
             return Err(BrokerError::Storage(
                 "the engine is connected already".into(),
             ));
         }
+        self.watch_restarts(&transport);
         let engine = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("rill-inbound".into())
@@ -222,6 +223,50 @@ impl Engine {
             })
             .map_err(|e| BrokerError::Storage(format!("cannot start the inbound thread: {e}")))?;
         Ok(())
+    }
+
+    /// Watches the peers' handshakes: a peer's new incarnation may have lost its disk,
+    /// so every group this broker leads forgets what that peer acknowledged
+    /// ([`Partition::peer_restarted`]). Runs on the current tokio runtime.
+    fn watch_restarts(self: &Arc<Self>, transport: &Arc<Transport>) {
+        let mut changed = transport.registrations_changed();
+        let mut known: HashMap<i32, uuid::Uuid> = transport
+            .peer_registrations()
+            .into_iter()
+            .map(|(id, info)| (id, info.incarnation_id))
+            .collect();
+        let engine = Arc::downgrade(self);
+        let transport = Arc::downgrade(transport);
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                let (Some(engine), Some(transport)) = (engine.upgrade(), transport.upgrade())
+                else {
+                    return;
+                };
+                let restarted: Vec<i32> = transport
+                    .peer_registrations()
+                    .into_iter()
+                    .filter(|(peer, info)| {
+                        let previous = known.insert(*peer, info.incarnation_id);
+                        previous.is_some_and(|old| old != info.incarnation_id)
+                    })
+                    .map(|(peer, _)| peer)
+                    .collect();
+                if restarted.is_empty() {
+                    continue;
+                }
+                // Stepping a core may write a new leader's entry: file I/O, off the
+                // runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for partition in engine.live_replicas() {
+                        for &peer in &restarted {
+                            partition.peer_restarted(peer);
+                        }
+                    }
+                })
+                .await;
+            }
+        });
     }
 
     /// Hands each received message to its group's replica; messages for groups this
@@ -559,6 +604,7 @@ impl Engine {
             st.raft.advance(durable);
             st.ready_out = false;
             st.in_round = false;
+            st.forget_restarted_peers();
             // What peers sent while the `Ready` was out.
             while let Some(message) = st.inbox.pop_front() {
                 if let Err(e) = st.raft.step(message) {

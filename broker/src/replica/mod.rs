@@ -124,6 +124,9 @@ pub struct ReplicaState {
     /// Opened on a fresh data directory: its votes may be held back while the broker
     /// rejoins (`engine`'s module docs). `None` once released (or never fresh).
     restraint: Option<VoteRestraint>,
+    /// Peer replicas whose broker restarted, for the core to forget their match
+    /// (`Raft::forget_follower_match`) once it takes input again.
+    restarted_peers: Vec<rill_raft::NodeId>,
 }
 
 /// A fresh replica's progress towards voting (see `engine`'s module docs).
@@ -147,6 +150,13 @@ impl ReplicaState {
     /// The Raft group (tests, admin).
     pub fn raft(&self) -> &Raft<PartitionStore> {
         &self.raft
+    }
+
+    /// Hands the core the restarted peers noted while it could take no input.
+    fn forget_restarted_peers(&mut self) {
+        for node in std::mem::take(&mut self.restarted_peers) {
+            self.raft.forget_follower_match(node);
+        }
     }
 
     /// Writes the entries the core created that storage does not have yet (a new
@@ -326,6 +336,7 @@ impl Partition {
                 appended_since_reserve: 0,
                 inbox: VecDeque::new(),
                 restraint: engine.is_fresh_data_dir().then(VoteRestraint::default),
+                restarted_peers: Vec::new(),
             }),
             status: watch::Sender::new(status),
             closed: AtomicBool::new(false),
@@ -376,6 +387,21 @@ impl Partition {
             tracing::debug!(topic = %self.topic, partition = self.index, error = %e, "message refused by the core");
         }
         self.after_input(&mut st);
+    }
+
+    /// The broker `peer` restarted (a new incarnation): if this replica leads, it
+    /// forgets what that broker's replica acknowledged and probes it again, since a
+    /// restart may come with an empty data directory (`Raft::forget_follower_match`).
+    pub fn peer_restarted(&self, peer: i32) {
+        if self.is_closed() {
+            return;
+        }
+        let mut st = self.state();
+        st.restarted_peers.push(store::raft_node_id(peer));
+        if !st.ready_out {
+            st.forget_restarted_peers();
+            self.after_input(&mut st);
+        }
     }
 
     /// Whether this replica holds back its votes now (see `engine`'s module docs);

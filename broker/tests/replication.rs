@@ -117,6 +117,16 @@ impl Node {
     }
 }
 
+/// Starts one broker of [`BROKERS`] on each directory and connects them all.
+async fn start_all(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for (id, dir) in BROKERS.iter().zip(dirs) {
+        nodes.push(Node::start(*id, dir.path(), 0).await);
+    }
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+    nodes
+}
+
 /// Tells every node where the others listen.
 fn connect_all(nodes: &[&Node]) {
     let peers: HashMap<i32, SocketAddr> = nodes
@@ -227,11 +237,7 @@ async fn three_replicas_elect_one_leader_replicate_and_survive_its_loss() {
         .iter()
         .map(|_| tempfile::tempdir().unwrap())
         .collect();
-    let mut nodes = Vec::new();
-    for (id, dir) in BROKERS.iter().zip(&dirs) {
-        nodes.push(Node::start(*id, dir.path(), 0).await);
-    }
-    connect_all(&nodes.iter().collect::<Vec<_>>());
+    let mut nodes = start_all(&dirs).await;
 
     let first_leader = leader(&nodes.iter().collect::<Vec<_>>()).await;
     let first_term = first_leader.partition.status().term;
@@ -289,11 +295,7 @@ async fn a_replica_on_a_wiped_directory_votes_only_after_catching_up() {
         .iter()
         .map(|_| tempfile::tempdir().unwrap())
         .collect();
-    let mut nodes = Vec::new();
-    for (id, dir) in BROKERS.iter().zip(&dirs) {
-        nodes.push(Node::start(*id, dir.path(), 0).await);
-    }
-    connect_all(&nodes.iter().collect::<Vec<_>>());
+    let mut nodes = start_all(&dirs).await;
     let first_leader = leader(&nodes.iter().collect::<Vec<_>>()).await.id;
     let acked = produce(leader(&nodes.iter().collect::<Vec<_>>()).await, 0, 50).await;
     let end = acked.last().unwrap() + 1;

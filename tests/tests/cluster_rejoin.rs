@@ -53,6 +53,18 @@ async fn wait_converged(brokers: &[&RilldProcess], logs: impl Fn() -> String) ->
     }
 }
 
+/// Checks the history (nothing acknowledged lost, no offset reused), stops every
+/// broker and checks their replica files are byte-identical.
+fn check_and_stop(cluster: &mut Cluster, history: &History, context: &str) {
+    let report = history.check(Duplicates::Allowed);
+    println!("{context}\n{report}");
+    report.assert_ok();
+    for broker in &mut cluster.brokers {
+        broker.stop();
+    }
+    assert_replicas_identical(cluster);
+}
+
 /// The broker id of a broker that does not lead partition 0 (a follower of it).
 async fn follower_of_partition_0(cluster: &Cluster) -> i32 {
     let leader = wait_leader(cluster, 0).await;
@@ -171,13 +183,7 @@ async fn a_follower_restarted_on_an_empty_data_directory_catches_up() {
     }
 
     read_back(&cluster, &mut history).await;
-    let report = history.check(Duplicates::Allowed);
-    println!("{report}");
-    report.assert_ok();
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
-    assert_replicas_identical(&cluster);
+    check_and_stop(&mut cluster, &history, "");
 }
 
 /// With 1 MiB segments, retention.bytes of 2 MiB and retention.ms of 2 s, a follower of
@@ -295,13 +301,8 @@ async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
         );
     }
     history.record_reads(&reads);
-    let report = history.check(Duplicates::Allowed);
-    println!("{acked} acknowledged records at or after the log starts {starts:?}\n{report}");
-    report.assert_ok();
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
-    assert_replicas_identical(&cluster);
+    let context = format!("{acked} acknowledged records at or after the log starts {starts:?}");
+    check_and_stop(&mut cluster, &history, &context);
 }
 
 /// A TCP relay whose upstream can be switched: broker 3's address in everyone's
@@ -350,6 +351,38 @@ impl Drop for Relay {
     }
 }
 
+/// Starts another process with node id 3 on its own (empty) data directory, listening
+/// for peers on `inter_broker_port`.
+fn start_broker_3(voters: &str, inter_broker_port: u16) -> RilldProcess {
+    RilldProcess::start_with(&[
+        "--node-id",
+        "3",
+        "--controller-voters",
+        voters,
+        "--inter-broker-listen",
+        &format!("127.0.0.1:{inter_broker_port}"),
+    ])
+}
+
+/// Waits (30 s at most) for `process` to exit on its own with a failure whose log
+/// holds every one of `needles`; returns its status.
+fn assert_exits_saying(
+    process: &mut RilldProcess,
+    what: &str,
+    needles: &[&str],
+) -> std::process::ExitStatus {
+    let status = process
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{what} kept running\n{}", process.log()));
+    let log = process.log();
+    assert!(!status.success(), "{what} exited with {status}");
+    assert!(
+        needles.iter().all(|n| log.contains(n)),
+        "{what}'s log lacks one of {needles:?}:\n{log}"
+    );
+    status
+}
+
 /// Broker 3 is reached through a relay. (1) A second process started with node id 3
 /// (its own data directory and port) while broker 3 runs is refused by its peers as a
 /// duplicate and exits with an error naming the id. (2) Broker 3 is SIGSTOPped (a
@@ -380,24 +413,12 @@ async fn a_duplicate_node_id_is_refused_and_a_stale_incarnation_is_fenced() {
     produce(&producer, &mut history, 0, "before", 300).await;
 
     // (1) A duplicate of the running broker 3.
-    let duplicate_port = free_port().to_string();
     let started = Instant::now();
-    let mut duplicate = RilldProcess::start_with(&[
-        "--node-id",
-        "3",
-        "--controller-voters",
-        &voters,
-        "--inter-broker-listen",
-        &format!("127.0.0.1:{duplicate_port}"),
-    ]);
-    let status = duplicate
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the duplicate kept running\n{}", duplicate.log()));
-    let log = duplicate.log();
-    assert!(!status.success(), "the duplicate exited with {status}");
-    assert!(
-        log.contains("DUPLICATE_BROKER_REGISTRATION") && log.contains("node_id 3"),
-        "{log}"
+    let mut duplicate = start_broker_3(&voters, free_port());
+    assert_exits_saying(
+        &mut duplicate,
+        "the duplicate",
+        &["DUPLICATE_BROKER_REGISTRATION", "node_id 3"],
     );
     println!(
         "duplicate of broker 3 refused, exited after {:.1} s",
@@ -416,14 +437,7 @@ async fn a_duplicate_node_id_is_refused_and_a_stale_incarnation_is_fenced() {
     let stopped_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let replacement_port = free_port();
-    let replacement = RilldProcess::start_with(&[
-        "--node-id",
-        "3",
-        "--controller-voters",
-        &voters,
-        "--inter-broker-listen",
-        &format!("127.0.0.1:{replacement_port}"),
-    ]);
+    let replacement = start_broker_3(&voters, replacement_port);
     relay.switch(
         format!("127.0.0.1:{replacement_port}")
             .parse()
@@ -443,27 +457,17 @@ async fn a_duplicate_node_id_is_refused_and_a_stale_incarnation_is_fenced() {
 
     // The zombie resumes: fenced, it exits and says why.
     zombie.send_signal("-CONT");
-    let status = zombie
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the zombie kept running\n{}", zombie.log()));
-    let log = zombie.log();
-    assert!(!status.success(), "the zombie exited with {status}");
-    assert!(
-        log.contains("fenced") && log.contains("node_id 3") && log.contains("replac"),
-        "{log}"
+    let status = assert_exits_saying(
+        &mut zombie,
+        "the zombie",
+        &["fenced", "node_id 3", "replaced"],
     );
     println!("zombie broker 3 fenced after SIGCONT, exited with {status}");
 
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
     produce(&producer, &mut history, 2, "after-zombie", 300).await;
     read_back(&cluster, &mut history).await;
-    let report = history.check(Duplicates::Allowed);
-    println!("{report}");
-    report.assert_ok();
     let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
     wait_converged(&brokers, || cluster.logs()).await;
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
-    assert_replicas_identical(&cluster);
+    check_and_stop(&mut cluster, &history, "");
 }

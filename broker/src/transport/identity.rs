@@ -95,6 +95,21 @@ impl Identities {
         now.saturating_duration_since(session.last_heard) < self.session_timeout
     }
 
+    /// Refuses an incarnation the metadata replaced (rule 1 of the module docs).
+    fn check_not_replaced(&self, broker: BrokerId, incarnation: Uuid) -> Result<(), Refused> {
+        match self.replaced_by(broker, incarnation) {
+            None => Ok(()),
+            Some(newer) => Err((
+                RefusalCode::StaleIncarnation,
+                format!(
+                    "broker {broker}'s incarnation {incarnation} was replaced by incarnation \
+                     {newer} in the cluster metadata: this process is fenced and must stop \
+                     (a newer process with node_id {broker} took over)"
+                ),
+            )),
+        }
+    }
+
     /// Decides on a handshake from `incarnation` of `broker` (rules 1 and 2 of the module
     /// docs); an admitted one opens a connection of its session.
     pub(crate) fn admit(
@@ -103,16 +118,7 @@ impl Identities {
         incarnation: Uuid,
         now: Instant,
     ) -> Result<(), Refused> {
-        if let Some(newer) = self.replaced_by(broker, incarnation) {
-            return Err((
-                RefusalCode::StaleIncarnation,
-                format!(
-                    "broker {broker}'s incarnation {incarnation} was replaced by incarnation \
-                     {newer} in the cluster metadata: this process is fenced and must stop \
-                     (a newer process with node_id {broker} took over)"
-                ),
-            ));
-        }
+        self.check_not_replaced(broker, incarnation)?;
         if self.registered(broker) != Some(incarnation) {
             let live_other = self.sessions.iter().find(|((b, i), s)| {
                 *b == broker && *i != incarnation && s.open_connections > 0 && self.fresh(s, now)
@@ -152,15 +158,7 @@ impl Identities {
         incarnation: Uuid,
         now: Instant,
     ) -> Result<(), Refused> {
-        if let Some(newer) = self.replaced_by(broker, incarnation) {
-            return Err((
-                RefusalCode::StaleIncarnation,
-                format!(
-                    "broker {broker}'s incarnation {incarnation} was replaced by incarnation \
-                     {newer}: its connection is closed"
-                ),
-            ));
-        }
+        self.check_not_replaced(broker, incarnation)?;
         if let Some(session) = self.sessions.get_mut(&(broker, incarnation)) {
             session.last_heard = now;
         }

@@ -853,6 +853,17 @@ fn quick_sessions(broker_id: BrokerId) -> TransportConfig {
     config
 }
 
+/// Waits until `transport` reports itself fenced; returns the reason.
+async fn fenced_reason(transport: &Transport) -> String {
+    let mut fenced = transport.fenced();
+    let reason = tokio::time::timeout(WAIT, fenced.wait_for(Option::is_some))
+        .await
+        .expect("fenced in time")
+        .expect("watch alive")
+        .clone();
+    reason.expect("a reason")
+}
+
 #[tokio::test]
 async fn a_second_process_with_a_live_brokers_id_is_refused_and_told_why() {
     let nodes = mesh_of(vec![quick_sessions(0), quick_sessions(1)]).await;
@@ -866,14 +877,8 @@ async fn a_second_process_with_a_live_brokers_id_is_refused_and_told_why() {
     // Another process claims id 1 while the first keeps its session alive (keepalives
     // flow although no message is sent).
     let (duplicate, _rx) = start_with(quick_sessions(1)).await;
-    let mut fenced = duplicate.fenced();
     duplicate.set_peers(HashMap::from([(0, addr_0)]));
-    let reason = tokio::time::timeout(WAIT, fenced.wait_for(Option::is_some))
-        .await
-        .expect("the duplicate gives up")
-        .expect("watch alive")
-        .clone()
-        .expect("a reason");
+    let reason = fenced_reason(&duplicate).await;
     assert!(
         reason.contains("DUPLICATE_BROKER_REGISTRATION") && reason.contains("node_id 1"),
         "{reason}"
@@ -903,14 +908,8 @@ async fn a_replaced_incarnation_is_fenced_and_its_frames_are_not_delivered() {
     newer.set_peers(HashMap::from([(0, addr_0)]));
     // The old process's connection closes; it reconnects, is refused as stale and
     // reports itself fenced, naming both incarnations.
-    let mut fenced = nodes[1].0.fenced();
     let _ = nodes[1].0.send(0, append(1, 0, 0, 1));
-    let reason = tokio::time::timeout(WAIT, fenced.wait_for(Option::is_some))
-        .await
-        .expect("the old incarnation learns it is fenced")
-        .expect("watch alive")
-        .clone()
-        .expect("a reason");
+    let reason = fenced_reason(&nodes[1].0).await;
     assert!(
         reason.contains(&old.to_string()) && reason.contains(&new.to_string()),
         "{reason}"

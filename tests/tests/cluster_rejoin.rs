@@ -92,13 +92,14 @@ async fn create_topic_with(cluster: &Cluster, configs: &[(&str, &str)]) {
         .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
 }
 
-/// Produces `count` acks=all records of `value_bytes` bytes each (to partitions in
-/// turn) and returns every outcome.
+/// Produces `count` acks=all records of `value_bytes` bytes each (to `partition`, or to
+/// every partition in turn) and returns every outcome.
 async fn produce_padded(
     producer: &Producer,
     phase: &str,
     count: usize,
     value_bytes: usize,
+    partition: Option<i32>,
 ) -> Outcomes {
     let mut pending = Vec::new();
     let mut out = Vec::new();
@@ -106,8 +107,8 @@ async fn produce_padded(
         let mut value = format!("{phase}-{n}-").into_bytes();
         value.resize(value_bytes.max(value.len()), b'.');
         let value = Bytes::from(value);
-        let record =
-            ProducerRecord::new(TOPIC, value.clone()).with_partition(n as i32 % PARTITIONS);
+        let partition = partition.unwrap_or(n as i32 % PARTITIONS);
+        let record = ProducerRecord::new(TOPIC, value.clone()).with_partition(partition);
         match producer.send(record).await {
             Ok(delivery) => pending.push((value, delivery)),
             Err(_) => out.push((value, None)),
@@ -188,13 +189,16 @@ async fn a_follower_restarted_on_an_empty_data_directory_catches_up() {
 
 /// With 1 MiB segments, retention.bytes of 2 MiB and retention.ms of 2 s, a follower of
 /// partition 0 is SIGKILLed and stays down longer than the retention window while the
-/// leader produces several segments: the leader's log start moves past the follower's
-/// log end. Restarted, the follower is reset to the leader's log start (its log says
+/// leader produces 20 segments: the live replicas' log start moves past the follower's
+/// log end (and past what the leader had in flight to it). Restarted, the follower is reset to the leader's log start (its log says
 /// so) and converges; nothing acknowledged at or after the log start is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
     const SEGMENT_BYTES: &str = "1048576";
     const RETENTION_MS: &str = "2000";
+    /// The leader's in-flight bytes per follower (`rill_raft`'s default
+    /// `inflight_bytes_max`).
+    const LEADER_WINDOW_BYTES: usize = 8 << 20;
     const VALUE_BYTES: usize = 4096;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let voters = voters_text(&ports);
@@ -214,7 +218,7 @@ async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
     )
     .await;
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
-    let mut outcomes = produce_padded(&producer, "before", 200, VALUE_BYTES).await;
+    let mut outcomes = produce_padded(&producer, "before", 200, VALUE_BYTES, None).await;
     let follower_end = outcomes
         .iter()
         .filter_map(|(_, o)| o.filter(|(p, _)| *p == 0).map(|(_, offset)| offset + 1))
@@ -224,35 +228,46 @@ async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
     let down = follower_of_partition_0(&cluster).await;
     cluster.brokers[(down - 1) as usize].kill();
     let killed_at = Instant::now();
-    // 8 MiB over both partitions: about 4 segments of partition 0, most of them
-    // deleted by retention.bytes, the rest once they are older than retention.ms.
+    // 20 MiB into partition 0, far more than the leader's in-flight window: the
+    // leader pipelines up to that window of appends to the dead follower, and they wait
+    // in its transport queue until the follower is back (they still match its log), so
+    // the follower is behind the log start only if it missed more than the window.
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
-    outcomes.extend(produce_padded(&producer, "down", 2000, VALUE_BYTES).await);
-    let leader = wait_leader(&cluster, 0).await;
-    let leader_dir = partition_dirs(&[cluster.broker(leader)], 0).remove(0);
+    outcomes.extend(produce_padded(&producer, "down", 5000, VALUE_BYTES, Some(0)).await);
+    let window_offsets = (LEADER_WINDOW_BYTES / VALUE_BYTES) as i64;
+    // Both live replicas (whichever leads when the follower returns) must have moved
+    // their log start past the follower's end.
+    let live_dirs: Vec<PathBuf> = (1..=3)
+        .filter(|&id| id != down)
+        .map(|id| partition_dirs(&[cluster.broker(id)], 0).remove(0))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let leader_start = loop {
-        let start = log_start(&leader_dir).unwrap_or(0);
-        if start > follower_end {
+    let live_start = loop {
+        let start = live_dirs
+            .iter()
+            .map(|dir| log_start(dir).unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        if start > follower_end + 2 * window_offsets {
             break start;
         }
         assert!(
             Instant::now() < deadline,
-            "retention never moved the leader's log start ({start}) past the follower's \
-             end ({follower_end})\n{}",
+            "retention never moved the live replicas' log start ({start}) past the \
+             follower's end ({follower_end}) and the leader's window\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!(
-        "broker {down} down for {:.1} s; leader {leader}'s log start {leader_start} > the \
+        "broker {down} down for {:.1} s; the live replicas' log start {live_start} > the \
          follower's end {follower_end}",
         killed_at.elapsed().as_secs_f64()
     );
 
     cluster.brokers[(down - 1) as usize].restart();
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
-    outcomes.extend(produce_padded(&producer, "after", 200, VALUE_BYTES).await);
+    outcomes.extend(produce_padded(&producer, "after", 200, VALUE_BYTES, None).await);
     let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
     let converged = wait_converged(&brokers, || cluster.logs()).await;
     let log = cluster.brokers[(down - 1) as usize].log();
@@ -274,7 +289,7 @@ async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
     // every acknowledged record at or after it must be there.
     let starts: BTreeMap<i32, i64> = (0..PARTITIONS)
         .map(|p| {
-            let dir = partition_dirs(&[cluster.broker(leader)], p).remove(0);
+            let dir = partition_dirs(&[cluster.broker(down)], p).remove(0);
             (p, log_start(&dir).unwrap_or(0))
         })
         .collect();

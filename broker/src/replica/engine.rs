@@ -35,8 +35,15 @@
 //! candidate that was stopped or cut off for the whole wait. That residual risk remains
 //! (Kafka's KIP-853 removes it with directory ids known to the quorum), as does the
 //! loss of entries the wiped replica had helped commit if a second replica fails before it
-//! caught up: a wiped disk counts as one failure. A brand-new cluster is not restrained:
+//! caught up: a wiped disk counts as one failure. For the same reason a group that lost
+//! its leader while another of its replicas is down cannot elect one with the wiped
+//! replica's vote: it waits for that replica to return (availability yields to safety,
+//! as Raft does with two of three replicas gone). A brand-new cluster is not restrained:
 //! no peer knows the broker, so its first elections are as fast as ever.
+//!
+//! A leader also forgets what a restarted peer acknowledged ([`Partition::peer_restarted`]
+//! when a handshake announces a new incarnation): a wiped follower's log is shorter than
+//! its old match, and a leader that kept the match would take its rejections as stale.
 //!
 //! Fail-stop: if a write or sync fails, the directory goes offline for good (until a
 //! restart runs recovery): no group is advanced again, so nothing is acknowledged after

@@ -18,6 +18,16 @@ use rill_tests::RilldProcess;
 pub const TOPIC: &str = "replicated";
 pub const PARTITIONS: i32 = 2;
 
+/// The number in environment variable `name`, if set (a test knob such as a round
+/// count); panics, naming the variable, if it is not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let text = std::env::var(name).ok()?;
+    Some(
+        text.parse()
+            .unwrap_or_else(|_| panic!("{name}={text} is not a number")),
+    )
+}
+
 /// A free loopback port (bound and released: the broker binds it next).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

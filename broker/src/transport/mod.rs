@@ -62,7 +62,7 @@
 //! cluster that knew it ([`Transport::rejoining`]; see `replica::engine` for why that
 //! matters to its votes).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -126,6 +126,11 @@ pub struct TransportConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for a peer's handshake, either side. Default 5,000 ms.
     pub handshake_timeout_ms: u64,
+    /// An outbound connection with nothing to send for this long sends an empty frame,
+    /// so the peer can tell a live broker whose groups are all quiet from a dead one
+    /// ([`Transport::silent_peers`]) and its session stays live (see the module docs).
+    /// Default 200 ms.
+    pub keepalive_interval_ms: u64,
     /// Time allowed for writing one frame; past it the connection is dropped and
     /// reopened. Without it, a peer that vanished without a reset (power loss, a
     /// partition) holds the connection until the kernel gives up (about 15 minutes on
@@ -139,9 +144,6 @@ pub struct TransportConfig {
     /// `inbound_connections_max × frame_bytes_max`, and only as bytes actually arrive
     /// (plus what the inbound channel holds). Default 64.
     pub inbound_connections_max: usize,
-    /// An outbound connection with nothing to send for this long sends an empty frame,
-    /// so the receiver sees the sending process is alive. Default 500 ms.
-    pub keepalive_interval_ms: u64,
     /// A peer process whose connection delivered no frame for this long has no live
     /// session any more: another process with its broker id may then take its place (see
     /// the module docs). Must exceed `keepalive_interval_ms`. Default 3,000 ms.
@@ -172,8 +174,8 @@ impl TransportConfig {
             connect_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
             write_stall_timeout_ms: 30_000,
+            keepalive_interval_ms: 200,
             inbound_connections_max: 64,
-            keepalive_interval_ms: 500,
             session_timeout_ms: 3_000,
             registration: BrokerRegistrationInfo {
                 client_host: "127.0.0.1".into(),
@@ -268,6 +270,7 @@ impl TransportConfig {
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("write_stall_timeout_ms", self.write_stall_timeout_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
             (
                 "inbound_connections_max",
                 self.inbound_connections_max as u64,
@@ -492,9 +495,22 @@ struct Shared {
     rejoining: AtomicBool,
     /// Per peer: since when every handshake with it was refused as a duplicate.
     duplicate_since: Mutex<HashMap<BrokerId, Instant>>,
+    /// When each peer's last frame arrived, in milliseconds after `started` (plus one:
+    /// zero is never), set by its inbound connection.
+    heard: Mutex<HashMap<BrokerId, Arc<AtomicU64>>>,
+    started: std::time::Instant,
 }
 
 impl Shared {
+    /// The clock `broker`'s inbound connections stamp on every frame.
+    fn heard_clock(&self, broker: BrokerId) -> Arc<AtomicU64> {
+        Arc::clone(lock(&self.heard).entry(broker).or_default())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
     /// Our hello to `peer`, telling it which incarnation of it our metadata registers.
     fn hello_for(&self, peer: BrokerId) -> Hello {
         Hello {
@@ -632,6 +648,8 @@ impl Transport {
             fenced_self: watch::channel(None).0,
             rejoining: AtomicBool::new(false),
             duplicate_since: Mutex::new(HashMap::new()),
+            heard: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
             config,
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown));
@@ -690,7 +708,7 @@ impl Transport {
         if broker == own.broker_id {
             if replaced == own.registration.incarnation_id {
                 self.shared.fence_self(format!(
-                    "the cluster metadata registered node_id {broker} as incarnation                      {incarnation}, replacing this process's incarnation {replaced}"
+                    "the cluster metadata registered node_id {broker} as incarnation {incarnation}, replacing this process's incarnation {replaced}"
                 ));
             }
             return;
@@ -717,6 +735,24 @@ impl Transport {
     /// stale incarnation, or a duplicate of a live one); the broker must stop.
     pub fn fenced(&self) -> watch::Receiver<Option<String>> {
         self.shared.fenced_self.subscribe()
+    }
+
+    /// The peers (of [`Transport::set_peers`]) no frame has arrived from within
+    /// `silence`, keepalives included: dead, cut off, stalled, or never heard from.
+    pub fn silent_peers(&self, silence: Duration) -> HashSet<BrokerId> {
+        let now = self.shared.now_ms();
+        let silence_ms = silence.as_millis() as u64;
+        let heard = lock(&self.shared.heard);
+        lock(&self.peers)
+            .keys()
+            .copied()
+            .filter(|broker| {
+                heard.get(broker).is_none_or(|at| {
+                    let at = at.load(Ordering::Relaxed);
+                    at == 0 || now.saturating_sub(at) > silence_ms
+                })
+            })
+            .collect()
     }
 
     /// Bytes queued for (or being written to) `broker`, if it is a peer.
@@ -967,6 +1003,8 @@ async fn serve_inbound(
         .write_all(&codec::encode_hello(&shared.hello_for(from_broker)))
         .await?;
     shared.record_registration(from_broker, hello.registration);
+    let heard = shared.heard_clock(from_broker);
+    heard.store(shared.now_ms(), Ordering::Relaxed);
     *frames.decoder_mut() = FrameDecoder::new(config.frame_bytes_max);
     let mut fences = shared.fences_changed.subscribe();
     loop {
@@ -1018,6 +1056,7 @@ async fn serve_inbound(
                 });
             }
         }
+        heard.store(shared.now_ms(), Ordering::Relaxed);
         if frame.envelopes.is_empty() {
             counters.bump(&counters.keepalives_received);
             continue;

@@ -358,6 +358,7 @@ async fn write_loop(
     // is gone (EOF or reset) or the peer misbehaves. Watching it notices a dead
     // connection while idle instead of at the next write.
     let mut probe = [0u8; 1];
+    let keepalive_interval = Duration::from_millis(shared.config.keepalive_interval_ms);
     loop {
         let (batch, batch_bytes) = {
             let mut state = lock(&peer.state);
@@ -370,27 +371,10 @@ async fn write_loop(
             state.queue.take_batch(shared.config.frame_bytes_max)
         };
         if batch.is_empty() {
-            let keepalive_interval = Duration::from_millis(shared.config.keepalive_interval_ms);
-            tokio::select! {
+            let keepalive = tokio::select! {
                 _ = stopped(shutdown) => return Ended::Stop,
-                _ = peer.queued.notified() => {}
-                _ = peer.reconfigured.notified() => {}
-                // Nothing to send for a while: an empty frame renews our session at the
-                // peer (see the module docs of `identity`).
-                _ = tokio::time::sleep(keepalive_interval) => {
-                    let mut frame = codec::encode_frame(shared.config.broker_id, &[]);
-                    let write_stall_timeout =
-                        Duration::from_millis(shared.config.write_stall_timeout_ms);
-                    let written = tokio::select! {
-                        _ = stopped(shutdown) => return Ended::Stop,
-                        written = tokio::time::timeout(write_stall_timeout, writer.write_all_buf(&mut frame)) => written,
-                    };
-                    match written {
-                        Ok(Ok(())) => counters.bump(&counters.keepalives_sent),
-                        Ok(Err(error)) => return Ended::Failed(error.into()),
-                        Err(_) => return Ended::Failed(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-                    }
-                }
+                _ = peer.queued.notified() => false,
+                _ = peer.reconfigured.notified() => false,
                 read = reader.read(&mut probe) => {
                     return Ended::Failed(match read {
                         Ok(0) => TransportError::ClosedByPeer,
@@ -398,8 +382,12 @@ async fn write_loop(
                         Err(error) => error.into(),
                     });
                 }
+                // Nothing to send for a while: an empty frame tells the peer we live.
+                _ = tokio::time::sleep(keepalive_interval) => true,
+            };
+            if !keepalive {
+                continue;
             }
-            continue;
         }
         let mut frame = codec::encode_frame(shared.config.broker_id, &batch);
         let frame_bytes = bytes::Buf::remaining(&frame);
@@ -419,9 +407,13 @@ async fn write_loop(
                 // Only a connection that carried a frame resets the backoff: a peer that
                 // accepts the handshake and then hangs up keeps being retried slowly.
                 backoff.reset();
-                counters.add(&counters.frames_sent, 1);
-                counters.add(&counters.bytes_sent, frame_bytes as u64);
-                counters.add(&counters.messages_sent, batch.len() as u64);
+                if batch.is_empty() {
+                    counters.add(&counters.keepalives_sent, 1);
+                } else {
+                    counters.add(&counters.frames_sent, 1);
+                    counters.add(&counters.bytes_sent, frame_bytes as u64);
+                    counters.add(&counters.messages_sent, batch.len() as u64);
+                }
             }
             Some(Err(error)) => {
                 // Part of the frame may have left; the receiver discards a partial frame
@@ -462,17 +454,35 @@ mod tests {
         for commit_offset in 0..1000 {
             push(
                 &mut queue,
-                envelope(0, MessageBody::Heartbeat { commit_offset }),
+                envelope(
+                    0,
+                    MessageBody::Heartbeat {
+                        commit_offset,
+                        quiesce: false,
+                    },
+                ),
             );
         }
         push(&mut queue, envelope(0, MessageBody::HeartbeatResponse));
         push(
             &mut queue,
-            envelope(1, MessageBody::Heartbeat { commit_offset: 5 }),
+            envelope(
+                1,
+                MessageBody::Heartbeat {
+                    commit_offset: 5,
+                    quiesce: false,
+                },
+            ),
         );
         let (batch, bytes) = queue.take_batch(1 << 20);
         assert_eq!(batch.len(), 3);
-        assert!(batch.contains(&envelope(0, MessageBody::Heartbeat { commit_offset: 999 })));
+        assert!(batch.contains(&envelope(
+            0,
+            MessageBody::Heartbeat {
+                commit_offset: 999,
+                quiesce: false,
+            }
+        )));
         assert_eq!(bytes, queue.charged_bytes());
         queue.release(bytes);
         assert_eq!(queue.charged_bytes(), 0);
@@ -562,7 +572,10 @@ mod tests {
                         let body = if response {
                             MessageBody::HeartbeatResponse
                         } else {
-                            MessageBody::Heartbeat { commit_offset: next_sequence }
+                            MessageBody::Heartbeat {
+                                commit_offset: next_sequence,
+                                quiesce: false,
+                            }
                         };
                         push(&mut queue, envelope(partition, body));
                     }

@@ -53,14 +53,19 @@ async fn wait_converged(brokers: &[&RilldProcess], logs: impl Fn() -> String) ->
     }
 }
 
-/// Checks the history (nothing acknowledged lost, no offset reused), stops every
-/// broker and checks their replica files are byte-identical.
-fn check_and_stop(cluster: &mut Cluster, history: &History, context: &str) {
+/// Checks the history (nothing acknowledged lost, no offset reused), waits for the
+/// replicas to converge, kills every broker and checks their replica files are
+/// byte-identical. Killed, not stopped: a graceful stop hands leaderships over, and each
+/// new leader appends its leader-change batch, which the brokers stopped before it never
+/// see.
+async fn check_and_stop(cluster: &mut Cluster, history: &History, context: &str) {
     let report = history.check(Duplicates::Allowed);
     println!("{context}\n{report}");
     report.assert_ok();
+    let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
+    wait_converged(&brokers, || cluster.logs()).await;
     for broker in &mut cluster.brokers {
-        broker.stop();
+        broker.kill();
     }
     assert_replicas_identical(cluster);
 }
@@ -169,22 +174,23 @@ async fn a_follower_restarted_on_an_empty_data_directory_catches_up() {
         restarted_at.elapsed().as_secs_f64(),
         converged.as_secs_f64()
     );
-    // It is a full member again: its votes are released once it caught up and waited.
+    // It is a full member again: its replicas caught up with their leaders, which
+    // releases their votes once the rejoin wait is over.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cluster.brokers[(wiped - 1) as usize]
         .log()
-        .contains("votes again")
+        .contains("caught up with the leader")
     {
         assert!(
             Instant::now() < deadline,
-            "the rejoined replicas never released their votes\n{}",
+            "the rejoined replicas never caught up with their leaders\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     read_back(&cluster, &mut history).await;
-    check_and_stop(&mut cluster, &history, "");
+    check_and_stop(&mut cluster, &history, "").await;
 }
 
 /// With 1 MiB segments, retention.bytes of 2 MiB and retention.ms of 2 s, a follower of
@@ -317,7 +323,7 @@ async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
     }
     history.record_reads(&reads);
     let context = format!("{acked} acknowledged records at or after the log starts {starts:?}");
-    check_and_stop(&mut cluster, &history, &context);
+    check_and_stop(&mut cluster, &history, &context).await;
 }
 
 /// A TCP relay whose upstream can be switched: broker 3's address in everyone's
@@ -482,7 +488,5 @@ async fn a_duplicate_node_id_is_refused_and_a_stale_incarnation_is_fenced() {
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
     produce(&producer, &mut history, 2, "after-zombie", 300).await;
     read_back(&cluster, &mut history).await;
-    let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
-    wait_converged(&brokers, || cluster.logs()).await;
-    check_and_stop(&mut cluster, &history, "");
+    check_and_stop(&mut cluster, &history, "").await;
 }

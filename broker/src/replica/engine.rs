@@ -681,6 +681,8 @@ impl Engine {
                     tracing::debug!(error = %e, "message refused by the core");
                 }
             }
+            // Notes a catch-up those messages or this round completed.
+            partition.vote_restrained(&mut st);
             if partition.is_closed() {
                 continue;
             }

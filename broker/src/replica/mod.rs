@@ -136,6 +136,9 @@ struct VoteRestraint {
     /// The commit offset the first leader's append announced: caught up once the
     /// replica's own commit offset reaches it.
     catch_up_offset: Option<u64>,
+    /// It caught up with a leader (kept: a quiet group may see no message afterwards,
+    /// and its leader may be gone by the time the rejoin wait is over).
+    caught_up: bool,
 }
 
 /// Most peer messages a replica holds while its `Ready` is being synced; more are
@@ -403,6 +406,8 @@ impl Partition {
         if let Err(e) = st.raft.step(message) {
             tracing::debug!(topic = %self.topic, partition = self.index, error = %e, "message refused by the core");
         }
+        // Notes a catch-up the message completed.
+        self.vote_restrained(&mut st);
         self.after_input(&mut st);
     }
 
@@ -424,18 +429,30 @@ impl Partition {
     /// Whether this replica holds back its votes now (see `engine`'s module docs);
     /// releases it for good once it heard a leader, caught up and waited long enough.
     fn vote_restrained(&self, st: &mut ReplicaState) -> bool {
-        let Some(restraint) = st.restraint else {
+        let Some(mut restraint) = st.restraint else {
             return false;
         };
         if !self.engine.rejoining_fresh() {
             // Not (yet) known to be rejoining: a new cluster's fresh brokers vote at once.
             return false;
         }
-        let caught_up = st.raft.leader().is_some()
+        if !restraint.caught_up
+            && st.raft.leader().is_some()
             && restraint
                 .catch_up_offset
-                .is_some_and(|offset| st.raft.commit_offset() >= offset);
-        if caught_up && self.engine.uptime() >= engine::REJOIN_VOTE_WAIT {
+                .is_some_and(|offset| st.raft.commit_offset() >= offset)
+        {
+            restraint.caught_up = true;
+            st.restraint = Some(restraint);
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.index,
+                commit_offset = st.raft.commit_offset(),
+                wait_ms = engine::REJOIN_VOTE_WAIT.as_millis() as u64,
+                "rejoined on a fresh data directory: caught up with the leader; votes once the rejoin wait since start is over"
+            );
+        }
+        if restraint.caught_up && self.engine.uptime() >= engine::REJOIN_VOTE_WAIT {
             st.restraint = None;
             tracing::info!(
                 topic = %self.topic,

@@ -46,9 +46,43 @@
 //!   leader and its endpoint (KIP-951: Produce v10, Fetch v16 — the newest versions
 //!   advertised) when it is known, so a client recovers with at most one refresh.
 //!
-//! Limits: assignments never change after creation (no reassignment, no leader
-//! balancer yet), and deleted topics' ids are remembered only while the metadata log
-//! holds their deletion.
+//! * **Leadership on purpose**: a leader balancer and controlled shutdown
+//!   ([`crate::balancer`]).
+//!
+//! Limits: assignments never change after creation (no reassignment), and deleted
+//! topics' ids are remembered only while the metadata log holds their deletion.
+//!
+//! # Broker identity: duplicates, stale incarnations, rejoining
+//!
+//! A broker id is a Raft voter in every group it hosts, so two processes must never
+//! speak for one id. Every process start draws a random incarnation id, announced in
+//! its transport handshakes. The rules (details in `transport::identity`):
+//!
+//! * **Registration order fences.** The controller registers a peer's incarnation when
+//!   the image lacks it or holds another one, but only while that incarnation has a live
+//!   session at the controller (an open connection heard from within the transport's
+//!   `session_timeout_ms`, 3 s; idle connections carry keepalives). Every broker applies
+//!   the registration in log order and from then on refuses the incarnation it replaced:
+//!   its handshakes get a StaleIncarnation refusal and its open connections close at their
+//!   next frame, so a zombie (a process stopped, replaced, then resumed) can send no Raft
+//!   message. The zombie learns it from the refusal and exits with an error naming its id
+//!   and the incarnation that replaced it.
+//! * **A live session is never replaced.** While an incarnation's session is live at a
+//!   broker, a handshake of another incarnation with the same id (and not the registered
+//!   one) is refused as DUPLICATE_BROKER_REGISTRATION. A restart after a crash is admitted
+//!   at once (the dead process's connections closed with it); a second process started
+//!   with the id of a running broker is refused, and exits once it has been refused for
+//!   two session timeouts in a row. A broker that restarts while its old process is merely
+//!   silent (stopped, cut off) is admitted once that session times out, and fences it.
+//! * **Wiped data directories rejoin without double votes.** A broker started on an
+//!   empty data directory recreates `meta/node.json` and its metadata replica, catches the
+//!   metadata log up from the controller, recreates its replicas, and those catch up from
+//!   their leaders (reset to the leader's log start when retention moved it). It is not a
+//!   duplicate: its old incarnation is gone, so it is registered like any restart. Its
+//!   lost terms and votes are handled by the replica engine's vote restraint
+//!   (`replica::engine`): a peer's handshake tells it the cluster knew it, and until each
+//!   replica has caught up with a leader and waited two election timeouts it grants no
+//!   vote and never campaigns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -210,6 +244,12 @@ impl Cluster {
             ));
         }
         Ok(cluster)
+    }
+
+    /// Becomes `Some(reason)` once this process may no longer speak for its broker id
+    /// (see the module docs); the broker must stop.
+    pub fn fenced(&self) -> watch::Receiver<Option<String>> {
+        self.transport.fenced()
     }
 
     /// Controlled shutdown: hands every group this broker leads (its partitions and
@@ -737,7 +777,9 @@ impl Cluster {
 
     /// Registrations the image lacks or holds for another incarnation: this broker's
     /// own, and each peer's as its handshake announced it (at the address
-    /// `controller_voters` gives it).
+    /// `controller_voters` gives it), if that incarnation's session here is live — a
+    /// registration fences its predecessor, so only a process that is there now may
+    /// take the id over.
     fn missing_registrations(&self) -> Vec<MetadataRecord> {
         let image = self.image.read().expect("image lock");
         let mut out = Vec::new();
@@ -745,6 +787,9 @@ impl Cluster {
         let mut known: Vec<(i32, BrokerRegistrationInfo, SocketAddr)> =
             vec![(me.broker_id, me.registration.clone(), me.inter_broker)];
         for (id, info) in self.transport.peer_registrations() {
+            if !self.transport.is_live(id, info.incarnation_id) {
+                continue;
+            }
             if let Some((_, addr)) = self.voters.iter().find(|(v, _)| *v == id) {
                 known.push((id, info, *addr));
             }
@@ -823,13 +868,26 @@ impl Cluster {
                             Ok(decoded) => {
                                 let mut image = self.image.write().expect("image lock");
                                 match image.apply(record.offset as u64, &decoded) {
-                                    Ok(()) => {
-                                        if let MetadataRecord::DeleteTopic { topic_id } = decoded {
-                                            self.deleted
-                                                .lock()
-                                                .expect("deleted lock")
-                                                .insert(topic_id);
-                                            deletions = true;
+                                    Ok(_) => {
+                                        match &decoded {
+                                            MetadataRecord::DeleteTopic { topic_id } => {
+                                                self.deleted
+                                                    .lock()
+                                                    .expect("deleted lock")
+                                                    .insert(*topic_id);
+                                                deletions = true;
+                                            }
+                                            MetadataRecord::RegisterBroker {
+                                                broker_id,
+                                                incarnation_id,
+                                                ..
+                                            } => {
+                                                // In log order on every broker: fences the
+                                                // incarnation it replaces.
+                                                self.transport
+                                                    .set_registered(*broker_id, *incarnation_id);
+                                            }
+                                            _ => {}
                                         }
                                     }
                                     Err(e) => {

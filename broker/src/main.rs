@@ -60,13 +60,41 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         %durability,
         "rilld ready"
     );
+    // A fenced process (another process holds or took over its node id) stops like on
+    // SIGTERM, then exits with the reason as its error.
+    let mut fenced = server.fenced();
+    let fence_reason = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let reason_slot = std::sync::Arc::clone(&fence_reason);
     server
         .run(async move {
             tokio::select! {
                 _ = sigterm.recv() => tracing::info!("SIGTERM"),
                 _ = sigint.recv() => tracing::info!("SIGINT"),
+                reason = wait_fenced(fenced.as_mut()) => {
+                    tracing::error!(%reason, "stopping: this process may not serve its node_id");
+                    *reason_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                }
             }
         })
         .await?;
-    Ok(())
+    let reason = fence_reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    match reason {
+        Some(reason) => Err(format!("fenced: {reason}").into()),
+        None => Ok(()),
+    }
+}
+
+/// Resolves with the reason once the broker is fenced; never without a cluster.
+async fn wait_fenced(fenced: Option<&mut tokio::sync::watch::Receiver<Option<String>>>) -> String {
+    let Some(fenced) = fenced else {
+        return std::future::pending().await;
+    };
+    match fenced.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        // The cluster is gone (shutting down): nothing more to wait for.
+        Err(_) => std::future::pending().await,
+    }
 }

@@ -5,6 +5,9 @@
 //! stops, the other two elect a new leader that keeps every acknowledged batch; the
 //! old leader restarts on its directory and catches up.
 //!
+//! A follower whose data directory was wiped restarts empty: it grants no vote until
+//! it has caught up with a leader (its lost votes could otherwise be given twice).
+//!
 //! The brokers share this test's process (the cluster issue's multi-process tests
 //! build on the same engine); the files, fsyncs, sockets and threads are real.
 
@@ -42,6 +45,12 @@ impl Node {
     /// Starts the broker's engine and transport on `data_dir` (listening on `port`, 0
     /// for any) and opens its replica.
     async fn start(id: i32, data_dir: &Path, port: u16) -> Node {
+        Node::start_with(id, data_dir, port, false).await
+    }
+
+    /// [`Node::start`], on a data directory the broker sees as fresh (created by this
+    /// start) when `fresh`.
+    async fn start_with(id: i32, data_dir: &Path, port: u16, fresh: bool) -> Node {
         let meta_dir = data_dir.join("meta");
         std::fs::create_dir_all(&meta_dir).unwrap();
         let metrics = Arc::new(Metrics::default());
@@ -57,6 +66,9 @@ impl Node {
             Arc::clone(&metrics),
         )
         .unwrap();
+        if fresh {
+            engine.mark_fresh_data_dir();
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let transport = Arc::new(
@@ -103,6 +115,16 @@ impl Node {
         self.transport.shutdown().await;
         (self.data_dir, port)
     }
+}
+
+/// Starts one broker of [`BROKERS`] on each directory and connects them all.
+async fn start_all(dirs: &[tempfile::TempDir]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for (id, dir) in BROKERS.iter().zip(dirs) {
+        nodes.push(Node::start(*id, dir.path(), 0).await);
+    }
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+    nodes
 }
 
 /// Tells every node where the others listen.
@@ -215,11 +237,7 @@ async fn three_replicas_elect_one_leader_replicate_and_survive_its_loss() {
         .iter()
         .map(|_| tempfile::tempdir().unwrap())
         .collect();
-    let mut nodes = Vec::new();
-    for (id, dir) in BROKERS.iter().zip(&dirs) {
-        nodes.push(Node::start(*id, dir.path(), 0).await);
-    }
-    connect_all(&nodes.iter().collect::<Vec<_>>());
+    let mut nodes = start_all(&dirs).await;
 
     let first_leader = leader(&nodes.iter().collect::<Vec<_>>()).await;
     let first_term = first_leader.partition.status().term;
@@ -247,6 +265,94 @@ async fn three_replicas_elect_one_leader_replicate_and_survive_its_loss() {
     nodes.push(Node::start(old_id, &old_dir, old_port).await);
     connect_all(&nodes.iter().collect::<Vec<_>>());
     assert_converged(&nodes.iter().collect::<Vec<_>>(), end).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+/// Whether any of `nodes` leads, checked for `period`.
+async fn any_leader_within(nodes: &[&Node], period: Duration) -> bool {
+    let deadline = Instant::now() + period;
+    while Instant::now() < deadline {
+        if nodes.iter().any(|n| n.partition.status().leader_ready) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A follower is stopped and its data directory wiped while the leader stops too. The
+/// follower restarts empty and learns from its peer's handshake that the cluster knew
+/// it: it must not vote (its lost life may have voted in the terms to come), so the
+/// remaining replica cannot be elected with it. Once the old leader is back, a leader is
+/// elected without it, it catches up, waits out its rejoin delay and votes again: with
+/// the old leader gone once more, it and the third replica elect a leader that kept
+/// every acknowledged batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_a_wiped_directory_votes_only_after_catching_up() {
+    let dirs: Vec<tempfile::TempDir> = BROKERS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut nodes = start_all(&dirs).await;
+    let first_leader = leader(&nodes.iter().collect::<Vec<_>>()).await.id;
+    let acked = produce(leader(&nodes.iter().collect::<Vec<_>>()).await, 0, 50).await;
+    let end = acked.last().unwrap() + 1;
+    assert_converged(&nodes.iter().collect::<Vec<_>>(), end).await;
+
+    // The leader and one follower stop; the follower's directory is wiped.
+    let wiped_id = BROKERS
+        .iter()
+        .copied()
+        .find(|&b| b != first_leader)
+        .unwrap();
+    let mut stopped = Vec::new();
+    for id in [first_leader, wiped_id] {
+        let position = nodes.iter().position(|n| n.id == id).unwrap();
+        stopped.push((id, nodes.remove(position).stop().await));
+    }
+    let survivor = &nodes[0];
+    // The survivor's metadata registers an earlier incarnation of the wiped broker (its
+    // hello tells the restarted one it is rejoining).
+    survivor
+        .transport
+        .set_registered(wiped_id, uuid::Uuid::from_u128(42));
+    let (_, (wiped_dir, wiped_port)) = stopped.pop().unwrap();
+    std::fs::remove_dir_all(&wiped_dir).unwrap();
+    let wiped = Node::start_with(wiped_id, &wiped_dir, wiped_port, true).await;
+    let started = Instant::now();
+    nodes.push(wiped);
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+    assert!(
+        !any_leader_within(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(3)).await,
+        "a leader was elected with the vote of a replica that lost its votes"
+    );
+
+    // The old leader returns: a leader is elected without the wiped replica's vote, and
+    // the wiped replica catches up.
+    let (old_id, (old_dir, old_port)) = stopped.pop().unwrap();
+    nodes.push(Node::start(old_id, &old_dir, old_port).await);
+    connect_all(&nodes.iter().collect::<Vec<_>>());
+    let more = produce(leader(&nodes.iter().collect::<Vec<_>>()).await, 50, 20).await;
+    let end = more.last().unwrap() + 1;
+    assert_converged(&nodes.iter().collect::<Vec<_>>(), end).await;
+    println!(
+        "wiped replica caught up {:.2} s after its restart",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Past its rejoin delay it votes again: without the current leader, it and the
+    // other replica elect a leader (which needs its vote) holding every batch.
+    let wait = rill_broker::replica::engine::REJOIN_VOTE_WAIT.saturating_sub(started.elapsed());
+    tokio::time::sleep(wait).await;
+    let current = leader(&nodes.iter().collect::<Vec<_>>()).await.id;
+    assert_ne!(current, wiped_id, "the wiped replica never campaigned");
+    let position = nodes.iter().position(|n| n.id == current).unwrap();
+    nodes.remove(position).stop().await;
+    let pair: Vec<&Node> = nodes.iter().collect();
+    let last = produce(leader(&pair).await, 70, 10).await;
+    assert_converged(&pair, last.last().unwrap() + 1).await;
     for n in nodes {
         n.stop().await;
     }

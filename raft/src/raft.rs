@@ -426,6 +426,29 @@ impl<S: LogStore> Raft<S> {
         Ok(())
     }
 
+    /// Leader: forgets what follower `node` acknowledged and probes it again from the
+    /// log end. For a follower whose process restarted, which may have lost its disk (a
+    /// wiped or replaced data directory): its log is then shorter than what it
+    /// acknowledged, which Raft's model rules out, and a leader that still counted the
+    /// old match would ignore its rejections for good (rejections at or below the match
+    /// look stale). Safe for any follower: the commit offset never moves back, and probing
+    /// re-learns the match of an intact log within a round trip or two. Ignored by
+    /// non-leaders and for nodes that are not followers of this leader.
+    pub fn forget_follower_match(&mut self, node: NodeId) {
+        self.assert_no_ready("forget_follower_match");
+        if self.role != Role::Leader {
+            return;
+        }
+        let next_end = self.log.last_end();
+        let Some(pr) = self.progress.get_mut(&node) else {
+            return;
+        };
+        pr.match_end = 0;
+        pr.match_at_last_heartbeat = 0;
+        pr.become_probe(next_end);
+        self.send_append(node);
+    }
+
     /// Handles one message from a peer. A malformed message is rejected with an
     /// error and changes nothing.
     pub fn step(&mut self, m: Message) -> Result<(), MessageError> {

@@ -215,6 +215,45 @@ fn a_follower_behind_the_leader_log_start_is_reset_to_it() {
 }
 
 #[test]
+fn a_follower_that_lost_its_log_catches_up_once_the_leader_forgets_its_match() {
+    let mut c = three();
+    elect(&mut c, 1);
+    for i in 0..3 {
+        c.propose(1, &format!("e{i}")).unwrap();
+        c.stabilize();
+    }
+    let end = c.node(1).last_end_offset();
+    assert_eq!(c.node(3).last_end_offset(), end);
+    // Node 3's disk is replaced: it comes back with an empty log, which Raft's model
+    // rules out. The leader still counts its old match and takes its rejections for
+    // stale ones, so it never repairs it.
+    c.crash(3);
+    c.add_node(3, &Membership::with_voters([1, 2, 3]), |_| {});
+    for _ in 0..3 {
+        c.tick(1, 2);
+        c.stabilize();
+    }
+    assert_eq!(
+        c.node(3).last_end_offset(),
+        0,
+        "repaired without being told"
+    );
+    // Told that node 3 restarted, the leader probes it again and it catches up.
+    c.node(1).forget_follower_match(3);
+    c.stabilize();
+    c.tick(1, 2);
+    c.stabilize();
+    assert_eq!(c.node(3).last_end_offset(), end);
+    assert_eq!(c.node(3).commit_offset(), c.node(1).commit_offset());
+    // Forgetting an intact follower's match costs a probe and nothing else.
+    c.node(1).forget_follower_match(2);
+    c.stabilize();
+    c.propose(1, "after").unwrap();
+    c.stabilize();
+    assert_eq!(c.node(2).last_end_offset(), c.node(1).last_end_offset());
+}
+
+#[test]
 fn leadership_transfer_hands_over_to_a_caught_up_voter() {
     let mut c = three();
     elect(&mut c, 1);

@@ -416,6 +416,34 @@ impl RilldProcess {
         self.spawn();
     }
 
+    /// Sends `signal` (e.g. `"-STOP"`, `"-CONT"`) to the running broker without waiting.
+    pub fn send_signal(&self, signal: &str) {
+        let pid = self.pid().expect("broker running");
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Waits up to `timeout` for the broker to exit on its own; returns its status, or
+    /// `None` if it is still running (it keeps running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("wait rilld") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `GET path` on the admin port; returns the body.
     pub fn admin_get(&self, path: &str) -> String {
         let mut stream = TcpStream::connect(self.admin_addr).expect("connect admin port");

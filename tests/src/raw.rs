@@ -257,8 +257,18 @@ pub fn next_fetch_offset(records: &Bytes) -> Option<i64> {
 /// (v12) until the log end, stepping past control batches (each term's LEADER_CHANGE),
 /// which hold offsets but no records.
 pub fn read_all(conn: &mut RawConn, topic: &str, partition: i32) -> Vec<(i64, Vec<u8>)> {
+    read_all_from(conn, topic, partition, 0)
+}
+
+/// [`read_all`] from `start_offset` (a log start that retention moved past 0).
+pub fn read_all_from(
+    conn: &mut RawConn,
+    topic: &str,
+    partition: i32,
+    start_offset: i64,
+) -> Vec<(i64, Vec<u8>)> {
     let mut out: Vec<(i64, Vec<u8>)> = Vec::new();
-    let mut next = 0;
+    let mut next = start_offset;
     loop {
         let response = conn.call::<kafka_protocol::messages::FetchRequest>(
             12,

@@ -17,6 +17,34 @@
 //! sync; every `flush_interval_ms` the loop syncs every group instead (what Kafka does
 //! by default: a power loss loses the records of the last interval).
 //!
+//! Rejoining on an empty data directory: a broker whose data directory was wiped (or
+//! replaced) restarts with every Raft term and vote of its earlier life gone, and could
+//! vote a second time in a term in which it voted already — two leaders of one term, a
+//! safety violation. So while the directory is fresh (this start created
+//! `meta/node.json`) *and* the broker is rejoining (a peer's handshake said the cluster
+//! metadata registers an earlier incarnation of it, [`Transport::rejoining`]), each of its
+//! replicas is **vote-restrained**: it grants no vote, follows no TimeoutNow and never
+//! campaigns (its election timer does not run), until it has (1) heard from a leader of
+//! its group, (2) caught up to the commit offset that leader announced in its first
+//! append, and (3) lived [`REJOIN_VOTE_WAIT`] since the broker started. After that it
+//! votes only in terms above the leader's it follows (Raft refuses a second vote in a
+//! term with a known leader). Why this is enough, nearly: a term in which the lost life
+//! voted had a candidate then; within the wait (two maximal election timeouts) that
+//! candidate either won — and the restrained replica learns that leader's term — or timed
+//! out into a later term, so a vote request of that old term can only come from a
+//! candidate that was stopped or cut off for the whole wait. That residual risk remains
+//! (Kafka's KIP-853 removes it with directory ids known to the quorum), as does the
+//! loss of entries the wiped replica had helped commit if a second replica fails before it
+//! caught up: a wiped disk counts as one failure. For the same reason a group that lost
+//! its leader while another of its replicas is down cannot elect one with the wiped
+//! replica's vote: it waits for that replica to return (availability yields to safety,
+//! as Raft does with two of three replicas gone). A brand-new cluster is not restrained:
+//! no peer knows the broker, so its first elections are as fast as ever.
+//!
+//! A leader also forgets what a restarted peer acknowledged ([`Partition::peer_restarted`]
+//! when a handshake announces a new incarnation): a wiped follower's log is shorter than
+//! its old match, and a leader that kept the match would take its rejections as stale.
+//!
 //! Fail-stop: if a write or sync fails, the directory goes offline for good (until a
 //! restart runs recovery): no group is advanced again, so nothing is acknowledged after
 //! the failure, and no later fsync is ever taken to cover the failed range (after a
@@ -54,6 +82,13 @@ const PEER_SILENCE: Duration = Duration::from_secs(1);
 
 /// Raft tick period (the core's election timeout is 10–20 ticks).
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// How long after start a replica on a wiped data directory of a rejoining broker waits
+/// before it may vote (see the module docs): two maximal election timeouts (2 × 20
+/// ticks), so any election of a term its lost life voted in has ended.
+pub const REJOIN_VOTE_WAIT: Duration = Duration::from_millis(
+    2 * 2 * rill_raft::config::ELECTION_TIMEOUT_TICKS_DEFAULT as u64 * TICK.as_millis() as u64,
+);
 
 /// Settings of one persist loop.
 #[derive(Debug, Clone)]
@@ -116,6 +151,10 @@ pub struct Engine {
     /// Where leadership reports from peers go (messages of the reserved group
     /// [`crate::leadership::LEADERSHIP_TOPIC_ID`]); unset on a single node.
     leadership: OnceLock<Arc<crate::leadership::LeadershipTable>>,
+    /// This start created the data directory's identity (see the module docs).
+    fresh_data_dir: AtomicBool,
+    /// When the engine started (the rejoin wait counts from here).
+    started: Instant,
 }
 
 impl std::fmt::Debug for Engine {
@@ -178,6 +217,8 @@ impl Engine {
             metrics,
             transport: OnceLock::new(),
             leadership: OnceLock::new(),
+            fresh_data_dir: AtomicBool::new(false),
+            started: Instant::now(),
         });
         let weak = Arc::downgrade(&engine);
         let handle = std::thread::Builder::new()
@@ -197,11 +238,12 @@ impl Engine {
         transport: Arc<Transport>,
         mut inbound: tokio::sync::mpsc::Receiver<InboundBatch>,
     ) -> Result<(), BrokerError> {
-        if self.transport.set(transport).is_err() {
+        if self.transport.set(Arc::clone(&transport)).is_err() {
             return Err(BrokerError::Storage(
                 "the engine is connected already".into(),
             ));
         }
+        self.watch_restarts(&transport);
         let engine = Arc::downgrade(self);
         std::thread::Builder::new()
             .name("rill-inbound".into())
@@ -220,6 +262,50 @@ impl Engine {
     /// Sends the leadership reports of peers to `table` from now on. Call once.
     pub fn set_leadership(&self, table: Arc<crate::leadership::LeadershipTable>) {
         let _ = self.leadership.set(table);
+    }
+
+    /// Watches the peers' handshakes: a peer's new incarnation may have lost its disk,
+    /// so every group this broker leads forgets what that peer acknowledged
+    /// ([`Partition::peer_restarted`]). Runs on the current tokio runtime.
+    fn watch_restarts(self: &Arc<Self>, transport: &Arc<Transport>) {
+        let mut changed = transport.registrations_changed();
+        let mut known: HashMap<i32, uuid::Uuid> = transport
+            .peer_registrations()
+            .into_iter()
+            .map(|(id, info)| (id, info.incarnation_id))
+            .collect();
+        let engine = Arc::downgrade(self);
+        let transport = Arc::downgrade(transport);
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                let (Some(engine), Some(transport)) = (engine.upgrade(), transport.upgrade())
+                else {
+                    return;
+                };
+                let restarted: Vec<i32> = transport
+                    .peer_registrations()
+                    .into_iter()
+                    .filter(|(peer, info)| {
+                        let previous = known.insert(*peer, info.incarnation_id);
+                        previous.is_some_and(|old| old != info.incarnation_id)
+                    })
+                    .map(|(peer, _)| peer)
+                    .collect();
+                if restarted.is_empty() {
+                    continue;
+                }
+                // Stepping a core may write a new leader's entry: file I/O, off the
+                // runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for partition in engine.live_replicas() {
+                        for &peer in &restarted {
+                            partition.peer_restarted(peer);
+                        }
+                    }
+                })
+                .await;
+            }
+        });
     }
 
     /// Hands each received message to its group's replica; messages for groups this
@@ -269,6 +355,29 @@ impl Engine {
                 tracing::debug!(to, error = %e, "message not sent");
             }
         }
+    }
+
+    /// Marks the data directory as created by this start: its replicas' terms and votes
+    /// of any earlier life are lost (see the module docs).
+    pub fn mark_fresh_data_dir(&self) {
+        self.fresh_data_dir.store(true, Ordering::Release);
+    }
+
+    /// Whether this start created the data directory's identity.
+    pub(super) fn is_fresh_data_dir(&self) -> bool {
+        self.fresh_data_dir.load(Ordering::Acquire)
+    }
+
+    /// Whether replicas on this directory must hold back their votes: the directory is
+    /// fresh and the cluster knew this broker before (see the module docs).
+    pub(super) fn rejoining_fresh(&self) -> bool {
+        self.fresh_data_dir.load(Ordering::Acquire)
+            && self.transport.get().is_some_and(|t| t.rejoining())
+    }
+
+    /// How long the engine has run.
+    pub(super) fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The directory's shared journal (for partition truncation barriers).
@@ -583,12 +692,15 @@ impl Engine {
             st.raft.advance(durable);
             st.ready_out = false;
             st.in_round = false;
+            st.forget_restarted_peers();
             // What peers sent while the `Ready` was out.
             while let Some(message) = st.inbox.pop_front() {
                 if let Err(e) = st.raft.step(message) {
                     tracing::debug!(error = %e, "message refused by the core");
                 }
             }
+            // Notes a catch-up those messages or this round completed.
+            partition.vote_restrained(&mut st);
             if partition.is_closed() {
                 continue;
             }
@@ -729,6 +841,10 @@ impl Engine {
         for partition in ticking {
             let mut st = partition.state();
             if st.ready_out || partition.is_closed() {
+                continue;
+            }
+            if partition.vote_restrained(&mut st) {
+                // No election timer: it must not campaign (see the module docs).
                 continue;
             }
             st.raft.tick();

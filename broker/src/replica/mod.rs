@@ -122,6 +122,23 @@ pub struct ReplicaState {
     /// Messages from peers that arrived while the persist loop held the `Ready` (the
     /// core takes no input until it advances), stepped right after.
     inbox: VecDeque<rill_raft::Message>,
+    /// Opened on a fresh data directory: its votes may be held back while the broker
+    /// rejoins (`engine`'s module docs). `None` once released (or never fresh).
+    restraint: Option<VoteRestraint>,
+    /// Peer replicas whose broker restarted, for the core to forget their match
+    /// (`Raft::forget_follower_match`) once it takes input again.
+    restarted_peers: Vec<rill_raft::NodeId>,
+}
+
+/// A fresh replica's progress towards voting (see `engine`'s module docs).
+#[derive(Debug, Default, Clone, Copy)]
+struct VoteRestraint {
+    /// The commit offset the first leader's append announced: caught up once the
+    /// replica's own commit offset reaches it.
+    catch_up_offset: Option<u64>,
+    /// It caught up with a leader (kept: a quiet group may see no message afterwards,
+    /// and its leader may be gone by the time the rejoin wait is over).
+    caught_up: bool,
 }
 
 /// Most peer messages a replica holds while its `Ready` is being synced; more are
@@ -137,6 +154,13 @@ impl ReplicaState {
     /// The Raft group (tests, admin).
     pub fn raft(&self) -> &Raft<PartitionStore> {
         &self.raft
+    }
+
+    /// Hands the core the restarted peers noted while it could take no input.
+    fn forget_restarted_peers(&mut self) {
+        for node in std::mem::take(&mut self.restarted_peers) {
+            self.raft.forget_follower_match(node);
+        }
     }
 
     /// Writes the entries the core created that storage does not have yet (a new
@@ -324,6 +348,8 @@ impl Partition {
                 timer: Timer::Ticking,
                 appended_since_reserve: 0,
                 inbox: VecDeque::new(),
+                restraint: engine.is_fresh_data_dir().then(VoteRestraint::default),
+                restarted_peers: Vec::new(),
             }),
             status: watch::Sender::new(status),
             closed: AtomicBool::new(false),
@@ -353,6 +379,22 @@ impl Partition {
             return;
         }
         let mut st = self.state();
+        if self.vote_restrained(&mut st) {
+            match message.body {
+                // Granting either would be a vote this replica's lost life may have
+                // given to another candidate in the same term.
+                rill_raft::MessageBody::Vote { .. } | rill_raft::MessageBody::TimeoutNow => {
+                    tracing::debug!(topic = %self.topic, partition = self.index, from = message.from, term = message.term, "vote request ignored: rejoining on a fresh data directory");
+                    return;
+                }
+                rill_raft::MessageBody::Append { commit_offset, .. } => {
+                    if let Some(restraint) = st.restraint.as_mut() {
+                        restraint.catch_up_offset.get_or_insert(commit_offset);
+                    }
+                }
+                _ => {}
+            }
+        }
         if st.ready_out {
             if st.inbox.len() < INBOX_MESSAGES_MAX {
                 st.inbox.push_back(message);
@@ -364,7 +406,64 @@ impl Partition {
         if let Err(e) = st.raft.step(message) {
             tracing::debug!(topic = %self.topic, partition = self.index, error = %e, "message refused by the core");
         }
+        // Notes a catch-up the message completed.
+        self.vote_restrained(&mut st);
         self.after_input(&mut st);
+    }
+
+    /// The broker `peer` restarted (a new incarnation): if this replica leads, it
+    /// forgets what that broker's replica acknowledged and probes it again, since a
+    /// restart may come with an empty data directory (`Raft::forget_follower_match`).
+    pub fn peer_restarted(&self, peer: i32) {
+        if self.is_closed() {
+            return;
+        }
+        let mut st = self.state();
+        st.restarted_peers.push(store::raft_node_id(peer));
+        if !st.ready_out {
+            st.forget_restarted_peers();
+            self.after_input(&mut st);
+        }
+    }
+
+    /// Whether this replica holds back its votes now (see `engine`'s module docs);
+    /// releases it for good once it heard a leader, caught up and waited long enough.
+    fn vote_restrained(&self, st: &mut ReplicaState) -> bool {
+        let Some(mut restraint) = st.restraint else {
+            return false;
+        };
+        if !self.engine.rejoining_fresh() {
+            // Not (yet) known to be rejoining: a new cluster's fresh brokers vote at once.
+            return false;
+        }
+        if !restraint.caught_up
+            && st.raft.leader().is_some()
+            && restraint
+                .catch_up_offset
+                .is_some_and(|offset| st.raft.commit_offset() >= offset)
+        {
+            restraint.caught_up = true;
+            st.restraint = Some(restraint);
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.index,
+                commit_offset = st.raft.commit_offset(),
+                wait_ms = engine::REJOIN_VOTE_WAIT.as_millis() as u64,
+                "rejoined on a fresh data directory: caught up with the leader; votes once the rejoin wait since start is over"
+            );
+        }
+        if restraint.caught_up && self.engine.uptime() >= engine::REJOIN_VOTE_WAIT {
+            st.restraint = None;
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.index,
+                term = st.raft.term(),
+                commit_offset = st.raft.commit_offset(),
+                "rejoined on a fresh data directory: caught up with the leader, votes again"
+            );
+            return false;
+        }
+        true
     }
 
     /// Locks the replica state. A poisoned lock means a panic inside storage or Raft;

@@ -209,6 +209,13 @@ impl PartitionStore {
     pub fn apply(&mut self, persist: &Persist) -> Result<bool, StorageError> {
         let mut changed = false;
         if let Some(reset) = &persist.reset_to {
+            tracing::info!(
+                dir = %self.log.dir().display(),
+                old_log_end_offset = self.log.log_end_offset(),
+                start_offset = reset.start.offset,
+                start_term = reset.start.term,
+                "log reset to the leader's log start: this replica's log ended before it"
+            );
             self.journal_barrier()?;
             self.log.reset_to(reset.start.offset)?;
             self.raft_end = reset.start.offset;

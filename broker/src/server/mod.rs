@@ -116,6 +116,13 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// In a cluster: becomes `Some(reason)` once this process may no longer speak for
+    /// its node id (a duplicate of a live broker, or a stale incarnation); the caller
+    /// should stop the broker with that reason. `None` on a single node.
+    pub fn fenced(&self) -> Option<watch::Receiver<Option<String>>> {
+        self.broker.manager.cluster().map(|c| c.fenced())
+    }
+
     /// The bound admin address, if the admin port is on.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())

@@ -153,7 +153,7 @@ impl PartitionManager {
             rill_storage::atomic_file::sync_dir(&config.data_dir)
                 .map_err(|e| BrokerError::Storage(e.to_string()))?;
         }
-        topic_meta::check_node_id(&meta_dir, config.node_id)?;
+        let fresh_data_dir = topic_meta::check_node_id(&meta_dir, config.node_id)?;
         let cluster_id = match config.cluster_id_from_voters() {
             Some(id) => id,
             None => topic_meta::load_cluster_id(&meta_dir)?,
@@ -169,6 +169,9 @@ impl PartitionManager {
             },
             Arc::clone(&metrics),
         )?;
+        if fresh_data_dir {
+            engine.mark_fresh_data_dir();
+        }
         let manager = PartitionManager {
             engine,
             _data_dir_lock: data_dir_lock,

@@ -120,8 +120,10 @@ struct NodeMeta {
 /// Binds the data directory to `node_id`: the first start writes `node.json`; a later
 /// start with another `node_id` is refused, since the directory's replicas, votes and
 /// terms are that other broker's (a second broker claiming them would vote twice in
-/// its groups' terms and serve another broker's log as its own).
-pub(super) fn check_node_id(meta_dir: &Path, node_id: i32) -> Result<(), BrokerError> {
+/// its groups' terms and serve another broker's log as its own). Returns whether this
+/// start created the file: the data directory is fresh (new, or wiped), so every Raft
+/// term and vote of an earlier life of this broker is gone.
+pub(super) fn check_node_id(meta_dir: &Path, node_id: i32) -> Result<bool, BrokerError> {
     let path = meta_dir.join("node.json");
     if let Some(body) = atomic_file::read(&path).map_err(storage_error)? {
         let meta: NodeMeta = serde_json::from_slice(&body)
@@ -133,8 +135,9 @@ pub(super) fn check_node_id(meta_dir: &Path, node_id: i32) -> Result<(), BrokerE
                 meta.node_id
             )));
         }
-        return Ok(());
+        return Ok(false);
     }
     let body = serde_json::to_vec(&NodeMeta { node_id }).map_err(storage_error)?;
-    atomic_file::write(&path, &body).map_err(storage_error)
+    atomic_file::write(&path, &body).map_err(storage_error)?;
+    Ok(true)
 }

@@ -24,6 +24,10 @@
 //! bool      = 0 | 1
 //! hello     = length:u32 magic:"RLTX" version:u8 broker_id:i32 cluster_id:string
 //!             client_host:string client_port:u16 rack:nullable_string incarnation_id:16
+//!             known_incarnation:16                 (nil: the receiver is not registered)
+//! refusal   = length:u32 magic:"RLTN" version:u8 broker_id:i32 code:u8 reason:string
+//!             (sent instead of a hello by a broker that refuses the connecting identity;
+//!             code 0 = duplicate broker registration, 1 = stale incarnation)
 //! string    = length:i16 utf8                  (at most 255 bytes each, see the constants)
 //! nullable_string = -1:i16 | string
 //! ```
@@ -62,11 +66,23 @@ use crate::replica::hard_state::ReplicaKey;
 ///   unchanged, but one number covers both: a connection whose handshake is refused
 ///   never carries a frame, so frames of version 1 are never met by this build.
 /// * 3 — a heartbeat carries the `quiesce` flag of idle groups.
-pub const WIRE_VERSION: u8 = 3;
+/// * 4 — the handshake carries the incarnation the sender's metadata registers for the
+///   receiver ([`Hello::known_incarnation`]), and a broker may answer a handshake with a
+///   [`Refusal`].
+pub const WIRE_VERSION: u8 = 4;
 
 /// First bytes of a handshake body, so a connection from something that is not a Rill
 /// transport (a Kafka client on the wrong port) fails at once with a clear error.
 pub const HELLO_MAGIC: [u8; 4] = *b"RLTX";
+
+/// First bytes of a [`Refusal`] body (sent in place of the answering hello).
+pub const REFUSAL_MAGIC: [u8; 4] = *b"RLTN";
+
+/// Longest [`Refusal::reason`], in bytes.
+pub const REFUSAL_REASON_BYTES_MAX: usize = 512;
+
+/// Largest refusal body: magic, version, broker id, code, reason.
+pub const REFUSAL_BYTES_MAX: usize = REFUSAL_MAGIC.len() + 1 + 4 + 1 + 2 + REFUSAL_REASON_BYTES_MAX;
 
 /// Longest cluster id a handshake may carry.
 pub const CLUSTER_ID_BYTES_MAX: usize = 255;
@@ -79,8 +95,8 @@ pub const CLIENT_HOST_BYTES_MAX: usize = 255;
 pub const RACK_BYTES_MAX: usize = 255;
 
 /// Bytes of a handshake body besides its strings: magic, version, broker id, the three
-/// string lengths, client port, incarnation id.
-const HELLO_FIXED_BYTES: usize = HELLO_MAGIC.len() + 1 + 4 + 2 + 2 + 2 + 2 + 16;
+/// string lengths, client port, incarnation id, known incarnation.
+const HELLO_FIXED_BYTES: usize = HELLO_MAGIC.len() + 1 + 4 + 2 + 2 + 2 + 2 + 16 + 16;
 
 /// Largest handshake body: every string at its longest. The handshake is read with this
 /// as its frame limit, so a peer cannot make the receiver buffer more before it is checked.
@@ -156,6 +172,44 @@ pub struct Hello {
     pub cluster_id: String,
     /// How Kafka clients reach the sender, and which process it is.
     pub registration: BrokerRegistrationInfo,
+    /// The incarnation of the *receiver* that the sender's cluster metadata registers, if
+    /// any. A broker that started on an empty data directory learns from it that the
+    /// cluster knew it before (it is rejoining, not bootstrapping), before the sender's
+    /// first Raft message arrives on the connection.
+    pub known_incarnation: Option<Uuid>,
+}
+
+/// Why a broker refused a connecting broker's identity ([`Refusal::code`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// Another process with this broker id holds a live session (Kafka:
+    /// DUPLICATE_BROKER_REGISTRATION).
+    DuplicateBroker,
+    /// This incarnation of the broker id was replaced by a newer registered one: the
+    /// process is fenced for good (Kafka: a stale broker epoch).
+    StaleIncarnation,
+}
+
+/// The answer of a broker that refuses a handshake's identity, sent in place of its own
+/// hello so the refused process can say why it cannot join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The refusing broker's id.
+    pub broker_id: BrokerId,
+    /// Why.
+    pub code: RefusalCode,
+    /// A readable explanation naming the ids and incarnations involved, at most
+    /// [`REFUSAL_REASON_BYTES_MAX`] bytes (longer ones are cut at encoding).
+    pub reason: String,
+}
+
+/// What a connecting broker receives back for its handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandshakeReply {
+    /// The peer's hello: the connection is up.
+    Hello(Hello),
+    /// The peer refused this broker's identity.
+    Refused(Refusal),
 }
 
 /// What a broker tells its peers about itself in every handshake, for the controller to
@@ -247,6 +301,18 @@ pub enum CodecError {
     /// A handshake rack longer than [`RACK_BYTES_MAX`].
     #[error("rack of {bytes} bytes, at most {RACK_BYTES_MAX} allowed")]
     RackTooLong {
+        /// Its length.
+        bytes: usize,
+    },
+    /// A refusal code no [`RefusalCode`] has.
+    #[error("unknown refusal code {code}")]
+    UnknownRefusalCode {
+        /// The code read.
+        code: u8,
+    },
+    /// A refusal reason longer than [`REFUSAL_REASON_BYTES_MAX`].
+    #[error("refusal reason of {bytes} bytes, at most {REFUSAL_REASON_BYTES_MAX} allowed")]
+    RefusalReasonTooLong {
         /// Its length.
         bytes: usize,
     },
@@ -613,8 +679,63 @@ pub(crate) fn encode_hello_unchecked(hello: &Hello) -> Bytes {
         None => out.put_i16(-1),
     }
     out.put_u128(registration.incarnation_id.as_u128());
+    out.put_u128(hello.known_incarnation.unwrap_or(Uuid::nil()).as_u128());
     debug_assert_eq!(out.len(), FRAME_PREFIX_BYTES + body_bytes);
     out.freeze()
+}
+
+/// Encodes a refusal, length prefix included; a reason longer than
+/// [`REFUSAL_REASON_BYTES_MAX`] is cut at a character boundary.
+pub fn encode_refusal(refusal: &Refusal) -> Bytes {
+    let mut cut = refusal.reason.len().min(REFUSAL_REASON_BYTES_MAX);
+    while !refusal.reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let reason = &refusal.reason[..cut];
+    let body_bytes = REFUSAL_MAGIC.len() + 1 + 4 + 1 + 2 + reason.len();
+    let mut out = BytesMut::with_capacity(FRAME_PREFIX_BYTES + body_bytes);
+    out.put_u32(body_bytes as u32);
+    out.put_slice(&REFUSAL_MAGIC);
+    out.put_u8(WIRE_VERSION);
+    out.put_i32(refusal.broker_id);
+    out.put_u8(match refusal.code {
+        RefusalCode::DuplicateBroker => 0,
+        RefusalCode::StaleIncarnation => 1,
+    });
+    put_string(&mut out, reason);
+    out.freeze()
+}
+
+/// Decodes the answer to a handshake (the bytes after its length prefix): a hello or a
+/// refusal, told apart by their magic.
+pub fn decode_reply(body: Bytes) -> Result<HandshakeReply, CodecError> {
+    if !body.starts_with(&REFUSAL_MAGIC) {
+        return decode_hello(body).map(HandshakeReply::Hello);
+    }
+    let mut r = WireReader::new(body);
+    for _ in REFUSAL_MAGIC {
+        u8_(&mut r)?;
+    }
+    version(&mut r)?;
+    let broker_id = broker_id(&mut r)?;
+    let code = match u8_(&mut r)? {
+        0 => RefusalCode::DuplicateBroker,
+        1 => RefusalCode::StaleIncarnation,
+        code => return Err(CodecError::UnknownRefusalCode { code }),
+    };
+    let reason = r.string(false)?;
+    if reason.len() > REFUSAL_REASON_BYTES_MAX {
+        return Err(CodecError::RefusalReasonTooLong {
+            bytes: reason.len(),
+        });
+    }
+    let reason = reason.to_string();
+    r.finish()?;
+    Ok(HandshakeReply::Refused(Refusal {
+        broker_id,
+        code,
+        reason,
+    }))
 }
 
 /// A Kafka STRING: `i16` length, then the UTF-8 bytes.
@@ -657,9 +778,11 @@ pub fn decode_hello(body: Bytes) -> Result<Hello, CodecError> {
         }
     }
     let incarnation_id = r.uuid()?;
+    let known_incarnation = Some(r.uuid()?).filter(|id| !id.is_nil());
     r.finish()?;
     Ok(Hello {
         broker_id,
+        known_incarnation,
         cluster_id: cluster_id.to_string(),
         registration: BrokerRegistrationInfo {
             client_host: client_host.to_string(),
@@ -943,17 +1066,21 @@ mod tests {
             any::<u16>(),
             proptest::option::of(short_string()),
             any::<u128>(),
+            proptest::option::of(1..=u128::MAX),
         )
             .prop_map(
-                |(broker_id, cluster_id, client_host, client_port, rack, incarnation)| Hello {
-                    broker_id,
-                    cluster_id,
-                    registration: BrokerRegistrationInfo {
-                        client_host,
-                        client_port,
-                        rack,
-                        incarnation_id: Uuid::from_u128(incarnation),
-                    },
+                |(broker_id, cluster_id, client_host, client_port, rack, incarnation, known)| {
+                    Hello {
+                        broker_id,
+                        cluster_id,
+                        known_incarnation: known.map(Uuid::from_u128),
+                        registration: BrokerRegistrationInfo {
+                            client_host,
+                            client_port,
+                            rack,
+                            incarnation_id: Uuid::from_u128(incarnation),
+                        },
+                    }
                 },
             )
     }
@@ -974,6 +1101,7 @@ mod tests {
         Hello {
             broker_id: 42,
             cluster_id: "rill-test".into(),
+            known_incarnation: Some(Uuid::from_u128(0x0fed_cba9)),
             registration: BrokerRegistrationInfo {
                 client_host: "broker-42.example".into(),
                 client_port: 9092,
@@ -1197,6 +1325,45 @@ mod tests {
             decode_hello(Bytes::from_static(b"\0\0\0\x10GET / HTTP/1.1")),
             Err(CodecError::BadMagic { .. })
         ));
+    }
+
+    #[test]
+    fn a_refusal_round_trips_is_told_from_a_hello_and_is_bounded() {
+        let refusal = Refusal {
+            broker_id: 3,
+            code: RefusalCode::StaleIncarnation,
+            reason: "broker 2 incarnation x was replaced".into(),
+        };
+        let mut bytes = encode_refusal(&refusal);
+        bytes.advance(FRAME_PREFIX_BYTES);
+        assert!(bytes.len() <= REFUSAL_BYTES_MAX);
+        assert_eq!(decode_reply(bytes), Ok(HandshakeReply::Refused(refusal)));
+        assert_eq!(
+            decode_reply(hello_body(&sample_hello())),
+            Ok(HandshakeReply::Hello(sample_hello()))
+        );
+        let long = Refusal {
+            broker_id: 1,
+            code: RefusalCode::DuplicateBroker,
+            reason: "é".repeat(REFUSAL_REASON_BYTES_MAX),
+        };
+        let mut bytes = encode_refusal(&long);
+        bytes.advance(FRAME_PREFIX_BYTES);
+        assert_eq!(
+            bytes.len(),
+            REFUSAL_BYTES_MAX,
+            "the reason is cut to its bound"
+        );
+        assert!(matches!(
+            decode_reply(bytes),
+            Ok(HandshakeReply::Refused(_))
+        ));
+        let mut bad_code = encode_refusal(&long).to_vec();
+        bad_code[FRAME_PREFIX_BYTES + REFUSAL_MAGIC.len() + 1 + 4] = 9;
+        assert_eq!(
+            decode_reply(Bytes::from(bad_code).slice(FRAME_PREFIX_BYTES..)),
+            Err(CodecError::UnknownRefusalCode { code: 9 })
+        );
     }
 
     #[test]

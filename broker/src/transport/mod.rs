@@ -41,14 +41,32 @@
 //! broker, and each peer keeps one open to every broker it talks to.
 //!
 //! The map records who said what last, not who is alive: a peer whose connection closes
-//! stays in it, and telling a live broker from a dead one is left to a separate
-//! mechanism (heartbeats or leases at the controller).
+//! stays in it. Who is alive is the sessions' business (next section).
+//!
+//! # Identities: duplicates and stale incarnations
+//!
+//! Two processes must never speak for one broker id: the Raft groups would count one
+//! voter twice. The `identity` module holds the rule and its reasons; in short, a
+//! handshake is answered with a [`codec::Refusal`] instead of a hello when its
+//! incarnation was replaced by a later registration in the metadata log (stale: fenced
+//! for good), or when another incarnation of the same broker id holds a live session here
+//! (duplicate: a session is live while its connection is open and delivered a frame
+//! within `session_timeout_ms`; idle connections carry a keepalive frame every
+//! `keepalive_interval_ms`). The refused process learns why from the refusal: a stale
+//! incarnation at once, a duplicate once refused for two session timeouts in a row,
+//! reports it on [`Transport::fenced`] and the broker exits with that message.
+//!
+//! A hello also tells the receiver which incarnation of it the sender's metadata
+//! registers ([`Hello::known_incarnation`]): a broker that started on an empty data
+//! directory learns from it, before any Raft message of that peer, that it is rejoining a
+//! cluster that knew it ([`Transport::rejoining`]; see `replica::engine` for why that
+//! matters to its votes).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rill_protocol::frame::FRAME_PREFIX_BYTES;
@@ -61,9 +79,12 @@ use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
 pub mod codec;
+mod identity;
 mod peer;
 
-pub use codec::{BrokerRegistrationInfo, CodecError, Envelope, Hello};
+pub use codec::{BrokerRegistrationInfo, CodecError, Envelope, Hello, RefusalCode};
+use identity::Identities;
+use uuid::Uuid;
 
 use codec::{FrameDecoder, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
 use peer::{Peer, Pushed};
@@ -107,7 +128,8 @@ pub struct TransportConfig {
     pub handshake_timeout_ms: u64,
     /// An outbound connection with nothing to send for this long sends an empty frame,
     /// so the peer can tell a live broker whose groups are all quiet from a dead one
-    /// ([`Transport::silent_peers`]). Default 200 ms.
+    /// ([`Transport::silent_peers`]) and its session stays live (see the module docs).
+    /// Default 200 ms.
     pub keepalive_interval_ms: u64,
     /// Time allowed for writing one frame; past it the connection is dropped and
     /// reopened. Without it, a peer that vanished without a reset (power loss, a
@@ -122,6 +144,10 @@ pub struct TransportConfig {
     /// `inbound_connections_max × frame_bytes_max`, and only as bytes actually arrive
     /// (plus what the inbound channel holds). Default 64.
     pub inbound_connections_max: usize,
+    /// A peer process whose connection delivered no frame for this long has no live
+    /// session any more: another process with its broker id may then take its place (see
+    /// the module docs). Must exceed `keepalive_interval_ms`. Default 3,000 ms.
+    pub session_timeout_ms: u64,
     /// What this broker tells its peers about itself in every handshake (see the module
     /// docs). Default: client host `127.0.0.1`, port 9092, no rack, and an incarnation id
     /// drawn at random by [`TransportConfig::new`]; set the real one with
@@ -150,6 +176,7 @@ impl TransportConfig {
             write_stall_timeout_ms: 30_000,
             keepalive_interval_ms: 200,
             inbound_connections_max: 64,
+            session_timeout_ms: 3_000,
             registration: BrokerRegistrationInfo {
                 client_host: "127.0.0.1".into(),
                 client_port: 9092,
@@ -226,6 +253,16 @@ impl TransportConfig {
                 format!(
                     "{} must be positive and at most reconnect_backoff_ms_max {}",
                     self.reconnect_backoff_ms_min, self.reconnect_backoff_ms_max
+                ),
+            );
+        }
+        if self.keepalive_interval_ms == 0 || self.keepalive_interval_ms >= self.session_timeout_ms
+        {
+            return invalid(
+                "keepalive_interval_ms",
+                format!(
+                    "{} must be positive and below session_timeout_ms {}",
+                    self.keepalive_interval_ms, self.session_timeout_ms
                 ),
             );
         }
@@ -321,6 +358,35 @@ pub enum TransportError {
     /// The peer sent bytes on an outbound connection, where it must send nothing.
     #[error("unexpected bytes from peer on an outbound connection")]
     UnexpectedBytes,
+    /// The peer refused this broker's identity (a duplicate broker id or a stale
+    /// incarnation; see the module docs).
+    #[error("refused by broker {by}: {reason}")]
+    Refused {
+        /// The refusing broker.
+        by: BrokerId,
+        /// Why.
+        code: RefusalCode,
+        /// Its explanation.
+        reason: String,
+    },
+    /// This broker refused a connecting peer's identity (and told it why).
+    #[error("peer identity refused: {reason}")]
+    IdentityRefused {
+        /// Why.
+        code: RefusalCode,
+        /// The explanation sent to the peer.
+        reason: String,
+    },
+    /// The process answering at a peer's address is an incarnation the metadata replaced.
+    #[error("broker {broker} answers as incarnation {incarnation}, replaced by {replaced_by}")]
+    StalePeer {
+        /// The broker id.
+        broker: BrokerId,
+        /// The incarnation that answered.
+        incarnation: Uuid,
+        /// The incarnation registered after it.
+        replaced_by: Uuid,
+    },
 }
 
 /// Why [`Transport::send`] did not queue a message. The message is gone; each cause is
@@ -386,6 +452,12 @@ pub struct TransportCounters {
     pub inbound_rejected: AtomicU64,
     /// Inbound connections that ended, for any reason (rejected ones included).
     pub inbound_ended: AtomicU64,
+    /// Handshakes this broker refused for their identity (duplicate or stale).
+    pub identities_refused: AtomicU64,
+    /// Empty keepalive frames sent (not counted in `frames_sent`).
+    pub keepalives_sent: AtomicU64,
+    /// Empty keepalive frames received (not counted in `frames_received`).
+    pub keepalives_received: AtomicU64,
 }
 
 impl TransportCounters {
@@ -413,6 +485,16 @@ struct Shared {
     registrations: Mutex<HashMap<BrokerId, BrokerRegistrationInfo>>,
     /// Bumped after every change of `registrations`.
     registrations_changed: watch::Sender<u64>,
+    /// Sessions, registrations and replaced incarnations (module `identity`).
+    identities: Mutex<Identities>,
+    /// Bumped when an incarnation is replaced, so its idle connections close.
+    fences_changed: watch::Sender<u64>,
+    /// Set once this process learns it may not speak for its broker id.
+    fenced_self: watch::Sender<Option<String>>,
+    /// A peer's hello said the metadata registers another incarnation of this broker.
+    rejoining: AtomicBool,
+    /// Per peer: since when every handshake with it was refused as a duplicate.
+    duplicate_since: Mutex<HashMap<BrokerId, Instant>>,
     /// When each peer's last frame arrived, in milliseconds after `started` (plus one:
     /// zero is never), set by its inbound connection.
     heard: Mutex<HashMap<BrokerId, Arc<AtomicU64>>>,
@@ -429,11 +511,65 @@ impl Shared {
         self.started.elapsed().as_millis() as u64 + 1
     }
 
-    fn hello(&self) -> Hello {
+    /// Our hello to `peer`, telling it which incarnation of it our metadata registers.
+    fn hello_for(&self, peer: BrokerId) -> Hello {
         Hello {
             broker_id: self.config.broker_id,
             cluster_id: self.config.cluster_id.clone(),
             registration: self.config.registration.clone(),
+            known_incarnation: lock(&self.identities).registered(peer),
+        }
+    }
+
+    /// A peer's hello named the incarnation of this broker its metadata registers.
+    fn note_known(&self, from: BrokerId, known: Option<Uuid>) {
+        let Some(known) = known else { return };
+        if known != self.config.registration.incarnation_id
+            && !self.rejoining.swap(true, Ordering::AcqRel)
+        {
+            tracing::info!(
+                peer = from,
+                registered_incarnation = %known,
+                "the cluster knew this broker as an earlier incarnation: rejoining"
+            );
+        }
+    }
+
+    /// Marks this process fenced (once): the broker stops with `reason`.
+    fn fence_self(&self, reason: String) {
+        tracing::error!(broker = self.config.broker_id, %reason, "this process is fenced");
+        self.fenced_self.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason);
+            true
+        });
+    }
+
+    /// A peer refused our identity: a stale incarnation is fenced at once; a duplicate
+    /// once the same peer has refused it for two session timeouts in a row (a dead
+    /// predecessor's session would have expired by then, so the other process is alive).
+    fn refused_by(&self, peer: BrokerId, code: RefusalCode, reason: &str) {
+        let id = self.config.broker_id;
+        match code {
+            RefusalCode::StaleIncarnation => self.fence_self(format!(
+                "broker {peer} refused node_id {id}'s incarnation {}: {reason}",
+                self.config.registration.incarnation_id
+            )),
+            RefusalCode::DuplicateBroker => {
+                tracing::error!(peer, %reason, "handshake refused: another process holds this node_id");
+                let since = *lock(&self.duplicate_since)
+                    .entry(peer)
+                    .or_insert_with(Instant::now);
+                let patience = Duration::from_millis(2 * self.config.session_timeout_ms);
+                if since.elapsed() >= patience {
+                    self.fence_self(format!(
+                        "broker {peer} has refused node_id {id} for {} ms: {reason}",
+                        since.elapsed().as_millis()
+                    ));
+                }
+            }
         }
     }
 
@@ -501,13 +637,20 @@ impl Transport {
         let local_addr = listener.local_addr()?;
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
-            config,
             counters: Arc::new(TransportCounters::default()),
             inbound,
             registrations: Mutex::new(HashMap::new()),
             registrations_changed: watch::channel(0).0,
+            identities: Mutex::new(Identities::new(Duration::from_millis(
+                config.session_timeout_ms,
+            ))),
+            fences_changed: watch::channel(0).0,
+            fenced_self: watch::channel(None).0,
+            rejoining: AtomicBool::new(false),
+            duplicate_since: Mutex::new(HashMap::new()),
             heard: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
+            config,
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown));
         let transport = Transport {
@@ -549,6 +692,49 @@ impl Transport {
     /// again after each `changed()`.
     pub fn registrations_changed(&self) -> watch::Receiver<u64> {
         self.shared.registrations_changed.subscribe()
+    }
+
+    /// Records that the metadata log registers `broker` as `incarnation` (call in log
+    /// order, for every registration applied). A registration that replaces another
+    /// incarnation fences it here: its handshakes are refused and its connections close;
+    /// the outbound connection to `broker` is reopened, so it reaches the new process. If
+    /// the replaced incarnation is this process's own, this process is fenced.
+    pub fn set_registered(&self, broker: BrokerId, incarnation: Uuid) {
+        let replaced = lock(&self.shared.identities).register(broker, incarnation);
+        let Some(replaced) = replaced else { return };
+        tracing::info!(broker, %replaced, by = %incarnation, "incarnation replaced: fenced");
+        self.shared.fences_changed.send_modify(|v| *v += 1);
+        let own = &self.shared.config;
+        if broker == own.broker_id {
+            if replaced == own.registration.incarnation_id {
+                self.shared.fence_self(format!(
+                    "the cluster metadata registered node_id {broker} as incarnation {incarnation}, replacing this process's incarnation {replaced}"
+                ));
+            }
+            return;
+        }
+        if let Some(entry) = lock(&self.peers).get(&broker) {
+            lock(&entry.peer.state).addr_generation += 1;
+            entry.peer.reconfigured.notify_one();
+        }
+    }
+
+    /// Whether `incarnation` of `broker` has a live session at this broker (an open
+    /// inbound connection heard from within `session_timeout_ms`).
+    pub fn is_live(&self, broker: BrokerId, incarnation: Uuid) -> bool {
+        lock(&self.shared.identities).is_live(broker, incarnation, Instant::now())
+    }
+
+    /// Whether a peer told this broker that the cluster metadata registers an earlier
+    /// incarnation of it (it restarted, and the cluster knew it before).
+    pub fn rejoining(&self) -> bool {
+        self.shared.rejoining.load(Ordering::Acquire)
+    }
+
+    /// Becomes `Some(reason)` once this process may no longer speak for its broker id (a
+    /// stale incarnation, or a duplicate of a live one); the broker must stop.
+    pub fn fenced(&self) -> watch::Receiver<Option<String>> {
+        self.shared.fenced_self.subscribe()
     }
 
     /// The peers (of [`Transport::set_peers`]) no frame has arrived from within
@@ -790,23 +976,62 @@ async fn serve_inbound(
     let hello = codec::decode_hello(hello.freeze())?;
     check_hello(config, &hello)?;
     let from_broker = hello.broker_id;
+    let incarnation = hello.registration.incarnation_id;
     let from_node = crate::replica::store::raft_node_id(from_broker);
     let own_node = crate::replica::store::raft_node_id(config.broker_id);
+    shared.note_known(from_broker, hello.known_incarnation);
+    let admitted = lock(&shared.identities).admit(from_broker, incarnation, Instant::now());
+    if let Err((code, reason)) = admitted {
+        counters.bump(&counters.identities_refused);
+        let refusal = codec::Refusal {
+            broker_id: config.broker_id,
+            code,
+            reason: reason.clone(),
+        };
+        writer.write_all(&codec::encode_refusal(&refusal)).await?;
+        // Let the refusal reach the peer before the connection drops.
+        let _ = writer.shutdown().await;
+        return Err(TransportError::IdentityRefused { code, reason });
+    }
+    // Ends the session's connection however this function returns.
+    let _session = SessionGuard {
+        shared,
+        broker: from_broker,
+        incarnation,
+    };
     writer
-        .write_all(&codec::encode_hello(&shared.hello()))
+        .write_all(&codec::encode_hello(&shared.hello_for(from_broker)))
         .await?;
     shared.record_registration(from_broker, hello.registration);
     let heard = shared.heard_clock(from_broker);
     heard.store(shared.now_ms(), Ordering::Relaxed);
     *frames.decoder_mut() = FrameDecoder::new(config.frame_bytes_max);
+    let mut fences = shared.fences_changed.subscribe();
     loop {
         let body = tokio::select! {
             _ = stopped(&mut shutdown) => return Ok(()),
+            changed = fences.changed() => {
+                if changed.is_ok() {
+                    if let Err((code, reason)) =
+                        lock(&shared.identities).heard(from_broker, incarnation, Instant::now())
+                    {
+                        return Err(TransportError::IdentityRefused { code, reason });
+                    }
+                }
+                continue;
+            }
             body = frames.next() => match body {
                 None => return Ok(()),
                 Some(body) => body?,
             },
         };
+        // Every frame renews the session; a replaced incarnation's frames are never
+        // delivered.
+        if let Err((code, reason)) =
+            lock(&shared.identities).heard(from_broker, incarnation, Instant::now())
+        {
+            return Err(TransportError::IdentityRefused { code, reason });
+        }
         let frame_bytes = FRAME_PREFIX_BYTES + body.len();
         let frame = codec::decode_frame(body.freeze())?;
         // The handshake named the sender; nothing in a frame may claim another.
@@ -832,12 +1057,13 @@ async fn serve_inbound(
             }
         }
         heard.store(shared.now_ms(), Ordering::Relaxed);
+        if frame.envelopes.is_empty() {
+            counters.bump(&counters.keepalives_received);
+            continue;
+        }
         counters.bump(&counters.frames_received);
         counters.add(&counters.bytes_received, frame_bytes as u64);
         counters.add(&counters.messages_received, frame.envelopes.len() as u64);
-        if frame.envelopes.is_empty() {
-            continue;
-        }
         let batch = InboundBatch {
             from_broker,
             envelopes: frame.envelopes,
@@ -851,6 +1077,19 @@ async fn serve_inbound(
                 }
             }
         }
+    }
+}
+
+/// Closes an admitted connection's share of its session when the connection ends.
+struct SessionGuard<'a> {
+    shared: &'a Shared,
+    broker: BrokerId,
+    incarnation: Uuid,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.identities).closed(self.broker, self.incarnation);
     }
 }
 

@@ -14,7 +14,10 @@ use tokio::sync::{watch, Notify};
 use tokio_util::codec::FramedRead;
 use tracing::Instrument;
 
-use super::codec::{self, Envelope, FrameDecoder, FRAME_HEADER_BYTES, HELLO_BYTES_MAX};
+use super::codec::{
+    self, Envelope, FrameDecoder, HandshakeReply, FRAME_HEADER_BYTES, HELLO_BYTES_MAX,
+    REFUSAL_BYTES_MAX,
+};
 use super::{lock, stopped, BrokerId, Shared, TransportError};
 use crate::replica::hard_state::ReplicaKey;
 
@@ -241,6 +244,7 @@ async fn run_peer(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watch::Rec
         };
         match connected {
             Ok(stream) => {
+                lock(&shared.duplicate_since).remove(&peer.broker_id);
                 if connected_before {
                     shared.counters.bump(&shared.counters.reconnects);
                 }
@@ -262,6 +266,10 @@ async fn run_peer(peer: Arc<Peer>, shared: Arc<Shared>, mut shutdown: watch::Rec
                         tracing::info!(%addr, %error, "inter-broker connection lost");
                     }
                 }
+            }
+            Err(TransportError::Refused { by, code, reason }) => {
+                shared.counters.bump(&shared.counters.connect_failures);
+                shared.refused_by(by, code, &reason);
             }
             Err(error) => {
                 shared.counters.bump(&shared.counters.connect_failures);
@@ -290,17 +298,29 @@ async fn connect(
         .await
         .map_err(|_| TransportError::Timeout { what: "connect" })??;
     stream.set_nodelay(true)?;
-    let hello = codec::encode_hello(&shared.hello());
+    let hello = codec::encode_hello(&shared.hello_for(expected_broker_id));
     stream.write_all(&hello).await?;
     let handshake_timeout = Duration::from_millis(config.handshake_timeout_ms);
     let reply = {
-        let mut frames = FramedRead::new(&mut stream, FrameDecoder::new(HELLO_BYTES_MAX));
+        let mut frames = FramedRead::new(
+            &mut stream,
+            FrameDecoder::new(HELLO_BYTES_MAX.max(REFUSAL_BYTES_MAX)),
+        );
         tokio::time::timeout(handshake_timeout, frames.next())
             .await
             .map_err(|_| TransportError::Timeout { what: "handshake" })?
             .ok_or(TransportError::ClosedDuringHandshake)??
     };
-    let reply = codec::decode_hello(reply.freeze())?;
+    let reply = match codec::decode_reply(reply.freeze())? {
+        HandshakeReply::Hello(hello) => hello,
+        HandshakeReply::Refused(refusal) => {
+            return Err(TransportError::Refused {
+                by: refusal.broker_id,
+                code: refusal.code,
+                reason: refusal.reason,
+            })
+        }
+    };
     super::check_hello(config, &reply)?;
     if reply.broker_id != expected_broker_id {
         return Err(TransportError::UnexpectedBroker {
@@ -308,6 +328,17 @@ async fn connect(
             found: reply.broker_id,
         });
     }
+    let incarnation = reply.registration.incarnation_id;
+    let replaced_by = lock(&shared.identities).replaced_by(reply.broker_id, incarnation);
+    if let Some(replaced_by) = replaced_by {
+        // A fenced process still holds the address: send it nothing.
+        return Err(TransportError::StalePeer {
+            broker: reply.broker_id,
+            incarnation,
+            replaced_by,
+        });
+    }
+    shared.note_known(reply.broker_id, reply.known_incarnation);
     Ok(stream)
 }
 
@@ -376,9 +407,13 @@ async fn write_loop(
                 // Only a connection that carried a frame resets the backoff: a peer that
                 // accepts the handshake and then hangs up keeps being retried slowly.
                 backoff.reset();
-                counters.add(&counters.frames_sent, 1);
-                counters.add(&counters.bytes_sent, frame_bytes as u64);
-                counters.add(&counters.messages_sent, batch.len() as u64);
+                if batch.is_empty() {
+                    counters.add(&counters.keepalives_sent, 1);
+                } else {
+                    counters.add(&counters.frames_sent, 1);
+                    counters.add(&counters.bytes_sent, frame_bytes as u64);
+                    counters.add(&counters.messages_sent, batch.len() as u64);
+                }
             }
             Some(Err(error)) => {
                 // Part of the frame may have left; the receiver discards a partial frame

@@ -257,6 +257,7 @@ fn raw_hello(broker_id: BrokerId, cluster_id: &str) -> Vec<u8> {
         broker_id,
         cluster_id: cluster_id.into(),
         registration: config(broker_id).registration,
+        known_incarnation: None,
     })
     .to_vec()
 }
@@ -813,6 +814,7 @@ async fn a_handshake_with_an_over_long_host_or_of_version_1_is_refused_and_close
         broker_id: 5,
         cluster_id: CLUSTER.into(),
         registration: registration("h", 9092, None),
+        known_incarnation: None,
     };
     hello.registration.client_host = "h".repeat(codec::CLIENT_HOST_BYTES_MAX + 1);
     let over_long = codec::encode_hello_unchecked(&hello);
@@ -845,4 +847,106 @@ async fn a_handshake_with_an_over_long_host_or_of_version_1_is_refused_and_close
     assert_eq!(seen, hello.registration);
     drop(raw);
     receiver.shutdown().await;
+}
+
+/// A configuration with short keepalives and sessions, so identity tests run quickly.
+fn quick_sessions(broker_id: BrokerId) -> TransportConfig {
+    let mut config = config(broker_id);
+    config.keepalive_interval_ms = 50;
+    config.session_timeout_ms = 400;
+    config
+}
+
+/// Waits until `transport` reports itself fenced; returns the reason.
+async fn fenced_reason(transport: &Transport) -> String {
+    let mut fenced = transport.fenced();
+    let reason = tokio::time::timeout(WAIT, fenced.wait_for(Option::is_some))
+        .await
+        .expect("fenced in time")
+        .expect("watch alive")
+        .clone();
+    reason.expect("a reason")
+}
+
+#[tokio::test]
+async fn a_second_process_with_a_live_brokers_id_is_refused_and_told_why() {
+    let nodes = mesh_of(vec![quick_sessions(0), quick_sessions(1)]).await;
+    let addr_0 = nodes[0].0.local_addr();
+    eventually("broker 1's session at broker 0", || {
+        nodes[0]
+            .0
+            .is_live(1, nodes[1].0.shared.config.registration.incarnation_id)
+    })
+    .await;
+    // Another process claims id 1 while the first keeps its session alive (keepalives
+    // flow although no message is sent).
+    let (duplicate, _rx) = start_with(quick_sessions(1)).await;
+    duplicate.set_peers(HashMap::from([(0, addr_0)]));
+    let reason = fenced_reason(&duplicate).await;
+    assert!(
+        reason.contains("DUPLICATE_BROKER_REGISTRATION") && reason.contains("node_id 1"),
+        "{reason}"
+    );
+    assert!(TransportCounters::get(&nodes[0].0.counters().identities_refused) >= 1);
+    assert!(TransportCounters::get(&nodes[1].0.counters().keepalives_sent) >= 1);
+    // The first process is untouched: still live, never fenced.
+    assert!(nodes[1].0.fenced().borrow().is_none());
+    nodes[0].0.send(1, append(0, 1, 0, 0)).unwrap();
+    duplicate.shutdown().await;
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_replaced_incarnation_is_fenced_and_its_frames_are_not_delivered() {
+    let mut nodes = mesh_of(vec![quick_sessions(0), quick_sessions(1)]).await;
+    let addr_0 = nodes[0].0.local_addr();
+    let old = nodes[1].0.shared.config.registration.incarnation_id;
+    nodes[0].0.set_registered(1, old);
+    nodes[1].0.send(0, append(1, 0, 0, 0)).unwrap();
+    receive(&mut nodes[0].1, 1).await;
+
+    // A newer process with id 1 is registered: the old one is replaced (fenced).
+    let (newer, _rx) = start_with(quick_sessions(1)).await;
+    let new = newer.shared.config.registration.incarnation_id;
+    nodes[0].0.set_registered(1, new);
+    newer.set_peers(HashMap::from([(0, addr_0)]));
+    // The old process's connection closes; it reconnects, is refused as stale and
+    // reports itself fenced, naming both incarnations.
+    let _ = nodes[1].0.send(0, append(1, 0, 0, 1));
+    let reason = fenced_reason(&nodes[1].0).await;
+    assert!(
+        reason.contains(&old.to_string()) && reason.contains(&new.to_string()),
+        "{reason}"
+    );
+    // Nothing the old process sends is delivered any more; the newer one is admitted.
+    for sequence in 2..20 {
+        let _ = nodes[1].0.send(0, append(1, 0, 0, sequence));
+    }
+    newer.send(0, append(1, 0, 7, 0)).unwrap();
+    let got = receive(&mut nodes[0].1, 1).await;
+    assert_eq!(got[0].1.group, group(7), "only the newer process is heard");
+    assert!(nodes[0].0.is_live(1, new));
+    assert!(!nodes[0].0.is_live(1, old));
+    newer.shutdown().await;
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test]
+async fn a_hello_tells_a_restarted_broker_the_cluster_knew_it() {
+    let mut nodes = mesh(&[0, 1]).await;
+    assert!(!nodes[1].0.rejoining(), "unknown to broker 0's metadata");
+    let addr_0 = nodes[0].0.local_addr();
+    let old = nodes[1].0.shared.config.registration.incarnation_id;
+    nodes[0].0.set_registered(1, old);
+    let (stopped, _) = nodes.pop().expect("broker 1");
+    stopped.shutdown().await;
+    let (restarted, _rx) = start_with(config(1)).await;
+    assert!(!restarted.rejoining());
+    restarted.set_peers(HashMap::from([(0, addr_0)]));
+    eventually("the restarted broker learns it was known", || {
+        restarted.rejoining()
+    })
+    .await;
+    restarted.shutdown().await;
+    shutdown_all(nodes).await;
 }

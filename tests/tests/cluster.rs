@@ -7,18 +7,16 @@
 //!
 //! `RILL_CLUSTER_ROUNDS=N` runs N kill rounds (default 10).
 
-use std::collections::BTreeMap;
-use std::net::TcpListener;
+mod cluster_common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cluster_common::*;
 use rill_client::{Admin, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
-use rill_tests::history::{replicas_identical, Duplicates, History};
-use rill_tests::raw::{read_all, RawConn};
+use rill_tests::history::{Duplicates, History};
 use rill_tests::RilldProcess;
 
-const TOPIC: &str = "replicated";
-const PARTITIONS: i32 = 2;
 const ROUNDS_DEFAULT: u32 = 10;
 /// Longest a partition may go without a leader after its leader is killed before the
 /// test fails. Detection is the election timeout (at most 20 ticks of 100 ms); electing
@@ -28,239 +26,6 @@ const ROUNDS_DEFAULT: u32 = 10;
 const FAILOVER_MAX: Duration = Duration::from_secs(10);
 /// Records each round produces before and after its kill.
 const RECORDS_PER_PHASE: usize = 300;
-
-/// A free loopback port (bound and released: the broker binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-struct Cluster {
-    brokers: Vec<RilldProcess>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let voters = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let brokers = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                RilldProcess::start_with(&[
-                    "--node-id",
-                    &(i + 1).to_string(),
-                    "--controller-voters",
-                    &voters,
-                    "--inter-broker-listen",
-                    &format!("127.0.0.1:{port}"),
-                ])
-            })
-            .collect();
-        Cluster { brokers }
-    }
-
-    fn bootstrap(&self) -> String {
-        self.brokers
-            .iter()
-            .filter(|b| b.pid().is_some())
-            .map(|b| b.bootstrap())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn logs(&self) -> String {
-        self.brokers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| format!("===== broker {} =====\n{}", i + 1, b.log()))
-            .collect()
-    }
-}
-
-/// Waits until Metadata (through any live broker) lists `count` brokers.
-async fn wait_registered(cluster: &Cluster, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
-        if let Ok(described) = admin.describe_cluster().await {
-            if described.brokers.len() == count && described.controller_id >= 0 {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{count} brokers not registered within 30 s\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Creates TOPIC with a replica on each of the three brokers (through the controller).
-async fn create_replicated_topic(cluster: &Cluster) {
-    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
-    admin
-        .create_topics(&[NewTopic {
-            replication_factor: 3,
-            ..NewTopic::new(TOPIC, PARTITIONS)
-        }])
-        .await
-        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
-}
-
-/// The broker id leading `partition`, per Metadata.
-async fn leader_of(bootstrap: &str, partition: i32) -> Option<i32> {
-    let admin = Admin::new(ClientConfig::new(bootstrap)).ok()?;
-    let topics = admin.describe_topics(&[TOPIC]).await.ok()?;
-    let leader = topics.first()?.partitions.get(partition as usize)?.leader;
-    (leader >= 0).then_some(leader)
-}
-
-/// The leader of `partition`, waiting up to 20 s for one (a restarted broker knows no
-/// topic until it has replayed the metadata log).
-async fn wait_leader(cluster: &Cluster, partition: i32) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(leader) = leader_of(&cluster.bootstrap(), partition).await {
-            return leader;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "partition {partition} has no leader\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// What a producer task attempted: each value and its outcome (partition and offset
-/// when acknowledged, `None` when the send failed: indeterminate).
-type Outcomes = Vec<(Bytes, Option<(i32, i64)>)>;
-
-/// Produces acks=all records for `duration` from a task of its own (so a kill lands
-/// while sends are in flight), at most `in_flight` awaiting acknowledgement.
-fn produce_for(
-    producer: Producer,
-    round: u32,
-    duration: Duration,
-) -> tokio::task::JoinHandle<Outcomes> {
-    tokio::spawn(async move {
-        let deadline = Instant::now() + duration;
-        let mut out = Vec::new();
-        let mut pending = std::collections::VecDeque::new();
-        let mut n = 0u64;
-        while Instant::now() < deadline {
-            let value = Bytes::from(format!("round{round}-live-{n}"));
-            let record = ProducerRecord::new(TOPIC, value.clone())
-                .with_partition((n % PARTITIONS as u64) as i32);
-            n += 1;
-            match producer.send(record).await {
-                Ok(delivery) => pending.push_back((value, delivery)),
-                Err(_) => out.push((value, None)),
-            }
-            if pending.len() >= 64 {
-                let (value, delivery) = pending.pop_front().expect("non-empty");
-                out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
-            }
-        }
-        for (value, delivery) in pending {
-            out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
-        }
-        out
-    })
-}
-
-/// Like [`produce_for`], with librdkafka (the rdkafka crate) as the producer.
-fn rdkafka_produce_for(
-    bootstrap: &str,
-    round: u32,
-    duration: Duration,
-) -> tokio::task::JoinHandle<Outcomes> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("rdkafka producer");
-    tokio::spawn(async move {
-        let deadline = Instant::now() + duration;
-        let mut out = Vec::new();
-        let mut n = 0u64;
-        while Instant::now() < deadline {
-            let sends: Vec<_> = (0..50)
-                .map(|_| {
-                    let value = format!("round{round}-rdk-{n}");
-                    let partition = (n % PARTITIONS as u64) as i32;
-                    n += 1;
-                    let producer = producer.clone();
-                    async move {
-                        let record = FutureRecord::<(), str>::to(TOPIC)
-                            .payload(&value)
-                            .partition(partition);
-                        let delivered = producer
-                            .send(record, Duration::from_secs(30))
-                            .await
-                            .ok()
-                            .map(|d| (d.partition, d.offset));
-                        (Bytes::from(value), delivered)
-                    }
-                })
-                .collect();
-            out.extend(futures::future::join_all(sends).await);
-        }
-        out
-    })
-}
-
-/// Adds a producer task's outcomes to `history`.
-fn record_outcomes(history: &mut History, outcomes: Outcomes) {
-    for (value, outcome) in outcomes {
-        history.record_attempt(value.clone());
-        match outcome {
-            Some((partition, offset)) => history.record_ack(partition, offset, value),
-            None => history.record_failure(value),
-        }
-    }
-}
-
-/// Produces `count` acks=all records, recording attempts, acknowledgements and
-/// failures (indeterminate) in `history`.
-async fn produce(
-    producer: &Producer,
-    history: &mut History,
-    round: u32,
-    phase: &str,
-    count: usize,
-) {
-    let mut pending = Vec::new();
-    for n in 0..count {
-        let value = Bytes::from(format!("round{round}-{phase}-{n}"));
-        history.record_attempt(value.clone());
-        let record =
-            ProducerRecord::new(TOPIC, value.clone()).with_partition(n as i32 % PARTITIONS);
-        match producer.send(record).await {
-            Ok(delivery) => pending.push((value, delivery)),
-            Err(_) => history.record_failure(value),
-        }
-    }
-    for (value, delivery) in pending {
-        match delivery.await {
-            Ok(meta) => history.record_ack(meta.partition, meta.offset, value),
-            Err(_) => history.record_failure(value),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
@@ -341,17 +106,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
 
     // Every partition read back from its leader: nothing acknowledged is lost, no
     // offset holds two records.
-    let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let leader = wait_leader(&cluster, partition).await;
-        let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
-        let log = read_all(&mut conn, TOPIC, partition);
-        reads.insert(
-            partition,
-            log.into_iter().map(|(o, v)| (o, Bytes::from(v))).collect(),
-        );
-    }
-    history.record_reads(&reads);
+    read_back(&cluster, &mut history).await;
     let report = history.check(Duplicates::Allowed);
     println!("{report}");
     report.assert_ok();
@@ -361,16 +116,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
     for broker in &mut cluster.brokers {
         broker.stop();
     }
-    for partition in 0..PARTITIONS {
-        let dirs: Vec<_> = cluster
-            .brokers
-            .iter()
-            .map(|b| b.data_dir().join(format!("{TOPIC}-{partition}")))
-            .collect();
-        if let Err(e) = replicas_identical(&dirs) {
-            panic!("partition {partition}: replicas differ: {e}");
-        }
-    }
+    assert_replicas_identical(&cluster);
 }
 
 /// Sends `signal` (e.g. "-STOP") to a broker's process.
@@ -487,19 +233,7 @@ async fn topics_are_created_while_a_controller_voter_is_down() {
         "100 more after its restart by {:.2} s",
         killed_at.elapsed().as_secs_f64()
     );
-    let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let leader = wait_leader(&cluster, partition).await;
-        let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
-        reads.insert(
-            partition,
-            read_all(&mut conn, TOPIC, partition)
-                .into_iter()
-                .map(|(o, v)| (o, Bytes::from(v)))
-                .collect(),
-        );
-    }
-    history.record_reads(&reads);
+    read_back(&cluster, &mut history).await;
     let report = history.check(Duplicates::Forbidden);
     println!("{report}");
     report.assert_ok();

@@ -1,0 +1,320 @@
+//! Shared by the cluster tests (`cluster.rs`, `cluster_faults.rs`): three `rilld`
+//! processes forming a cluster, an RF=3 topic, acks=all producers (rill-client and
+//! librdkafka) whose outcomes go into a [`History`], and the end-of-test checks (every
+//! partition read back from its leader; replica files byte-identical).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rill_client::{Admin, ClientConfig, NewTopic, Producer, ProducerRecord};
+use rill_tests::history::{replicas_identical, History};
+use rill_tests::raw::{read_all, RawConn};
+use rill_tests::RilldProcess;
+
+pub const TOPIC: &str = "replicated";
+pub const PARTITIONS: i32 = 2;
+
+/// A free loopback port (bound and released: the broker binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `1@127.0.0.1:P1,2@127.0.0.1:P2,...`: broker `i + 1` at `ports[i]`.
+pub fn voters_text(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub struct Cluster {
+    pub brokers: Vec<RilldProcess>,
+}
+
+impl Cluster {
+    /// Three brokers (ids 1, 2, 3) that all see the same voters: each other's
+    /// inter-broker ports, directly.
+    pub fn start() -> Cluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let voters = voters_text(&ports);
+        Cluster::start_with(&ports, &[voters.clone(), voters.clone(), voters], &[])
+    }
+
+    /// One broker per entry of `inter_broker_ports` (ids 1, 2, ...), broker `i + 1`
+    /// listening on `inter_broker_ports[i]` for its peers and given `voters[i]` as its
+    /// `--controller-voters` (its own view of where the others are), plus `extra` flags.
+    pub fn start_with(inter_broker_ports: &[u16], voters: &[String], extra: &[&str]) -> Cluster {
+        assert_eq!(inter_broker_ports.len(), voters.len(), "one voter list per broker");
+        let brokers = inter_broker_ports
+            .iter()
+            .zip(voters)
+            .enumerate()
+            .map(|(i, (port, voters))| {
+                let mut args = vec![
+                    "--node-id".to_string(),
+                    (i + 1).to_string(),
+                    "--controller-voters".to_string(),
+                    voters.clone(),
+                    "--inter-broker-listen".to_string(),
+                    format!("127.0.0.1:{port}"),
+                ];
+                args.extend(extra.iter().map(|a| a.to_string()));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                RilldProcess::start_with(&args)
+            })
+            .collect();
+        Cluster { brokers }
+    }
+
+    /// The client addresses of the running brokers.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .filter(|b| b.pid().is_some())
+            .map(|b| b.bootstrap())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The broker with id `id`.
+    pub fn broker(&self, id: i32) -> &RilldProcess {
+        &self.brokers[(id - 1) as usize]
+    }
+
+    /// Every broker's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.brokers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("===== broker {} =====\n{}", i + 1, b.log()))
+            .collect()
+    }
+}
+
+/// Waits until Metadata (through any live broker) lists `count` brokers.
+pub async fn wait_registered(cluster: &Cluster, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+        if let Ok(described) = admin.describe_cluster().await {
+            if described.brokers.len() == count && described.controller_id >= 0 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} brokers not registered within 30 s\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates TOPIC with a replica on each of the three brokers (through the controller).
+pub async fn create_replicated_topic(cluster: &Cluster) {
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(TOPIC, PARTITIONS)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+}
+
+/// The broker id leading `partition`, per Metadata.
+pub async fn leader_of(bootstrap: &str, partition: i32) -> Option<i32> {
+    let admin = Admin::new(ClientConfig::new(bootstrap)).ok()?;
+    let topics = admin.describe_topics(&[TOPIC]).await.ok()?;
+    let leader = topics.first()?.partitions.get(partition as usize)?.leader;
+    (leader >= 0).then_some(leader)
+}
+
+/// The leader of `partition`, waiting up to 20 s for one (a restarted broker knows no
+/// topic until it has replayed the metadata log).
+pub async fn wait_leader(cluster: &Cluster, partition: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(leader) = leader_of(&cluster.bootstrap(), partition).await {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} has no leader\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a producer task attempted: each value and its outcome (partition and offset
+/// when acknowledged, `None` when the send failed: indeterminate).
+pub type Outcomes = Vec<(Bytes, Option<(i32, i64)>)>;
+
+/// Produces acks=all records for `duration` from a task of its own (so a fault lands
+/// while sends are in flight), at most 64 awaiting acknowledgement.
+pub fn produce_for(
+    producer: Producer,
+    round: u32,
+    duration: Duration,
+) -> tokio::task::JoinHandle<Outcomes> {
+    tokio::spawn(async move {
+        let deadline = Instant::now() + duration;
+        let mut out = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            let value = Bytes::from(format!("round{round}-live-{n}"));
+            let record = ProducerRecord::new(TOPIC, value.clone())
+                .with_partition((n % PARTITIONS as u64) as i32);
+            n += 1;
+            match producer.send(record).await {
+                Ok(delivery) => pending.push_back((value, delivery)),
+                Err(_) => out.push((value, None)),
+            }
+            if pending.len() >= 64 {
+                let (value, delivery) = pending.pop_front().expect("non-empty");
+                out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
+            }
+        }
+        for (value, delivery) in pending {
+            out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
+        }
+        out
+    })
+}
+
+/// Like [`produce_for`], with librdkafka (the rdkafka crate) as the producer.
+pub fn rdkafka_produce_for(
+    bootstrap: &str,
+    round: u32,
+    duration: Duration,
+) -> tokio::task::JoinHandle<Outcomes> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("rdkafka producer");
+    tokio::spawn(async move {
+        let deadline = Instant::now() + duration;
+        let mut out = Vec::new();
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            let sends: Vec<_> = (0..50)
+                .map(|_| {
+                    let value = format!("round{round}-rdk-{n}");
+                    let partition = (n % PARTITIONS as u64) as i32;
+                    n += 1;
+                    let producer = producer.clone();
+                    async move {
+                        let record = FutureRecord::<(), str>::to(TOPIC)
+                            .payload(&value)
+                            .partition(partition);
+                        let delivered = producer
+                            .send(record, Duration::from_secs(30))
+                            .await
+                            .ok()
+                            .map(|d| (d.partition, d.offset));
+                        (Bytes::from(value), delivered)
+                    }
+                })
+                .collect();
+            out.extend(futures::future::join_all(sends).await);
+        }
+        out
+    })
+}
+
+/// Adds a producer task's outcomes to `history`; returns how many were acknowledged.
+pub fn record_outcomes(history: &mut History, outcomes: Outcomes) -> usize {
+    let mut acked = 0;
+    for (value, outcome) in outcomes {
+        history.record_attempt(value.clone());
+        match outcome {
+            Some((partition, offset)) => {
+                acked += 1;
+                history.record_ack(partition, offset, value);
+            }
+            None => history.record_failure(value),
+        }
+    }
+    acked
+}
+
+/// Produces `count` acks=all records, recording attempts, acknowledgements and
+/// failures (indeterminate) in `history`; returns how many were acknowledged.
+pub async fn produce(
+    producer: &Producer,
+    history: &mut History,
+    round: u32,
+    phase: &str,
+    count: usize,
+) -> usize {
+    let mut acked = 0;
+    let mut pending = Vec::new();
+    for n in 0..count {
+        let value = Bytes::from(format!("round{round}-{phase}-{n}"));
+        history.record_attempt(value.clone());
+        let record =
+            ProducerRecord::new(TOPIC, value.clone()).with_partition(n as i32 % PARTITIONS);
+        match producer.send(record).await {
+            Ok(delivery) => pending.push((value, delivery)),
+            Err(_) => history.record_failure(value),
+        }
+    }
+    for (value, delivery) in pending {
+        match delivery.await {
+            Ok(meta) => {
+                acked += 1;
+                history.record_ack(meta.partition, meta.offset, value);
+            }
+            Err(_) => history.record_failure(value),
+        }
+    }
+    acked
+}
+
+/// Reads every partition of TOPIC from its leader into `history`.
+pub async fn read_back(cluster: &Cluster, history: &mut History) {
+    let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let leader = wait_leader(cluster, partition).await;
+        let mut conn = RawConn::connect(cluster.broker(leader).addr());
+        reads.insert(
+            partition,
+            read_all(&mut conn, TOPIC, partition)
+                .into_iter()
+                .map(|(o, v)| (o, Bytes::from(v)))
+                .collect(),
+        );
+    }
+    history.record_reads(&reads);
+}
+
+/// Panics unless every partition of TOPIC has byte-identical `.log` files on every
+/// broker (call with the brokers stopped).
+pub fn assert_replicas_identical(cluster: &Cluster) {
+    for partition in 0..PARTITIONS {
+        let dirs: Vec<_> = cluster
+            .brokers
+            .iter()
+            .map(|b| b.data_dir().join(format!("{TOPIC}-{partition}")))
+            .collect();
+        if let Err(e) = replicas_identical(&dirs) {
+            panic!("partition {partition}: replicas differ: {e}");
+        }
+    }
+}

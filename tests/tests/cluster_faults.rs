@@ -9,10 +9,11 @@
 //!
 //! | scenario | fault |
 //! |---|---|
-//! | isolate leader | both directions of the leader's four links cut: the majority elects a new leader; the old one must not acknowledge, and its uncommitted suffix is truncated after the heal |
+//! | isolate leader | the leader's four links cut (bytes held) or severed (connections closed, new ones refused): the majority elects a new leader; the old one must not acknowledge, and its uncommitted suffix is truncated after the heal |
 //! | split 2/1 | a follower of partition 0 cut off from both others: the leader keeps committing with the remaining follower; the isolated one catches up after the heal |
-//! | mute leader | only the leader's outbound links cut (it still hears the followers): they elect a new leader; the old one learns of it once the links heal |
-//! | flapping link | the link between the leader and one follower flaps (cut half of every 200-600 ms), connections through it dropped once midway |
+//! | mute leader | only the leader's outbound links cut (it still hears the followers): they elect a new leader; the old one learns of it at once and follows without being able to answer |
+//! | deaf leader | only the leader's inbound links cut (the followers still hear it): it steps down for want of a quorum (check-quorum), then the followers elect a new leader |
+//! | flapping link | the link between the leader and one follower (a third of the time: both followers) flaps, cut half of every 200-600 ms; connections through it dropped once midway |
 //! | delayed follower | everything from the leader to one follower delayed 50-200 ms |
 //!
 //! After the heal, each round checks that a leader serves (fresh acks=all records are
@@ -58,18 +59,28 @@ enum Scenario {
     IsolateLeader,
     SplitFollower,
     MuteLeader,
+    DeafLeader,
     FlappingLink,
     DelayedFollower,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::IsolateLeader,
         Scenario::SplitFollower,
         Scenario::MuteLeader,
+        Scenario::DeafLeader,
         Scenario::FlappingLink,
         Scenario::DelayedFollower,
     ];
+
+    /// Whether the fault cuts partition 0's leader off from its followers.
+    fn forces_new_leader(self) -> bool {
+        matches!(
+            self,
+            Scenario::IsolateLeader | Scenario::MuteLeader | Scenario::DeafLeader
+        )
+    }
 }
 
 /// splitmix64: a few lines instead of a dependency, and the sequence of a seed is
@@ -169,6 +180,15 @@ impl Links {
     fn isolate(&self, id: i32) {
         for peer in BROKERS.into_iter().filter(|p| *p != id) {
             self.cut_pair(id, peer);
+        }
+    }
+
+    /// Closes every connection between `id` and the other brokers, and each new one
+    /// as soon as it is accepted, both ways.
+    fn sever(&self, id: i32) {
+        for peer in BROKERS.into_iter().filter(|p| *p != id) {
+            self.link(id, peer).sever();
+            self.link(peer, id).sever();
         }
     }
 
@@ -407,11 +427,19 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         let mut time_to_new_leader = None;
         let what = match scenario {
             Scenario::IsolateLeader => {
-                links.isolate(leader);
+                // Held bytes (a silent partition) or closed connections that cannot
+                // reopen (the transport's reconnect and backoff after the heal).
+                let sever = rng.next() % 2 == 0;
+                if sever {
+                    links.sever(leader);
+                } else {
+                    links.isolate(leader);
+                }
                 let new = wait_new_leader(&cluster, &followers, leader, epoch, fault_started, round)
                     .await;
                 time_to_new_leader = Some(fault_started.elapsed());
-                format!("leader {leader} isolated; {new} elected")
+                let how = if sever { "severed" } else { "isolated" };
+                format!("leader {leader} {how}; {new} elected")
             }
             Scenario::MuteLeader => {
                 for &f in &followers {
@@ -422,16 +450,34 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
                 time_to_new_leader = Some(fault_started.elapsed());
                 format!("leader {leader}'s outbound links cut; {new} elected")
             }
+            Scenario::DeafLeader => {
+                for &f in &followers {
+                    links.link(f, leader).cut_both();
+                }
+                let new = wait_new_leader(&cluster, &followers, leader, epoch, fault_started, round)
+                    .await;
+                time_to_new_leader = Some(fault_started.elapsed());
+                format!("leader {leader}'s inbound links cut; {new} elected")
+            }
             Scenario::SplitFollower => {
                 links.isolate(follower);
                 format!("follower {follower} split from the other two")
             }
             Scenario::FlappingLink => {
                 let period = Duration::from_millis(rng.between(200, 600));
-                for (a, b) in [(leader, follower), (follower, leader)] {
-                    links.link(a, b).flap(period, 0.5);
+                // Now and then both of the leader's links flap: it keeps losing and
+                // regaining its majority.
+                let peers = if rng.next() % 3 == 0 {
+                    followers.clone()
+                } else {
+                    vec![follower]
+                };
+                for &peer in &peers {
+                    for (a, b) in [(leader, peer), (peer, leader)] {
+                        links.link(a, b).flap(period, 0.5);
+                    }
                 }
-                format!("link {leader}<->{follower} flapping every {period:?}")
+                format!("links {leader}<->{peers:?} flapping every {period:?}")
             }
             Scenario::DelayedFollower => {
                 let delay = Duration::from_millis(rng.between(50, 200));
@@ -444,18 +490,32 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         let hold = Duration::from_millis(fault_ms).saturating_sub(fault_started.elapsed());
         if scenario == Scenario::FlappingLink {
             tokio::time::sleep(hold / 2).await;
-            links.link(leader, follower).drop_connections();
-            links.link(follower, leader).drop_connections();
+            for peer in followers.iter().copied() {
+                links.link(leader, peer).drop_connections();
+                links.link(peer, leader).drop_connections();
+            }
             tokio::time::sleep(hold / 2).await;
         } else {
             tokio::time::sleep(hold.max(Duration::from_millis(300))).await;
         }
+        // What the cut-off leader wrote that its majority never had: the suffix the
+        // heal must truncate (it must not have acknowledged any of it).
+        let stale_suffix = if scenario.forces_new_leader() {
+            replica_views(&cluster, leader)
+                .await
+                .and_then(|v| v.get(&0).copied())
+                .map(|v| v.log_end_offset - v.high_watermark)
+        } else {
+            None
+        };
         links.heal_all();
 
-        let mut acked = record_outcomes(&mut history, live.await.expect("producer task"));
+        let mut outcomes = live.await.expect("producer task");
         if let Some(task) = rdkafka_live {
-            acked += record_outcomes(&mut history, task.await.expect("rdkafka producer task"));
+            outcomes.extend(task.await.expect("rdkafka producer task"));
         }
+        let indeterminate = outcomes.iter().filter(|(_, o)| o.is_none()).count();
+        let acked = record_outcomes(&mut history, outcomes);
         // A leader serves after the heal: every one of these is acknowledged.
         let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
         let healed_acked = produce(&producer, &mut history, round, "healed", RECORDS_AFTER_HEAL).await;
@@ -471,9 +531,13 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
 
         println!(
             "round {round:>3} {:<16} {what}: new leader after {}; {acked} acknowledged \
-             around the fault; converged {:.2} s after the heal",
+             around the fault, {indeterminate} indeterminate; {}converged {:.2} s after \
+             the heal",
             format!("{scenario:?}"),
             time_to_new_leader.map_or("-".to_string(), |t| format!("{:.2} s", t.as_secs_f64())),
+            stale_suffix.map_or(String::new(), |n| format!(
+                "old leader's uncommitted suffix {n} offsets; "
+            )),
             converged_after.as_secs_f64(),
         );
         reports.push(RoundReport {

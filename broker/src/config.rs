@@ -774,9 +774,18 @@ mod tests {
         let a = broker("1@127.0.0.1:9093,2@127.0.0.1:9193", None);
         let b = broker("1@127.0.0.1:9093,2@127.0.0.1:19193", None);
         assert_ne!(a.configured_cluster_id(), b.configured_cluster_id());
-        let a = broker("1@127.0.0.1:9093,2@127.0.0.1:9193", Some("MkU3OEVBNTcwNTJENDM2Qk"));
-        let b = broker("1@127.0.0.1:9093,2@127.0.0.1:19193", Some("MkU3OEVBNTcwNTJENDM2Qk"));
-        assert_eq!(a.configured_cluster_id().as_deref(), Some("MkU3OEVBNTcwNTJENDM2Qk"));
+        let a = broker(
+            "1@127.0.0.1:9093,2@127.0.0.1:9193",
+            Some("MkU3OEVBNTcwNTJENDM2Qk"),
+        );
+        let b = broker(
+            "1@127.0.0.1:9093,2@127.0.0.1:19193",
+            Some("MkU3OEVBNTcwNTJENDM2Qk"),
+        );
+        assert_eq!(
+            a.configured_cluster_id().as_deref(),
+            Some("MkU3OEVBNTcwNTJENDM2Qk")
+        );
         assert_eq!(a.configured_cluster_id(), b.configured_cluster_id());
         // A single node keeps the id of its data directory unless told one.
         let single = Config::load(&Cli::parse_from(["rilld"])).unwrap();

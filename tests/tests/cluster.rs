@@ -29,10 +29,7 @@ const RECORDS_PER_PHASE: usize = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
-    let rounds: u32 = std::env::var("RILL_CLUSTER_ROUNDS")
-        .ok()
-        .map(|r| r.parse().expect("RILL_CLUSTER_ROUNDS is a number"))
-        .unwrap_or(ROUNDS_DEFAULT);
+    let rounds: u32 = env_number("RILL_CLUSTER_ROUNDS").unwrap_or(ROUNDS_DEFAULT);
     let mut cluster = Cluster::start();
     wait_registered(&cluster, 3).await;
     create_replicated_topic(&cluster).await;

@@ -24,7 +24,8 @@
 //! records; then the brokers stop and every replica's segment files must be
 //! byte-identical.
 //!
-//! `RILL_FAULT_ROUNDS=N` runs N rounds (default 20; the long mode is e.g. 500), and
+//! `RILL_FAULT_ROUNDS=N` runs N rounds (default 20; the long mode is e.g. 500),
+//! `RILL_FAULT_MS_MAX=T` holds faults up to T ms (default 2500), and
 //! `RILL_FAULT_SEED=S` replays a sequence of scenarios (the test prints its seed).
 
 mod cluster_common;
@@ -39,6 +40,13 @@ use rill_tests::history::{Duplicates, History};
 use rill_tests::proxy::{Direction, FaultControl, FaultProxy};
 
 const ROUNDS_DEFAULT: u32 = 20;
+/// Shortest time a fault is held (a leader-losing one: at least until a new leader is
+/// elected, and 300 ms more).
+const FAULT_MS_MIN: u64 = 1000;
+/// Longest time a fault is held by default: short rounds keep 20 of them near a minute.
+/// `RILL_FAULT_MS_MAX` raises it (e.g. 40000: past the transport's 30 s write-stall
+/// timeout, so cut connections are torn down and reopened through the cut).
+const FAULT_MS_MAX_DEFAULT: u64 = 2500;
 /// Broker ids of the cluster.
 const BROKERS: [i32; 3] = [1, 2, 3];
 /// The cluster id every broker is given: each sees its peers at proxy addresses of
@@ -283,7 +291,9 @@ async fn wait_new_leader(
 ) -> i32 {
     loop {
         for &id in voters {
-            if let Some(view) = replica_views(cluster, id).await.and_then(|v| v.get(&0).copied())
+            if let Some(view) = replica_views(cluster, id)
+                .await
+                .and_then(|v| v.get(&0).copied())
             {
                 if let Some(leader) = view.leader {
                     if leader != old_leader && view.leader_epoch > old_epoch {
@@ -309,7 +319,9 @@ async fn current_leader(cluster: &Cluster, round: u32) -> (i32, u64) {
     loop {
         let mut votes: HashMap<(i32, u64), usize> = HashMap::new();
         for id in BROKERS {
-            if let Some(view) = replica_views(cluster, id).await.and_then(|v| v.get(&0).copied())
+            if let Some(view) = replica_views(cluster, id)
+                .await
+                .and_then(|v| v.get(&0).copied())
             {
                 if let Some(leader) = view.leader {
                     *votes.entry((leader, view.leader_epoch)).or_default() += 1;
@@ -329,8 +341,8 @@ async fn current_leader(cluster: &Cluster, round: u32) -> (i32, u64) {
 }
 
 /// Waits until every broker's replica of every partition has the same log end offset,
-/// all of it committed, and the same leader; returns how long that took.
-async fn wait_converged(cluster: &Cluster, round: u32) -> Duration {
+/// all of it committed, and the same leader; returns how long after `since` that was.
+async fn wait_converged(cluster: &Cluster, round: u32, since: Instant) -> Duration {
     let started = Instant::now();
     loop {
         let mut views = Vec::new();
@@ -343,16 +355,18 @@ async fn wait_converged(cluster: &Cluster, round: u32) -> Duration {
                 first.leader.is_some()
                     && first.high_watermark == first.log_end_offset
                     && views.iter().all(|v| {
-                        v.as_ref().and_then(|v| v.get(&partition)).is_some_and(|view| {
-                            view.log_end_offset == first.log_end_offset
-                                && view.high_watermark == first.high_watermark
-                                && view.leader == first.leader
-                        })
+                        v.as_ref()
+                            .and_then(|v| v.get(&partition))
+                            .is_some_and(|view| {
+                                view.log_end_offset == first.log_end_offset
+                                    && view.high_watermark == first.high_watermark
+                                    && view.leader == first.leader
+                            })
                     })
             })
         });
         if converged {
-            return started.elapsed();
+            return since.elapsed();
         }
         assert!(
             started.elapsed() < CONVERGE_MAX,
@@ -374,20 +388,15 @@ struct RoundReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
-    let rounds: u32 = std::env::var("RILL_FAULT_ROUNDS")
-        .ok()
-        .map(|r| r.parse().expect("RILL_FAULT_ROUNDS is a number"))
-        .unwrap_or(ROUNDS_DEFAULT);
-    let seed: u64 = std::env::var("RILL_FAULT_SEED")
-        .ok()
-        .map(|s| s.parse().expect("RILL_FAULT_SEED is a number"))
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64
-        });
-    println!("RILL_FAULT_SEED={seed} RILL_FAULT_ROUNDS={rounds}");
+    let rounds: u32 = env_number("RILL_FAULT_ROUNDS").unwrap_or(ROUNDS_DEFAULT);
+    let fault_ms_max: u64 = env_number("RILL_FAULT_MS_MAX").unwrap_or(FAULT_MS_MAX_DEFAULT);
+    let seed: u64 = env_number("RILL_FAULT_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos() as u64
+    });
+    println!("RILL_FAULT_SEED={seed} RILL_FAULT_ROUNDS={rounds} RILL_FAULT_MS_MAX={fault_ms_max}");
     let mut rng = Rng(seed);
 
     let ports: Vec<u16> = BROKERS.iter().map(|_| free_port()).collect();
@@ -408,7 +417,7 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         let (leader, epoch) = current_leader(&cluster, round).await;
         let followers: Vec<i32> = BROKERS.into_iter().filter(|b| *b != leader).collect();
         let follower = rng.pick(&followers);
-        let fault_ms = rng.between(1000, 2500);
+        let fault_ms = rng.between(FAULT_MS_MIN, fault_ms_max.max(FAULT_MS_MIN));
         let bootstrap = cluster.bootstrap();
 
         // Producers run across the fault and past the heal, so sends are in flight
@@ -429,35 +438,25 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
             Scenario::IsolateLeader => {
                 // Held bytes (a silent partition) or closed connections that cannot
                 // reopen (the transport's reconnect and backoff after the heal).
-                let sever = rng.next() % 2 == 0;
-                if sever {
+                if rng.next() % 2 == 0 {
                     links.sever(leader);
+                    format!("leader {leader} severed")
                 } else {
                     links.isolate(leader);
+                    format!("leader {leader} isolated")
                 }
-                let new = wait_new_leader(&cluster, &followers, leader, epoch, fault_started, round)
-                    .await;
-                time_to_new_leader = Some(fault_started.elapsed());
-                let how = if sever { "severed" } else { "isolated" };
-                format!("leader {leader} {how}; {new} elected")
             }
             Scenario::MuteLeader => {
                 for &f in &followers {
                     links.link(leader, f).cut_both();
                 }
-                let new = wait_new_leader(&cluster, &followers, leader, epoch, fault_started, round)
-                    .await;
-                time_to_new_leader = Some(fault_started.elapsed());
-                format!("leader {leader}'s outbound links cut; {new} elected")
+                format!("leader {leader}'s outbound links cut")
             }
             Scenario::DeafLeader => {
                 for &f in &followers {
                     links.link(f, leader).cut_both();
                 }
-                let new = wait_new_leader(&cluster, &followers, leader, epoch, fault_started, round)
-                    .await;
-                time_to_new_leader = Some(fault_started.elapsed());
-                format!("leader {leader}'s inbound links cut; {new} elected")
+                format!("leader {leader}'s inbound links cut")
             }
             Scenario::SplitFollower => {
                 links.isolate(follower);
@@ -481,9 +480,19 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
             }
             Scenario::DelayedFollower => {
                 let delay = Duration::from_millis(rng.between(50, 200));
-                links.link(leader, follower).delay(Direction::Forward, delay);
+                links
+                    .link(leader, follower)
+                    .delay(Direction::Forward, delay);
                 format!("{leader}->{follower} delayed {delay:?}")
             }
+        };
+        let what = if scenario.forces_new_leader() {
+            let new =
+                wait_new_leader(&cluster, &followers, leader, epoch, fault_started, round).await;
+            time_to_new_leader = Some(fault_started.elapsed());
+            format!("{what}; {new} elected")
+        } else {
+            what
         };
         // Hold the fault for its time (an election may have used part of it already;
         // the new leader gets at least a moment to serve under the fault).
@@ -509,6 +518,7 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
             None
         };
         links.heal_all();
+        let healed_at = Instant::now();
 
         let mut outcomes = live.await.expect("producer task");
         if let Some(task) = rdkafka_live {
@@ -518,7 +528,8 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         let acked = record_outcomes(&mut history, outcomes);
         // A leader serves after the heal: every one of these is acknowledged.
         let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
-        let healed_acked = produce(&producer, &mut history, round, "healed", RECORDS_AFTER_HEAL).await;
+        let healed_acked =
+            produce(&producer, &mut history, round, "healed", RECORDS_AFTER_HEAL).await;
         assert_eq!(
             healed_acked,
             RECORDS_AFTER_HEAL,
@@ -527,7 +538,7 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
             cluster.logs()
         );
         drop(producer);
-        let converged_after = wait_converged(&cluster, round).await;
+        let converged_after = wait_converged(&cluster, round, healed_at).await;
 
         println!(
             "round {round:>3} {:<16} {what}: new leader after {}; {acked} acknowledged \
@@ -556,7 +567,11 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         let of: Vec<&RoundReport> = reports.iter().filter(|r| r.scenario == scenario).collect();
         let mut elections: Vec<Duration> = of.iter().filter_map(|r| r.time_to_new_leader).collect();
         elections.sort();
-        let converge_max = of.iter().map(|r| r.converged_after).max().unwrap_or_default();
+        let converge_max = of
+            .iter()
+            .map(|r| r.converged_after)
+            .max()
+            .unwrap_or_default();
         println!(
             "{scenario:?}: {} rounds, {} acknowledged during faults, new leader median {}, \
              converged within {:.2} s",
@@ -576,7 +591,7 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
     report.assert_ok();
 
     // Converged (checked above after the last heal): stop everyone, compare the files.
-    wait_converged(&cluster, rounds).await;
+    wait_converged(&cluster, rounds, Instant::now()).await;
     for broker in &mut cluster.brokers {
         broker.stop();
     }

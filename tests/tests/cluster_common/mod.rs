@@ -18,6 +18,16 @@ use rill_tests::RilldProcess;
 pub const TOPIC: &str = "replicated";
 pub const PARTITIONS: i32 = 2;
 
+/// The number in environment variable `name`, if set (a test knob such as a round
+/// count); panics, naming the variable, if it is not a number.
+pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let text = std::env::var(name).ok()?;
+    Some(
+        text.parse()
+            .unwrap_or_else(|_| panic!("{name}={text} is not a number")),
+    )
+}
+
 /// A free loopback port (bound and released: the broker binds it next).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -54,7 +64,11 @@ impl Cluster {
     /// listening on `inter_broker_ports[i]` for its peers and given `voters[i]` as its
     /// `--controller-voters` (its own view of where the others are), plus `extra` flags.
     pub fn start_with(inter_broker_ports: &[u16], voters: &[String], extra: &[&str]) -> Cluster {
-        assert_eq!(inter_broker_ports.len(), voters.len(), "one voter list per broker");
+        assert_eq!(
+            inter_broker_ports.len(),
+            voters.len(),
+            "one voter list per broker"
+        );
         let brokers = inter_broker_ports
             .iter()
             .zip(voters)

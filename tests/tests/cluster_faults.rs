@@ -378,6 +378,21 @@ async fn wait_converged(cluster: &Cluster, round: u32, since: Instant) -> Durati
     }
 }
 
+/// Three brokers that reach each other only through [`Links`], registered, with
+/// TOPIC created (RF=3).
+async fn start_behind_proxies() -> (Links, Cluster) {
+    let ports: Vec<u16> = BROKERS.iter().map(|_| free_port()).collect();
+    let links = Links::start(&ports);
+    let voters: Vec<String> = BROKERS
+        .iter()
+        .map(|&id| links.voters_for(id, &ports))
+        .collect();
+    let cluster = Cluster::start_with(&ports, &voters, &["--cluster-id", CLUSTER_ID]);
+    wait_registered(&cluster, BROKERS.len()).await;
+    create_replicated_topic(&cluster).await;
+    (links, cluster)
+}
+
 /// Figures of one round, printed as it ends and summed up at the end.
 struct RoundReport {
     scenario: Scenario,
@@ -399,15 +414,7 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
     println!("RILL_FAULT_SEED={seed} RILL_FAULT_ROUNDS={rounds} RILL_FAULT_MS_MAX={fault_ms_max}");
     let mut rng = Rng(seed);
 
-    let ports: Vec<u16> = BROKERS.iter().map(|_| free_port()).collect();
-    let links = Links::start(&ports);
-    let voters: Vec<String> = BROKERS
-        .iter()
-        .map(|&id| links.voters_for(id, &ports))
-        .collect();
-    let mut cluster = Cluster::start_with(&ports, &voters, &["--cluster-id", CLUSTER_ID]);
-    wait_registered(&cluster, BROKERS.len()).await;
-    create_replicated_topic(&cluster).await;
+    let (links, mut cluster) = start_behind_proxies().await;
 
     let test_started = Instant::now();
     let mut history = History::default();
@@ -541,10 +548,11 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         let converged_after = wait_converged(&cluster, round, healed_at).await;
 
         println!(
-            "round {round:>3} {:<16} {what}: new leader after {}; {acked} acknowledged \
-             around the fault, {indeterminate} indeterminate; {}converged {:.2} s after \
-             the heal",
+            "round {round:>3} {:<16} {what}, held {:.1} s: new leader after {}; {acked} \
+             acknowledged around the fault, {indeterminate} indeterminate; {}converged \
+             {:.2} s after the heal",
             format!("{scenario:?}"),
+            (healed_at - fault_started).as_secs_f64(),
             time_to_new_leader.map_or("-".to_string(), |t| format!("{:.2} s", t.as_secs_f64())),
             stale_suffix.map_or(String::new(), |n| format!(
                 "old leader's uncommitted suffix {n} offsets; "
@@ -596,4 +604,50 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         broker.stop();
     }
     assert_replicas_identical(&cluster);
+}
+
+/// A leader cut off from both followers steps down once it misses their answers for
+/// an election timeout (check-quorum); an acks=all produce it took just before must
+/// then be answered NOT_LEADER_OR_FOLLOWER, so the producer looks for the new leader,
+/// not held until the partition heals or the request times out. (Answering it is
+/// safe either way: the producer treats it as not written, and retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_answers_its_waiting_produces_not_leader() {
+    use kafka_protocol::messages::ProduceRequest;
+    use rill_tests::raw::{record_batch, requests, RawConn};
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+
+    let (links, cluster) = start_behind_proxies().await;
+    let (leader, _) = current_leader(&cluster, 0).await;
+    let leader_addr = cluster.broker(leader).addr();
+    // Connected before the cut: clients reach brokers directly, only broker links
+    // cross the proxies.
+    let mut conn = RawConn::connect(leader_addr);
+    links.isolate(leader);
+    let cut_at = Instant::now();
+    // Sent at once, well within the election timeout (1 s) that check-quorum waits,
+    // so the leader still leads when it appends; the request's own timeout (30 s) is
+    // longer than RawConn's read timeout (10 s), which fails the test if no answer comes.
+    let request =
+        requests::produce(TOPIC, 0, record_batch(&[b"cut off"], 0), -1).with_timeout_ms(30_000);
+    let response =
+        tokio::task::spawn_blocking(move || conn.call::<ProduceRequest>(9, &request)).await;
+    let answered_after = cut_at.elapsed();
+    links.heal_all();
+    let response = response.unwrap_or_else(|e| {
+        panic!(
+            "the isolated leader {leader} did not answer an acks=all produce within \
+             RawConn's 10 s read timeout ({e})\n{}",
+            cluster.logs()
+        )
+    });
+    let code = response.responses[0].partition_responses[0].error_code;
+    println!(
+        "isolated leader {leader} answered error {code} after {:.2} s",
+        answered_after.as_secs_f64()
+    );
+    assert_eq!(
+        code, NOT_LEADER_OR_FOLLOWER,
+        "the isolated leader answered error {code}, not NOT_LEADER_OR_FOLLOWER"
+    );
 }

@@ -24,6 +24,9 @@
 //! records; then the brokers stop and every replica's segment files must be
 //! byte-identical.
 //!
+//! A second test cuts a leader off and checks that an acks=all produce it took just
+//! before is answered NOT_LEADER_OR_FOLLOWER once it steps down, not held.
+//!
 //! `RILL_FAULT_ROUNDS=N` runs N rounds (default 20; the long mode is e.g. 500),
 //! `RILL_FAULT_MS_MAX=T` holds faults up to T ms (default 2500), and
 //! `RILL_FAULT_SEED=S` replays a sequence of scenarios (the test prints its seed).
@@ -44,8 +47,8 @@ const ROUNDS_DEFAULT: u32 = 20;
 /// elected, and 300 ms more).
 const FAULT_MS_MIN: u64 = 1000;
 /// Longest time a fault is held by default: short rounds keep 20 of them near a minute.
-/// `RILL_FAULT_MS_MAX` raises it (e.g. 40000: past the transport's 30 s write-stall
-/// timeout, so cut connections are torn down and reopened through the cut).
+/// `RILL_FAULT_MS_MAX` raises it (e.g. 40000: longer than the transport's 30 s
+/// write-stall timeout, which tears down a cut connection whose socket buffers filled).
 const FAULT_MS_MAX_DEFAULT: u64 = 2500;
 /// Broker ids of the cluster.
 const BROKERS: [i32; 3] = [1, 2, 3];
@@ -53,8 +56,9 @@ const BROKERS: [i32; 3] = [1, 2, 3];
 /// its own, so the id derived from the voters' text would differ per broker.
 const CLUSTER_ID: &str = "fault-proxy-cluster";
 /// Longest a partition may go without a new leader once its leader is cut off. An
-/// election takes 1-2 s (10-20 ticks of 100 ms) after the last heartbeat; the bound is
-/// for a loaded CI machine and catches an election that does not happen.
+/// election takes 1-2 s (10-20 ticks of 100 ms) after the last heartbeat, up to 3 s
+/// for a deaf leader (its check-quorum step-down comes first); the bound is for a
+/// loaded CI machine and catches an election that does not happen.
 const ELECTION_MAX: Duration = Duration::from_secs(15);
 /// Longest the replicas may take to agree after a heal (same log end, all committed).
 const CONVERGE_MAX: Duration = Duration::from_secs(30);

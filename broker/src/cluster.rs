@@ -119,7 +119,29 @@ impl Cluster {
             .spawn(move || applier.apply_loop(&runtime))
             .map_err(|e| BrokerError::Storage(format!("cannot start the metadata applier: {e}")))?;
         tokio::spawn(Arc::clone(&cluster).register_loop());
+        if config.leader_balance_interval_ms > 0 {
+            tokio::spawn(crate::balancer::balance_loop(
+                Arc::clone(&cluster.manager),
+                Arc::clone(&cluster.transport),
+                Duration::from_millis(config.leader_balance_interval_ms),
+            ));
+        }
         Ok(cluster)
+    }
+
+    /// Controlled shutdown: hands every group this broker leads (its partitions and
+    /// the metadata group) to caught-up replicas on live brokers, waiting at most
+    /// `within` (see [`crate::balancer::hand_off`]). Returns how many it still leads.
+    pub async fn hand_off_leaderships(&self, within: Duration) -> usize {
+        self.manager.engine.set_stopping();
+        let mut groups: Vec<Arc<Partition>> = self
+            .manager
+            .all_partitions()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        groups.push(Arc::clone(&self.metadata));
+        crate::balancer::hand_off(&groups, &self.transport, within).await
     }
 
     /// The broker id of the controller (the metadata group's leader), if known.

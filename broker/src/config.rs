@@ -147,6 +147,11 @@ pub struct Config {
     /// `shutdown_timeout_ms`: on SIGINT/SIGTERM, how long in-flight requests get to
     /// finish before the broker flushes and exits anyway. Default 10000.
     pub shutdown_timeout_ms: u64,
+    /// `leader_balance_interval_ms`: in a cluster, how often a broker hands each
+    /// partition it leads back to its preferred replica (the first of its assignment,
+    /// which placement spreads evenly) when that replica is live and caught up; 0
+    /// turns the balancer off. Default 30000. Range 0..=86400000.
+    pub leader_balance_interval_ms: u64,
     /// `debug_flush_delay_ms`: FOR TESTS ONLY. Sleep this long before every partition
     /// flush, to make the order "flush, then acknowledge" observable. Default 0.
     pub debug_flush_delay_ms: u64,
@@ -223,6 +228,7 @@ impl Default for Config {
             retention_check_interval_ms: 300_000,
             fetch_wait_ms_max: 30_000,
             shutdown_timeout_ms: 10_000,
+            leader_balance_interval_ms: 30_000,
             debug_flush_delay_ms: 0,
             log_dir_free_bytes_min: 1024 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
@@ -288,6 +294,7 @@ struct FileConfig {
     retention_check_interval_ms: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
     shutdown_timeout_ms: Option<i64>,
+    leader_balance_interval_ms: Option<i64>,
     debug_flush_delay_ms: Option<i64>,
     log_dir_free_bytes_min: Option<i64>,
     log_retention_ms: Option<i64>,
@@ -381,6 +388,10 @@ pub struct Cli {
     /// Grace period for in-flight requests at shutdown [default: 10000].
     #[arg(long)]
     pub shutdown_timeout_ms: Option<i64>,
+    /// Period of handing partitions back to their preferred leaders; 0 = off
+    /// [default: 30000].
+    #[arg(long)]
+    pub leader_balance_interval_ms: Option<i64>,
     /// TESTS ONLY: delay before every flush [default: 0].
     #[arg(long)]
     pub debug_flush_delay_ms: Option<i64>,
@@ -637,6 +648,10 @@ impl Config {
         }
         if let Some(v) = pick!(shutdown_timeout_ms) {
             config.shutdown_timeout_ms = in_range("shutdown_timeout_ms", v, 0, 3_600_000)? as u64;
+        }
+        if let Some(v) = pick!(leader_balance_interval_ms) {
+            config.leader_balance_interval_ms =
+                in_range("leader_balance_interval_ms", v, 0, 86_400_000)? as u64;
         }
         if let Some(v) = pick!(debug_flush_delay_ms) {
             config.debug_flush_delay_ms = in_range("debug_flush_delay_ms", v, 0, 60_000)? as u64;

@@ -42,6 +42,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod balancer;
 pub mod clock;
 pub mod cluster;
 pub mod config;

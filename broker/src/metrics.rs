@@ -48,6 +48,10 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Connections refused because `connections_max` was reached.
     pub connections_refused_total: AtomicU64,
+    /// Gauge: Raft groups the engine ticks (neither quiet nor sole-member leaders).
+    pub raft_ticking_groups: AtomicU64,
+    /// Gauge: quiet Raft groups (quiescence: idle, not ticked, no heartbeats).
+    pub raft_quiet_groups: AtomicU64,
     /// Per api key: requests answered and their total handling time.
     requests_by_api: [ApiStats; API_KEYS_TRACKED],
 }
@@ -79,6 +83,8 @@ impl Default for Metrics {
             requests_total: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_refused_total: AtomicU64::new(0),
+            raft_ticking_groups: AtomicU64::new(0),
+            raft_quiet_groups: AtomicU64::new(0),
             requests_by_api: std::array::from_fn(|_| ApiStats::default()),
         }
     }
@@ -207,6 +213,21 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+        }
+        for (name, help, gauge) in [
+            (
+                "rill_raft_ticking_groups",
+                "Raft groups ticked by the engine's timer.",
+                &self.raft_ticking_groups,
+            ),
+            (
+                "rill_raft_quiet_groups",
+                "Idle Raft groups gone quiet (no ticks, no heartbeats).",
+                &self.raft_quiet_groups,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", gauge.load(Ordering::Relaxed));
         }
         out
     }

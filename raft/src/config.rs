@@ -38,6 +38,12 @@ pub struct Config {
     pub inflight_bytes_max: usize,
     /// Bytes a leader accepts in proposals that are not committed yet.
     pub uncommitted_bytes_max: usize,
+    /// Let an idle group go quiet (see [`crate::Raft::is_quiesced`]): a leader
+    /// whose followers all match its log and commit sends a last heartbeat that
+    /// says so, and neither side ticks until something happens. The driver must
+    /// then tell a quiesced follower when its leader's node stops answering
+    /// ([`crate::Raft::unquiesce`]); without that a dead leader is never replaced.
+    pub quiesce: bool,
     /// Seed of the node's own generator for randomized election timeouts.
     pub seed: u64,
 }
@@ -54,6 +60,7 @@ impl Config {
             append_bytes_max: APPEND_BYTES_MAX_DEFAULT,
             inflight_bytes_max: INFLIGHT_BYTES_MAX_DEFAULT,
             uncommitted_bytes_max: UNCOMMITTED_BYTES_MAX_DEFAULT,
+            quiesce: false,
             seed,
         }
     }

@@ -57,6 +57,13 @@
 //!   entries, so dropping or merging duplicates is always safe.
 //! * Every message of one `Ready` to the same peer can share a frame with other
 //!   groups' messages: the core never assumes a message per frame.
+//! * With [`Config::quiesce`], an idle group stops even that: its leader, once
+//!   every member matches its log and commit, sends one last heartbeat flagged
+//!   `quiesce` and both sides stop ticking ([`Raft::is_quiesced`]), so a broker
+//!   with thousands of idle groups sends and ticks nothing for them. Any input
+//!   wakes a group. Liveness moves to the driver: it watches its peers' nodes
+//!   and calls [`Raft::unquiesce`] on groups whose leader's node went silent
+//!   (CockroachDB's quiesced ranges work the same way).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

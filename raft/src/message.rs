@@ -69,6 +69,9 @@ pub enum MessageBody {
     Heartbeat {
         /// `min(leader commit, follower's acknowledged match)`.
         commit_offset: u64,
+        /// The leader's last heartbeat before it goes quiet: every member matches
+        /// its log and `commit_offset` is its end (see [`crate::Config::quiesce`]).
+        quiesce: bool,
     },
     /// Answer to a heartbeat.
     HeartbeatResponse,
@@ -170,7 +173,16 @@ impl fmt::Debug for Message {
                 f,
                 "AppendResponse rejected prev={prev_end_offset} hint=(t{hint_term} @{hint_end_offset})"
             ),
-            MessageBody::Heartbeat { commit_offset } => write!(f, "Heartbeat commit={commit_offset}"),
+            MessageBody::Heartbeat {
+                commit_offset,
+                quiesce,
+            } => {
+                write!(f, "Heartbeat commit={commit_offset}")?;
+                if *quiesce {
+                    write!(f, " quiesce")?;
+                }
+                Ok(())
+            }
             MessageBody::HeartbeatResponse => write!(f, "HeartbeatResponse"),
             MessageBody::ResetLog {
                 start_offset,

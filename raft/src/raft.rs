@@ -79,6 +79,8 @@ pub struct Raft<S: LogStore> {
     ready_outstanding: bool,
     /// Reused buffer for the commit computation (no allocation per ack).
     scratch: Vec<u64>,
+    /// Quiet until the next input (see [`Raft::is_quiesced`]).
+    quiesced: bool,
 }
 
 enum ElectionResult {
@@ -135,6 +137,7 @@ impl<S: LogStore> Raft<S> {
             ready_seq: 0,
             ready_outstanding: false,
             scratch: Vec::new(),
+            quiesced: false,
         };
         raft.reset_election_timeout();
         Ok(raft)
@@ -217,6 +220,58 @@ impl<S: LogStore> Raft<S> {
         self.progress.get(&id).map(ProgressView::from)
     }
 
+    /// Whether the group is quiet ([`Config::quiesce`]): a leader that told every
+    /// member so in a last heartbeat, or a follower that received it while matching
+    /// the leader's commit. Its [`tick`](Raft::tick) does nothing, so a driver may
+    /// stop calling it; the next message or proposal wakes the group, except the
+    /// quiet exchange itself (a quiesce heartbeat at a follower, its response at
+    /// the leader).
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced
+    }
+
+    /// Wakes a quiet group because the driver believes a member's node stopped
+    /// answering. With `leader_lost` (a follower's leader is the silent one) the
+    /// follower no longer defends that leader against votes and campaigns within
+    /// the remainder of one randomized election timeout. Otherwise the group just
+    /// ticks again: a leader resumes heartbeats and its quorum check (and steps down
+    /// if its quorum is gone), a follower keeps its leader. Does nothing to a group
+    /// that is not quiet.
+    pub fn unquiesce(&mut self, leader_lost: bool) {
+        self.assert_no_ready("unquiesce");
+        if !std::mem::take(&mut self.quiesced) {
+            return;
+        }
+        self.wake_after_quiet(leader_lost && self.role != Role::Leader);
+    }
+
+    /// Any input but the quiet exchange itself wakes a quiet group.
+    fn wake(&mut self) {
+        if std::mem::take(&mut self.quiesced) {
+            self.wake_after_quiet(false);
+        }
+    }
+
+    /// Leaves the quiet state. A leader starts a fresh quorum window (its members
+    /// were active when it went quiet). A follower whose leader is `lost` lets its
+    /// lease lapse at once, so peers that also lost the leader can elect a new one
+    /// without waiting out a full timeout of ticks that never came.
+    fn wake_after_quiet(&mut self, lost: bool) {
+        match self.role {
+            Role::Leader => {
+                self.election_elapsed_ticks = 0;
+                self.heartbeat_elapsed_ticks = 0;
+                for pr in self.progress.values_mut() {
+                    pr.recent_active = true;
+                }
+            }
+            _ if lost => {
+                self.election_elapsed_ticks = self.config.election_timeout_ticks;
+            }
+            _ => {}
+        }
+    }
+
     /// Leader only: the target of an ongoing leadership transfer.
     pub fn transfer_target(&self) -> Option<NodeId> {
         self.transfer.map(|(to, _)| to)
@@ -245,6 +300,9 @@ impl<S: LogStore> Raft<S> {
     /// randomized election timeout; leaders send heartbeats and check quorum.
     pub fn tick(&mut self) {
         self.assert_no_ready("tick");
+        if self.quiesced {
+            return;
+        }
         match self.role {
             Role::Leader => self.tick_leader(),
             _ => {
@@ -263,6 +321,7 @@ impl<S: LogStore> Raft<S> {
     /// pre-vote round first when enabled). Ignored by leaders and non-voters.
     pub fn campaign(&mut self) {
         self.assert_no_ready("campaign");
+        self.wake();
         if self.role != Role::Leader && self.promotable() {
             self.start_election(false);
         }
@@ -276,6 +335,7 @@ impl<S: LogStore> Raft<S> {
     pub fn propose(&mut self, data: Bytes, offset_count: u64) -> Result<Proposal, ProposeError> {
         self.assert_no_ready("propose");
         self.check_can_propose()?;
+        self.wake();
         if offset_count == 0 {
             return Err(ProposeError::EmptyEntry);
         }
@@ -304,6 +364,7 @@ impl<S: LogStore> Raft<S> {
     ) -> Result<Proposal, ProposeError> {
         self.assert_no_ready("propose_membership_change");
         self.check_can_propose()?;
+        self.wake();
         let commit = self.log.commit_offset;
         if commit < self.leader_entry_end || self.membership_end() > commit {
             return Err(ProposeError::MembershipChangePending);
@@ -340,6 +401,7 @@ impl<S: LogStore> Raft<S> {
         if self.transfer.is_some_and(|(t, _)| t == to) {
             return Ok(());
         }
+        self.wake();
         self.transfer = Some((to, 0));
         let caught_up = self
             .progress
@@ -376,6 +438,14 @@ impl<S: LogStore> Raft<S> {
         }
         if m.term == Term::MAX {
             return Err(MessageError::TermOutOfRange { from: m.from });
+        }
+        let quiet_exchange = match m.body {
+            MessageBody::Heartbeat { quiesce, .. } => quiesce && self.role != Role::Leader,
+            MessageBody::HeartbeatResponse => self.role == Role::Leader,
+            _ => false,
+        };
+        if !quiet_exchange {
+            self.wake();
         }
         if m.term > self.term {
             if let MessageBody::PreVote { .. } | MessageBody::Vote { .. } = m.body {
@@ -562,6 +632,7 @@ impl<S: LogStore> Raft<S> {
         self.transfer = None;
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
+        self.quiesced = false;
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -758,12 +829,18 @@ impl<S: LogStore> Raft<S> {
                     commit_offset,
                 )
             }
-            MessageBody::Heartbeat { commit_offset } => {
+            MessageBody::Heartbeat {
+                commit_offset,
+                quiesce,
+            } => {
                 self.heard_from_leader(m.from);
                 let candidate = commit_offset.min(self.log.last_end());
                 if candidate > self.log.commit_offset && self.log.term_at(candidate).is_some() {
                     self.log.commit_offset = candidate;
                 }
+                // Quiet only when nothing is left to learn: our whole log is
+                // committed at the leader's word (a longer log waits for appends).
+                self.quiesced = quiesce && self.log.commit_offset == self.log.last_end();
                 self.respond(m.from, MessageBody::HeartbeatResponse);
                 Ok(())
             }
@@ -1044,6 +1121,7 @@ impl<S: LogStore> Raft<S> {
         }
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
+            let quiesce = self.config.quiesce && self.idle();
             let commit = self.log.commit_offset;
             let targets: Vec<(NodeId, u64)> = self
                 .progress
@@ -1051,9 +1129,31 @@ impl<S: LogStore> Raft<S> {
                 .map(|(id, p)| (*id, commit.min(p.match_end)))
                 .collect();
             for (to, commit_offset) in targets {
-                self.send(to, MessageBody::Heartbeat { commit_offset });
+                self.send(
+                    to,
+                    MessageBody::Heartbeat {
+                        commit_offset,
+                        quiesce,
+                    },
+                );
             }
+            self.quiesced = quiesce;
         }
+    }
+
+    /// Leader: nothing to replicate, commit or hand over, and every member heard
+    /// from in this quorum window holds the whole log — the group may go quiet.
+    fn idle(&self) -> bool {
+        let last_end = self.log.last_end();
+        self.transfer.is_none()
+            && self.uncommitted.is_empty()
+            && self.durable_end == last_end
+            && self.log.commit_offset == last_end
+            && !self.progress.is_empty()
+            && self
+                .progress
+                .values()
+                .all(|p| p.recent_active && p.match_end == last_end)
     }
 
     fn quorum_active(&self) -> bool {

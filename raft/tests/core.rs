@@ -452,7 +452,10 @@ fn a_message_with_the_maximum_term_is_refused() {
         from: 2,
         to: 1,
         term: u64::MAX,
-        body: MessageBody::Heartbeat { commit_offset: 0 },
+        body: MessageBody::Heartbeat {
+            commit_offset: 0,
+            quiesce: false,
+        },
     };
     assert_eq!(
         c.node(1).step(m),

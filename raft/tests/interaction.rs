@@ -8,7 +8,7 @@
 //!
 //! | command | effect |
 //! |---|---|
-//! | `add-nodes N voters=(1 2 3) [learners=(4)] [pre-vote=false] [check-quorum=false] [append-bytes-max=B]` | nodes 1..=N, all knowing that membership |
+//! | `add-nodes N voters=(1 2 3) [learners=(4)] [pre-vote=false] [check-quorum=false] [append-bytes-max=B] [quiesce=true]` | nodes 1..=N, all knowing that membership |
 //! | `campaign ID` | the node starts an election now |
 //! | `tick-election ID` / `tick-heartbeat ID` | tick past the longest election timeout / one heartbeat interval |
 //! | `process-ready [ID…]` | handle one Ready per node (persist, send, advance) |
@@ -20,6 +20,7 @@
 //! | `partition A… / B…`, `heal` | cut / restore links between groups |
 //! | `crash ID`, `restart ID` | lose non-durable state / come back from the store |
 //! | `compact ID` | retention: move the log start to the commit offset |
+//! | `unquiesce ID` | the driver lost the node's leader: wake its quiet group (`leader_lost`) |
 //! | `status [ID…]`, `log ID` | print role, term, commit, membership / entries |
 
 #[path = "support/cluster.rs"]
@@ -84,14 +85,15 @@ fn status(c: &mut Cluster, id: NodeId) -> String {
     let r = c.node(id);
     let leader = r.leader().map_or("none".to_string(), |l| l.to_string());
     format!(
-        "{id}: {:?} term={} leader={leader} commit={} last=(t{} @{}) start={} {}",
+        "{id}: {:?} term={} leader={leader} commit={} last=(t{} @{}) start={} {}{}",
         r.role(),
         r.term(),
         r.commit_offset(),
         r.last_term(),
         r.last_end_offset(),
         r.log_start().offset,
-        r.membership()
+        r.membership(),
+        if r.is_quiesced() { " quiesced" } else { "" }
     )
 }
 
@@ -103,6 +105,7 @@ fn execute(c: &mut Option<Cluster>, line: &str) -> String {
         let mut voters = (1..=n).collect::<Vec<_>>();
         let mut learners = Vec::new();
         let (mut pre_vote, mut check_quorum, mut append_max) = (true, true, None);
+        let mut quiesce = false;
         for a in &args[1..] {
             let (k, v) = a.split_once('=').expect("key=value");
             match k {
@@ -111,6 +114,7 @@ fn execute(c: &mut Option<Cluster>, line: &str) -> String {
                 "pre-vote" => pre_vote = v == "true",
                 "check-quorum" => check_quorum = v == "true",
                 "append-bytes-max" => append_max = Some(v.parse::<usize>().expect("bytes")),
+                "quiesce" => quiesce = v == "true",
                 _ => panic!("unknown add-nodes argument {k}"),
             }
         }
@@ -122,6 +126,7 @@ fn execute(c: &mut Option<Cluster>, line: &str) -> String {
         *c = Some(Cluster::new(&ids, &membership, |cfg| {
             cfg.pre_vote = pre_vote;
             cfg.check_quorum = check_quorum;
+            cfg.quiesce = quiesce;
             if let Some(b) = append_max {
                 cfg.append_bytes_max = b;
             }
@@ -159,6 +164,7 @@ fn execute(c: &mut Option<Cluster>, line: &str) -> String {
             }
         }
         "stabilize" => c.stabilize(),
+        "unquiesce" => c.node(id(0)).unquiesce(true),
         "propose" => {
             let data = args.get(1).map_or("", |s| s.as_str());
             let r = c.propose(id(0), data);

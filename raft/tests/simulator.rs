@@ -193,6 +193,8 @@ impl Sim {
             config.election_timeout_ticks = election_timeout_ticks;
             config.heartbeat_interval_ticks = heartbeat_interval_ticks;
             config.pre_vote = rng.below(4) != 0;
+            // Half the seeds let idle groups go quiet (the broker's setting).
+            config.quiesce = rng.below(2) == 0;
             config.check_quorum = config.pre_vote && rng.below(4) != 0;
             // Small limits, so appends split batches and windows fill up.
             config.append_bytes_max = 70 * (1 + rng.below(8) as usize);
@@ -217,10 +219,15 @@ impl Sim {
         }
         // All nodes share pre-vote/check-quorum settings: mixing them is a
         // deployment error, not something the protocol promises to survive.
-        let (pv, cq) = (nodes[&1].config.pre_vote, nodes[&1].config.check_quorum);
+        let (pv, cq, q) = (
+            nodes[&1].config.pre_vote,
+            nodes[&1].config.check_quorum,
+            nodes[&1].config.quiesce,
+        );
         for n in nodes.values_mut() {
             n.config.pre_vote = pv;
             n.config.check_quorum = cq;
+            n.config.quiesce = q;
             let store = n.raft.take().unwrap().into_store();
             n.raft = Some(Raft::new(n.config.clone(), store).unwrap());
         }
@@ -547,6 +554,7 @@ impl Sim {
         self.now += 1;
         self.inject_faults()?;
         self.client_actions()?;
+        self.wake_orphans();
         for id in self.live_ids() {
             let node = self.nodes.get_mut(&id).unwrap();
             if node.pending.is_none() {
@@ -561,6 +569,39 @@ impl Sim {
             self.drive(id)?;
         }
         Ok(())
+    }
+
+    /// The broker's node-liveness check, as an oracle: a quiet node that cannot
+    /// hear from another member's node (down, or the link cut) is woken. Only
+    /// liveness depends on it; safety must hold whatever it says.
+    fn wake_orphans(&mut self) {
+        for id in self.live_ids() {
+            let node = &self.nodes[&id];
+            let raft = node.raft.as_ref().unwrap();
+            if node.pending.is_some() || !raft.is_quiesced() {
+                continue;
+            }
+            let membership = raft.membership();
+            let silent = |m: NodeId| {
+                self.nodes.get(&m).is_none_or(|n| n.raft.is_none()) || self.cut.contains(&(m, id))
+            };
+            let orphaned = membership
+                .voters
+                .iter()
+                .chain(membership.learners.iter())
+                .any(|&m| m != id && silent(m));
+            let leader_lost = raft.leader().is_none_or(silent);
+            if orphaned {
+                self.nodes
+                    .get_mut(&id)
+                    .unwrap()
+                    .raft
+                    .as_mut()
+                    .unwrap()
+                    .unquiesce(leader_lost);
+                self.event(|| format!("{id} UNQUIESCE"));
+            }
+        }
     }
 
     /// The node stops; only its store (what was durable) survives.

@@ -9,12 +9,14 @@
 
 mod cluster_common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cluster_common::*;
 use rill_client::{Admin, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
 use rill_tests::history::{Duplicates, History};
+use rill_tests::raw::{read_all, RawConn};
 use rill_tests::RilldProcess;
 
 const ROUNDS_DEFAULT: u32 = 10;
@@ -235,4 +237,281 @@ async fn topics_are_created_while_a_controller_voter_is_down() {
     println!("{report}");
     report.assert_ok();
     assert_eq!(report.acks, 200, "every record acknowledged");
+}
+
+/// Idle groups go quiet (Raft quiescence: no ticks and no heartbeats, so thousands of
+/// idle partitions cost a broker next to nothing). A quiet group whose leader's broker
+/// dies never hears from it again; the transport's silence detector (keepalives stop)
+/// wakes it, and the survivors elect a new leader that takes acks=all writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_groups_elect_a_new_leader_when_the_leaders_broker_dies() {
+    const QUIET_TOPIC: &str = "quiet";
+    const QUIET_PARTITIONS: i32 = 6;
+    let started = Instant::now();
+    let mut cluster = Cluster::start();
+    wait_registered(&cluster, 3).await;
+    println!(
+        "3 brokers registered in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(QUIET_TOPIC, QUIET_PARTITIONS)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    let mut history = History::default();
+    let send_each = |phase: &'static str| {
+        (0..QUIET_PARTITIONS).map(move |p| {
+            ProducerRecord::new(QUIET_TOPIC, Bytes::from(format!("{phase}-{p}"))).with_partition(p)
+        })
+    };
+    for record in send_each("before") {
+        let value = record.value.clone().expect("value");
+        history.record_attempt(value.clone());
+        let meta = producer
+            .send(record)
+            .await
+            .expect("send")
+            .await
+            .unwrap_or_else(|e| panic!("acks=all before the kill: {e}\n{}", cluster.logs()));
+        history.record_ack(meta.partition, meta.offset, value);
+    }
+
+    println!(
+        "topic created and written by {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Every group (the topic's and the metadata group) goes quiet on every broker.
+    let groups = QUIET_PARTITIONS as u64 + 1;
+    let idle_from = Instant::now();
+    let deadline = idle_from + Duration::from_secs(30);
+    while !cluster
+        .brokers
+        .iter()
+        .all(|b| b.metric("rill_raft_quiet_groups") == groups)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "groups not quiet within 30 s: {:?}\n{}",
+            cluster
+                .brokers
+                .iter()
+                .map(|b| b.metric("rill_raft_quiet_groups"))
+                .collect::<Vec<_>>(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "all {groups} groups quiet on every broker {:.2} s after the last write",
+        idle_from.elapsed().as_secs_f64()
+    );
+
+    // Kill the broker leading the most partitions.
+    let topic = admin
+        .describe_topics(&[QUIET_TOPIC])
+        .await
+        .expect("describe")
+        .remove(0);
+    let mut led = [0usize; 4];
+    for p in &topic.partitions {
+        led[p.leader.clamp(0, 3) as usize] += 1;
+    }
+    let victim = (1..=3).max_by_key(|id| led[*id]).expect("a broker");
+    cluster.brokers[victim - 1].kill();
+    let killed_at = Instant::now();
+    let deadline = killed_at + Duration::from_secs(30);
+    loop {
+        let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+        let leaders: Vec<i32> = match admin.describe_topics(&[QUIET_TOPIC]).await {
+            Ok(mut topics) => topics
+                .remove(0)
+                .partitions
+                .iter()
+                .map(|p| p.leader)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if leaders.len() == QUIET_PARTITIONS as usize
+            && leaders.iter().all(|l| *l > 0 && *l as usize != victim)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "quiet partitions of broker {victim} ({} of {QUIET_PARTITIONS}) got no new leader \
+             within 30 s: {leaders:?}\n{}",
+            led[victim],
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "broker {victim} (leader of {} quiet partitions) killed; all led by survivors {:.2} s later",
+        led[victim],
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    for record in send_each("after") {
+        let value = record.value.clone().expect("value");
+        history.record_attempt(value.clone());
+        let meta = producer
+            .send(record)
+            .await
+            .expect("send")
+            .await
+            .unwrap_or_else(|e| panic!("acks=all after the kill: {e}\n{}", cluster.logs()));
+        history.record_ack(meta.partition, meta.offset, value);
+    }
+    let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    let topic = admin
+        .describe_topics(&[QUIET_TOPIC])
+        .await
+        .expect("describe")
+        .remove(0);
+    for p in &topic.partitions {
+        let mut conn = RawConn::connect(cluster.brokers[(p.leader - 1) as usize].addr());
+        reads.insert(
+            p.partition,
+            read_all(&mut conn, QUIET_TOPIC, p.partition)
+                .into_iter()
+                .map(|(o, v)| (o, Bytes::from(v)))
+                .collect(),
+        );
+    }
+    history.record_reads(&reads);
+    let report = history.check(Duplicates::Forbidden);
+    println!("{report}");
+    report.assert_ok();
+    assert_eq!(report.acks, 2 * QUIET_PARTITIONS as usize);
+}
+
+/// Each partition of `topic` as (leader, replicas) through any live broker; empty
+/// while Metadata cannot be had.
+async fn placement(cluster: &Cluster, topic: &str) -> Vec<(i32, Vec<i32>)> {
+    let Ok(admin) = Admin::new(ClientConfig::new(&cluster.bootstrap())) else {
+        return Vec::new();
+    };
+    match admin.describe_topics(&[topic]).await {
+        Ok(mut topics) if !topics.is_empty() => topics
+            .remove(0)
+            .partitions
+            .into_iter()
+            .map(|p| (p.leader, p.replicas))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Creates an RF=3 topic of `partitions` and writes one acks=all record to each.
+async fn create_and_touch(cluster: &Cluster, topic: &str, partitions: i32) {
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(topic, partitions)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    for p in 0..partitions {
+        producer
+            .send(ProducerRecord::new(topic, Bytes::from_static(b"x")).with_partition(p))
+            .await
+            .expect("send")
+            .await
+            .unwrap_or_else(|e| panic!("acks=all: {e}\n{}", cluster.logs()));
+    }
+}
+
+/// Controlled shutdown: a broker stopped with SIGINT hands every partition it leads to
+/// a caught-up replica before it exits, so the moment it is gone the survivors already
+/// lead them (a killed broker's partitions wait at least a second for the silence to
+/// be noticed, and an election).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_hands_its_leaderships_over_first() {
+    const HANDOFF_TOPIC: &str = "handoff";
+    let mut cluster = Cluster::start();
+    wait_registered(&cluster, 3).await;
+    create_and_touch(&cluster, HANDOFF_TOPIC, 6).await;
+    let before = placement(&cluster, HANDOFF_TOPIC).await;
+    let mut led = [0usize; 4];
+    for (leader, _) in &before {
+        led[(*leader).clamp(0, 3) as usize] += 1;
+    }
+    let victim = (1..=3).max_by_key(|id| led[*id]).expect("a broker");
+    let stop_started = Instant::now();
+    let status = cluster.brokers[victim - 1].interrupt();
+    let stopped_after = stop_started.elapsed();
+    assert!(status.success(), "rilld exited with {status}");
+    let after = placement(&cluster, HANDOFF_TOPIC).await;
+    println!(
+        "broker {victim} led {} of 6; stopped in {:.2} s; leaders right after its exit: {:?}",
+        led[victim],
+        stopped_after.as_secs_f64(),
+        after.iter().map(|(l, _)| *l).collect::<Vec<_>>()
+    );
+    assert!(
+        after.len() == 6 && after.iter().all(|(l, _)| *l > 0 && *l as usize != victim),
+        "leaderships of broker {victim} not handed off before it exited: {after:?}\n{}",
+        cluster.logs()
+    );
+}
+
+/// The leader balancer: after a broker is killed and restarts, the partitions whose
+/// preferred replica (first in the assignment) it is go back to it, so leadership stays
+/// spread over the brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_preferred_replicas() {
+    const BALANCE_TOPIC: &str = "balance";
+    let mut cluster = Cluster::start_with(&["--leader-balance-interval-ms", "500"]);
+    wait_registered(&cluster, 3).await;
+    create_and_touch(&cluster, BALANCE_TOPIC, 6).await;
+    async fn wait_preferred(cluster: &Cluster, what: &str) {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            let now = placement(cluster, BALANCE_TOPIC).await;
+            if now.len() == 6
+                && now
+                    .iter()
+                    .all(|(leader, replicas)| replicas.first() == Some(leader))
+            {
+                println!(
+                    "{what}: every partition led by its preferred replica after {:.2} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: leaders not back on their preferred replicas within 30 s: {now:?}\n{}",
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    wait_preferred(&cluster, "after creation").await;
+    cluster.brokers[0].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = placement(&cluster, BALANCE_TOPIC).await;
+        if now.len() == 6 && now.iter().all(|(l, _)| *l == 2 || *l == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover from broker 1: {now:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.brokers[0].restart();
+    wait_preferred(&cluster, "after broker 1 restarted").await;
 }

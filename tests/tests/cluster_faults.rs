@@ -391,7 +391,7 @@ async fn start_behind_proxies() -> (Links, Cluster) {
         .iter()
         .map(|&id| links.voters_for(id, &ports))
         .collect();
-    let cluster = Cluster::start_with(&ports, &voters, &["--cluster-id", CLUSTER_ID]);
+    let cluster = Cluster::start_with_voters(&ports, &voters, &["--cluster-id", CLUSTER_ID]);
     wait_registered(&cluster, BROKERS.len()).await;
     create_replicated_topic(&cluster).await;
     (links, cluster)

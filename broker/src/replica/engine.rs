@@ -37,6 +37,21 @@ use crate::error::BrokerError;
 use crate::metrics::Metrics;
 use crate::transport::{Envelope, InboundBatch, Transport};
 
+/// Which timer set of the engine holds a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// Ticked every `TICK`.
+    Ticking,
+    /// Quiet (Raft quiescence): not ticked; woken if a member's broker falls silent.
+    Quiet,
+    /// A sole-member leader: nothing to time.
+    Untimed,
+}
+
+/// How long a peer broker may send nothing (not even the transport's keepalives, every
+/// 200 ms) before the quiet groups it is a member of are woken: one election timeout.
+const PEER_SILENCE: Duration = Duration::from_secs(1);
+
 /// Raft tick period (the core's election timeout is 10–20 ticks).
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -80,9 +95,15 @@ pub struct Engine {
     journal: SharedJournal,
     /// Every live replica of the directory (interval syncs, shutdown).
     replicas: Mutex<HashMap<ReplicaKey, Weak<Partition>>>,
-    /// The replicas whose ticks matter: all but sole-member leaders (see `tick_all`).
+    /// The replicas whose ticks matter: neither sole-member leaders nor quiet groups
+    /// (see `tick_all`).
     ticking: Mutex<HashMap<ReplicaKey, Weak<Partition>>>,
+    /// Quiet groups (Raft quiescence), woken when a member's broker falls silent.
+    quiet: Mutex<HashMap<ReplicaKey, Weak<Partition>>>,
     offline: AtomicBool,
+    /// Controlled shutdown began: replicas here no longer take leadership handed to
+    /// them (`Partition::deliver` drops `TimeoutNow`).
+    stopping: AtomicBool,
     offline_reason: Mutex<String>,
     /// Groups whose last `Ready` ran out of space, retried every round.
     stuck: Mutex<Vec<Work>>,
@@ -144,7 +165,9 @@ impl Engine {
             hard_states: Mutex::new(HardStates::load(meta_dir)?),
             replicas: Mutex::new(HashMap::new()),
             ticking: Mutex::new(HashMap::new()),
+            quiet: Mutex::new(HashMap::new()),
             offline: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             offline_reason: Mutex::new(String::new()),
             stuck: Mutex::new(Vec::new()),
             short_of_space: AtomicBool::new(false),
@@ -235,6 +258,16 @@ impl Engine {
         &self.journal
     }
 
+    /// Marks the start of a controlled shutdown (see `stopping`).
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a controlled shutdown began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
     /// A replica's last durable term, vote and commit hint.
     pub fn hard_state(&self, key: ReplicaKey) -> rill_raft::HardState {
         self.hard_states.lock().expect("hard states lock").get(key)
@@ -245,21 +278,48 @@ impl Engine {
             .lock()
             .expect("replicas lock")
             .insert(partition.key(), Arc::downgrade(partition));
-        self.ticking
-            .lock()
-            .expect("ticking lock")
-            .insert(partition.key(), Arc::downgrade(partition));
+        self.set_timer(partition, Timer::Ticking);
     }
 
-    /// Adds a replica to the ticked set or takes it out (a sole-member leader).
-    pub(super) fn set_ticking(&self, partition: &Partition, ticking: bool) {
+    /// Puts a replica in the timer set `timer` names, out of the others.
+    pub(super) fn set_timer(&self, partition: &Partition, timer: Timer) {
         let key = partition.key();
-        let mut set = self.ticking.lock().expect("ticking lock");
-        if !ticking {
-            set.remove(&key);
-        } else if let Some(weak) = self.replicas.lock().expect("replicas lock").get(&key) {
-            set.insert(key, weak.clone());
+        let weak = self
+            .replicas
+            .lock()
+            .expect("replicas lock")
+            .get(&key)
+            .cloned();
+        let mut ticking = self.ticking.lock().expect("ticking lock");
+        let mut quiet = self.quiet.lock().expect("quiet lock");
+        ticking.remove(&key);
+        quiet.remove(&key);
+        let Some(weak) = weak else {
+            return;
+        };
+        match timer {
+            Timer::Ticking => {
+                ticking.insert(key, weak);
+            }
+            Timer::Quiet => {
+                quiet.insert(key, weak);
+            }
+            Timer::Untimed => {}
         }
+        self.publish_timer_gauges(&ticking, &quiet);
+    }
+
+    fn publish_timer_gauges(
+        &self,
+        ticking: &HashMap<ReplicaKey, Weak<Partition>>,
+        quiet: &HashMap<ReplicaKey, Weak<Partition>>,
+    ) {
+        self.metrics
+            .raft_ticking_groups
+            .store(ticking.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .raft_quiet_groups
+            .store(quiet.len() as u64, Ordering::Relaxed);
     }
 
     pub(super) fn unregister(&self, partition: &Partition) {
@@ -267,10 +327,13 @@ impl Engine {
             .lock()
             .expect("replicas lock")
             .remove(&partition.key());
-        self.ticking
-            .lock()
-            .expect("ticking lock")
-            .remove(&partition.key());
+        {
+            let mut ticking = self.ticking.lock().expect("ticking lock");
+            let mut quiet = self.quiet.lock().expect("quiet lock");
+            ticking.remove(&partition.key());
+            quiet.remove(&partition.key());
+            self.publish_timer_gauges(&ticking, &quiet);
+        }
         self.hard_states
             .lock()
             .expect("hard states lock")
@@ -652,6 +715,33 @@ impl Engine {
             }
             st.raft.tick();
             partition.after_input(&mut st);
+        }
+        self.wake_orphans();
+    }
+
+    /// Wakes the quiet groups that have a member on a peer broker the transport has
+    /// not heard from for `PEER_SILENCE` (its keepalives stopped: dead, cut off, or
+    /// stalled). A quiet group ticks nothing, so without this a follower would never
+    /// notice that its leader is gone. Checked every tick while any peer is silent,
+    /// not once when it falls silent: a group can go quiet on a heartbeat that was
+    /// received just before the silence began and delivered just after.
+    fn wake_orphans(&self) {
+        let Some(transport) = self.transport.get() else {
+            return;
+        };
+        let silent = transport.silent_peers(PEER_SILENCE);
+        if silent.is_empty() {
+            return;
+        }
+        let quiet: Vec<Arc<Partition>> = self
+            .quiet
+            .lock()
+            .expect("quiet lock")
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for partition in quiet {
+            partition.wake_if_orphaned(&silent);
         }
     }
 }

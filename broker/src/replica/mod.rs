@@ -26,9 +26,10 @@
 
 pub mod engine;
 pub mod hard_state;
+mod leadership;
 pub mod store;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,7 +40,7 @@ use tokio::sync::watch;
 
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
-use engine::Engine;
+use engine::{Engine, Timer};
 use hard_state::ReplicaKey;
 use store::{broker_id, epoch_of, PartitionStore};
 
@@ -116,8 +117,8 @@ pub struct ReplicaState {
     /// End of this term's leader entry (committing it makes the leader ready).
     leader_entry_end: u64,
     discards: u64,
-    /// In the engine's ticked set.
-    ticking: bool,
+    /// Which of the engine's timer sets holds the group.
+    timer: Timer,
     /// Bytes appended since the persist loop last grew the segment ahead.
     appended_since_reserve: usize,
     /// Messages from peers that arrived while the persist loop held the `Ready` (the
@@ -231,6 +232,11 @@ pub struct Partition {
     closed: AtomicBool,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    /// This broker's id.
+    broker_id: i32,
+    /// The replica placement lists first: where leadership goes back to
+    /// (`leadership.rs`).
+    preferred_leader: i32,
 }
 
 impl std::fmt::Debug for Partition {
@@ -255,7 +261,8 @@ impl Partition {
     /// the data directory's terms and votes, registers it with the persist loop and
     /// starts an election if it is the group's only voter (a group of one elects
     /// itself at once; a larger group elects on its election timeout). `voters` are
-    /// the broker ids of the group's replicas, this broker among them.
+    /// the broker ids of the group's replicas in assignment order (the first is the
+    /// preferred leader), this broker among them.
     #[allow(clippy::too_many_arguments)] // one replica's identity, log and context
     pub fn open(
         topic: String,
@@ -289,6 +296,9 @@ impl Partition {
         // Appends are bounded by the request budget and QUEUED_BYTES_MAX; the data of
         // a leader's uncommitted entries are slices of its mapped segments.
         config.uncommitted_bytes_max = QUEUED_BYTES_MAX;
+        // Idle groups go quiet; the engine wakes those whose members' brokers fall
+        // silent on the transport (`Engine::wake_orphans`).
+        config.quiesce = true;
         let raft = Raft::new(config, store).map_err(|e| BrokerError::Storage(e.to_string()))?;
         let status = ReplicaStatus {
             commit_offset: raft.commit_offset() as i64,
@@ -313,7 +323,7 @@ impl Partition {
                 in_round: false,
                 leader_entry_end: u64::MAX,
                 discards: 0,
-                ticking: true,
+                timer: Timer::Ticking,
                 appended_since_reserve: 0,
                 inbox: VecDeque::new(),
             }),
@@ -321,6 +331,8 @@ impl Partition {
             closed: AtomicBool::new(false),
             engine: Arc::clone(&engine),
             metrics,
+            broker_id,
+            preferred_leader: voters.first().copied().unwrap_or(broker_id),
         });
         engine.register(&partition);
         if sole_voter {
@@ -335,6 +347,11 @@ impl Partition {
     /// held until the persist loop advances the group (see [`ReplicaState`]'s inbox).
     pub fn deliver(&self, message: rill_raft::Message) {
         if self.is_closed() {
+            return;
+        }
+        if self.engine.is_stopping() && matches!(message.body, rill_raft::MessageBody::TimeoutNow) {
+            // A broker shutting down hands leadership away; it takes none (the
+            // sender's transfer is abandoned after an election timeout).
             return;
         }
         let mut st = self.state();
@@ -699,6 +716,51 @@ impl Partition {
         if st.raft.has_ready() {
             self.schedule(st);
         }
+        self.sync_timer(st);
+    }
+
+    /// Moves the group to the timer set its state needs: a sole-member leader needs
+    /// no ticks at all, a quiet group none until its members' brokers fall silent,
+    /// any other group a tick every `TICK`.
+    fn sync_timer(&self, st: &mut ReplicaState) {
+        let timer = if st.is_sole_leader() {
+            Timer::Untimed
+        } else if st.raft.is_quiesced() {
+            Timer::Quiet
+        } else {
+            Timer::Ticking
+        };
+        if timer != st.timer {
+            st.timer = timer;
+            self.engine.set_timer(self, timer);
+        }
+    }
+
+    /// A quiet group whose other members include a broker in `silent` wakes: its
+    /// leader may be gone (a follower campaigns once its timeout runs out) or it may
+    /// lead without a quorum (a leader's quorum check steps it down). Skipped while
+    /// the persist loop holds the group; the engine asks again next tick.
+    pub(super) fn wake_if_orphaned(&self, silent: &HashSet<i32>) {
+        let mut st = self.state();
+        if st.ready_out || self.is_closed() || !st.raft.is_quiesced() {
+            return;
+        }
+        let me = st.raft.id();
+        let membership = st.raft.membership();
+        let orphaned = membership
+            .voters
+            .iter()
+            .chain(membership.learners.iter())
+            .any(|&node| node != me && silent.contains(&broker_id(node)));
+        if orphaned {
+            let leader_lost = st
+                .raft
+                .leader()
+                .is_none_or(|leader| silent.contains(&broker_id(leader)));
+            tracing::debug!(topic = %self.topic, partition = self.index, leader_lost, "waking a quiet group: a member's broker is silent");
+            st.raft.unquiesce(leader_lost);
+            self.after_input(&mut st);
+        }
     }
 
     fn schedule(&self, st: &mut ReplicaState) {
@@ -713,11 +775,7 @@ impl Partition {
     /// Publishes the group's status after the persist loop advanced it, and tells the
     /// timer whether the group needs ticks.
     fn publish(&self, st: &mut ReplicaState) {
-        let ticking = !st.is_sole_leader();
-        if ticking != st.ticking {
-            st.ticking = ticking;
-            self.engine.set_ticking(self, ticking);
-        }
+        self.sync_timer(st);
         let raft = &st.raft;
         let leader_ready =
             raft.role() == Role::Leader && raft.commit_offset() >= st.leader_entry_end;

@@ -176,8 +176,14 @@ impl Server {
                 }
             }
         }
-        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        tracing::info!("shutting down: handing off leaderships, then finishing in-flight requests");
         drop(listener);
+        // Controlled shutdown: other brokers take over this one's leaderships while it
+        // still answers (requests for moved partitions get NOT_LEADER_OR_FOLLOWER and
+        // clients go to the new leader), instead of after an election timeout.
+        if let Some(cluster) = broker.manager.cluster() {
+            cluster.hand_off_leaderships(HAND_OFF_TIMEOUT).await;
+        }
         let _ = shutdown_tx.send(true);
         let grace = Duration::from_millis(config.shutdown_timeout_ms);
         if tokio::time::timeout(grace, async {
@@ -263,6 +269,8 @@ async fn join_cluster(
 
 /// Received frames of peer messages waiting for the engine's inbound thread.
 const INBOUND_BATCHES_MAX: usize = 1024;
+/// How long controlled shutdown waits for this broker's leaderships to move.
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections being served per peer IP address (`connections_max_per_ip`).
 #[derive(Debug, Default)]

@@ -15,7 +15,7 @@
 //!                               count:u32 entry*count
 //!           | AppendAccepted    match_end_offset:u64
 //!           | AppendRejected    prev_end_offset:u64 hint_term:u64 hint_end_offset:u64
-//!           | Heartbeat         commit_offset:u64
+//!           | Heartbeat         commit_offset:u64 quiesce:bool
 //!           | HeartbeatResponse
 //!           | ResetLog          start_offset:u64 start_term:u64 membership
 //!           | TimeoutNow
@@ -61,7 +61,8 @@ use crate::replica::hard_state::ReplicaKey;
 /// * 2 — the handshake carries the sender's [`BrokerRegistrationInfo`]. Frames are
 ///   unchanged, but one number covers both: a connection whose handshake is refused
 ///   never carries a frame, so frames of version 1 are never met by this build.
-pub const WIRE_VERSION: u8 = 2;
+/// * 3 — a heartbeat carries the `quiesce` flag of idle groups.
+pub const WIRE_VERSION: u8 = 3;
 
 /// First bytes of a handshake body, so a connection from something that is not a Rill
 /// transport (a Kafka client on the wrong port) fails at once with a clear error.
@@ -482,9 +483,13 @@ fn put_envelope(head: &mut BytesMut, frame: &mut EncodedFrame, envelope: &Envelo
             head.put_u64(*hint_term);
             head.put_u64(*hint_end_offset);
         }
-        MessageBody::Heartbeat { commit_offset } => {
+        MessageBody::Heartbeat {
+            commit_offset,
+            quiesce,
+        } => {
             head.put_u8(body_tag::HEARTBEAT);
             head.put_u64(*commit_offset);
+            head.put_u8(u8::from(*quiesce));
         }
         MessageBody::HeartbeatResponse => head.put_u8(body_tag::HEARTBEAT_RESPONSE),
         MessageBody::ResetLog {
@@ -536,7 +541,7 @@ fn body_bytes(body: &MessageBody) -> usize {
         }
         MessageBody::AppendResponse(AppendResult::Accepted { .. }) => 8,
         MessageBody::AppendResponse(AppendResult::Rejected { .. }) => 24,
-        MessageBody::Heartbeat { .. } => 8,
+        MessageBody::Heartbeat { .. } => 9,
         MessageBody::HeartbeatResponse | MessageBody::TimeoutNow => 0,
         MessageBody::ResetLog { membership, .. } => 16 + membership_bytes(membership),
     }
@@ -753,6 +758,7 @@ fn body(r: &mut WireReader) -> Result<MessageBody, CodecError> {
         }),
         body_tag::HEARTBEAT => MessageBody::Heartbeat {
             commit_offset: u64_(r)?,
+            quiesce: bool_(r)?,
         },
         body_tag::HEARTBEAT_RESPONSE => MessageBody::HeartbeatResponse,
         body_tag::RESET_LOG => MessageBody::ResetLog {
@@ -886,7 +892,12 @@ mod tests {
                     }
                 )
             ),
-            any::<u64>().prop_map(|commit_offset| MessageBody::Heartbeat { commit_offset }),
+            (any::<u64>(), any::<bool>()).prop_map(|(commit_offset, quiesce)| {
+                MessageBody::Heartbeat {
+                    commit_offset,
+                    quiesce,
+                }
+            }),
             Just(MessageBody::HeartbeatResponse),
             (any::<u64>(), any::<u64>(), membership()).prop_map(
                 |(start_offset, start_term, membership)| MessageBody::ResetLog {

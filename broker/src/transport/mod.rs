@@ -44,7 +44,7 @@
 //! stays in it, and telling a live broker from a dead one is left to a separate
 //! mechanism (heartbeats or leases at the controller).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -105,6 +105,10 @@ pub struct TransportConfig {
     pub connect_timeout_ms: u64,
     /// Time allowed for a peer's handshake, either side. Default 5,000 ms.
     pub handshake_timeout_ms: u64,
+    /// An outbound connection with nothing to send for this long sends an empty frame,
+    /// so the peer can tell a live broker whose groups are all quiet from a dead one
+    /// ([`Transport::silent_peers`]). Default 200 ms.
+    pub keepalive_interval_ms: u64,
     /// Time allowed for writing one frame; past it the connection is dropped and
     /// reopened. Without it, a peer that vanished without a reset (power loss, a
     /// partition) holds the connection until the kernel gives up (about 15 minutes on
@@ -144,6 +148,7 @@ impl TransportConfig {
             connect_timeout_ms: 3_000,
             handshake_timeout_ms: 5_000,
             write_stall_timeout_ms: 30_000,
+            keepalive_interval_ms: 200,
             inbound_connections_max: 64,
             registration: BrokerRegistrationInfo {
                 client_host: "127.0.0.1".into(),
@@ -228,6 +233,7 @@ impl TransportConfig {
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
             ("write_stall_timeout_ms", self.write_stall_timeout_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
             (
                 "inbound_connections_max",
                 self.inbound_connections_max as u64,
@@ -407,9 +413,22 @@ struct Shared {
     registrations: Mutex<HashMap<BrokerId, BrokerRegistrationInfo>>,
     /// Bumped after every change of `registrations`.
     registrations_changed: watch::Sender<u64>,
+    /// When each peer's last frame arrived, in milliseconds after `started` (plus one:
+    /// zero is never), set by its inbound connection.
+    heard: Mutex<HashMap<BrokerId, Arc<AtomicU64>>>,
+    started: std::time::Instant,
 }
 
 impl Shared {
+    /// The clock `broker`'s inbound connections stamp on every frame.
+    fn heard_clock(&self, broker: BrokerId) -> Arc<AtomicU64> {
+        Arc::clone(lock(&self.heard).entry(broker).or_default())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
     fn hello(&self) -> Hello {
         Hello {
             broker_id: self.config.broker_id,
@@ -487,6 +506,8 @@ impl Transport {
             inbound,
             registrations: Mutex::new(HashMap::new()),
             registrations_changed: watch::channel(0).0,
+            heard: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
         });
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), shutdown));
         let transport = Transport {
@@ -528,6 +549,24 @@ impl Transport {
     /// again after each `changed()`.
     pub fn registrations_changed(&self) -> watch::Receiver<u64> {
         self.shared.registrations_changed.subscribe()
+    }
+
+    /// The peers (of [`Transport::set_peers`]) no frame has arrived from within
+    /// `silence`, keepalives included: dead, cut off, stalled, or never heard from.
+    pub fn silent_peers(&self, silence: Duration) -> HashSet<BrokerId> {
+        let now = self.shared.now_ms();
+        let silence_ms = silence.as_millis() as u64;
+        let heard = lock(&self.shared.heard);
+        lock(&self.peers)
+            .keys()
+            .copied()
+            .filter(|broker| {
+                heard.get(broker).is_none_or(|at| {
+                    let at = at.load(Ordering::Relaxed);
+                    at == 0 || now.saturating_sub(at) > silence_ms
+                })
+            })
+            .collect()
     }
 
     /// Bytes queued for (or being written to) `broker`, if it is a peer.
@@ -757,6 +796,8 @@ async fn serve_inbound(
         .write_all(&codec::encode_hello(&shared.hello()))
         .await?;
     shared.record_registration(from_broker, hello.registration);
+    let heard = shared.heard_clock(from_broker);
+    heard.store(shared.now_ms(), Ordering::Relaxed);
     *frames.decoder_mut() = FrameDecoder::new(config.frame_bytes_max);
     loop {
         let body = tokio::select! {
@@ -790,6 +831,7 @@ async fn serve_inbound(
                 });
             }
         }
+        heard.store(shared.now_ms(), Ordering::Relaxed);
         counters.bump(&counters.frames_received);
         counters.add(&counters.bytes_received, frame_bytes as u64);
         counters.add(&counters.messages_received, frame.envelopes.len() as u64);

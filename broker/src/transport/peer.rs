@@ -327,6 +327,7 @@ async fn write_loop(
     // is gone (EOF or reset) or the peer misbehaves. Watching it notices a dead
     // connection while idle instead of at the next write.
     let mut probe = [0u8; 1];
+    let keepalive_interval = Duration::from_millis(shared.config.keepalive_interval_ms);
     loop {
         let (batch, batch_bytes) = {
             let mut state = lock(&peer.state);
@@ -339,10 +340,10 @@ async fn write_loop(
             state.queue.take_batch(shared.config.frame_bytes_max)
         };
         if batch.is_empty() {
-            tokio::select! {
+            let keepalive = tokio::select! {
                 _ = stopped(shutdown) => return Ended::Stop,
-                _ = peer.queued.notified() => {}
-                _ = peer.reconfigured.notified() => {}
+                _ = peer.queued.notified() => false,
+                _ = peer.reconfigured.notified() => false,
                 read = reader.read(&mut probe) => {
                     return Ended::Failed(match read {
                         Ok(0) => TransportError::ClosedByPeer,
@@ -350,8 +351,12 @@ async fn write_loop(
                         Err(error) => error.into(),
                     });
                 }
+                // Nothing to send for a while: an empty frame tells the peer we live.
+                _ = tokio::time::sleep(keepalive_interval) => true,
+            };
+            if !keepalive {
+                continue;
             }
-            continue;
         }
         let mut frame = codec::encode_frame(shared.config.broker_id, &batch);
         let frame_bytes = bytes::Buf::remaining(&frame);
@@ -414,17 +419,35 @@ mod tests {
         for commit_offset in 0..1000 {
             push(
                 &mut queue,
-                envelope(0, MessageBody::Heartbeat { commit_offset }),
+                envelope(
+                    0,
+                    MessageBody::Heartbeat {
+                        commit_offset,
+                        quiesce: false,
+                    },
+                ),
             );
         }
         push(&mut queue, envelope(0, MessageBody::HeartbeatResponse));
         push(
             &mut queue,
-            envelope(1, MessageBody::Heartbeat { commit_offset: 5 }),
+            envelope(
+                1,
+                MessageBody::Heartbeat {
+                    commit_offset: 5,
+                    quiesce: false,
+                },
+            ),
         );
         let (batch, bytes) = queue.take_batch(1 << 20);
         assert_eq!(batch.len(), 3);
-        assert!(batch.contains(&envelope(0, MessageBody::Heartbeat { commit_offset: 999 })));
+        assert!(batch.contains(&envelope(
+            0,
+            MessageBody::Heartbeat {
+                commit_offset: 999,
+                quiesce: false,
+            }
+        )));
         assert_eq!(bytes, queue.charged_bytes());
         queue.release(bytes);
         assert_eq!(queue.charged_bytes(), 0);
@@ -514,7 +537,10 @@ mod tests {
                         let body = if response {
                             MessageBody::HeartbeatResponse
                         } else {
-                            MessageBody::Heartbeat { commit_offset: next_sequence }
+                            MessageBody::Heartbeat {
+                                commit_offset: next_sequence,
+                                quiesce: false,
+                            }
                         };
                         push(&mut queue, envelope(partition, body));
                     }

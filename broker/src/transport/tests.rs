@@ -92,7 +92,10 @@ fn heartbeat(from: BrokerId, to: BrokerId, g: u32, commit_offset: u64) -> Envelo
             from: raft_node_id(from),
             to: raft_node_id(to),
             term: 3,
-            body: MessageBody::Heartbeat { commit_offset },
+            body: MessageBody::Heartbeat {
+                commit_offset,
+                quiesce: false,
+            },
         },
     }
 }
@@ -297,7 +300,8 @@ async fn peers_sending_garbage_are_disconnected_and_the_good_peer_is_still_serve
     let mut frame = codec::encode_frame(5, &[heartbeat(5, 1, 0, 1)])
         .to_bytes()
         .to_vec();
-    let last = frame.len() - 9;
+    // The body tag sits before the heartbeat's commit offset (8 bytes) and flag (1).
+    let last = frame.len() - 10;
     frame[last] = 0xee;
     bad_tag.extend_from_slice(&frame);
     assert!(hung_up_after(addr, &bad_tag).await, "unknown body tag");

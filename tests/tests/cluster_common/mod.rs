@@ -55,15 +55,24 @@ impl Cluster {
     /// Three brokers (ids 1, 2, 3) that all see the same voters: each other's
     /// inter-broker ports, directly.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// Three brokers as [`Cluster::start`] gives them, each also given `extra` flags.
+    pub fn start_with(extra: &[&str]) -> Cluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let voters = voters_text(&ports);
-        Cluster::start_with(&ports, &[voters.clone(), voters.clone(), voters], &[])
+        Cluster::start_with_voters(&ports, &[voters.clone(), voters.clone(), voters], extra)
     }
 
     /// One broker per entry of `inter_broker_ports` (ids 1, 2, ...), broker `i + 1`
     /// listening on `inter_broker_ports[i]` for its peers and given `voters[i]` as its
     /// `--controller-voters` (its own view of where the others are), plus `extra` flags.
-    pub fn start_with(inter_broker_ports: &[u16], voters: &[String], extra: &[&str]) -> Cluster {
+    pub fn start_with_voters(
+        inter_broker_ports: &[u16],
+        voters: &[String],
+        extra: &[&str],
+    ) -> Cluster {
         assert_eq!(
             inter_broker_ports.len(),
             voters.len(),

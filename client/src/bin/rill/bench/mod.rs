@@ -1,4 +1,6 @@
-//! `rill bench produce|consume`: throughput and latency against a running broker.
+//! `rill bench produce|consume`: throughput and latency against a running broker;
+//! `rill bench cluster`: starts its own brokers and compares a 3-node RF=3 cluster
+//! with a single node (`compare.rs`, brokers started by `brokers.rs`).
 //!
 //! Produce latency is per record, from `send` to its acknowledgement (so it includes
 //! `linger_ms` and queueing behind earlier batches). Consume latency is per record, the
@@ -20,12 +22,19 @@ use rill_client::{
 
 use crate::ProducerOptions;
 
+mod brokers;
+mod compare;
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
     /// Produce `--count` records of `--size` bytes and report throughput and latency.
     Produce(ProduceBench),
     /// Consume `--count` records from the beginning and report throughput and latency.
     Consume(ConsumeBench),
+    /// Start a single broker and a 3-broker cluster on loopback and compare them:
+    /// single-node acks=1 against 3-node RF=3 acks=all in the same run, then the CPU
+    /// of idle RF=3 partitions per broker.
+    Cluster(compare::ClusterBench),
 }
 
 #[derive(Args, Debug)]
@@ -75,6 +84,7 @@ pub(crate) async fn run(client: ClientConfig, cmd: BenchCommand) -> Result<(), E
     match cmd {
         BenchCommand::Produce(b) => produce(client, b).await,
         BenchCommand::Consume(b) => consume(client, b).await,
+        BenchCommand::Cluster(b) => compare::run(b).await,
     }
 }
 
@@ -97,6 +107,33 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
 }
 
+/// What a produce run measured.
+pub(crate) struct ProduceOutcome {
+    /// Records acknowledged.
+    pub(crate) records: u64,
+    /// Value bytes acknowledged.
+    pub(crate) bytes: u64,
+    /// From the first send to the last acknowledgement.
+    pub(crate) elapsed: Duration,
+    /// Per-record latency from `send` to acknowledgement, in µs.
+    pub(crate) latency_us: Histogram<u64>,
+}
+
+impl ProduceOutcome {
+    pub(crate) fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+
+    pub(crate) fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency at quantile `q`, in ms.
+    pub(crate) fn latency_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
 fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: &Histogram<u64>) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     println!("{what}: {records} records, {bytes} bytes in {secs:.3} s");
@@ -117,11 +154,30 @@ fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: &
 }
 
 async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
+    let outcome = produce_run(client, &b, -1).await?;
+    report(
+        "produced",
+        outcome.records,
+        outcome.bytes,
+        outcome.elapsed,
+        &outcome.latency_us,
+    );
+    Ok(())
+}
+
+/// Runs a produce bench (creating the topic with `replication_factor` if missing) and
+/// returns what it measured; the first failed delivery is the error.
+async fn produce_run(
+    client: ClientConfig,
+    b: &ProduceBench,
+    replication_factor: i16,
+) -> Result<ProduceOutcome, Error> {
     let admin = Admin::new(client.clone())?;
-    match admin
-        .create_topics(&[NewTopic::new(b.topic.clone(), b.partitions)])
-        .await
-    {
+    let topic = NewTopic {
+        replication_factor,
+        ..NewTopic::new(b.topic.clone(), b.partitions)
+    };
+    match admin.create_topics(&[topic]).await {
         Ok(()) => {}
         Err(Error::Broker {
             code: ResponseError::TopicAlreadyExists,
@@ -208,12 +264,16 @@ async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     producer.close().await?;
-    report("produced", acked, acked * b.size as u64, elapsed, &latency);
     if let Some(e) = first_error {
         println!("{failed} records failed; first error: {e}");
         return Err(e);
     }
-    Ok(())
+    Ok(ProduceOutcome {
+        records: acked,
+        bytes: acked * b.size as u64,
+        elapsed,
+        latency_us: latency,
+    })
 }
 
 fn settle(

@@ -1,0 +1,102 @@
+//! Where partition leadership goes on purpose, in a cluster (the mechanism, Raft's
+//! leadership transfer, is in `replica/leadership.rs`):
+//!
+//! * The leader balancer: every `leader_balance_interval_ms`, each broker hands every
+//!   partition it leads but is not the preferred leader of (the first replica of its
+//!   assignment, which placement spreads evenly) back to that replica, when its broker
+//!   is live on the transport and its log matches the leader's. After a broker died and
+//!   came back, its partitions return to it, so leaders stay spread. Like Kafka's
+//!   `auto.leader.rebalance.enable`, but decided by each leader from its own
+//!   replication state rather than by the controller.
+//! * Controlled shutdown: a broker stopping on SIGTERM/SIGINT first hands every
+//!   group it leads (partitions and the metadata group) to a caught-up replica on a
+//!   live broker, preferring the preferred leader, and waits (bounded) until they
+//!   moved. Clients see NOT_LEADER_OR_FOLLOWER for one round trip instead of an
+//!   election timeout without a leader.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::replica::Partition;
+use crate::state::PartitionManager;
+use crate::transport::Transport;
+
+/// A peer broker silent on the transport for this long is not given leadership.
+const PEER_SILENCE: Duration = Duration::from_secs(1);
+/// How often controlled shutdown checks whether its leaderships have moved.
+const HAND_OFF_POLL: Duration = Duration::from_millis(20);
+
+/// The leader balancer's loop (see the module docs); runs until the runtime stops.
+pub async fn balance_loop(
+    manager: Arc<PartitionManager>,
+    transport: Arc<Transport>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let silent = transport.silent_peers(PEER_SILENCE);
+        let mut moved = 0usize;
+        for (_, partition) in manager.all_partitions() {
+            let preferred = partition.preferred_leader();
+            if !partition.leads_a_group()
+                || silent.contains(&preferred)
+                || !partition.caught_up_followers().contains(&preferred)
+            {
+                continue;
+            }
+            if partition.transfer_leadership(preferred).is_ok() {
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                "leader balancer: partitions handed back to their preferred leaders"
+            );
+        }
+    }
+}
+
+/// Controlled shutdown (see the module docs): hands every group in `groups` this
+/// broker leads to a caught-up replica on a live broker and waits until they moved,
+/// at most `within`. Returns how many still lead here at the end.
+pub async fn hand_off(groups: &[Arc<Partition>], transport: &Transport, within: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    let silent: HashSet<i32> = transport.silent_peers(PEER_SILENCE);
+    let mut leading: Vec<&Arc<Partition>> = Vec::new();
+    for partition in groups.iter().filter(|p| p.leads_a_group()) {
+        let followers = partition.caught_up_followers();
+        let live: Vec<i32> = followers
+            .into_iter()
+            .filter(|b| !silent.contains(b))
+            .collect();
+        let preferred = partition.preferred_leader();
+        let target = if live.contains(&preferred) {
+            Some(preferred)
+        } else {
+            live.first().copied()
+        };
+        if let Some(to) = target {
+            let _ = partition.transfer_leadership(to);
+        }
+        leading.push(partition);
+    }
+    let total = leading.len();
+    loop {
+        leading.retain(|p| p.leads_a_group());
+        if leading.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(HAND_OFF_POLL).await;
+    }
+    tracing::info!(
+        handed_off = total - leading.len(),
+        still_leading = leading.len(),
+        "controlled shutdown: leaderships handed off"
+    );
+    leading.len()
+}

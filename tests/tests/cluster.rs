@@ -112,9 +112,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
 
     // Let the restarted brokers catch up, stop everyone, and compare the files.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    kill_all(&mut cluster);
     assert_replicas_identical(&cluster);
 }
 

@@ -13,6 +13,7 @@
 //! | split 2/1 | a follower of partition 0 cut off from both others: the leader keeps committing with the remaining follower; the isolated one catches up after the heal |
 //! | mute leader | only the leader's outbound links cut (it still hears the followers): they elect a new leader; the old one learns of it at once and follows without being able to answer |
 //! | deaf leader | only the leader's inbound links cut (the followers still hear it): it steps down for want of a quorum (check-quorum), then the followers elect a new leader |
+//! | quiet leader | the producers pause until every group is quiet (Raft quiescence: no ticks, no heartbeats), then the leader is isolated, muted or made deaf: the followers must wake up (the transport's silence detector, or the old leader's messages) and elect a new leader |
 //! | flapping link | the link between the leader and one follower (a third of the time: both followers) flaps, cut half of every 200-600 ms; connections through it dropped once midway |
 //! | delayed follower | everything from the leader to one follower delayed 50-200 ms |
 //!
@@ -60,6 +61,9 @@ const CLUSTER_ID: &str = "fault-proxy-cluster";
 /// for a deaf leader (its check-quorum step-down comes first); the bound is for a
 /// loaded CI machine and catches an election that does not happen.
 const ELECTION_MAX: Duration = Duration::from_secs(15);
+/// Longest the groups may take to go quiet once producing stops (every group of
+/// every broker idle: all replicas match the leader's log and commit).
+const QUIET_MAX: Duration = Duration::from_secs(30);
 /// Longest the replicas may take to agree after a heal (same log end, all committed).
 const CONVERGE_MAX: Duration = Duration::from_secs(30);
 /// Records produced (and required to be acknowledged) after each heal.
@@ -72,16 +76,18 @@ enum Scenario {
     SplitFollower,
     MuteLeader,
     DeafLeader,
+    QuietLeader,
     FlappingLink,
     DelayedFollower,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::IsolateLeader,
         Scenario::SplitFollower,
         Scenario::MuteLeader,
         Scenario::DeafLeader,
+        Scenario::QuietLeader,
         Scenario::FlappingLink,
         Scenario::DelayedFollower,
     ];
@@ -90,7 +96,10 @@ impl Scenario {
     fn forces_new_leader(self) -> bool {
         matches!(
             self,
-            Scenario::IsolateLeader | Scenario::MuteLeader | Scenario::DeafLeader
+            Scenario::IsolateLeader
+                | Scenario::MuteLeader
+                | Scenario::DeafLeader
+                | Scenario::QuietLeader
         )
     }
 }
@@ -397,6 +406,29 @@ async fn start_behind_proxies() -> (Links, Cluster) {
     (links, cluster)
 }
 
+/// Waits until every broker reports each of its groups (the topic's partitions and
+/// the metadata group) quiet; returns how long that took.
+async fn wait_quiet(cluster: &Cluster, round: u32) -> Duration {
+    let groups = PARTITIONS as u64 + 1;
+    let started = Instant::now();
+    loop {
+        let quiet: Vec<u64> = BROKERS
+            .iter()
+            .map(|&id| cluster.broker(id).metric("rill_raft_quiet_groups"))
+            .collect();
+        if quiet.iter().all(|q| *q >= groups) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < QUIET_MAX,
+            "round {round}: groups not quiet within {QUIET_MAX:?} of the last write: \
+             {quiet:?} of {groups} per broker\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Figures of one round, printed as it ends and summed up at the end.
 struct RoundReport {
     scenario: Scenario,
@@ -425,6 +457,12 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
     let mut reports = Vec::new();
     for round in 0..rounds {
         let scenario = rng.pick(&Scenario::ALL);
+        // A quiet leader is cut off after every group went quiet (no producers yet).
+        let quiet_after = if scenario == Scenario::QuietLeader {
+            Some(wait_quiet(&cluster, round).await)
+        } else {
+            None
+        };
         let (leader, epoch) = current_leader(&cluster, round).await;
         let followers: Vec<i32> = BROKERS.into_iter().filter(|b| *b != leader).collect();
         let follower = rng.pick(&followers);
@@ -434,14 +472,21 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
         // Producers run across the fault and past the heal, so sends are in flight
         // at both edges.
         let produce_window = Duration::from_millis(300 + fault_ms + 300);
-        let live = produce_for(
-            Producer::new(ProducerConfig::new(&bootstrap)).expect("producer"),
-            round,
-            produce_window,
-        );
-        let rdkafka_live =
-            (round % 4 == 0).then(|| rdkafka_produce_for(&bootstrap, round, produce_window));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start_producers = || {
+            let live = produce_for(
+                Producer::new(ProducerConfig::new(&bootstrap)).expect("producer"),
+                round,
+                produce_window,
+            );
+            let rdkafka_live =
+                (round % 4 == 0).then(|| rdkafka_produce_for(&bootstrap, round, produce_window));
+            (live, rdkafka_live)
+        };
+        let mut producers = None;
+        if quiet_after.is_none() {
+            producers = Some(start_producers());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
 
         let fault_started = Instant::now();
         let mut time_to_new_leader = None;
@@ -468,6 +513,27 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
                     links.link(f, leader).cut_both();
                 }
                 format!("leader {leader}'s inbound links cut")
+            }
+            Scenario::QuietLeader => {
+                let quiet_ms = quiet_after.unwrap_or_default().as_millis();
+                match rng.next() % 3 {
+                    0 => {
+                        links.isolate(leader);
+                        format!("quiet (after {quiet_ms} ms) leader {leader} isolated")
+                    }
+                    1 => {
+                        for &f in &followers {
+                            links.link(leader, f).cut_both();
+                        }
+                        format!("quiet (after {quiet_ms} ms) leader {leader}'s outbound links cut")
+                    }
+                    _ => {
+                        for &f in &followers {
+                            links.link(f, leader).cut_both();
+                        }
+                        format!("quiet (after {quiet_ms} ms) leader {leader}'s inbound links cut")
+                    }
+                }
             }
             Scenario::SplitFollower => {
                 links.isolate(follower);
@@ -497,6 +563,9 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
                 format!("{leader}->{follower} delayed {delay:?}")
             }
         };
+        // The quiet round's producers start once the fault is in place: their first
+        // sends reach the cut-off leader, and wake its group.
+        let (live, rdkafka_live) = producers.unwrap_or_else(start_producers);
         let what = if scenario.forces_new_leader() {
             let new =
                 wait_new_leader(&cluster, &followers, leader, epoch, fault_started, round).await;
@@ -602,11 +671,10 @@ async fn acknowledged_records_survive_network_faults_and_replicas_converge() {
     );
     report.assert_ok();
 
-    // Converged (checked above after the last heal): stop everyone, compare the files.
+    // Converged once more (nothing is produced now), then every broker killed at once
+    // and the files compared.
     wait_converged(&cluster, rounds, Instant::now()).await;
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
+    kill_all(&mut cluster);
     assert_replicas_identical(&cluster);
 }
 

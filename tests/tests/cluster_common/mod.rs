@@ -327,8 +327,20 @@ pub async fn read_back(cluster: &Cluster, history: &mut History) {
     history.record_reads(&reads);
 }
 
+/// SIGKILLs every broker, for comparing their files. Not a graceful stop: a stopping
+/// broker hands its leaderships over first (controlled shutdown), and each new
+/// leader's control batch reaches only the brokers still running, so brokers stopped
+/// one after another would differ by those batches without any replication fault. A
+/// kill leaves each log as it was; the comparison reads the files through the page
+/// cache, which the kill does not drop.
+pub fn kill_all(cluster: &mut Cluster) {
+    for broker in &mut cluster.brokers {
+        broker.kill();
+    }
+}
+
 /// Panics unless every partition of TOPIC has byte-identical `.log` files on every
-/// broker (call with the brokers stopped).
+/// broker (call with the brokers stopped, e.g. by [`kill_all`]).
 pub fn assert_replicas_identical(cluster: &Cluster) {
     for partition in 0..PARTITIONS {
         let dirs: Vec<_> = cluster

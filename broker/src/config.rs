@@ -144,6 +144,19 @@ pub struct Config {
     /// `fetch_wait_ms_max`: upper bound on a Fetch request's max_wait_ms, so a
     /// client cannot park a request for longer. Default 30000. Range 0..=300000.
     pub fetch_wait_ms_max: u64,
+    /// `offsets_topic_partitions`: partitions of `__consumer_offsets`, created on the first
+    /// group request (Kafka's `offsets.topic.num.partitions`). A group's coordinator is
+    /// the leader of partition `abs(java_hash(group)) % offsets_topic_partitions`, so the
+    /// count must not change once the topic exists. Default 50. Range 1..=1000.
+    pub offsets_topic_partitions: i32,
+    /// `group_initial_rebalance_delay_ms`: how long a new (empty) group waits for more
+    /// members before its first rebalance completes (Kafka's
+    /// `group.initial.rebalance.delay.ms`). Default 3000. Range 0..=300000.
+    pub group_initial_rebalance_delay_ms: u64,
+    /// `offsets_retention_minutes`: committed offsets of a group without members expire this
+    /// long after the later of their commit and the moment the group became empty (Kafka's
+    /// `offsets.retention.minutes`, KIP-211). Default 10080 (7 days). Range 1..=52560000.
+    pub offsets_retention_minutes: u64,
     /// `shutdown_timeout_ms`: on SIGINT/SIGTERM, how long in-flight requests get to
     /// finish before the broker flushes and exits anyway. Default 10000.
     pub shutdown_timeout_ms: u64,
@@ -227,6 +240,9 @@ impl Default for Config {
             journal_bytes: 64 << 20,
             retention_check_interval_ms: 300_000,
             fetch_wait_ms_max: 30_000,
+            offsets_topic_partitions: 50,
+            group_initial_rebalance_delay_ms: 3000,
+            offsets_retention_minutes: 10_080,
             shutdown_timeout_ms: 10_000,
             leader_balance_interval_ms: 30_000,
             debug_flush_delay_ms: 0,
@@ -293,6 +309,9 @@ struct FileConfig {
     journal_bytes: Option<i64>,
     retention_check_interval_ms: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
+    offsets_topic_partitions: Option<i64>,
+    group_initial_rebalance_delay_ms: Option<i64>,
+    offsets_retention_minutes: Option<i64>,
     shutdown_timeout_ms: Option<i64>,
     leader_balance_interval_ms: Option<i64>,
     debug_flush_delay_ms: Option<i64>,
@@ -385,6 +404,15 @@ pub struct Cli {
     /// Upper bound on Fetch max_wait_ms [default: 30000].
     #[arg(long)]
     pub fetch_wait_ms_max: Option<i64>,
+    /// Partitions of `__consumer_offsets` [default: 50].
+    #[arg(long)]
+    pub offsets_topic_partitions: Option<i64>,
+    /// A new group's wait for more members before its first rebalance [default: 3000].
+    #[arg(long)]
+    pub group_initial_rebalance_delay_ms: Option<i64>,
+    /// Committed offsets of an empty group expire after this long [default: 10080].
+    #[arg(long)]
+    pub offsets_retention_minutes: Option<i64>,
     /// Grace period for in-flight requests at shutdown [default: 10000].
     #[arg(long)]
     pub shutdown_timeout_ms: Option<i64>,
@@ -645,6 +673,18 @@ impl Config {
         }
         if let Some(v) = pick!(fetch_wait_ms_max) {
             config.fetch_wait_ms_max = in_range("fetch_wait_ms_max", v, 0, 300_000)? as u64;
+        }
+        if let Some(v) = pick!(offsets_topic_partitions) {
+            config.offsets_topic_partitions =
+                in_range("offsets_topic_partitions", v, 1, 1000)? as i32;
+        }
+        if let Some(v) = pick!(group_initial_rebalance_delay_ms) {
+            config.group_initial_rebalance_delay_ms =
+                in_range("group_initial_rebalance_delay_ms", v, 0, 300_000)? as u64;
+        }
+        if let Some(v) = pick!(offsets_retention_minutes) {
+            config.offsets_retention_minutes =
+                in_range("offsets_retention_minutes", v, 1, 52_560_000)? as u64;
         }
         if let Some(v) = pick!(shutdown_timeout_ms) {
             config.shutdown_timeout_ms = in_range("shutdown_timeout_ms", v, 0, 3_600_000)? as u64;

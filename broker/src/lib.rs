@@ -31,6 +31,9 @@
 //! * [`cluster`] — in a cluster: this broker's metadata replica, the applier that
 //!   turns the committed metadata log into local replicas, and the controller's
 //!   proposals (CreateTopics) when it leads the metadata group.
+//! * [`group`] — the consumer-group coordinator: groups and committed offsets kept in
+//!   `__consumer_offsets`, the classic Join/Sync/Heartbeat/Leave protocol, session and
+//!   rebalance timeouts.
 //! * [`admin`] — the admin HTTP port (`/metrics`, `/partitions`).
 //! * [`metrics`] — counters.
 //! * [`clock`] — the wall clock (`now_ms`).
@@ -49,6 +52,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod group;
 pub mod metrics;
 pub mod replica;
 pub mod runtime;

@@ -33,9 +33,15 @@ fn broker(dir: &std::path::Path) -> Broker {
     let config = Arc::new(config);
     let manager = PartitionManager::open(Arc::clone(&config)).unwrap();
     let (_tx, shutdown) = tokio::sync::watch::channel(false);
+    let manager = Arc::new(manager);
     Broker {
+        groups: rill_broker::group::GroupCoordinator::new(
+            Arc::clone(&config),
+            Arc::clone(&manager),
+            shutdown.clone(),
+        ),
         config,
-        manager: Arc::new(manager),
+        manager,
         advertised_host: "127.0.0.1".into(),
         advertised_port: 9092,
         shutdown,

@@ -79,6 +79,16 @@ pub fn decode_request_kind(
         ApiKey::DescribeConfigs => RequestKind::DescribeConfigs(decode_request(body, version)?),
         ApiKey::CreatePartitions => RequestKind::CreatePartitions(decode_request(body, version)?),
         ApiKey::DescribeCluster => RequestKind::DescribeCluster(decode_request(body, version)?),
+        ApiKey::FindCoordinator => RequestKind::FindCoordinator(decode_request(body, version)?),
+        ApiKey::JoinGroup => RequestKind::JoinGroup(decode_request(body, version)?),
+        ApiKey::SyncGroup => RequestKind::SyncGroup(decode_request(body, version)?),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(decode_request(body, version)?),
+        ApiKey::LeaveGroup => RequestKind::LeaveGroup(decode_request(body, version)?),
+        ApiKey::OffsetCommit => RequestKind::OffsetCommit(decode_request(body, version)?),
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(decode_request(body, version)?),
+        ApiKey::ListGroups => RequestKind::ListGroups(decode_request(body, version)?),
+        ApiKey::DescribeGroups => RequestKind::DescribeGroups(decode_request(body, version)?),
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(decode_request(body, version)?),
         // Served (the table says so) but with no decoder here: a bug that the test
         // `every_served_api_and_version_decodes` catches; answered as unsupported meanwhile.
         _ => {
@@ -288,7 +298,7 @@ mod tests {
     #[test]
     fn unsupported_and_malformed_requests_are_typed_errors() {
         let header = RequestHeader {
-            api_key: ApiKey::JoinGroup as i16,
+            api_key: ApiKey::SaslHandshake as i16,
             api_version: 0,
             correlation_id: 1,
             client_id: None,
@@ -373,7 +383,13 @@ mod tests {
                     OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
                     DescribeConfigs => DescribeConfigsRequest,
                     CreatePartitions => CreatePartitionsRequest,
-                    DescribeCluster => DescribeClusterRequest);
+                    DescribeCluster => DescribeClusterRequest,
+                    FindCoordinator => FindCoordinatorRequest, JoinGroup => JoinGroupRequest,
+                    SyncGroup => SyncGroupRequest, Heartbeat => HeartbeatRequest,
+                    LeaveGroup => LeaveGroupRequest, OffsetCommit => OffsetCommitRequest,
+                    OffsetFetch => OffsetFetchRequest, ListGroups => ListGroupsRequest,
+                    DescribeGroups => DescribeGroupsRequest,
+                    DeleteGroups => DeleteGroupsRequest);
                 let header = RequestHeader {
                     api_key: range.api_key,
                     api_version: v,

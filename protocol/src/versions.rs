@@ -41,11 +41,28 @@ const fn range(api_key: ApiKey, min: i16, max: i16) -> ApiRange {
 /// * DescribeConfigs 1..=4 — librdkafka v1, the Java admin client v4.
 /// * CreatePartitions 0..=3, OffsetForLeaderEpoch 2..=4 — everything kafka-protocol knows.
 /// * DescribeCluster 0..=1 — v2 only adds `include_fenced_brokers` for KRaft controllers.
+/// * The classic group protocol (`broker::group`): FindCoordinator 0..=6 (librdkafka v2,
+///   kafka-python v6: batched keys from v4), JoinGroup 0..=9 (librdkafka v5, kafka-python
+///   v7), SyncGroup 0..=5, Heartbeat 0..=4, LeaveGroup 0..=5 (batched members from v3),
+///   OffsetCommit 2..=9 (librdkafka v9, kafka-python v8; v10 names topics by id for the new
+///   consumer protocol), OffsetFetch 1..=9 (librdkafka v9, kafka-python v8: groups from v8),
+///   DescribeGroups 0..=6, ListGroups 0..=5 (librdkafka v5: state and type filters),
+///   DeleteGroups 0..=2.
 pub const SUPPORTED: &[ApiRange] = &[
     range(ApiKey::Produce, 3, 10),
     range(ApiKey::Fetch, 4, 16),
     range(ApiKey::ListOffsets, 1, 9),
     range(ApiKey::Metadata, 0, 12),
+    range(ApiKey::OffsetCommit, 2, 9),
+    range(ApiKey::OffsetFetch, 1, 9),
+    range(ApiKey::FindCoordinator, 0, 6),
+    range(ApiKey::JoinGroup, 0, 9),
+    range(ApiKey::Heartbeat, 0, 4),
+    range(ApiKey::LeaveGroup, 0, 5),
+    range(ApiKey::SyncGroup, 0, 5),
+    range(ApiKey::DescribeGroups, 0, 6),
+    range(ApiKey::ListGroups, 0, 5),
+    range(ApiKey::DeleteGroups, 0, 2),
     range(ApiKey::ApiVersions, 0, 4),
     range(ApiKey::CreateTopics, 2, 4),
     range(ApiKey::DeleteTopics, 1, 4),
@@ -174,6 +191,19 @@ mod tests {
             ("librdkafka", ApiKey::CreateTopics, 4),
             ("librdkafka", ApiKey::DeleteTopics, 4),
             ("librdkafka", ApiKey::DescribeConfigs, 1),
+            ("librdkafka", ApiKey::FindCoordinator, 2),
+            ("librdkafka", ApiKey::JoinGroup, 5),
+            ("librdkafka", ApiKey::SyncGroup, 3),
+            ("librdkafka", ApiKey::Heartbeat, 3),
+            ("librdkafka", ApiKey::LeaveGroup, 1),
+            ("librdkafka", ApiKey::OffsetCommit, 9),
+            ("librdkafka", ApiKey::OffsetFetch, 9),
+            ("librdkafka", ApiKey::ListGroups, 5),
+            ("kafka-python", ApiKey::FindCoordinator, 6),
+            ("kafka-python", ApiKey::JoinGroup, 7),
+            ("kafka-python", ApiKey::SyncGroup, 5),
+            ("kafka-python", ApiKey::OffsetCommit, 8),
+            ("kafka-python", ApiKey::OffsetFetch, 8),
             ("kafka-python", ApiKey::ApiVersions, 4),
             ("kafka-python", ApiKey::Metadata, 12),
             ("kafka-python", ApiKey::Produce, 9),
@@ -199,7 +229,7 @@ mod tests {
         assert!(!is_supported(ApiKey::Fetch as i16, 17));
         assert!(!is_supported(-1, 0));
         assert!(!is_supported(i16::MAX, 0));
-        assert!(!is_supported(ApiKey::JoinGroup as i16, 0));
+        assert!(!is_supported(ApiKey::JoinGroup as i16, 10));
     }
 
     #[test]

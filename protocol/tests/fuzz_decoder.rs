@@ -427,6 +427,36 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
             }
             encode_seed(api, v, &r)
         }
+        // The group APIs: random valid messages (strings, ids and byte blobs of every
+        // shape), which is what their decoders' lengths and counts see from a client.
+        ApiKey::FindCoordinator => encode_seed(
+            api,
+            v,
+            &random_message::<FindCoordinatorRequest>(rng.gen(), v),
+        ),
+        ApiKey::JoinGroup => encode_seed(api, v, &random_message::<JoinGroupRequest>(rng.gen(), v)),
+        ApiKey::SyncGroup => encode_seed(api, v, &random_message::<SyncGroupRequest>(rng.gen(), v)),
+        ApiKey::Heartbeat => encode_seed(api, v, &random_message::<HeartbeatRequest>(rng.gen(), v)),
+        ApiKey::LeaveGroup => {
+            encode_seed(api, v, &random_message::<LeaveGroupRequest>(rng.gen(), v))
+        }
+        ApiKey::OffsetCommit => {
+            encode_seed(api, v, &random_message::<OffsetCommitRequest>(rng.gen(), v))
+        }
+        ApiKey::OffsetFetch => {
+            encode_seed(api, v, &random_message::<OffsetFetchRequest>(rng.gen(), v))
+        }
+        ApiKey::ListGroups => {
+            encode_seed(api, v, &random_message::<ListGroupsRequest>(rng.gen(), v))
+        }
+        ApiKey::DeleteGroups => {
+            encode_seed(api, v, &random_message::<DeleteGroupsRequest>(rng.gen(), v))
+        }
+        ApiKey::DescribeGroups => encode_seed(
+            api,
+            v,
+            &random_message::<DescribeGroupsRequest>(rng.gen(), v),
+        ),
         other => panic!("no seed builder for served api {other:?}: add one"),
     }
 }
@@ -1237,6 +1267,36 @@ macro_rules! with_message_types {
             ),
             ApiKey::DescribeCluster => call_with!(
                 $which, $f, DescribeClusterRequest, DescribeClusterResponse, $($arg),*
+            ),
+            ApiKey::FindCoordinator => call_with!(
+                $which, $f, FindCoordinatorRequest, FindCoordinatorResponse, $($arg),*
+            ),
+            ApiKey::JoinGroup => {
+                call_with!($which, $f, JoinGroupRequest, JoinGroupResponse, $($arg),*)
+            }
+            ApiKey::SyncGroup => {
+                call_with!($which, $f, SyncGroupRequest, SyncGroupResponse, $($arg),*)
+            }
+            ApiKey::Heartbeat => {
+                call_with!($which, $f, HeartbeatRequest, HeartbeatResponse, $($arg),*)
+            }
+            ApiKey::LeaveGroup => {
+                call_with!($which, $f, LeaveGroupRequest, LeaveGroupResponse, $($arg),*)
+            }
+            ApiKey::OffsetCommit => {
+                call_with!($which, $f, OffsetCommitRequest, OffsetCommitResponse, $($arg),*)
+            }
+            ApiKey::OffsetFetch => {
+                call_with!($which, $f, OffsetFetchRequest, OffsetFetchResponse, $($arg),*)
+            }
+            ApiKey::ListGroups => {
+                call_with!($which, $f, ListGroupsRequest, ListGroupsResponse, $($arg),*)
+            }
+            ApiKey::DeleteGroups => call_with!(
+                $which, $f, DeleteGroupsRequest, DeleteGroupsResponse, $($arg),*
+            ),
+            ApiKey::DescribeGroups => call_with!(
+                $which, $f, DescribeGroupsRequest, DescribeGroupsResponse, $($arg),*
             ),
             other => panic!("served api {other:?} has no line in with_message_types!: add one"),
         }

@@ -135,6 +135,7 @@ fn describe(
         .with_name(Some(TopicName(str_bytes(topic.name.clone()))))
         .with_topic_id(topic.id)
         .with_partitions(partitions)
+        .with_is_internal(topic.name == crate::group::OFFSETS_TOPIC)
         // Authorized operations are not tracked: Kafka's "omitted" value.
         .with_topic_authorized_operations(i32::MIN)
 }

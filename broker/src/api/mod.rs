@@ -6,15 +6,25 @@
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod produce_check;
+pub mod sync_group;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
@@ -122,6 +132,59 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn:
             let request = decode!(OffsetForLeaderEpochRequest);
             let _held = turn.take().await;
             encode!(offset_for_leader_epoch::handle(broker, request))
+        }
+        // The group APIs: JoinGroup and SyncGroup may wait for the rest of the group (a
+        // rebalance), holding the turn as Kafka holds the connection's next request.
+        ApiKey::FindCoordinator => {
+            let request = decode!(FindCoordinatorRequest);
+            let _held = turn.take().await;
+            encode!(find_coordinator::handle(broker, request, version).await)
+        }
+        ApiKey::JoinGroup => {
+            let request = decode!(JoinGroupRequest);
+            let _held = turn.take().await;
+            let client_id = header.client_id.as_deref();
+            encode!(join_group::handle(broker, request, version, client_id).await)
+        }
+        ApiKey::SyncGroup => {
+            let request = decode!(SyncGroupRequest);
+            let _held = turn.take().await;
+            encode!(sync_group::handle(broker, request, version).await)
+        }
+        ApiKey::Heartbeat => {
+            let request = decode!(HeartbeatRequest);
+            let _held = turn.take().await;
+            encode!(heartbeat::handle(broker, request))
+        }
+        ApiKey::LeaveGroup => {
+            let request = decode!(LeaveGroupRequest);
+            let _held = turn.take().await;
+            encode!(leave_group::handle(broker, request, version))
+        }
+        ApiKey::OffsetCommit => {
+            let request = decode!(OffsetCommitRequest);
+            let _held = turn.take().await;
+            encode!(offset_commit::handle(broker, request).await)
+        }
+        ApiKey::OffsetFetch => {
+            let request = decode!(OffsetFetchRequest);
+            let _held = turn.take().await;
+            encode!(offset_fetch::handle(broker, request, version))
+        }
+        ApiKey::ListGroups => {
+            let request = decode!(ListGroupsRequest);
+            let _held = turn.take().await;
+            encode!(list_groups::handle(broker, request, version))
+        }
+        ApiKey::DescribeGroups => {
+            let request = decode!(DescribeGroupsRequest);
+            let _held = turn.take().await;
+            encode!(describe_groups::handle(broker, request, version))
+        }
+        ApiKey::DeleteGroups => {
+            let request = decode!(DeleteGroupsRequest);
+            let _held = turn.take().await;
+            encode!(delete_groups::handle(broker, request).await)
         }
         other => {
             return Err(CloseConnection(format!(

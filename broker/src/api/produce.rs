@@ -145,6 +145,13 @@ fn append_partition(
     if !matches!(acks, -1..=1) {
         return Err(BrokerError::InvalidRequiredAcks(acks));
     }
+    // Only the group coordinator writes __consumer_offsets (Kafka refuses client appends to
+    // its internal topics the same way).
+    if topic == crate::group::OFFSETS_TOPIC {
+        return Err(BrokerError::InvalidTopic(format!(
+            "{topic} is internal: clients cannot produce to it"
+        )));
+    }
     let (topic, partition) = broker
         .manager
         .partition(topic, data.index)

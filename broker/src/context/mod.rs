@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::group::GroupCoordinator;
 use crate::metrics::Metrics;
 use crate::state::PartitionManager;
 
@@ -22,6 +23,8 @@ pub struct Broker {
     pub config: Arc<Config>,
     /// Topics and partitions.
     pub manager: Arc<PartitionManager>,
+    /// The consumer-group coordinator.
+    pub groups: Arc<GroupCoordinator>,
     /// Host and port Metadata advertises.
     pub advertised_host: String,
     /// Port Metadata advertises.

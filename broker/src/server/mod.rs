@@ -90,12 +90,19 @@ impl Server {
             join_cluster(&config, &manager, &advertised_host, advertised_port).await?;
         }
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let groups = crate::group::GroupCoordinator::new(
+            Arc::clone(&config),
+            Arc::clone(&manager),
+            shutdown.clone(),
+        );
+        groups.start();
         Ok(Server {
             listener,
             admin,
             broker: Arc::new(Broker {
                 config,
                 manager,
+                groups,
                 advertised_host,
                 advertised_port,
                 shutdown,

@@ -114,4 +114,14 @@ oracle_tests! {
     api_versions_matches_kafka_protocol: ApiVersions => ApiVersionsRequest, ApiVersionsResponse;
     offset_for_leader_epoch_matches_kafka_protocol: OffsetForLeaderEpoch => OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse;
     describe_cluster_matches_kafka_protocol: DescribeCluster => DescribeClusterRequest, DescribeClusterResponse;
+    find_coordinator_matches_kafka_protocol: FindCoordinator => FindCoordinatorRequest, FindCoordinatorResponse;
+    join_group_matches_kafka_protocol: JoinGroup => JoinGroupRequest, JoinGroupResponse;
+    sync_group_matches_kafka_protocol: SyncGroup => SyncGroupRequest, SyncGroupResponse;
+    heartbeat_matches_kafka_protocol: Heartbeat => HeartbeatRequest, HeartbeatResponse;
+    leave_group_matches_kafka_protocol: LeaveGroup => LeaveGroupRequest, LeaveGroupResponse;
+    offset_commit_matches_kafka_protocol: OffsetCommit => OffsetCommitRequest, OffsetCommitResponse;
+    offset_fetch_matches_kafka_protocol: OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
+    list_groups_matches_kafka_protocol: ListGroups => ListGroupsRequest, ListGroupsResponse;
+    describe_groups_matches_kafka_protocol: DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
+    delete_groups_matches_kafka_protocol: DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
 }

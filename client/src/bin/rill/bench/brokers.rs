@@ -45,6 +45,18 @@ pub(crate) fn free_port() -> Result<u16, Error> {
         .map_err(|e| Error::Config(format!("no free loopback port: {e}")))
 }
 
+/// CPU seconds (user + system) used so far by process `pid` (`self` for this one).
+pub(crate) fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesized command name; utime and stime are the 14th and
+    // 15th fields of the whole line.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
 /// One running `rilld`.
 pub(crate) struct LocalBroker {
     child: Child,
@@ -130,14 +142,7 @@ impl LocalBroker {
 
     /// CPU seconds (user + system) the process has used so far.
     pub(crate) fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // Fields after the parenthesized command name; utime and stime are the 14th
-        // and 15th fields of the whole line.
-        let after_name = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some((utime + stime) / USER_HZ)
+        cpu_seconds_of(&self.pid().to_string())
     }
 
     /// Resident memory in KiB (`VmRSS`).

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rill_client::{Admin, ClientConfig, Error, NewTopic, ResponseError};
 
-use super::brokers::{rilld_path, start_cluster, LocalBroker};
+use super::brokers::{cpu_seconds_of, rilld_path, start_cluster, LocalBroker};
 use super::{produce_run, ProduceBench, ProduceOutcome};
 use crate::ProducerOptions;
 
@@ -130,15 +130,18 @@ async fn run_in(
     dir: &std::path::Path,
 ) -> Result<(), Error> {
     println!("== 1 node, acks=1 ==");
-    let single = {
+    let (single, single_cpu) = {
         let broker = LocalBroker::start(rilld, &dir.join("single"), 1, &b.rilld_args)?;
         let brokers = [broker];
-        produce_run(
+        let cpu = CpuMeter::start(&brokers);
+        let outcome = produce_run(
             client_config(&brokers),
             &b.produce_bench("bench-single", "1"),
             1,
         )
-        .await?
+        .await?;
+        let cpu = cpu.stop(&brokers);
+        (outcome, cpu)
     };
     print_row("1 node, acks=1", &single);
 
@@ -146,12 +149,14 @@ async fn run_in(
     let cluster = start_cluster(rilld, &dir.join("cluster"), CLUSTER_BROKERS, &b.rilld_args)?;
     let client = client_config(&cluster);
     wait_registered(&client, CLUSTER_BROKERS as usize).await?;
+    let cpu = CpuMeter::start(&cluster);
     let replicated = produce_run(
         client.clone(),
         &b.produce_bench("bench-rf3", "all"),
         REPLICATION_FACTOR,
     )
     .await?;
+    let replicated_cpu = cpu.stop(&cluster);
 
     println!();
     println!(
@@ -170,11 +175,91 @@ async fn run_in(
             "NOT met"
         }
     );
+    println!();
+    println!("CPU-seconds per GB produced (each broker, this client) and cores busy:");
+    single_cpu.print("1 node, acks=1", &single);
+    replicated_cpu.print("3 nodes, RF=3, acks=all", &replicated);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let single_demand = single_cpu.per_gb(&single);
+    let replicated_demand = replicated_cpu.per_gb(&replicated);
+    println!(
+        "all processes: {single_demand:.2} vs {replicated_demand:.2} CPU-s/GB ({:.2}x); \
+         if the {cores} cores are the limit, CPU alone allows a ratio of about {:.2}",
+        replicated_demand / single_demand.max(1e-9),
+        single_demand / replicated_demand.max(1e-9)
+    );
 
     if b.idle_partitions > 0 {
         idle_cpu(b, &client, &cluster).await?;
     }
     Ok(())
+}
+
+/// CPU seconds used by the brokers and this process over a run.
+struct CpuMeter {
+    brokers: Vec<Option<f64>>,
+    client: Option<f64>,
+    started: Instant,
+}
+
+/// What a [`CpuMeter`] measured.
+struct CpuUse {
+    brokers_s: Vec<f64>,
+    client_s: f64,
+    wall_s: f64,
+}
+
+impl CpuMeter {
+    fn start(brokers: &[LocalBroker]) -> CpuMeter {
+        CpuMeter {
+            brokers: brokers.iter().map(LocalBroker::cpu_seconds).collect(),
+            client: cpu_seconds_of("self"),
+            started: Instant::now(),
+        }
+    }
+
+    fn stop(self, brokers: &[LocalBroker]) -> CpuUse {
+        let delta = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(a), Some(b)) => b - a,
+            _ => f64::NAN,
+        };
+        CpuUse {
+            brokers_s: brokers
+                .iter()
+                .zip(self.brokers)
+                .map(|(b, before)| delta(before, b.cpu_seconds()))
+                .collect(),
+            client_s: delta(self.client, cpu_seconds_of("self")),
+            wall_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+impl CpuUse {
+    fn total_s(&self) -> f64 {
+        self.brokers_s.iter().sum::<f64>() + self.client_s
+    }
+
+    /// CPU seconds of every process per GB the run produced.
+    fn per_gb(&self, o: &ProduceOutcome) -> f64 {
+        self.total_s() / (o.bytes as f64 / 1e9).max(1e-9)
+    }
+
+    fn print(&self, name: &str, o: &ProduceOutcome) {
+        let gb = (o.bytes as f64 / 1e9).max(1e-9);
+        let brokers: Vec<String> = self
+            .brokers_s
+            .iter()
+            .map(|s| format!("{:.2}", s / gb))
+            .collect();
+        println!(
+            "{:<32} brokers [{}]  client {:.2}  cores busy {:.2}",
+            name,
+            brokers.join(", "),
+            self.client_s / gb,
+            self.total_s() / self.wall_s.max(1e-9)
+        );
+    }
 }
 
 fn print_row(name: &str, o: &ProduceOutcome) {

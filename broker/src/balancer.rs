@@ -87,7 +87,11 @@ pub async fn hand_off(groups: &[Arc<Partition>], transport: &Transport, within: 
     }
     let total = leading.len();
     loop {
-        leading.retain(|p| p.leads_a_group());
+        // Done once the group follows a leader it has heard from: a replica that
+        // stepped down for the transfer's vote request knows no leader until the new
+        // one's first append, which reaches the other followers at the same time; an
+        // exit before that leaves them (and their Metadata answers) leaderless.
+        leading.retain(|p| p.leads_a_group() || p.status().leader.is_none());
         if leading.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
         }

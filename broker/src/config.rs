@@ -62,6 +62,15 @@ pub struct Config {
     /// (`1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293`). Empty (the default):
     /// this broker is a cluster of one. `node_id` must be among them.
     pub controller_voters: Vec<(i32, SocketAddr)>,
+    /// `cluster_id`: the id every broker of the cluster shares (Kafka's formatted
+    /// cluster id), checked in each inter-broker handshake and returned by Metadata and
+    /// DescribeCluster. 1 to 255 bytes of ASCII letters, digits, `-`, `_` and `.`.
+    /// Default: in a cluster, a UUID derived from the `controller_voters` text (so
+    /// brokers started with the same list agree without being told); on a single node,
+    /// the id kept in its data directory. Set it when the brokers do not all see the
+    /// same `controller_voters` text (each broker reaching its peers through its own
+    /// addresses: NAT, proxies) or to keep the id when the voters' addresses change.
+    pub cluster_id: Option<String>,
     /// `data_dir`: where partition logs and topic metadata live. Default `./rill-data`.
     pub data_dir: PathBuf,
     /// `auto_create_topics`: create a topic (with `default_partitions`) when a
@@ -218,6 +227,7 @@ impl Default for Config {
             node_id: 1,
             inter_broker_listen: SocketAddr::from(([127, 0, 0, 1], 9093)),
             controller_voters: Vec::new(),
+            cluster_id: None,
             data_dir: PathBuf::from("./rill-data"),
             auto_create_topics: true,
             default_partitions: 1,
@@ -287,6 +297,7 @@ struct FileConfig {
     node_id: Option<i32>,
     inter_broker_listen: Option<String>,
     controller_voters: Option<String>,
+    cluster_id: Option<String>,
     data_dir: Option<PathBuf>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<i32>,
@@ -347,6 +358,10 @@ pub struct Cli {
     /// The cluster's metadata voters, `id@host:port,...` [default: none: one node].
     #[arg(long, value_name = "ID@HOST:PORT,...")]
     pub controller_voters: Option<String>,
+    /// The cluster's id, shared by every broker [default: derived from
+    /// --controller-voters, or kept in the data directory of a single node].
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
     /// Data directory [default: ./rill-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -461,6 +476,30 @@ fn parse_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> 
         .map_err(|e| invalid(key, format!("`{text}` is not an ip:port address ({e})")))
 }
 
+/// `cluster_id`: 1 to [`CLUSTER_ID_BYTES_MAX`](crate::transport::codec::CLUSTER_ID_BYTES_MAX)
+/// bytes of ASCII letters, digits, `-`, `_` and `.` (Kafka's base64url ids and UUIDs
+/// both fit; nothing that needs quoting in logs or a shell).
+fn parse_cluster_id(text: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "cluster_id";
+    let bytes_max = crate::transport::codec::CLUSTER_ID_BYTES_MAX;
+    if text.is_empty() || text.len() > bytes_max {
+        return Err(invalid(
+            KEY,
+            format!("{} bytes; must be 1..={bytes_max}", text.len()),
+        ));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(invalid(
+            KEY,
+            format!("`{text}` holds {c:?}; allowed: ASCII letters, digits, `-`, `_`, `.`"),
+        ));
+    }
+    Ok(text.to_string())
+}
+
 /// Most voters the metadata group may have (each one takes part in every commit).
 const CONTROLLER_VOTERS_MAX: usize = 16;
 
@@ -494,6 +533,15 @@ fn parse_voters(text: &str) -> Result<Vec<(i32, SocketAddr)>, ConfigError> {
 }
 
 impl Config {
+    /// The cluster id this configuration fixes: `cluster_id` when set, else the one
+    /// derived from `controller_voters` ([`Config::cluster_id_from_voters`]); `None` for
+    /// a single node without `cluster_id` (its id is kept in its data directory).
+    pub fn configured_cluster_id(&self) -> Option<String> {
+        self.cluster_id
+            .clone()
+            .or_else(|| self.cluster_id_from_voters())
+    }
+
     /// In a cluster, the cluster id every broker derives from the same
     /// `controller_voters` (a UUID from two FNV-1a hashes of their canonical text), so
     /// brokers started with the same list recognise each other and no id has to be
@@ -573,6 +621,9 @@ impl Config {
                 "controller_voters",
                 format!("node_id {} is not among them", config.node_id),
             ));
+        }
+        if let Some(v) = pick!(cluster_id) {
+            config.cluster_id = Some(parse_cluster_id(&v)?);
         }
         if let Some(v) = pick!(data_dir) {
             if v.as_os_str().is_empty() {
@@ -783,6 +834,45 @@ mod tests {
             let cli = Cli::parse_from(["rilld", "--node-id", "2", "--controller-voters", bad]);
             let err = Config::load(&cli).unwrap_err().to_string();
             assert!(err.contains("controller_voters"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_cluster_id_overrides_the_one_derived_from_the_voters() {
+        // Two brokers that reach each other at different addresses (say, through
+        // proxies) derive different ids from their voter lists; one set id joins them.
+        let broker = |voters: &str, cluster_id: Option<&str>| {
+            let mut args = vec!["rilld", "--node-id", "1", "--controller-voters", voters];
+            if let Some(id) = cluster_id {
+                args.extend(["--cluster-id", id]);
+            }
+            Config::load(&Cli::parse_from(args)).unwrap()
+        };
+        let a = broker("1@127.0.0.1:9093,2@127.0.0.1:9193", None);
+        let b = broker("1@127.0.0.1:9093,2@127.0.0.1:19193", None);
+        assert_ne!(a.configured_cluster_id(), b.configured_cluster_id());
+        let a = broker(
+            "1@127.0.0.1:9093,2@127.0.0.1:9193",
+            Some("MkU3OEVBNTcwNTJENDM2Qk"),
+        );
+        let b = broker(
+            "1@127.0.0.1:9093,2@127.0.0.1:19193",
+            Some("MkU3OEVBNTcwNTJENDM2Qk"),
+        );
+        assert_eq!(
+            a.configured_cluster_id().as_deref(),
+            Some("MkU3OEVBNTcwNTJENDM2Qk")
+        );
+        assert_eq!(a.configured_cluster_id(), b.configured_cluster_id());
+        // A single node keeps the id of its data directory unless told one.
+        let single = Config::load(&Cli::parse_from(["rilld"])).unwrap();
+        assert_eq!(single.configured_cluster_id(), None);
+
+        let long = "x".repeat(256);
+        for bad in ["", "has space", "semi;colon", long.as_str()] {
+            let cli = Cli::parse_from(["rilld", "--cluster-id", bad]);
+            let err = Config::load(&cli).unwrap_err().to_string();
+            assert!(err.contains("cluster_id"), "{bad:?}: {err}");
         }
     }
 

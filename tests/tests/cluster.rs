@@ -7,21 +7,18 @@
 //!
 //! `RILL_CLUSTER_ROUNDS=N` runs N kill rounds (default 10).
 
-mod cluster_support;
+mod cluster_common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cluster_common::*;
 use rill_client::{Admin, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord};
-use rill_tests::history::{replicas_identical, Duplicates, History};
+use rill_tests::history::{Duplicates, History};
 use rill_tests::raw::{read_all, RawConn};
 use rill_tests::RilldProcess;
 
-use cluster_support::{leader_of, replica_dir, signal, wait_leader, wait_registered, Cluster};
-
-const TOPIC: &str = "replicated";
-const PARTITIONS: i32 = 2;
 const ROUNDS_DEFAULT: u32 = 10;
 /// Longest a partition may go without a leader after its leader is killed before the
 /// test fails. Detection is the election timeout (at most 20 ticks of 100 ms); electing
@@ -32,144 +29,9 @@ const FAILOVER_MAX: Duration = Duration::from_secs(10);
 /// Records each round produces before and after its kill.
 const RECORDS_PER_PHASE: usize = 300;
 
-/// Creates TOPIC with a replica on each of the three brokers (through the controller).
-async fn create_replicated_topic(cluster: &Cluster) {
-    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
-    admin
-        .create_topics(&[NewTopic {
-            replication_factor: 3,
-            ..NewTopic::new(TOPIC, PARTITIONS)
-        }])
-        .await
-        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
-}
-
-/// What a producer task attempted: each value and its outcome (partition and offset
-/// when acknowledged, `None` when the send failed: indeterminate).
-type Outcomes = Vec<(Bytes, Option<(i32, i64)>)>;
-
-/// Produces acks=all records for `duration` from a task of its own (so a kill lands
-/// while sends are in flight), at most `in_flight` awaiting acknowledgement.
-fn produce_for(
-    producer: Producer,
-    round: u32,
-    duration: Duration,
-) -> tokio::task::JoinHandle<Outcomes> {
-    tokio::spawn(async move {
-        let deadline = Instant::now() + duration;
-        let mut out = Vec::new();
-        let mut pending = std::collections::VecDeque::new();
-        let mut n = 0u64;
-        while Instant::now() < deadline {
-            let value = Bytes::from(format!("round{round}-live-{n}"));
-            let record = ProducerRecord::new(TOPIC, value.clone())
-                .with_partition((n % PARTITIONS as u64) as i32);
-            n += 1;
-            match producer.send(record).await {
-                Ok(delivery) => pending.push_back((value, delivery)),
-                Err(_) => out.push((value, None)),
-            }
-            if pending.len() >= 64 {
-                let (value, delivery) = pending.pop_front().expect("non-empty");
-                out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
-            }
-        }
-        for (value, delivery) in pending {
-            out.push((value, delivery.await.ok().map(|m| (m.partition, m.offset))));
-        }
-        out
-    })
-}
-
-/// Like [`produce_for`], with librdkafka (the rdkafka crate) as the producer.
-fn rdkafka_produce_for(
-    bootstrap: &str,
-    round: u32,
-    duration: Duration,
-) -> tokio::task::JoinHandle<Outcomes> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("rdkafka producer");
-    tokio::spawn(async move {
-        let deadline = Instant::now() + duration;
-        let mut out = Vec::new();
-        let mut n = 0u64;
-        while Instant::now() < deadline {
-            let sends: Vec<_> = (0..50)
-                .map(|_| {
-                    let value = format!("round{round}-rdk-{n}");
-                    let partition = (n % PARTITIONS as u64) as i32;
-                    n += 1;
-                    let producer = producer.clone();
-                    async move {
-                        let record = FutureRecord::<(), str>::to(TOPIC)
-                            .payload(&value)
-                            .partition(partition);
-                        let delivered = producer
-                            .send(record, Duration::from_secs(30))
-                            .await
-                            .ok()
-                            .map(|d| (d.partition, d.offset));
-                        (Bytes::from(value), delivered)
-                    }
-                })
-                .collect();
-            out.extend(futures::future::join_all(sends).await);
-        }
-        out
-    })
-}
-
-/// Adds a producer task's outcomes to `history`.
-fn record_outcomes(history: &mut History, outcomes: Outcomes) {
-    for (value, outcome) in outcomes {
-        history.record_attempt(value.clone());
-        match outcome {
-            Some((partition, offset)) => history.record_ack(partition, offset, value),
-            None => history.record_failure(value),
-        }
-    }
-}
-
-/// Produces `count` acks=all records, recording attempts, acknowledgements and
-/// failures (indeterminate) in `history`.
-async fn produce(
-    producer: &Producer,
-    history: &mut History,
-    round: u32,
-    phase: &str,
-    count: usize,
-) {
-    let mut pending = Vec::new();
-    for n in 0..count {
-        let value = Bytes::from(format!("round{round}-{phase}-{n}"));
-        history.record_attempt(value.clone());
-        let record =
-            ProducerRecord::new(TOPIC, value.clone()).with_partition(n as i32 % PARTITIONS);
-        match producer.send(record).await {
-            Ok(delivery) => pending.push((value, delivery)),
-            Err(_) => history.record_failure(value),
-        }
-    }
-    for (value, delivery) in pending {
-        match delivery.await {
-            Ok(meta) => history.record_ack(meta.partition, meta.offset, value),
-            Err(_) => history.record_failure(value),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
-    let rounds: u32 = std::env::var("RILL_CLUSTER_ROUNDS")
-        .ok()
-        .map(|r| r.parse().expect("RILL_CLUSTER_ROUNDS is a number"))
-        .unwrap_or(ROUNDS_DEFAULT);
+    let rounds: u32 = env_number("RILL_CLUSTER_ROUNDS").unwrap_or(ROUNDS_DEFAULT);
     let mut cluster = Cluster::start();
     wait_registered(&cluster, 3).await;
     create_replicated_topic(&cluster).await;
@@ -180,7 +42,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         let bootstrap = cluster.bootstrap();
         let producer = Producer::new(ProducerConfig::new(&bootstrap)).expect("producer");
         produce(&producer, &mut history, round, "before", RECORDS_PER_PHASE).await;
-        let leader = leader_of(&bootstrap, TOPIC, 0)
+        let leader = leader_of(&bootstrap, 0)
             .await
             .unwrap_or_else(|| panic!("no leader of partition 0\n{}", cluster.logs()));
         // A producer runs across the kill: some sends are in flight when it lands.
@@ -196,7 +58,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
         let killed_at = Instant::now();
         // Failover: the survivors' Metadata names a new leader.
         let failover = loop {
-            if let Some(l) = leader_of(&cluster.bootstrap(), TOPIC, 0).await {
+            if let Some(l) = leader_of(&cluster.bootstrap(), 0).await {
                 if l != leader {
                     break killed_at.elapsed();
                 }
@@ -216,7 +78,7 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
             rdkafka_live.await.expect("rdkafka producer task"),
         );
         let bootstrap = cluster.bootstrap();
-        let new_leader = leader_of(&bootstrap, TOPIC, 0).await;
+        let new_leader = leader_of(&bootstrap, 0).await;
         assert!(
             new_leader.is_some_and(|l| l != leader),
             "round {round}: partition 0 has no new leader ({new_leader:?}) {:.1} s after \
@@ -243,39 +105,26 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
 
     // Every partition read back from its leader: nothing acknowledged is lost, no
     // offset holds two records.
-    let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let leader = wait_leader(&cluster, TOPIC, partition).await;
-        let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
-        let log = read_all(&mut conn, TOPIC, partition);
-        reads.insert(
-            partition,
-            log.into_iter().map(|(o, v)| (o, Bytes::from(v))).collect(),
-        );
-    }
-    history.record_reads(&reads);
+    read_back(&cluster, &mut history).await;
     let report = history.check(Duplicates::Allowed);
     println!("{report}");
     report.assert_ok();
 
     // Let the restarted brokers catch up, stop everyone, and compare the files.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for broker in &mut cluster.brokers {
-        broker.stop();
-    }
-    for partition in 0..PARTITIONS {
-        let dirs: Vec<_> = cluster
-            .brokers
-            .iter()
-            .map(|b| {
-                replica_dir(&b.data_dir(), TOPIC, partition)
-                    .unwrap_or_else(|| panic!("no replica of {TOPIC}-{partition}"))
-            })
-            .collect();
-        if let Err(e) = replicas_identical(&dirs) {
-            panic!("partition {partition}: replicas differ: {e}");
-        }
-    }
+    kill_all(&mut cluster);
+    assert_replicas_identical(&cluster);
+}
+
+/// Sends `signal` (e.g. "-STOP") to a broker's process.
+fn signal(broker: &RilldProcess, signal: &str) {
+    let pid = broker.pid().expect("running");
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
 }
 
 /// acks=all is answered only once a majority holds the record: with both followers
@@ -285,7 +134,7 @@ async fn acks_all_waits_for_a_majority() {
     let cluster = Cluster::start();
     wait_registered(&cluster, 3).await;
     create_replicated_topic(&cluster).await;
-    let leader = wait_leader(&cluster, TOPIC, 0).await;
+    let leader = wait_leader(&cluster, 0).await;
     let leader_bootstrap = cluster.brokers[(leader - 1) as usize].bootstrap();
     let producer = Producer::new(ProducerConfig::new(&leader_bootstrap)).expect("producer");
     let first = producer
@@ -381,19 +230,7 @@ async fn topics_are_created_while_a_controller_voter_is_down() {
         "100 more after its restart by {:.2} s",
         killed_at.elapsed().as_secs_f64()
     );
-    let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let leader = wait_leader(&cluster, TOPIC, partition).await;
-        let mut conn = RawConn::connect(cluster.brokers[(leader - 1) as usize].addr());
-        reads.insert(
-            partition,
-            read_all(&mut conn, TOPIC, partition)
-                .into_iter()
-                .map(|(o, v)| (o, Bytes::from(v)))
-                .collect(),
-        );
-    }
-    history.record_reads(&reads);
+    read_back(&cluster, &mut history).await;
     let report = history.check(Duplicates::Forbidden);
     println!("{report}");
     report.assert_ok();

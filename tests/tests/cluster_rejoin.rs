@@ -29,7 +29,7 @@ const CONVERGE_MAX: Duration = Duration::from_secs(40);
 fn partition_dirs(brokers: &[&RilldProcess], partition: i32) -> Vec<PathBuf> {
     brokers
         .iter()
-        .map(|b| b.data_dir().join(format!("{TOPIC}-{partition}")))
+        .map(|b| replica_dir(&b.data_dir(), TOPIC, partition))
         .collect()
 }
 
@@ -208,7 +208,7 @@ async fn a_follower_behind_the_leaders_log_start_is_reset_to_it() {
     const VALUE_BYTES: usize = 4096;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let voters = voters_text(&ports);
-    let mut cluster = Cluster::start_with(
+    let mut cluster = Cluster::start_with_voters(
         &ports,
         &[voters.clone(), voters.clone(), voters],
         &["--retention-check-interval-ms", "200"],
@@ -422,7 +422,7 @@ async fn a_duplicate_node_id_is_refused_and_a_stale_incarnation_is_fenced() {
         "1@127.0.0.1:{},2@127.0.0.1:{},3@{}",
         ports[0], ports[1], relay.listen_addr
     );
-    let mut cluster = Cluster::start_with(
+    let mut cluster = Cluster::start_with_voters(
         &ports,
         &[voters.clone(), voters.clone(), voters.clone()],
         &[],

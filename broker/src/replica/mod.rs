@@ -89,6 +89,8 @@ pub struct Appended {
     pub term: u64,
     /// [`ReplicaStatus::discards`] at the append.
     pub discards: u64,
+    /// [`ReplicaStatus::leader`] at the append: this broker.
+    pub leader: Option<i32>,
 }
 
 /// A leader's append written to storage while the group's `Ready` was being synced,
@@ -642,6 +644,7 @@ impl Partition {
             log_start_offset: st.log().log_start_offset() as i64,
             term,
             discards: st.discards,
+            leader: st.raft.leader().map(broker_id),
         };
         self.schedule(&mut st);
         drop(st);
@@ -652,6 +655,14 @@ impl Partition {
 
     /// Waits until `appended` may be acknowledged to an acks=-1 producer: its batches
     /// are committed (the high watermark covers them) in the term they were written in.
+    ///
+    /// A leader that steps down without a new term (check-quorum: it lost contact with
+    /// its majority, Raft dissertation §6.2) can never commit anything of its term
+    /// again, so its waiters are answered NOT_LEADER_OR_FOLLOWER at once (the outcome
+    /// is unknown to the producer, who retries at the new leader). Waiting for the
+    /// term to change instead held them until the partition healed or the request
+    /// timed out (30 s by default): a client cut off with an isolated leader had to
+    /// time out before it looked for the new one.
     pub async fn wait_acknowledgeable(&self, appended: &Appended) -> Result<(), BrokerError> {
         let end = appended.last_offset + 1;
         let mut rx = self.watch_status();
@@ -662,6 +673,7 @@ impl Partition {
                     || s.closed
                     || s.term != appended.term
                     || s.discards != appended.discards
+                    || s.leader != appended.leader
             })
             .await
             .map_err(|_| BrokerError::Storage("partition closed".into()))?;

@@ -154,7 +154,7 @@ impl PartitionManager {
                 .map_err(|e| BrokerError::Storage(e.to_string()))?;
         }
         let fresh_data_dir = topic_meta::check_node_id(&meta_dir, config.node_id)?;
-        let cluster_id = match config.cluster_id_from_voters() {
+        let cluster_id = match config.configured_cluster_id() {
             Some(id) => id,
             None => topic_meta::load_cluster_id(&meta_dir)?,
         };

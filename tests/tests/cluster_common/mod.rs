@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -55,15 +56,24 @@ impl Cluster {
     /// Three brokers (ids 1, 2, 3) that all see the same voters: each other's
     /// inter-broker ports, directly.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// Three brokers as [`Cluster::start`] gives them, each also given `extra` flags.
+    pub fn start_with(extra: &[&str]) -> Cluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let voters = voters_text(&ports);
-        Cluster::start_with(&ports, &[voters.clone(), voters.clone(), voters], &[])
+        Cluster::start_with_voters(&ports, &[voters.clone(), voters.clone(), voters], extra)
     }
 
     /// One broker per entry of `inter_broker_ports` (ids 1, 2, ...), broker `i + 1`
     /// listening on `inter_broker_ports[i]` for its peers and given `voters[i]` as its
     /// `--controller-voters` (its own view of where the others are), plus `extra` flags.
-    pub fn start_with(inter_broker_ports: &[u16], voters: &[String], extra: &[&str]) -> Cluster {
+    pub fn start_with_voters(
+        inter_broker_ports: &[u16],
+        voters: &[String],
+        extra: &[&str],
+    ) -> Cluster {
         assert_eq!(
             inter_broker_ports.len(),
             voters.len(),
@@ -318,14 +328,46 @@ pub async fn read_back(cluster: &Cluster, history: &mut History) {
     history.record_reads(&reads);
 }
 
+/// The directory of `topic`'s `partition` under `data_dir`: replicas are named
+/// `<topic>-<partition>.<topic id>`, so a recreated topic never meets an old replica.
+/// A path that does not exist when there is no replica (comparisons then report it).
+pub fn replica_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    let prefix = format!("{topic}-{partition}.");
+    std::fs::read_dir(data_dir)
+        .ok()
+        .and_then(|entries| {
+            entries.flatten().find(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+        })
+        .map_or_else(
+            || data_dir.join(format!("{topic}-{partition}")),
+            |e| e.path(),
+        )
+}
+
+/// SIGKILLs every broker, for comparing their files. Not a graceful stop: a stopping
+/// broker hands its leaderships over first (controlled shutdown), and each new
+/// leader's control batch reaches only the brokers still running, so brokers stopped
+/// one after another would differ by those batches without any replication fault. A
+/// kill leaves each log as it was; the comparison reads the files through the page
+/// cache, which the kill does not drop.
+pub fn kill_all(cluster: &mut Cluster) {
+    for broker in &mut cluster.brokers {
+        broker.kill();
+    }
+}
+
 /// Panics unless every partition of TOPIC has byte-identical `.log` files on every
-/// broker (call with the brokers stopped).
+/// broker (call with the brokers stopped, e.g. by [`kill_all`]).
 pub fn assert_replicas_identical(cluster: &Cluster) {
     for partition in 0..PARTITIONS {
         let dirs: Vec<_> = cluster
             .brokers
             .iter()
-            .map(|b| b.data_dir().join(format!("{TOPIC}-{partition}")))
+            .map(|b| replica_dir(&b.data_dir(), TOPIC, partition))
             .collect();
         if let Err(e) = replicas_identical(&dirs) {
             panic!("partition {partition}: replicas differ: {e}");

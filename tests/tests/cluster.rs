@@ -116,17 +116,6 @@ async fn acknowledged_records_survive_leader_kills_and_replicas_converge() {
     assert_replicas_identical(&cluster);
 }
 
-/// Sends `signal` (e.g. "-STOP") to a broker's process.
-fn signal(broker: &RilldProcess, signal: &str) {
-    let pid = broker.pid().expect("running");
-    let status = std::process::Command::new("kill")
-        .arg(signal)
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {signal} {pid}");
-}
-
 /// acks=all is answered only once a majority holds the record: with both followers
 /// frozen (SIGSTOP), the leader must not acknowledge; once they thaw, it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@
 //! and grow back after SIGCONT; a partition whose only replica died is answered without
 //! a leader.
 
-mod cluster_support;
+mod cluster_common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -28,8 +28,9 @@ use rill_client::{
 };
 use rill_tests::raw::{record_batch, requests, RawConn};
 
-use cluster_support::{
-    partitions_of, replica_dir, replica_dirs, signal, wait_leader, wait_registered, Cluster,
+use cluster_common::{
+    hosted_replica_dir as replica_dir, partitions_of, replica_dirs, signal, wait_registered,
+    wait_topic_leader as wait_leader, Cluster,
 };
 
 /// How long a cluster-wide change (a topic's leaders known everywhere, replicas removed

@@ -1,4 +1,5 @@
-//! Shared by the cluster tests (`cluster.rs`, `cluster_faults.rs`): three `rilld`
+//! Shared by the cluster tests (`cluster.rs`, `cluster_faults.rs`, `cluster_rejoin.rs`,
+//! `cluster_topics.rs`): three `rilld`
 //! processes forming a cluster, an RF=3 topic, acks=all producers (rill-client and
 //! librdkafka) whose outcomes go into a [`History`], and the end-of-test checks (every
 //! partition read back from its leader; replica files byte-identical).
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rill_client::{Admin, ClientConfig, NewTopic, Producer, ProducerRecord};
+use rill_client::{Admin, ClientConfig, NewTopic, PartitionInfo, Producer, ProducerRecord};
 use rill_tests::history::{replicas_identical, History};
 use rill_tests::raw::{read_all, RawConn};
 use rill_tests::RilldProcess;
@@ -106,6 +107,18 @@ impl Cluster {
             .iter()
             .filter(|b| b.pid().is_some())
             .map(|b| b.bootstrap())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client addresses of the running brokers not in `skip` (ids; e.g. a
+    /// SIGSTOPped one a client would wait on).
+    pub fn bootstrap_without(&self, skip: &[i32]) -> String {
+        self.brokers
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| b.pid().is_some() && !skip.contains(&(*i as i32 + 1)))
+            .map(|(_, b)| b.bootstrap())
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -373,4 +386,69 @@ pub fn assert_replicas_identical(cluster: &Cluster) {
             panic!("partition {partition}: replicas differ: {e}");
         }
     }
+}
+
+/// `topic`'s partitions as Metadata through `bootstrap` describes them.
+pub async fn partitions_of(bootstrap: &str, topic: &str) -> Option<Vec<PartitionInfo>> {
+    let admin = Admin::new(ClientConfig::new(bootstrap)).ok()?;
+    let topics = admin.describe_topics(&[topic]).await.ok()?;
+    Some(topics.first()?.partitions.clone())
+}
+
+/// The leader of `partition` of `topic`, waiting up to 20 s for one.
+pub async fn wait_topic_leader(cluster: &Cluster, topic: &str, partition: i32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let leader = partitions_of(&cluster.bootstrap(), topic)
+            .await
+            .and_then(|p| Some(p.get(partition as usize)?.leader))
+            .filter(|l| *l >= 0);
+        if let Some(leader) = leader {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}-{partition} has no leader\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `signal` (e.g. "-STOP") to a broker's process.
+pub fn signal(broker: &RilldProcess, signal: &str) {
+    let pid = broker.pid().expect("running");
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// This broker's replica directory of `topic`-`partition`, if it hosts one.
+pub fn hosted_replica_dir(data_dir: &Path, topic: &str, partition: i32) -> Option<PathBuf> {
+    Some(replica_dir(data_dir, topic, partition)).filter(|dir| dir.exists())
+}
+
+/// The replica directories of every partition of `topic` on this broker.
+pub fn replica_dirs(data_dir: &Path, topic: &str) -> Vec<PathBuf> {
+    let prefix = format!("{topic}-");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(data_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name().to_str().is_some_and(|n| {
+                        n.strip_prefix(&prefix)
+                            .and_then(|rest| rest.split_once('.'))
+                            .is_some_and(|(p, _)| p.parse::<i32>().is_ok())
+                    })
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }

@@ -226,6 +226,27 @@ async fn topics_are_created_while_a_controller_voter_is_down() {
     assert_eq!(report.acks, 200, "every record acknowledged");
 }
 
+/// Sends each record acks=all, one at a time, and records the attempt and its
+/// acknowledgement in `history`; a failed send fails the test.
+async fn send_acknowledged(
+    producer: &Producer,
+    history: &mut History,
+    records: impl Iterator<Item = ProducerRecord>,
+    cluster: &Cluster,
+) {
+    for record in records {
+        let value = record.value.clone().expect("value");
+        history.record_attempt(value.clone());
+        let meta = producer
+            .send(record)
+            .await
+            .expect("send")
+            .await
+            .unwrap_or_else(|e| panic!("acks=all not acknowledged: {e}\n{}", cluster.logs()));
+        history.record_ack(meta.partition, meta.offset, value);
+    }
+}
+
 /// Idle groups go quiet (Raft quiescence: no ticks and no heartbeats, so thousands of
 /// idle partitions cost a broker next to nothing). A quiet group whose leader's broker
 /// dies never hears from it again; the transport's silence detector (keepalives stop)
@@ -256,17 +277,7 @@ async fn quiet_groups_elect_a_new_leader_when_the_leaders_broker_dies() {
             ProducerRecord::new(QUIET_TOPIC, Bytes::from(format!("{phase}-{p}"))).with_partition(p)
         })
     };
-    for record in send_each("before") {
-        let value = record.value.clone().expect("value");
-        history.record_attempt(value.clone());
-        let meta = producer
-            .send(record)
-            .await
-            .expect("send")
-            .await
-            .unwrap_or_else(|e| panic!("acks=all before the kill: {e}\n{}", cluster.logs()));
-        history.record_ack(meta.partition, meta.offset, value);
-    }
+    send_acknowledged(&producer, &mut history, send_each("before"), &cluster).await;
 
     println!(
         "topic created and written by {:.2} s",
@@ -344,17 +355,7 @@ async fn quiet_groups_elect_a_new_leader_when_the_leaders_broker_dies() {
     );
 
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
-    for record in send_each("after") {
-        let value = record.value.clone().expect("value");
-        history.record_attempt(value.clone());
-        let meta = producer
-            .send(record)
-            .await
-            .expect("send")
-            .await
-            .unwrap_or_else(|e| panic!("acks=all after the kill: {e}\n{}", cluster.logs()));
-        history.record_ack(meta.partition, meta.offset, value);
-    }
+    send_acknowledged(&producer, &mut history, send_each("after"), &cluster).await;
     let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
     let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
     let topic = admin

@@ -402,14 +402,19 @@ mod tests {
             // No overlap: not usable.
             broker_api(ApiKey::ListOffsets, 50, 60),
             // An API this client does not speak at all.
-            broker_api(ApiKey::JoinGroup, 0, 9),
+            broker_api(ApiKey::DescribeAcls, 0, 3),
         ]);
         let versions = negotiate(&response);
         assert!(ours_min <= ours_max);
         assert_eq!(versions.get(&(ApiKey::Metadata as i16)), Some(&ours_max));
         assert_eq!(versions.get(&(ApiKey::Produce as i16)), Some(&7));
         assert_eq!(versions.get(&(ApiKey::ListOffsets as i16)), None);
-        assert_eq!(versions.get(&(ApiKey::JoinGroup as i16)), None);
+        assert_eq!(
+            wire::client_api_version_range(ApiKey::DescribeAcls),
+            (0, -1),
+            "the example of an API the client does not speak must stay one"
+        );
+        assert_eq!(versions.get(&(ApiKey::DescribeAcls as i16)), None);
     }
 
     #[test]

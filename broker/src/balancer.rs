@@ -67,23 +67,9 @@ pub async fn balance_loop(
 pub async fn hand_off(groups: &[Arc<Partition>], transport: &Transport, within: Duration) -> usize {
     let deadline = tokio::time::Instant::now() + within;
     let silent: HashSet<i32> = transport.silent_peers(PEER_SILENCE);
-    let mut leading: Vec<&Arc<Partition>> = Vec::new();
-    for partition in groups.iter().filter(|p| p.leads_a_group()) {
-        let followers = partition.caught_up_followers();
-        let live: Vec<i32> = followers
-            .into_iter()
-            .filter(|b| !silent.contains(b))
-            .collect();
-        let preferred = partition.preferred_leader();
-        let target = if live.contains(&preferred) {
-            Some(preferred)
-        } else {
-            live.first().copied()
-        };
-        if let Some(to) = target {
-            let _ = partition.transfer_leadership(to);
-        }
-        leading.push(partition);
+    let mut leading: Vec<&Arc<Partition>> = groups.iter().filter(|p| p.leads_a_group()).collect();
+    for partition in &leading {
+        hand_over(partition, &silent);
     }
     let total = leading.len();
     loop {
@@ -96,6 +82,12 @@ pub async fn hand_off(groups: &[Arc<Partition>], transport: &Transport, within: 
             break;
         }
         tokio::time::sleep(HAND_OFF_POLL).await;
+        // Again for groups still led here: a transfer refused while the persist loop
+        // held the group, or abandoned after an election timeout, starts over (one in
+        // progress to the same target is left alone).
+        for partition in leading.iter().filter(|p| p.leads_a_group()) {
+            hand_over(partition, &silent);
+        }
     }
     tracing::info!(
         handed_off = total - leading.len(),
@@ -103,4 +95,29 @@ pub async fn hand_off(groups: &[Arc<Partition>], transport: &Transport, within: 
         "controlled shutdown: leaderships handed off"
     );
     leading.len()
+}
+
+/// Starts handing `partition`'s leadership to a replica on a broker not in `silent`:
+/// its preferred replica if caught up, else any caught-up replica, else any live one
+/// (Raft catches the target up before it takes over).
+fn hand_over(partition: &Partition, silent: &HashSet<i32>) {
+    let caught_up: Vec<i32> = partition
+        .caught_up_followers()
+        .into_iter()
+        .filter(|b| !silent.contains(b))
+        .collect();
+    let preferred = partition.preferred_leader();
+    let target = if caught_up.contains(&preferred) {
+        Some(preferred)
+    } else {
+        caught_up.first().copied().or_else(|| {
+            partition
+                .other_voters()
+                .into_iter()
+                .find(|b| !silent.contains(b))
+        })
+    };
+    if let Some(to) = target {
+        let _ = partition.transfer_leadership(to);
+    }
 }

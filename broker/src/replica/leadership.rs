@@ -23,6 +23,19 @@ impl Partition {
         st.raft.role() == Role::Leader && st.raft.membership().voters.len() > 1
     }
 
+    /// The brokers of the group's other voters.
+    pub fn other_voters(&self) -> Vec<i32> {
+        let st = self.state();
+        let me = st.raft.id();
+        st.raft
+            .membership()
+            .voters
+            .iter()
+            .filter(|&&node| node != me)
+            .map(|&node| broker_id(node))
+            .collect()
+    }
+
     /// Leader only: the brokers of the other voters whose logs match the leader's
     /// whole log (a transfer to them completes at once); empty on a follower.
     pub fn caught_up_followers(&self) -> Vec<i32> {

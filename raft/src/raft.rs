@@ -434,12 +434,22 @@ impl<S: LogStore> Raft<S> {
     /// look stale). Safe for any follower: the commit offset never moves back, and probing
     /// re-learns the match of an intact log within a round trip or two. Ignored by
     /// non-leaders and for nodes that are not followers of this leader.
+    ///
+    /// Wakes a quiet group: its members no longer all match, and the probe sent here
+    /// may be lost (the restarted peer's connection is still being re-established, or
+    /// the peer does not host the group yet), so the leader must keep heartbeating
+    /// until the follower has caught up — a quiet leader ticks nothing and would
+    /// never retry.
     pub fn forget_follower_match(&mut self, node: NodeId) {
         self.assert_no_ready("forget_follower_match");
         if self.role != Role::Leader {
             return;
         }
         let next_end = self.log.last_end();
+        if !self.progress.contains_key(&node) {
+            return;
+        }
+        self.wake();
         let Some(pr) = self.progress.get_mut(&node) else {
             return;
         };

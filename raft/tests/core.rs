@@ -254,6 +254,43 @@ fn a_follower_that_lost_its_log_catches_up_once_the_leader_forgets_its_match() {
 }
 
 #[test]
+fn a_quiet_leader_told_of_a_restarted_follower_retries_until_it_caught_up() {
+    let mut c = Cluster::new(&[1, 2, 3], &Membership::with_voters([1, 2, 3]), |cfg| {
+        cfg.quiesce = true;
+    });
+    c.tracing = false;
+    elect(&mut c, 1);
+    c.propose(1, "e").unwrap();
+    c.stabilize();
+    for _ in 0..3 {
+        c.tick(1, 2);
+        c.stabilize();
+    }
+    assert!(c.node(1).is_quiesced(), "an idle group goes quiet");
+    let end = c.node(1).last_end_offset();
+    // Node 3 comes back with an empty log, and the leader's probe to it is lost (the
+    // connection to the restarted broker is not up yet).
+    c.crash(3);
+    c.add_node(3, &Membership::with_voters([1, 2, 3]), |cfg| {
+        cfg.quiesce = true
+    });
+    c.partition(&[3], &[1, 2]);
+    c.node(1).forget_follower_match(3);
+    c.stabilize();
+    assert!(
+        !c.node(1).is_quiesced(),
+        "a leader whose follower must catch up keeps ticking"
+    );
+    // Once the link is back, the leader's heartbeats find node 3 and repair it.
+    c.heal();
+    for _ in 0..3 {
+        c.tick(1, 2);
+        c.stabilize();
+    }
+    assert_eq!(c.node(3).last_end_offset(), end);
+}
+
+#[test]
 fn leadership_transfer_hands_over_to_a_caught_up_voter() {
     let mut c = three();
     elect(&mut c, 1);

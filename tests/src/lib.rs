@@ -15,11 +15,13 @@
 //!
 //! # Ports
 //!
-//! A broker first starts with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0`, so
-//! the kernel picks free ports (no race between tests), and the harness reads the
-//! bound ports from the single line `rilld listening on ADDR admin ADDR` that
-//! `rilld` prints on stdout when ready. A restart reuses the same ports, so clients
-//! that reconnect find the broker where it was.
+//! A broker starts on client and admin ports from [`ports::reserve`]: below the
+//! kernel's ephemeral range, so no client connection can take them while the broker
+//! is down between a kill and its restart (a port picked by binding port 0 could be);
+//! the harness reads the bound ports from the single line
+//! `rilld listening on ADDR admin ADDR` that `rilld` prints on stdout when ready. A
+//! restart reuses the same ports, so clients that reconnect find the broker where it
+//! was.
 //!
 //! Every broker is killed (SIGKILL) when its [`RilldProcess`] is dropped, also when
 //! a test panics.
@@ -28,6 +30,7 @@
 //!
 //! - this file: [`RilldProcess`] and the binaries it runs;
 //! - [`raw`]: a blocking raw Kafka-protocol connection and request builders;
+//! - [`ports`]: loopback ports for brokers, outside the ephemeral range;
 //! - [`proxy`]: a fault-injecting TCP proxy to put between brokers;
 //! - [`history`]: a checker of produce acknowledgements against what reads found, and
 //!   of replicas' log files against each other.
@@ -35,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod history;
+pub mod ports;
 pub mod proxy;
 pub mod raw;
 
@@ -233,8 +237,8 @@ impl RilldProcess {
             root,
             data_dir,
             child: None,
-            addr: "127.0.0.1:0".parse().expect("addr"),
-            admin_addr: "127.0.0.1:0".parse().expect("addr"),
+            addr: SocketAddr::from(([127, 0, 0, 1], ports::reserve())),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], ports::reserve())),
             args: args.iter().map(|s| s.to_string()).collect(),
             starts: 0,
         };

@@ -7,7 +7,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,13 +29,9 @@ pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     )
 }
 
-/// A free loopback port (bound and released: the broker binds it next).
+/// A free loopback port outside the ephemeral range (the broker binds it next).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    rill_tests::ports::reserve()
 }
 
 /// `1@127.0.0.1:P1,2@127.0.0.1:P2,...`: broker `i + 1` at `ports[i]`.

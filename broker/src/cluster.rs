@@ -61,10 +61,11 @@
 //!   the same records and holds a different image logs an error (the images diverged;
 //!   the checkpoint wins).
 //!
-//! Limits: assignments never change after creation (no reassignment). Deleted topics'
-//! ids are remembered only while the metadata log holds their deletion: a broker that
-//! was down across a deletion whose record has since been trimmed never opens that
-//! topic's replica directories again, but does not remove them either.
+//!   The image remembers the last 10,000 deleted topics' ids, so a broker that was
+//!   down across a deletion whose record has since been trimmed still removes that
+//!   topic's replica directories when it applies the checkpoint.
+//!
+//! Limits: assignments never change after creation (no reassignment).
 //!
 //! # Broker identity: duplicates, stale incarnations, rejoining
 //!
@@ -1003,6 +1004,7 @@ impl Cluster {
                                 *complete = true;
                                 checkpoint_at = Some(record_offset);
                                 changed = true;
+                                deletions = true;
                             }
                             continue;
                         }
@@ -1070,6 +1072,12 @@ impl Cluster {
                     self.transport
                         .set_registered(broker.broker_id, broker.incarnation_id);
                 }
+                // Deletions the trimmed log may no longer hold: their replica
+                // directories are removed like those of deletions applied here.
+                self.deleted
+                    .lock()
+                    .expect("deleted lock")
+                    .extend(image.recent_deleted_topics().copied());
                 self.records_since_checkpoint.store(0, Ordering::Relaxed);
                 true
             }

@@ -210,7 +210,56 @@ fn metadata_log_start(broker: &RilldProcess) -> u64 {
         .unwrap_or(0)
 }
 
-/// With a checkpoint of the metadata image every 5 records, broker 3 is SIGKILLed and
+/// Creates and deletes topics through `admin` until the metadata logs of the brokers at
+/// `indexes` (into `cluster.brokers`) have lost their first segment.
+async fn churn_until_trimmed(cluster: &Cluster, admin: &Admin, indexes: &[usize], prefix: &str) {
+    let trimmed = |i: &usize| metadata_log_start(&cluster.brokers[*i]) > 0;
+    let starts = |c: &Cluster| -> Vec<u64> {
+        indexes
+            .iter()
+            .map(|i| metadata_log_start(&c.brokers[*i]))
+            .collect()
+    };
+    let before = starts(cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut churned = 0;
+    // Past where each log started before: a second trim when the first one happened.
+    while !indexes.iter().all(trimmed)
+        || starts(cluster)
+            .iter()
+            .zip(&before)
+            .any(|(now, was)| now == was)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the metadata log was never trimmed ({churned} topics churned)\n{}",
+            cluster.logs()
+        );
+        let name = format!("{prefix}-{churned}");
+        churned += 1;
+        admin
+            .create_topics(&[NewTopic {
+                replication_factor: 2,
+                ..NewTopic::new(name.as_str(), 1)
+            }])
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", cluster.logs()));
+        admin
+            .delete_topics(&[name.as_str()])
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}\n{}", cluster.logs()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "metadata log starts {:?} after {churned} topics created and deleted",
+        starts(cluster)
+    );
+}
+
+/// With a checkpoint of the metadata image every 5 records: broker 2 is SIGKILLed while
+/// a topic it hosts is deleted and the metadata log trimmed past that deletion;
+/// restarted, reset to the leader's later log start, it removes its replica of that
+/// topic once it applies the checkpoint there. Then broker 3 is SIGKILLed and
 /// its data directory wiped, and topics are created and deleted until brokers 1 and 2
 /// have deleted the start of their metadata log (the record that created TOPIC is gone
 /// from every log). Restarted, broker 3 is reset to the leader's log start, rebuilds the
@@ -226,6 +275,48 @@ async fn a_broker_behind_the_trimmed_metadata_log_rebuilds_it_from_a_checkpoint(
     let mut history = History::default();
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
     produce(&producer, &mut history, 0, "before", 200).await;
+
+    // Broker 2 is down (disk kept) while topic "doomed" is deleted and the log is
+    // trimmed past that deletion: restarted, it still removes its replica of "doomed".
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new("doomed", 1)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create doomed: {e}\n{}", cluster.logs()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosted_replica_dir(&cluster.brokers[1].data_dir(), "doomed", 0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "broker 2 never opened its replica of doomed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.brokers[1].kill();
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap_without(&[2]))).expect("admin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = admin.delete_topics(&["doomed"]).await {
+        assert!(
+            Instant::now() < deadline,
+            "delete doomed: {e}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    churn_until_trimmed(&cluster, &admin, &[0, 2], "away").await;
+    cluster.brokers[1].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hosted_replica_dir(&cluster.brokers[1].data_dir(), "doomed", 0).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "broker 2 kept its replica of a topic deleted while it was down\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_registered(&cluster, 3).await;
 
     cluster.brokers[2].kill();
     std::fs::remove_dir_all(cluster.brokers[2].data_dir()).expect("wipe the data directory");
@@ -246,37 +337,7 @@ async fn a_broker_behind_the_trimmed_metadata_log_rebuilds_it_from_a_checkpoint(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut churned = 0;
-    while metadata_log_start(&cluster.brokers[0]) == 0
-        || metadata_log_start(&cluster.brokers[1]) == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the metadata log was never trimmed ({churned} topics churned)\n{}",
-            cluster.logs()
-        );
-        let name = format!("churn-{churned}");
-        churned += 1;
-        admin
-            .create_topics(&[NewTopic {
-                replication_factor: 2,
-                ..NewTopic::new(name.as_str(), 1)
-            }])
-            .await
-            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", cluster.logs()));
-        admin
-            .delete_topics(&[name.as_str()])
-            .await
-            .unwrap_or_else(|e| panic!("delete {name}: {e}\n{}", cluster.logs()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    println!(
-        "metadata log start {} / {} after {churned} topics created and deleted",
-        metadata_log_start(&cluster.brokers[0]),
-        metadata_log_start(&cluster.brokers[1])
-    );
-
+    churn_until_trimmed(&cluster, &admin, &[0, 1], "churn").await;
     cluster.brokers[2].restart();
     let restarted_at = Instant::now();
     let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");

@@ -22,6 +22,10 @@ use crate::state::PARTITIONS_MAX;
 pub const SKIPPED_RECORDS_KEPT: usize = 32;
 /// Longest reason kept for a skipped record, in bytes; longer ones are cut.
 pub const SKIP_REASON_BYTES_MAX: usize = 1_024;
+/// How many deleted topics' ids the image remembers (16 bytes each in a snapshot): a
+/// broker that rebuilds its image from a checkpoint removes its replica directories
+/// of those topics, whose deletion records may be gone from the trimmed log.
+pub const DELETED_TOPICS_KEPT: usize = 10_000;
 
 /// A registered broker, as its latest [`MetadataRecord::RegisterBroker`] announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +275,8 @@ pub struct MetadataImage {
     pub(super) leader_hints: BTreeMap<(Uuid, i32), AdvisoryLeader>,
     pub(super) skipped_records_total: u64,
     pub(super) recent_skipped: VecDeque<SkippedRecord>,
+    /// The last [`DELETED_TOPICS_KEPT`] deleted topics' ids, oldest first.
+    pub(super) recent_deleted_topics: VecDeque<Uuid>,
 }
 
 impl MetadataImage {
@@ -441,6 +447,11 @@ impl MetadataImage {
     /// The last [`SKIPPED_RECORDS_KEPT`] skipped records, oldest first.
     pub fn recent_skipped(&self) -> impl Iterator<Item = &SkippedRecord> {
         self.recent_skipped.iter()
+    }
+
+    /// The ids of the last [`DELETED_TOPICS_KEPT`] deleted topics, oldest first.
+    pub fn recent_deleted_topics(&self) -> impl Iterator<Item = &Uuid> {
+        self.recent_deleted_topics.iter()
     }
 
     /// Whether `record` may be applied to this image. Reads only; `commit` relies on
@@ -693,6 +704,10 @@ impl MetadataImage {
                 self.topic_ids_by_name.remove(&topic.name);
                 self.leader_hints
                     .retain(|(hinted_topic_id, _), _| hinted_topic_id != topic_id);
+                if self.recent_deleted_topics.len() == DELETED_TOPICS_KEPT {
+                    self.recent_deleted_topics.pop_front();
+                }
+                self.recent_deleted_topics.push_back(*topic_id);
             }
             MetadataRecord::ProducerIdBlock {
                 first_producer_id,
@@ -789,6 +804,9 @@ impl MetadataImage {
         }
         if self.next_producer_id < 0 {
             return Err("negative next producer id".into());
+        }
+        if self.recent_deleted_topics.len() > DELETED_TOPICS_KEPT {
+            return Err("too many deleted topics remembered".into());
         }
         if self.recent_skipped.len() > SKIPPED_RECORDS_KEPT
             || self.recent_skipped.len() as u64 > self.skipped_records_total

@@ -1,5 +1,7 @@
 //! Cluster administration: topics, partitions, configs, cluster description.
 
+mod lag;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -531,7 +531,8 @@ async fn isr_shrinks_while_a_follower_is_stopped_and_grows_back() {
     println!("rill cluster:\n{shown}");
     assert!(
         shown.contains("under-replicated 1")
-            && shown.contains(&format!("out of sync [{follower}]")),
+            && shown.contains(&format!("out of sync [{follower}]"))
+            && shown.contains(&format!("broker {follower}: log end offsets unavailable")),
         "{shown}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
@@ -540,6 +541,25 @@ async fn isr_shrinks_while_a_follower_is_stopped_and_grows_back() {
     let continued_at = Instant::now();
     wait_isr(vec![1, 2, 3], |isr, _| isr.len() == 3, "all three again").await;
     let grown = continued_at.elapsed();
+    // Caught up: `rill cluster` measures every follower's lag (ListOffsets from each
+    // replica) as none.
+    let deadline = Instant::now() + CHANGE_MAX;
+    loop {
+        let output = std::process::Command::new(rill_tests::rill_bin())
+            .args(["-b", &cluster.bootstrap(), "cluster"])
+            .output()
+            .expect("run rill cluster");
+        let shown = String::from_utf8_lossy(&output.stdout).to_string();
+        let caught_up = (1..=3)
+            .filter(|id| *id != leader)
+            .all(|id| shown.contains(&format!("follower lag  broker {id}  0 offsets")));
+        if caught_up {
+            println!("rill cluster after SIGCONT:\n{shown}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "followers still lag:\n{shown}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     println!(
         "follower {follower} of leader {leader}: out of the ISR {:.2} s after SIGSTOP \
          (lag bound {LAG_MAX_MS} ms), back {:.2} s after SIGCONT",

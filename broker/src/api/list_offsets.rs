@@ -1,5 +1,9 @@
 //! ListOffsets: earliest (-2), latest (-1), max-timestamp (-3), earliest-local (-4),
 //! latest-tiered (-5, none here) and by timestamp; never beyond the high watermark.
+//!
+//! A request from Kafka's debugging replica id (-2) is answered by any replica, leader
+//! or follower, about its own log, and "latest" is then its log end offset rather than
+//! the high watermark (as Kafka does): how `rill cluster` measures follower lag.
 
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -8,6 +12,9 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use crate::context::Broker;
 use crate::error::BrokerError;
+
+/// `replica_id` of a debugging client (Kafka's `DEBUGGING_REPLICA_ID`).
+const DEBUGGING_REPLICA_ID: i32 = -2;
 
 /// Kafka's special "timestamps".
 const LATEST: i64 = -1;
@@ -18,6 +25,7 @@ const LATEST_TIERED: i64 = -5;
 
 /// Answers every requested partition.
 pub fn handle(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    let debugging = request.replica_id.0 == DEBUGGING_REPLICA_ID;
     let topics = request
         .topics
         .into_iter()
@@ -35,6 +43,7 @@ pub fn handle(broker: &Broker, request: ListOffsetsRequest, version: i16) -> Lis
                         p.partition_index,
                         p.current_leader_epoch,
                         p.timestamp,
+                        debugging,
                     ) {
                         Ok((timestamp, offset, leader_epoch)) => {
                             let response = response.with_timestamp(timestamp).with_offset(offset);
@@ -59,13 +68,14 @@ pub fn handle(broker: &Broker, request: ListOffsetsRequest, version: i16) -> Lis
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// (timestamp, offset) for one partition.
+/// (timestamp, offset) for one partition; `debugging`: "latest" is the log end offset.
 fn lookup(
     broker: &Broker,
     topic: &str,
     index: i32,
     current_leader_epoch: i32,
     timestamp: i64,
+    debugging: bool,
 ) -> Result<(i64, i64, i32), BrokerError> {
     let (_, partition) = broker.manager.hosted_partition(topic, index)?;
     partition.check_leader_epoch(current_leader_epoch)?;
@@ -79,6 +89,7 @@ fn lookup(
     };
     let storage = |e: rill_storage::StorageError| BrokerError::Storage(e.to_string());
     let (timestamp, offset) = match timestamp {
+        LATEST if debugging => (-1, log.log_end_offset() as i64),
         LATEST => (-1, high_watermark),
         EARLIEST | EARLIEST_LOCAL => (-1, log.log_start_offset() as i64),
         LATEST_TIERED => (-1, -1),

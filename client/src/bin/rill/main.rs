@@ -8,7 +8,7 @@
 
 mod bench;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -416,7 +416,83 @@ async fn cluster(client: ClientConfig) -> Result<(), Error> {
             p.partition, p.replicas
         );
     }
+    print_follower_lag(&admin, &partitions).await;
     Ok(())
+}
+
+/// Most lagging followers listed one by one.
+const LAGGING_FOLLOWERS_SHOWN: usize = 20;
+/// How long `rill cluster` waits for a broker's log end offsets.
+const LAG_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Prints each follower's lag (leader's log end minus its own, in offsets): a total per
+/// broker and the most lagging partitions. A broker that does not answer is named.
+async fn print_follower_lag(admin: &Admin, partitions: &[(&str, &rill_client::PartitionInfo)]) {
+    let mut hosted: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+    for (topic, p) in partitions {
+        for &replica in &p.replicas {
+            hosted
+                .entry(replica)
+                .or_default()
+                .push((topic.to_string(), p.partition));
+        }
+    }
+    // All brokers at once, each within LAG_QUERY_TIMEOUT: a stopped broker accepts
+    // connections and never answers.
+    let answers = futures::future::join_all(hosted.iter().map(|(broker, list)| async move {
+        let answer = tokio::time::timeout(
+            LAG_QUERY_TIMEOUT,
+            admin.replica_log_end_offsets(*broker, list),
+        )
+        .await;
+        (*broker, answer)
+    }))
+    .await;
+    let mut ends: BTreeMap<i32, HashMap<(String, i32), i64>> = BTreeMap::new();
+    for (broker, answer) in answers {
+        match answer {
+            Ok(Ok(found)) => {
+                ends.insert(broker, found);
+            }
+            Ok(Err(e)) => println!("broker {broker}: log end offsets unavailable ({e})"),
+            Err(_) => println!(
+                "broker {broker}: log end offsets unavailable (no answer within {} s)",
+                LAG_QUERY_TIMEOUT.as_secs()
+            ),
+        }
+    }
+    // (lag, topic, partition, follower, leader)
+    let mut lagging: Vec<(i64, &str, i32, i32, i32)> = Vec::new();
+    let mut total_by_broker: BTreeMap<i32, i64> = BTreeMap::new();
+    for (topic, p) in partitions {
+        let key = (topic.to_string(), p.partition);
+        let Some(leader_end) = ends.get(&p.leader).and_then(|e| e.get(&key)) else {
+            continue;
+        };
+        for &follower in p.replicas.iter().filter(|r| **r != p.leader) {
+            let Some(end) = ends.get(&follower).and_then(|e| e.get(&key)) else {
+                continue;
+            };
+            let lag = (leader_end - end).max(0);
+            *total_by_broker.entry(follower).or_default() += lag;
+            if lag > 0 {
+                lagging.push((lag, topic, p.partition, follower, p.leader));
+            }
+        }
+    }
+    for (broker, total) in &total_by_broker {
+        println!("follower lag  broker {broker}  {total} offsets behind its leaders in all");
+    }
+    lagging.sort_by_key(|l| std::cmp::Reverse(l.0));
+    for (lag, topic, partition, follower, leader) in lagging.iter().take(LAGGING_FOLLOWERS_SHOWN) {
+        println!("  lagging {topic}-{partition}  follower {follower}  {lag} offsets behind leader {leader}");
+    }
+    if lagging.len() > LAGGING_FOLLOWERS_SHOWN {
+        println!(
+            "  ... and {} more lagging replicas",
+            lagging.len() - LAGGING_FOLLOWERS_SHOWN
+        );
+    }
 }
 
 async fn produce(client: ClientConfig, args: ProduceArgs) -> Result<(), Error> {

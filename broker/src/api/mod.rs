@@ -20,6 +20,7 @@ pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_commit;
+pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
@@ -185,6 +186,11 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn:
             let request = decode!(DeleteGroupsRequest);
             let _held = turn.take().await;
             encode!(delete_groups::handle(broker, request).await)
+        }
+        ApiKey::OffsetDelete => {
+            let request = decode!(OffsetDeleteRequest);
+            let _held = turn.take().await;
+            encode!(offset_delete::handle(broker, request).await)
         }
         other => {
             return Err(CloseConnection(format!(

@@ -1,4 +1,5 @@
-//! Cluster administration: topics, partitions, configs, cluster description.
+//! Cluster administration: topics, partitions, configs, cluster description (consumer
+//! groups: [`crate::groups`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -89,7 +90,7 @@ pub struct ClusterDescription {
 /// # Ok(()) }
 /// ```
 pub struct Admin {
-    cluster: Arc<Cluster>,
+    pub(crate) cluster: Arc<Cluster>,
 }
 
 /// Per-operation server-side timeout sent in admin requests.

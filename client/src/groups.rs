@@ -209,7 +209,8 @@ impl Admin {
     /// Groups of every broker, sorted by id; only those in one of `states` (Kafka's
     /// names, case-insensitive) unless `states` is empty.
     pub async fn list_groups(&self, states: &[&str]) -> Result<Vec<GroupListing>> {
-        let metadata = self.cluster.all_topics().await?;
+        // The cached metadata: broker connections are looked up in it.
+        let metadata = self.cluster.metadata().await?;
         let mut brokers: Vec<i32> = metadata.brokers.keys().copied().collect();
         brokers.sort_unstable();
         let mut groups: BTreeMap<String, GroupListing> = BTreeMap::new();
@@ -528,6 +529,8 @@ impl Admin {
         timestamp: i64,
     ) -> Result<BTreeMap<TopicPartition, i64>> {
         let metadata = self.cluster.all_topics().await?;
+        // Leaders' connections are looked up in the cached metadata's brokers.
+        self.cluster.metadata().await?;
         let mut by_leader: BTreeMap<i32, Vec<TopicPartition>> = BTreeMap::new();
         for tp in partitions {
             let info = metadata

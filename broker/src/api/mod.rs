@@ -49,7 +49,15 @@ pub struct CloseConnection(pub String);
 /// Decodes, handles and encodes one request. Decoding overlaps with earlier requests;
 /// the handler runs once `turn` is taken, so requests of a connection take effect in
 /// arrival order (see [`crate::context::order`]).
-pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn: Turn) -> Reply {
+///
+/// `client_host` is the client's address as group members report it (`/127.0.0.1`).
+pub async fn dispatch(
+    broker: &Broker,
+    header: RequestHeader,
+    body: Bytes,
+    turn: Turn,
+    client_host: &str,
+) -> Reply {
     let (api_key, version, correlation_id) =
         (header.api_key, header.api_version, header.correlation_id);
     if !versions::is_supported(api_key, version) {
@@ -145,7 +153,7 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn:
             let request = decode!(JoinGroupRequest);
             let _held = turn.take().await;
             let client_id = header.client_id.as_deref();
-            encode!(join_group::handle(broker, request, version, client_id).await)
+            encode!(join_group::handle(broker, request, version, client_id, client_host).await)
         }
         ApiKey::SyncGroup => {
             let request = decode!(SyncGroupRequest);

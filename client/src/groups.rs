@@ -237,13 +237,10 @@ impl Admin {
                     protocol_type: g.protocol_type.to_string(),
                     state: g.group_state.to_string(),
                 };
-                // A broker too old to filter by state (v0–v3) reports no state: keep its
-                // groups only when no filter was asked for.
-                let wanted = states.is_empty()
-                    || states
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(&listing.state));
-                if wanted {
+                // The broker filters (v4+), as Kafka's admin client relies on; one too old
+                // to filter (v0–v3) reports no states: its groups are kept only when no
+                // filter was asked for.
+                if version >= 4 || states.is_empty() {
                     groups.insert(listing.group_id.clone(), listing);
                 }
             }

@@ -262,6 +262,15 @@ impl Admin {
                     let described = response.groups.into_iter().next().ok_or_else(|| {
                         Error::Protocol("DescribeGroups answered no group".into())
                     })?;
+                    // Kafka 4 answers GROUP_ID_NOT_FOUND (DescribeGroups v6) where older
+                    // brokers and Rill describe a "Dead" group: both read as Dead here.
+                    if described.error_code == ResponseError::GroupIdNotFound.code() {
+                        let dead = described
+                            .with_error_code(0)
+                            .with_group_state(StrBytes::from_static_str("Dead"))
+                            .with_members(Vec::new());
+                        return Ok((dead, node_id));
+                    }
                     if let Some(e) =
                         Error::from_code(described.error_code, described.error_message.as_deref())
                     {

@@ -3,7 +3,10 @@
 //! lag, resets an empty group's offsets so a new librdkafka member re-reads from the
 //! start, and deletes the group; OffsetDelete (through `rill-client`'s `Admin`) refuses
 //! topics a live member subscribes to and its tombstones survive a SIGKILL; clients can
-//! neither delete, grow nor produce to `__consumer_offsets`.
+//! neither delete, grow nor produce to `__consumer_offsets`; on three brokers, every
+//! coordinator's groups are listed and OffsetDelete elsewhere is NOT_COORDINATOR.
+
+mod cluster_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output};
@@ -640,4 +643,129 @@ fn clients_cannot_delete_grow_or_produce_to_consumer_offsets() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     println!("rill topic delete __consumer_offsets: {stderr}");
     assert!(stderr.contains("TopicAuthorizationFailed"), "{stderr}");
+}
+
+/// Three brokers: groups are coordinated by the leaders of their `__consumer_offsets`
+/// partitions, spread over the brokers. `rill group list` gathers every broker's groups;
+/// OffsetDelete at a broker that does not coordinate the group is NOT_COORDINATOR, and
+/// through `Admin` (which finds the coordinator) it succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_of_every_coordinator_are_listed_and_offset_delete_elsewhere_is_not_coordinator() {
+    const NOT_COORDINATOR: i16 = 16;
+    let test_started = Instant::now();
+    let cluster = cluster_common::Cluster::start_with(BROKER_ARGS);
+    cluster_common::wait_registered(&cluster, 3).await;
+    let b = cluster.bootstrap();
+    // Only the controller creates __consumer_offsets on a group's first request: another
+    // broker answers COORDINATOR_NOT_AVAILABLE until it exists (it cannot create topics
+    // and does not forward the creation), so each broker is asked in turn until one did.
+    let started = Instant::now();
+    'created: loop {
+        for broker in &cluster.brokers {
+            let mut conn = RawConn::connect(broker.addr());
+            let found = conn.call(2, &FindCoordinatorRequest::default().with_key(s("g0")));
+            if found.error_code == 0 {
+                break 'created;
+            }
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "no broker created __consumer_offsets"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("__consumer_offsets created at {:?}", test_started.elapsed());
+    let admin = admin(&b);
+    admin
+        .create_topics(&[rill_client::NewTopic::new("spread", 1)])
+        .await
+        .expect("create topic");
+    // Ten groups with an offset each (administrative commits create them); their ids hash
+    // to all five __consumer_offsets partitions.
+    let groups: Vec<String> = (0..10).map(|i| format!("g{i}")).collect();
+    for g in &groups {
+        admin
+            .alter_consumer_group_offsets(
+                g,
+                &BTreeMap::from([(TopicPartition::new("spread", 0), 1)]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("commit for {g}: {e}\n{}", cluster.logs()));
+    }
+    println!("ten groups committed at {:?}", test_started.elapsed());
+    let refs: Vec<&str> = groups.iter().map(String::as_str).collect();
+    // The leaders of __consumer_offsets' partitions (the coordinators) spread over the
+    // brokers, at once or once the leader balancer has moved them.
+    let coordinators: BTreeMap<String, i32> = loop {
+        let described = admin.describe_groups(&refs).await.expect("describe");
+        let coordinators: BTreeMap<String, i32> = described
+            .iter()
+            .map(|d| (d.group_id.clone(), d.coordinator_id))
+            .collect();
+        let distinct: BTreeSet<i32> = coordinators.values().copied().collect();
+        if distinct.len() >= 2 {
+            break coordinators;
+        }
+        assert!(
+            test_started.elapsed() < TIMEOUT * 2,
+            "every group still on one coordinator: {coordinators:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "coordinators at {:?}: {coordinators:?}",
+        test_started.elapsed()
+    );
+
+    // Each broker lists the groups it coordinates, and only those.
+    for broker_id in 1..=3 {
+        let mut conn = RawConn::connect(cluster.broker(broker_id).addr());
+        let own: BTreeSet<String> = conn
+            .call(4, &ListGroupsRequest::default())
+            .groups
+            .iter()
+            .map(|g| g.group_id.to_string())
+            .collect();
+        let expected: BTreeSet<String> = coordinators
+            .iter()
+            .filter(|(_, c)| **c == broker_id)
+            .map(|(g, _)| g.clone())
+            .collect();
+        assert_eq!(own, expected, "groups listed by broker {broker_id}");
+    }
+    let listed = rill_ok(&b, &["group", "list"]);
+    let listed: BTreeSet<&str> = listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(listed, refs.iter().copied().collect::<BTreeSet<_>>());
+
+    let (group, coordinator) = ("g0", coordinators["g0"]);
+    let elsewhere = (1..=3)
+        .find(|id| *id != coordinator)
+        .expect("another broker");
+    let mut conn = RawConn::connect(cluster.broker(elsewhere).addr());
+    let request = OffsetDeleteRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_topics(vec![
+            kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestTopic::default()
+                .with_name(TopicName(s("spread")))
+                .with_partitions(vec![
+                    kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestPartition::default()
+                        .with_partition_index(0),
+                ]),
+        ]);
+    let answer = conn.call(0, &request);
+    assert_eq!(answer.error_code, NOT_COORDINATOR, "{answer:?}");
+    let deleted = admin
+        .delete_consumer_group_offsets(group, &[TopicPartition::new("spread", 0)])
+        .await
+        .expect("offset delete at the coordinator");
+    assert_eq!(broker_code(&deleted[0].1), None);
+    assert!(admin
+        .list_consumer_group_offsets(group)
+        .await
+        .expect("offsets")
+        .is_empty());
 }

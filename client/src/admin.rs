@@ -105,7 +105,7 @@ impl Admin {
     }
 
     /// The connection to the controller if metadata names one, else any broker.
-    async fn controller(&self) -> Result<Arc<Connection>> {
+    pub(crate) async fn controller(&self) -> Result<Arc<Connection>> {
         let metadata = self.cluster.metadata().await?;
         if metadata.controller_id >= 0 && metadata.brokers.contains_key(&metadata.controller_id) {
             if let Ok(conn) = self.cluster.broker_connection(metadata.controller_id).await {

@@ -143,7 +143,10 @@ fn by_topic(partitions: impl IntoIterator<Item = TopicPartition>) -> BTreeMap<St
 impl Admin {
     /// The connection to `group`'s coordinator and its broker id (one FindCoordinator).
     async fn coordinator_once(&self, group: &str) -> Result<(Arc<Connection>, i32)> {
-        let conn = self.cluster.any_connection().await?;
+        // Asked of the controller: on a group's first request a broker creates
+        // __consumer_offsets, and in a Rill cluster only the controller can (another
+        // broker answers COORDINATOR_NOT_AVAILABLE until the topic exists).
+        let conn = self.controller().await?;
         let version = conn.version_of::<FindCoordinatorRequest>()?;
         let mut request = FindCoordinatorRequest::default().with_key_type(KEY_TYPE_GROUP);
         // v4+ batch their keys; older versions carry one.

@@ -1,7 +1,8 @@
 //! Consumer-group operations against a real `rilld`: the `rill group` command (the real
 //! binary) describes a librdkafka group's members, assignments, committed offsets and
 //! lag, resets an empty group's offsets so a new librdkafka member re-reads from the
-//! start, and deletes the group; OffsetDelete (through `rill-client`'s `Admin`) refuses
+//! start, and deletes the group; OffsetDelete (through `rill-client`'s `Admin` and `rill
+//! group delete-offsets`) refuses
 //! topics a live member subscribes to and its tombstones survive a SIGKILL; clients can
 //! neither delete, grow nor produce to `__consumer_offsets`; on three brokers, every
 //! coordinator's groups are listed and OffsetDelete elsewhere is NOT_COORDINATOR.
@@ -538,11 +539,12 @@ async fn offset_delete_spares_subscribed_topics_and_survives_a_sigkill() {
     // The member leaves; in an empty group any offset can go.
     drop(consumer);
     wait_for_state(&admin, group, "Empty").await;
-    let results = admin
-        .delete_consumer_group_offsets(group, &[TopicPartition::new("watched", 1)])
-        .await
-        .expect("offset delete");
-    assert_eq!(broker_code(&results[0].1), None);
+    // (through the CLI this time)
+    let deleted = rill_ok(
+        &b,
+        &["group", "delete-offsets", group, "--topic", "watched:1"],
+    );
+    assert_eq!(deleted.trim(), "deleted offset watched/1");
     let unknown = admin
         .delete_consumer_group_offsets("no-such-group", &[TopicPartition::new("watched", 1)])
         .await;

@@ -1,4 +1,4 @@
-//! `rill group list|describe|delete|reset-offsets`: consumer groups, their members and
+//! `rill group list|describe|delete|delete-offsets|reset-offsets`: consumer groups, their members and
 //! assignments, committed offsets and lag (Kafka's `kafka-consumer-groups.sh`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +27,15 @@ pub(crate) enum GroupCommand {
         /// Groups to delete.
         #[arg(required = true)]
         groups: Vec<String>,
+    },
+    /// Delete a group's committed offsets of some topics (OffsetDelete); refused for a
+    /// topic a live member of the group subscribes to.
+    DeleteOffsets {
+        /// The group.
+        group: String,
+        /// Topics (repeatable), `name` for every partition or `name:0,2` for some.
+        #[arg(long = "topic", value_name = "TOPIC[:PARTITIONS]", required = true)]
+        topics: Vec<String>,
     },
     /// Move a group's committed offsets. The group must have no members. Prints the plan
     /// and changes nothing unless `--execute` is given.
@@ -169,6 +178,23 @@ pub(crate) async fn run(client: ClientConfig, cmd: GroupCommand) -> Result<(), E
             }
             failed.map_or(Ok(()), Err)
         }
+        GroupCommand::DeleteOffsets { group, topics } => {
+            let partitions = topic_partitions(&admin, &topics).await?;
+            let mut failed = None;
+            for (tp, result) in admin
+                .delete_consumer_group_offsets(&group, &partitions)
+                .await?
+            {
+                match result {
+                    Ok(()) => println!("deleted offset {}/{}", tp.topic, tp.partition),
+                    Err(e) => {
+                        eprintln!("{}/{}: {e}", tp.topic, tp.partition);
+                        failed = Some(e);
+                    }
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        }
         GroupCommand::ResetOffsets(args) => reset_offsets(&admin, args).await,
     }
 }
@@ -260,35 +286,7 @@ async fn reset_offsets(admin: &Admin, args: ResetArgs) -> Result<(), Error> {
     if args.topics.is_empty() {
         partitions.extend(committed.keys().cloned());
     } else {
-        let names: Vec<String> = args
-            .topics
-            .iter()
-            .map(|t| parse_topic(t).map(|(name, _)| name))
-            .collect::<Result<_, _>>()
-            .map_err(Error::Config)?;
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let topics = admin.describe_topics(&refs).await?;
-        for spec in &args.topics {
-            let (name, wanted) = parse_topic(spec).map_err(Error::Config)?;
-            let count = topics
-                .iter()
-                .find(|t| t.name == name)
-                .map_or(0, |t| t.partitions.len() as i32);
-            match wanted {
-                None => partitions.extend((0..count).map(|p| TopicPartition::new(&name, p))),
-                Some(list) => {
-                    for p in list {
-                        if !(0..count).contains(&p) {
-                            return Err(Error::UnknownPartition {
-                                topic: name.clone(),
-                                partition: p,
-                            });
-                        }
-                        partitions.insert(TopicPartition::new(&name, p));
-                    }
-                }
-            }
-        }
+        partitions.extend(topic_partitions(admin, &args.topics).await?);
     }
     if partitions.is_empty() {
         println!("group {group} has no committed offsets to reset (name topics with --topic)");
@@ -327,6 +325,40 @@ async fn reset_offsets(admin: &Admin, args: ResetArgs) -> Result<(), Error> {
         println!("dry run: nothing changed (add --execute to commit these offsets)");
     }
     Ok(())
+}
+
+/// The partitions `--topic` specs name (`name`: every partition, `name:0,2`: some).
+async fn topic_partitions(admin: &Admin, specs: &[String]) -> Result<Vec<TopicPartition>, Error> {
+    let names: Vec<String> = specs
+        .iter()
+        .map(|t| parse_topic(t).map(|(name, _)| name))
+        .collect::<Result<_, _>>()
+        .map_err(Error::Config)?;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let topics = admin.describe_topics(&refs).await?;
+    let mut partitions: BTreeSet<TopicPartition> = BTreeSet::new();
+    for spec in specs {
+        let (name, wanted) = parse_topic(spec).map_err(Error::Config)?;
+        let count = topics
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(0, |t| t.partitions.len() as i32);
+        match wanted {
+            None => partitions.extend((0..count).map(|p| TopicPartition::new(&name, p))),
+            Some(list) => {
+                for p in list {
+                    if !(0..count).contains(&p) {
+                        return Err(Error::UnknownPartition {
+                            topic: name.clone(),
+                            partition: p,
+                        });
+                    }
+                    partitions.insert(TopicPartition::new(&name, p));
+                }
+            }
+        }
+    }
+    Ok(partitions.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -90,6 +90,18 @@ pub enum BrokerError {
     #[error("partition is busy: {0}")]
     Busy(String),
 
+    /// A client asked to delete or grow an internal topic (`__consumer_offsets`), which
+    /// only the broker manages. Kafka's broker guards its internal topics with the
+    /// authorizer (kafka-topics.sh refuses on the client side), so a client that may not
+    /// touch it is answered TOPIC_AUTHORIZATION_FAILED: the code a Kafka client sees.
+    #[error("{topic} is an internal topic: clients cannot {operation} it")]
+    InternalTopic {
+        /// The topic.
+        topic: String,
+        /// What was refused ("delete", "add partitions to").
+        operation: &'static str,
+    },
+
     /// A cluster change (CreateTopics, DeleteTopics) sent to a broker that is not the
     /// controller (the metadata group's leader): clients retry at the controller that
     /// Metadata names.
@@ -124,6 +136,7 @@ impl BrokerError {
             // the write yet.
             BrokerError::Busy(_) => ResponseError::NotEnoughReplicas,
             BrokerError::NotController => ResponseError::NotController,
+            BrokerError::InternalTopic { .. } => ResponseError::TopicAuthorizationFailed,
         }
     }
 

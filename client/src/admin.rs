@@ -1,4 +1,5 @@
-//! Cluster administration: topics, partitions, configs, cluster description.
+//! Cluster administration: topics, partitions, configs, cluster description (consumer
+//! groups: [`crate::groups`]).
 
 mod lag;
 
@@ -91,7 +92,7 @@ pub struct ClusterDescription {
 /// # Ok(()) }
 /// ```
 pub struct Admin {
-    cluster: Arc<Cluster>,
+    pub(crate) cluster: Arc<Cluster>,
 }
 
 /// Per-operation server-side timeout sent in admin requests.
@@ -106,7 +107,7 @@ impl Admin {
     }
 
     /// The connection to the controller if metadata names one, else any broker.
-    async fn controller(&self) -> Result<Arc<Connection>> {
+    pub(crate) async fn controller(&self) -> Result<Arc<Connection>> {
         let metadata = self.cluster.metadata().await?;
         if metadata.controller_id >= 0 && metadata.brokers.contains_key(&metadata.controller_id) {
             if let Ok(conn) = self.cluster.broker_connection(metadata.controller_id).await {

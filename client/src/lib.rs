@@ -9,7 +9,8 @@
 //! * [`Consumer`] — assign mode: `assign`, `seek` (offset, beginning, end, timestamp), a
 //!   `Stream` of records with prefetch, offsets by time, earliest/latest.
 //! * [`Admin`] — create/delete/list/describe topics, create partitions, describe
-//!   configs and the cluster.
+//!   configs and the cluster; consumer groups ([`groups`]): list, describe, delete,
+//!   committed offsets (read, alter, delete) and lag.
 //!
 //! # Layout
 //!
@@ -34,6 +35,7 @@ pub mod config;
 mod conn;
 pub mod consumer;
 pub mod error;
+pub mod groups;
 pub mod partitioner;
 pub mod producer;
 pub mod record;
@@ -44,5 +46,6 @@ pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, OffsetReset, ProducerConfig};
 pub use consumer::{Consumer, Offset};
 pub use error::{Error, ResponseError, Result};
+pub use groups::{GroupDescription, GroupListing, MemberDescription, OffsetSpec, PartitionLag};
 pub use producer::{DeliveryFuture, Producer};
 pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};

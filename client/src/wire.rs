@@ -259,3 +259,18 @@ pub(crate) fn decode_records(
     }
     Ok(next)
 }
+
+/// The partitions in a consumer group member's assignment (Kafka's ConsumerProtocol
+/// assignment, as DescribeGroups reports it), decoded by the bounded reader.
+pub(crate) fn decode_consumer_assignment(bytes: Bytes) -> Result<Vec<crate::TopicPartition>> {
+    let assignment = decode::consumer_protocol::decode_assignment(bytes)
+        .map_err(|e| Error::Protocol(format!("consumer assignment: {e}")))?;
+    let mut out = Vec::new();
+    for tp in assignment.assigned_partitions {
+        for p in tp.partitions {
+            out.push(crate::TopicPartition::new(tp.topic.to_string(), p));
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -89,6 +89,7 @@ pub fn decode_request_kind(
         ApiKey::ListGroups => RequestKind::ListGroups(decode_request(body, version)?),
         ApiKey::DescribeGroups => RequestKind::DescribeGroups(decode_request(body, version)?),
         ApiKey::DeleteGroups => RequestKind::DeleteGroups(decode_request(body, version)?),
+        ApiKey::OffsetDelete => RequestKind::OffsetDelete(decode_request(body, version)?),
         // Served (the table says so) but with no decoder here: a bug that the test
         // `every_served_api_and_version_decodes` catches; answered as unsupported meanwhile.
         _ => {
@@ -389,7 +390,7 @@ mod tests {
                     LeaveGroup => LeaveGroupRequest, OffsetCommit => OffsetCommitRequest,
                     OffsetFetch => OffsetFetchRequest, ListGroups => ListGroupsRequest,
                     DescribeGroups => DescribeGroupsRequest,
-                    DeleteGroups => DeleteGroupsRequest);
+                    DeleteGroups => DeleteGroupsRequest, OffsetDelete => OffsetDeleteRequest);
                 let header = RequestHeader {
                     api_key: range.api_key,
                     api_version: v,

@@ -47,7 +47,7 @@ const fn range(api_key: ApiKey, min: i16, max: i16) -> ApiRange {
 ///   OffsetCommit 2..=9 (librdkafka v9, kafka-python v8; v10 names topics by id for the new
 ///   consumer protocol), OffsetFetch 1..=9 (librdkafka v9, kafka-python v8: groups from v8),
 ///   DescribeGroups 0..=6, ListGroups 0..=5 (librdkafka v5: state and type filters),
-///   DeleteGroups 0..=2.
+///   DeleteGroups 0..=2, OffsetDelete 0..=0 (its only version).
 pub const SUPPORTED: &[ApiRange] = &[
     range(ApiKey::Produce, 3, 10),
     range(ApiKey::Fetch, 4, 16),
@@ -62,13 +62,14 @@ pub const SUPPORTED: &[ApiRange] = &[
     range(ApiKey::SyncGroup, 0, 5),
     range(ApiKey::DescribeGroups, 0, 6),
     range(ApiKey::ListGroups, 0, 5),
-    range(ApiKey::DeleteGroups, 0, 2),
     range(ApiKey::ApiVersions, 0, 4),
     range(ApiKey::CreateTopics, 2, 4),
     range(ApiKey::DeleteTopics, 1, 4),
     range(ApiKey::OffsetForLeaderEpoch, 2, 4),
     range(ApiKey::DescribeConfigs, 1, 4),
     range(ApiKey::CreatePartitions, 0, 3),
+    range(ApiKey::DeleteGroups, 0, 2),
+    range(ApiKey::OffsetDelete, 0, 0),
     range(ApiKey::DescribeCluster, 0, 1),
 ];
 

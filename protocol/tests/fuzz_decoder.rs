@@ -457,6 +457,9 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
             v,
             &random_message::<DescribeGroupsRequest>(rng.gen(), v),
         ),
+        ApiKey::OffsetDelete => {
+            encode_seed(api, v, &random_message::<OffsetDeleteRequest>(rng.gen(), v))
+        }
         other => panic!("no seed builder for served api {other:?}: add one"),
     }
 }
@@ -1297,6 +1300,9 @@ macro_rules! with_message_types {
             ),
             ApiKey::DescribeGroups => call_with!(
                 $which, $f, DescribeGroupsRequest, DescribeGroupsResponse, $($arg),*
+            ),
+            ApiKey::OffsetDelete => call_with!(
+                $which, $f, OffsetDeleteRequest, OffsetDeleteResponse, $($arg),*
             ),
             other => panic!("served api {other:?} has no line in with_message_types!: add one"),
         }

@@ -16,6 +16,12 @@ pub async fn handle(broker: &Broker, request: CreatePartitionsRequest) -> Create
         // An empty list is no assignment (clients send one rather than null).
         let assignments = topic.assignments.as_ref().filter(|a| !a.is_empty());
         let result = match (assignments, broker.manager.cluster()) {
+            // Growing it would move groups to other partitions (the coordinator of a group
+            // is its hash modulo the partition count) and orphan their offsets.
+            _ if name == crate::group::OFFSETS_TOPIC => Err(BrokerError::InternalTopic {
+                topic: name.clone(),
+                operation: "add partitions to",
+            }),
             (Some(assignments), Some(_)) => {
                 let assignments =
                     super::assigned_broker_ids(assignments.iter().map(|a| &a.broker_ids));

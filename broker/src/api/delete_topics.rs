@@ -33,6 +33,10 @@ pub async fn handle(
             None => broker.manager.topic_by_id(id).map(|t| t.name.clone()),
         };
         let result = match &name {
+            Some(name) if name == crate::group::OFFSETS_TOPIC => Err(BrokerError::InternalTopic {
+                topic: name.clone(),
+                operation: "delete",
+            }),
             Some(name) => broker.manager.delete_topic(name).await,
             None => Err(BrokerError::UnknownTopicId),
         };

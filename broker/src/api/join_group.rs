@@ -15,6 +15,7 @@ pub async fn handle(
     request: JoinGroupRequest,
     version: i16,
     client_id: Option<&str>,
+    client_host: &str,
 ) -> JoinGroupResponse {
     let metadata_bytes: usize = request.protocols.iter().map(|p| p.metadata.len()).sum();
     let answer = if metadata_bytes > MEMBER_METADATA_BYTES_MAX {
@@ -27,7 +28,7 @@ pub async fn handle(
             member_id: request.member_id.to_string(),
             group_instance_id: request.group_instance_id.as_ref().map(|s| s.to_string()),
             client_id: client_id.unwrap_or_default().to_string(),
-            client_host: String::new(),
+            client_host: client_host.to_string(),
             session_timeout_ms: request.session_timeout_ms,
             // v0 has no rebalance timeout: the session timeout serves, as in Kafka.
             rebalance_timeout_ms: if version >= 1 {

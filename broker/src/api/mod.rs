@@ -20,6 +20,7 @@ pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_commit;
+pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
@@ -48,7 +49,15 @@ pub struct CloseConnection(pub String);
 /// Decodes, handles and encodes one request. Decoding overlaps with earlier requests;
 /// the handler runs once `turn` is taken, so requests of a connection take effect in
 /// arrival order (see [`crate::context::order`]).
-pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn: Turn) -> Reply {
+///
+/// `client_host` is the client's address as group members report it (`/127.0.0.1`).
+pub async fn dispatch(
+    broker: &Broker,
+    header: RequestHeader,
+    body: Bytes,
+    turn: Turn,
+    client_host: &str,
+) -> Reply {
     let (api_key, version, correlation_id) =
         (header.api_key, header.api_version, header.correlation_id);
     if !versions::is_supported(api_key, version) {
@@ -144,7 +153,7 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn:
             let request = decode!(JoinGroupRequest);
             let _held = turn.take().await;
             let client_id = header.client_id.as_deref();
-            encode!(join_group::handle(broker, request, version, client_id).await)
+            encode!(join_group::handle(broker, request, version, client_id, client_host).await)
         }
         ApiKey::SyncGroup => {
             let request = decode!(SyncGroupRequest);
@@ -185,6 +194,11 @@ pub async fn dispatch(broker: &Broker, header: RequestHeader, body: Bytes, turn:
             let request = decode!(DeleteGroupsRequest);
             let _held = turn.take().await;
             encode!(delete_groups::handle(broker, request).await)
+        }
+        ApiKey::OffsetDelete => {
+            let request = decode!(OffsetDeleteRequest);
+            let _held = turn.take().await;
+            encode!(offset_delete::handle(broker, request).await)
         }
         other => {
             return Err(CloseConnection(format!(

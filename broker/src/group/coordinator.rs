@@ -1007,3 +1007,74 @@ impl GroupCoordinator {
         }
     }
 }
+
+/// One partition's answer to OffsetDelete: `Ok` if its offset is gone (or there was none).
+pub type OffsetDeleteResult = (String, i32, Result<(), ResponseError>);
+
+impl GroupCoordinator {
+    /// OffsetDelete for one group: GROUP_ID_NOT_FOUND for a group this coordinator does
+    /// not know, NON_EMPTY_GROUP for a group with members that is not a consumer group;
+    /// otherwise each partition's offset is deleted unless a live member subscribes to its
+    /// topic (GROUP_SUBSCRIBED_TO_TOPIC). Deleted offsets get tombstones in
+    /// `__consumer_offsets`, answered once committed, so a restarted coordinator replays
+    /// the deletion.
+    pub async fn delete_offsets(
+        &self,
+        group_id: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<OffsetDeleteResult>, ResponseError> {
+        if let Some(e) = check_group_id(group_id) {
+            return Err(e);
+        }
+        let (results, written) = {
+            let owned = self.owned(group_id)?;
+            let group = owned
+                .shard
+                .groups
+                .get(group_id)
+                .ok_or(ResponseError::GroupIdNotFound)?;
+            let eligibility = group.offset_delete_eligibility(&partitions)?;
+            // Tombstones only for offsets the group has; the others are answered without
+            // a write, as Kafka does.
+            let tombstones: Vec<(String, i32)> = partitions
+                .iter()
+                .zip(&eligibility)
+                .filter(|(key, eligible)| eligible.is_ok() && group.offsets.contains_key(*key))
+                .map(|(key, _)| key.clone())
+                .collect();
+            let results: Vec<OffsetDeleteResult> = partitions
+                .into_iter()
+                .zip(eligibility)
+                .map(|((topic, partition), result)| (topic, partition, result))
+                .collect();
+            let written = if tombstones.is_empty() {
+                None
+            } else {
+                let entries: Vec<(Bytes, Option<Bytes>)> = tombstones
+                    .iter()
+                    .map(|(topic, partition)| {
+                        (records::offset_key(group_id, topic, *partition), None)
+                    })
+                    .collect();
+                let appended = self.write(&owned.partition, &entries)?;
+                Some((appended, Arc::clone(&owned.partition), tombstones))
+            };
+            (results, written)
+        };
+        let Some((appended, partition, tombstones)) = written else {
+            return Ok(results);
+        };
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            result = partition.wait_acknowledgeable(&appended) => result.map_err(not_available)?,
+            _ = shutdown.wait_for(|s| *s) => return Err(ResponseError::CoordinatorNotAvailable),
+        }
+        let mut owned = self.owned(group_id)?;
+        if let Some(group) = owned.shard.groups.get_mut(group_id) {
+            for (i, (topic, partition)) in tombstones.iter().enumerate() {
+                group.remove_offset(topic, *partition, appended.base_offset + i as i64);
+            }
+        }
+        Ok(results)
+    }
+}

@@ -33,6 +33,9 @@ pub use coordinator::GroupCoordinator;
 
 /// The internal topic that holds committed offsets and group metadata.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// The protocol type of consumer groups, whose member metadata and assignments are
+/// Kafka's ConsumerProtocol (Kafka's `ConsumerProtocol.PROTOCOL_TYPE`).
+pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 /// Longest group id accepted (Kafka has no limit, but a group id is a key of every record
 /// of its group and sits in memory for as long as the group lives).
 pub const GROUP_ID_BYTES_MAX: usize = 1024;

@@ -24,7 +24,9 @@ use tokio::sync::oneshot;
 
 use super::member::{JoinAnswer, JoinedMember, Member, SyncAnswer};
 use super::records::{GroupValue, MemberValue, OffsetValue};
-use super::{GROUP_MEMBERS_MAX, SESSION_TIMEOUT_MS_MAX, SESSION_TIMEOUT_MS_MIN};
+use super::{
+    CONSUMER_PROTOCOL_TYPE, GROUP_MEMBERS_MAX, SESSION_TIMEOUT_MS_MAX, SESSION_TIMEOUT_MS_MIN,
+};
 
 /// Where a group is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -836,6 +838,67 @@ impl Group {
         }
     }
 
+    /// The topics the group's live members subscribe to, from their ConsumerProtocol
+    /// metadata for the chosen protocol (a member that has not got one yet: its first
+    /// protocol). `None` when that cannot be known: a group that is not of protocol type
+    /// "consumer", or a member whose metadata does not decode. Kafka's
+    /// `GroupMetadata.subscribedTopics`, where unknown means "subscribed to everything".
+    pub fn subscribed_topics(&self) -> Option<std::collections::BTreeSet<String>> {
+        if self.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
+            return None;
+        }
+        let mut topics = std::collections::BTreeSet::new();
+        for member in self.members.values() {
+            let metadata = match &self.protocol {
+                Some(protocol) => member.metadata_for(protocol),
+                None => member.protocols.first().map(|(_, metadata)| metadata),
+            }?;
+            let subscription =
+                rill_protocol::decode::consumer_protocol::decode_subscription(metadata.clone())
+                    .ok()?;
+            topics.extend(subscription.topics.iter().map(|t| t.to_string()));
+        }
+        Some(topics)
+    }
+
+    /// Which of `partitions` OffsetDelete may delete (Kafka's rules): all of them in an
+    /// Empty group; in a consumer group with members, those of topics no member subscribes
+    /// to, the others answered GROUP_SUBSCRIBED_TO_TOPIC; a group with members of another
+    /// protocol type refuses as a whole with NON_EMPTY_GROUP.
+    pub fn offset_delete_eligibility(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<Result<(), ResponseError>>, ResponseError> {
+        if self.state == GroupState::Empty && self.members.is_empty() {
+            return Ok(partitions.iter().map(|_| Ok(())).collect());
+        }
+        if self.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
+            return Err(ResponseError::NonEmptyGroup);
+        }
+        let subscribed = self.subscribed_topics();
+        Ok(partitions
+            .iter()
+            .map(|(topic, _)| match &subscribed {
+                Some(topics) if !topics.contains(topic) => Ok(()),
+                _ => Err(ResponseError::GroupSubscribedToTopic),
+            })
+            .collect())
+    }
+
+    /// Removes the offset of (`topic`, `partition`) if it was written before
+    /// `tombstone_log_offset`, where its tombstone went (a commit acknowledged after the
+    /// tombstone was appended, but written after it, survives).
+    pub fn remove_offset(&mut self, topic: &str, partition: i32, tombstone_log_offset: i64) {
+        let key = (topic.to_string(), partition);
+        if self
+            .offsets
+            .get(&key)
+            .is_some_and(|c| c.log_offset < tombstone_log_offset)
+        {
+            self.offsets.remove(&key);
+        }
+    }
+
     /// Expires sessions and completes rebalances whose time has come.
     pub fn tick(&mut self, settings: GroupSettings, now_ms: u64) {
         let expired: Vec<String> = self
@@ -1109,6 +1172,73 @@ mod tests {
         assert_eq!(
             answer.error_code,
             ResponseError::InconsistentGroupProtocol.code()
+        );
+    }
+
+    /// Kafka's ConsumerProtocol subscription (v1, with its version prefix) to `topics`.
+    fn subscription(topics: &[&str]) -> Bytes {
+        use bytes::BufMut;
+        use kafka_protocol::protocol::{Encodable, StrBytes};
+        let mut buf = bytes::BytesMut::new();
+        buf.put_i16(1);
+        kafka_protocol::messages::ConsumerProtocolSubscription::default()
+            .with_topics(
+                topics
+                    .iter()
+                    .map(|t| StrBytes::from_string(t.to_string()))
+                    .collect(),
+            )
+            .encode(&mut buf, 1)
+            .expect("encodable");
+        buf.freeze()
+    }
+
+    fn join_with(group: &mut Group, protocol_type: &str, metadata: Bytes, now_ms: u64) {
+        let mut first = request("");
+        first.protocol_type = protocol_type.into();
+        first.protocols = vec![("range".into(), metadata)];
+        let JoinOutcome::Now(answer) = group.join(first.clone(), SETTINGS, now_ms) else {
+            panic!("a first join is answered at once");
+        };
+        first.member_id = answer.member_id;
+        let _ = group.join(first, SETTINGS, now_ms);
+    }
+
+    #[test]
+    fn offset_delete_spares_topics_live_members_subscribe_to() {
+        let wanted = vec![("a".to_string(), 0), ("b".to_string(), 0)];
+        let empty = Group::new("g".into());
+        assert_eq!(
+            empty.offset_delete_eligibility(&wanted),
+            Ok(vec![Ok(()), Ok(())]),
+            "an empty group may lose any offset"
+        );
+
+        let mut group = Group::new("g".into());
+        join_with(&mut group, "consumer", subscription(&["a"]), 0);
+        group.tick(SETTINGS, 3000);
+        assert_eq!(
+            group.offset_delete_eligibility(&wanted),
+            Ok(vec![Err(ResponseError::GroupSubscribedToTopic), Ok(())])
+        );
+
+        // A subscription that does not decode: every topic counts as subscribed.
+        let mut garbled = Group::new("g".into());
+        join_with(&mut garbled, "consumer", Bytes::from_static(b"\x00"), 0);
+        assert_eq!(
+            garbled.offset_delete_eligibility(&wanted),
+            Ok(vec![
+                Err(ResponseError::GroupSubscribedToTopic),
+                Err(ResponseError::GroupSubscribedToTopic)
+            ])
+        );
+
+        // Members of another protocol type: nothing can be deleted.
+        let mut connect = Group::new("g".into());
+        join_with(&mut connect, "connect", Bytes::from_static(b"m"), 0);
+        assert_eq!(
+            connect.offset_delete_eligibility(&wanted),
+            Err(ResponseError::NonEmptyGroup)
         );
     }
 }

@@ -60,6 +60,9 @@ struct Activity {
     requests_in_progress: AtomicUsize,
     /// When the writer last wrote a response, in ms since `started`.
     last_write_ms: AtomicU64,
+    /// The client's address as Kafka reports it in DescribeGroups (`/127.0.0.1`: Java's
+    /// `InetAddress.toString`), "" if the socket could not tell.
+    client_host: Arc<str>,
 }
 
 impl Activity {
@@ -87,6 +90,11 @@ impl Activity {
 /// of that many bytes instead when it is free, so clients that send small requests
 /// one at a time (metadata, fetches, small produces) never wait for the shared budget.
 pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<Semaphore>) {
+    let client_host: Arc<str> = socket
+        .peer_addr()
+        .map(|peer| format!("/{}", peer.ip()))
+        .unwrap_or_default()
+        .into();
     let (mut read_half, mut write_half) = socket.into_split();
     let mut frames = RequestFrames::new(
         broker.config.socket_request_max_bytes,
@@ -97,6 +105,7 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
         started: Instant::now(),
         requests_in_progress: AtomicUsize::new(0),
         last_write_ms: AtomicU64::new(0),
+        client_host,
     });
 
     let writer_activity = Arc::clone(&activity);
@@ -376,10 +385,11 @@ async fn dispatch(
     }
     let broker = Arc::clone(broker);
     let turn = turns.next_turn();
+    let client_host = Arc::clone(&activity.client_host);
     // The handler runs in the connection's span, so its logs name the peer.
     tokio::spawn(
         async move {
-            let _ = reply_tx.send(handle_frame(broker, frame, turn).await);
+            let _ = reply_tx.send(handle_frame(broker, frame, turn, &client_host).await);
         }
         .in_current_span(),
     );
@@ -411,12 +421,17 @@ fn take_reply(reply: Option<Reply>, chunks: &mut Vec<Bytes>) -> bool {
     }
 }
 
-async fn handle_frame(broker: Arc<Broker>, mut frame: Bytes, turn: Turn) -> Reply {
+async fn handle_frame(
+    broker: Arc<Broker>,
+    mut frame: Bytes,
+    turn: Turn,
+    client_host: &str,
+) -> Reply {
     let started = std::time::Instant::now();
     let header = parse_request_header(&mut frame)
         .map_err(|e| api::CloseConnection(format!("bad request header: {e}")))?;
     let api_key = header.api_key;
-    let reply = api::dispatch(&broker, header, frame, turn).await;
+    let reply = api::dispatch(&broker, header, frame, turn, client_host).await;
     broker.metrics().record_request(api_key, started.elapsed());
     reply
 }

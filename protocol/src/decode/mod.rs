@@ -18,6 +18,8 @@
 //! * One module per API (`metadata`, `produce`, …): `impl Decode` for its request and
 //!   response and their nested structs. Every API Rill serves or its client reads has one;
 //!   an API added later gets its module here.
+//! * [`consumer_protocol`] — Kafka's ConsumerProtocol subscription and assignment (the
+//!   opaque member metadata and assignment bytes of a "consumer" group).
 //! * [`random`] — [`random::RandomSource`], a [`Source`] that makes up values, so a decoder
 //!   run over it builds a random valid message (for tests and fuzzers).
 //! * (tests) `oracle` checks, for every served version, that our decoder and
@@ -31,6 +33,7 @@ pub mod source;
 pub mod wire;
 
 mod api_versions;
+pub mod consumer_protocol;
 mod create_partitions;
 mod create_topics;
 mod delete_groups;
@@ -47,6 +50,7 @@ mod list_groups;
 mod list_offsets;
 mod metadata;
 mod offset_commit;
+mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;

@@ -124,4 +124,5 @@ oracle_tests! {
     list_groups_matches_kafka_protocol: ListGroups => ListGroupsRequest, ListGroupsResponse;
     describe_groups_matches_kafka_protocol: DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
     delete_groups_matches_kafka_protocol: DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
+    offset_delete_matches_kafka_protocol: OffsetDelete => OffsetDeleteRequest, OffsetDeleteResponse;
 }

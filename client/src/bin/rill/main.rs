@@ -4,9 +4,11 @@
 //!
 //! * `main.rs` — arguments (clap) and the topic/cluster/produce/consume commands.
 //! * `bench.rs` — `rill bench produce|consume`: progress bar, throughput, HDR latency.
+//! * `group.rs` — `rill group list|describe|delete|reset-offsets`: consumer groups.
 #![forbid(unsafe_code)]
 
 mod bench;
+mod group;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -60,6 +62,9 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Manage consumer groups: members, assignments, committed offsets and lag.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -288,6 +293,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Consume(args) => consume(client, args).await,
         Command::Cluster => cluster(client).await,
         Command::Bench(cmd) => bench::run(client, cmd).await,
+        Command::Group(cmd) => group::run(client, cmd).await,
     }
 }
 

@@ -19,7 +19,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::member::{JoinAnswer, SyncAnswer};
 use super::records::{self, OffsetValue, OffsetsRecord};
-use super::state::{Committed, Group, GroupSettings, JoinOutcome, JoinRequest, SyncOutcome};
+use super::state::{
+    Committed, Group, GroupSettings, GroupState, JoinOutcome, JoinRequest, SyncOutcome,
+};
 use super::{check_group_id, partition_for, GROUPS_MAX, OFFSETS_TOPIC, TICK_MS};
 use crate::config::Config;
 use crate::error::BrokerError;
@@ -488,7 +490,11 @@ impl GroupCoordinator {
             let Some(group) = owned.shard.groups.get_mut(group_id) else {
                 return refuse(ResponseError::CoordinatorNotAvailable);
             };
+            let was_empty = group.state == GroupState::Empty;
             let outcome = group.join(request, settings, now_ms);
+            if let Some(until_ms) = group.initial_delay_until_ms().filter(|_| was_empty) {
+                self.tick_group_at(group_id, until_ms);
+            }
             self.persist(&mut owned, group_id);
             outcome
         };
@@ -499,6 +505,34 @@ impl GroupCoordinator {
                 .await
                 .unwrap_or_else(|| refuse(ResponseError::NotCoordinator)),
         }
+    }
+
+    /// Runs `group_id`'s timer step at `at_ms` (coordinator clock): a new group's initial
+    /// delay ends then, and waiting for the periodic tick instead would add up to
+    /// [`TICK_MS`] to every new group's first rebalance. One task per group that starts
+    /// its first rebalance, so bounded by the number of groups.
+    fn tick_group_at(&self, group_id: &str, at_ms: u64) {
+        let Some(me) = self.self_arc() else { return };
+        let group_id = group_id.to_string();
+        let at = self.clock + Duration::from_millis(at_ms);
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            // Not coordinating it any more (or still loading): the periodic tick of
+            // whoever does takes over.
+            let Ok(mut owned) = me.owned(&group_id) else {
+                return;
+            };
+            let now_ms = me.now_ms();
+            let settings = me.settings();
+            if let Some(group) = owned.shard.groups.get_mut(&group_id) {
+                group.tick(settings, now_ms);
+            }
+            me.persist(&mut owned, &group_id);
+        });
     }
 
     /// Groups this broker holds, over every partition it coordinates.

@@ -3,7 +3,8 @@
 //! librdkafka group with committed offsets runs. The broker that takes over the partition
 //! replays it, so the group keeps its committed offsets (nothing before them is read again,
 //! nothing after them is missed) and its next rebalance completes within the session
-//! timeout plus 3 s.
+//! timeout plus 3 s. The group's first FindCoordinator goes to a broker that is not the
+//! controller, which has the controller create `__consumer_offsets`.
 
 mod cluster_common;
 
@@ -14,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cluster_common::{wait_registered, Cluster};
-use kafka_protocol::messages::FindCoordinatorRequest;
+use kafka_protocol::messages::{FindCoordinatorRequest, MetadataRequest};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -151,9 +152,9 @@ impl Member {
     }
 
     /// Commits what it has read (synchronously, on its thread) and waits for that.
-    fn commit(&self) {
+    fn commit(&self, cluster: &Cluster) {
         self.commit.store(true, Ordering::Release);
-        wait_until("a commit", || !self.commit.load(Ordering::Acquire));
+        wait_until(cluster, "a commit", || !self.commit.load(Ordering::Acquire));
     }
 
     fn close(self) {
@@ -162,10 +163,15 @@ impl Member {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+/// Waits for `done`; on timeout fails with the brokers' logs.
+fn wait_until(cluster: &Cluster, what: &str, mut done: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !done() {
-        assert!(started.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "timed out waiting for {what}\n{}",
+            cluster.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     started.elapsed()
@@ -177,6 +183,45 @@ fn split_among(members: &[&Member]) -> bool {
     sets.iter().all(|s| !s.is_empty())
         && sets.iter().map(BTreeSet::len).sum::<usize>() == PARTITIONS as usize
         && sets.iter().flatten().collect::<BTreeSet<_>>().len() == PARTITIONS as usize
+}
+
+/// The controller's broker id, per Metadata.
+fn controller(cluster: &Cluster) -> i32 {
+    let started = Instant::now();
+    loop {
+        let broker = cluster.brokers.iter().find(|b| b.pid().is_some());
+        let mut conn = RawConn::connect(broker.expect("a live broker").addr());
+        let metadata = conn.call(1, &MetadataRequest::default());
+        if metadata.controller_id.0 >= 0 {
+            return metadata.controller_id.0;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "no controller\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The coordinator of GROUP as broker `id` names it, asked until it names one.
+fn find_coordinator_at(cluster: &Cluster, id: i32) -> i32 {
+    let request = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str(GROUP));
+    let started = Instant::now();
+    loop {
+        let mut conn = RawConn::connect(cluster.broker(id).addr());
+        let found = conn.call(2, &request);
+        if found.error_code == 0 {
+            return found.node_id.0;
+        }
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "broker {id} names no coordinator for {GROUP} (error {})\n{}",
+            found.error_code,
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The coordinator of GROUP, asked of every live broker until one answers.
@@ -206,18 +251,31 @@ async fn group_keeps_its_offsets_and_rebalances_after_its_coordinator_is_killed(
     wait_registered(&cluster, 3).await;
     let bootstrap = cluster.bootstrap();
     create_topic(&bootstrap).await;
-    let first = produce(&bootstrap, "before-kill", 200).await;
+    // The group's first FindCoordinator goes to a broker that is not the controller: it
+    // has the controller create __consumer_offsets (only the controller creates topics).
+    let controller = controller(&cluster);
+    let asked = if controller == 1 { 2 } else { 1 };
+    let started = Instant::now();
+    let named = find_coordinator_at(&cluster, asked);
+    println!(
+        "broker {asked} (controller: {controller}) named coordinator {named} {:?} after the \
+         group's first FindCoordinator",
+        started.elapsed()
+    );
 
-    // Two members read everything and commit.
+    // Two members read everything and commit. The records go out once the group has
+    // formed: a member that joined alone first would read them all before the second
+    // joined, and both would read them again (nothing committed yet).
     let pair = [Member::spawn(&bootstrap), Member::spawn(&bootstrap)];
-    wait_until("two members to split the partitions", || {
+    wait_until(&cluster, "two members to split the partitions", || {
         split_among(&[&pair[0], &pair[1]])
     });
-    wait_until("the first records to be read", || {
+    let first = produce(&bootstrap, "before-kill", 200).await;
+    wait_until(&cluster, "the first records to be read", || {
         pair.iter().map(Member::read_count).sum::<usize>() >= first.len()
     });
     for m in &pair {
-        m.commit();
+        m.commit(&cluster);
     }
     let read_before: Vec<String> = pair
         .iter()
@@ -234,7 +292,7 @@ async fn group_keeps_its_offsets_and_rebalances_after_its_coordinator_is_killed(
     // The next rebalance: a third member joins (through the brokers still up).
     let live = cluster.bootstrap();
     let third = Member::spawn(&live);
-    wait_until("three members to split the partitions", || {
+    wait_until(&cluster, "three members to split the partitions", || {
         split_among(&[&pair[0], &pair[1], &third])
     });
     let rebalanced = killed.elapsed();
@@ -267,7 +325,7 @@ async fn group_keeps_its_offsets_and_rebalances_after_its_coordinator_is_killed(
         read.sort();
         read
     };
-    wait_until("the new records to be read", || {
+    wait_until(&cluster, "the new records to be read", || {
         read_after(&[&pair[0], &pair[1], &third]).len() >= second.len()
     });
     // Anything read twice would arrive right behind; give it a moment to show.

@@ -13,13 +13,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::{ApiKey, CreateTopicsRequest, RequestHeader, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use rill_protocol::batch::{batches, BatchBuilder, Compression};
 use tokio::sync::{oneshot, watch};
 
 use super::member::{JoinAnswer, SyncAnswer};
 use super::records::{self, OffsetValue, OffsetsRecord};
-use super::state::{Committed, Group, GroupSettings, JoinOutcome, JoinRequest, SyncOutcome};
+use super::state::{
+    Committed, Group, GroupSettings, GroupState, JoinOutcome, JoinRequest, SyncOutcome,
+};
 use super::{check_group_id, partition_for, GROUPS_MAX, OFFSETS_TOPIC, TICK_MS};
 use crate::config::Config;
 use crate::error::BrokerError;
@@ -32,6 +37,59 @@ pub type TopicOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
 /// How often the timer looks for expired offsets (Kafka's
 /// `offsets.retention.check.interval.ms` is 10 minutes).
 const OFFSETS_RETENTION_CHECK_MS: u64 = 60_000;
+
+/// How long a FindCoordinator on a broker that is not the controller waits for the
+/// controller to create `__consumer_offsets` (then the client is told to retry).
+const CONTROLLER_CREATE_WAIT: Duration = Duration::from_secs(5);
+
+/// CreateTopics version used to ask the controller (the first flexible one; Rill serves
+/// 2..=4).
+const CREATE_TOPICS_VERSION: i16 = 4;
+
+/// Largest answer read back from the controller's CreateTopics (one topic's result).
+const CONTROLLER_ANSWER_BYTES_MAX: usize = 64 * 1024;
+
+/// Sends `request` to the controller at `host:port` as a CreateTopics and reads its
+/// answer frame. The answer is not decoded: the caller waits for the topic to appear in
+/// its own metadata, which is what it needs whatever the controller said (a topic
+/// another broker created first comes back TOPIC_ALREADY_EXISTS).
+async fn send_to_controller(
+    host: &str,
+    port: u16,
+    request: CreateTopicsRequest,
+) -> std::io::Result<()> {
+    use kafka_protocol::protocol::Encodable;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::CreateTopics as i16)
+        .with_request_api_version(CREATE_TOPICS_VERSION)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("rill-group-coordinator")));
+    let header_version = ApiKey::CreateTopics.request_header_version(CREATE_TOPICS_VERSION);
+    let mut payload = bytes::BytesMut::new();
+    header
+        .encode(&mut payload, header_version)
+        .map_err(|e| invalid(e.to_string()))?;
+    request
+        .encode(&mut payload, CREATE_TOPICS_VERSION)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+    stream
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .await?;
+    stream.write_all(&payload).await?;
+    let answer_bytes = stream.read_u32().await? as usize;
+    if answer_bytes > CONTROLLER_ANSWER_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a CreateTopics answer of {answer_bytes} bytes"),
+        ));
+    }
+    let mut answer = vec![0; answer_bytes];
+    stream.read_exact(&mut answer).await?;
+    Ok(())
+}
 
 /// Bytes read from `__consumer_offsets` per step while loading.
 const LOAD_READ_BYTES: usize = 1 << 20;
@@ -66,6 +124,9 @@ pub struct GroupCoordinator {
     me: std::sync::Weak<GroupCoordinator>,
     /// Coordinator clock of the last offset-retention pass.
     last_retention_check_ms: std::sync::atomic::AtomicU64,
+    /// Held while asking the controller to create `__consumer_offsets`, so concurrent
+    /// FindCoordinators send one request.
+    creating: tokio::sync::Mutex<()>,
 }
 
 fn not_available(e: BrokerError) -> ResponseError {
@@ -95,6 +156,7 @@ impl GroupCoordinator {
             shutdown,
             me: me.clone(),
             last_retention_check_ms: std::sync::atomic::AtomicU64::new(0),
+            creating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -171,11 +233,90 @@ impl GroupCoordinator {
                 .manager
                 .topic(OFFSETS_TOPIC)
                 .ok_or(ResponseError::CoordinatorNotAvailable),
+            // In a cluster only the controller creates topics; Kafka brokers forward the
+            // creation to theirs. Before this, a group whose clients never happened to
+            // ask the controller got COORDINATOR_NOT_AVAILABLE for good (seen in
+            // groups_cluster.rs: two librdkafka members asking brokers 2 and 3 for 12 s).
+            Err(BrokerError::NotController) => self.create_through_controller().await,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot create {OFFSETS_TOPIC}");
                 Err(ResponseError::CoordinatorNotAvailable)
             }
         }
+    }
+
+    /// Has the controller create `__consumer_offsets` (this broker is not the controller):
+    /// sends it a CreateTopics on its client port, as a Kafka client would, then waits
+    /// until the metadata log brings the topic here. One request at a time per broker;
+    /// the whole wait is bounded by [`CONTROLLER_CREATE_WAIT`], after which the client
+    /// hears COORDINATOR_NOT_AVAILABLE and retries.
+    async fn create_through_controller(&self) -> Result<Arc<crate::state::Topic>, ResponseError> {
+        let deadline = tokio::time::Instant::now() + CONTROLLER_CREATE_WAIT;
+        let present = || {
+            self.manager
+                .topic(OFFSETS_TOPIC)
+                .filter(|t| !t.partitions.is_empty())
+        };
+        let _one = tokio::time::timeout_at(deadline, self.creating.lock())
+            .await
+            .map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        if let Some(topic) = present() {
+            return Ok(topic);
+        }
+        let cluster = self
+            .manager
+            .cluster()
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let controller = cluster
+            .controller_id()
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let (_, host, port) = cluster
+            .brokers()
+            .into_iter()
+            .find(|(id, _, _)| *id == controller)
+            .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        let request = self.offsets_topic_request();
+        match tokio::time::timeout_at(deadline, send_to_controller(&host, port, request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(controller, error = %e, "cannot ask the controller to create {OFFSETS_TOPIC}");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    controller,
+                    "the controller did not answer the creation of {OFFSETS_TOPIC} in time"
+                );
+            }
+        }
+        loop {
+            if let Some(topic) = present() {
+                return Ok(topic);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ResponseError::CoordinatorNotAvailable);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The CreateTopics request body for `__consumer_offsets` (its settings as
+    /// [`GroupCoordinator::offsets_topic`] gives them).
+    fn offsets_topic_request(&self) -> CreateTopicsRequest {
+        let configs = [("cleanup.policy", "compact"), ("retention.ms", "-1")]
+            .into_iter()
+            .map(|(name, value)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str(name))
+                    .with_value(Some(StrBytes::from_static_str(value)))
+            })
+            .collect();
+        CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str(OFFSETS_TOPIC)))
+                .with_num_partitions(self.config.offsets_topic_partitions)
+                .with_replication_factor(-1)
+                .with_configs(configs)])
+            .with_timeout_ms(CONTROLLER_CREATE_WAIT.as_millis() as i32)
     }
 
     /// The broker that coordinates `group` (creating `__consumer_offsets` if needed).
@@ -488,7 +629,11 @@ impl GroupCoordinator {
             let Some(group) = owned.shard.groups.get_mut(group_id) else {
                 return refuse(ResponseError::CoordinatorNotAvailable);
             };
+            let was_empty = group.state == GroupState::Empty;
             let outcome = group.join(request, settings, now_ms);
+            if let Some(until_ms) = group.initial_delay_until_ms().filter(|_| was_empty) {
+                self.tick_group_at(group_id, until_ms);
+            }
             self.persist(&mut owned, group_id);
             outcome
         };
@@ -499,6 +644,34 @@ impl GroupCoordinator {
                 .await
                 .unwrap_or_else(|| refuse(ResponseError::NotCoordinator)),
         }
+    }
+
+    /// Runs `group_id`'s timer step at `at_ms` (coordinator clock): a new group's initial
+    /// delay ends then, and waiting for the periodic tick instead would add up to
+    /// [`TICK_MS`] to every new group's first rebalance. One task per group that starts
+    /// its first rebalance, so bounded by the number of groups.
+    fn tick_group_at(&self, group_id: &str, at_ms: u64) {
+        let Some(me) = self.self_arc() else { return };
+        let group_id = group_id.to_string();
+        let at = self.clock + Duration::from_millis(at_ms);
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            // Not coordinating it any more (or still loading): the periodic tick of
+            // whoever does takes over.
+            let Ok(mut owned) = me.owned(&group_id) else {
+                return;
+            };
+            let now_ms = me.now_ms();
+            let settings = me.settings();
+            if let Some(group) = owned.shard.groups.get_mut(&group_id) {
+                group.tick(settings, now_ms);
+            }
+            me.persist(&mut owned, &group_id);
+        });
     }
 
     /// Groups this broker holds, over every partition it coordinates.

@@ -31,6 +31,9 @@ pub const PARTITIONS_MAX: i32 = 10_000;
 /// How long topic creation and start-up wait for a partition's group to elect its
 /// leader before answering anyway.
 const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most threads that open one topic's partition logs at once (see
+/// [`PartitionManager::open_logs`]).
+const LOG_OPEN_THREADS: usize = 8;
 
 /// A topic and its partitions. Immutable: CreatePartitions replaces the `Arc<Topic>`.
 #[derive(Debug)]
@@ -206,9 +209,16 @@ impl PartitionManager {
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
         let id = Uuid::parse_str(&meta.id)
             .map_err(|e| BrokerError::Storage(format!("topic {}: bad id: {e}", meta.name)))?;
-        let mut partitions = Vec::with_capacity(meta.partitions.max(0) as usize);
-        for index in 0..meta.partitions {
-            match self.open_partition(&meta.name, id, index, &config) {
+        let logs = self.open_logs(&meta.name, meta.partitions, &config)?;
+        let mut partitions = Vec::with_capacity(logs.len());
+        for (index, log) in (0..).zip(logs) {
+            let dir = self.config.partition_dir(&meta.name, index);
+            let opened = log
+                .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))
+                .and_then(|log| {
+                    self.start_replica(&meta.name, id, index, log, &[self.config.node_id])
+                });
+            match opened {
                 Ok(partition) => partitions.push(Some(partition)),
                 Err(e) => {
                     // Stop the replicas already started before anyone removes their
@@ -238,6 +248,50 @@ impl PartitionManager {
         }
     }
 
+    /// Opens (or creates) the logs of partitions `0..partitions` of `topic`, on up to
+    /// [`LOG_OPEN_THREADS`] threads at once: a new partition's directory, first segment and
+    /// checkpoints cost several fsyncs, and one after another the 50 partitions of
+    /// `__consumer_offsets` took 1.2 s (a group's first request waits for them), while
+    /// fsyncs of different files overlap. Results are in partition order.
+    fn open_logs(
+        &self,
+        topic: &str,
+        partitions: i32,
+        config: &TopicConfig,
+    ) -> Result<Vec<Result<PartitionLog, StorageError>>, BrokerError> {
+        let dirs: Vec<std::path::PathBuf> = (0..partitions.max(0))
+            .map(|index| self.config.partition_dir(topic, index))
+            .collect();
+        let log_config = self.log_config(config);
+        if dirs.len() <= 1 {
+            return Ok(dirs
+                .iter()
+                .map(|dir| PartitionLog::open(dir, log_config.clone()))
+                .collect());
+        }
+        let chunk = dirs.len().div_ceil(LOG_OPEN_THREADS);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = dirs
+                .chunks(chunk)
+                .map(|dirs| {
+                    let log_config = log_config.clone();
+                    scope.spawn(move || {
+                        dirs.iter()
+                            .map(|dir| PartitionLog::open(dir, log_config.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut logs = Vec::with_capacity(dirs.len());
+            for worker in workers {
+                logs.extend(worker.join().map_err(|_| {
+                    BrokerError::Storage(format!("opening the logs of {topic} panicked"))
+                })?);
+            }
+            Ok(logs)
+        })
+    }
+
     fn open_partition(
         &self,
         topic: &str,
@@ -247,6 +301,27 @@ impl PartitionManager {
     ) -> Result<Arc<Partition>, BrokerError> {
         let dir = self.config.partition_dir(topic, index);
         self.open_partition_with(topic, topic_id, index, config, &[self.config.node_id], &dir)
+    }
+
+    /// Starts the replica of `topic`-`index` over its opened `log`.
+    fn start_replica(
+        &self,
+        topic: &str,
+        topic_id: Uuid,
+        index: i32,
+        log: PartitionLog,
+        voters: &[i32],
+    ) -> Result<Arc<Partition>, BrokerError> {
+        Partition::open(
+            topic.to_string(),
+            index,
+            topic_id,
+            log,
+            Arc::clone(&self.engine),
+            self.config.node_id,
+            voters,
+            Arc::clone(&self.metrics),
+        )
     }
 
     fn open_partition_with(
@@ -260,16 +335,7 @@ impl PartitionManager {
     ) -> Result<Arc<Partition>, BrokerError> {
         let log = PartitionLog::open(dir, self.log_config(config))
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
-        Partition::open(
-            topic.to_string(),
-            index,
-            topic_id,
-            log,
-            Arc::clone(&self.engine),
-            self.config.node_id,
-            voters,
-            Arc::clone(&self.metrics),
-        )
+        self.start_replica(topic, topic_id, index, log, voters)
     }
 
     /// Waits until every given replica leads with a current high watermark (a group
@@ -494,6 +560,7 @@ impl PartitionManager {
         };
         // File work (metadata file, partition directories, first segments) steps off
         // the runtime.
+        let started = std::time::Instant::now();
         let opened = crate::runtime::off_runtime(|| {
             topic_meta::write(&self.config.topics_dir(), &meta)?;
             Ok::<_, BrokerError>(self.open_topic(&meta))
@@ -508,13 +575,22 @@ impl PartitionManager {
                 return Err(e);
             }
         };
+        let open_ms = started.elapsed().as_millis() as u64;
         let hosted: Vec<Arc<Partition>> = topic.hosted().cloned().collect();
         self.wait_leaders(&hosted).await;
         self.topics
             .write()
             .expect("topics lock")
             .insert(name.to_string(), Arc::clone(&topic));
-        tracing::info!(topic = name, partitions, "created topic");
+        // The two phases' times: a topic of many partitions (`__consumer_offsets`, made on
+        // a group's first request) delays that group by both.
+        tracing::info!(
+            topic = name,
+            partitions,
+            open_ms,
+            leaders_ms = started.elapsed().as_millis() as u64 - open_ms,
+            "created topic"
+        );
         Ok(topic)
     }
 

@@ -414,11 +414,30 @@ impl CooperativeMember {
         self.events.lock().unwrap()[from..].to_vec()
     }
 
-    fn close(self) {
+    /// Stops polling; the thread then drops the consumer, which closes it (librdkafka
+    /// leaves the group, polling until closed).
+    fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+    }
+
+    /// Waits for the member's thread to end, at most `CLOSE_MAX`: a close that hangs
+    /// (librdkafka polls until the group lets it go) fails the test instead of hanging it.
+    fn close(self) {
+        self.stop();
+        let deadline = Instant::now() + CLOSE_MAX;
+        while !self.handle.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "a cooperative member did not close within {CLOSE_MAX:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.handle.join().expect("member thread");
     }
 }
+
+/// How long a cooperative member may take to close.
+const CLOSE_MAX: Duration = Duration::from_secs(30);
 
 /// The union of the partitions listed by `events` of one kind.
 fn listed(events: &[RebalanceEvent], revoke: bool) -> BTreeSet<i32> {
@@ -504,6 +523,10 @@ async fn cooperative_sticky_third_member_revokes_only_the_partitions_that_move()
         moved, third_after,
         "only the third member's partitions moved"
     );
+    // All three leave at once: a member closing alone would make the others rebalance
+    // while the next one closes.
+    third.stop();
+    pair.iter().for_each(CooperativeMember::stop);
     third.close();
     for member in pair {
         member.close();

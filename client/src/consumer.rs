@@ -294,9 +294,7 @@ impl Consumer {
     /// (a regular expression; internal topics never match). New matching topics are
     /// picked up when metadata is refreshed (every `metadata_max_age_ms`).
     pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
-        let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
-            .map_err(|e| Error::Config(format!("subscription pattern {pattern:?}: {e}")))?;
-        self.subscribe_with(Subscription::Pattern(regex), None)
+        self.subscribe_with(Subscription::pattern(pattern)?, None)
     }
 
     /// Subscribes (see [`Consumer::subscribe`]) and calls `listener` whenever the

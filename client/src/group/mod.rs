@@ -22,6 +22,7 @@ pub(crate) mod membership;
 pub use assignor::AssignmentStrategy;
 pub(crate) use membership::MembershipHandle;
 
+use crate::error::{Error, Result};
 use crate::record::TopicPartition;
 
 /// What a subscribed consumer consumes.
@@ -32,6 +33,15 @@ pub enum Subscription {
     /// Every non-internal topic whose whole name matches; re-checked on every metadata
     /// refresh (`metadata_max_age_ms`).
     Pattern(regex::Regex),
+}
+
+impl Subscription {
+    /// A pattern subscription: `pattern` must match a topic's whole name (as in Kafka).
+    pub fn pattern(pattern: &str) -> Result<Subscription> {
+        regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map(Subscription::Pattern)
+            .map_err(|e| Error::Config(format!("subscription pattern {pattern:?}: {e}")))
+    }
 }
 
 /// Told when the group changes this consumer's assignment. Called on the consumer's group

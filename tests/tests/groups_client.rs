@@ -1,0 +1,520 @@
+//! Consumer groups with rill-client's own subscribed consumer against a real `rilld`:
+//! members split a topic's partitions, commit, close, and a new member resumes exactly
+//! after the committed offsets; with `cooperative-sticky` a joining member makes the
+//! others revoke only the partitions that move; a rill-client member and a librdkafka
+//! member share one `range` group; a pattern subscription picks up a topic created later.
+
+mod client_common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message;
+use rill_client::{
+    AssignmentStrategy, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
+    RebalanceListener, Subscription, TopicPartition,
+};
+use rill_tests::RilldProcess;
+
+use client_common::create_topic;
+
+const PARTITIONS: i32 = 4;
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Short, so a test's groups form quickly (the default is Kafka's 3 s).
+const BROKER_ARGS: &[&str] = &[
+    "--offsets-topic-partitions",
+    "5",
+    "--group-initial-rebalance-delay-ms",
+    "300",
+];
+
+/// (partition, offset, value) of every record a member read.
+type Seen = Arc<Mutex<Vec<(i32, i64, String)>>>;
+
+fn group_config(
+    bootstrap: &str,
+    group: &str,
+    strategy: AssignmentStrategy,
+    auto_commit: bool,
+) -> ConsumerConfig {
+    let mut c = ConsumerConfig::new(bootstrap);
+    c.group_id = Some(group.to_string());
+    c.session_timeout_ms = 6_000;
+    c.heartbeat_interval_ms = 200;
+    c.assignment_strategies = vec![strategy];
+    c.enable_auto_commit = auto_commit;
+    c.auto_commit_interval_ms = 500;
+    c.fetch_wait_ms_max = 100;
+    c
+}
+
+/// Sends `count` records `<prefix>-<i>` round-robin over the partitions; returns them.
+async fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<String> {
+    let producer = Producer::new(ProducerConfig::new(bootstrap)).expect("producer");
+    let mut deliveries = Vec::new();
+    let mut values = Vec::new();
+    for i in 0..count {
+        let value = format!("{prefix}-{i}");
+        let record = ProducerRecord::new(topic, value.clone().into_bytes())
+            .with_partition(i as i32 % PARTITIONS);
+        deliveries.push(producer.send(record).await.expect("send"));
+        values.push(value);
+    }
+    for d in deliveries {
+        d.await.expect("delivered");
+    }
+    producer.close().await.expect("close producer");
+    values
+}
+
+/// Records each callback with its partitions.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<(&'static str, Vec<TopicPartition>)>>,
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<(&'static str, Vec<TopicPartition>)> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+impl RebalanceListener for Recorder {
+    fn on_assigned(&self, partitions: &[TopicPartition]) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(("assigned", partitions.to_vec()));
+    }
+    fn on_revoked(&self, partitions: &[TopicPartition]) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(("revoked", partitions.to_vec()));
+    }
+    fn on_lost(&self, partitions: &[TopicPartition]) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(("lost", partitions.to_vec()));
+    }
+}
+
+/// A rill-client group member on its own task: reads until told to stop, then commits
+/// (if `manual_commit`), and closes (auto commit, LeaveGroup) when told to close.
+struct Member {
+    stop: Arc<AtomicBool>,
+    /// Set once it stopped reading and committed.
+    stopped: Arc<AtomicBool>,
+    close: Arc<AtomicBool>,
+    assigned: Arc<AtomicUsize>,
+    listener: Arc<Recorder>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn spawn_member(config: ConsumerConfig, subscription: Subscription, seen: Seen) -> Member {
+    let manual_commit = !config.enable_auto_commit;
+    let mut consumer = Consumer::new(config).expect("consumer");
+    let listener = Arc::new(Recorder::default());
+    consumer
+        .subscribe_with(subscription, Some(listener.clone()))
+        .expect("subscribe");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let close = Arc::new(AtomicBool::new(false));
+    let assigned = Arc::new(AtomicUsize::new(0));
+    let task = {
+        let (stop, stopped, close, assigned) = (
+            stop.clone(),
+            stopped.clone(),
+            close.clone(),
+            assigned.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                assigned.store(consumer.assignment().len(), Ordering::Release);
+                match tokio::time::timeout(Duration::from_millis(50), consumer.next()).await {
+                    Err(_) => {}
+                    Ok(Some(Ok(r))) => {
+                        let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
+                        seen.lock()
+                            .unwrap()
+                            .push((r.partition, r.offset, value.into_owned()));
+                    }
+                    Ok(Some(Err(e))) => panic!("consumer error: {e}"),
+                    Ok(None) => panic!("stream ended"),
+                }
+            }
+            if manual_commit {
+                consumer.commit_sync().await.expect("commit_sync");
+            }
+            stopped.store(true, Ordering::Release);
+            while !close.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            consumer.close().await.expect("close");
+        })
+    };
+    Member {
+        stop,
+        stopped,
+        close,
+        assigned,
+        listener,
+        task,
+    }
+}
+
+impl Member {
+    async fn stop(self) -> Arc<Recorder> {
+        stop_all(vec![self]).await.pop().expect("one member")
+    }
+}
+
+/// Stops every member reading and committing before any closes: a member leaving makes
+/// the others rebalance, and one that has not committed yet (manual commit) would lose
+/// its positions with its partitions.
+async fn stop_all(members: Vec<Member>) -> Vec<Arc<Recorder>> {
+    for m in &members {
+        m.stop.store(true, Ordering::Release);
+    }
+    wait_until("every member to stop and commit", || {
+        members.iter().all(|m| m.stopped.load(Ordering::Acquire))
+    })
+    .await;
+    let mut listeners = Vec::new();
+    for m in members {
+        m.close.store(true, Ordering::Release);
+        m.task.await.expect("member task");
+        listeners.push(m.listener);
+    }
+    listeners
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+fn values_of(seen: &Seen) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, v)| v.clone())
+        .collect()
+}
+
+/// Every value of `want` read exactly once.
+fn assert_exactly_once(read: &[String], want: &[String], what: &str) {
+    let unique: BTreeSet<&String> = read.iter().collect();
+    assert_eq!(
+        unique,
+        want.iter().collect(),
+        "{what}: records missed or foreign"
+    );
+    assert_eq!(read.len(), want.len(), "{what}: a record was read twice");
+}
+
+/// `members` rill-client consumers split the partitions, read every record once between
+/// them, commit (manually or by auto commit on close) and leave; then a new member resumes
+/// exactly after the committed offsets.
+async fn members_split_commit_and_a_new_member_resumes(
+    bootstrap: &str,
+    members: usize,
+    auto_commit: bool,
+) {
+    let topic = format!("rill-split{members}");
+    let group = format!("rill-group-of-{members}");
+    create_topic(bootstrap, &topic, PARTITIONS).await;
+    let config = group_config(bootstrap, &group, AssignmentStrategy::Range, auto_commit);
+    let subscription = Subscription::Topics(vec![topic.clone()]);
+    let seen: Seen = Arc::default();
+    let team: Vec<Member> = (0..members)
+        .map(|_| spawn_member(config.clone(), subscription.clone(), seen.clone()))
+        .collect();
+    let formed = wait_until("the group to split the partitions", || {
+        let counts: Vec<usize> = team
+            .iter()
+            .map(|m| m.assigned.load(Ordering::Acquire))
+            .collect();
+        counts.iter().all(|&c| c > 0) && counts.iter().sum::<usize>() == PARTITIONS as usize
+    })
+    .await;
+    let counts: Vec<usize> = team
+        .iter()
+        .map(|m| m.assigned.load(Ordering::Acquire))
+        .collect();
+    println!("{members} rill-client members split {PARTITIONS} partitions as {counts:?} after {formed:?}");
+
+    let first = produce(bootstrap, &topic, &format!("{topic}-first"), 200).await;
+    wait_until("every record to be read", || {
+        seen.lock().unwrap().len() >= first.len()
+    })
+    .await;
+    stop_all(team).await;
+    assert_exactly_once(&values_of(&seen), &first, "the group");
+
+    let second = produce(bootstrap, &topic, &format!("{topic}-second"), 80).await;
+    let resumed: Seen = Arc::default();
+    let member = spawn_member(config, subscription, resumed.clone());
+    wait_until("the new member to read the new records", || {
+        resumed.lock().unwrap().len() >= second.len()
+    })
+    .await;
+    // Anything committed-but-reread would arrive right behind; give it a moment to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    member.stop().await;
+    assert_exactly_once(&values_of(&resumed), &second, "the new member");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rill_client_groups_of_two_and_three_split_partitions_commit_and_resume() {
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let bootstrap = broker.bootstrap();
+    // Two members commit with commit_sync; three rely on auto commit at close.
+    members_split_commit_and_a_new_member_resumes(&bootstrap, 2, false).await;
+    members_split_commit_and_a_new_member_resumes(&bootstrap, 3, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_sticky_join_revokes_only_the_partitions_that_move() {
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let bootstrap = broker.bootstrap();
+    let topic = "coop";
+    create_topic(&bootstrap, topic, PARTITIONS).await;
+    let config = group_config(
+        &bootstrap,
+        "coop",
+        AssignmentStrategy::CooperativeSticky,
+        true,
+    );
+    let subscription = Subscription::Topics(vec![topic.to_string()]);
+    let seen: Seen = Arc::default();
+    let first = spawn_member(config.clone(), subscription.clone(), seen.clone());
+    wait_until("the first member to own every partition", || {
+        first.assigned.load(Ordering::Acquire) == PARTITIONS as usize
+    })
+    .await;
+    let before = produce(&bootstrap, topic, "before", 100).await;
+    wait_until("the first member to read them", || {
+        seen.lock().unwrap().len() >= before.len()
+    })
+    .await;
+
+    let started = Instant::now();
+    let second = spawn_member(config, subscription, seen.clone());
+    let moved = wait_until("the two members to hold two partitions each", || {
+        first.assigned.load(Ordering::Acquire) == 2 && second.assigned.load(Ordering::Acquire) == 2
+    })
+    .await;
+    println!(
+        "cooperative rebalance moved 2 partitions {moved:?} after the second member subscribed"
+    );
+    let first_events = first.listener.events();
+    let second_events = second.listener.events();
+    println!("first member: {first_events:?}\nsecond member: {second_events:?}");
+
+    let all: Vec<TopicPartition> = (0..PARTITIONS)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    assert_eq!(
+        first_events[0],
+        ("assigned", all.clone()),
+        "first assignment"
+    );
+    let revoked: Vec<TopicPartition> = first_events
+        .iter()
+        .filter(|(kind, _)| *kind == "revoked")
+        .flat_map(|(_, p)| p.clone())
+        .collect();
+    assert!(
+        first_events
+            .iter()
+            .all(|(kind, p)| *kind != "lost" && (*kind != "revoked" || p.len() < all.len())),
+        "a cooperative join must not revoke (or lose) the whole assignment: {first_events:?}"
+    );
+    let received: Vec<TopicPartition> = second_events
+        .iter()
+        .filter(|(kind, _)| *kind == "assigned")
+        .flat_map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(
+        revoked.len(),
+        2,
+        "exactly the moved partitions are revoked: {first_events:?}"
+    );
+    assert_eq!(
+        revoked.iter().collect::<BTreeSet<_>>(),
+        received.iter().collect::<BTreeSet<_>>(),
+        "the partitions revoked are those the new member got"
+    );
+    assert!(started.elapsed() < TIMEOUT);
+
+    // Positions of the moved partitions were committed on revoke: the new member
+    // continues where the first stopped.
+    let after = produce(&bootstrap, topic, "after", 100).await;
+    let want: Vec<String> = before.iter().chain(&after).cloned().collect();
+    wait_until("both members to read the new records", || {
+        seen.lock().unwrap().len() >= want.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_all(vec![first, second]).await;
+    assert_exactly_once(&values_of(&seen), &want, "the cooperative group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rill_client_member_and_a_librdkafka_member_share_a_range_group() {
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let bootstrap = broker.bootstrap();
+    let topic = "mixed";
+    create_topic(&bootstrap, topic, PARTITIONS).await;
+
+    let ours_seen: Seen = Arc::default();
+    let ours = spawn_member(
+        group_config(&bootstrap, "mixed", AssignmentStrategy::Range, true),
+        Subscription::Topics(vec![topic.to_string()]),
+        ours_seen.clone(),
+    );
+    // The librdkafka member polls on a thread of its own.
+    let theirs_seen: Seen = Arc::default();
+    let theirs_assigned = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let theirs = {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "mixed")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "200")
+            .set("partition.assignment.strategy", "range")
+            .create()
+            .expect("librdkafka consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let (seen, assigned, stop) = (theirs_seen.clone(), theirs_assigned.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into();
+                    seen.lock()
+                        .unwrap()
+                        .push((m.partition(), m.offset(), value));
+                }
+                let partitions: Vec<i32> = consumer
+                    .assignment()
+                    .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+                    .unwrap_or_default();
+                *assigned.lock().unwrap() = partitions;
+            }
+            // Dropping closes the consumer: it leaves the group.
+        })
+    };
+    let formed = wait_until("the two clients to split the partitions", || {
+        let theirs = theirs_assigned.lock().unwrap().len();
+        let ours = ours.assigned.load(Ordering::Acquire);
+        theirs == 2 && ours == 2
+    })
+    .await;
+    let events = ours.listener.events();
+    let ours_partitions: BTreeSet<i32> = events
+        .iter()
+        .rev()
+        .find(|(kind, _)| *kind == "assigned")
+        .map(|(_, p)| p.iter().map(|tp| tp.partition).collect())
+        .unwrap_or_default();
+    let theirs_partitions: BTreeSet<i32> =
+        theirs_assigned.lock().unwrap().iter().copied().collect();
+    println!("range split after {formed:?}: rill-client {ours_partitions:?}, librdkafka {theirs_partitions:?}");
+    assert_eq!(ours_partitions.len(), 2, "{events:?}");
+    assert!(ours_partitions.is_disjoint(&theirs_partitions));
+    // Range gives each member a consecutive range.
+    for set in [&ours_partitions, &theirs_partitions] {
+        let v: Vec<i32> = set.iter().copied().collect();
+        assert_eq!(
+            v[1],
+            v[0] + 1,
+            "range assigns consecutive partitions: {v:?}"
+        );
+    }
+
+    let values = produce(&bootstrap, topic, "mixed", 100).await;
+    wait_until("the two members to read every record", || {
+        ours_seen.lock().unwrap().len() + theirs_seen.lock().unwrap().len() >= values.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Release);
+    theirs.join().expect("librdkafka member");
+    ours.stop().await;
+    let by_member: BTreeMap<&str, BTreeSet<i32>> = [
+        (
+            "rill-client",
+            ours_seen.lock().unwrap().iter().map(|r| r.0).collect(),
+        ),
+        (
+            "librdkafka",
+            theirs_seen.lock().unwrap().iter().map(|r| r.0).collect(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        by_member["rill-client"], ours_partitions,
+        "read only its own partitions"
+    );
+    assert_eq!(
+        by_member["librdkafka"], theirs_partitions,
+        "read only its own partitions"
+    );
+    let mut read = values_of(&ours_seen);
+    read.extend(values_of(&theirs_seen));
+    assert_exactly_once(&read, &values, "the mixed group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_picks_up_a_matching_topic_created_later() {
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "metrics-a", 2).await;
+    create_topic(&bootstrap, "other", 2).await;
+    let mut config = group_config(&bootstrap, "pattern", AssignmentStrategy::Range, true);
+    // The pattern is re-checked on every metadata refresh.
+    config.client.metadata_max_age_ms = 300;
+    let seen: Seen = Arc::default();
+    let regex = Subscription::pattern("metrics-.*").expect("pattern");
+    let member = spawn_member(config, regex, seen.clone());
+    wait_until("the member to own metrics-a", || {
+        member.assigned.load(Ordering::Acquire) == 2
+    })
+    .await;
+    create_topic(&bootstrap, "metrics-b", 2).await;
+    let grew = wait_until("the member to own metrics-b too", || {
+        member.assigned.load(Ordering::Acquire) == 4
+    })
+    .await;
+    println!("pattern subscription took metrics-b {grew:?} after it was created");
+    let listener = member.stop().await;
+    let assigned: BTreeSet<String> = listener
+        .events()
+        .iter()
+        .filter(|(kind, _)| *kind == "assigned")
+        .flat_map(|(_, p)| p.iter().map(|tp| tp.topic.clone()).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(
+        assigned,
+        ["metrics-a", "metrics-b"]
+            .map(String::from)
+            .into_iter()
+            .collect(),
+        "only matching topics are assigned"
+    );
+}

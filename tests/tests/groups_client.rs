@@ -212,15 +212,31 @@ fn values_of(seen: &Seen) -> Vec<String> {
         .collect()
 }
 
-/// Every value of `want` read exactly once.
+/// Every value of `want` read exactly once (the failure names what was missed, read
+/// twice, or read without being wanted, not the whole sets).
 fn assert_exactly_once(read: &[String], want: &[String], what: &str) {
-    let unique: BTreeSet<&String> = read.iter().collect();
-    assert_eq!(
-        unique,
-        want.iter().collect(),
-        "{what}: records missed or foreign"
+    let mut counts: BTreeMap<&String, usize> = BTreeMap::new();
+    for v in read {
+        *counts.entry(v).or_default() += 1;
+    }
+    let missed: Vec<&String> = want.iter().filter(|v| !counts.contains_key(v)).collect();
+    let twice: Vec<&&String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(v, _)| v)
+        .collect();
+    let wanted: BTreeSet<&String> = want.iter().collect();
+    let foreign: Vec<&&String> = counts.keys().filter(|v| !wanted.contains(**v)).collect();
+    assert!(
+        missed.is_empty() && twice.is_empty() && foreign.is_empty(),
+        "{what}: {} missed {:?}, {} read twice {:?}, {} not expected {:?}",
+        missed.len(),
+        missed.iter().take(5).collect::<Vec<_>>(),
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>(),
+        foreign.len(),
+        foreign.iter().take(5).collect::<Vec<_>>(),
     );
-    assert_eq!(read.len(), want.len(), "{what}: a record was read twice");
 }
 
 /// `members` rill-client consumers split the partitions, read every record once between
@@ -371,36 +387,30 @@ async fn cooperative_sticky_join_revokes_only_the_partitions_that_move() {
     assert_exactly_once(&values_of(&seen), &want, "the cooperative group");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rill_client_member_and_a_librdkafka_member_share_a_range_group() {
-    let broker = RilldProcess::start_with(BROKER_ARGS);
-    let bootstrap = broker.bootstrap();
-    let topic = "mixed";
-    create_topic(&bootstrap, topic, PARTITIONS).await;
+/// A librdkafka group member polling on a thread of its own; dropping its consumer at
+/// stop commits (auto commit) and leaves the group.
+struct RdkafkaMember {
+    stop: Arc<AtomicBool>,
+    assigned: Arc<Mutex<Vec<i32>>>,
+    handle: std::thread::JoinHandle<()>,
+}
 
-    let ours_seen: Seen = Arc::default();
-    let ours = spawn_member(
-        group_config(&bootstrap, "mixed", AssignmentStrategy::Range, true),
-        Subscription::Topics(vec![topic.to_string()]),
-        ours_seen.clone(),
-    );
-    // The librdkafka member polls on a thread of its own.
-    let theirs_seen: Seen = Arc::default();
-    let theirs_assigned = Arc::new(Mutex::new(Vec::<i32>::new()));
+fn spawn_rdkafka_member(bootstrap: &str, group: &str, topic: &str, seen: Seen) -> RdkafkaMember {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "200")
+        .set("partition.assignment.strategy", "range")
+        .create()
+        .expect("librdkafka consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
     let stop = Arc::new(AtomicBool::new(false));
-    let theirs = {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "mixed")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "true")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "200")
-            .set("partition.assignment.strategy", "range")
-            .create()
-            .expect("librdkafka consumer");
-        consumer.subscribe(&[topic]).expect("subscribe");
-        let (seen, assigned, stop) = (theirs_seen.clone(), theirs_assigned.clone(), stop.clone());
+    let assigned = Arc::new(Mutex::new(Vec::<i32>::new()));
+    let handle = {
+        let (stop, assigned) = (stop.clone(), assigned.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Acquire) {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
@@ -415,13 +425,53 @@ async fn a_rill_client_member_and_a_librdkafka_member_share_a_range_group() {
                     .unwrap_or_default();
                 *assigned.lock().unwrap() = partitions;
             }
-            // Dropping closes the consumer: it leaves the group.
         })
     };
+    RdkafkaMember {
+        stop,
+        assigned,
+        handle,
+    }
+}
+
+/// One rill-client and one librdkafka member in a `range` group split the partitions 2/2
+/// and read every record once. The member that joins first stays the group's leader and
+/// runs the assignor, so `rill_leads` decides whose assignor and whose decoder of the
+/// other's subscription is exercised.
+async fn mixed_range_group(bootstrap: &str, rill_leads: bool) {
+    let topic = if rill_leads {
+        "mixed-rill-leads"
+    } else {
+        "mixed-rdkafka-leads"
+    };
+    create_topic(bootstrap, topic, PARTITIONS).await;
+    let config = group_config(bootstrap, topic, AssignmentStrategy::Range, true);
+    let subscription = Subscription::Topics(vec![topic.to_string()]);
+    let ours_seen: Seen = Arc::default();
+    let theirs_seen: Seen = Arc::default();
+    let (ours, theirs) = if rill_leads {
+        let ours = spawn_member(config, subscription, ours_seen.clone());
+        wait_until("the rill-client member to own every partition", || {
+            ours.assigned.load(Ordering::Acquire) == PARTITIONS as usize
+        })
+        .await;
+        (
+            ours,
+            spawn_rdkafka_member(bootstrap, topic, topic, theirs_seen.clone()),
+        )
+    } else {
+        let theirs = spawn_rdkafka_member(bootstrap, topic, topic, theirs_seen.clone());
+        wait_until("the librdkafka member to own every partition", || {
+            theirs.assigned.lock().unwrap().len() == PARTITIONS as usize
+        })
+        .await;
+        (
+            spawn_member(config, subscription, ours_seen.clone()),
+            theirs,
+        )
+    };
     let formed = wait_until("the two clients to split the partitions", || {
-        let theirs = theirs_assigned.lock().unwrap().len();
-        let ours = ours.assigned.load(Ordering::Acquire);
-        theirs == 2 && ours == 2
+        theirs.assigned.lock().unwrap().len() == 2 && ours.assigned.load(Ordering::Acquire) == 2
     })
     .await;
     let events = ours.listener.events();
@@ -432,8 +482,16 @@ async fn a_rill_client_member_and_a_librdkafka_member_share_a_range_group() {
         .map(|(_, p)| p.iter().map(|tp| tp.partition).collect())
         .unwrap_or_default();
     let theirs_partitions: BTreeSet<i32> =
-        theirs_assigned.lock().unwrap().iter().copied().collect();
-    println!("range split after {formed:?}: rill-client {ours_partitions:?}, librdkafka {theirs_partitions:?}");
+        theirs.assigned.lock().unwrap().iter().copied().collect();
+    println!(
+        "range split ({} leads) {formed:?} after the second member subscribed: rill-client \
+         {ours_partitions:?}, librdkafka {theirs_partitions:?}",
+        if rill_leads {
+            "rill-client"
+        } else {
+            "librdkafka"
+        }
+    );
     assert_eq!(ours_partitions.len(), 2, "{events:?}");
     assert!(ours_partitions.is_disjoint(&theirs_partitions));
     // Range gives each member a consecutive range.
@@ -446,38 +504,38 @@ async fn a_rill_client_member_and_a_librdkafka_member_share_a_range_group() {
         );
     }
 
-    let values = produce(&bootstrap, topic, "mixed", 100).await;
+    let values = produce(bootstrap, topic, topic, 100).await;
     wait_until("the two members to read every record", || {
         ours_seen.lock().unwrap().len() + theirs_seen.lock().unwrap().len() >= values.len()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Release);
-    theirs.join().expect("librdkafka member");
+    theirs.stop.store(true, Ordering::Release);
+    theirs.handle.join().expect("librdkafka member");
     ours.stop().await;
-    let by_member: BTreeMap<&str, BTreeSet<i32>> = [
-        (
-            "rill-client",
-            ours_seen.lock().unwrap().iter().map(|r| r.0).collect(),
-        ),
-        (
-            "librdkafka",
-            theirs_seen.lock().unwrap().iter().map(|r| r.0).collect(),
-        ),
-    ]
-    .into_iter()
-    .collect();
+    let partitions_read =
+        |seen: &Seen| -> BTreeSet<i32> { seen.lock().unwrap().iter().map(|r| r.0).collect() };
     assert_eq!(
-        by_member["rill-client"], ours_partitions,
-        "read only its own partitions"
+        partitions_read(&ours_seen),
+        ours_partitions,
+        "rill-client read only its own partitions"
     );
     assert_eq!(
-        by_member["librdkafka"], theirs_partitions,
-        "read only its own partitions"
+        partitions_read(&theirs_seen),
+        theirs_partitions,
+        "librdkafka read only its own partitions"
     );
     let mut read = values_of(&ours_seen);
     read.extend(values_of(&theirs_seen));
     assert_exactly_once(&read, &values, "the mixed group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rill_client_member_and_a_librdkafka_member_share_a_range_group() {
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let bootstrap = broker.bootstrap();
+    mixed_range_group(&bootstrap, true).await;
+    mixed_range_group(&bootstrap, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -576,3 +576,54 @@ async fn a_pattern_subscription_picks_up_a_matching_topic_created_later() {
         "only matching topics are assigned"
     );
 }
+
+/// `rill consume --group` reading `count` records; the process is killed if it runs
+/// longer than a minute (a hang fails the test instead of stalling it).
+async fn rill_consume_group(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut command = std::process::Command::new("timeout");
+    command
+        .arg("60")
+        .arg(rill_tests::rill_bin())
+        .args([
+            "--bootstrap-server",
+            bootstrap,
+            "consume",
+            topic,
+            "--group",
+            group,
+        ])
+        .args(["--count", &count.to_string()]);
+    let output = tokio::task::spawn_blocking(move || rill_tests::run_piped(command, None, "rill"))
+        .await
+        .expect("rill runner");
+    assert!(
+        output.status.success(),
+        "rill consume --group failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8 output")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rill_consume_group_resumes_after_what_it_printed() {
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let bootstrap = broker.bootstrap();
+    let topic = "cli-group";
+    create_topic(&bootstrap, topic, PARTITIONS).await;
+    let values = produce(&bootstrap, topic, "cli", 100).await;
+    // The first run stops after 60 records and commits exactly those; the second prints
+    // the other 40.
+    let mut read = rill_consume_group(&bootstrap, topic, "cli", 60).await;
+    assert_eq!(read.len(), 60);
+    read.extend(rill_consume_group(&bootstrap, topic, "cli", 40).await);
+    assert_exactly_once(&read, &values, "two runs of rill consume --group");
+}

@@ -168,15 +168,32 @@ impl Connection {
     where
         R::Response: Decode,
     {
-        let frame = self.exchange(request, version, true).await?;
-        let frame = frame.expect("a request that expects a response gets a frame");
+        self.request_at_with_timeout(request, version, self.request_timeout)
+            .await
+    }
+
+    /// Like [`Connection::request_at`] with a deadline of its own: JoinGroup waits on
+    /// the coordinator for the whole rebalance, longer than `request_timeout_ms`.
+    pub(crate) async fn request_at_with_timeout<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response>
+    where
+        R::Response: Decode,
+    {
+        let frame = self.exchange(request, version, true, timeout).await?;
+        let frame = frame.ok_or_else(|| Error::Protocol("no response frame".into()))?;
         wire::decode_response::<R>(frame, version)
     }
 
     /// Sends `request` at `version` without waiting for (or expecting) a response:
     /// Produce with `acks=0`. Returns once the frame is queued for writing.
     pub(crate) async fn send_only<R: Request>(&self, request: &R, version: i16) -> Result<()> {
-        self.exchange(request, version, false).await.map(|_| ())
+        self.exchange(request, version, false, self.request_timeout)
+            .await
+            .map(|_| ())
     }
 
     async fn exchange<R: Request>(
@@ -184,6 +201,7 @@ impl Connection {
         request: &R,
         version: i16,
         expect_response: bool,
+        timeout: Duration,
     ) -> Result<Option<Bytes>> {
         let api = wire::api_name(R::KEY);
         let work = async {
@@ -230,7 +248,7 @@ impl Connection {
                 },
             }
         };
-        match tokio::time::timeout(self.request_timeout, work).await {
+        match tokio::time::timeout(timeout, work).await {
             Ok(result) => result,
             Err(_) => {
                 // A broker that does not answer in time is treated as gone: later
@@ -239,7 +257,7 @@ impl Connection {
                 Err(Error::Timeout {
                     api,
                     addr: self.addr.clone(),
-                    timeout_ms: self.request_timeout.as_millis() as u64,
+                    timeout_ms: timeout.as_millis() as u64,
                 })
             }
         }
@@ -255,7 +273,9 @@ impl Connection {
             let request = ApiVersionsRequest::default()
                 .with_client_software_name(StrBytes::from_static_str("rill-client"))
                 .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
-            let frame = self.exchange(&request, version, true).await?;
+            let frame = self
+                .exchange(&request, version, true, self.request_timeout)
+                .await?;
             let frame = frame.expect("ApiVersions expects a response");
             let response: ApiVersionsResponse = wire::decode_api_versions_response(frame, version)?;
             if response.error_code == 35 {

@@ -2,9 +2,12 @@
 //! members split a topic's partitions, commit, close, and a new member resumes exactly
 //! after the committed offsets; with `cooperative-sticky` a joining member makes the
 //! others revoke only the partitions that move; a rill-client member and a librdkafka
-//! member share one `range` group; a pattern subscription picks up a topic created later.
+//! member share one `range` group; a pattern subscription picks up a topic created later;
+//! `rill consume --group` resumes after what it printed; in a 3-broker cluster a member
+//! whose coordinator is killed finds the new one and keeps consuming and committing.
 
 mod client_common;
+mod cluster_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -626,4 +629,129 @@ async fn rill_consume_group_resumes_after_what_it_printed() {
     assert_eq!(read.len(), 60);
     read.extend(rill_consume_group(&bootstrap, topic, "cli", 40).await);
     assert_exactly_once(&read, &values, "two runs of rill consume --group");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_finds_the_new_coordinator_after_the_old_one_is_killed() {
+    // One __consumer_offsets partition, so the group's coordinator is its leader.
+    let mut cluster = cluster_common::Cluster::start_with(&[
+        "--offsets-topic-partitions",
+        "1",
+        "--group-initial-rebalance-delay-ms",
+        "300",
+    ]);
+    cluster_common::wait_registered(&cluster, 3).await;
+    cluster_common::create_replicated_topic(&cluster).await;
+    let topic = cluster_common::TOPIC;
+    let partitions = cluster_common::PARTITIONS as usize;
+    let mut config = group_config(
+        &cluster.bootstrap(),
+        "failover",
+        AssignmentStrategy::Range,
+        true,
+    );
+    config.auto_commit_interval_ms = 200;
+    let seen: Seen = Arc::default();
+    let member = spawn_member(
+        config.clone(),
+        Subscription::Topics(vec![topic.to_string()]),
+        seen.clone(),
+    );
+    wait_until("the member to own every partition", || {
+        member.assigned.load(Ordering::Acquire) == partitions
+    })
+    .await;
+    let before = produce_to(&cluster.bootstrap(), topic, "before", 50).await;
+    wait_until("the member to read them", || {
+        seen.lock().unwrap().len() >= before.len()
+    })
+    .await;
+
+    let coordinator = cluster_common::wait_topic_leader(&cluster, "__consumer_offsets", 0).await;
+    let killed_at = Instant::now();
+    cluster.brokers[(coordinator - 1) as usize].kill();
+    let live = cluster.bootstrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let new_coordinator = loop {
+        let leader = cluster_common::partitions_of(&live, "__consumer_offsets")
+            .await
+            .and_then(|p| Some(p.first()?.leader));
+        match leader {
+            Some(l) if l >= 0 && l != coordinator => break l,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no new coordinator\n{}",
+                    cluster.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let after = produce_to(&live, topic, "after", 50).await;
+    let want: Vec<String> = before.iter().chain(&after).cloned().collect();
+    wait_until(
+        "the member to read the records produced after the kill",
+        || {
+            let read: BTreeSet<String> = values_of(&seen).into_iter().collect();
+            want.iter().all(|v| read.contains(v))
+        },
+    )
+    .await;
+    println!(
+        "coordinator {coordinator} killed; {new_coordinator} took over; the member read every \
+         record {:?} after the kill",
+        killed_at.elapsed()
+    );
+    // Closing commits the positions through the new coordinator.
+    let listener = member.stop().await;
+    // A consumer of the same group (not a member) reads the committed offsets back from
+    // the new coordinator: they must cover every record read.
+    let mut probe_config = config;
+    probe_config.client = rill_client::ClientConfig::new(&live);
+    let probe = Consumer::new(probe_config).expect("probe");
+    let tps: Vec<TopicPartition> = (0..partitions as i32)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    let committed = probe.committed(&tps).await.expect("committed offsets");
+    let read = seen.lock().unwrap().clone();
+    for tp in &tps {
+        let last_read = read
+            .iter()
+            .filter(|r| r.0 == tp.partition)
+            .map(|r| r.1)
+            .max()
+            .expect("records");
+        assert!(
+            committed.get(tp).is_some_and(|c| *c > last_read),
+            "{tp}: committed {:?}, last read {last_read}",
+            committed.get(tp)
+        );
+    }
+    let read_values = values_of(&seen);
+    let duplicates = read_values.len() - read_values.iter().collect::<BTreeSet<_>>().len();
+    println!(
+        "rebalance events: {:?}; records read twice: {duplicates}",
+        listener.events()
+    );
+}
+
+/// Sends `count` records `<prefix>-<i>` to `topic` (whatever its partition count),
+/// round-robin over `cluster_common::PARTITIONS`.
+async fn produce_to(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<String> {
+    let producer = Producer::new(ProducerConfig::new(bootstrap)).expect("producer");
+    let mut deliveries = Vec::new();
+    let mut values = Vec::new();
+    for i in 0..count {
+        let value = format!("{prefix}-{i}");
+        let record = ProducerRecord::new(topic, value.clone().into_bytes())
+            .with_partition(i as i32 % cluster_common::PARTITIONS);
+        deliveries.push(producer.send(record).await.expect("send"));
+        values.push(value);
+    }
+    for d in deliveries {
+        d.await.expect("delivered");
+    }
+    producer.close().await.expect("close producer");
+    values
 }

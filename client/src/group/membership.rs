@@ -38,6 +38,9 @@ const PROTOCOL_TYPE: &str = "consumer";
 const JOIN_STATIC_VERSION: i16 = 5;
 /// LeaveGroup names a batch of members from this version.
 const LEAVE_BATCHED_VERSION: i16 = 3;
+/// A JoinGroup may wait the whole rebalance timeout on the coordinator; its deadline is
+/// that plus this (Kafka's `JOIN_GROUP_TIMEOUT_LAPSE`).
+const JOIN_TIMEOUT_LAPSE_MS: u64 = 5_000;
 
 enum Command {
     Close(oneshot::Sender<Result<()>>),
@@ -265,8 +268,12 @@ impl Membership {
             if version >= JOIN_STATIC_VERSION {
                 request = request.with_group_instance_id(self.ctx.instance_id());
             }
+            let join_timeout = Duration::from_millis(
+                (config.rebalance_timeout_ms.max(0) as u64 + JOIN_TIMEOUT_LAPSE_MS)
+                    .max(self.ctx.cluster.config.request_timeout_ms),
+            );
             let response = conn
-                .request_at(&request, version)
+                .request_at_with_timeout(&request, version, join_timeout)
                 .await
                 .map_err(|e| self.classify(e))?;
             match ResponseError::try_from_code(response.error_code) {

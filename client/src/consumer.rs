@@ -327,6 +327,10 @@ impl Consumer {
 
     /// Commits the current positions (the offset after the last record returned, per
     /// assigned partition) and waits for the coordinator's answer. Needs `group_id`.
+    /// While the group rebalances the coordinator answers REBALANCE_IN_PROGRESS (or
+    /// ILLEGAL_GENERATION once this member's generation is gone); a commit sent while this
+    /// member's JoinGroup waits on the coordinator is answered after it (one connection
+    /// answers in order).
     pub async fn commit_sync(&self) -> Result<()> {
         let offsets = self.shared.delivered_positions();
         self.commit_offsets_sync(&offsets).await
@@ -369,17 +373,20 @@ impl Consumer {
     /// Leaves the group cleanly: with auto commit, commits the current positions; calls
     /// the listener's `on_revoked` with the whole assignment; sends LeaveGroup (not for a
     /// static member, which keeps its partitions until its session times out, as in
-    /// Kafka) so the others rebalance at once. An assign-mode consumer with auto commit
-    /// commits its positions.
+    /// Kafka) so the others rebalance at once. An assign-mode consumer with a `group_id`
+    /// and auto commit commits its positions. As in Kafka, a failed auto commit here is
+    /// logged, not returned (the group may be rebalancing): call
+    /// [`Consumer::commit_sync`] first to learn whether the positions were committed.
     pub async fn close(mut self) -> Result<()> {
         match self.membership.take() {
             Some(m) => m.close().await,
             None => {
                 if self.group.is_some() && self.shared.config.enable_auto_commit {
-                    self.commit_sync().await
-                } else {
-                    Ok(())
+                    if let Err(e) = self.commit_sync().await {
+                        tracing::warn!(error = %e, "auto commit at close failed");
+                    }
                 }
+                Ok(())
             }
         }
     }

@@ -5,6 +5,7 @@
 //! commit carries so the coordinator can refuse commits from a member that was fenced.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kafka_protocol::messages::offset_commit_request::{
@@ -47,6 +48,10 @@ pub(crate) struct GroupCtx {
     pub(crate) group_instance_id: Option<String>,
     pub(crate) session: Mutex<Session>,
     coordinator: Mutex<Option<Arc<Connection>>>,
+    /// FindCoordinator lookups so far: each goes to the next known broker, so one broker
+    /// that cannot answer (it does not know the coordinator's partition yet, or it is cut
+    /// off) does not hold the member back, as Kafka's clients ask their least loaded node.
+    lookups: AtomicUsize,
 }
 
 impl GroupCtx {
@@ -64,6 +69,7 @@ impl GroupCtx {
                 generation: -1,
             }),
             coordinator: Mutex::new(None),
+            lookups: AtomicUsize::new(0),
         }
     }
 
@@ -108,7 +114,16 @@ impl GroupCtx {
     }
 
     async fn find_coordinator(&self) -> Result<Arc<Connection>> {
-        let conn = self.cluster.any_connection().await?;
+        let lookup = self.lookups.fetch_add(1, Ordering::Relaxed);
+        let mut brokers: Vec<i32> = self.cluster.cached().brokers.keys().copied().collect();
+        brokers.sort_unstable();
+        let conn = match brokers.get(lookup % brokers.len().max(1)) {
+            Some(&node) => match self.cluster.broker_connection(node).await {
+                Ok(c) => c,
+                Err(_) => self.cluster.any_connection().await?,
+            },
+            None => self.cluster.any_connection().await?,
+        };
         let version = conn.version_of::<FindCoordinatorRequest>()?;
         let key = StrBytes::from_string(self.group_id.clone());
         let request = if version >= FIND_COORDINATOR_BATCHED_VERSION {

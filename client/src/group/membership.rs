@@ -41,6 +41,8 @@ const LEAVE_BATCHED_VERSION: i16 = 3;
 /// A JoinGroup may wait the whole rebalance timeout on the coordinator; its deadline is
 /// that plus this (Kafka's `JOIN_GROUP_TIMEOUT_LAPSE`).
 const JOIN_TIMEOUT_LAPSE_MS: u64 = 5_000;
+/// Longest a close waits for a join that was in flight to finish.
+const CLOSE_JOIN_WAIT_MS_MAX: u64 = 5_000;
 
 enum Command {
     Close(oneshot::Sender<Result<()>>),
@@ -110,6 +112,41 @@ enum Next {
     Fatal(Error),
 }
 
+/// How a member reacts to a failed group request (Kafka's consumer coordinator rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reaction {
+    /// The group is rebalancing: join again, keeping the member id and (cooperative)
+    /// the owned partitions.
+    Rejoin,
+    /// The coordinator no longer knows the member (session expired, removed): its
+    /// partitions are lost; join again as a new member.
+    ForgetMember,
+    /// The member's generation is gone: its partitions are lost; join again with the
+    /// same member id.
+    ForgetGeneration,
+    /// Transient (coordinator moved, loading or unreachable): back off and retry.
+    Retry,
+    /// Needs the application (fenced static member, authorization, bad configuration).
+    Fatal,
+}
+
+fn reaction(error: &Error) -> Reaction {
+    let Error::Broker { code, .. } = error else {
+        return if error.is_retriable() {
+            Reaction::Retry
+        } else {
+            Reaction::Fatal
+        };
+    };
+    match code {
+        ResponseError::RebalanceInProgress => Reaction::Rejoin,
+        ResponseError::UnknownMemberId => Reaction::ForgetMember,
+        ResponseError::IllegalGeneration => Reaction::ForgetGeneration,
+        c if c.is_retriable() => Reaction::Retry,
+        _ => Reaction::Fatal,
+    }
+}
+
 struct Membership {
     ctx: Arc<GroupCtx>,
     consumer: Arc<Shared>,
@@ -138,13 +175,31 @@ impl Membership {
         let mut next_metadata_check = Instant::now() + metadata_every;
         loop {
             if rejoin {
-                let joined = tokio::select! {
-                    r = self.join_and_sync() => r,
-                    cmd = commands.recv() => {
-                        self.close(cmd).await;
-                        return;
+                let (joined, close) = {
+                    let join = self.join_and_sync();
+                    tokio::pin!(join);
+                    tokio::select! {
+                        r = &mut join => (r, None),
+                        cmd = commands.recv() => {
+                            // A join in flight may already have moved the group to a new
+                            // generation: finish it (bounded) so the commit at close
+                            // carries the generation the coordinator expects.
+                            let wait = Duration::from_millis(CLOSE_JOIN_WAIT_MS_MAX)
+                                .min(Duration::from_millis(config.rebalance_timeout_ms.max(0) as u64));
+                            let r = tokio::time::timeout(wait, &mut join)
+                                .await
+                                .unwrap_or(Err(Next::Retry));
+                            (r, Some(cmd))
+                        }
                     }
                 };
+                if let Some(cmd) = close {
+                    if let Err(Next::Fatal(e)) = joined {
+                        tracing::debug!(group = %self.ctx.group_id, error = %e, "join at close failed");
+                    }
+                    self.close(cmd).await;
+                    return;
+                }
                 match joined {
                     Ok(again) => {
                         rejoin = again;
@@ -490,16 +545,13 @@ impl Membership {
     /// its partitions) when the coordinator no longer knows it.
     fn classify(&mut self, error: Error) -> Next {
         self.ctx.observe(&error);
-        let Error::Broker { code, .. } = &error else {
-            return if error.is_retriable() {
-                Next::Retry
-            } else {
-                Next::Fatal(error)
-            };
-        };
-        match code {
-            ResponseError::RebalanceInProgress => Next::Rejoin,
-            ResponseError::UnknownMemberId => {
+        let reaction = reaction(&error);
+        tracing::debug!(group = %self.ctx.group_id, error = %error, ?reaction, "group request failed");
+        match reaction {
+            Reaction::Rejoin => Next::Rejoin,
+            Reaction::Retry => Next::Retry,
+            Reaction::Fatal => Next::Fatal(error),
+            Reaction::ForgetMember => {
                 {
                     let mut s = lock(&self.ctx.session);
                     s.member_id.clear();
@@ -508,13 +560,11 @@ impl Membership {
                 self.lose_all();
                 Next::Rejoin
             }
-            ResponseError::IllegalGeneration => {
+            Reaction::ForgetGeneration => {
                 lock(&self.ctx.session).generation = -1;
                 self.lose_all();
                 Next::Rejoin
             }
-            c if c.is_retriable() => Next::Retry,
-            _ => Next::Fatal(error),
         }
     }
 
@@ -550,10 +600,14 @@ impl Membership {
 
     /// Close: commit (auto commit), revoke everything, leave (unless static).
     async fn close(&mut self, command: Option<Command>) {
-        let mut result = Ok(());
         let positions = self.consumer.delivered_positions();
         if self.consumer.config.enable_auto_commit && !self.owned.is_empty() {
-            result = self.ctx.commit(&positions).await;
+            // As in Kafka, a failed auto commit at close is logged, not returned (the
+            // group may be rebalancing without this member): `commit_sync` before
+            // `close` reports it.
+            if let Err(e) = self.ctx.commit(&positions).await {
+                tracing::warn!(group = %self.ctx.group_id, error = %e, "auto commit at close failed");
+            }
         }
         let all: Vec<TopicPartition> = std::mem::take(&mut self.owned).into_iter().collect();
         self.consumer.revoke_partitions(&all);
@@ -568,7 +622,7 @@ impl Membership {
             }
         }
         if let Some(Command::Close(reply)) = command {
-            let _ = reply.send(result);
+            let _ = reply.send(Ok(()));
         }
     }
 
@@ -599,5 +653,38 @@ impl Membership {
         s.member_id.clear();
         s.generation = -1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(code: ResponseError) -> Error {
+        Error::Broker {
+            code,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn group_errors_map_to_kafkas_reactions() {
+        let table = [
+            (ResponseError::RebalanceInProgress, Reaction::Rejoin),
+            (ResponseError::UnknownMemberId, Reaction::ForgetMember),
+            (ResponseError::IllegalGeneration, Reaction::ForgetGeneration),
+            (ResponseError::NotCoordinator, Reaction::Retry),
+            (ResponseError::CoordinatorNotAvailable, Reaction::Retry),
+            (ResponseError::CoordinatorLoadInProgress, Reaction::Retry),
+            (ResponseError::FencedInstanceId, Reaction::Fatal),
+            (ResponseError::InconsistentGroupProtocol, Reaction::Fatal),
+            (ResponseError::GroupAuthorizationFailed, Reaction::Fatal),
+        ];
+        for (code, want) in table {
+            assert_eq!(reaction(&broker(code)), want, "{code:?}");
+        }
+        let lost = Error::Disconnected { addr: "x:1".into() };
+        assert_eq!(reaction(&lost), Reaction::Retry);
+        assert_eq!(reaction(&Error::Protocol("bad".into())), Reaction::Fatal);
     }
 }

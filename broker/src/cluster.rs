@@ -49,8 +49,23 @@
 //! * **Leadership on purpose**: a leader balancer and controlled shutdown
 //!   ([`crate::balancer`]).
 //!
-//! Limits: assignments never change after creation (no reassignment), and deleted
-//! topics' ids are remembered only while the metadata log holds their deletion.
+//! * **A bounded metadata log.** After every `metadata_checkpoint_records` records the
+//!   controller appends a [`MetadataRecord::Checkpoint`]: the whole image, encoded as a
+//!   snapshot, appended under the controller's append lock and only when every record
+//!   before it is applied, so it is exactly the state after them. Applying it, each
+//!   broker deletes its metadata segments wholly below it and starts a new segment
+//!   (the log keeps about two checkpoint intervals). A replica whose log starts after
+//!   offset 0 — restarted on a trimmed log, or reset by the leader to its log start
+//!   because it fell behind (a wiped broker) — applies nothing before the first
+//!   checkpoint it reads and then replaces its image with it. A broker that had applied
+//!   the same records and holds a different image logs an error (the images diverged;
+//!   the checkpoint wins).
+//!
+//!   The image remembers the last 10,000 deleted topics' ids, so a broker that was
+//!   down across a deletion whose record has since been trimmed still removes that
+//!   topic's replica directories when it applies the checkpoint.
+//!
+//! Limits: assignments never change after creation (no reassignment).
 //!
 //! # Broker identity: duplicates, stale incarnations, rejoining
 //!
@@ -86,6 +101,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -125,6 +141,11 @@ const APPLY_WAIT: Duration = Duration::from_secs(30);
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Bytes the applier reads from the metadata log at a time.
 const READ_BYTES_MAX: usize = 1 << 20;
+/// Segment size of the metadata log. Each broker also starts a new segment at every
+/// checkpoint it applies, so the segments before the previous checkpoint can go.
+const METADATA_SEGMENT_BYTES: u64 = 1 << 20;
+/// How often the controller looks whether a checkpoint is due.
+const CHECKPOINT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The replication factor of a topic created with -1, when that many brokers are
 /// registered (Kafka's `default.replication.factor` is 1; 3 is what every production
 /// cluster sets, and a replicated log should replicate by default).
@@ -188,6 +209,11 @@ pub struct Cluster {
     deleted: Mutex<HashSet<Uuid>>,
     /// Peers silent for [`LEADER_SILENCE`], and when that was computed.
     silent: Mutex<(Option<Instant>, HashSet<i32>)>,
+    /// Held by the controller around each append to the metadata log, so a checkpoint
+    /// is appended right after the records its image covers, with nothing between.
+    append_lock: tokio::sync::Mutex<()>,
+    /// Metadata records applied since the last checkpoint (or this start).
+    records_since_checkpoint: AtomicU64,
 }
 
 impl Cluster {
@@ -201,7 +227,14 @@ impl Cluster {
         let config = manager.config().clone();
         let voters = config.controller_voters.clone();
         let dir = config.data_dir.join(METADATA_DIR);
-        let log = PartitionLog::open(&dir, LogConfig::default())
+        // No time or size retention: only checkpoints trim the metadata log.
+        let log_config = LogConfig {
+            segment_bytes: METADATA_SEGMENT_BYTES,
+            retention_ms: None,
+            retention_bytes: None,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(&dir, log_config)
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
         let voter_ids: Vec<i32> = voters.iter().map(|(id, _)| *id).collect();
         let metadata = Partition::open(
@@ -227,6 +260,8 @@ impl Cluster {
             leadership,
             deleted: Mutex::new(HashSet::new()),
             silent: Mutex::new((None, HashSet::new())),
+            append_lock: tokio::sync::Mutex::new(()),
+            records_since_checkpoint: AtomicU64::new(0),
         });
         let applier = Arc::clone(&cluster);
         let runtime = tokio::runtime::Handle::current();
@@ -235,6 +270,7 @@ impl Cluster {
             .spawn(move || applier.apply_loop(&runtime))
             .map_err(|e| BrokerError::Storage(format!("cannot start the metadata applier: {e}")))?;
         tokio::spawn(Arc::clone(&cluster).register_loop());
+        tokio::spawn(Arc::clone(&cluster).checkpoint_loop());
         tokio::spawn(Arc::clone(&cluster).report_loop());
         if config.leader_balance_interval_ms > 0 {
             tokio::spawn(crate::balancer::balance_loop(
@@ -737,13 +773,16 @@ impl Cluster {
             .encode()
             .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
         let batch = metadata_batch(&value);
-        let appended = self.metadata.append(
-            &batch,
-            BatchCounts {
-                batches: 1,
-                offsets: 1,
-            },
-        )?;
+        let appended = {
+            let _appending = self.append_lock.lock().await;
+            self.metadata.append(
+                &batch,
+                BatchCounts {
+                    batches: 1,
+                    offsets: 1,
+                },
+            )?
+        };
         self.metadata.wait_acknowledgeable(&appended).await?;
         let end = (appended.last_offset + 1) as u64;
         let mut applied = self.applied_end.subscribe();
@@ -752,6 +791,72 @@ impl Cluster {
             .map_err(|_| BrokerError::RequestTimedOut)?
             .map_err(|_| BrokerError::RequestTimedOut)?;
         Ok(())
+    }
+
+    /// The controller's loop: once `metadata_checkpoint_records` records were applied
+    /// since the last checkpoint, appends a [`MetadataRecord::Checkpoint`] of the image.
+    /// Under the append lock, and only when everything in the metadata log is applied,
+    /// so the checkpoint lands right after the records its image covers.
+    async fn checkpoint_loop(self: Arc<Self>) {
+        let due = self.manager.config().metadata_checkpoint_records;
+        let mut tick = tokio::time::interval(CHECKPOINT_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.metadata.is_closed() {
+                return;
+            }
+            if !self.is_controller() || self.records_since_checkpoint.load(Ordering::Relaxed) < due
+            {
+                continue;
+            }
+            match self.append_checkpoint().await {
+                Ok(true) => tracing::debug!("metadata checkpoint written"),
+                Ok(false) => {} // records in flight: next time
+                Err(e) => tracing::warn!(error = %e, "metadata checkpoint failed"),
+            }
+        }
+    }
+
+    /// Appends a checkpoint of the image if every record of the metadata log is applied
+    /// (else returns false) and waits for it to be applied.
+    async fn append_checkpoint(&self) -> Result<bool, BrokerError> {
+        let appended = {
+            let _appending = self.append_lock.lock().await;
+            let log_end = self.metadata.log_end_offset();
+            if log_end < 0 || *self.applied_end.borrow() != log_end as u64 {
+                return Ok(false);
+            }
+            let snapshot = {
+                let image = self.image.read().expect("image lock");
+                crate::controller::encode_snapshot(&image)
+                    .map_err(|e| BrokerError::Storage(format!("metadata snapshot: {e}")))?
+            };
+            let value = match (MetadataRecord::Checkpoint { snapshot }).encode() {
+                Ok(value) => value,
+                Err(e) => {
+                    // An image past the checkpoint limit keeps its whole log.
+                    tracing::warn!(error = %e, "metadata image too large to checkpoint");
+                    self.records_since_checkpoint.store(0, Ordering::Relaxed);
+                    return Ok(false);
+                }
+            };
+            self.metadata.append(
+                &metadata_batch(&value),
+                BatchCounts {
+                    batches: 1,
+                    offsets: 1,
+                },
+            )?
+        };
+        self.metadata.wait_acknowledgeable(&appended).await?;
+        let end = (appended.last_offset + 1) as u64;
+        let mut applied = self.applied_end.subscribe();
+        tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= end))
+            .await
+            .map_err(|_| BrokerError::RequestTimedOut)?
+            .map_err(|_| BrokerError::RequestTimedOut)?;
+        Ok(true)
     }
 
     /// The controller's loop: registers itself and every peer whose handshake it has
@@ -818,11 +923,15 @@ impl Cluster {
     /// the local replicas match the image.
     fn apply_loop(self: Arc<Self>, runtime: &tokio::runtime::Handle) {
         let mut status = self.metadata.watch_status();
-        let mut next_offset: i64 = 0;
+        // A log trimmed below a checkpoint starts with records whose predecessors are
+        // gone: the image is built from the first checkpoint on, and nothing before it
+        // is applied (a partial image must not open or remove replicas).
+        let mut next_offset: i64 = self.metadata.log_start_offset();
+        let mut complete = next_offset == 0;
         loop {
             let commit = status.borrow_and_update().commit_offset;
             if commit > next_offset {
-                match self.apply_committed(next_offset, commit) {
+                match self.apply_committed(next_offset, commit, &mut complete) {
                     Ok(end) => {
                         next_offset = end;
                         self.applied_end.send_replace(end as u64);
@@ -840,16 +949,34 @@ impl Cluster {
         }
     }
 
-    /// Applies the records of `[from, to)`; returns the end reached.
-    fn apply_committed(&self, from: i64, to: i64) -> Result<i64, BrokerError> {
+    /// Applies the records of `[from, to)`; returns the end reached. While the image is
+    /// not `complete` (the log was trimmed and no checkpoint applied yet), only a
+    /// checkpoint is applied.
+    fn apply_committed(&self, from: i64, to: i64, complete: &mut bool) -> Result<i64, BrokerError> {
         let mut offset = from;
         while offset < to {
-            let read = self.metadata.read(offset, READ_BYTES_MAX)?;
+            let read = match self.metadata.read(offset, READ_BYTES_MAX) {
+                Ok(read) => read,
+                Err(e) => {
+                    // The leader reset this replica's log to a later start (it fell
+                    // behind a trimmed log): the image is rebuilt from the checkpoint
+                    // that starts the new log.
+                    let start = self.metadata.log_start_offset();
+                    if start > offset {
+                        tracing::info!(from = offset, log_start_offset = start, "metadata log starts later than the applier: waiting for its checkpoint");
+                        offset = start;
+                        *complete = false;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
             if read.records.is_empty() {
                 break;
             }
             let mut changed = false;
             let mut deletions = false;
+            let mut checkpoint_at = None;
             for view in rill_record::batches(&read.records) {
                 let view = view.map_err(|e| BrokerError::Storage(e.to_string()))?;
                 let next = view.next_offset();
@@ -864,55 +991,101 @@ impl Cluster {
                         let record = record.map_err(|e| BrokerError::Storage(e.to_string()))?;
                         let Some(value) = record.value else { continue };
                         let value = read.records.slice_ref(value);
-                        match MetadataRecord::decode(value) {
-                            Ok(decoded) => {
-                                let mut image = self.image.write().expect("image lock");
-                                match image.apply(record.offset as u64, &decoded) {
-                                    Ok(_) => {
-                                        match &decoded {
-                                            MetadataRecord::DeleteTopic { topic_id } => {
-                                                self.deleted
-                                                    .lock()
-                                                    .expect("deleted lock")
-                                                    .insert(*topic_id);
-                                                deletions = true;
-                                            }
-                                            MetadataRecord::RegisterBroker {
-                                                broker_id,
-                                                incarnation_id,
-                                                ..
-                                            } => {
-                                                // In log order on every broker: fences the
-                                                // incarnation it replaces.
-                                                self.transport
-                                                    .set_registered(*broker_id, *incarnation_id);
-                                            }
-                                            _ => {}
-                                        }
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(offset = record.offset, error = %e, "metadata record skipped");
-                                    }
-                                }
-                                changed = true;
-                            }
+                        let decoded = match MetadataRecord::decode(value) {
+                            Ok(decoded) => decoded,
                             Err(e) => {
                                 tracing::error!(offset = record.offset, error = %e, "undecodable metadata record skipped");
+                                continue;
+                            }
+                        };
+                        let record_offset = record.offset as u64;
+                        if let MetadataRecord::Checkpoint { snapshot } = &decoded {
+                            if self.apply_checkpoint(record_offset, snapshot, *complete) {
+                                *complete = true;
+                                checkpoint_at = Some(record_offset);
+                                changed = true;
+                                deletions = true;
+                            }
+                            continue;
+                        }
+                        if !*complete {
+                            continue;
+                        }
+                        self.records_since_checkpoint
+                            .fetch_add(1, Ordering::Relaxed);
+                        let mut image = self.image.write().expect("image lock");
+                        match image.apply(record_offset, &decoded) {
+                            Ok(_) => match &decoded {
+                                MetadataRecord::DeleteTopic { topic_id } => {
+                                    self.deleted.lock().expect("deleted lock").insert(*topic_id);
+                                    deletions = true;
+                                }
+                                MetadataRecord::RegisterBroker {
+                                    broker_id,
+                                    incarnation_id,
+                                    ..
+                                } => {
+                                    // In log order on every broker: fences the
+                                    // incarnation it replaces.
+                                    self.transport.set_registered(*broker_id, *incarnation_id);
+                                }
+                                _ => {}
+                            },
+                            Err(e) => {
+                                tracing::warn!(offset = record.offset, error = %e, "metadata record skipped");
                             }
                         }
+                        changed = true;
                     }
                 }
                 offset = next;
             }
-            if changed {
+            if changed && *complete {
                 self.reconcile();
             }
             if deletions {
                 let deleted = self.deleted.lock().expect("deleted lock").clone();
                 self.manager.remove_stale_replicas(&deleted);
             }
+            if let Some(at) = checkpoint_at {
+                // Best effort: a trim skipped now (the persist loop held the group)
+                // happens at the next checkpoint.
+                self.metadata.trim_log_at_checkpoint(at);
+            }
         }
         Ok(offset)
+    }
+
+    /// Applies a checkpoint record at `offset`; false if its snapshot was refused. A
+    /// `complete` image that covered the same records and differed is reported: the
+    /// brokers' images diverged (the checkpoint, from the log, wins). After a
+    /// checkpoint, every broker registration it holds is in force, as if its records
+    /// had been applied here.
+    fn apply_checkpoint(&self, offset: u64, snapshot: &Bytes, complete: bool) -> bool {
+        let mut image = self.image.write().expect("image lock");
+        match image.apply_checkpoint(offset, snapshot) {
+            Ok(applied) => {
+                if applied.diverged && complete {
+                    tracing::error!(offset, "this broker's metadata image differed from the controller's checkpoint: replaced by it");
+                }
+                for broker in image.brokers() {
+                    self.transport
+                        .set_registered(broker.broker_id, broker.incarnation_id);
+                }
+                // Deletions the trimmed log may no longer hold: their replica
+                // directories are removed like those of deletions applied here.
+                self.deleted
+                    .lock()
+                    .expect("deleted lock")
+                    .extend(image.recent_deleted_topics().copied());
+                self.records_since_checkpoint.store(0, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::error!(offset, error = %e, "metadata checkpoint refused");
+                false
+            }
+        }
     }
 
     /// Opens the replicas the image assigns to this broker (and an entry for every

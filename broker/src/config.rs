@@ -169,6 +169,12 @@ pub struct Config {
     /// which placement spreads evenly) when that replica is live and caught up; 0
     /// turns the balancer off. Default 30000. Range 0..=86400000.
     pub leader_balance_interval_ms: u64,
+    /// `metadata_checkpoint_records`: in a cluster, the controller writes a checkpoint
+    /// of the whole metadata image into the metadata log after this many records, and
+    /// every broker then deletes the metadata log's segments below it (a broker that
+    /// falls behind the trimmed log catches up from the checkpoint). Default 1000.
+    /// Range 1..=1000000.
+    pub metadata_checkpoint_records: u64,
     /// `debug_flush_delay_ms`: FOR TESTS ONLY. Sleep this long before every partition
     /// flush, to make the order "flush, then acknowledge" observable. Default 0.
     pub debug_flush_delay_ms: u64,
@@ -250,6 +256,7 @@ impl Default for Config {
             offsets_retention_minutes: 10_080,
             shutdown_timeout_ms: 10_000,
             leader_balance_interval_ms: 30_000,
+            metadata_checkpoint_records: 1_000,
             debug_flush_delay_ms: 0,
             log_dir_free_bytes_min: 1024 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
@@ -320,6 +327,7 @@ struct FileConfig {
     offsets_retention_minutes: Option<i64>,
     shutdown_timeout_ms: Option<i64>,
     leader_balance_interval_ms: Option<i64>,
+    metadata_checkpoint_records: Option<i64>,
     debug_flush_delay_ms: Option<i64>,
     log_dir_free_bytes_min: Option<i64>,
     log_retention_ms: Option<i64>,
@@ -430,6 +438,10 @@ pub struct Cli {
     /// [default: 30000].
     #[arg(long)]
     pub leader_balance_interval_ms: Option<i64>,
+    /// Metadata records between checkpoints of the metadata image, below which the
+    /// metadata log is deleted [default: 1000].
+    #[arg(long)]
+    pub metadata_checkpoint_records: Option<i64>,
     /// TESTS ONLY: delay before every flush [default: 0].
     #[arg(long)]
     pub debug_flush_delay_ms: Option<i64>,
@@ -706,6 +718,10 @@ impl Config {
         if let Some(v) = pick!(leader_balance_interval_ms) {
             config.leader_balance_interval_ms =
                 in_range("leader_balance_interval_ms", v, 0, 86_400_000)? as u64;
+        }
+        if let Some(v) = pick!(metadata_checkpoint_records) {
+            config.metadata_checkpoint_records =
+                in_range("metadata_checkpoint_records", v, 1, 1_000_000)? as u64;
         }
         if let Some(v) = pick!(debug_flush_delay_ms) {
             config.debug_flush_delay_ms = in_range("debug_flush_delay_ms", v, 0, 60_000)? as u64;

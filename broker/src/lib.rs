@@ -27,7 +27,8 @@
 //!   [`replica::engine::Engine::connect`] plugs the groups into it.
 //! * [`controller`] — the cluster metadata model, sans-I/O: metadata log records, the
 //!   image every broker applies them to (brokers, topics, replica assignments), replica
-//!   placement and image snapshots (not yet driven by a metadata Raft group).
+//!   placement and image snapshots (which [`cluster`] writes into the metadata log as
+//!   checkpoints).
 //! * [`cluster`] — in a cluster: this broker's metadata replica, the applier that
 //!   turns the committed metadata log into local replicas, and the controller's
 //!   proposals (CreateTopics) when it leads the metadata group.

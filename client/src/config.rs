@@ -182,6 +182,16 @@ pub struct ProducerConfig {
     /// Ask the broker to auto-create unknown topics when looking them up (if the broker
     /// allows it). Default: true, like Kafka's producer.
     pub allow_auto_topic_creation: bool,
+    /// Batches of one partition sent and not yet answered (Kafka's
+    /// `max.in.flight.requests.per.connection`, per partition). They go out on one
+    /// connection in order and the broker appends them in that order; more than one
+    /// hides the replication round trip of `acks=all` (throughput grows with it until
+    /// the brokers are busy). The cost, as in Kafka without idempotence: when a batch
+    /// fails retriably while a later one of its partition succeeds, the retried batch
+    /// lands after it. A retry waits until nothing earlier is in flight and goes out
+    /// first, so only batches already in flight can overtake it. Default: 1 (strict
+    /// order).
+    pub in_flight_batches_per_partition_max: usize,
 }
 
 impl Default for ProducerConfig {
@@ -197,6 +207,7 @@ impl Default for ProducerConfig {
             delivery_timeout_ms: 120_000,
             metadata_wait_ms_max: 30_000,
             allow_auto_topic_creation: true,
+            in_flight_batches_per_partition_max: 1,
         }
     }
 }
@@ -225,6 +236,11 @@ impl ProducerConfig {
         }
         if self.retries_max == 0 {
             return Err(Error::Config("retries_max must be at least 1".into()));
+        }
+        if self.in_flight_batches_per_partition_max == 0 {
+            return Err(Error::Config(
+                "in_flight_batches_per_partition_max must be at least 1".into(),
+            ));
         }
         Ok(())
     }

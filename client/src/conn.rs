@@ -31,6 +31,16 @@ use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::wire;
 
+/// A request queued on a connection ([`Connection::send`]) whose response is to come.
+pub(crate) struct Sent {
+    reply: oneshot::Receiver<Result<Bytes>>,
+    version: i16,
+    deadline: tokio::time::Instant,
+    /// The time the request was given (for the timeout error).
+    timeout: Duration,
+    api: &'static str,
+}
+
 /// A request waiting for its response.
 struct Pending {
     correlation_id: i32,
@@ -203,6 +213,47 @@ impl Connection {
         expect_response: bool,
         timeout: Duration,
     ) -> Result<Option<Bytes>> {
+        match self
+            .enqueue(request, version, expect_response, timeout)
+            .await?
+        {
+            None => Ok(None),
+            Some(sent) => self.wait(sent).await.map(Some),
+        }
+    }
+
+    /// Queues `request` at `version` for writing and returns its response, to be awaited
+    /// with [`Connection::response`]. Requests are written in the order their `send`s
+    /// return, so a caller that needs two requests in order (a partition's pipelined
+    /// Produce batches) sends the second after the first's `send` returned.
+    pub(crate) async fn send<R: Request>(&self, request: &R, version: i16) -> Result<Sent> {
+        let sent = self
+            .enqueue(request, version, true, self.request_timeout)
+            .await?;
+        Ok(sent.expect("a request that expects a response is sent with a reply channel"))
+    }
+
+    /// Awaits the response of a request queued by [`Connection::send`], within what is
+    /// left of its `request_timeout_ms`, and decodes it.
+    pub(crate) async fn response<R: Request>(&self, sent: Sent) -> Result<R::Response>
+    where
+        R::Response: Decode,
+    {
+        let version = sent.version;
+        let frame = self.wait(sent).await?;
+        wire::decode_response::<R>(frame, version)
+    }
+
+    /// Takes an in-flight slot, encodes and queues `request` for the writer; the whole
+    /// exchange (queueing and response) gets `timeout`.
+    async fn enqueue<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        expect_response: bool,
+        timeout: Duration,
+    ) -> Result<Option<Sent>> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let api = wire::api_name(R::KEY);
         let work = async {
             if self.is_broken() {
@@ -218,7 +269,7 @@ impl Connection {
                 .map_err(|_| Error::Closed)?;
             let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
             let frame = wire::encode_request(request, version, correlation_id, &self.client_id)?;
-            let (pending, reply_rx) = if expect_response {
+            let (pending, sent) = if expect_response {
                 let (reply, reply_rx) = oneshot::channel();
                 (
                     Some(Pending {
@@ -226,7 +277,13 @@ impl Connection {
                         reply,
                         _permit: permit,
                     }),
-                    Some(reply_rx),
+                    Some(Sent {
+                        reply: reply_rx,
+                        version,
+                        deadline,
+                        timeout,
+                        api,
+                    }),
                 )
             } else {
                 drop(permit);
@@ -238,28 +295,33 @@ impl Connection {
                 .map_err(|_| Error::Disconnected {
                     addr: self.addr.clone(),
                 })?;
-            match reply_rx {
-                None => Ok(None),
-                Some(rx) => match rx.await {
-                    Ok(result) => result.map(Some),
-                    Err(_) => Err(Error::Disconnected {
-                        addr: self.addr.clone(),
-                    }),
-                },
-            }
+            Ok(sent)
         };
-        match tokio::time::timeout(timeout, work).await {
+        match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
-            Err(_) => {
-                // A broker that does not answer in time is treated as gone: later
-                // responses on this connection could only be stale.
-                self.broken.store(true, Ordering::Release);
-                Err(Error::Timeout {
-                    api,
-                    addr: self.addr.clone(),
-                    timeout_ms: timeout.as_millis() as u64,
-                })
-            }
+            Err(_) => Err(self.timed_out(api, timeout)),
+        }
+    }
+
+    /// The response frame of a queued request, before its deadline.
+    async fn wait(&self, sent: Sent) -> Result<Bytes> {
+        match tokio::time::timeout_at(sent.deadline, sent.reply).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Disconnected {
+                addr: self.addr.clone(),
+            }),
+            Err(_) => Err(self.timed_out(sent.api, sent.timeout)),
+        }
+    }
+
+    /// A request ran out of time: the connection counts as broken, since later responses
+    /// on it could only be stale.
+    fn timed_out(&self, api: &'static str, timeout: Duration) -> Error {
+        self.broken.store(true, Ordering::Release);
+        Error::Timeout {
+            api,
+            addr: self.addr.clone(),
+            timeout_ms: timeout.as_millis() as u64,
         }
     }
 

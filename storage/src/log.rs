@@ -1281,6 +1281,40 @@ impl PartitionLog {
                 ..RetentionOutcome::default()
             });
         }
+        self.delete_oldest_segments(delete, bytes_deleted)
+    }
+
+    /// Deletes the closed segments that lie wholly below `offset` (never the active
+    /// segment) and advances the log start to the first one kept: what a log whose
+    /// prefix below `offset` is no longer needed (a metadata log below a checkpoint)
+    /// does. Offsets in the segment holding `offset` stay, so the log start ends at or
+    /// below `offset`.
+    pub fn delete_segments_below(&mut self, offset: u64) -> Result<RetentionOutcome> {
+        let mut delete = 0;
+        let mut bytes_deleted = 0u64;
+        for seg in &self.segments[..self.segments.len() - 1] {
+            if seg.next_offset > offset {
+                break;
+            }
+            bytes_deleted += seg.size_bytes as u64;
+            delete += 1;
+        }
+        if delete == 0 {
+            return Ok(RetentionOutcome {
+                log_start_offset: self.log_start_offset,
+                ..RetentionOutcome::default()
+            });
+        }
+        self.delete_oldest_segments(delete, bytes_deleted)
+    }
+
+    /// Deletes the `delete` oldest segments (closed ones; `bytes_deleted` is their size)
+    /// and advances the log start to the next segment's base offset.
+    fn delete_oldest_segments(
+        &mut self,
+        delete: usize,
+        bytes_deleted: u64,
+    ) -> Result<RetentionOutcome> {
         let new_start = self.segments[delete].base_offset;
         // Record the new start before deleting, so a crash in between recovers to it.
         atomic_file::write_u64(&self.dir, LOG_START_FILE, LOG_START_KEY, new_start)?;

@@ -204,6 +204,36 @@ fn retention_deletes_old_segments_and_reset_restarts_the_log() {
 }
 
 #[test]
+fn segments_wholly_below_an_offset_are_deleted_and_the_start_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(4096);
+    let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    for i in 0..60 {
+        log.append_as_leader(&batch_bytes(0, -1, 2, 100, i), 1)
+            .unwrap();
+    }
+    // Offset 0 lies in the first segment: nothing is wholly below it.
+    assert_eq!(log.delete_segments_below(0).unwrap().segments_deleted, 0);
+    let before = log.segment_count();
+    let out = log.delete_segments_below(70).unwrap();
+    assert!(out.segments_deleted > 0 && log.segment_count() < before);
+    let start = log.log_start_offset();
+    assert_eq!(start, out.log_start_offset);
+    assert!(
+        start > 0 && start <= 70,
+        "start {start}: the segment holding 70 stays"
+    );
+    // Never the active segment, however far the offset.
+    log.delete_segments_below(u64::MAX).unwrap();
+    assert_eq!(log.segment_count(), 1);
+    let start = log.log_start_offset();
+    drop(log);
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    assert_eq!(log.log_start_offset(), start);
+    assert_eq!(log.log_end_offset(), 120);
+}
+
+#[test]
 fn time_retention_and_age_roll() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = small_config(64 * 1024);

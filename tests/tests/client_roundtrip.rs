@@ -34,16 +34,28 @@ fn value(n: usize) -> String {
 /// field, the partition of every key, and that offsets per partition are exactly
 /// 0..count with acknowledged offsets matching what is read.
 async fn round_trip(compression: Compression, acks: Acks) {
+    round_trip_with(compression, acks, 1, 256 * 1024).await
+}
+
+/// [`round_trip`] with `in_flight` batches per partition of at most `batch_bytes_max`;
+/// also checks that each partition holds its records in the order they were sent.
+async fn round_trip_with(
+    compression: Compression,
+    acks: Acks,
+    in_flight: usize,
+    batch_bytes_max: usize,
+) {
     let broker = RilldProcess::start();
     let bootstrap = broker.bootstrap();
-    let topic = format!("rt-{compression:?}-{acks:?}").to_lowercase();
+    let topic = format!("rt-{compression:?}-{acks:?}-{in_flight}").to_lowercase();
     create_topic(&bootstrap, &topic, PARTITIONS).await;
 
     let mut config = ProducerConfig::new(&bootstrap);
     config.acks = acks;
     config.compression = compression;
     config.linger_ms = 5;
-    config.batch_bytes_max = 256 * 1024;
+    config.batch_bytes_max = batch_bytes_max;
+    config.in_flight_batches_per_partition_max = in_flight;
     let producer = Producer::new(config).expect("producer");
     let mut deliveries = Vec::with_capacity(RECORDS);
     for n in 0..RECORDS {
@@ -81,6 +93,7 @@ async fn round_trip(compression: Compression, acks: Acks) {
     let records = consume_all(&bootstrap, &topic, Duration::from_secs(120)).await;
     assert_eq!(records.len(), RECORDS, "broker log:\n{}", broker.log());
     let mut next_offset: HashMap<i32, i64> = HashMap::new();
+    let mut last_seq: HashMap<i32, usize> = HashMap::new();
     let mut seen = vec![false; RECORDS];
     for r in &records {
         // Offset 0 of each partition is its LEADER_CHANGE control batch.
@@ -96,6 +109,13 @@ async fn round_trip(compression: Compression, acks: Acks) {
             .parse()
             .unwrap();
         assert_eq!(r.headers[0].key, "seq");
+        if let Some(previous) = last_seq.insert(r.partition, seq) {
+            assert!(
+                previous < seq,
+                "partition {}: record {seq} stored after record {previous}",
+                r.partition
+            );
+        }
         assert_eq!(r.headers[1].key, "codec");
         assert_eq!(
             r.headers[1].value.as_deref(),
@@ -157,6 +177,13 @@ async fn round_trip_100k_keyed_records_uncompressed_acks_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_100k_keyed_records_uncompressed_acks_none() {
     round_trip(Compression::None, Acks::None).await;
+}
+
+/// Five batches of 16 KiB per partition in flight (many more batches than the other
+/// runs): pipelined requests land in send order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_100k_keyed_records_pipelined_acks_all() {
+    round_trip_with(Compression::None, Acks::All, 5, 16 * 1024).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

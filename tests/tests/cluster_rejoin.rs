@@ -4,7 +4,9 @@
 //! with a running broker's node id is refused (DUPLICATE_BROKER_REGISTRATION) and exits;
 //! a stopped broker replaced by a newer process with its id is fenced when it resumes
 //! (its handshakes refused, its Raft messages never delivered) and exits naming the
-//! conflict. Every test checks the history (no acknowledged record lost, no offset
+//! conflict; a broker wiped while the metadata log was trimmed below a checkpoint
+//! rebuilds the cluster metadata from that checkpoint, and a broker restarted on its
+//! trimmed metadata log replays it. Every test checks the history (no acknowledged record lost, no offset
 //! holding two records) and that the replicas' log files end byte-identical.
 
 mod cluster_common;
@@ -190,6 +192,188 @@ async fn a_follower_restarted_on_an_empty_data_directory_catches_up() {
     }
 
     read_back(&cluster, &mut history).await;
+    check_and_stop(&mut cluster, &history, "").await;
+}
+
+/// The smallest base offset of the metadata log's segment files on `broker`: above 0
+/// once a checkpoint let the broker delete the log's first segments.
+fn metadata_log_start(broker: &RilldProcess) -> u64 {
+    let dir = broker.data_dir().join("meta/cluster-metadata-0");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse::<u64>().ok()
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// Creates and deletes topics through `admin` until the metadata logs of the brokers at
+/// `indexes` (into `cluster.brokers`) have lost their first segment.
+async fn churn_until_trimmed(cluster: &Cluster, admin: &Admin, indexes: &[usize], prefix: &str) {
+    let trimmed = |i: &usize| metadata_log_start(&cluster.brokers[*i]) > 0;
+    let starts = |c: &Cluster| -> Vec<u64> {
+        indexes
+            .iter()
+            .map(|i| metadata_log_start(&c.brokers[*i]))
+            .collect()
+    };
+    let before = starts(cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut churned = 0;
+    // Past where each log started before: a second trim when the first one happened.
+    while !indexes.iter().all(trimmed)
+        || starts(cluster)
+            .iter()
+            .zip(&before)
+            .any(|(now, was)| now == was)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the metadata log was never trimmed ({churned} topics churned)\n{}",
+            cluster.logs()
+        );
+        let name = format!("{prefix}-{churned}");
+        churned += 1;
+        admin
+            .create_topics(&[NewTopic {
+                replication_factor: 2,
+                ..NewTopic::new(name.as_str(), 1)
+            }])
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", cluster.logs()));
+        admin
+            .delete_topics(&[name.as_str()])
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}\n{}", cluster.logs()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "metadata log starts {:?} after {churned} topics created and deleted",
+        starts(cluster)
+    );
+}
+
+/// With a checkpoint of the metadata image every 5 records: broker 2 is SIGKILLed while
+/// a topic it hosts is deleted and the metadata log trimmed past that deletion;
+/// restarted, reset to the leader's later log start, it removes its replica of that
+/// topic once it applies the checkpoint there. Then broker 3 is SIGKILLed and
+/// its data directory wiped, and topics are created and deleted until brokers 1 and 2
+/// have deleted the start of their metadata log (the record that created TOPIC is gone
+/// from every log). Restarted, broker 3 is reset to the leader's log start, rebuilds the
+/// metadata from the checkpoint there, opens its replicas of TOPIC and of a topic
+/// created after the kill, and they converge. Broker 1, restarted on its own trimmed
+/// log, replays it from its checkpoint and serves TOPIC again. No broker's image ever
+/// differed from a checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_behind_the_trimmed_metadata_log_rebuilds_it_from_a_checkpoint() {
+    let mut cluster = Cluster::start_with(&["--metadata-checkpoint-records", "5"]);
+    wait_registered(&cluster, 3).await;
+    create_replicated_topic(&cluster).await;
+    let mut history = History::default();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "before", 200).await;
+
+    // Broker 2 is down (disk kept) while topic "doomed" is deleted and the log is
+    // trimmed past that deletion: restarted, it still removes its replica of "doomed".
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new("doomed", 1)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create doomed: {e}\n{}", cluster.logs()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosted_replica_dir(&cluster.brokers[1].data_dir(), "doomed", 0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "broker 2 never opened its replica of doomed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.brokers[1].kill();
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap_without(&[2]))).expect("admin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = admin.delete_topics(&["doomed"]).await {
+        assert!(
+            Instant::now() < deadline,
+            "delete doomed: {e}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    churn_until_trimmed(&cluster, &admin, &[0, 2], "away").await;
+    cluster.brokers[1].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hosted_replica_dir(&cluster.brokers[1].data_dir(), "doomed", 0).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "broker 2 kept its replica of a topic deleted while it was down\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_registered(&cluster, 3).await;
+
+    cluster.brokers[2].kill();
+    std::fs::remove_dir_all(cluster.brokers[2].data_dir()).expect("wipe the data directory");
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap_without(&[3]))).expect("admin");
+    // Broker 3 may have been the controller: the survivors elect another first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new("survivor", 1)
+        }])
+        .await
+    {
+        assert!(
+            Instant::now() < deadline,
+            "create survivor: {e}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    churn_until_trimmed(&cluster, &admin, &[0, 1], "churn").await;
+    cluster.brokers[2].restart();
+    let restarted_at = Instant::now();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "after", 200).await;
+    let brokers: Vec<&RilldProcess> = cluster.brokers.iter().collect();
+    let converged = wait_converged(&brokers, || cluster.logs()).await;
+    println!(
+        "wiped broker 3 rebuilt the metadata and converged {:.2} s after its restart",
+        restarted_at.elapsed().as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hosted_replica_dir(&cluster.brokers[2].data_dir(), "survivor", 0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "broker 3 never opened its replica of the topic created while it was down\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = converged;
+
+    cluster.brokers[0].kill();
+    cluster.brokers[0].restart();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "replayed", 200).await;
+    read_back(&cluster, &mut history).await;
+    for (i, broker) in cluster.brokers.iter().enumerate() {
+        assert!(
+            !broker
+                .log()
+                .contains("differed from the controller's checkpoint"),
+            "broker {}'s metadata image diverged\n{}",
+            i + 1,
+            cluster.logs()
+        );
+    }
     check_and_stop(&mut cluster, &history, "").await;
 }
 

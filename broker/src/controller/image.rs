@@ -22,6 +22,10 @@ use crate::state::PARTITIONS_MAX;
 pub const SKIPPED_RECORDS_KEPT: usize = 32;
 /// Longest reason kept for a skipped record, in bytes; longer ones are cut.
 pub const SKIP_REASON_BYTES_MAX: usize = 1_024;
+/// How many deleted topics' ids the image remembers (16 bytes each in a snapshot): a
+/// broker that rebuilds its image from a checkpoint removes its replica directories
+/// of those topics, whose deletion records may be gone from the trimmed log.
+pub const DELETED_TOPICS_KEPT: usize = 10_000;
 
 /// A registered broker, as its latest [`MetadataRecord::RegisterBroker`] announced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +96,13 @@ pub struct SkippedRecord {
 /// [`ApplyError::OffsetNotAfterLastApplied`] means the record was skipped and counted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
+    /// A [`MetadataRecord::Checkpoint`] whose snapshot does not decode (or breaks the
+    /// image's invariants): skipped, the image stays as it was.
+    #[error("checkpoint snapshot refused: {reason}")]
+    BadCheckpoint {
+        /// Why.
+        reason: String,
+    },
     /// The offset is not after the last applied one (a driver replaying the log): the
     /// image is unchanged and nothing is counted.
     #[error("offset {offset} is not after the last applied offset {last_applied_offset}")]
@@ -264,6 +275,8 @@ pub struct MetadataImage {
     pub(super) leader_hints: BTreeMap<(Uuid, i32), AdvisoryLeader>,
     pub(super) skipped_records_total: u64,
     pub(super) recent_skipped: VecDeque<SkippedRecord>,
+    /// The last [`DELETED_TOPICS_KEPT`] deleted topics' ids, oldest first.
+    pub(super) recent_deleted_topics: VecDeque<Uuid>,
 }
 
 impl MetadataImage {
@@ -281,6 +294,9 @@ impl MetadataImage {
                 });
             }
         }
+        if let MetadataRecord::Checkpoint { snapshot } = record {
+            return self.apply_checkpoint(offset, snapshot).map(|_| ());
+        }
         self.last_applied_offset = Some(offset);
         match self.check(record) {
             Ok(()) => {
@@ -292,6 +308,51 @@ impl MetadataImage {
                 Err(error)
             }
         }
+    }
+
+    /// Applies a [`MetadataRecord::Checkpoint`] at `offset`: the image becomes the
+    /// snapshot's (then `offset` is its last applied offset). A snapshot that does not
+    /// decode is skipped like any refused record. [`CheckpointApplied::diverged`] says
+    /// whether this image had applied exactly the records the snapshot covers yet
+    /// differed from it — two brokers' images went apart, which determinism rules out;
+    /// the snapshot wins (the log is the truth), and the driver reports it.
+    pub fn apply_checkpoint(
+        &mut self,
+        offset: u64,
+        snapshot: &bytes::Bytes,
+    ) -> Result<CheckpointApplied, ApplyError> {
+        if let Some(last_applied_offset) = self.last_applied_offset {
+            if offset <= last_applied_offset {
+                return Err(ApplyError::OffsetNotAfterLastApplied {
+                    offset,
+                    last_applied_offset,
+                });
+            }
+        }
+        let decoded = match super::snapshot::decode_snapshot(snapshot.clone()) {
+            Ok(image) => image,
+            Err(e) => {
+                let error = ApplyError::BadCheckpoint {
+                    reason: e.to_string(),
+                };
+                self.last_applied_offset = Some(offset);
+                self.skip(
+                    offset,
+                    &MetadataRecord::Checkpoint {
+                        snapshot: bytes::Bytes::new(),
+                    },
+                    &error,
+                );
+                return Err(error);
+            }
+        };
+        let covers_the_same_records = self.last_applied_offset.is_some()
+            && self.last_applied_offset == decoded.last_applied_offset;
+        let diverged = covers_the_same_records
+            && super::snapshot::encode_snapshot(self).ok().as_ref() != Some(snapshot);
+        *self = decoded;
+        self.last_applied_offset = Some(offset);
+        Ok(CheckpointApplied { diverged })
     }
 
     /// Offset of the last record applied or skipped; `None` for the empty log.
@@ -388,10 +449,17 @@ impl MetadataImage {
         self.recent_skipped.iter()
     }
 
+    /// The ids of the last [`DELETED_TOPICS_KEPT`] deleted topics, oldest first.
+    pub fn recent_deleted_topics(&self) -> impl Iterator<Item = &Uuid> {
+        self.recent_deleted_topics.iter()
+    }
+
     /// Whether `record` may be applied to this image. Reads only; `commit` relies on
     /// every condition checked here.
     fn check(&self, record: &MetadataRecord) -> Result<(), ApplyError> {
         match record {
+            // Applied by `apply_checkpoint`, never checked here.
+            MetadataRecord::Checkpoint { .. } => Ok(()),
             MetadataRecord::RegisterBroker { broker_id, .. } => {
                 if *broker_id < 0 {
                     return Err(ApplyError::NegativeBrokerId {
@@ -576,6 +644,8 @@ impl MetadataImage {
     /// Applies a record `check` accepted. Cannot fail: every lookup here was checked.
     fn commit(&mut self, record: &MetadataRecord) {
         match record {
+            // Applied by `apply_checkpoint`, never committed here.
+            MetadataRecord::Checkpoint { .. } => {}
             MetadataRecord::RegisterBroker {
                 broker_id,
                 incarnation_id,
@@ -634,6 +704,10 @@ impl MetadataImage {
                 self.topic_ids_by_name.remove(&topic.name);
                 self.leader_hints
                     .retain(|(hinted_topic_id, _), _| hinted_topic_id != topic_id);
+                if self.recent_deleted_topics.len() == DELETED_TOPICS_KEPT {
+                    self.recent_deleted_topics.pop_front();
+                }
+                self.recent_deleted_topics.push_back(*topic_id);
             }
             MetadataRecord::ProducerIdBlock {
                 first_producer_id,
@@ -731,6 +805,9 @@ impl MetadataImage {
         if self.next_producer_id < 0 {
             return Err("negative next producer id".into());
         }
+        if self.recent_deleted_topics.len() > DELETED_TOPICS_KEPT {
+            return Err("too many deleted topics remembered".into());
+        }
         if self.recent_skipped.len() > SKIPPED_RECORDS_KEPT
             || self.recent_skipped.len() as u64 > self.skipped_records_total
         {
@@ -749,6 +826,13 @@ pub(super) fn truncate_at_char_boundary(s: &mut String, bytes_max: usize) {
         }
         s.truncate(end);
     }
+}
+
+/// What applying a [`MetadataRecord::Checkpoint`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointApplied {
+    /// This image covered exactly the snapshot's records and still differed from it.
+    pub diverged: bool,
 }
 
 #[cfg(test)]
@@ -793,6 +877,56 @@ mod tests {
             .map(|(offset, record)| image.apply(offset as u64, record))
             .collect();
         (image, results)
+    }
+
+    #[test]
+    fn a_checkpoint_rebuilds_an_empty_image_and_reports_a_diverged_one() {
+        let log = [
+            register(1, 1),
+            register(2, 1),
+            create("orders", 10, &[&[1, 2], &[2, 1]]),
+        ];
+        let (image, _) = apply_all(&log);
+        let snapshot = crate::controller::encode_snapshot(&image).unwrap();
+        let at = log.len() as u64;
+
+        // A broker that applied the same records: same image, nothing diverged.
+        let (mut same, _) = apply_all(&log);
+        let applied = same.apply_checkpoint(at, &snapshot).unwrap();
+        assert!(!applied.diverged);
+        assert_eq!(same.topic_by_name("orders"), image.topic_by_name("orders"));
+        assert_eq!(same.last_applied_offset(), Some(at));
+
+        // A broker whose log starts at the checkpoint: the image is rebuilt from it.
+        let mut fresh = MetadataImage::default();
+        assert!(!fresh.apply_checkpoint(at, &snapshot).unwrap().diverged);
+        assert_eq!(fresh.replicas_of(2).len(), 2);
+        assert_eq!(
+            fresh.brokers().map(|b| b.broker_id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        fresh.apply(at + 1, &create("later", 11, &[&[1]])).unwrap();
+        assert!(fresh.topic_by_name("later").is_some());
+
+        // A broker that covered the same offsets but holds another image diverged; the
+        // checkpoint wins.
+        let (mut other, _) = apply_all(&[
+            register(1, 1),
+            register(2, 2),
+            create("orders", 10, &[&[1, 2], &[2, 1]]),
+        ]);
+        assert!(other.apply_checkpoint(at, &snapshot).unwrap().diverged);
+        assert_eq!(other.broker(2).unwrap().incarnation_id, Uuid::from_u128(1));
+
+        // Bytes that are no snapshot are skipped; the image stays.
+        let (mut kept, _) = apply_all(&log);
+        let garbage = bytes::Bytes::from_static(b"not a snapshot at all");
+        assert!(matches!(
+            kept.apply_checkpoint(at, &garbage),
+            Err(ApplyError::BadCheckpoint { .. })
+        ));
+        assert!(kept.topic_by_name("orders").is_some());
+        assert_eq!(kept.last_applied_offset(), Some(at));
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub mod snapshot;
 #[cfg(test)]
 mod testing;
 
-pub use image::{ApplyError, MetadataImage};
+pub use image::{ApplyError, CheckpointApplied, MetadataImage};
 pub use placement::{assign_replicas, BrokerInfo, PlacementError};
 pub use record::{MetadataRecord, PartitionAssignment, RecordError};
 pub use snapshot::{decode_snapshot, encode_snapshot, SnapshotError};

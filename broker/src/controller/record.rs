@@ -17,10 +17,12 @@
 //!                 | ProducerIdBlock  (tag 5) broker_id:i32 first_producer_id:i64 size:i32
 //!                 | LeaderHint       (tag 6) topic_id:uuid partition:i32 leader:i32
 //!                                            leader_epoch:i32
+//!                 | Checkpoint       (tag 7) snapshot:bytes   (a `super::snapshot` encoding)
 //! configs         = count:i32 (key:string value:string)*count   (keys strictly ascending)
 //! assignments     = count:i32 (replica_count:i32 broker_id:i32*replica_count)*count
 //! string          = length:i16 utf8                (Kafka STRING)
 //! nullable_string = length:i16 utf8, -1 for null   (Kafka NULLABLE_STRING)
+//! bytes           = length:i32 bytes               (Kafka BYTES)
 //! uuid            = 16 bytes, most significant first
 //! ```
 //!
@@ -60,7 +62,13 @@ mod tag {
     pub const DELETE_TOPIC: u8 = 4;
     pub const PRODUCER_ID_BLOCK: u8 = 5;
     pub const LEADER_HINT: u8 = 6;
+    pub const CHECKPOINT: u8 = 7;
 }
+
+/// Largest snapshot a [`MetadataRecord::Checkpoint`] carries: one Raft entry goes out
+/// in one inter-broker frame (16 MiB by default), so this stays well below it. An
+/// image larger than this is not checkpointed (its log is not trimmed).
+pub const CHECKPOINT_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Bytes an encoded string takes at least: its INT16 length.
 const STRING_BYTES_MIN: usize = 2;
@@ -150,6 +158,15 @@ pub enum MetadataRecord {
         /// The leader's epoch (its Raft term); a hint never replaces a newer one.
         leader_epoch: i32,
     },
+    /// The whole image as it stands after every record before this one (a
+    /// [`super::snapshot`] encoding): applying it replaces the image. It lets every
+    /// broker delete the metadata log below it, and a replica whose log starts at or
+    /// below it (a trimmed log, a follower reset to the leader's log start) rebuild the
+    /// image from it without the records before.
+    Checkpoint {
+        /// The encoded image, at most [`CHECKPOINT_BYTES_MAX`] bytes.
+        snapshot: Bytes,
+    },
 }
 
 /// Where one partition's replicas live.
@@ -216,6 +233,7 @@ impl MetadataRecord {
             MetadataRecord::DeleteTopic { .. } => "DeleteTopic",
             MetadataRecord::ProducerIdBlock { .. } => "ProducerIdBlock",
             MetadataRecord::LeaderHint { .. } => "LeaderHint",
+            MetadataRecord::Checkpoint { .. } => "Checkpoint",
         }
     }
 
@@ -302,6 +320,18 @@ impl MetadataRecord {
                 out.put_i32(*leader);
                 out.put_i32(*leader_epoch);
             }
+            MetadataRecord::Checkpoint { snapshot } => {
+                if snapshot.len() > CHECKPOINT_BYTES_MAX {
+                    return Err(RecordError::TooLong {
+                        field: "checkpoint snapshot",
+                        bytes: snapshot.len(),
+                        bytes_max: CHECKPOINT_BYTES_MAX,
+                    });
+                }
+                out.put_u8(tag::CHECKPOINT);
+                out.put_u32(snapshot.len() as u32);
+                out.put_slice(snapshot);
+            }
         }
         Ok(out.freeze())
     }
@@ -355,6 +385,19 @@ impl MetadataRecord {
                 leader: r.int32()?,
                 leader_epoch: r.int32()?,
             },
+            tag::CHECKPOINT => {
+                // A slice of the input (no copy); its length was checked against the
+                // bytes left before anything was taken.
+                let snapshot = r.bytes(false)?;
+                if snapshot.len() > CHECKPOINT_BYTES_MAX {
+                    return Err(RecordError::TooLong {
+                        field: "checkpoint snapshot",
+                        bytes: snapshot.len(),
+                        bytes_max: CHECKPOINT_BYTES_MAX,
+                    });
+                }
+                MetadataRecord::Checkpoint { snapshot }
+            }
             tag => return Err(RecordError::UnknownTag { tag }),
         };
         r.finish()?;

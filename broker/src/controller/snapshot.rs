@@ -12,6 +12,7 @@
 //!                 count:i32 topic*count             (topic ids strictly ascending)
 //!                 count:i32 hint*count              ((topic id, partition) strictly ascending)
 //!                 count:i32 skipped*count           (oldest first)
+//!                 count:i32 uuid*count              (deleted topic ids, oldest first)
 //! broker        = the fields of RegisterBroker
 //! topic         = name:string topic_id:uuid configs assignments
 //! hint          = topic_id:uuid partition:i32 leader:i32 leader_epoch:i32
@@ -34,7 +35,7 @@ use rill_protocol::decode::{DecodeError, Source, WireReader};
 
 use super::image::{
     AdvisoryLeader, BrokerRegistration, MetadataImage, SkippedRecord, TopicImage,
-    SKIPPED_RECORDS_KEPT, SKIP_REASON_BYTES_MAX,
+    DELETED_TOPICS_KEPT, SKIPPED_RECORDS_KEPT, SKIP_REASON_BYTES_MAX,
 };
 use super::record::{
     get_assignments, get_broker, get_configs, get_count, get_string, put_assignments, put_broker,
@@ -46,7 +47,7 @@ use crate::state::{PARTITIONS_MAX, TOPIC_NAME_BYTES_MAX};
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"RLMS";
 /// The snapshot layout version.
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 /// Bytes of a snapshot besides its body: magic, version, checksum.
 const FRAME_BYTES: usize = SNAPSHOT_MAGIC.len() + 1 + 4;
 /// Bytes a topic takes at least: empty name, id, no configs, no partitions.
@@ -187,6 +188,16 @@ pub fn encode_snapshot(image: &MetadataImage) -> Result<Bytes, SnapshotError> {
         )?;
     }
 
+    put_count(
+        &mut out,
+        "deleted topics",
+        image.recent_deleted_topics.len(),
+        DELETED_TOPICS_KEPT,
+    )?;
+    for topic_id in &image.recent_deleted_topics {
+        out.put_u128(topic_id.as_u128());
+    }
+
     let crc = crc32fast::hash(&out);
     out.put_u32(crc);
     Ok(out.freeze())
@@ -290,6 +301,12 @@ pub fn decode_snapshot(bytes: Bytes) -> Result<MetadataImage, SnapshotError> {
             reason: get_string(&mut r, "skip reason", SKIP_REASON_BYTES_MAX)?,
         });
     }
+
+    let count = get_count(&mut r, "deleted topics", 16, DELETED_TOPICS_KEPT)?;
+    let mut recent_deleted_topics = VecDeque::with_capacity(prealloc_capacity::<uuid::Uuid>(count));
+    for _ in 0..count {
+        recent_deleted_topics.push_back(r.uuid()?);
+    }
     r.finish()?;
 
     let image = MetadataImage {
@@ -301,6 +318,7 @@ pub fn decode_snapshot(bytes: Bytes) -> Result<MetadataImage, SnapshotError> {
         leader_hints,
         skipped_records_total,
         recent_skipped,
+        recent_deleted_topics,
     };
     image
         .check_invariants()

@@ -753,6 +753,52 @@ impl Partition {
         }
     }
 
+    /// At an applied checkpoint at `offset` (committed): deletes the log's closed
+    /// segments wholly below it, then starts a new segment, so that the segment holding
+    /// this checkpoint is deleted at the next one (the log keeps at most about two
+    /// checkpoint intervals). Followers that fall behind the log start are reset to it,
+    /// as after retention. Skipped (returns false) while the persist loop holds the
+    /// group; the caller tries again later.
+    pub fn trim_log_at_checkpoint(&self, offset: u64) -> bool {
+        let offset = offset.min(self.visible_end_offset().max(0) as u64);
+        let mut st = self.state();
+        if st.ready_out || self.engine.is_offline() {
+            return false;
+        }
+        let log = st.raft.store_mut().log_mut();
+        match log.delete_segments_below(offset).and_then(|outcome| {
+            log.roll()?;
+            Ok(outcome)
+        }) {
+            Ok(outcome) => {
+                if outcome.segments_deleted > 0 {
+                    tracing::info!(
+                        topic = %self.topic,
+                        partition = self.index,
+                        segments = outcome.segments_deleted,
+                        log_start_offset = outcome.log_start_offset,
+                        "log trimmed below a checkpoint"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "trimming the log failed");
+                false
+            }
+        }
+    }
+
+    /// The end of the replica's Raft log: everything appended, committed or not.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state().raft.last_end_offset() as i64
+    }
+
+    /// The log start offset (the oldest offset still kept).
+    pub fn log_start_offset(&self) -> i64 {
+        self.state().log().log_start_offset() as i64
+    }
+
     /// Closes the replica for a topic deletion: later appends fail with
     /// UNKNOWN_TOPIC_OR_PARTITION, acks=-1 waiters are answered, and this returns once
     /// the persist loop no longer works on it, so nothing writes into the directory

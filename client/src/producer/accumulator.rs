@@ -1,10 +1,14 @@
 //! Per-partition batching, without I/O or clocks of its own (time comes in as `now`).
 //!
 //! Each partition has at most one *open* batch (still taking records), a queue of
-//! *closed* batches (encoded, waiting to be sent), and at most one batch *in flight*.
-//! One in flight per partition is what keeps order across retries: a failed batch goes
-//! back to the head of its queue and nothing behind it is sent until it succeeds or is
-//! given up.
+//! *closed* batches (encoded, waiting to be sent), and up to
+//! `in_flight_batches_per_partition_max` batches *in flight*, sent in the order they were
+//! closed (each batch has a sequence number within its partition). A batch that fails
+//! retriably goes back into its queue in sequence order, and nothing behind it is sent
+//! until it was resent; it is resent only once nothing earlier is in flight. With one in
+//! flight that keeps strict order across retries; with more, a batch already in flight
+//! behind a failed one can still land first (Kafka's producer without idempotence
+//! behaves the same).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -34,6 +38,9 @@ pub(crate) struct ClosedBatch {
     pub(crate) attempts: u32,
     /// When the batch was closed; `delivery_timeout_ms` counts from here.
     pub(crate) closed_at: Instant,
+    /// Position among its partition's batches (closing order): the order they are sent
+    /// and requeued in.
+    pub(crate) seq: u64,
 }
 
 struct OpenBatch {
@@ -48,15 +55,32 @@ struct OpenBatch {
 #[derive(Default)]
 struct PartitionQueue {
     open: Option<OpenBatch>,
+    /// Ascending `seq`.
     closed: VecDeque<ClosedBatch>,
-    in_flight: Option<Arc<Completion>>,
+    /// Sequence numbers and completions of the batches sent and not yet settled,
+    /// ascending `seq`.
+    in_flight: VecDeque<(u64, Arc<Completion>)>,
     /// The head of `closed` may not be sent before this (retry backoff).
     retry_at: Option<Instant>,
+    /// The `seq` of the next batch to close.
+    next_seq: u64,
 }
 
 impl PartitionQueue {
     fn is_idle(&self) -> bool {
-        self.open.is_none() && self.closed.is_empty() && self.in_flight.is_none()
+        self.open.is_none() && self.closed.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// Whether the head of `closed` may be sent now (ignoring backoff): a window slot is
+    /// free, and a retried batch waits until nothing earlier is in flight.
+    fn head_sendable(&self, in_flight_max: usize) -> bool {
+        match self.closed.front() {
+            None => false,
+            Some(head) => {
+                self.in_flight.len() < in_flight_max
+                    && (head.attempts == 0 || self.in_flight.is_empty())
+            }
+        }
     }
 }
 
@@ -92,17 +116,25 @@ pub(crate) struct Accumulator {
     linger: Duration,
     batch_bytes_max: usize,
     compression: Compression,
+    /// Batches of one partition in flight at once (at least 1).
+    in_flight_max: usize,
     /// While positive, linger is ignored (someone is waiting in `flush`).
     pub(crate) flushes_pending: usize,
 }
 
 impl Accumulator {
-    pub(crate) fn new(linger: Duration, batch_bytes_max: usize, compression: Compression) -> Self {
+    pub(crate) fn new(
+        linger: Duration,
+        batch_bytes_max: usize,
+        compression: Compression,
+        in_flight_max: usize,
+    ) -> Self {
         Accumulator {
             topics: HashMap::new(),
             linger,
             batch_bytes_max,
             compression,
+            in_flight_max: in_flight_max.max(1),
             flushes_pending: 0,
         }
     }
@@ -180,8 +212,9 @@ impl Accumulator {
     }
 
     /// Closes batches whose linger expired (all open batches while a flush is pending)
-    /// and takes the head batch of every partition that has nothing in flight and is not
-    /// backing off. Returns them and the next instant something becomes due.
+    /// and takes, in order, the batches of every partition that fit its in-flight window
+    /// (a retried batch only once nothing earlier is in flight, and not while backing
+    /// off). Returns them and the next instant something becomes due.
     pub(crate) fn drain(&mut self, now: Instant) -> Result<(Vec<Drained>, Option<Instant>)> {
         let mut out = Vec::new();
         let mut next: Option<Instant> = None;
@@ -198,37 +231,39 @@ impl Accumulator {
                         next = Some(next.map_or(due, |n| n.min(due)));
                     }
                 }
-                if queue.in_flight.is_some() || queue.closed.is_empty() {
-                    continue;
-                }
-                if let Some(retry_at) = queue.retry_at {
-                    if retry_at > now {
-                        next = Some(next.map_or(retry_at, |n| n.min(retry_at)));
-                        continue;
+                while queue.head_sendable(self.in_flight_max) {
+                    if let Some(retry_at) = queue.retry_at {
+                        if retry_at > now {
+                            next = Some(next.map_or(retry_at, |n| n.min(retry_at)));
+                            break;
+                        }
+                        queue.retry_at = None;
                     }
-                    queue.retry_at = None;
+                    let batch = queue.closed.pop_front().expect("checked non-empty");
+                    queue
+                        .in_flight
+                        .push_back((batch.seq, batch.completion.clone()));
+                    out.push(Drained {
+                        topic: topic.clone(),
+                        partition: index as i32,
+                        batch,
+                    });
                 }
-                let batch = queue.closed.pop_front().expect("checked non-empty");
-                queue.in_flight = Some(batch.completion.clone());
-                out.push(Drained {
-                    topic: topic.clone(),
-                    partition: index as i32,
-                    batch,
-                });
             }
         }
         Ok((out, next))
     }
 
-    /// The in-flight batch of a partition finished (delivered or given up).
-    pub(crate) fn complete(&mut self, topic: &str, partition: i32) {
+    /// The in-flight batch `seq` of a partition finished (delivered or given up).
+    pub(crate) fn complete(&mut self, topic: &str, partition: i32, seq: u64) {
         if let Some(queue) = self.queue_mut(topic, partition) {
-            queue.in_flight = None;
+            queue.in_flight.retain(|(s, _)| *s != seq);
         }
     }
 
-    /// The in-flight batch of a partition failed retriably: back to the head of its
-    /// queue, not to be sent before `retry_at`.
+    /// An in-flight batch of a partition failed retriably: back into its queue, in
+    /// sequence order (ahead of every batch closed after it), not to be sent before
+    /// `retry_at`.
     pub(crate) fn requeue(
         &mut self,
         topic: &str,
@@ -239,8 +274,9 @@ impl Accumulator {
         let queue = self
             .queue_mut(topic, partition)
             .expect("a requeued batch's partition exists");
-        queue.in_flight = None;
-        queue.closed.push_front(batch);
+        queue.in_flight.retain(|(s, _)| *s != batch.seq);
+        let at = queue.closed.partition_point(|b| b.seq < batch.seq);
+        queue.closed.insert(at, batch);
         queue.retry_at = Some(retry_at);
     }
 
@@ -253,9 +289,7 @@ impl Accumulator {
                     out.push(open.completion.clone());
                 }
                 out.extend(q.closed.iter().map(|b| b.completion.clone()));
-                if let Some(c) = &q.in_flight {
-                    out.push(c.clone());
-                }
+                out.extend(q.in_flight.iter().map(|(_, c)| c.clone()));
             }
         }
         out
@@ -285,7 +319,9 @@ fn close_open(queue: &mut PartitionQueue, now: Instant) -> Result<()> {
             completion: open.completion,
             attempts: 0,
             closed_at: now,
+            seq: queue.next_seq,
         });
+        queue.next_seq += 1;
     }
     Ok(())
 }
@@ -301,10 +337,15 @@ mod tests {
     }
 
     fn acc(linger_ms: u64, batch_bytes_max: usize) -> Accumulator {
+        acc_pipelined(linger_ms, batch_bytes_max, 1)
+    }
+
+    fn acc_pipelined(linger_ms: u64, batch_bytes_max: usize, in_flight_max: usize) -> Accumulator {
         Accumulator::new(
             Duration::from_millis(linger_ms),
             batch_bytes_max,
             Compression::None,
+            in_flight_max,
         )
     }
 
@@ -341,7 +382,7 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].batch.record_count, 2);
         assert!(!a.is_idle(), "in flight until completed");
-        a.complete("t", 0);
+        a.complete("t", 0, ready[0].batch.seq);
         assert!(a.is_idle());
     }
 
@@ -407,5 +448,46 @@ mod tests {
                 p
             );
         }
+    }
+
+    #[test]
+    fn batches_pipeline_up_to_the_window_and_a_retry_waits_for_earlier_ones() {
+        let mut a = acc_pipelined(0, 256, 3);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            a.append(&record(Some("k"), 100), 0, 1, 150, t0).unwrap();
+        }
+        let (ready, _) = a.drain(t0).unwrap();
+        let seqs: Vec<u64> = ready.iter().map(|d| d.batch.seq).collect();
+        assert_eq!(seqs, [0, 1, 2], "a full window, in closing order");
+        assert!(a.drain(t0).unwrap().0.is_empty(), "window full");
+        let mut ready = ready.into_iter();
+        let (b0, mut b1, mut b2) = (
+            ready.next().unwrap(),
+            ready.next().unwrap(),
+            ready.next().unwrap(),
+        );
+        // The sender counts the failed attempt before requeueing.
+        b1.batch.attempts += 1;
+        b2.batch.attempts += 1;
+        // Batch 1 fails while 0 and 2 are still in flight: it goes back ahead of 3, and
+        // nothing is sent — not 1 (0 is earlier and in flight), not 3 (behind 1).
+        a.requeue("t", 0, b1.batch, t0);
+        assert!(a.drain(t0).unwrap().0.is_empty());
+        // Batch 2 fails too: queued after 1.
+        a.requeue("t", 0, b2.batch, t0);
+        assert!(a.drain(t0).unwrap().0.is_empty(), "0 still in flight");
+        a.complete("t", 0, b0.batch.seq);
+        let (ready, _) = a.drain(t0).unwrap();
+        let seqs: Vec<u64> = ready.iter().map(|d| d.batch.seq).collect();
+        assert_eq!(seqs, [1], "the earliest retry goes out alone first");
+        a.complete("t", 0, 1);
+        let (ready, _) = a.drain(t0).unwrap();
+        let seqs: Vec<u64> = ready.iter().map(|d| d.batch.seq).collect();
+        assert_eq!(
+            seqs,
+            [2, 3, 4],
+            "then the next retry, and fresh batches pipeline behind it"
+        );
     }
 }

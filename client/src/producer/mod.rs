@@ -1,7 +1,12 @@
 //! The producer: `send` queues a record into its partition's batch and returns a
 //! [`DeliveryFuture`]; a background sender task closes batches by `linger_ms` /
 //! `batch_bytes_max`, groups them by leader into Produce requests, and retries failures
-//! with backoff, one batch in flight per partition so order holds.
+//! with backoff. Up to `in_flight_batches_per_partition_max` batches of a partition are
+//! in flight at once (one by default, so order holds across retries; see the
+//! accumulator). Requests to one leader are written to its connection by that leader's
+//! *lane* task in the order the accumulator released their batches — the broker
+//! appends a connection's Produce requests in arrival order — and their responses are
+//! awaited concurrently.
 //!
 //! Memory is bounded: every queued record holds `buffer_bytes_max` budget (its size
 //! estimate) until its batch completes; `send` waits for budget when it is used up.
@@ -14,12 +19,12 @@ mod delivery;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::ProduceRequest;
-use tokio::sync::{Notify, Semaphore};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use self::accumulator::{Accumulator, Drained};
 pub use self::delivery::DeliveryFuture;
@@ -44,6 +49,9 @@ struct Inner {
     closed: AtomicBool,
     /// Batch sends that failed retriably and were queued again.
     retries_total: AtomicU64,
+    /// Per leader broker id, the queue of its lane task (see the module docs). A lane
+    /// ends when the producer is dropped (its queue closes).
+    lanes: Mutex<HashMap<i32, mpsc::UnboundedSender<Vec<Drained>>>>,
 }
 
 /// An asynchronous Kafka producer.
@@ -78,11 +86,13 @@ impl Producer {
                 Duration::from_millis(config.linger_ms),
                 config.batch_bytes_max,
                 config.compression,
+                config.in_flight_batches_per_partition_max,
             )),
             memory: Semaphore::new(config.buffer_bytes_max),
             wake_sender: Notify::new(),
             closed: AtomicBool::new(false),
             retries_total: AtomicU64::new(0),
+            lanes: Mutex::new(HashMap::new()),
             cluster,
             config,
         });
@@ -279,9 +289,14 @@ async fn dispatch(inner: &Arc<Inner>, batches: Vec<Drained>) {
             continue;
         }
         let requests = by_leader.entry(leader).or_default();
+        // A partition's pipelined batches go in separate requests: one request is
+        // answered as a whole, so batches sharing it would share one round trip.
         let fits = requests.last().is_some_and(|r| {
             r.iter().map(|x| x.batch.records.len()).sum::<usize>() + d.batch.records.len()
                 <= REQUEST_RECORD_BYTES_MAX
+                && !r
+                    .iter()
+                    .any(|x| x.partition == d.partition && x.topic == d.topic)
         });
         if fits {
             requests.last_mut().expect("checked").push(d);
@@ -289,14 +304,39 @@ async fn dispatch(inner: &Arc<Inner>, batches: Vec<Drained>) {
             requests.push(vec![d]);
         }
     }
+    let mut lanes = inner.lanes.lock().unwrap();
     for (leader, requests) in by_leader {
+        let lane = lanes.entry(leader).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_lane(Arc::downgrade(inner), leader, rx));
+            tx
+        });
         for batches in requests {
-            tokio::spawn(produce(inner.clone(), leader, batches));
+            // The lane ends only once the producer is gone, when nothing dispatches.
+            let _ = lane.send(batches);
         }
     }
 }
 
-/// Sends one Produce request and settles every batch in it.
+/// The lane of one leader: writes its Produce requests in order (each is queued on the
+/// connection before the next is started) and leaves each response to a task of its
+/// own. Its queue is unbounded in count but not in bytes: every batch in it holds
+/// `buffer_bytes_max` budget.
+async fn run_lane(
+    inner: Weak<Inner>,
+    leader: i32,
+    mut requests: mpsc::UnboundedReceiver<Vec<Drained>>,
+) {
+    while let Some(batches) = requests.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        produce(inner, leader, batches).await;
+    }
+}
+
+/// Writes one Produce request to `leader`'s connection, then (on a task of its own)
+/// awaits the response and settles every batch in it.
 async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
     let conn = match inner.cluster.broker_connection(leader).await {
         Ok(c) => c,
@@ -348,8 +388,8 @@ async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
         return;
     }
 
-    let response = match conn.request_at(&request, version).await {
-        Ok(r) => r,
+    let sent = match conn.send(&request, version).await {
+        Ok(sent) => sent,
         Err(e) => {
             inner.cluster.observe_error(&e);
             for d in batches {
@@ -358,6 +398,21 @@ async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
             return;
         }
     };
+    tokio::spawn(async move {
+        match conn.response::<ProduceRequest>(sent).await {
+            Ok(response) => settle(&inner, batches, &response),
+            Err(e) => {
+                inner.cluster.observe_error(&e);
+                for d in batches {
+                    retry_or_fail(&inner, d, e.clone());
+                }
+            }
+        }
+    });
+}
+
+/// Settles every batch of a Produce request by its partition's answer.
+fn settle(inner: &Inner, batches: Vec<Drained>, response: &ProduceResponse) {
     for d in batches {
         let answer = response
             .responses
@@ -371,13 +426,13 @@ async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
                     "produce response has no entry for {}/{}",
                     d.topic, d.partition
                 ));
-                fail(&inner, d, e);
+                fail(inner, d, e);
             }
             Some(p) => match Error::from_code(p.error_code, p.error_message.as_deref()) {
-                None => succeed(&inner, d, p.base_offset),
+                None => succeed(inner, d, p.base_offset),
                 Some(e) => {
                     inner.cluster.observe_error(&e);
-                    retry_or_fail(&inner, d, e);
+                    retry_or_fail(inner, d, e);
                 }
             },
         }
@@ -433,6 +488,6 @@ fn finish_batch(inner: &Inner, d: &Drained) {
         .accumulator
         .lock()
         .unwrap()
-        .complete(&d.topic, d.partition);
+        .complete(&d.topic, d.partition, d.batch.seq);
     inner.wake_sender.notify_one();
 }

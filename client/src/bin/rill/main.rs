@@ -123,6 +123,11 @@ pub(crate) struct ProducerOptions {
     /// Memory for unacknowledged records, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub(crate) buffer_bytes_max: usize,
+    /// Batches of one partition in flight at once (Kafka's
+    /// max.in.flight.requests.per.connection). Above 1, a retried batch can land after
+    /// a later one (no idempotence yet).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) in_flight_per_partition: usize,
 }
 
 impl ProducerOptions {
@@ -134,6 +139,7 @@ impl ProducerOptions {
             linger_ms: self.linger_ms,
             batch_bytes_max: self.batch_bytes_max,
             buffer_bytes_max: self.buffer_bytes_max,
+            in_flight_batches_per_partition_max: self.in_flight_per_partition,
             ..ProducerConfig::default()
         })
     }

@@ -67,6 +67,10 @@ pub(crate) struct ClusterBench {
     /// Extra flag for every rilld, repeatable (e.g. `--rilld-arg=--durability=fsync`).
     #[arg(long = "rilld-arg", allow_hyphen_values = true)]
     rilld_args: Vec<String>,
+    /// Batches of one partition in flight at once, in both runs (Kafka's producer
+    /// default is 5).
+    #[arg(long, default_value_t = 5)]
+    in_flight_per_partition: usize,
     /// Hide the progress bars.
     #[arg(long)]
     quiet: bool,
@@ -88,6 +92,7 @@ impl ClusterBench {
                 linger_ms: 5,
                 batch_bytes_max: 1 << 20,
                 buffer_bytes_max: 64 << 20,
+                in_flight_per_partition: self.in_flight_per_partition,
             },
         }
     }

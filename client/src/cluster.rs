@@ -348,7 +348,7 @@ impl Cluster {
     }
 
     /// The open connection to `addr`, or a new one if there is none or it broke.
-    async fn connection_to(&self, addr: &str) -> Result<Arc<Connection>> {
+    pub(crate) async fn connection_to(&self, addr: &str) -> Result<Arc<Connection>> {
         let mut conns = self.connections.lock().await;
         if let Some(c) = conns.get(addr) {
             if !c.is_broken() {

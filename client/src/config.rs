@@ -1,6 +1,7 @@
 //! Configuration: one struct per component, defaults documented next to each field.
 
 use crate::error::{Error, Result};
+pub use crate::group::AssignmentStrategy;
 
 /// How the connection layer talks to the cluster (shared by producer, consumer, admin).
 #[derive(Debug, Clone)]
@@ -271,8 +272,33 @@ pub struct ConsumerConfig {
     pub partition_fetch_bytes_max: i32,
     /// Fetch responses decoded ahead of the application (prefetch depth). Default: 4.
     pub prefetch_responses_max: usize,
-    /// Policy for out-of-range positions. Default: [`OffsetReset::Earliest`].
+    /// Policy for out-of-range positions, and (subscribed) where a partition without a
+    /// committed offset starts. Default: [`OffsetReset::Earliest`].
     pub auto_offset_reset: OffsetReset,
+    /// Consumer group (`group.id`): needed by [`Consumer::subscribe`](crate::Consumer::subscribe)
+    /// and by commits. Default: none.
+    pub group_id: Option<String>,
+    /// Static membership (`group.instance.id`, KIP-345): a member that restarts within its
+    /// session timeout gets its partitions back without a rebalance. Default: none.
+    pub group_instance_id: Option<String>,
+    /// A member not heard from for this long is removed from the group. Default: 45,000 ms
+    /// (Kafka's).
+    pub session_timeout_ms: i32,
+    /// How long the coordinator waits for every member to rejoin in a rebalance (Kafka's
+    /// `max.poll.interval.ms`). Default: 300,000 ms.
+    pub rebalance_timeout_ms: i32,
+    /// Interval between heartbeats; a rebalance is noticed within about this long.
+    /// Default: 3,000 ms.
+    pub heartbeat_interval_ms: u64,
+    /// Assignors offered to the group, preferred first (`partition.assignment.strategy`).
+    /// The cooperative protocol is used only if all are cooperative. Default: `[range,
+    /// cooperative-sticky]` (Kafka's).
+    pub assignment_strategies: Vec<AssignmentStrategy>,
+    /// Commit the current positions every `auto_commit_interval_ms`, before partitions are
+    /// revoked, and on close. Default: true.
+    pub enable_auto_commit: bool,
+    /// Auto commit interval. Default: 5,000 ms.
+    pub auto_commit_interval_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -285,6 +311,17 @@ impl Default for ConsumerConfig {
             partition_fetch_bytes_max: 1 << 20,
             prefetch_responses_max: 4,
             auto_offset_reset: OffsetReset::Earliest,
+            group_id: None,
+            group_instance_id: None,
+            session_timeout_ms: 45_000,
+            rebalance_timeout_ms: 300_000,
+            heartbeat_interval_ms: 3_000,
+            assignment_strategies: vec![
+                AssignmentStrategy::Range,
+                AssignmentStrategy::CooperativeSticky,
+            ],
+            enable_auto_commit: true,
+            auto_commit_interval_ms: 5_000,
         }
     }
 }
@@ -315,6 +352,31 @@ impl ConsumerConfig {
         {
             return Err(Error::Config(
                 "fetch_wait_ms_max must be non-negative and below request_timeout_ms".into(),
+            ));
+        }
+        if self.group_id.as_ref().is_some_and(|g| g.is_empty()) {
+            return Err(Error::Config("group_id must not be empty".into()));
+        }
+        if self.session_timeout_ms <= 0 || self.rebalance_timeout_ms <= 0 {
+            return Err(Error::Config(
+                "session_timeout_ms and rebalance_timeout_ms must be positive".into(),
+            ));
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms >= self.session_timeout_ms as u64
+        {
+            return Err(Error::Config(
+                "heartbeat_interval_ms must be positive and below session_timeout_ms".into(),
+            ));
+        }
+        if self.assignment_strategies.is_empty() {
+            return Err(Error::Config(
+                "assignment_strategies must name at least one strategy".into(),
+            ));
+        }
+        if self.enable_auto_commit && self.auto_commit_interval_ms == 0 {
+            return Err(Error::Config(
+                "auto_commit_interval_ms must be positive".into(),
             ));
         }
         Ok(())

@@ -36,6 +36,8 @@ pub(crate) struct Sent {
     reply: oneshot::Receiver<Result<Bytes>>,
     version: i16,
     deadline: tokio::time::Instant,
+    /// The time the request was given (for the timeout error).
+    timeout: Duration,
     api: &'static str,
 }
 
@@ -176,15 +178,32 @@ impl Connection {
     where
         R::Response: Decode,
     {
-        let frame = self.exchange(request, version, true).await?;
-        let frame = frame.expect("a request that expects a response gets a frame");
+        self.request_at_with_timeout(request, version, self.request_timeout)
+            .await
+    }
+
+    /// Like [`Connection::request_at`] with a deadline of its own: JoinGroup waits on
+    /// the coordinator for the whole rebalance, longer than `request_timeout_ms`.
+    pub(crate) async fn request_at_with_timeout<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response>
+    where
+        R::Response: Decode,
+    {
+        let frame = self.exchange(request, version, true, timeout).await?;
+        let frame = frame.ok_or_else(|| Error::Protocol("no response frame".into()))?;
         wire::decode_response::<R>(frame, version)
     }
 
     /// Sends `request` at `version` without waiting for (or expecting) a response:
     /// Produce with `acks=0`. Returns once the frame is queued for writing.
     pub(crate) async fn send_only<R: Request>(&self, request: &R, version: i16) -> Result<()> {
-        self.exchange(request, version, false).await.map(|_| ())
+        self.exchange(request, version, false, self.request_timeout)
+            .await
+            .map(|_| ())
     }
 
     async fn exchange<R: Request>(
@@ -192,10 +211,10 @@ impl Connection {
         request: &R,
         version: i16,
         expect_response: bool,
+        timeout: Duration,
     ) -> Result<Option<Bytes>> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
         match self
-            .enqueue(request, version, expect_response, deadline)
+            .enqueue(request, version, expect_response, timeout)
             .await?
         {
             None => Ok(None),
@@ -208,8 +227,9 @@ impl Connection {
     /// return, so a caller that needs two requests in order (a partition's pipelined
     /// Produce batches) sends the second after the first's `send` returned.
     pub(crate) async fn send<R: Request>(&self, request: &R, version: i16) -> Result<Sent> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let sent = self.enqueue(request, version, true, deadline).await?;
+        let sent = self
+            .enqueue(request, version, true, self.request_timeout)
+            .await?;
         Ok(sent.expect("a request that expects a response is sent with a reply channel"))
     }
 
@@ -224,15 +244,16 @@ impl Connection {
         wire::decode_response::<R>(frame, version)
     }
 
-    /// Takes an in-flight slot, encodes and queues `request` for the writer, before
-    /// `deadline`.
+    /// Takes an in-flight slot, encodes and queues `request` for the writer; the whole
+    /// exchange (queueing and response) gets `timeout`.
     async fn enqueue<R: Request>(
         &self,
         request: &R,
         version: i16,
         expect_response: bool,
-        deadline: tokio::time::Instant,
+        timeout: Duration,
     ) -> Result<Option<Sent>> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let api = wire::api_name(R::KEY);
         let work = async {
             if self.is_broken() {
@@ -260,6 +281,7 @@ impl Connection {
                         reply: reply_rx,
                         version,
                         deadline,
+                        timeout,
                         api,
                     }),
                 )
@@ -277,7 +299,7 @@ impl Connection {
         };
         match tokio::time::timeout_at(deadline, work).await {
             Ok(result) => result,
-            Err(_) => Err(self.timed_out(api)),
+            Err(_) => Err(self.timed_out(api, timeout)),
         }
     }
 
@@ -288,18 +310,18 @@ impl Connection {
             Ok(Err(_)) => Err(Error::Disconnected {
                 addr: self.addr.clone(),
             }),
-            Err(_) => Err(self.timed_out(sent.api)),
+            Err(_) => Err(self.timed_out(sent.api, sent.timeout)),
         }
     }
 
     /// A request ran out of time: the connection counts as broken, since later responses
     /// on it could only be stale.
-    fn timed_out(&self, api: &'static str) -> Error {
+    fn timed_out(&self, api: &'static str, timeout: Duration) -> Error {
         self.broken.store(true, Ordering::Release);
         Error::Timeout {
             api,
             addr: self.addr.clone(),
-            timeout_ms: self.request_timeout.as_millis() as u64,
+            timeout_ms: timeout.as_millis() as u64,
         }
     }
 
@@ -313,7 +335,9 @@ impl Connection {
             let request = ApiVersionsRequest::default()
                 .with_client_software_name(StrBytes::from_static_str("rill-client"))
                 .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
-            let frame = self.exchange(&request, version, true).await?;
+            let frame = self
+                .exchange(&request, version, true, self.request_timeout)
+                .await?;
             let frame = frame.expect("ApiVersions expects a response");
             let response: ApiVersionsResponse = wire::decode_api_versions_response(frame, version)?;
             if response.error_code == 35 {

@@ -1,5 +1,6 @@
-//! The consumer (assign mode): the application names the partitions, positions them with
-//! [`Consumer::seek`], and reads records as a [`Stream`].
+//! The consumer: in assign mode the application names the partitions and positions them
+//! with [`Consumer::seek`]; in subscribe mode ([`Consumer::subscribe`]) a consumer group
+//! assigns them (see [`crate::group`]). Either way records come as a [`Stream`].
 //!
 //! A background fetcher keeps one fetch per leader in flight and decodes responses into
 //! a bounded channel of `prefetch_responses_max` responses, so the next records are usually
@@ -9,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -24,6 +26,7 @@ use crate::admin::topic_name;
 use crate::cluster::Cluster;
 use crate::config::{ConsumerConfig, OffsetReset};
 use crate::error::{Error, Result};
+use crate::group::{self, commit::GroupCtx, RebalanceListener, Subscription};
 use crate::record::{ConsumerRecord, TopicPartition};
 
 /// A position to start reading from.
@@ -50,27 +53,142 @@ enum Position {
     Resolve(Offset),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What the application has been handed of one assigned partition: the offset after the
+/// last record returned (-1 before the first), or [`Cursor::REVOKED`] once the partition
+/// was taken away. One atomic, so the stream and a revocation on the group task agree on
+/// exactly which records were delivered: a record is returned only if the cursor moved
+/// past it before the revocation swapped it out.
+#[derive(Debug)]
+pub(crate) struct Cursor(AtomicI64);
+
+impl Cursor {
+    const REVOKED: i64 = i64::MIN;
+
+    fn new(delivered: i64) -> Arc<Cursor> {
+        Arc::new(Cursor(AtomicI64::new(delivered)))
+    }
+
+    /// Records delivery up to `next_offset`; false if the partition was revoked.
+    fn advance(&self, next_offset: i64) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                (c != Cursor::REVOKED).then_some(next_offset.max(c))
+            })
+            .is_ok()
+    }
+
+    /// Stops delivery; returns the offset after the last record delivered, if any.
+    fn revoke(&self) -> Option<i64> {
+        let last = self.0.swap(Cursor::REVOKED, Ordering::SeqCst);
+        (last >= 0).then_some(last)
+    }
+
+    fn delivered(&self) -> Option<i64> {
+        let c = self.0.load(Ordering::SeqCst);
+        (c >= 0).then_some(c)
+    }
+}
+
+#[derive(Debug, Clone)]
 struct PartitionState {
     position: Position,
+    /// Unique over the consumer's life (not per partition), so chunks fetched before a
+    /// partition was revoked and assigned again never pass for current ones.
     epoch: u64,
+    cursor: Arc<Cursor>,
     /// Where reading starts after the last assign/seek, once resolved. Whoever resolves
     /// first (fetcher or `position()`) sets it; the other adopts it, so "end" means one
     /// offset even if records arrive between the two lookups.
     start: Option<i64>,
 }
 
-struct Shared {
-    cluster: Arc<Cluster>,
-    config: ConsumerConfig,
+/// State the consumer, its fetcher and its group task share.
+pub(crate) struct Shared {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) config: ConsumerConfig,
     partitions: Mutex<HashMap<TopicPartition, PartitionState>>,
     changed: Notify,
+    next_epoch: AtomicU64,
+}
+
+impl Shared {
+    fn epoch(&self) -> u64 {
+        self.next_epoch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, PartitionState>> {
+        crate::group::commit::lock(&self.partitions)
+    }
+
+    /// Adds partitions to the assignment (group mode): each starts at its committed
+    /// offset (`Offset::At`, which also counts as delivered up to there) or per the reset
+    /// policy. Partitions already assigned are left alone.
+    pub(crate) fn add_partitions(&self, partitions: Vec<(TopicPartition, Offset)>) {
+        {
+            let mut map = self.lock();
+            for (tp, start) in partitions {
+                if map.contains_key(&tp) {
+                    continue;
+                }
+                let (position, begin, delivered) = match start {
+                    Offset::At(o) => (Position::Fetch(o), Some(o), o),
+                    other => (Position::Resolve(other), None, -1),
+                };
+                let epoch = self.epoch();
+                map.insert(
+                    tp,
+                    PartitionState {
+                        position,
+                        epoch,
+                        cursor: Cursor::new(delivered),
+                        start: begin,
+                    },
+                );
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Takes partitions out of the assignment: no record of them is returned after this.
+    /// Returns the offset after the last record delivered of each (to commit), where
+    /// any was.
+    pub(crate) fn revoke_partitions(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Vec<(TopicPartition, i64)> {
+        let mut positions = Vec::new();
+        {
+            let mut map = self.lock();
+            for tp in partitions {
+                if let Some(state) = map.remove(tp) {
+                    if let Some(o) = state.cursor.revoke() {
+                        positions.push((tp.clone(), o));
+                    }
+                }
+            }
+        }
+        self.changed.notify_one();
+        positions
+    }
+
+    /// The offset after the last record delivered, per assigned partition that has one
+    /// (what a commit of "the current positions" commits).
+    pub(crate) fn delivered_positions(&self) -> Vec<(TopicPartition, i64)> {
+        let mut v: Vec<(TopicPartition, i64)> = self
+            .lock()
+            .iter()
+            .filter_map(|(tp, s)| s.cursor.delivered().map(|o| (tp.clone(), o)))
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 /// Records of one partition from one fetch, tagged with the epoch they were fetched at.
-struct Chunk {
+pub(crate) struct Chunk {
     tp: TopicPartition,
     epoch: u64,
+    cursor: Arc<Cursor>,
     records: VecDeque<ConsumerRecord>,
     /// Offset after the chunk's last batch. Control batches (a Raft leader's entry,
     /// transaction markers) hold offsets but no records for the application, so the
@@ -109,11 +227,21 @@ pub struct Consumer {
     /// (updated per chunk, not per record); cleared by `seek`.
     consumed_positions: HashMap<TopicPartition, i64>,
     fetcher: JoinHandle<()>,
+    /// Where the group task reports errors the application must see (fenced, a fatal
+    /// group error): the same channel as fetch errors.
+    errors: mpsc::Sender<Result<Vec<Chunk>>>,
+    /// The group (if `group_id` is set): commits, and membership once subscribed.
+    group: Option<Arc<GroupCtx>>,
+    membership: Option<group::MembershipHandle>,
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.fetcher.abort();
+        if let Some(m) = &self.membership {
+            // Without `close`, the member is removed after its session timeout.
+            m.abort();
+        }
     }
 }
 
@@ -124,13 +252,21 @@ impl Consumer {
         config.validate()?;
         let cluster = Arc::new(Cluster::new(config.client.clone(), false)?);
         let (tx, rx) = mpsc::channel(config.prefetch_responses_max);
+        let group = config.group_id.as_ref().map(|g| {
+            Arc::new(GroupCtx::new(
+                cluster.clone(),
+                g.clone(),
+                config.group_instance_id.clone(),
+            ))
+        });
         let shared = Arc::new(Shared {
             cluster,
             config,
             partitions: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            next_epoch: AtomicU64::new(1),
         });
-        let fetcher = tokio::spawn(run_fetcher(shared.clone(), tx));
+        let fetcher = tokio::spawn(run_fetcher(shared.clone(), tx.clone()));
         Ok(Consumer {
             shared,
             responses: rx,
@@ -138,7 +274,121 @@ impl Consumer {
             current: None,
             consumed_positions: HashMap::new(),
             fetcher,
+            errors: tx,
+            group,
+            membership: None,
         })
+    }
+
+    /// Joins the consumer group `group_id` and consumes `topics`: the group's assignor
+    /// decides which partitions this member reads, and a rebalance (a member joins or
+    /// leaves, partitions are added) changes them. Each assigned partition starts at the
+    /// group's committed offset, or per `auto_offset_reset` if there is none. Needs
+    /// `group_id`; call once. Call [`Consumer::close`] to commit and leave the group.
+    pub fn subscribe(&mut self, topics: &[&str]) -> Result<()> {
+        let topics = topics.iter().map(|t| (*t).to_owned()).collect();
+        self.subscribe_with(Subscription::Topics(topics), None)
+    }
+
+    /// Like [`Consumer::subscribe`], for every topic whose whole name matches `pattern`
+    /// (a regular expression; internal topics never match). New matching topics are
+    /// picked up when metadata is refreshed (every `metadata_max_age_ms`).
+    pub fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
+        self.subscribe_with(Subscription::pattern(pattern)?, None)
+    }
+
+    /// Subscribes (see [`Consumer::subscribe`]) and calls `listener` whenever the
+    /// assignment changes, with exactly the partitions added, revoked or lost.
+    pub fn subscribe_with(
+        &mut self,
+        subscription: Subscription,
+        listener: Option<Arc<dyn RebalanceListener>>,
+    ) -> Result<()> {
+        let Some(group) = self.group.clone() else {
+            return Err(Error::Config("subscribe needs group_id".into()));
+        };
+        if self.membership.is_some() {
+            return Err(Error::Config("the consumer is already subscribed".into()));
+        }
+        if !self.shared.lock().is_empty() {
+            return Err(Error::Config(
+                "subscribe on a consumer with an assign()ed assignment".into(),
+            ));
+        }
+        self.membership = Some(group::membership::spawn(
+            group,
+            self.shared.clone(),
+            subscription,
+            listener,
+            self.errors.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Commits the current positions (the offset after the last record returned, per
+    /// assigned partition) and waits for the coordinator's answer. Needs `group_id`.
+    /// While the group rebalances the coordinator answers REBALANCE_IN_PROGRESS (or
+    /// ILLEGAL_GENERATION once this member's generation is gone); a commit sent while this
+    /// member's JoinGroup waits on the coordinator is answered after it (one connection
+    /// answers in order).
+    pub async fn commit_sync(&self) -> Result<()> {
+        let offsets = self.shared.delivered_positions();
+        self.commit_offsets_sync(&offsets).await
+    }
+
+    /// Commits explicit offsets (each the offset of the *next* record to read, as in
+    /// Kafka) and waits for the answer. Needs `group_id`.
+    pub async fn commit_offsets_sync(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let group = self
+            .group
+            .as_ref()
+            .ok_or_else(|| Error::Config("commit needs group_id".into()))?;
+        group.commit(offsets).await
+    }
+
+    /// Starts a commit of the current positions in the background; the handle resolves
+    /// to its result (dropping it does not cancel the commit). Needs `group_id`.
+    pub fn commit_async(&self) -> Result<JoinHandle<Result<()>>> {
+        let group = self
+            .group
+            .clone()
+            .ok_or_else(|| Error::Config("commit needs group_id".into()))?;
+        let offsets = self.shared.delivered_positions();
+        Ok(tokio::spawn(async move { group.commit(&offsets).await }))
+    }
+
+    /// The group's committed offsets of `partitions` (absent: none committed). Needs
+    /// `group_id`.
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, i64>> {
+        let group = self
+            .group
+            .as_ref()
+            .ok_or_else(|| Error::Config("committed needs group_id".into()))?;
+        group.committed(partitions).await
+    }
+
+    /// Leaves the group cleanly: with auto commit, commits the current positions; calls
+    /// the listener's `on_revoked` with the whole assignment; sends LeaveGroup (not for a
+    /// static member, which keeps its partitions until its session times out, as in
+    /// Kafka) so the others rebalance at once. An assign-mode consumer with a `group_id`
+    /// and auto commit commits its positions. As in Kafka, a failed auto commit here is
+    /// logged, not returned (the group may be rebalancing): call
+    /// [`Consumer::commit_sync`] first to learn whether the positions were committed.
+    pub async fn close(mut self) -> Result<()> {
+        match self.membership.take() {
+            Some(m) => m.close().await,
+            None => {
+                if self.group.is_some() && self.shared.config.enable_auto_commit {
+                    if let Err(e) = self.commit_sync().await {
+                        tracing::warn!(error = %e, "auto commit at close failed");
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Replaces the assignment. Newly assigned partitions start per
@@ -150,14 +400,21 @@ impl Consumer {
             OffsetReset::Earliest | OffsetReset::None => Offset::Beginning,
         };
         {
-            let mut map = self.shared.partitions.lock().unwrap();
+            let mut map = self.shared.lock();
             map.retain(|tp, _| partitions.contains(tp));
             for tp in partitions {
-                map.entry(tp.clone()).or_insert(PartitionState {
-                    position: Position::Resolve(start),
-                    epoch: 0,
-                    start: None,
-                });
+                if !map.contains_key(tp) {
+                    let epoch = self.shared.epoch();
+                    map.insert(
+                        tp.clone(),
+                        PartitionState {
+                            position: Position::Resolve(start),
+                            epoch,
+                            cursor: Cursor::new(-1),
+                            start: None,
+                        },
+                    );
+                }
             }
         }
         // Records already fetched for partitions that stay assigned are kept: their
@@ -177,14 +434,7 @@ impl Consumer {
 
     /// The assigned partitions.
     pub fn assignment(&self) -> Vec<TopicPartition> {
-        let mut v: Vec<_> = self
-            .shared
-            .partitions
-            .lock()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.shared.lock().keys().cloned().collect();
         v.sort();
         v
     }
@@ -193,16 +443,22 @@ impl Consumer {
     /// are discarded.
     pub fn seek(&mut self, tp: &TopicPartition, offset: Offset) -> Result<()> {
         {
-            let mut map = self.shared.partitions.lock().unwrap();
+            let mut map = self.shared.lock();
             let state = map.get_mut(tp).ok_or_else(|| Error::NotAssigned {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
             })?;
-            state.epoch += 1;
+            state.epoch = self.shared.epoch();
             (state.position, state.start) = match offset {
                 Offset::At(o) => (Position::Fetch(o), Some(o)),
                 other => (Position::Resolve(other), None),
             };
+            // A commit of the current position after a seek commits the sought offset
+            // (or nothing until a symbolic one resolves and a record is read).
+            state.cursor = Cursor::new(match offset {
+                Offset::At(o) => o,
+                _ => -1,
+            });
         }
         if self.current.as_ref().is_some_and(|c| &c.tp == tp) {
             self.current = None;
@@ -217,6 +473,12 @@ impl Consumer {
     /// `position`). A symbolic position (beginning, end, timestamp) is resolved now, so
     /// after `seek(tp, Offset::End)` this pins "the end" to the current log end.
     pub async fn position(&mut self, tp: &TopicPartition) -> Result<i64> {
+        if !self.shared.lock().contains_key(tp) {
+            return Err(Error::NotAssigned {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            });
+        }
         if let Some(chunk) = self.current.as_ref().filter(|c| &c.tp == tp) {
             if let Some(r) = chunk.records.front() {
                 return Ok(r.offset);
@@ -234,11 +496,9 @@ impl Consumer {
         }
         let state = self
             .shared
-            .partitions
             .lock()
-            .unwrap()
             .get(tp)
-            .copied()
+            .cloned()
             .ok_or_else(|| Error::NotAssigned {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
@@ -295,14 +555,25 @@ impl Stream for Consumer {
         loop {
             if let Some(chunk) = &mut this.current {
                 if let Some(record) = chunk.records.pop_front() {
-                    if chunk.records.is_empty() {
-                        this.consumed_positions
-                            .insert(chunk.tp.clone(), chunk.next_offset.max(record.offset + 1));
+                    let last = chunk.records.is_empty();
+                    let next = if last {
+                        chunk.next_offset.max(record.offset + 1)
+                    } else {
+                        record.offset + 1
+                    };
+                    // Revoked by the group meanwhile: the record belongs to the next owner.
+                    if !chunk.cursor.advance(next) {
+                        this.current = None;
+                        continue;
+                    }
+                    if last {
+                        this.consumed_positions.insert(chunk.tp.clone(), next);
                     }
                     return Poll::Ready(Some(Ok(record)));
                 }
                 // A chunk of control batches only: nothing to hand out, but the
                 // position moves past them.
+                chunk.cursor.advance(chunk.next_offset);
                 this.consumed_positions
                     .entry(chunk.tp.clone())
                     .and_modify(|p| *p = (*p).max(chunk.next_offset))
@@ -310,13 +581,7 @@ impl Stream for Consumer {
                 this.current = None;
             }
             if let Some(chunk) = this.queued.pop_front() {
-                let current_epoch = this
-                    .shared
-                    .partitions
-                    .lock()
-                    .unwrap()
-                    .get(&chunk.tp)
-                    .map(|s| s.epoch);
+                let current_epoch = this.shared.lock().get(&chunk.tp).map(|s| s.epoch);
                 if current_epoch == Some(chunk.epoch) {
                     this.current = Some(chunk);
                 }
@@ -399,8 +664,8 @@ async fn run_fetcher(shared: Arc<Shared>, tx: mpsc::Sender<Result<Vec<Chunk>>>) 
     let mut attempt: u32 = 0;
     loop {
         let snapshot: Vec<(TopicPartition, PartitionState)> = {
-            let map = shared.partitions.lock().unwrap();
-            map.iter().map(|(tp, s)| (tp.clone(), *s)).collect()
+            let map = shared.lock();
+            map.iter().map(|(tp, s)| (tp.clone(), s.clone())).collect()
         };
         if snapshot.is_empty() {
             shared.changed.notified().await;
@@ -436,7 +701,7 @@ async fn run_fetcher(shared: Arc<Shared>, tx: mpsc::Sender<Result<Vec<Chunk>>>) 
 /// Records `resolved` as the start of `tp` for `epoch`, unless a start was already
 /// settled (then that one wins) or a seek happened since (`None`).
 fn settle_start(shared: &Shared, tp: &TopicPartition, epoch: u64, resolved: i64) -> Option<i64> {
-    let mut map = shared.partitions.lock().unwrap();
+    let mut map = shared.lock();
     let s = map.get_mut(tp)?;
     if s.epoch != epoch {
         return None;
@@ -452,7 +717,7 @@ fn settle_start(shared: &Shared, tp: &TopicPartition, epoch: u64, resolved: i64)
 /// Out of range: read again from `spec` (per `auto_offset_reset`), unless a seek
 /// happened since `epoch`.
 fn reset(shared: &Shared, tp: &TopicPartition, epoch: u64, spec: Offset) {
-    if let Some(s) = shared.partitions.lock().unwrap().get_mut(tp) {
+    if let Some(s) = shared.lock().get_mut(tp) {
         if s.epoch == epoch {
             s.position = Position::Resolve(spec);
             s.start = None;
@@ -462,7 +727,7 @@ fn reset(shared: &Shared, tp: &TopicPartition, epoch: u64, spec: Offset) {
 
 /// Sets `tp`'s fetch position unless a seek happened since `epoch`.
 fn advance(shared: &Shared, tp: &TopicPartition, epoch: u64, position: Position) {
-    if let Some(s) = shared.partitions.lock().unwrap().get_mut(tp) {
+    if let Some(s) = shared.lock().get_mut(tp) {
         if s.epoch == epoch {
             s.position = position;
         }
@@ -477,7 +742,9 @@ async fn fetch_round(
     let cluster = &shared.cluster;
     // Resolve symbolic positions first.
     let mut fetchable: Vec<(TopicPartition, u64, i64)> = Vec::new();
+    let mut cursors: HashMap<TopicPartition, Arc<Cursor>> = HashMap::new();
     for (tp, state) in snapshot {
+        cursors.insert(tp.clone(), state.cursor.clone());
         match state.position {
             Position::Fetch(o) => fetchable.push((tp, state.epoch, o)),
             Position::Resolve(spec) => {
@@ -530,7 +797,7 @@ async fn fetch_round(
     }
     let fetches = by_leader
         .into_iter()
-        .map(|(leader, parts)| fetch_from(shared, tx, leader, parts));
+        .map(|(leader, parts)| fetch_from(shared, tx, leader, parts, &cursors));
     let results = futures::future::join_all(fetches).await;
     results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
 }
@@ -540,6 +807,7 @@ async fn fetch_from(
     tx: &mpsc::Sender<Result<Vec<Chunk>>>,
     leader: i32,
     parts: Vec<(TopicPartition, u64, i64)>,
+    cursors: &HashMap<TopicPartition, Arc<Cursor>>,
 ) -> Result<()> {
     let config = &shared.config;
     let conn = shared.cluster.broker_connection(leader).await?;
@@ -616,10 +884,14 @@ async fn fetch_from(
             let next =
                 crate::wire::decode_records(records, &topic_arc, tp.partition, offset, &mut out)?;
             if let Some(next) = next.filter(|n| *n > offset) {
+                let Some(cursor) = cursors.get(&tp).cloned() else {
+                    continue;
+                };
                 advance(shared, &tp, epoch, Position::Fetch(next));
                 chunks.push(Chunk {
                     tp,
                     epoch,
+                    cursor,
                     records: out,
                     next_offset: next,
                     fetch_offset: offset,

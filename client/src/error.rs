@@ -126,6 +126,16 @@ pub enum Error {
         partition: i32,
     },
 
+    /// A subscribed consumer was assigned a partition the group has no committed offset
+    /// for, and `auto_offset_reset` is `None`.
+    #[error("no committed offset for {topic}/{partition} and auto_offset_reset is none")]
+    NoCommittedOffset {
+        /// The topic name.
+        topic: String,
+        /// The partition index.
+        partition: i32,
+    },
+
     /// The producer or consumer was closed.
     #[error("client closed")]
     Closed,

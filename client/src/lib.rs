@@ -7,7 +7,9 @@
 //!   `flush`, and back-pressure once `buffer_bytes_max` is in use. Not idempotent:
 //!   delivery is at least once.
 //! * [`Consumer`] — assign mode: `assign`, `seek` (offset, beginning, end, timestamp), a
-//!   `Stream` of records with prefetch, offsets by time, earliest/latest.
+//!   `Stream` of records with prefetch, offsets by time, earliest/latest; subscribe mode:
+//!   `subscribe` (topics or a pattern) in a consumer group, with `range`, `roundrobin`
+//!   and `cooperative-sticky` assignors, rebalance callbacks, auto and manual commits.
 //! * [`Admin`] — create/delete/list/describe topics, create partitions, describe
 //!   configs and the cluster; consumer groups ([`groups`]): list, describe, delete,
 //!   committed offsets (read, alter, delete) and lag.
@@ -21,6 +23,7 @@
 //! * `wire` — everything that touches `rill-protocol` (frames, headers, batches).
 //! * [`producer`] — accumulator (batching, sans-I/O), delivery futures, sender task.
 //! * [`consumer`], [`admin`] — as named.
+//! * [`group`] — consumer-group membership, assignors, commits.
 //! * [`partitioner`] — Kafka-compatible murmur2 partitioning.
 //! * [`config`], [`record`], [`error`] — the public types.
 //!
@@ -35,6 +38,7 @@ pub mod config;
 mod conn;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod groups;
 pub mod partitioner;
 pub mod producer;
@@ -43,9 +47,13 @@ mod wire;
 
 pub use admin::{Admin, ClusterDescription, ConfigEntry, NewTopic};
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
-pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, OffsetReset, ProducerConfig};
+pub use config::{
+    Acks, AssignmentStrategy, ClientConfig, Compression, ConsumerConfig, OffsetReset,
+    ProducerConfig,
+};
 pub use consumer::{Consumer, Offset};
 pub use error::{Error, ResponseError, Result};
+pub use group::{RebalanceListener, Subscription};
 pub use groups::{GroupDescription, GroupListing, MemberDescription, OffsetSpec, PartitionLag};
 pub use producer::{DeliveryFuture, Producer};
 pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};

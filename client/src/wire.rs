@@ -16,7 +16,8 @@ use tokio_util::codec::Decoder;
 
 use crate::config::Compression;
 use crate::error::{Error, Result};
-use crate::record::{ConsumerRecord, Header, ProducerRecord};
+use crate::group::assignor::MemberSubscription;
+use crate::record::{ConsumerRecord, Header, ProducerRecord, TopicPartition};
 
 /// Bytes of a RecordBatch v2 header (counted once per batch when sizing batches).
 pub(crate) const BATCH_OVERHEAD_BYTES: usize = batch::BATCH_HEADER_BYTES;
@@ -92,6 +93,13 @@ pub(crate) fn api_name(api_key: i16) -> &'static str {
         Ok(ApiKey::CreatePartitions) => "CreatePartitions",
         Ok(ApiKey::DescribeConfigs) => "DescribeConfigs",
         Ok(ApiKey::DescribeCluster) => "DescribeCluster",
+        Ok(ApiKey::FindCoordinator) => "FindCoordinator",
+        Ok(ApiKey::JoinGroup) => "JoinGroup",
+        Ok(ApiKey::SyncGroup) => "SyncGroup",
+        Ok(ApiKey::Heartbeat) => "Heartbeat",
+        Ok(ApiKey::LeaveGroup) => "LeaveGroup",
+        Ok(ApiKey::OffsetCommit) => "OffsetCommit",
+        Ok(ApiKey::OffsetFetch) => "OffsetFetch",
         _ => "request",
     }
 }
@@ -273,4 +281,117 @@ pub(crate) fn decode_consumer_assignment(bytes: Bytes) -> Result<Vec<crate::Topi
     }
     out.sort();
     Ok(out)
+}
+
+/// Version of the consumer-protocol subscription this client writes: v1 carries the owned
+/// partitions the cooperative protocol needs and is read by every client since Kafka 2.4.
+const SUBSCRIPTION_VERSION: i16 = 1;
+/// Version of the consumer-protocol assignment this client writes (the layout is the same
+/// in every version; v0 is read by every client).
+const ASSIGNMENT_VERSION: i16 = 0;
+
+fn encode_versioned<T: kafka_protocol::protocol::Encodable>(
+    message: &T,
+    version: i16,
+) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&version.to_be_bytes());
+    message
+        .encode(&mut buf, version)
+        .map_err(|e| Error::Protocol(format!("consumer protocol: {e}")))?;
+    Ok(buf.freeze())
+}
+
+/// A member's JoinGroup metadata in Kafka's `ConsumerProtocolSubscription` encoding.
+pub(crate) fn encode_subscription(
+    topics: &std::collections::BTreeSet<String>,
+    owned: &std::collections::BTreeSet<TopicPartition>,
+) -> Result<Bytes> {
+    use kafka_protocol::messages::consumer_protocol_subscription::TopicPartition as Owned;
+    use kafka_protocol::messages::{ConsumerProtocolSubscription, TopicName};
+    let mut owned_by_topic: Vec<Owned> = Vec::new();
+    for tp in owned {
+        match owned_by_topic.last_mut() {
+            Some(t) if *t.topic.0 == *tp.topic => t.partitions.push(tp.partition),
+            _ => owned_by_topic.push(
+                Owned::default()
+                    .with_topic(TopicName(StrBytes::from_string(tp.topic.clone())))
+                    .with_partitions(vec![tp.partition]),
+            ),
+        }
+    }
+    let message = ConsumerProtocolSubscription::default()
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| StrBytes::from_string(t.clone()))
+                .collect(),
+        )
+        .with_owned_partitions(owned_by_topic);
+    encode_versioned(&message, SUBSCRIPTION_VERSION)
+}
+
+/// Decodes another member's JoinGroup metadata (bounded: it is peer input).
+pub(crate) fn decode_subscription(
+    member_id: &str,
+    group_instance_id: Option<&str>,
+    metadata: Bytes,
+) -> Result<MemberSubscription> {
+    let (_, m) = decode::consumer_protocol::decode_subscription(metadata)
+        .map_err(|e| Error::Protocol(format!("subscription of member {member_id}: {e}")))?;
+    Ok(MemberSubscription {
+        member_id: member_id.to_owned(),
+        group_instance_id: group_instance_id.map(str::to_owned),
+        topics: m.topics.iter().map(|t| t.to_string()).collect(),
+        owned: m
+            .owned_partitions
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| TopicPartition::new(t.topic.0.to_string(), *p))
+            })
+            .collect(),
+        generation: if m.generation_id == 0 && m.owned_partitions.is_empty() {
+            -1
+        } else {
+            m.generation_id
+        },
+    })
+}
+
+/// One member's SyncGroup assignment in Kafka's `ConsumerProtocolAssignment` encoding.
+pub(crate) fn encode_assignment(partitions: &[TopicPartition]) -> Result<Bytes> {
+    use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as Assigned;
+    use kafka_protocol::messages::{ConsumerProtocolAssignment, TopicName};
+    let mut sorted = partitions.to_vec();
+    sorted.sort();
+    let mut by_topic: Vec<Assigned> = Vec::new();
+    for tp in sorted {
+        match by_topic.last_mut() {
+            Some(t) if *t.topic.0 == *tp.topic => t.partitions.push(tp.partition),
+            _ => by_topic.push(
+                Assigned::default()
+                    .with_topic(TopicName(StrBytes::from_string(tp.topic.clone())))
+                    .with_partitions(vec![tp.partition]),
+            ),
+        }
+    }
+    let message = ConsumerProtocolAssignment::default().with_assigned_partitions(by_topic);
+    encode_versioned(&message, ASSIGNMENT_VERSION)
+}
+
+/// Decodes this member's assignment from a SyncGroup answer (bounded: the leader, another
+/// member, wrote it).
+pub(crate) fn decode_assignment(assignment: Bytes) -> Result<Vec<TopicPartition>> {
+    let m = decode::consumer_protocol::decode_assignment(assignment)
+        .map_err(|e| Error::Protocol(format!("assignment: {e}")))?;
+    Ok(m.assigned_partitions
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| TopicPartition::new(t.topic.0.to_string(), *p))
+        })
+        .collect())
 }

@@ -884,7 +884,7 @@ impl Group {
                 Some(protocol) => member.metadata_for(protocol),
                 None => member.protocols.first().map(|(_, metadata)| metadata),
             }?;
-            let subscription =
+            let (_, subscription) =
                 rill_protocol::decode::consumer_protocol::decode_subscription(metadata.clone())
                     .ok()?;
             topics.extend(subscription.topics.iter().map(|t| t.to_string()));

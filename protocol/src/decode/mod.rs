@@ -15,6 +15,8 @@
 //!   capped at [`source::PREALLOC_BYTES_MAX`], strings and bytes are zero-copy slices, unknown
 //!   tagged fields are kept as raw slices. Bytes after a response are an error; after a
 //!   request they are ignored, as Kafka's broker does (librdkafka relies on it).
+//! * [`consumer_protocol`] — the subscription and assignment that consumer-group members
+//!   embed in JoinGroup/SyncGroup (peer input too: another member wrote them).
 //! * One module per API (`metadata`, `produce`, …): `impl Decode` for its request and
 //!   response and their nested structs. Every API Rill serves or its client reads has one;
 //!   an API added later gets its module here.

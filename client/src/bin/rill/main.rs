@@ -13,14 +13,15 @@ mod group;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use rill_client::{
-    Acks, Admin, ClientConfig, Compression, Consumer, ConsumerConfig, ConsumerRecord, Error,
-    NewTopic, Offset, Producer, ProducerConfig, ProducerRecord, TopicPartition,
+    Acks, Admin, AssignmentStrategy, ClientConfig, Compression, Consumer, ConsumerConfig,
+    ConsumerRecord, Error, NewTopic, Offset, OffsetReset, Producer, ProducerConfig, ProducerRecord,
+    TopicPartition,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -209,6 +210,21 @@ struct ConsumeArgs {
     /// Separator between key and value in `kv` format.
     #[arg(short = 'K', long, default_value = "\t")]
     key_separator: String,
+    /// Consume as a member of this consumer group (subscribe mode): the group assigns the
+    /// partitions, reading resumes after the group's committed offsets (`--from-end`
+    /// starts partitions without one at the end, otherwise at the beginning), and offsets
+    /// are committed as records are printed and on exit (also on Ctrl-C).
+    #[arg(short, long, conflicts_with_all = ["partitions", "offset", "from_time", "exit_at_end"])]
+    group: Option<String>,
+    /// Assignors offered to the group, preferred first: range, roundrobin,
+    /// cooperative-sticky (comma-separated).
+    #[arg(
+        long,
+        requires = "group",
+        value_delimiter = ',',
+        default_value = "range,cooperative-sticky"
+    )]
+    assignment_strategy: Vec<String>,
 }
 
 /// `haystack` split at the first occurrence of a non-empty `separator`.
@@ -551,7 +567,98 @@ async fn produce(client: ClientConfig, args: ProduceArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// How long `consume --group` waits for a record before it flushes what it printed and
+/// commits it.
+const GROUP_IDLE_COMMIT_MS: u64 = 200;
+/// `consume --group` flushes and commits at least every this many records.
+const GROUP_COMMIT_RECORDS: u64 = 1024;
+
+/// `rill consume --group`: a subscribed member that commits as it goes and leaves the
+/// group on exit. Offsets are committed only after the records before them were flushed
+/// to stdout (so auto commit, which could commit records still in the buffer, is off):
+/// a record is never lost, and at most the records since the last commit are printed
+/// again by the next owner of a partition after a rebalance or a crash.
+async fn consume_group(
+    client: ClientConfig,
+    args: ConsumeArgs,
+    group: String,
+) -> Result<(), Error> {
+    let strategies = args
+        .assignment_strategy
+        .iter()
+        .map(|s| s.trim().parse::<AssignmentStrategy>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = ConsumerConfig {
+        client,
+        group_id: Some(group),
+        assignment_strategies: strategies,
+        auto_offset_reset: if args.from_end {
+            OffsetReset::Latest
+        } else {
+            OffsetReset::Earliest
+        },
+        enable_auto_commit: false,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(config)?;
+    consumer.subscribe(&[args.topic.as_str()])?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut consumed: u64 = 0;
+    let mut uncommitted: u64 = 0;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let idle = Duration::from_millis(GROUP_IDLE_COMMIT_MS);
+    let result: Result<(), Error> = loop {
+        let next = tokio::select! {
+            r = tokio::time::timeout(idle, consumer.next()) => r,
+            _ = &mut interrupted => break Ok(()),
+        };
+        let record = match next {
+            Err(_idle) => {
+                if uncommitted > 0 {
+                    if let Err(e) = flush_and_commit(&mut out, &consumer).await {
+                        break Err(e);
+                    }
+                    uncommitted = 0;
+                }
+                continue;
+            }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => break Err(e),
+            Ok(Some(Ok(r))) => r,
+        };
+        if let Err(e) = print_record(&mut out, &record, args.format, &args.key_separator) {
+            break Err(Error::Config(format!("writing stdout: {e}")));
+        }
+        consumed += 1;
+        uncommitted += 1;
+        if args.count.is_some_and(|c| consumed >= c) {
+            break Ok(());
+        }
+        if uncommitted >= GROUP_COMMIT_RECORDS {
+            if let Err(e) = flush_and_commit(&mut out, &consumer).await {
+                break Err(e);
+            }
+            uncommitted = 0;
+        }
+    };
+    let committed = flush_and_commit(&mut out, &consumer).await;
+    let closed = consumer.close().await;
+    result.and(committed).and(closed)
+}
+
+/// Flushes stdout, then commits the positions of the records printed.
+async fn flush_and_commit(out: &mut impl Write, consumer: &Consumer) -> Result<(), Error> {
+    out.flush()
+        .map_err(|e| Error::Config(format!("writing stdout: {e}")))?;
+    consumer.commit_sync().await
+}
+
 async fn consume(client: ClientConfig, args: ConsumeArgs) -> Result<(), Error> {
+    if let Some(group) = args.group.clone() {
+        return consume_group(client, args, group).await;
+    }
     let config = ConsumerConfig {
         client: client.clone(),
         ..ConsumerConfig::default()

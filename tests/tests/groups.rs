@@ -319,6 +319,33 @@ async fn three_members_starting_together_form_one_generation_after_the_default_d
     for m in team {
         m.handle.join().expect("member thread");
     }
+    // A second group of three, now that __consumer_offsets exists: what every group
+    // after a cluster's first one waits.
+    let started = Instant::now();
+    let team: Vec<Member> = (0..3)
+        .map(|_| spawn_member(&bootstrap, "together-again", topic, Seen::default()))
+        .collect();
+    wait_until("the second group of three to hold every partition", || {
+        let counts: Vec<usize> = team
+            .iter()
+            .map(|m| m.assigned.load(Ordering::Acquire))
+            .collect();
+        counts.iter().all(|&c| c > 0) && counts.iter().sum::<usize>() == PARTITIONS as usize
+    });
+    let formed_again = started.elapsed();
+    println!(
+        "a second group of three (__consumer_offsets in place) holds all {PARTITIONS} partitions {formed_again:?} after its first member was created"
+    );
+    assert!(
+        formed_again >= Duration::from_secs(3) && formed_again < Duration::from_secs(6),
+        "the second group took {formed_again:?} to form"
+    );
+    for m in &team {
+        m.stop.store(true, Ordering::Release);
+    }
+    for m in team {
+        m.handle.join().expect("member thread");
+    }
 }
 
 /// One rebalance callback a cooperative member saw.

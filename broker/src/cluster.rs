@@ -772,18 +772,27 @@ impl Cluster {
         let value = record
             .encode()
             .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
-        let batch = metadata_batch(&value);
         let appended = {
             let _appending = self.append_lock.lock().await;
-            self.metadata.append(
-                &batch,
-                BatchCounts {
-                    batches: 1,
-                    offsets: 1,
-                },
-            )?
+            self.append_value(&value)?
         };
-        self.metadata.wait_acknowledgeable(&appended).await?;
+        self.wait_applied(&appended).await
+    }
+
+    /// Appends one metadata record value (the caller holds the append lock).
+    fn append_value(&self, value: &[u8]) -> Result<crate::replica::Appended, BrokerError> {
+        self.metadata.append(
+            &metadata_batch(value),
+            BatchCounts {
+                batches: 1,
+                offsets: 1,
+            },
+        )
+    }
+
+    /// Waits until `appended` is committed and this broker's applier has applied it.
+    async fn wait_applied(&self, appended: &crate::replica::Appended) -> Result<(), BrokerError> {
+        self.metadata.wait_acknowledgeable(appended).await?;
         let end = (appended.last_offset + 1) as u64;
         let mut applied = self.applied_end.subscribe();
         tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= end))
@@ -841,21 +850,9 @@ impl Cluster {
                     return Ok(false);
                 }
             };
-            self.metadata.append(
-                &metadata_batch(&value),
-                BatchCounts {
-                    batches: 1,
-                    offsets: 1,
-                },
-            )?
+            self.append_value(&value)?
         };
-        self.metadata.wait_acknowledgeable(&appended).await?;
-        let end = (appended.last_offset + 1) as u64;
-        let mut applied = self.applied_end.subscribe();
-        tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= end))
-            .await
-            .map_err(|_| BrokerError::RequestTimedOut)?
-            .map_err(|_| BrokerError::RequestTimedOut)?;
+        self.wait_applied(&appended).await?;
         Ok(true)
     }
 

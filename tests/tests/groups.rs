@@ -4,6 +4,8 @@
 //! survive a SIGKILL of the coordinator; raw requests with bad members, generations and
 //! group ids get their error codes while the broker keeps serving.
 
+mod groups_common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -12,6 +14,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use groups_common::{client_config, create_topic, BROKER_ARGS, PARTITIONS};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -20,8 +23,8 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
 };
@@ -31,25 +34,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use rill_tests::raw::RawConn;
 use rill_tests::RilldProcess;
 
-const PARTITIONS: i32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// Short, so a test's groups form quickly (the default is Kafka's 3 s).
-const BROKER_ARGS: &[&str] = &[
-    "--offsets-topic-partitions",
-    "5",
-    "--group-initial-rebalance-delay-ms",
-    "300",
-];
 
 fn s(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_string())
-}
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000");
-    c
 }
 
 fn consumer_config(bootstrap: &str, group: &str, session_timeout_ms: u32) -> ClientConfig {
@@ -61,20 +49,6 @@ fn consumer_config(bootstrap: &str, group: &str, session_timeout_ms: u32) -> Cli
         .set("heartbeat.interval.ms", "200")
         .set("partition.assignment.strategy", "range");
     c
-}
-
-async fn create_topic(bootstrap: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> =
-        client_config(bootstrap).create().expect("admin client");
-    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &options,
-        )
-        .await
-        .expect("create topic");
-    assert_eq!(results, vec![Ok(topic.to_string())]);
 }
 
 /// Produces `values` round-robin over the partitions; returns (partition, value) sent.

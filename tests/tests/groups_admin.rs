@@ -9,6 +9,8 @@
 
 mod cluster_common;
 
+mod groups_common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use groups_common::{client_config, BROKER_ARGS, PARTITIONS};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -27,16 +30,7 @@ use rill_client::{Admin, Error, ResponseError, TopicPartition};
 use rill_tests::raw::{requests, RawConn};
 use rill_tests::{rill_bin, run_piped, RilldProcess};
 
-const PARTITIONS: i32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// Few `__consumer_offsets` partitions and a short initial rebalance delay, so groups
-/// form quickly.
-const BROKER_ARGS: &[&str] = &[
-    "--offsets-topic-partitions",
-    "5",
-    "--group-initial-rebalance-delay-ms",
-    "300",
-];
 
 fn rill(bootstrap: &str, args: &[&str]) -> Output {
     let mut command = Command::new(rill_bin());
@@ -54,13 +48,6 @@ fn rill_ok(bootstrap: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("utf-8 output")
-}
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000");
-    c
 }
 
 fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {

@@ -9,6 +9,8 @@
 mod client_common;
 mod cluster_common;
 
+mod groups_common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,16 +26,9 @@ use rill_client::{
 use rill_tests::RilldProcess;
 
 use client_common::create_topic;
+use groups_common::{BROKER_ARGS, PARTITIONS};
 
-const PARTITIONS: i32 = 4;
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// Short, so a test's groups form quickly (the default is Kafka's 3 s).
-const BROKER_ARGS: &[&str] = &[
-    "--offsets-topic-partitions",
-    "5",
-    "--group-initial-rebalance-delay-ms",
-    "300",
-];
 
 /// (partition, offset, value) of every record a member read.
 type Seen = Arc<Mutex<Vec<(i32, i64, String)>>>;

@@ -8,6 +8,8 @@
 
 mod cluster_common;
 
+mod groups_common;
+
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cluster_common::{wait_registered, Cluster};
+use groups_common::client_config;
 use kafka_protocol::messages::{FindCoordinatorRequest, MetadataRequest};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -22,7 +25,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+
 use rill_tests::raw::RawConn;
 
 const TOPIC: &str = "failover";
@@ -38,13 +41,6 @@ const BROKER_ARGS: &[&str] = &[
     "--group-initial-rebalance-delay-ms",
     "300",
 ];
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("socket.timeout.ms", "10000");
-    c
-}
 
 async fn create_topic(bootstrap: &str) {
     let admin: AdminClient<DefaultClientContext> =

@@ -8,6 +8,8 @@
 //! `tests/python/requirements.txt`) and names in `RILL_TEST_PYTHON`; the scripts the test
 //! runs are `tests/python/*_client.py`.
 
+mod groups_common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -15,22 +17,12 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+use groups_common::{create_topic, BROKER_ARGS, PARTITIONS};
 use rill_tests::RilldProcess;
 
-const PARTITIONS: i32 = 4;
 /// How long any one step may take (generous: Python clients start slowly on a busy
 /// machine).
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// Short, so the groups form quickly (the default is Kafka's 3 s).
-const BROKER_ARGS: &[&str] = &[
-    "--offsets-topic-partitions",
-    "5",
-    "--group-initial-rebalance-delay-ms",
-    "300",
-];
 
 /// The Python client library a test drives.
 #[derive(Debug, Clone, Copy)]
@@ -68,22 +60,6 @@ fn python() -> PathBuf {
              environment under the target directory and sets RILL_TEST_PYTHON to its python"
         ),
     }
-}
-
-async fn create_topic(bootstrap: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
-            &options,
-        )
-        .await
-        .expect("create topic");
-    assert_eq!(results, vec![Ok(topic.to_string())]);
 }
 
 /// Produces `count` records `prefix-i` round-robin over the partitions with `library`'s

@@ -304,7 +304,7 @@ async fn dispatch(inner: &Arc<Inner>, batches: Vec<Drained>) {
             requests.push(vec![d]);
         }
     }
-    let mut lanes = inner.lanes.lock().unwrap();
+    let mut lanes = inner.lanes.lock().expect("lanes lock");
     for (leader, requests) in by_leader {
         let lane = lanes.entry(leader).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();

@@ -230,7 +230,9 @@ impl Connection {
         let sent = self
             .enqueue(request, version, true, self.request_timeout)
             .await?;
-        Ok(sent.expect("a request that expects a response is sent with a reply channel"))
+        sent.ok_or_else(|| {
+            Error::Protocol("a request sent for a response got no reply channel".into())
+        })
     }
 
     /// Awaits the response of a request queued by [`Connection::send`], within what is

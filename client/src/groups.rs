@@ -357,8 +357,9 @@ impl Admin {
                 });
             }
             let response = conn.request_at(&request, version).await?;
-            let mut offsets = BTreeMap::new();
-            if version >= 8 {
+            // (topic, partition, error code, committed offset) of every answered
+            // partition: v8+ answers per group, older versions at the top level.
+            let answered: Vec<(String, i32, i16, i64)> = if version >= 8 {
                 let g = response
                     .groups
                     .into_iter()
@@ -367,35 +368,47 @@ impl Admin {
                 if let Some(e) = Error::from_code(g.error_code, None) {
                     return Err(e);
                 }
-                for t in g.topics {
-                    for p in t.partitions {
-                        if let Some(e) = Error::from_code(p.error_code, None) {
-                            return Err(e);
-                        }
-                        if p.committed_offset >= 0 {
-                            offsets.insert(
-                                TopicPartition::new(t.name.to_string(), p.partition_index),
+                g.topics
+                    .into_iter()
+                    .flat_map(|t| {
+                        let name = t.name.to_string();
+                        t.partitions.into_iter().map(move |p| {
+                            (
+                                name.clone(),
+                                p.partition_index,
+                                p.error_code,
                                 p.committed_offset,
-                            );
-                        }
-                    }
-                }
+                            )
+                        })
+                    })
+                    .collect()
             } else {
                 if let Some(e) = Error::from_code(response.error_code, None) {
                     return Err(e);
                 }
-                for t in response.topics {
-                    for p in t.partitions {
-                        if let Some(e) = Error::from_code(p.error_code, None) {
-                            return Err(e);
-                        }
-                        if p.committed_offset >= 0 {
-                            offsets.insert(
-                                TopicPartition::new(t.name.to_string(), p.partition_index),
+                response
+                    .topics
+                    .into_iter()
+                    .flat_map(|t| {
+                        let name = t.name.to_string();
+                        t.partitions.into_iter().map(move |p| {
+                            (
+                                name.clone(),
+                                p.partition_index,
+                                p.error_code,
                                 p.committed_offset,
-                            );
-                        }
-                    }
+                            )
+                        })
+                    })
+                    .collect()
+            };
+            let mut offsets = BTreeMap::new();
+            for (topic, partition, error_code, committed_offset) in answered {
+                if let Some(e) = Error::from_code(error_code, None) {
+                    return Err(e);
+                }
+                if committed_offset >= 0 {
+                    offsets.insert(TopicPartition::new(topic, partition), committed_offset);
                 }
             }
             Ok(offsets)

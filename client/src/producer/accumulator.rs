@@ -239,7 +239,9 @@ impl Accumulator {
                         }
                         queue.retry_at = None;
                     }
-                    let batch = queue.closed.pop_front().expect("checked non-empty");
+                    let Some(batch) = queue.closed.pop_front() else {
+                        break; // head_sendable saw a head
+                    };
                     queue
                         .in_flight
                         .push_back((batch.seq, batch.completion.clone()));

@@ -6,8 +6,10 @@
 //! (its handshakes refused, its Raft messages never delivered) and exits naming the
 //! conflict; a broker wiped while the metadata log was trimmed below a checkpoint
 //! rebuilds the cluster metadata from that checkpoint, and a broker restarted on its
-//! trimmed metadata log replays it. Every test checks the history (no acknowledged record lost, no offset
-//! holding two records) and that the replicas' log files end byte-identical.
+//! trimmed metadata log replays it; a controller wiped and restarted at once is replaced
+//! at once (its quiet followers learn of the restart from its handshake). Every test
+//! checks the history (no acknowledged record lost, no offset holding two records) and
+//! that the replicas' log files end byte-identical.
 
 mod cluster_common;
 
@@ -191,6 +193,66 @@ async fn a_follower_restarted_on_an_empty_data_directory_catches_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    read_back(&cluster, &mut history).await;
+    check_and_stop(&mut cluster, &history, "").await;
+}
+
+/// The controller (the metadata group's leader) is SIGKILLed while the cluster is idle,
+/// its data directory deleted, and it restarts at once — before its peers could notice
+/// its silence. The restarted process leads nothing and, on an empty data directory,
+/// may not campaign; its peers learn of the new incarnation from its handshake and
+/// elect a new controller at once (a quiet follower would otherwise keep trusting the
+/// dead leader and never time out). Topic creation works again, and the wiped broker
+/// catches the metadata and its replicas up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_wiped_and_restarted_at_once_is_replaced() {
+    let mut cluster = Cluster::start();
+    wait_registered(&cluster, 3).await;
+    create_replicated_topic(&cluster).await;
+    let mut history = History::default();
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "before", 200).await;
+    drop(producer);
+    // Idle long enough for the metadata group to go quiet (a few heartbeats).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    let controller = admin
+        .describe_cluster()
+        .await
+        .expect("describe cluster")
+        .controller_id;
+    let broker = &mut cluster.brokers[(controller - 1) as usize];
+    broker.kill();
+    std::fs::remove_dir_all(broker.data_dir()).expect("wipe the data directory");
+    broker.restart();
+    let restarted_at = Instant::now();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+        let created = admin
+            .create_topics(&[NewTopic {
+                replication_factor: 3,
+                ..NewTopic::new("after-restart", 1)
+            }])
+            .await;
+        match created {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no topic creation within 20 s of restarting controller {controller}: {e}\n{}",
+                cluster.logs()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "controller {controller} wiped and restarted: a topic created {:.2} s later",
+        restarted_at.elapsed().as_secs_f64()
+    );
+    let producer = Producer::new(ProducerConfig::new(&cluster.bootstrap())).expect("producer");
+    produce(&producer, &mut history, 0, "after", 200).await;
     read_back(&cluster, &mut history).await;
     check_and_stop(&mut cluster, &history, "").await;
 }

@@ -158,10 +158,20 @@ impl ReplicaState {
         &self.raft
     }
 
-    /// Hands the core the restarted peers noted while it could take no input.
+    /// Hands the core the restarted peers noted while it could take no input. A leader
+    /// forgets what each acknowledged (its disk may be gone). A follower whose leader
+    /// restarted has lost that leader: a restarted process leads nothing, and a quiet
+    /// follower would otherwise trust it for good — it ticks no election timer, and a
+    /// process back within a second never looks silent to the transport. If the new
+    /// process came up on an empty data directory it may not campaign either (vote
+    /// restraint), so nobody would ever start an election.
     fn forget_restarted_peers(&mut self) {
         for node in std::mem::take(&mut self.restarted_peers) {
-            self.raft.forget_follower_match(node);
+            if self.raft.role() != Role::Leader && self.raft.leader() == Some(node) {
+                self.raft.unquiesce(true);
+            } else {
+                self.raft.forget_follower_match(node);
+            }
         }
     }
 
@@ -415,7 +425,9 @@ impl Partition {
 
     /// The broker `peer` restarted (a new incarnation): if this replica leads, it
     /// forgets what that broker's replica acknowledged and probes it again, since a
-    /// restart may come with an empty data directory (`Raft::forget_follower_match`).
+    /// restart may come with an empty data directory (`Raft::forget_follower_match`);
+    /// if it follows `peer`, it wakes and campaigns unless a new leader speaks first
+    /// ([`ReplicaState::forget_restarted_peers`]).
     pub fn peer_restarted(&self, peer: i32) {
         if self.is_closed() {
             return;

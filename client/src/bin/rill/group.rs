@@ -158,7 +158,7 @@ pub(crate) async fn run(client: ClientConfig, cmd: GroupCommand) -> Result<(), E
                 eprintln!("broker {broker} could not be asked (its groups are not listed): {e}");
             }
             match list.unreachable.into_iter().next() {
-                Some((_, e)) => Err(e.into()),
+                Some((_, e)) => Err(e),
                 None => Ok(()),
             }
         }

@@ -34,6 +34,9 @@
 //! zero-copy `Bytes` slices of the maps.
 //! Next to them: `recovery-point-offset-checkpoint`, `log-start-offset-checkpoint`
 //! and `leader-epoch-checkpoint`, each in the [`atomic_file`] format (CRC'd header line).
+//! A new log writes none of them (absent means the log's own start); the epoch file
+//! is brought up to date only before the recovery point passes a new epoch, since
+//! recovery rebuilds later epochs from the batches it scans.
 //!
 //! ## Using it
 //!

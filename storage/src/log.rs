@@ -14,7 +14,7 @@ use crate::batch::{self, BatchView};
 use crate::config::LogConfig;
 use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
-use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints};
+use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints, UnsavedEpochs};
 use crate::index::SegmentIndex;
 use crate::journal::JournalWrite;
 use crate::mmap::{self, MapFile, MapWriter};
@@ -89,6 +89,9 @@ pub struct PartitionLog {
     active: Active,
     log_start_offset: u64,
     epochs: EpochCache,
+    /// Bumped by every change of `epochs`; the epoch file holds the version
+    /// `checkpoints` names (see [`SharedCheckpoints`] for why it may lag).
+    epochs_version: u64,
     /// Every offset below this is durable.
     flushed_offset: u64,
     /// Bumped by truncation and reset; flush completions from an older generation are ignored.
@@ -209,12 +212,17 @@ impl PartitionLog {
         if log.epochs.entries() != epochs_on_disk.entries() {
             log.epochs.save(dir)?;
         }
-        if log_start_ck != Some(log.log_start_offset) {
+        // An absent checkpoint means what a new log would write (log start = the first
+        // segment's base, recovery point = the log start), so a new partition is
+        // created without two checkpoint files and their four fsyncs (fifty of them
+        // for `__consumer_offsets`).
+        let first_base = log.segments[0].base_offset;
+        if log_start_ck.unwrap_or(first_base) != log.log_start_offset {
             atomic_file::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
         }
         let end = log.log_end_offset();
         let mut recovery_point = end;
-        if recovery_ck != Some(end) {
+        if recovery_ck.unwrap_or(log.log_start_offset) != end {
             match atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end) {
                 Ok(()) => {}
                 // The checkpoint only shortens the next recovery; a full disk must not
@@ -248,6 +256,7 @@ impl PartitionLog {
             active,
             log_start_offset,
             epochs,
+            epochs_version: 0,
             flushed_offset: log_start_offset,
             generation: 0,
             checkpoints: Arc::new(SharedCheckpoints::new(log_start_offset)),
@@ -673,10 +682,11 @@ impl PartitionLog {
         // Reserve the space before anything else changes, so a full disk fails the
         // append with the log untouched.
         self.reserve_active(self.active_segment().size_bytes + total)?;
-        // Record new epochs durably before the data that carries them.
+        // New epochs change the cache only; the epoch file follows before the recovery
+        // point passes them (see `SharedCheckpoints`).
         let mut saved_epochs = None;
         if new_epochs {
-            let saved = self.epochs.clone();
+            saved_epochs = Some(self.epochs.clone());
             match leader_epoch {
                 Some(epoch) => self.epochs.push(epoch, log_end),
                 None => {
@@ -691,11 +701,7 @@ impl PartitionLog {
                     }
                 }
             }
-            if let Err(e) = self.epochs.save(&self.dir) {
-                self.epochs = saved;
-                return Err(e);
-            }
-            saved_epochs = Some(saved);
+            self.epochs_version += 1;
         }
         // Pass 2: one copy into the file (pwritev; the map shows the same page-cache
         // pages), with the leader's stamped headers swapped in through the iovecs.
@@ -714,7 +720,7 @@ impl PartitionLog {
             let _ = self.active.writer.zero(start_pos, end_pos);
             if let Some(saved) = saved_epochs {
                 self.epochs = saved;
-                let _ = self.epochs.save(&self.dir);
+                self.epochs_version += 1;
             }
             let path = segment_path(&self.dir, seg_base, LOG_SUFFIX);
             return Err(StorageError::io("write segment", path, e));
@@ -1202,7 +1208,7 @@ impl PartitionLog {
         let new_end = seg.next_offset;
         self.flushed_offset = self.flushed_offset.min(new_end);
         if self.epochs.truncate_from(new_end) {
-            self.epochs.save(&self.dir)?;
+            self.save_epochs_now()?;
         }
         Ok(new_end)
     }
@@ -1239,7 +1245,7 @@ impl PartitionLog {
         self.flushed_offset = start_offset;
         self.dir_changes_synced = self.dir_changes;
         if self.epochs.clear() {
-            self.epochs.save(&self.dir)?;
+            self.save_epochs_now()?;
         }
         Ok(())
     }
@@ -1325,7 +1331,7 @@ impl PartitionLog {
         }
         self.dir_changes += 1;
         if self.epochs.truncate_prefix(new_start) {
-            self.epochs.save(&self.dir)?;
+            self.save_epochs_now()?;
         }
         Ok(RetentionOutcome {
             segments_deleted: delete,
@@ -1348,6 +1354,7 @@ impl PartitionLog {
     /// synced. Run the returned job outside the lock, then pass its result to
     /// [`complete_flush`](Self::complete_flush).
     pub fn prepare_flush(&self) -> FlushJob {
+        let epochs = self.unsaved_epochs();
         let mut ranges = Vec::new();
         let mut closed_synced = Vec::new();
         let mut index_files = Vec::new();
@@ -1374,6 +1381,7 @@ impl PartitionLog {
             dir: self.dir.clone(),
             sync_dir: self.dir_changes > self.dir_changes_synced,
             checkpoints: self.checkpoints.clone(),
+            epochs,
             outcome: self.flushed_to_end(self.active.needs_sync, closed_synced),
         }
     }
@@ -1482,8 +1490,32 @@ impl PartitionLog {
     /// Flushes, records the log end as the recovery point, and closes the log.
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
-        self.checkpoints
-            .write_recovery_point(&self.dir, self.log_end_offset(), self.generation)
+        let epochs = self.unsaved_epochs();
+        self.checkpoints.write_recovery_point(
+            &self.dir,
+            self.log_end_offset(),
+            self.generation,
+            epochs.as_ref(),
+        )
+    }
+
+    /// The epoch cache, if the epoch file does not hold its current version.
+    fn unsaved_epochs(&self) -> Option<UnsavedEpochs> {
+        (self.epochs_version > self.checkpoints.epochs_version()).then(|| UnsavedEpochs {
+            cache: self.epochs.clone(),
+            version: self.epochs_version,
+        })
+    }
+
+    /// Writes the epoch cache to its file now, after a change that removed entries (a
+    /// stale file could name epochs the log no longer holds).
+    fn save_epochs_now(&mut self) -> Result<()> {
+        self.epochs_version += 1;
+        let epochs = UnsavedEpochs {
+            cache: self.epochs.clone(),
+            version: self.epochs_version,
+        };
+        self.checkpoints.save_epochs(&self.dir, &epochs)
     }
 }
 

@@ -284,8 +284,11 @@ pub struct ConsumerConfig {
     /// A member not heard from for this long is removed from the group. Default: 45,000 ms
     /// (Kafka's).
     pub session_timeout_ms: i32,
-    /// How long the coordinator waits for every member to rejoin in a rebalance (Kafka's
-    /// `max.poll.interval.ms`). Default: 300,000 ms.
+    /// Kafka's `max.poll.interval.ms`, which is also the rebalance timeout it sends: how
+    /// long the coordinator waits for every member to rejoin in a rebalance, and how long
+    /// the application may hold records without asking for more (awaiting the consumer
+    /// `Stream`) before this member leaves the group so others take its partitions
+    /// (they are reported lost; it rejoins at its next poll). Default: 300,000 ms.
     pub rebalance_timeout_ms: i32,
     /// Interval between heartbeats; a rebalance is noticed within about this long.
     /// Default: 3,000 ms.

@@ -18,14 +18,15 @@ use crate::log::{RECOVERY_POINT_FILE, RECOVERY_POINT_KEY};
 /// against a late job writing a checkpoint past a truncation; and which version of the
 /// leader-epoch cache the `leader-epoch-checkpoint` file holds.
 ///
-/// The epoch file is written lazily: an append that starts a new epoch changes only
-/// the in-memory cache, and the file is brought up to date just before the recovery
-/// point moves past it (or by a truncation, which writes it at once). That suffices
-/// because recovery trusts the file only for the segments below the recovery point
-/// and rebuilds every later entry from the batches it scans, and it keeps a new
-/// leader's first append (every partition at once after a failover, or the fifty of
-/// a new `__consumer_offsets`) free of a file write and three fsyncs on the
-/// persist thread.
+/// The epoch file is written by flushes: an append that starts a new epoch changes
+/// only the in-memory cache, and the next flush job writes the file (in the sync
+/// threads, in parallel with other partitions' syncs) before it can move the
+/// recovery point; a truncation writes it at once. That suffices because recovery
+/// trusts the file only for the segments below the recovery point and rebuilds every
+/// later entry from the batches it scans, and it keeps a new leader's first append
+/// (every partition at once after a failover, or the fifty of a new
+/// `__consumer_offsets`) free of a file write and three fsyncs on the persist
+/// thread, one partition after another.
 #[derive(Debug)]
 pub(crate) struct SharedCheckpoints {
     state: Mutex<CheckpointState>,
@@ -134,8 +135,8 @@ impl SharedCheckpoints {
     /// After a flush: advance the checkpoint to `offset` only if it still points into
     /// an older segment than `active_base_offset` (so it is written about once per
     /// roll, not once per flush; recovery always scans the active segment anyway).
-    /// The epochs go to their file first: below the recovery point, recovery reads
-    /// them from it.
+    /// The epochs must be in their file by then: below the recovery point, recovery
+    /// reads them from it.
     fn advance(
         &self,
         dir: &Path,
@@ -154,6 +155,11 @@ impl SharedCheckpoints {
             state.recovery_point = offset;
         }
         Ok(())
+    }
+
+    /// Writes `epochs` to the epoch file unless it holds that version already.
+    fn save_epochs_if_newer(&self, dir: &Path, epochs: Option<&UnsavedEpochs>) -> Result<()> {
+        self.lock().save_epochs(dir, epochs)
     }
 }
 
@@ -216,10 +222,14 @@ impl FlushJob {
         self.outcome.offset
     }
 
-    /// Syncs: fdatasync of segments with unflushed data and of new index files, fsync
-    /// of the directory if segments were created or deleted, and (about once per
-    /// segment) the recovery-point checkpoint.
+    /// Syncs: the epoch file if the cache changed, fdatasync of segments with
+    /// unflushed data and of new index files, fsync of the directory if segments were
+    /// created or deleted, and (about once per segment) the recovery-point checkpoint.
     pub fn run(self) -> Result<FlushedTo> {
+        // The epoch file first, so a clean stop leaves it current (and a restart on a
+        // full disk has nothing to rewrite).
+        self.checkpoints
+            .save_epochs_if_newer(&self.dir, self.epochs.as_ref())?;
         for r in &self.ranges {
             r.file
                 .sync_data()

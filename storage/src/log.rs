@@ -209,8 +209,21 @@ impl PartitionLog {
         };
         // Rewrite only what changed: a clean reopen costs one directory fsync.
         atomic_file::sync_dir(dir)?;
+        let mut epochs_saved = true;
         if log.epochs.entries() != epochs_on_disk.entries() {
-            log.epochs.save(dir)?;
+            match log.epochs.save(dir) {
+                Ok(()) => {}
+                // Recovery rebuilt them from the batches (a crash came before the
+                // flush that writes them): on a full disk the log still opens and serves
+                // reads; the epochs stay unsaved, and the recovery point stays where it
+                // was until a flush has written them.
+                Err(e) if is_no_space(&e) => {
+                    tracing::warn!(dir = %dir.display(), "no space to update the leader-epoch checkpoint; it is written by the next flush");
+                    log.epochs_version = 1;
+                    epochs_saved = false;
+                }
+                Err(e) => return Err(e),
+            }
         }
         // An absent checkpoint means what a new log would write (log start = the first
         // segment's base, recovery point = the log start), so a new partition is
@@ -222,14 +235,14 @@ impl PartitionLog {
         }
         let end = log.log_end_offset();
         let mut recovery_point = end;
-        if recovery_ck.unwrap_or(log.log_start_offset) != end {
+        if !epochs_saved {
+            recovery_point = recovery_ck.unwrap_or(0).min(end);
+        } else if recovery_ck.unwrap_or(log.log_start_offset) != end {
             match atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end) {
                 Ok(()) => {}
                 // The checkpoint only shortens the next recovery; a full disk must not
                 // stop a broker from opening its logs and serving reads.
-                Err(StorageError::Io { source, .. })
-                    if source.raw_os_error() == Some(28 /* ENOSPC */) =>
-                {
+                Err(e) if is_no_space(&e) => {
                     tracing::warn!(dir = %dir.display(), "no space to update the recovery checkpoint; the next start scans more");
                     recovery_point = recovery_ck.unwrap_or(0).min(end);
                 }
@@ -1583,6 +1596,11 @@ fn new_active(writer: MapWriter, capacity: usize, size_bytes: usize) -> Active {
         created_ms: now_ms(),
         last_batch_offset: None,
     }
+}
+
+/// Whether `e` is a write that failed for lack of space.
+fn is_no_space(e: &StorageError) -> bool {
+    matches!(e, StorageError::Io { source, .. } if source.raw_os_error() == Some(28 /* ENOSPC */))
 }
 
 #[cfg(test)]

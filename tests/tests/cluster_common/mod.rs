@@ -46,6 +46,8 @@ pub fn voters_text(ports: &[u16]) -> String {
 
 pub struct Cluster {
     pub brokers: Vec<RilldProcess>,
+    /// The first broker's `--controller-voters` (what a broker added later is given).
+    pub voters: String,
 }
 
 impl Cluster {
@@ -75,6 +77,7 @@ impl Cluster {
             voters.len(),
             "one voter list per broker"
         );
+        let first_voters = voters.first().cloned().unwrap_or_default();
         let brokers = inter_broker_ports
             .iter()
             .zip(voters)
@@ -93,7 +96,28 @@ impl Cluster {
                 RilldProcess::start_with(&args)
             })
             .collect();
-        Cluster { brokers }
+        Cluster {
+            brokers,
+            voters: first_voters,
+        }
+    }
+
+    /// Starts one more broker (the next id) that is not among the controller voters:
+    /// it joins as a learner of the metadata group. Returns its id.
+    pub fn start_non_voter(&mut self, extra: &[&str]) -> i32 {
+        let id = self.brokers.len() as i32 + 1;
+        let mut args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--controller-voters".to_string(),
+            self.voters.clone(),
+            "--inter-broker-listen".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.brokers.push(RilldProcess::start_with(&args));
+        id
     }
 
     /// The client addresses of the running brokers.

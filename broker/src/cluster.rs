@@ -1178,12 +1178,21 @@ impl Cluster {
             image
                 .brokers()
                 .filter(|b| !peers.contains_key(&b.broker_id))
-                .map(|b| (b.broker_id, b.inter_broker_host.clone(), b.inter_broker_port))
+                .map(|b| {
+                    (
+                        b.broker_id,
+                        b.inter_broker_host.clone(),
+                        b.inter_broker_port,
+                    )
+                })
                 .collect()
         };
         for (broker, host, port) in registered {
             // On the applier's thread, so a name may be resolved here.
-            match (host.as_str(), port).to_socket_addrs().map(|mut a| a.next()) {
+            match (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|mut a| a.next())
+            {
                 Ok(Some(addr)) => {
                     peers.insert(broker, addr);
                 }

@@ -1,8 +1,8 @@
 //! A broker outside `--controller-voters` (KRaft: an observer) joins a 3-voter cluster
 //! as a learner of the metadata group: it is registered, hosts replicas of new topics,
 //! answers Metadata and DescribeCluster for the whole cluster, never becomes the
-//! controller, and catches up again after a SIGKILL — on its data directory and on an
-//! empty one.
+//! controller, catches up again after a SIGKILL — on its data directory and on an
+//! empty one — and stays a learner when every voter restarts.
 
 mod cluster_common;
 
@@ -66,8 +66,7 @@ fn ask_broker(cluster: &Cluster, id: i32) -> (Vec<i32>, Vec<i32>, Vec<(i32, Vec<
         .collect();
     partitions.sort();
     let described = conn.call::<DescribeClusterRequest>(0, &DescribeClusterRequest::default());
-    let mut described_brokers: Vec<i32> =
-        described.brokers.iter().map(|b| b.broker_id.0).collect();
+    let mut described_brokers: Vec<i32> = described.brokers.iter().map(|b| b.broker_id.0).collect();
     described_brokers.sort_unstable();
     (metadata_brokers, described_brokers, partitions)
 }
@@ -163,7 +162,10 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
     let learner = cluster.start_non_voter(&[]);
     assert_eq!(learner, 4);
     wait_registered(&cluster, 4).await;
-    println!("4 brokers registered after {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "4 brokers registered after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // RF=3 over 4 brokers: placement gives broker 4 replicas like any other.
     let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
@@ -191,7 +193,10 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
             )
             .is_none()
             {
-                assert!(Instant::now() < deadline, "broker 4 never opened partition {partition}");
+                assert!(
+                    Instant::now() < deadline,
+                    "broker 4 never opened partition {partition}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -199,7 +204,10 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
 
     // Broker 4 alone knows the whole cluster (it applied the metadata log).
     let took = wait_broker_knows_everything(&cluster, learner).await;
-    println!("broker 4 answered Metadata and DescribeCluster completely after {:.2} s more", took.as_secs_f64());
+    println!(
+        "broker 4 answered Metadata and DescribeCluster completely after {:.2} s more",
+        took.as_secs_f64()
+    );
 
     let mut history = History::default();
     produce_spread(&cluster.bootstrap(), &mut history, "before", 400).await;
@@ -210,7 +218,10 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
     cluster.brokers[3].restart();
     produce_spread(&cluster.bootstrap(), &mut history, "restarted", 400).await;
     let took = wait_converged(&cluster, &replicas).await;
-    println!("broker 4 restarted: replicas identical {:.2} s after the last produce", took.as_secs_f64());
+    println!(
+        "broker 4 restarted: replicas identical {:.2} s after the last produce",
+        took.as_secs_f64()
+    );
 
     // Again on an empty data directory: it catches the metadata log up from the
     // controller, reopens its replicas, and those catch up from their leaders.
@@ -221,7 +232,70 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
     produce_spread(&cluster.bootstrap(), &mut history, "rejoined", 400).await;
     wait_broker_knows_everything(&cluster, learner).await;
     let took = wait_converged(&cluster, &replicas).await;
-    println!("broker 4 wiped and restarted: replicas identical {:.2} s after the last produce", took.as_secs_f64());
+    println!(
+        "broker 4 wiped and restarted: replicas identical {:.2} s after the last produce",
+        took.as_secs_f64()
+    );
+
+    // Every voter SIGKILLed and restarted: the metadata group's membership comes back
+    // from the membership entry in their logs (no controller needs to add broker 4
+    // again), and broker 4 still follows the metadata log: it learns a topic created
+    // afterwards.
+    let learner_adds = |cluster: &Cluster| {
+        cluster
+            .logs()
+            .matches("adding broker as a learner of the metadata group")
+            .count()
+    };
+    let adds_before = learner_adds(&cluster);
+    for voter in &mut cluster.brokers[..3] {
+        voter.kill();
+    }
+    for voter in &mut cluster.brokers[..3] {
+        voter.restart();
+    }
+    wait_registered(&cluster, 4).await;
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    let later_topic = "observed-later";
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(later_topic, 1)
+        }])
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "create topic after the voters' restart: {e}\n{}",
+                cluster.logs()
+            )
+        });
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let mut conn = RawConn::connect(cluster.broker(learner).addr());
+        let metadata =
+            conn.call::<MetadataRequest>(12, &MetadataRequest::default().with_topics(None));
+        let known = metadata
+            .topics
+            .iter()
+            .any(|t| t.name.as_ref().is_some_and(|n| n.as_str() == later_topic));
+        if known {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker 4 never learned {later_topic} after the voters restarted\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        learner_adds(&cluster),
+        adds_before,
+        "broker 4 had to be added as a learner again after the voters restarted\n{}",
+        cluster.logs()
+    );
+    produce_spread(&cluster.bootstrap(), &mut history, "voters-restarted", 200).await;
+    wait_converged(&cluster, &replicas).await;
 
     // The learner never took part in the controller quorum.
     let described = admin.describe_cluster().await.expect("describe cluster");
@@ -246,7 +320,13 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
     for (partition, brokers) in replicas.iter().enumerate() {
         let dirs: Vec<_> = brokers
             .iter()
-            .map(|b| replica_dir(&cluster.broker(*b).data_dir(), LEARNER_TOPIC, partition as i32))
+            .map(|b| {
+                replica_dir(
+                    &cluster.broker(*b).data_dir(),
+                    LEARNER_TOPIC,
+                    partition as i32,
+                )
+            })
             .collect();
         if let Err(e) = replicas_identical(&dirs) {
             panic!("partition {partition}: replicas differ after the kill: {e}");

@@ -81,7 +81,9 @@ impl Partition {
             return Err(BrokerError::UnknownTopicOrPartition);
         }
         if st.ready_out {
-            return Err(BrokerError::Busy("the group's Ready is being persisted".into()));
+            return Err(BrokerError::Busy(
+                "the group's Ready is being persisted".into(),
+            ));
         }
         let proposed = st.raft.propose_membership_change(change);
         // The membership entry, if any, is written and scheduled like a proposal's.

@@ -315,7 +315,9 @@ impl Partition {
             broker_id,
             Some(Arc::clone(engine.journal())),
         );
-        Self::start(topic, index, topic_id, store, engine, broker_id, voters, metrics)
+        Self::start(
+            topic, index, topic_id, store, engine, broker_id, voters, metrics,
+        )
     }
 
     /// Opens the replica of a group whose membership changes (the metadata group,
@@ -345,7 +347,9 @@ impl Partition {
         store
             .recover_memberships()
             .map_err(|e| BrokerError::Storage(format!("{topic}-{index}: {e}")))?;
-        Self::start(topic, index, topic_id, store, engine, broker_id, voters, metrics)
+        Self::start(
+            topic, index, topic_id, store, engine, broker_id, voters, metrics,
+        )
     }
 
     /// Starts a replica over its store (see [`Partition::open`]).

@@ -97,7 +97,9 @@ impl PartitionStore {
         let mut found = Vec::new();
         let mut offset = self.log.log_start_offset();
         while offset < self.raft_end {
-            let bytes = self.log.read(offset, MEMBERSHIP_SCAN_BYTES, self.raft_end)?;
+            let bytes = self
+                .log
+                .read(offset, MEMBERSHIP_SCAN_BYTES, self.raft_end)?;
             if bytes.is_empty() {
                 break;
             }
@@ -109,11 +111,10 @@ impl PartitionStore {
                 if let Some((CONTROL_TYPE_RILL_MEMBERSHIP, value)) =
                     control_record(&view).ok().flatten()
                 {
-                    let membership =
-                        parse_membership(value).ok_or(StorageError::CorruptBatch {
-                            position: 0,
-                            reason: "malformed membership record",
-                        })?;
+                    let membership = parse_membership(value).ok_or(StorageError::CorruptBatch {
+                        position: 0,
+                        reason: "malformed membership record",
+                    })?;
                     found.push((offset, membership));
                 }
             }
@@ -569,5 +570,46 @@ mod tests {
         store.raft_end = cut;
         reference.truncate_to(cut);
         compare(&store, &reference);
+    }
+
+    /// A reopened log boots with the membership entries it holds (a learner added to
+    /// a group of three), not only the membership the group was created with.
+    #[test]
+    fn a_reopened_log_boots_with_its_membership_entries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let voters = Membership::with_voters([1, 2, 3].map(raft_node_id));
+        let with_learner = voters
+            .apply(rill_raft::MembershipChange::AddLearner(raft_node_id(4)))
+            .expect("add learner");
+        {
+            let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("open");
+            let mut store = PartitionStore::new(log, HardState::default(), voters.clone(), 1, None);
+            let entries = [
+                entry(1, 0, EntryKind::LeaderChange, 1),
+                entry(1, 1, EntryKind::Data, 3),
+                entry(1, 4, EntryKind::Membership(with_learner.clone()), 1),
+                entry(1, 5, EntryKind::Data, 2),
+            ];
+            for e in &entries {
+                store.write_entry(e).expect("write");
+                store.raft_end = e.end_offset;
+            }
+        }
+        let reopen = || {
+            let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("reopen");
+            PartitionStore::new(log, HardState::default(), voters.clone(), 1, None)
+        };
+        // Without looking for them (a partition group), the creation membership.
+        assert_eq!(reopen().boot_state().memberships, vec![(0, voters.clone())]);
+        let mut store = reopen();
+        store.recover_memberships().expect("recover");
+        assert_eq!(
+            store.boot_state().memberships,
+            vec![(0, voters.clone()), (5, with_learner.clone())]
+        );
+        // The core restored from it replicates to the learner.
+        let raft =
+            rill_raft::Raft::new(rill_raft::Config::new(raft_node_id(1), 7), store).expect("raft");
+        assert_eq!(raft.membership(), &with_learner);
     }
 }

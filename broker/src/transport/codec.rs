@@ -1442,8 +1442,7 @@ mod tests {
             Err(CodecError::ClientHostTooLong { bytes: 256 })
         );
         let mut long_inter_broker_host = sample_hello();
-        long_inter_broker_host.registration.inter_broker_host =
-            at_limit(CLIENT_HOST_BYTES_MAX + 1);
+        long_inter_broker_host.registration.inter_broker_host = at_limit(CLIENT_HOST_BYTES_MAX + 1);
         assert_eq!(
             decode_hello(hello_body(&long_inter_broker_host)),
             Err(CodecError::ClientHostTooLong { bytes: 256 })

@@ -219,8 +219,7 @@ impl TransportConfig {
             );
         }
         let inter_broker_host = &self.registration.inter_broker_host;
-        if inter_broker_host.is_empty() || inter_broker_host.len() > codec::CLIENT_HOST_BYTES_MAX
-        {
+        if inter_broker_host.is_empty() || inter_broker_host.len() > codec::CLIENT_HOST_BYTES_MAX {
             return invalid(
                 "registration.inter_broker_host",
                 format!(

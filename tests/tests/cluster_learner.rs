@@ -43,9 +43,18 @@ async fn produce_spread(bootstrap: &str, history: &mut History, phase: &str, cou
     }
 }
 
-/// Metadata (v12, all topics) and DescribeCluster asked of broker `id` alone: the
-/// brokers each lists, and the topic's partitions with their leaders and replicas.
-fn ask_broker(cluster: &Cluster, id: i32) -> (Vec<i32>, Vec<i32>, Vec<(i32, Vec<i32>)>) {
+/// What one broker answers about the cluster.
+struct BrokerView {
+    /// Broker ids in its Metadata answer, sorted.
+    metadata_brokers: Vec<i32>,
+    /// Broker ids in its DescribeCluster answer, sorted.
+    described_brokers: Vec<i32>,
+    /// The topic's partitions without error: (leader, replicas), sorted.
+    partitions: Vec<(i32, Vec<i32>)>,
+}
+
+/// Metadata (v12, all topics) and DescribeCluster asked of broker `id` alone.
+fn ask_broker(cluster: &Cluster, id: i32) -> BrokerView {
     let mut conn = RawConn::connect(cluster.broker(id).addr());
     // Null topics: all of them.
     let metadata = conn.call::<MetadataRequest>(12, &MetadataRequest::default().with_topics(None));
@@ -68,7 +77,11 @@ fn ask_broker(cluster: &Cluster, id: i32) -> (Vec<i32>, Vec<i32>, Vec<(i32, Vec<
     let described = conn.call::<DescribeClusterRequest>(0, &DescribeClusterRequest::default());
     let mut described_brokers: Vec<i32> = described.brokers.iter().map(|b| b.broker_id.0).collect();
     described_brokers.sort_unstable();
-    (metadata_brokers, described_brokers, partitions)
+    BrokerView {
+        metadata_brokers,
+        described_brokers,
+        partitions,
+    }
 }
 
 /// The replicas of each partition of the topic, per Metadata.
@@ -120,7 +133,11 @@ async fn wait_converged(cluster: &Cluster, replicas: &[Vec<i32>]) -> Duration {
 async fn wait_broker_knows_everything(cluster: &Cluster, id: i32) -> Duration {
     let started = Instant::now();
     loop {
-        let (metadata_brokers, described_brokers, partitions) = ask_broker(cluster, id);
+        let BrokerView {
+            metadata_brokers,
+            described_brokers,
+            partitions,
+        } = ask_broker(cluster, id);
         let complete = metadata_brokers == [1, 2, 3, 4]
             && described_brokers == [1, 2, 3, 4]
             && partitions.len() == LEARNER_PARTITIONS as usize

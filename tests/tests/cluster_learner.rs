@@ -155,6 +155,29 @@ async fn wait_broker_knows_everything(cluster: &Cluster, id: i32) -> Duration {
     }
 }
 
+/// Waits until broker `id`'s Metadata lists `topic` (it applied the topic's creation).
+async fn wait_topic_known(cluster: &Cluster, id: i32, topic: &str) {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let mut conn = RawConn::connect(cluster.broker(id).addr());
+        let metadata =
+            conn.call::<MetadataRequest>(12, &MetadataRequest::default().with_topics(None));
+        let known = metadata
+            .topics
+            .iter()
+            .any(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic));
+        if known {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker {id} never learned topic {topic}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads every partition from its leader into `history`.
 async fn read_back_all(cluster: &Cluster, history: &mut History) {
     let mut reads: BTreeMap<i32, Vec<(i64, Bytes)>> = BTreeMap::new();
@@ -286,25 +309,7 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
                 cluster.logs()
             )
         });
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        let mut conn = RawConn::connect(cluster.broker(learner).addr());
-        let metadata =
-            conn.call::<MetadataRequest>(12, &MetadataRequest::default().with_topics(None));
-        let known = metadata
-            .topics
-            .iter()
-            .any(|t| t.name.as_ref().is_some_and(|n| n.as_str() == later_topic));
-        if known {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "broker 4 never learned {later_topic} after the voters restarted\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_topic_known(&cluster, learner, later_topic).await;
     assert_eq!(
         learner_adds(&cluster),
         adds_before,
@@ -348,6 +353,98 @@ async fn a_broker_outside_the_controller_voters_joins_as_a_learner_and_hosts_rep
         if let Err(e) = replicas_identical(&dirs) {
             panic!("partition {partition}: replicas differ after the kill: {e}");
         }
+    }
+    println!("whole test: {:.2} s", started.elapsed().as_secs_f64());
+}
+
+/// With a checkpoint of the metadata image every 5 records: broker 4 (a learner) is
+/// SIGKILLed and its data directory deleted, and the metadata log is trimmed on every
+/// voter while it is gone. Restarted, it is reset to the leader's later log start (the
+/// reset carries the membership in effect there), rebuilds its image from the
+/// checkpoint, reopens its replicas, and they catch up byte-identical. Then every voter
+/// restarts on its trimmed log: broker 4 stays reachable, a learner, and in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_learner_catches_up_from_a_checkpoint_of_a_trimmed_metadata_log() {
+    let started = Instant::now();
+    let flags = ["--metadata-checkpoint-records", "5"];
+    let mut cluster = Cluster::start_with(&flags);
+    let learner = cluster.start_non_voter(&flags);
+    wait_registered(&cluster, 4).await;
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(LEARNER_TOPIC, LEARNER_PARTITIONS)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create topic: {e}\n{}", cluster.logs()));
+    let replicas = assignment(&cluster).await;
+    assert!(
+        replicas.iter().any(|r| r.contains(&learner)),
+        "no replica on broker 4: {replicas:?}"
+    );
+    let mut history = History::default();
+    produce_spread(&cluster.bootstrap(), &mut history, "before", 200).await;
+
+    cluster.brokers[3].kill();
+    std::fs::remove_dir_all(cluster.broker(learner).data_dir()).expect("wipe broker 4");
+    churn_until_trimmed(&cluster, &admin, &[0, 1, 2], "churn").await;
+    produce_spread(&cluster.bootstrap(), &mut history, "wiped", 200).await;
+    cluster.brokers[3].restart();
+    wait_broker_knows_everything(&cluster, learner).await;
+    let took = wait_converged(&cluster, &replicas).await;
+    println!(
+        "wiped learner behind a trimmed metadata log: replicas identical {:.2} s after it knew the cluster",
+        took.as_secs_f64()
+    );
+    assert!(
+        metadata_log_start(cluster.broker(learner)) > 0,
+        "broker 4's metadata log starts at 0: it was not reset to the trimmed log's start\n{}",
+        cluster.logs()
+    );
+
+    // Every voter SIGKILLed and restarted on its trimmed log: broker 4's registration
+    // and its membership entry are below the log start, so each voter learns broker
+    // 4's address from the checkpoint, and the controller adds it as a learner again.
+    for voter in &mut cluster.brokers[..3] {
+        voter.kill();
+    }
+    for voter in &mut cluster.brokers[..3] {
+        voter.restart();
+    }
+    wait_registered(&cluster, 4).await;
+    let admin = Admin::new(ClientConfig::new(&cluster.bootstrap())).expect("admin");
+    churn_until_trimmed(&cluster, &admin, &[0, 1, 2, 3], "after-restart").await;
+    let later_topic = "observed-after-trim";
+    admin
+        .create_topics(&[NewTopic {
+            replication_factor: 3,
+            ..NewTopic::new(later_topic, 1)
+        }])
+        .await
+        .unwrap_or_else(|e| panic!("create {later_topic}: {e}\n{}", cluster.logs()));
+    wait_topic_known(&cluster, learner, later_topic).await;
+    println!(
+        "controller additions of broker 4 as a learner: {}",
+        cluster
+            .logs()
+            .matches("adding broker as a learner of the metadata group")
+            .count()
+    );
+    produce_spread(&cluster.bootstrap(), &mut history, "voters-restarted", 200).await;
+    wait_broker_knows_everything(&cluster, learner).await;
+    let took = wait_converged(&cluster, &replicas).await;
+    println!(
+        "voters restarted on trimmed logs: replicas identical {:.2} s after the last produce",
+        took.as_secs_f64()
+    );
+
+    read_back_all(&cluster, &mut history).await;
+    let report = history.check(Duplicates::Allowed);
+    println!("{report}");
+    report.assert_ok();
+    for broker in &mut cluster.brokers {
+        broker.kill();
     }
     println!("whole test: {:.2} s", started.elapsed().as_secs_f64());
 }

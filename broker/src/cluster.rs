@@ -946,8 +946,9 @@ impl Cluster {
     }
 
     /// Registrations the image lacks or holds for another incarnation: this broker's
-    /// own, and each peer's as its handshake announced it (at the address
-    /// `controller_voters` gives it), if that incarnation's session here is live — a
+    /// own, and each peer's as its handshake announced it (a voter at the address
+    /// `controller_voters` gives it, any other broker at the inter-broker address its
+    /// handshake announced), if that incarnation's session here is live — a
     /// registration fences its predecessor, so only a process that is there now may
     /// take the id over.
     fn missing_registrations(&self) -> Vec<MetadataRecord> {

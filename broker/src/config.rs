@@ -60,7 +60,10 @@ pub struct Config {
     /// `controller_voters`: the brokers of the cluster's metadata group, as
     /// `id@host:port` of their `inter_broker_listen`, comma-separated
     /// (`1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293`). Empty (the default):
-    /// this broker is a cluster of one. `node_id` must be among them.
+    /// this broker is a cluster of one. A broker whose `node_id` is not among them
+    /// joins the cluster as a learner of the metadata group (KRaft: an observer): it
+    /// hosts replicas and serves clients like any broker, but never votes for or
+    /// becomes the controller (see [`crate::cluster`]).
     pub controller_voters: Vec<(i32, SocketAddr)>,
     /// `cluster_id`: the id every broker of the cluster shares (Kafka's formatted
     /// cluster id), checked in each inter-broker handshake and returned by Metadata and
@@ -623,17 +626,6 @@ impl Config {
         if let Some(v) = pick!(controller_voters) {
             config.controller_voters = parse_voters(&v)?;
         }
-        if !config.controller_voters.is_empty()
-            && !config
-                .controller_voters
-                .iter()
-                .any(|(id, _)| *id == config.node_id)
-        {
-            return Err(invalid(
-                "controller_voters",
-                format!("node_id {} is not among them", config.node_id),
-            ));
-        }
         if let Some(v) = pick!(cluster_id) {
             config.cluster_id = Some(parse_cluster_id(&v)?);
         }
@@ -828,7 +820,7 @@ mod tests {
     }
 
     #[test]
-    fn controller_voters_parse_and_must_name_this_broker() {
+    fn controller_voters_parse_and_may_leave_this_broker_out() {
         let cli = Cli::parse_from([
             "rilld",
             "--node-id",
@@ -840,12 +832,22 @@ mod tests {
         let ids: Vec<i32> = config.controller_voters.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [1, 2, 3]);
         assert_eq!(config.controller_voters[1].1.port(), 9193);
+        // A broker outside the voters is a learner of the metadata group.
+        let cli = Cli::parse_from([
+            "rilld",
+            "--node-id",
+            "4",
+            "--controller-voters",
+            "1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293",
+        ]);
+        let config = Config::load(&cli).unwrap();
+        assert_eq!(config.controller_voters.len(), 3);
+        assert_eq!(config.node_id, 4);
         for bad in [
             "1@127.0.0.1:9093,1@127.0.0.1:9193",
             "x@127.0.0.1:9093",
             "2:127.0.0.1:9093",
             "2@localhost",
-            "1@127.0.0.1:9093",
         ] {
             let cli = Cli::parse_from(["rilld", "--node-id", "2", "--controller-voters", bad]);
             let err = Config::load(&cli).unwrap_err().to_string();

@@ -257,67 +257,6 @@ async fn a_controller_wiped_and_restarted_at_once_is_replaced() {
     check_and_stop(&mut cluster, &history, "").await;
 }
 
-/// The smallest base offset of the metadata log's segment files on `broker`: above 0
-/// once a checkpoint let the broker delete the log's first segments.
-fn metadata_log_start(broker: &RilldProcess) -> u64 {
-    let dir = broker.data_dir().join("meta/cluster-metadata-0");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            name.strip_suffix(".log")?.parse::<u64>().ok()
-        })
-        .min()
-        .unwrap_or(0)
-}
-
-/// Creates and deletes topics through `admin` until the metadata logs of the brokers at
-/// `indexes` (into `cluster.brokers`) have lost their first segment.
-async fn churn_until_trimmed(cluster: &Cluster, admin: &Admin, indexes: &[usize], prefix: &str) {
-    let trimmed = |i: &usize| metadata_log_start(&cluster.brokers[*i]) > 0;
-    let starts = |c: &Cluster| -> Vec<u64> {
-        indexes
-            .iter()
-            .map(|i| metadata_log_start(&c.brokers[*i]))
-            .collect()
-    };
-    let before = starts(cluster);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut churned = 0;
-    // Past where each log started before: a second trim when the first one happened.
-    while !indexes.iter().all(trimmed)
-        || starts(cluster)
-            .iter()
-            .zip(&before)
-            .any(|(now, was)| now == was)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the metadata log was never trimmed ({churned} topics churned)\n{}",
-            cluster.logs()
-        );
-        let name = format!("{prefix}-{churned}");
-        churned += 1;
-        admin
-            .create_topics(&[NewTopic {
-                replication_factor: 2,
-                ..NewTopic::new(name.as_str(), 1)
-            }])
-            .await
-            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", cluster.logs()));
-        admin
-            .delete_topics(&[name.as_str()])
-            .await
-            .unwrap_or_else(|e| panic!("delete {name}: {e}\n{}", cluster.logs()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    println!(
-        "metadata log starts {:?} after {churned} topics created and deleted",
-        starts(cluster)
-    );
-}
-
 /// With a checkpoint of the metadata image every 5 records: broker 2 is SIGKILLed while
 /// a topic it hosts is deleted and the metadata log trimmed past that deletion;
 /// restarted, reset to the leader's later log start, it removes its replica of that

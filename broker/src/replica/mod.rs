@@ -246,6 +246,11 @@ impl ReplicaState {
     }
 }
 
+/// The membership of a group of `voters` (broker ids) and no learners.
+fn voters_membership(voters: &[i32]) -> rill_raft::Membership {
+    rill_raft::Membership::with_voters(voters.iter().map(|&b| store::raft_node_id(b)))
+}
+
 /// Most bytes the persist loop grows a segment ahead of its writes.
 const RESERVE_AHEAD_BYTES_MAX: usize = 32 * 1024 * 1024;
 
@@ -308,24 +313,70 @@ impl Partition {
         voters: &[i32],
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let key = (topic_id, index);
-        let hard_state = engine.hard_state(key);
-        let node = store::raft_node_id(broker_id);
         if !voters.contains(&broker_id) {
             return Err(BrokerError::Storage(format!(
                 "replica of {topic}-{index} on broker {broker_id}, which is not among its voters {voters:?}"
             )));
         }
-        let sole_voter = voters.len() == 1;
-        let membership =
-            rill_raft::Membership::with_voters(voters.iter().map(|&b| store::raft_node_id(b)));
         let store = PartitionStore::new(
             log,
-            hard_state,
-            membership,
+            engine.hard_state((topic_id, index)),
+            voters_membership(voters),
             broker_id,
             Some(Arc::clone(engine.journal())),
         );
+        Self::start(
+            topic, index, topic_id, store, engine, broker_id, voters, metrics,
+        )
+    }
+
+    /// Opens the replica of a group whose membership changes (the metadata group,
+    /// which adds the brokers outside `voters` as learners): its membership is the
+    /// latest membership entry of its log, or `voters` when the log holds none (a new
+    /// group, or one whose membership entries were trimmed). `broker_id` need not be
+    /// among `voters`: a broker that is not starts as a non-voting member, which never
+    /// campaigns, and follows whatever leader replicates to it.
+    #[allow(clippy::too_many_arguments)] // one replica's identity, log and context
+    pub fn open_with_changing_membership(
+        topic: String,
+        index: i32,
+        topic_id: uuid::Uuid,
+        log: PartitionLog,
+        engine: Arc<Engine>,
+        broker_id: i32,
+        voters: &[i32],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let mut store = PartitionStore::new(
+            log,
+            engine.hard_state((topic_id, index)),
+            voters_membership(voters),
+            broker_id,
+            Some(Arc::clone(engine.journal())),
+        );
+        store
+            .recover_memberships()
+            .map_err(|e| BrokerError::Storage(format!("{topic}-{index}: {e}")))?;
+        Self::start(
+            topic, index, topic_id, store, engine, broker_id, voters, metrics,
+        )
+    }
+
+    /// Starts a replica over its store (see [`Partition::open`]).
+    #[allow(clippy::too_many_arguments)] // one replica's identity, log and context
+    fn start(
+        topic: String,
+        index: i32,
+        topic_id: uuid::Uuid,
+        store: PartitionStore,
+        engine: Arc<Engine>,
+        broker_id: i32,
+        voters: &[i32],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let key = (topic_id, index);
+        let node = store::raft_node_id(broker_id);
+        let sole_voter = voters == [broker_id];
         let mut config = rill_raft::Config::new(node, rand::random());
         // Appends are bounded by the request budget and QUEUED_BYTES_MAX; the data of
         // a leader's uncommitted entries are slices of its mapped segments.

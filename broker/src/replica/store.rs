@@ -39,6 +39,9 @@ pub struct PartitionStore {
     hard_state: HardState,
     /// Membership in effect at the log start.
     start_membership: Membership,
+    /// The membership entries of the log, by end offset, as
+    /// [`PartitionStore::recover_memberships`] found them on open (empty unless called).
+    log_memberships: Vec<(u64, Membership)>,
     /// The latest membership written (named by this broker's LEADER_CHANGE records).
     membership: Membership,
     /// This broker's id.
@@ -46,6 +49,9 @@ pub struct PartitionStore {
     /// The data directory's shared journal (`None` in unit tests without one).
     journal: Option<SharedJournal>,
 }
+
+/// Bytes read at a time while looking for membership entries.
+const MEMBERSHIP_SCAN_BYTES: usize = 1 << 20;
 
 /// Timestamp of the control batches the replication layer writes: none (-1), so
 /// ListOffsets by timestamp and time-based retention see only the records clients
@@ -75,10 +81,49 @@ impl PartitionStore {
             reset_start: None,
             hard_state,
             start_membership: membership.clone(),
+            log_memberships: Vec::new(),
             membership,
             broker_id,
             journal,
         }
+    }
+
+    /// Reads the membership entries of the whole log, so the core boots with the
+    /// membership its log holds rather than the one it was created with (Raft
+    /// dissertation §4.1: a server uses the latest configuration in its log). Every
+    /// batch header is read, so this is for small logs (the metadata group's, which
+    /// checkpoints bound); partition groups never change membership.
+    pub fn recover_memberships(&mut self) -> Result<(), StorageError> {
+        let mut found = Vec::new();
+        let mut offset = self.log.log_start_offset();
+        while offset < self.raft_end {
+            let bytes = self
+                .log
+                .read(offset, MEMBERSHIP_SCAN_BYTES, self.raft_end)?;
+            if bytes.is_empty() {
+                break;
+            }
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let view = BatchView::new(&bytes[pos..]).map_err(record_error)?;
+                pos += view.size_bytes();
+                offset = view.next_offset() as u64;
+                if let Some((CONTROL_TYPE_RILL_MEMBERSHIP, value)) =
+                    control_record(&view).ok().flatten()
+                {
+                    let membership = parse_membership(value).ok_or(StorageError::CorruptBatch {
+                        position: 0,
+                        reason: "malformed membership record",
+                    })?;
+                    found.push((offset, membership));
+                }
+            }
+        }
+        if let Some((_, latest)) = found.last() {
+            self.membership = latest.clone();
+        }
+        self.log_memberships = found;
+        Ok(())
     }
 
     /// Truncates the log to `offset` behind the journal barrier (a no-op cut, at or
@@ -402,11 +447,20 @@ impl LogStore for PartitionStore {
     }
 
     fn boot_state(&self) -> BootState {
-        // Membership entries are read from the log when a group has more than one
-        // replica (the cluster); a group of one never writes one.
+        // Only groups whose membership changes (the metadata group) look for
+        // membership entries on open (`recover_memberships`); partition groups keep
+        // the voters of their assignment.
+        let start = self.log.log_start_offset();
+        let mut memberships = vec![(start, self.start_membership.clone())];
+        memberships.extend(
+            self.log_memberships
+                .iter()
+                .filter(|(end, _)| *end > start && *end <= self.raft_end)
+                .cloned(),
+        );
         BootState {
             hard_state: self.hard_state,
-            memberships: vec![(self.log.log_start_offset(), self.start_membership.clone())],
+            memberships,
         }
     }
 }
@@ -516,5 +570,46 @@ mod tests {
         store.raft_end = cut;
         reference.truncate_to(cut);
         compare(&store, &reference);
+    }
+
+    /// A reopened log boots with the membership entries it holds (a learner added to
+    /// a group of three), not only the membership the group was created with.
+    #[test]
+    fn a_reopened_log_boots_with_its_membership_entries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let voters = Membership::with_voters([1, 2, 3].map(raft_node_id));
+        let with_learner = voters
+            .apply(rill_raft::MembershipChange::AddLearner(raft_node_id(4)))
+            .expect("add learner");
+        {
+            let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("open");
+            let mut store = PartitionStore::new(log, HardState::default(), voters.clone(), 1, None);
+            let entries = [
+                entry(1, 0, EntryKind::LeaderChange, 1),
+                entry(1, 1, EntryKind::Data, 3),
+                entry(1, 4, EntryKind::Membership(with_learner.clone()), 1),
+                entry(1, 5, EntryKind::Data, 2),
+            ];
+            for e in &entries {
+                store.write_entry(e).expect("write");
+                store.raft_end = e.end_offset;
+            }
+        }
+        let reopen = || {
+            let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("reopen");
+            PartitionStore::new(log, HardState::default(), voters.clone(), 1, None)
+        };
+        // Without looking for them (a partition group), the creation membership.
+        assert_eq!(reopen().boot_state().memberships, vec![(0, voters.clone())]);
+        let mut store = reopen();
+        store.recover_memberships().expect("recover");
+        assert_eq!(
+            store.boot_state().memberships,
+            vec![(0, voters.clone()), (5, with_learner.clone())]
+        );
+        // The core restored from it replicates to the learner.
+        let raft =
+            rill_raft::Raft::new(rill_raft::Config::new(raft_node_id(1), 7), store).expect("raft");
+        assert_eq!(raft.membership(), &with_learner);
     }
 }

@@ -244,6 +244,9 @@ async fn join_cluster(
     let registration = BrokerRegistrationInfo {
         client_host: advertised_host.to_string(),
         client_port: u16::try_from(advertised_port)?,
+        // A broker outside `controller_voters` is reached at the address it announces.
+        inter_broker_host: config.inter_broker_listen.ip().to_string(),
+        inter_broker_port: config.inter_broker_listen.port(),
         rack: None,
         incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
     };

@@ -23,8 +23,8 @@
 //! One directory per partition replica. Segments are named by their base offset in
 //! 20 digits: `00000000000000000000.log`, `.index`, `.timeindex`. The active segment
 //! is mapped shared over its whole `segment_bytes`, but its file is allocated with
-//! `fallocate` in growing steps (1 MiB first, doubling up to 16 MiB a step) just
-//! before appends reach them, so an idle partition costs about 1 MiB of disk and a
+//! `fallocate` in growing steps (64 KiB first, doubling up to 16 MiB a step) just
+//! before appends reach them, so an idle partition costs about 64 KiB of disk and a
 //! full disk fails an append, never a page fault; an append validates the batches
 //! and copies them once, with one `pwritev` whose iovecs swap in the leader's
 //! stamped headers, into the allocated space, whose page-cache pages the map shows.

@@ -32,8 +32,12 @@ fn config_type(key: &str) -> i8 {
     match key {
         "cleanup.policy" => TYPE_LIST,
         "max.message.bytes" | "segment.bytes" => TYPE_INT,
-        "retention.bytes" | "retention.ms" | "segment.ms" | "delete.retention.ms"
-        | "max.compaction.lag.ms" | "min.compaction.lag.ms" => TYPE_LONG,
+        "retention.bytes"
+        | "retention.ms"
+        | "segment.ms"
+        | "delete.retention.ms"
+        | "max.compaction.lag.ms"
+        | "min.compaction.lag.ms" => TYPE_LONG,
         "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
         _ => TYPE_STRING,
     }

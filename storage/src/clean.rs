@@ -24,10 +24,12 @@
 //!   Offsets past `map_end` are simply not cleaned this pass.
 //! * Every segment from the log start up to the one holding `map_end - 1` is rewritten:
 //!   a keyed record is dropped when the map holds a later offset for its key; a
-//!   tombstone that is the last record of its key (and lies below `map_end`) is dropped
-//!   once `delete_retention_ms` have passed since the pass that first cleaned its
-//!   offset (those times are kept, bounded, in the checkpoint file); records without a
-//!   key are kept. Compressed, transactional and control batches are kept unchanged
+//!   tombstone that is the last record of its key below `map_end` (in the map, or in
+//!   the clean section with its key absent from the map: earlier passes left the
+//!   clean section's keys unique) is dropped once `delete_retention_ms` have passed
+//!   since the pass that first cleaned its offset (those times are kept, bounded, in
+//!   the checkpoint file), unless a batch the cleaner cannot read lies before it;
+//!   records without a key are kept. Compressed, transactional and control batches are kept unchanged
 //!   (the storage crate has no codecs; their keys stay out of the map, which only keeps
 //!   more than necessary, never less).
 //! * Consecutive rewritten segments are grouped into one output segment while their
@@ -455,6 +457,9 @@ impl CleanJob {
                 .is_none_or(|ms| ms.saturating_add(self.options.delete_retention_ms) > now_ms)
         };
         let mut scratch = Vec::new();
+        // A compressed or transactional batch (records the cleaner cannot read) was
+        // seen: a later tombstone may be the only thing hiding an older value in it.
+        let mut opaque_seen = false;
         while group_start < rewrite {
             let mut group_end = group_start + 1;
             let mut group_bytes = self.inputs[group_start].size_bytes as u64;
@@ -492,6 +497,9 @@ impl CleanJob {
                     let b = segment::parse_stored(data, pos, &input.path)?;
                     pos += b.size_bytes();
                     let spans = cleanable_batch(&b).then(|| record_spans(&b)).flatten();
+                    if spans.is_none() && !b.is_control() && b.records_count() > 0 {
+                        opaque_seen = true;
+                    }
                     let bytes: &[u8] = match spans {
                         None => b.as_bytes(),
                         Some(spans) => {
@@ -501,21 +509,28 @@ impl CleanJob {
                             scratch.resize(HEADER_BYTES, 0);
                             for r in &spans {
                                 let offset = base_offset + r.offset_delta as u64;
-                                let keep = match r.key.and_then(|key| map.get(key)) {
-                                    None => true,
-                                    Some(&last) if last > offset => {
-                                        records_removed += 1;
-                                        false
+                                let last = r.key.and_then(|key| map.get(key)).copied();
+                                // The key's last record below map_end: it is in the map
+                                // (dirty section), or the key is not (clean section,
+                                // whose keys earlier passes left unique).
+                                let is_last = match last {
+                                    Some(last) => last == offset,
+                                    None => r.key.is_some() && offset < self.first_dirty_offset,
+                                };
+                                let keep = if last.is_some_and(|last| last > offset) {
+                                    records_removed += 1;
+                                    false
+                                } else if r.is_tombstone && is_last && !opaque_seen {
+                                    // Dropping it is safe: no older record of its key is
+                                    // left below it (and no batch the cleaner cannot
+                                    // read might hold one).
+                                    let keep = keep_tombstone(offset);
+                                    if !keep {
+                                        tombstones_removed += 1;
                                     }
-                                    // The key's last record.
-                                    Some(_) if r.is_tombstone && offset < map_end => {
-                                        let keep = keep_tombstone(offset);
-                                        if !keep {
-                                            tombstones_removed += 1;
-                                        }
-                                        keep
-                                    }
-                                    Some(_) => true,
+                                    keep
+                                } else {
+                                    true
                                 };
                                 if keep {
                                     kept += 1;

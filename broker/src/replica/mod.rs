@@ -816,6 +816,13 @@ impl Partition {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 continue;
             }
+            // The swap rewrites segment files in place of others: journalled bytes of
+            // this log must never be replayed over them (the journal's rule, as for a
+            // truncation).
+            if let Err(e) = st.raft.store_mut().journal_barrier() {
+                done.discard();
+                return Err(BrokerError::Storage(e.to_string()));
+            }
             return st
                 .raft
                 .store_mut()

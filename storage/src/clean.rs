@@ -487,10 +487,12 @@ impl CleanJob {
             let mut max_ts = -1i64;
             let mut last_batch = None;
             let mut replaces = Vec::new();
-            for k in group_start..group_end {
-                let input = &self.inputs[k];
+            for (input, map_file) in self.inputs[group_start..group_end]
+                .iter()
+                .zip(&maps[group_start..group_end])
+            {
                 replaces.push((input.base_offset, input.next_offset, input.size_bytes));
-                let view = maps[k].view();
+                let view = map_file.view();
                 let data = &view[..input.size_bytes];
                 let mut pos = 0;
                 while pos < data.len() {

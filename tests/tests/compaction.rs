@@ -80,7 +80,7 @@ async fn produce_rounds(producer: &FutureProducer, topic: &str, written: &mut Co
     for round in 0..ROUNDS {
         tokio::time::sleep(Duration::from_millis(SEGMENT_MS + 100)).await;
         let sends: Vec<_> = (0..KEYS)
-            .filter(|&k| round != 4 || k < 2 || k >= 6)
+            .filter(|&k| round != 4 || !(2..6).contains(&k))
             .map(|k| {
                 let key = format!("key-{k}");
                 let value = (!(round == 3 && k < 6)).then(|| format!("round-{round}-key-{k}"));
@@ -273,11 +273,11 @@ async fn compacted_topic_keeps_the_last_record_per_key_and_drops_old_tombstones(
     produce_rounds(&producer, topic, &mut written).await;
     let filler = roll_with_filler(&producer, topic, &mut written).await;
     let dir = replica_dir(&broker.data_dir(), topic);
-    wait_cleaned(&[dir.clone()], filler, || broker.log());
+    wait_cleaned(std::slice::from_ref(&dir), filler, || broker.log());
     let tombstones_first_cleaned_below = cleaned_offset(&dir);
     // delete.retention.ms=0: the next pass drops the tombstones the first one kept.
     let filler = roll_with_filler(&producer, topic, &mut written).await;
-    wait_cleaned(&[dir.clone()], filler, || broker.log());
+    wait_cleaned(std::slice::from_ref(&dir), filler, || broker.log());
     let cleaned = cleaned_offset(&dir);
 
     let want = expected(&written, cleaned, tombstones_first_cleaned_below);

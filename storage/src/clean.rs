@@ -53,14 +53,17 @@
 //!
 //! # Swap and crash recovery
 //!
-//! 1. `run` writes `<base>.log.cleaned` per output segment and fsyncs it.
+//! 1. `run` writes `<base>.log.cleaned` per output segment, and its indexes as
+//!    `<base>.index.cleaned` and `<base>.timeindex.cleaned`, and fsyncs them.
 //! 2. `complete_clean` renames every `.log.cleaned` to `.log.swapped` and fsyncs the
 //!    directory: the commit point.
-//! 3. It deletes the replaced segments (their `.log`, `.index`, `.timeindex`).
-//! 4. It renames each `.log.swapped` to `.log`, fsyncs the directory, then writes the
-//!    new index files.
+//! 3. It renames the replaced segments' files (`.log`, `.index`, `.timeindex`) to
+//!    `<name>.deleted`; the caller unlinks them after releasing its lock.
+//! 4. It renames each `.log.swapped` to `.log`, then the index files into place, and
+//!    fsyncs the directory. Under the lock: renames, unlinks and two or three
+//!    directory fsyncs, no data written.
 //!
-//! On open ([`recover_swaps`]), `.log.cleaned` files are deleted (the swap never
+//! On open ([`recover_swaps`]), `.cleaned` and `.deleted` files are deleted (the swap never
 //! started; the old segments are whole) and each `.log.swapped` file finishes its swap:
 //! it is scanned for the offset range it covers, every old segment starting in that
 //! range is deleted, and it is renamed into place. A crash at any step leaves the old
@@ -96,6 +99,11 @@ pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
 pub(crate) const CLEANED_SUFFIX: &str = ".log.cleaned";
 /// Suffix of a cleaned segment whose swap is committed (finished on open).
 pub(crate) const SWAPPED_SUFFIX: &str = ".log.swapped";
+/// Suffix of a replaced segment file awaiting its unlink (deleted on open).
+const DELETED_SUFFIX: &str = ".deleted";
+/// Suffixes of a cleaned segment's index files until the swap renames them.
+const CLEANED_INDEX_SUFFIX: &str = ".index.cleaned";
+const CLEANED_TIME_INDEX_SUFFIX: &str = ".timeindex.cleaned";
 /// Most `(offset, first cleaned at)` entries kept; older ones merge, which only keeps
 /// tombstones longer.
 const CLEANED_AT_ENTRIES_MAX: usize = 64;
@@ -284,7 +292,6 @@ struct OutputSegment {
     next_offset: u64,
     size_bytes: usize,
     max_timestamp_ms: i64,
-    index: SegmentIndex,
     /// Base offsets of the segments it replaces.
     replaces: Vec<(u64, u64, usize)>,
 }
@@ -305,7 +312,13 @@ impl CleanedSegments {
     /// Deletes the written files (a job that will not be completed).
     pub fn discard(self) {
         for out in &self.outputs {
-            let _ = fs::remove_file(segment_path(&self.dir, out.base_offset, CLEANED_SUFFIX));
+            for suffix in [
+                CLEANED_SUFFIX,
+                CLEANED_INDEX_SUFFIX,
+                CLEANED_TIME_INDEX_SUFFIX,
+            ] {
+                let _ = fs::remove_file(segment_path(&self.dir, out.base_offset, suffix));
+            }
         }
     }
 }
@@ -589,12 +602,23 @@ impl CleanJob {
             if let Some(last) = last_batch {
                 index.seal((last - base) as u32);
             }
+            // The indexes too are written and synced here, off the lock; the swap
+            // only renames them.
+            let (o, t) = index
+                .write_files(
+                    &segment_path(&self.dir, base, CLEANED_INDEX_SUFFIX),
+                    &segment_path(&self.dir, base, CLEANED_TIME_INDEX_SUFFIX),
+                )
+                .map_err(|e| StorageError::io("write index", &path, e))?;
+            for f in [o, t] {
+                f.sync_data()
+                    .map_err(|e| StorageError::io("fdatasync index", &path, e))?;
+            }
             outputs.push(OutputSegment {
                 base_offset: base,
                 next_offset: self.inputs[group_end - 1].next_offset,
                 size_bytes: written,
                 max_timestamp_ms: max_ts,
-                index,
                 replaces,
             });
             group_start = group_end;
@@ -659,6 +683,13 @@ impl PartitionLog {
             }
         }
         stats
+    }
+
+    /// Files of segments a cleaning pass replaced, renamed out of the way: unlink them
+    /// ([`remove_deleted_files`]) after releasing the lock around the log (unlinking a
+    /// large file takes tens of milliseconds). Left alone, they go at the next open.
+    pub fn take_deleted_files(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.deleted_files)
     }
 
     /// The offset below which the log has been cleaned (the dirty section starts here).
@@ -759,21 +790,50 @@ impl PartitionLog {
         if step == SwapStep::Committed {
             return Ok(outcome);
         }
-        // 3. The replaced segments go (their maps stay alive for readers holding them).
+        // 3. The replaced segments go (their maps stay alive for readers holding them):
+        // renamed to `.deleted` here, unlinked by the caller after it releases its lock
+        // (`take_deleted_files`), because unlinking a large file takes tens of ms.
         for &(base, _, _) in &expected {
             self.cache_remove(base);
-            delete_files(&dir, base)?;
+            for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+                let from = segment_path(&dir, base, suffix);
+                let mut to = from.clone().into_os_string();
+                to.push(DELETED_SUFFIX);
+                match fs::rename(&from, &to) {
+                    Ok(()) => self.deleted_files.push(to.into()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StorageError::io("rename replaced segment", from, e)),
+                }
+            }
         }
         if step == SwapStep::OldDeleted {
             return Ok(outcome);
         }
-        // 4. The new segments take their names, then get their indexes.
+        // 4. The new segments take their names, then their indexes do (after the log:
+        // recovery of a swap deletes whatever index files the segment's base has).
         for out in &done.outputs {
             let from = segment_path(&dir, out.base_offset, SWAPPED_SUFFIX);
             let to = segment_path(&dir, out.base_offset, LOG_SUFFIX);
             fs::rename(&from, &to).map_err(|e| StorageError::io("rename segment", to, e))?;
         }
-        atomic_file::sync_dir(&dir)?;
+        if step == SwapStep::Renamed {
+            atomic_file::sync_dir(&dir)?;
+        } else {
+            for out in &done.outputs {
+                for (from, to) in [
+                    (CLEANED_INDEX_SUFFIX, INDEX_SUFFIX),
+                    (CLEANED_TIME_INDEX_SUFFIX, TIME_INDEX_SUFFIX),
+                ] {
+                    let from = segment_path(&dir, out.base_offset, from);
+                    let to = segment_path(&dir, out.base_offset, to);
+                    // A missing index is rebuilt from the log when the segment is read.
+                    if let Err(e) = fs::rename(&from, &to) {
+                        tracing::warn!(file = %to.display(), error = %e, "cleaned index not renamed; it will be rebuilt");
+                    }
+                }
+            }
+            atomic_file::sync_dir(&dir)?;
+        }
         let mut new_segments = Vec::with_capacity(done.outputs.len());
         for out in &done.outputs {
             outcome.bytes_out += out.size_bytes as u64;
@@ -795,21 +855,6 @@ impl PartitionLog {
         if step == SwapStep::Renamed {
             return Ok(outcome);
         }
-        for out in &done.outputs {
-            let log_path = segment_path(&dir, out.base_offset, LOG_SUFFIX);
-            let (o, t) = out
-                .index
-                .write_files(
-                    &segment_path(&dir, out.base_offset, INDEX_SUFFIX),
-                    &segment_path(&dir, out.base_offset, TIME_INDEX_SUFFIX),
-                )
-                .map_err(|e| StorageError::io("write index", &log_path, e))?;
-            for f in [o, t] {
-                f.sync_data()
-                    .map_err(|e| StorageError::io("fdatasync index", &log_path, e))?;
-            }
-        }
-        atomic_file::sync_dir(&dir)?;
         self.cleaner.record_pass(done.map_end_offset, done.now_ms);
         self.cleaner.save(&dir)?;
         outcome.swapped = true;
@@ -828,7 +873,7 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<usize> {
         let entry = entry.map_err(|e| StorageError::io("list log directory", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.ends_with(CLEANED_SUFFIX) {
+        if name.ends_with(".cleaned") || name.ends_with(DELETED_SUFFIX) {
             let path = entry.path();
             fs::remove_file(&path)
                 .map_err(|e| StorageError::io("remove cleaned segment", path, e))?;
@@ -880,4 +925,14 @@ pub(crate) fn recover_swaps(dir: &Path) -> Result<usize> {
     }
     atomic_file::sync_dir(dir)?;
     Ok(swapped.len())
+}
+
+/// Unlinks files from [`PartitionLog::take_deleted_files`]; failures are logged (the
+/// next open removes leftovers).
+pub fn remove_deleted_files(files: Vec<PathBuf>) {
+    for file in files {
+        if let Err(e) = fs::remove_file(&file) {
+            tracing::warn!(file = %file.display(), error = %e, "could not remove a replaced segment file");
+        }
+    }
 }

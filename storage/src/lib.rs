@@ -89,8 +89,8 @@ mod mmap;
 mod segment;
 
 pub use clean::{
-    CleanJob, CleanOptions, CleanOutcome, CleanStats, CleanedSegments, SwapStep,
-    CLEANER_CHECKPOINT_FILE, DEDUPE_BUFFER_BYTES_DEFAULT,
+    remove_deleted_files, CleanJob, CleanOptions, CleanOutcome, CleanStats, CleanedSegments,
+    SwapStep, CLEANER_CHECKPOINT_FILE, DEDUPE_BUFFER_BYTES_DEFAULT,
 };
 pub use config::{
     LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_GROWTH_STEP_BYTES_MAX,

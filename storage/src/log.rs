@@ -108,6 +108,8 @@ pub struct PartitionLog {
     journal_epoch: Option<u64>,
     /// The cleaner's checkpoint (cleaned offset, when offsets were first cleaned).
     pub(crate) cleaner: CleanerCheckpoint,
+    /// Replaced segment files awaiting their unlink (`take_deleted_files`).
+    pub(crate) deleted_files: Vec<PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -272,6 +274,7 @@ impl PartitionLog {
             dir_changes_synced: 0,
             journal_epoch: None,
             cleaner: CleanerCheckpoint::default(),
+            deleted_files: Vec::new(),
         }
     }
 

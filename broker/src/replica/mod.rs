@@ -823,11 +823,13 @@ impl Partition {
                 done.discard();
                 return Err(BrokerError::Storage(e.to_string()));
             }
-            return st
-                .raft
-                .store_mut()
-                .log_mut()
-                .complete_clean(done)
+            let log = st.raft.store_mut().log_mut();
+            let outcome = log.complete_clean(done);
+            let deleted = log.take_deleted_files();
+            drop(st);
+            // Unlinking the replaced segments takes time: not under the lock.
+            rill_storage::remove_deleted_files(deleted);
+            return outcome
                 .map(Some)
                 .map_err(|e| BrokerError::Storage(e.to_string()));
         }

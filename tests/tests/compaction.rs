@@ -343,3 +343,96 @@ async fn every_replica_of_a_compacted_topic_holds_the_same_compacted_records() {
     let consumed = consume_all(&bootstrap, topic, filler);
     assert_eq!(consumed, want, "what librdkafka reads from the leader");
 }
+
+/// The `__consumer_offsets` replicas of this broker with a cleaner checkpoint past 0.
+fn cleaned_offsets_partitions(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir)
+        .expect("data dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("__consumer_offsets-")
+                && cleaned_offset(p) > 0
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_consumer_offsets_replay_the_last_commit_after_a_restart() {
+    use rdkafka::consumer::CommitMode;
+    // Segments of every topic (`__consumer_offsets` included) roll after 200 ms.
+    let mut args = CLEANER_FLAGS.to_vec();
+    args.extend(["--log-segment-ms", "200", "--offsets-topic-partitions", "1"]);
+    let mut broker = RilldProcess::start_with(&args);
+    let bootstrap = broker.bootstrap();
+    let commit = |consumer: &BaseConsumer, offset: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("plain", 0, Offset::Offset(offset))
+            .unwrap();
+        consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    };
+    let consumer: BaseConsumer = client_config(&bootstrap)
+        .set("group.id", "standalone")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let producer = producer(&bootstrap);
+    send(&producer, "plain", "k", Some("v")).await; // auto-creates the topic
+                                                    // Rounds of commits, each round in its own segment of __consumer_offsets.
+    let mut commits = 0;
+    for round in 0..4 {
+        for i in 0..10 {
+            commit(&consumer, round * 10 + i);
+            commits += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    commit(&consumer, 1000); // rolls: the earlier commits become cleanable
+                             // Wait until the rounds' segments are compacted: one commit per key is left of
+                             // them, plus what the active segment holds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dirs = cleaned_offsets_partitions(&broker.data_dir());
+        if let Some(dir) = dirs.first() {
+            let (records, batches, bytes) = replica_records(dir);
+            if records.len() <= 3 {
+                println!(
+                    "__consumer_offsets after compaction: {} records ({batches} batches, {bytes} bytes) for {commits} commits",
+                    records.len()
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "__consumer_offsets not compacted\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(consumer);
+
+    broker.stop();
+    broker.restart();
+    let consumer: BaseConsumer = client_config(&bootstrap)
+        .set("group.id", "standalone")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("plain", 0);
+    let started = Instant::now();
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(list) => break list.elements_for_topic("plain")[0].offset(),
+            Err(e) if started.elapsed() < TIMEOUT => {
+                println!("not yet: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("committed offsets: {e}\n{}", broker.log()),
+        }
+    };
+    assert_eq!(committed, Offset::Offset(1000), "{}", broker.log());
+}

@@ -144,6 +144,18 @@ pub struct Config {
     /// `retention_check_interval_ms`: how often retention deletes expired segments.
     /// Default 300000 (5 min, like Kafka). Range 100..=86400000.
     pub retention_check_interval_ms: u64,
+    /// `log_cleaner_io_bytes_per_second`: the log cleaner's read plus write rate bound
+    /// (one cleaner thread per data directory compacts `cleanup.policy=compact` topics).
+    /// Default 104857600 (100 MiB/s). Range 1048576..=10737418240.
+    pub log_cleaner_io_bytes_per_second: u64,
+    /// `log_cleaner_backoff_ms`: how long the cleaner sleeps when no log is dirty
+    /// enough (Kafka's `log.cleaner.backoff.ms`). Default 15000. Range 10..=3600000.
+    pub log_cleaner_backoff_ms: u64,
+    /// `log_cleaner_dedupe_buffer_bytes`: memory budget of one cleaning pass's key map
+    /// (Kafka's `log.cleaner.dedupe.buffer.size`); a log with more distinct dirty
+    /// keys is cleaned in several passes. Default 33554432 (32 MiB). Range
+    /// 65536..=4294967296.
+    pub log_cleaner_dedupe_buffer_bytes: u64,
     /// `fetch_wait_ms_max`: upper bound on a Fetch request's max_wait_ms, so a
     /// client cannot park a request for longer. Default 30000. Range 0..=300000.
     pub fetch_wait_ms_max: u64,
@@ -252,6 +264,9 @@ impl Default for Config {
             flush_interval_ms: 1000,
             journal_bytes: 64 << 20,
             retention_check_interval_ms: 300_000,
+            log_cleaner_io_bytes_per_second: 100 << 20,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_bytes: 32 << 20,
             fetch_wait_ms_max: 30_000,
             replica_lag_time_max_ms: 30_000,
             offsets_topic_partitions: 50,
@@ -323,6 +338,9 @@ struct FileConfig {
     flush_interval_ms: Option<i64>,
     journal_bytes: Option<i64>,
     retention_check_interval_ms: Option<i64>,
+    log_cleaner_io_bytes_per_second: Option<i64>,
+    log_cleaner_backoff_ms: Option<i64>,
+    log_cleaner_dedupe_buffer_bytes: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
     replica_lag_time_max_ms: Option<i64>,
     offsets_topic_partitions: Option<i64>,
@@ -418,6 +436,15 @@ pub struct Cli {
     /// Retention check period [default: 300000].
     #[arg(long)]
     pub retention_check_interval_ms: Option<i64>,
+    /// Log cleaner I/O rate bound, bytes/s [default: 104857600].
+    #[arg(long)]
+    pub log_cleaner_io_bytes_per_second: Option<i64>,
+    /// Log cleaner sleep when nothing is dirty enough [default: 15000].
+    #[arg(long)]
+    pub log_cleaner_backoff_ms: Option<i64>,
+    /// Log cleaner key-map budget per pass [default: 33554432].
+    #[arg(long)]
+    pub log_cleaner_dedupe_buffer_bytes: Option<i64>,
     /// Upper bound on Fetch max_wait_ms [default: 30000].
     #[arg(long)]
     pub fetch_wait_ms_max: Option<i64>,
@@ -684,6 +711,18 @@ impl Config {
         if let Some(v) = pick!(retention_check_interval_ms) {
             config.retention_check_interval_ms =
                 in_range("retention_check_interval_ms", v, 100, 86_400_000)? as u64;
+        }
+        if let Some(v) = pick!(log_cleaner_io_bytes_per_second) {
+            config.log_cleaner_io_bytes_per_second =
+                in_range("log_cleaner_io_bytes_per_second", v, 1 << 20, 10 << 30)? as u64;
+        }
+        if let Some(v) = pick!(log_cleaner_backoff_ms) {
+            config.log_cleaner_backoff_ms =
+                in_range("log_cleaner_backoff_ms", v, 10, 3_600_000)? as u64;
+        }
+        if let Some(v) = pick!(log_cleaner_dedupe_buffer_bytes) {
+            config.log_cleaner_dedupe_buffer_bytes =
+                in_range("log_cleaner_dedupe_buffer_bytes", v, 1 << 16, 4 << 30)? as u64;
         }
         if let Some(v) = pick!(fetch_wait_ms_max) {
             config.fetch_wait_ms_max = in_range("fetch_wait_ms_max", v, 0, 300_000)? as u64;

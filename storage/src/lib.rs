@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`log`](crate::PartitionLog) | [`PartitionLog`]: open/recovery, append, read, roll, truncation, reset, retention, timestamps, leader epochs |
 //! | `journal` | [`Journal`]: one data directory's shared journal, so one fdatasync makes many partitions' new bytes durable (group commit across partitions); replayed before logs open |
+//! | `clean` | log compaction: [`CleanJob`] (key → last offset map, rewrite, `.log.cleaned` → `.log.swapped` → `.log` swap with crash recovery), [`CleanStats`] for choosing a log |
 //! | `flush` | [`FlushJob`]/[`FlushedTo`]: durability split so the fsync runs outside the caller's lock |
 //! | `segment` | one segment: file naming and creation, batch scanners for recovery, reads and index rebuilds |
 //! | `index` | sparse `.index` (relative offset u32 → position u32) and `.timeindex` (timestamp i64 → relative offset u32) |
@@ -76,6 +77,7 @@
 
 pub mod atomic_file;
 pub mod batch;
+mod clean;
 mod config;
 mod epoch;
 mod error;
@@ -86,6 +88,10 @@ mod log;
 mod mmap;
 mod segment;
 
+pub use clean::{
+    remove_deleted_files, CleanJob, CleanOptions, CleanOutcome, CleanStats, CleanedSegments,
+    SwapStep, CLEANER_CHECKPOINT_FILE, DEDUPE_BUFFER_BYTES_DEFAULT,
+};
 pub use config::{
     LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_GROWTH_STEP_BYTES_MAX,
     SEGMENT_GROWTH_STEP_BYTES_MIN,

@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use crate::atomic_file;
 use crate::batch::{self, BatchView};
+use crate::clean::{self, CleanerCheckpoint};
 use crate::config::LogConfig;
 use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
@@ -82,20 +83,20 @@ struct CacheEntry {
 /// [`read`]: PartitionLog::read
 #[derive(Debug)]
 pub struct PartitionLog {
-    dir: PathBuf,
-    config: LogConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
     /// Ordered by base offset, contiguous; the last one is the active segment.
-    segments: Vec<Segment>,
+    pub(crate) segments: Vec<Segment>,
     active: Active,
-    log_start_offset: u64,
+    pub(crate) log_start_offset: u64,
     epochs: EpochCache,
     /// Bumped by every change of `epochs`; the epoch file holds the version
     /// `checkpoints` names (see [`SharedCheckpoints`] for why it may lag).
     epochs_version: u64,
     /// Every offset below this is durable.
-    flushed_offset: u64,
+    pub(crate) flushed_offset: u64,
     /// Bumped by truncation and reset; flush completions from an older generation are ignored.
-    generation: u64,
+    pub(crate) generation: u64,
     checkpoints: Arc<SharedCheckpoints>,
     cache: Mutex<MapCache>,
     /// Directory entries created or removed (monotonic), and how many are known durable.
@@ -105,6 +106,10 @@ pub struct PartitionLog {
     /// data directory's journal rather than in place (see `journal`): while that
     /// epoch is current, a truncation, reset or deletion must checkpoint it first.
     journal_epoch: Option<u64>,
+    /// The cleaner's checkpoint (cleaned offset, when offsets were first cleaned).
+    pub(crate) cleaner: CleanerCheckpoint,
+    /// Replaced segment files awaiting their unlink (`take_deleted_files`).
+    pub(crate) deleted_files: Vec<PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -131,6 +136,9 @@ impl PartitionLog {
                 atomic_file::sync_dir(parent)?;
             }
         }
+        // A cleaner swap interrupted by a crash is finished (or undone) first.
+        clean::recover_swaps(dir)?;
+        let cleaner = CleanerCheckpoint::load(dir)?;
         let mut bases = Vec::new();
         let mut index_bases = Vec::new();
         let entries =
@@ -250,6 +258,7 @@ impl PartitionLog {
             }
         }
         log.checkpoints = Arc::new(SharedCheckpoints::new(recovery_point));
+        log.cleaner = cleaner;
         log.flushed_offset = end;
         Ok(log)
     }
@@ -277,6 +286,8 @@ impl PartitionLog {
             dir_changes: 0,
             dir_changes_synced: 0,
             journal_epoch: None,
+            cleaner: CleanerCheckpoint::default(),
+            deleted_files: Vec::new(),
         }
     }
 
@@ -1024,7 +1035,7 @@ impl PartitionLog {
         }
     }
 
-    fn cache_remove(&mut self, base_offset: u64) {
+    pub(crate) fn cache_remove(&mut self, base_offset: u64) {
         self.cache
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())

@@ -1,9 +1,8 @@
 //! DescribeConfigs: topic configs (with their source, synonyms and documentation)
 //! and the broker's topic defaults.
 //!
-//! Honesty about `cleanup.policy`: the value is stored and reported as set, and its
-//! documentation (returned with include_documentation, v3+) says that compaction is
-//! not implemented yet, so `compact` topics are cleaned by retention only.
+//! `cleanup.policy=compact` topics are compacted by the broker's log cleaner
+//! (`broker/src/cleaner.rs`).
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
@@ -15,7 +14,7 @@ use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use super::str_bytes;
 use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::state::topic_config::{broker_key, documentation, TopicConfig, TOPIC_CONFIG_KEYS};
+use crate::state::topic_config::{self, broker_key, documentation, TopicConfig, TOPIC_CONFIG_KEYS};
 
 /// Kafka's ConfigResource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -27,12 +26,19 @@ const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
 const TYPE_LIST: i8 = 7;
+const TYPE_DOUBLE: i8 = 6;
 
 fn config_type(key: &str) -> i8 {
     match key {
         "cleanup.policy" => TYPE_LIST,
         "max.message.bytes" | "segment.bytes" => TYPE_INT,
-        "retention.bytes" | "retention.ms" | "segment.ms" => TYPE_LONG,
+        "retention.bytes"
+        | "retention.ms"
+        | "segment.ms"
+        | "delete.retention.ms"
+        | "max.compaction.lag.ms"
+        | "min.compaction.lag.ms" => TYPE_LONG,
+        "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
         _ => TYPE_STRING,
     }
 }
@@ -144,6 +150,10 @@ fn default_value(key: &str) -> Option<StrBytes> {
         "retention.ms" => defaults.retention_ms.to_string(),
         "segment.bytes" => defaults.segment_bytes.to_string(),
         "segment.ms" => defaults.segment_ms.to_string(),
+        "delete.retention.ms" => topic_config::DELETE_RETENTION_MS_DEFAULT.to_string(),
+        "max.compaction.lag.ms" => i64::MAX.to_string(),
+        "min.cleanable.dirty.ratio" => topic_config::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT.to_string(),
+        "min.compaction.lag.ms" => "0".to_string(),
         _ => return None,
     };
     Some(str_bytes(value))

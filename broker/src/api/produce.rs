@@ -219,6 +219,9 @@ fn append_partition(
     let records = data.records.clone().unwrap_or_default();
     let counts =
         super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;
+    if topic.config.is_compacted() {
+        super::produce_check::check_keys_for_compaction(&records)?;
+    }
     let appended = partition.append(&records, counts)?;
     Ok((appended, partition))
 }

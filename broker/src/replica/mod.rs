@@ -35,7 +35,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rill_raft::{Entry, EntryKind, ProposeError, Raft, Role};
-use rill_storage::{PartitionLog, StorageError};
+use rill_storage::{
+    CleanJob, CleanOptions, CleanOutcome, CleanStats, CleanedSegments, PartitionLog, StorageError,
+};
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
@@ -814,6 +816,76 @@ impl Partition {
                 tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "retention failed")
             }
         }
+    }
+
+    /// The log cleaner's view of this replica: clean and dirty bytes below the commit
+    /// point (see `rill_storage::CleanStats`). `None` while offline or closed.
+    pub fn clean_stats(&self, now_ms: i64, min_compaction_lag_ms: i64) -> Option<CleanStats> {
+        if self.is_closed() || self.engine.is_offline() {
+            return None;
+        }
+        let below = self.visible_end_offset().max(0) as u64;
+        Some(
+            self.state()
+                .log()
+                .clean_stats(below, now_ms, min_compaction_lag_ms),
+        )
+    }
+
+    /// First step of a cleaning pass (cheap, under the lock): only committed offsets
+    /// (below the high watermark this replica knows) are ever cleaned, so compaction
+    /// never touches what Raft may still truncate.
+    pub fn prepare_clean(
+        &self,
+        mut options: CleanOptions,
+    ) -> Result<Option<CleanJob>, BrokerError> {
+        if self.is_closed() || self.engine.is_offline() {
+            return Ok(None);
+        }
+        options.cleanable_below_offset = self.visible_end_offset().max(0) as u64;
+        self.state()
+            .log()
+            .prepare_clean(options)
+            .map_err(|e| BrokerError::Storage(e.to_string()))
+    }
+
+    /// Last step of a cleaning pass: swaps the cleaned segments in under the lock,
+    /// waiting (up to about a second) while the persist loop holds the group, as
+    /// retention does; gives the job up (`None`) if it cannot.
+    pub fn complete_clean(
+        &self,
+        done: CleanedSegments,
+    ) -> Result<Option<CleanOutcome>, BrokerError> {
+        const WAIT_ROUNDS_MAX: u32 = 200;
+        for _ in 0..WAIT_ROUNDS_MAX {
+            if self.is_closed() || self.engine.is_offline() {
+                break;
+            }
+            let mut st = self.state();
+            if st.ready_out {
+                drop(st);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            // The swap rewrites segment files in place of others: journalled bytes of
+            // this log must never be replayed over them (the journal's rule, as for a
+            // truncation).
+            if let Err(e) = st.raft.store_mut().journal_barrier() {
+                done.discard();
+                return Err(BrokerError::Storage(e.to_string()));
+            }
+            let log = st.raft.store_mut().log_mut();
+            let outcome = log.complete_clean(done);
+            let deleted = log.take_deleted_files();
+            drop(st);
+            // Unlinking the replaced segments takes time: not under the lock.
+            rill_storage::remove_deleted_files(deleted);
+            return outcome
+                .map(Some)
+                .map_err(|e| BrokerError::Storage(e.to_string()));
+        }
+        done.discard();
+        Ok(None)
     }
 
     /// At an applied checkpoint at `offset` (committed): deletes the log's closed

@@ -142,6 +142,11 @@ impl Server {
             background.spawn(crate::admin::serve(admin, Arc::clone(&broker)));
         }
         background.spawn(retention_loop(Arc::clone(&broker)));
+        // One data directory, one cleaner thread (ends when the manager is dropped).
+        crate::cleaner::spawn(
+            Arc::downgrade(&broker.manager),
+            crate::cleaner::CleanerConfig::from(&*broker.config),
+        )?;
 
         let limit = Arc::new(Semaphore::new(config.connections_max));
         let per_ip = Arc::new(ConnectionsPerIp::default());

@@ -242,8 +242,12 @@ impl PartitionManager {
         LogConfig {
             segment_bytes: config.segment_bytes as u64,
             segment_ms: Some(config.segment_ms as u64),
-            retention_ms: (config.retention_ms >= 0).then_some(config.retention_ms),
-            retention_bytes: (config.retention_bytes >= 0).then_some(config.retention_bytes as u64),
+            // A compact-only topic keeps its (compacted) history: retention applies
+            // with `delete` in the policy, as in Kafka.
+            retention_ms: (config.retention_ms >= 0 && config.is_deleted_by_retention())
+                .then_some(config.retention_ms),
+            retention_bytes: (config.retention_bytes >= 0 && config.is_deleted_by_retention())
+                .then_some(config.retention_bytes as u64),
             ..LogConfig::default()
         }
     }

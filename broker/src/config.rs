@@ -141,6 +141,12 @@ pub struct Config {
     /// `retention_check_interval_ms`: how often retention deletes expired segments.
     /// Default 300000 (5 min, like Kafka). Range 100..=86400000.
     pub retention_check_interval_ms: u64,
+    /// `producer_id_expiration_ms`: an idempotent producer that wrote nothing to a
+    /// partition for this long is forgotten there (its next batch with a sequence other
+    /// than 0 gets UNKNOWN_PRODUCER_ID; Kafka's `producer.id.expiration.ms`). Checked with
+    /// retention, every `retention_check_interval_ms`. Default 86400000 (1 day).
+    /// Range 1000..=2147483647.
+    pub producer_id_expiration_ms: u64,
     /// `fetch_wait_ms_max`: upper bound on a Fetch request's max_wait_ms, so a
     /// client cannot park a request for longer. Default 30000. Range 0..=300000.
     pub fetch_wait_ms_max: u64,
@@ -249,6 +255,7 @@ impl Default for Config {
             flush_interval_ms: 1000,
             journal_bytes: 64 << 20,
             retention_check_interval_ms: 300_000,
+            producer_id_expiration_ms: 86_400_000,
             fetch_wait_ms_max: 30_000,
             replica_lag_time_max_ms: 30_000,
             offsets_topic_partitions: 50,
@@ -320,6 +327,7 @@ struct FileConfig {
     flush_interval_ms: Option<i64>,
     journal_bytes: Option<i64>,
     retention_check_interval_ms: Option<i64>,
+    producer_id_expiration_ms: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
     replica_lag_time_max_ms: Option<i64>,
     offsets_topic_partitions: Option<i64>,
@@ -415,6 +423,9 @@ pub struct Cli {
     /// Retention check period [default: 300000].
     #[arg(long)]
     pub retention_check_interval_ms: Option<i64>,
+    /// Idle time after which a partition forgets an idempotent producer [default: 86400000].
+    #[arg(long)]
+    pub producer_id_expiration_ms: Option<i64>,
     /// Upper bound on Fetch max_wait_ms [default: 30000].
     #[arg(long)]
     pub fetch_wait_ms_max: Option<i64>,
@@ -692,6 +703,10 @@ impl Config {
         if let Some(v) = pick!(retention_check_interval_ms) {
             config.retention_check_interval_ms =
                 in_range("retention_check_interval_ms", v, 100, 86_400_000)? as u64;
+        }
+        if let Some(v) = pick!(producer_id_expiration_ms) {
+            config.producer_id_expiration_ms =
+                in_range("producer_id_expiration_ms", v, 1000, i64::from(i32::MAX))? as u64;
         }
         if let Some(v) = pick!(fetch_wait_ms_max) {
             config.fetch_wait_ms_max = in_range("fetch_wait_ms_max", v, 0, 300_000)? as u64;

@@ -26,6 +26,10 @@ use rill_record::BatchView;
 use rill_storage::{PartitionLog, StorageError};
 
 use super::engine::SharedJournal;
+use super::producer_state::{BatchSequence, ProducerStates};
+
+/// Bytes read at a time when the producer state is rebuilt from the log.
+const PRODUCER_REBUILD_READ_BYTES: usize = 1 << 20;
 
 /// A partition log seen as a Raft log (see the module docs).
 #[derive(Debug)]
@@ -45,6 +49,10 @@ pub struct PartitionStore {
     broker_id: i32,
     /// The data directory's shared journal (`None` in unit tests without one).
     journal: Option<SharedJournal>,
+    /// Idempotent producers' state as of the storage log end: every write and
+    /// truncation goes through this store, which keeps it current
+    /// (`super::producer_state`'s module docs).
+    producers: ProducerStates,
 }
 
 /// Timestamp of the control batches the replication layer writes: none (-1), so
@@ -69,7 +77,7 @@ impl PartitionStore {
         journal: Option<SharedJournal>,
     ) -> Self {
         let raft_end = log.log_end_offset();
-        PartitionStore {
+        let mut store = PartitionStore {
             log,
             raft_end,
             reset_start: None,
@@ -78,6 +86,65 @@ impl PartitionStore {
             membership,
             broker_id,
             journal,
+            producers: ProducerStates::new(),
+        };
+        store.rebuild_producers();
+        store
+    }
+
+    /// The idempotent producers' state as of the storage log end.
+    pub fn producers(&self) -> &ProducerStates {
+        &self.producers
+    }
+
+    /// The idempotent producers' state, for expiry.
+    pub fn producers_mut(&mut self) -> &mut ProducerStates {
+        &mut self.producers
+    }
+
+    /// Rebuilds the producer state from every batch in the log (at open, and when a
+    /// truncation cut a producer's whole kept window). Reads headers only; a read error
+    /// stops the scan where it happened (the log is read again at the next rebuild).
+    fn rebuild_producers(&mut self) {
+        self.producers.clear();
+        let end = self.log.log_end_offset();
+        let mut offset = self.log.log_start_offset();
+        while offset < end {
+            let bytes = match self.log.read(offset, PRODUCER_REBUILD_READ_BYTES, end) {
+                Ok(bytes) if !bytes.is_empty() => bytes,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(dir = %self.log.dir().display(), offset, error = %e, "producer state rebuild stopped: log unreadable");
+                    break;
+                }
+            };
+            let mut next = offset;
+            for view in rill_record::batches(&bytes) {
+                let Ok(view) = view else { break };
+                let base = view.base_offset().max(0) as u64;
+                if let Some(sequence) = BatchSequence::of(&view) {
+                    self.producers
+                        .record(&sequence, base, sequence.max_timestamp_ms);
+                }
+                next = base + u64::from(view.last_offset_delta().max(0) as u32) + 1;
+            }
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+    }
+
+    /// Records the idempotent batches of an entry just written at `base_offset`.
+    fn record_producers(&mut self, batches: &[u8], base_offset: u64) {
+        let now_ms = crate::clock::now_ms();
+        let mut offset = base_offset;
+        for view in rill_record::batches(batches) {
+            let Ok(view) = view else { break };
+            if let Some(sequence) = BatchSequence::of(&view) {
+                self.producers.record(&sequence, offset, now_ms);
+            }
+            offset += u64::from(view.last_offset_delta().max(0) as u32) + 1;
         }
     }
 
@@ -87,7 +154,11 @@ impl PartitionStore {
         if offset < self.log.log_end_offset() {
             self.journal_barrier()?;
         }
-        self.log.truncate_suffix(offset).map(|_| ())
+        self.log.truncate_suffix(offset)?;
+        if self.producers.truncate(offset) {
+            self.rebuild_producers();
+        }
+        Ok(())
     }
 
     /// Gives the control entries (leader change, membership) of outgoing appends the
@@ -190,6 +261,9 @@ impl PartitionStore {
                 reason: "entry's offset count does not match its batches",
             });
         }
+        if entry.kind == EntryKind::Data {
+            self.record_producers(batches, entry.base_offset);
+        }
         Ok(())
     }
 
@@ -218,6 +292,8 @@ impl PartitionStore {
             );
             self.journal_barrier()?;
             self.log.reset_to(reset.start.offset)?;
+            // Nothing of the old log is left to hold producer state for.
+            self.producers.clear();
             self.raft_end = reset.start.offset;
             self.reset_start = Some(reset.start);
             self.start_membership = reset.membership.clone();

@@ -39,6 +39,12 @@ pub async fn handle(broker: &Broker, request: InitProducerIdRequest) -> InitProd
 
 async fn init(broker: &Broker, request: &InitProducerIdRequest) -> Result<(i64, i16), BrokerError> {
     if let Some(id) = &request.transactional_id {
+        if id.0.is_empty() {
+            // Kafka's answer to an empty transactional id (null means idempotent only).
+            return Err(BrokerError::InvalidRequest(
+                "empty transactional id: send null for an idempotent producer".into(),
+            ));
+        }
         return Err(BrokerError::TransactionsUnsupported(format!(
             "transactional id `{}`: only idempotent producers are supported",
             id.0.as_str()

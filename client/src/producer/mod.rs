@@ -280,6 +280,7 @@ async fn init_producer_id(inner: &Inner) -> Result<()> {
 async fn request_producer_id(inner: &Inner, current: Option<(i64, i16)>) -> Result<(i64, i16)> {
     let (id, epoch) = current.unwrap_or((-1, -1));
     let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
         .with_transaction_timeout_ms(i32::MAX)
         .with_producer_id(ProducerId(id))
         .with_producer_epoch(epoch);

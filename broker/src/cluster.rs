@@ -272,7 +272,8 @@ impl Cluster {
             producer_ids_lock: tokio::sync::Mutex::new(()),
         });
         // Peers' requests for producer-id blocks (served while this broker controls).
-        let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(PRODUCER_ID_REQUESTS_QUEUED_MAX);
+        let (requests_tx, requests_rx) =
+            tokio::sync::mpsc::channel(PRODUCER_ID_REQUESTS_QUEUED_MAX);
         cluster.manager.engine.set_producer_id_requests(requests_tx);
         tokio::spawn(Arc::clone(&cluster).producer_id_request_loop(requests_rx));
         let applier = Arc::clone(&cluster);
@@ -1110,7 +1111,9 @@ impl Cluster {
                                 } if *broker_id == self.me.broker_id
                                     && *incarnation_id == self.me.registration.incarnation_id =>
                                 {
-                                    self.manager.producer_ids.add_block(*first_producer_id, *size);
+                                    self.manager
+                                        .producer_ids
+                                        .add_block(*first_producer_id, *size);
                                 }
                                 _ => {}
                             },

@@ -180,8 +180,11 @@ fn read_local(path: &std::path::Path) -> Result<i64, BrokerError> {
 }
 
 fn write_local(path: &std::path::Path, next_producer_id: i64) -> Result<(), BrokerError> {
-    rill_storage::atomic_file::write(path, format!("next_producer_id={next_producer_id}\n").as_bytes())
-        .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))
+    rill_storage::atomic_file::write(
+        path,
+        format!("next_producer_id={next_producer_id}\n").as_bytes(),
+    )
+    .map_err(|e| BrokerError::Storage(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -201,7 +204,10 @@ mod tests {
         let second = ProducerIds::new(dir.path());
         let c = second.next_id(None).await.unwrap();
         assert_eq!(c, i64::from(PRODUCER_ID_BLOCK_SIZE));
-        assert!(!second.was_issued(c + i64::from(PRODUCER_ID_BLOCK_SIZE), None).await.unwrap());
+        assert!(!second
+            .was_issued(c + i64::from(PRODUCER_ID_BLOCK_SIZE), None)
+            .await
+            .unwrap());
     }
 
     #[test]

@@ -296,8 +296,10 @@ pub fn batch_producer_ids(conn: &mut RawConn, topic: &str, partition: i32) -> Ve
     let mut ids = Vec::new();
     let mut next = 0;
     loop {
-        let response =
-            conn.call::<kafka_protocol::messages::FetchRequest>(12, &requests::fetch(topic, partition, next, 0, 0));
+        let response = conn.call::<kafka_protocol::messages::FetchRequest>(
+            12,
+            &requests::fetch(topic, partition, next, 0, 0),
+        );
         let records = response.responses[0].partitions[0]
             .records
             .clone()

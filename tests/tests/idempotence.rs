@@ -156,7 +156,11 @@ fn retries_are_deduplicated_across_a_kill_and_restart_and_ids_are_never_reused()
         "after SIGKILL and restart, a retry is still a duplicate of the original\n{}",
         broker.log()
     );
-    assert_eq!(produce(&mut conn, topic, retry(2)), (0, bases[2]), "oldest kept batch");
+    assert_eq!(
+        produce(&mut conn, topic, retry(2)),
+        (0, bases[2]),
+        "oldest kept batch"
+    );
     assert_eq!(
         produce(&mut conn, topic, retry(1)).0,
         OUT_OF_ORDER_SEQUENCE_NUMBER,
@@ -216,7 +220,10 @@ fn retries_are_deduplicated_across_a_kill_and_restart_and_ids_are_never_reused()
     expected.push("next".into());
     expected.push("epoch1".into());
     let read_values: Vec<String> = read.iter().map(|(_, v)| v.clone()).collect();
-    assert_eq!(read_values, expected, "the log holds each value once, in order");
+    assert_eq!(
+        read_values, expected,
+        "the log holds each value once, in order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +249,9 @@ async fn rdkafka_idempotent_producer_writes_each_record_once_in_order() {
             let producer = producer.clone();
             async move {
                 let value = format!("rdk-{n}");
-                let record = FutureRecord::<(), str>::to(topic).payload(&value).partition(0);
+                let record = FutureRecord::<(), str>::to(topic)
+                    .payload(&value)
+                    .partition(0);
                 producer
                     .send(record, Duration::from_secs(30))
                     .await
@@ -262,7 +271,10 @@ async fn rdkafka_idempotent_producer_writes_each_record_once_in_order() {
         "acknowledged in send order"
     );
 
-    let read: Vec<String> = values(&mut conn, topic).into_iter().map(|(_, v)| v).collect();
+    let read: Vec<String> = values(&mut conn, topic)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
     let expected: Vec<String> = (0..COUNT).map(|n| format!("rdk-{n}")).collect();
     assert_eq!(read, expected, "each record once, in order");
     let ids = batch_producer_ids(&mut conn, topic, 0);

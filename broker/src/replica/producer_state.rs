@@ -166,7 +166,9 @@ pub enum SequenceError {
         current: i16,
     },
     /// No state for the producer and a first sequence other than 0.
-    #[error("producer {producer_id} has no state in this partition and sequence {first_seq} is not 0")]
+    #[error(
+        "producer {producer_id} has no state in this partition and sequence {first_seq} is not 0"
+    )]
     UnknownProducer {
         /// The producer.
         producer_id: i64,
@@ -554,7 +556,10 @@ mod tests {
         write(&mut s, &mut end, batch(1, 0, 0, 2)); // 0..1
         write(&mut s, &mut end, batch(2, 0, 0, 2)); // 2..3
         write(&mut s, &mut end, batch(1, 0, 2, 2)); // 4..5
-        assert!(!s.truncate(4), "producer 1 keeps a batch, producer 2 is untouched");
+        assert!(
+            !s.truncate(4),
+            "producer 1 keeps a batch, producer 2 is untouched"
+        );
         assert_eq!(s.check(&[batch(1, 0, 2, 2)]), Ok(Verdict::Append));
         assert!(s.truncate(2), "producer 2 lost its only batch");
         assert!(s.get(2).is_none());

@@ -180,8 +180,7 @@ impl Accumulator {
                         queue.next_sequence,
                     )?;
                     batch.producer_epoch = Some(epoch);
-                    queue.next_sequence =
-                        next_sequence(queue.next_sequence, batch.record_count);
+                    queue.next_sequence = next_sequence(queue.next_sequence, batch.record_count);
                 }
             }
         }
@@ -443,7 +442,11 @@ mod tests {
     fn header(records: &Bytes) -> (i64, i16, i32) {
         let view = rill_protocol::batch::BatchView::new(records).unwrap();
         view.verify_crc().unwrap();
-        (view.producer_id(), view.producer_epoch(), view.base_sequence())
+        (
+            view.producer_id(),
+            view.producer_epoch(),
+            view.base_sequence(),
+        )
     }
 
     #[test]
@@ -471,7 +474,11 @@ mod tests {
         a.requeue("t", 0, first.batch, t0);
         a.reset_producer(42, 4).unwrap();
         let (ready, _) = a.drain(t0).unwrap();
-        assert_eq!(header(&ready[0].batch.records), (42, 4, 0), "sequences start over");
+        assert_eq!(
+            header(&ready[0].batch.records),
+            (42, 4, 0),
+            "sequences start over"
+        );
         assert_eq!(ready[0].batch.producer_epoch, Some(4));
     }
 

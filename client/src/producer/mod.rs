@@ -36,7 +36,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
+};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use self::accumulator::{Accumulator, Drained};
@@ -325,7 +327,11 @@ async fn bump_epoch_if_needed(inner: &Inner) -> bool {
             }
             inner.bump_needed.store(false, Ordering::Release);
             inner.epoch_bumps_total.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(producer_id = id, epoch, "idempotent producer bumped its epoch; sequences start over");
+            tracing::info!(
+                producer_id = id,
+                epoch,
+                "idempotent producer bumped its epoch; sequences start over"
+            );
             true
         }
         Err(e) => {

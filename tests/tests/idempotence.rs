@@ -107,7 +107,9 @@ fn values(conn: &mut RawConn, topic: &str) -> Vec<(i64, String)> {
 
 #[test]
 fn retries_are_deduplicated_across_a_kill_and_restart_and_ids_are_never_reused() {
-    let mut broker = RilldProcess::start();
+    // Snapshots at most once a second, so the restart below finds one that covers the
+    // first six batches and scans the log after it for the seventh.
+    let mut broker = RilldProcess::start_with(&["--producer-snapshot-interval-ms", "1000"]);
     let topic = "idem-restart";
     let mut conn = RawConn::connect(broker.addr());
     let created = conn.call::<CreateTopicsRequest>(4, &requests::create_topic(topic, 1, &[]));
@@ -120,13 +122,33 @@ fn retries_are_deduplicated_across_a_kill_and_restart_and_ids_are_never_reused()
 
     // Seven batches of three: more than the five kept per producer, so the rebuild must
     // find the last five in the log, across segments.
+    let snapshot = broker
+        .data_dir()
+        .join(format!("{topic}-0"))
+        .join("producer-state.snapshot");
     let mut bases = Vec::new();
     for b in 0..7 {
+        if b == 5 {
+            // The snapshot is due a second after the partition opened; batch 5's round
+            // takes it.
+            std::thread::sleep(Duration::from_millis(1200));
+        }
         let names: Vec<String> = (0..3).map(|i| format!("b{b}-{i}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let (error, base) = produce(&mut conn, topic, idempotent_batch(id, 0, b * 3, &names));
         assert_eq!(error, 0, "batch {b}");
         bases.push(base);
+        if b == 5 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !snapshot.exists() {
+                assert!(
+                    Instant::now() < deadline,
+                    "no snapshot at {}",
+                    snapshot.display()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     let retry = |b: i32| {
         let names: Vec<String> = (0..3).map(|i| format!("b{b}-{i}")).collect();
@@ -154,6 +176,13 @@ fn retries_are_deduplicated_across_a_kill_and_restart_and_ids_are_never_reused()
         after_restart,
         (0, bases[6]),
         "after SIGKILL and restart, a retry is still a duplicate of the original\n{}",
+        broker.log()
+    );
+    assert!(
+        broker
+            .log()
+            .contains("producer state rebuilt from a snapshot and the log after it"),
+        "the restart read the snapshot\n{}",
         broker.log()
     );
     assert_eq!(

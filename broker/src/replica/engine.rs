@@ -109,6 +109,9 @@ pub struct EngineConfig {
     pub data_dir: std::path::PathBuf,
     /// Size of the shared journal (`meta/journal`).
     pub journal_bytes: u64,
+    /// How often a partition whose idempotent producers wrote may snapshot their state
+    /// (also after a segment's worth of bytes); see `super::store`.
+    pub producer_snapshot_interval: Duration,
 }
 
 /// The shared journal of a data directory, locked by the persist loop (holding no
@@ -768,6 +771,18 @@ impl Engine {
             partition.after_input(&mut st);
             st.reserve_ahead();
             partition.publish(&mut st);
+            let snapshot = st
+                .raft
+                .store_mut()
+                .take_producer_snapshot(Instant::now(), self.config.producer_snapshot_interval);
+            drop(st);
+            if let Some((path, body)) = snapshot {
+                // Off the partition's lock: appends go on while the file is written. A
+                // failure costs only a longer scan at the next start.
+                if let Err(e) = rill_storage::atomic_file::write(&path, &body) {
+                    tracing::warn!(path = %path.display(), error = %e, "producer state snapshot not written");
+                }
+            }
         }
     }
 

@@ -30,6 +30,8 @@ use super::producer_state::{BatchSequence, ProducerStates};
 
 /// Bytes read at a time when the producer state is rebuilt from the log.
 const PRODUCER_REBUILD_READ_BYTES: usize = 1 << 20;
+/// The producer-state snapshot, next to the segments (see [`PartitionStore::take_producer_snapshot`]).
+pub const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
 
 /// A partition log seen as a Raft log (see the module docs).
 #[derive(Debug)]
@@ -53,6 +55,10 @@ pub struct PartitionStore {
     /// truncation goes through this store, which keeps it current
     /// (`super::producer_state`'s module docs).
     producers: ProducerStates,
+    /// Bytes of idempotent batches recorded since the last producer-state snapshot.
+    producer_bytes_since_snapshot: u64,
+    /// When the last producer-state snapshot was taken (or the store opened).
+    producer_snapshot_at: std::time::Instant,
 }
 
 /// Timestamp of the control batches the replication layer writes: none (-1), so
@@ -87,6 +93,8 @@ impl PartitionStore {
             broker_id,
             journal,
             producers: ProducerStates::new(),
+            producer_bytes_since_snapshot: 0,
+            producer_snapshot_at: std::time::Instant::now(),
         };
         store.rebuild_producers();
         store
@@ -102,13 +110,81 @@ impl PartitionStore {
         &mut self.producers
     }
 
-    /// Rebuilds the producer state from every batch in the log (at open, and when a
-    /// truncation cut a producer's whole kept window). Reads headers only; a read error
+    /// On the persist thread after a round: when idempotent producers wrote since the
+    /// last snapshot and `interval` passed (or a segment's worth of their bytes), the
+    /// producer state as of the end of the core's log (entries the core knows are never
+    /// rewritten in the same term: Raft's log matching), with the path to write it to.
+    /// The caller writes it without holding the partition's lock.
+    pub fn take_producer_snapshot(
+        &mut self,
+        now: std::time::Instant,
+        interval: std::time::Duration,
+    ) -> Option<(std::path::PathBuf, Vec<u8>)> {
+        if self.producer_bytes_since_snapshot == 0 {
+            return None;
+        }
+        let due = self.producer_bytes_since_snapshot >= self.log.config().segment_bytes
+            || now.duration_since(self.producer_snapshot_at) >= interval;
+        if !due || self.raft_end == 0 {
+            return None;
+        }
+        let term = self.log.term_at(self.raft_end - 1)?;
+        let mut table = self.producers.clone();
+        if table.truncate(self.raft_end) {
+            // A producer seen only in appends not yet proposed: next round.
+            return None;
+        }
+        self.producer_bytes_since_snapshot = 0;
+        self.producer_snapshot_at = now;
+        Some((
+            self.log.dir().join(PRODUCER_SNAPSHOT_FILE),
+            table.encode_snapshot(self.raft_end, term),
+        ))
+    }
+
+    /// The producer-state snapshot, if there is one that this log still matches (its
+    /// end within the log and the entry ending there of the same term): its table and
+    /// end offset. Anything else (none, unreadable, a log cut or replaced below it) means
+    /// a scan from the log start.
+    fn load_producer_snapshot(&self) -> Option<(ProducerStates, u64)> {
+        let path = self.log.dir().join(PRODUCER_SNAPSHOT_FILE);
+        let body = match rill_storage::atomic_file::read(&path) {
+            Ok(Some(body)) => body,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "producer state snapshot unreadable: the log is scanned instead");
+                return None;
+            }
+        };
+        let Some((end, term, table)) = ProducerStates::decode_snapshot(&body) else {
+            tracing::warn!(path = %path.display(), "producer state snapshot malformed: the log is scanned instead");
+            return None;
+        };
+        if end == 0 || end > self.log.log_end_offset() || self.log.term_at(end - 1) != Some(term) {
+            tracing::debug!(path = %path.display(), end, "producer state snapshot does not match the log");
+            return None;
+        }
+        Some((table, end))
+    }
+
+    /// Rebuilds the producer state (at open, and when a truncation cut a producer's
+    /// whole kept window): from the snapshot when it matches the log, then every batch
+    /// after it; else every batch from the log start. Reads headers only; a read error
     /// stops the scan where it happened (the log is read again at the next rebuild).
     fn rebuild_producers(&mut self) {
         self.producers.clear();
         let end = self.log.log_end_offset();
         let mut offset = self.log.log_start_offset();
+        let snapshot_end = match self.load_producer_snapshot() {
+            Some((table, snapshot_end)) if snapshot_end >= offset => {
+                self.producers = table;
+                offset = snapshot_end;
+                Some(snapshot_end)
+            }
+            _ => None,
+        };
+        let scan_from = offset;
+        let mut batches_read = 0u64;
         while offset < end {
             let bytes = match self.log.read(offset, PRODUCER_REBUILD_READ_BYTES, end) {
                 Ok(bytes) if !bytes.is_empty() => bytes,
@@ -126,12 +202,24 @@ impl PartitionStore {
                     self.producers
                         .record(&sequence, base, sequence.max_timestamp_ms);
                 }
+                batches_read += 1;
                 next = base + u64::from(view.last_offset_delta().max(0) as u32) + 1;
             }
             if next <= offset {
                 break;
             }
             offset = next;
+        }
+        if snapshot_end.is_some() || !self.producers.is_empty() {
+            tracing::info!(
+                dir = %self.log.dir().display(),
+                snapshot_end_offset = snapshot_end,
+                scanned_from_offset = scan_from,
+                batches_read,
+                producers = self.producers.len(),
+                "producer state rebuilt{}",
+                if snapshot_end.is_some() { " from a snapshot and the log after it" } else { " from the log" }
+            );
         }
     }
 
@@ -143,6 +231,7 @@ impl PartitionStore {
             let Ok(view) = view else { break };
             if let Some(sequence) = BatchSequence::of(&view) {
                 self.producers.record(&sequence, offset, now_ms);
+                self.producer_bytes_since_snapshot += view.size_bytes() as u64;
             }
             offset += u64::from(view.last_offset_delta().max(0) as u32) + 1;
         }

@@ -171,6 +171,9 @@ impl PartitionManager {
                 debug_flush_delay: std::time::Duration::from_millis(config.debug_flush_delay_ms),
                 data_dir: config.data_dir.clone(),
                 journal_bytes: config.journal_bytes,
+                producer_snapshot_interval: std::time::Duration::from_millis(
+                    config.producer_snapshot_interval_ms,
+                ),
             },
             Arc::clone(&metrics),
         )?;

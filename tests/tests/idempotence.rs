@@ -388,6 +388,21 @@ async fn idempotent_producers_write_each_record_once_in_order_across_leader_kill
     wait_registered(&cluster, 3).await;
     create_replicated_topic(&cluster).await;
 
+    // Producer ids from every broker (controller or not) never collide, before and after
+    // the brokers restart (each restart is a new incarnation, which takes a new block).
+    let mut ids = std::collections::BTreeSet::new();
+    let mut ask_every_broker = |cluster: &Cluster| {
+        for broker in cluster.brokers.iter().filter(|b| b.pid().is_some()) {
+            let mut conn = RawConn::connect(broker.addr());
+            for _ in 0..2 {
+                let (error, id, epoch) = init_producer_id(&mut conn, None);
+                assert_eq!((error, epoch), (0, 0), "InitProducerId\n{}", cluster.logs());
+                assert!(ids.insert(id), "producer id {id} handed out twice: {ids:?}");
+            }
+        }
+    };
+    ask_every_broker(&cluster);
+
     let mut history = History::default();
     let (mut ours_total, mut theirs_total) = (0, 0);
     for round in 0..rounds {
@@ -428,6 +443,8 @@ async fn idempotent_producers_write_each_record_once_in_order_across_leader_kill
         cluster.brokers[(leader - 1) as usize].restart();
         wait_registered(&cluster, 3).await;
     }
+    ask_every_broker(&cluster);
+    println!("producer ids handed out by the brokers: {ids:?}");
     assert!(
         ours_total > 0 && theirs_total > 0,
         "rill-client acknowledged {ours_total}, librdkafka {theirs_total}\n{}",

@@ -46,6 +46,9 @@ pub struct ProducerIds {
     local_file: PathBuf,
     /// Single node: one block allocation at a time; holds the next free id once read.
     local_next: tokio::sync::Mutex<Option<i64>>,
+    /// When this broker last asked the controller for a block: concurrent
+    /// InitProducerIds share one request per [`REQUEST_RESEND`].
+    last_request: Mutex<Option<std::time::Instant>>,
 }
 
 impl ProducerIds {
@@ -56,6 +59,7 @@ impl ProducerIds {
             arrived: watch::Sender::new(0),
             local_file: data_dir.join(LOCAL_FILE),
             local_next: tokio::sync::Mutex::new(None),
+            last_request: Mutex::new(None),
         }
     }
 
@@ -96,7 +100,9 @@ impl ProducerIds {
                 self.allocate_local().await?;
                 continue;
             };
-            cluster.request_producer_ids();
+            if self.request_due() {
+                cluster.request_producer_ids();
+            }
             let wait_until = deadline.min(tokio::time::Instant::now() + REQUEST_RESEND);
             let _ = tokio::time::timeout_at(wait_until, arrived.changed()).await;
             if tokio::time::Instant::now() >= deadline && self.blocks_empty() {
@@ -106,6 +112,18 @@ impl ProducerIds {
                 )));
             }
         }
+    }
+
+    /// Whether no request for a block went out within the last [`REQUEST_RESEND`]
+    /// (and notes one going out now).
+    fn request_due(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last_request.lock().expect("producer id request lock");
+        if last.is_some_and(|at| now.duration_since(at) < REQUEST_RESEND) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     fn blocks_empty(&self) -> bool {

@@ -222,7 +222,7 @@ impl ProducerStates {
         // The state each producer would be in after the earlier batches of this produce.
         let mut pending: Vec<(i64, i16, i32)> = Vec::new();
         let mut duplicate: Option<(u64, u64)> = None;
-        for batch in batches {
+        for (index, batch) in batches.iter().enumerate() {
             let after_earlier = pending
                 .iter()
                 .rev()
@@ -230,7 +230,12 @@ impl ProducerStates {
                 .map(|&(_, epoch, last_seq)| (epoch, last_seq));
             let entry = self.producers.get(&batch.producer_id);
             match self.check_one(batch, entry, after_earlier)? {
-                Verdict::Append => pending.push((batch.producer_id, batch.epoch, batch.last_seq)),
+                // Only a later batch of this produce looks at it (no allocation for the
+                // usual produce of one batch).
+                Verdict::Append if index + 1 < batches.len() => {
+                    pending.push((batch.producer_id, batch.epoch, batch.last_seq))
+                }
+                Verdict::Append => {}
                 Verdict::Duplicate {
                     base_offset,
                     last_offset,

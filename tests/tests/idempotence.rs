@@ -468,3 +468,59 @@ async fn idempotent_producers_write_each_record_once_in_order_across_leader_kill
     }
     assert!(seen.values().all(|n| *n == 1), "a value read twice");
 }
+
+/// A producer idle past `producer_id_expiration_ms` is forgotten by the partition; its
+/// next batch (sequence > 0) gets UNKNOWN_PRODUCER_ID, and rill-client's producer bumps
+/// its epoch (KIP-360) and resends from sequence 0: every record lands once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_producer_bumps_its_epoch_and_goes_on() {
+    let broker = RilldProcess::start_with(&[
+        "--producer-id-expiration-ms",
+        "1000",
+        "--retention-check-interval-ms",
+        "100",
+    ]);
+    let topic = "idem-expiry";
+    let mut conn = RawConn::connect(broker.addr());
+    let created = conn.call::<CreateTopicsRequest>(4, &requests::create_topic(topic, 1, &[]));
+    assert_eq!(created.topics[0].error_code, 0, "create topic");
+
+    let mut config = ProducerConfig::new(&broker.bootstrap());
+    // A producer that cannot recover fails its record within this, not the default 120 s.
+    config.delivery_timeout_ms = 15_000;
+    let producer = Producer::new(config).expect("producer");
+    let send = |n: usize| {
+        let producer = &producer;
+        async move {
+            producer
+                .send(rill_client::ProducerRecord::new(topic, format!("v{n}")).with_partition(0))
+                .await
+                .expect("send")
+                .await
+                .unwrap_or_else(|e| panic!("record {n}: {e}"))
+                .offset
+        }
+    };
+    for n in 0..10 {
+        send(n).await;
+    }
+    let (id, epoch) = producer.producer_id_and_epoch().expect("idempotent");
+    assert_eq!(epoch, 0);
+    // Idle past the expiration (checked every 100 ms).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for n in 10..20 {
+        send(n).await;
+    }
+    assert_eq!(
+        producer.producer_id_and_epoch(),
+        Some((id, 1)),
+        "the same id, the next epoch"
+    );
+    assert_eq!(producer.epoch_bumps_total(), 1);
+    let read: Vec<String> = values(&mut conn, topic)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("v{n}")).collect();
+    assert_eq!(read, expected, "each record once, in order");
+}

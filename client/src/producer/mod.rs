@@ -151,7 +151,14 @@ impl Producer {
                 });
             }
         }
-        if inner.config.is_idempotent() && inner.accumulator.lock().unwrap().producer().is_none() {
+        if inner.config.is_idempotent()
+            && inner
+                .accumulator
+                .lock()
+                .expect("accumulator lock")
+                .producer()
+                .is_none()
+        {
             init_producer_id(inner).await?;
         }
         let permit = inner
@@ -209,7 +216,11 @@ impl Producer {
 
     /// The producer id and epoch, once an idempotent producer has them.
     pub fn producer_id_and_epoch(&self) -> Option<(i64, i16)> {
-        self.inner.accumulator.lock().unwrap().producer()
+        self.inner
+            .accumulator
+            .lock()
+            .expect("accumulator lock")
+            .producer()
     }
 
     /// Number of partitions of `topic` (fetching metadata if needed).
@@ -268,11 +279,21 @@ fn now_ms() -> i64 {
 /// Gets the idempotent producer's id (once; concurrent `send`s wait for the first).
 async fn init_producer_id(inner: &Inner) -> Result<()> {
     let _one = inner.init_lock.lock().await;
-    if inner.accumulator.lock().unwrap().producer().is_some() {
+    if inner
+        .accumulator
+        .lock()
+        .expect("accumulator lock")
+        .producer()
+        .is_some()
+    {
         return Ok(());
     }
     let (id, epoch) = request_producer_id(inner, None).await?;
-    inner.accumulator.lock().unwrap().set_producer(id, epoch);
+    inner
+        .accumulator
+        .lock()
+        .expect("accumulator lock")
+        .set_producer(id, epoch);
     tracing::debug!(producer_id = id, epoch, "idempotent producer initialised");
     Ok(())
 }
@@ -312,7 +333,7 @@ async fn bump_epoch_if_needed(inner: &Inner) -> bool {
         return true;
     }
     let current = {
-        let acc = inner.accumulator.lock().unwrap();
+        let acc = inner.accumulator.lock().expect("accumulator lock");
         if acc.in_flight_total() > 0 {
             return false;
         }
@@ -320,7 +341,11 @@ async fn bump_epoch_if_needed(inner: &Inner) -> bool {
     };
     match request_producer_id(inner, current).await {
         Ok((id, epoch)) => {
-            let reset = inner.accumulator.lock().unwrap().reset_producer(id, epoch);
+            let reset = inner
+                .accumulator
+                .lock()
+                .expect("accumulator lock")
+                .reset_producer(id, epoch);
             if let Err(e) = reset {
                 tracing::error!(error = %e, "cannot restamp batches after an epoch bump");
                 return false;
@@ -346,14 +371,25 @@ async fn bump_epoch_if_needed(inner: &Inner) -> bool {
 /// a wake-up. Ends when the producer is closed and nothing is left.
 async fn run_sender(inner: Arc<Inner>) {
     loop {
-        if inner.closed.load(Ordering::Acquire) && inner.accumulator.lock().unwrap().is_idle() {
+        if inner.closed.load(Ordering::Acquire)
+            && inner
+                .accumulator
+                .lock()
+                .expect("accumulator lock")
+                .is_idle()
+        {
             return;
         }
         if !bump_epoch_if_needed(&inner).await {
             // Waiting for in-flight batches to settle (each settles with a wake-up), or
             // retrying a failed bump.
             if inner.bump_needed.load(Ordering::Acquire)
-                && inner.accumulator.lock().unwrap().in_flight_total() == 0
+                && inner
+                    .accumulator
+                    .lock()
+                    .expect("accumulator lock")
+                    .in_flight_total()
+                    == 0
             {
                 continue;
             }
@@ -590,7 +626,7 @@ fn is_sequence_error(e: &Error) -> bool {
 /// resent). A batch of an epoch older than the producer's is resent under the new one.
 fn sequence_error(inner: &Inner, d: Drained, error: Error) {
     let (explained, current_epoch) = {
-        let acc = inner.accumulator.lock().unwrap();
+        let acc = inner.accumulator.lock().expect("accumulator lock");
         (
             acc.has_earlier_unsettled(&d.topic, d.partition, d.batch.seq),
             acc.producer().map(|(_, epoch)| epoch),

@@ -195,6 +195,10 @@ const LEADER_SILENCE: Duration = Duration::from_secs(1);
 /// so other brokers learn a new leader within this long of its election.
 const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Producer-id block requests from peers queued at most (more are dropped; a peer
+/// asks again every second while it waits).
+const PRODUCER_ID_REQUESTS_QUEUED_MAX: usize = 64;
+
 /// One partition as Metadata and the CLI describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionView {
@@ -243,6 +247,9 @@ pub struct Cluster {
     append_lock: tokio::sync::Mutex<()>,
     /// Metadata records applied since the last checkpoint (or this start).
     records_since_checkpoint: AtomicU64,
+    /// Held by the controller around each producer-id block allocation (propose and
+    /// apply), so each block starts where the applied image says the previous ended.
+    producer_ids_lock: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
@@ -291,7 +298,13 @@ impl Cluster {
             silent: Mutex::new((None, HashSet::new())),
             append_lock: tokio::sync::Mutex::new(()),
             records_since_checkpoint: AtomicU64::new(0),
+            producer_ids_lock: tokio::sync::Mutex::new(()),
         });
+        // Peers' requests for producer-id blocks (served while this broker controls).
+        let (requests_tx, requests_rx) =
+            tokio::sync::mpsc::channel(PRODUCER_ID_REQUESTS_QUEUED_MAX);
+        cluster.manager.engine.set_producer_id_requests(requests_tx);
+        tokio::spawn(Arc::clone(&cluster).producer_id_request_loop(requests_rx));
         let applier = Arc::clone(&cluster);
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -340,6 +353,70 @@ impl Cluster {
     /// Whether this broker is the controller and may propose changes.
     fn is_controller(&self) -> bool {
         self.metadata.status().leader_ready
+    }
+
+    /// Where the next producer-id block starts: every id below was handed to some
+    /// broker.
+    pub fn next_producer_id(&self) -> i64 {
+        self.image.read().expect("image lock").next_producer_id()
+    }
+
+    /// Asks for a block of producer ids for this process, without waiting: the
+    /// controller allocates one for itself at once; another broker sends the request to
+    /// the controller. The block arrives through the metadata applier
+    /// ([`crate::producer_ids`]).
+    pub fn request_producer_ids(self: &Arc<Self>) {
+        let me = self.me.broker_id;
+        let incarnation_id = self.me.registration.incarnation_id;
+        if self.is_controller() {
+            let this = Arc::clone(self);
+            tokio::spawn(async move { this.allocate_producer_ids(me, incarnation_id).await });
+        } else if let Some(controller) = self.controller_id() {
+            let envelope =
+                crate::leadership::producer_ids_request_envelope(me, controller, incarnation_id);
+            if let Err(e) = self.transport.send(controller, envelope) {
+                tracing::debug!(controller, error = %e, "producer id request not sent");
+            }
+        }
+    }
+
+    /// The controller's loop serving peers' producer-id block requests.
+    async fn producer_id_request_loop(
+        self: Arc<Self>,
+        mut requests: tokio::sync::mpsc::Receiver<(i32, Uuid)>,
+    ) {
+        while let Some((broker_id, incarnation_id)) = requests.recv().await {
+            if self.metadata.is_closed() {
+                return;
+            }
+            if self.is_controller() {
+                self.allocate_producer_ids(broker_id, incarnation_id).await;
+            }
+        }
+    }
+
+    /// At the controller: proposes the next producer-id block for `incarnation_id` of
+    /// `broker_id`, if that is the incarnation the image registers (a fenced process
+    /// gets nothing), and waits until it is applied.
+    async fn allocate_producer_ids(&self, broker_id: i32, incarnation_id: Uuid) {
+        let _one_at_a_time = self.producer_ids_lock.lock().await;
+        let record = {
+            let image = self.image.read().expect("image lock");
+            if image.broker(broker_id).map(|b| b.incarnation_id) != Some(incarnation_id) {
+                tracing::debug!(broker_id, %incarnation_id, "producer ids not allocated: not the registered incarnation");
+                return;
+            }
+            MetadataRecord::ProducerIdBlock {
+                broker_id,
+                incarnation_id,
+                first_producer_id: image.next_producer_id(),
+                size: crate::producer_ids::PRODUCER_ID_BLOCK_SIZE,
+            }
+        };
+        match self.propose(&record).await {
+            Ok(()) => tracing::debug!(?record, "producer id block allocated"),
+            Err(e) => tracing::debug!(broker_id, error = %e, "producer id block not committed"),
+        }
     }
 
     /// The registered brokers: (id, client host, client port).
@@ -1106,6 +1183,18 @@ impl Cluster {
                                     // incarnation it replaces.
                                     self.transport.set_registered(*broker_id, *incarnation_id);
                                     registrations = true;
+                                }
+                                MetadataRecord::ProducerIdBlock {
+                                    broker_id,
+                                    incarnation_id,
+                                    first_producer_id,
+                                    size,
+                                } if *broker_id == self.me.broker_id
+                                    && *incarnation_id == self.me.registration.incarnation_id =>
+                                {
+                                    self.manager
+                                        .producer_ids
+                                        .add_block(*first_producer_id, *size);
                                 }
                                 _ => {}
                             },

@@ -156,6 +156,18 @@ pub struct Config {
     /// keys is cleaned in several passes. Default 33554432 (32 MiB). Range
     /// 65536..=4294967296.
     pub log_cleaner_dedupe_buffer_bytes: u64,
+    /// `producer_id_expiration_ms`: an idempotent producer that wrote nothing to a
+    /// partition for this long is forgotten there (its next batch with a sequence other
+    /// than 0 gets UNKNOWN_PRODUCER_ID; Kafka's `producer.id.expiration.ms`). Checked with
+    /// retention, every `retention_check_interval_ms`. Default 86400000 (1 day).
+    /// Range 1000..=2147483647.
+    pub producer_id_expiration_ms: u64,
+    /// `producer_snapshot_interval_ms`: a partition whose idempotent producers wrote
+    /// snapshots their state (`producer-state.snapshot` next to its segments, written by
+    /// the persist thread) at most this often, and also after each segment's worth of
+    /// bytes, so a restart reads only the log after the snapshot. Default 30000.
+    /// Range 10..=3600000.
+    pub producer_snapshot_interval_ms: u64,
     /// `fetch_wait_ms_max`: upper bound on a Fetch request's max_wait_ms, so a
     /// client cannot park a request for longer. Default 30000. Range 0..=300000.
     pub fetch_wait_ms_max: u64,
@@ -267,6 +279,8 @@ impl Default for Config {
             log_cleaner_io_bytes_per_second: 100 << 20,
             log_cleaner_backoff_ms: 15_000,
             log_cleaner_dedupe_buffer_bytes: 32 << 20,
+            producer_id_expiration_ms: 86_400_000,
+            producer_snapshot_interval_ms: 30_000,
             fetch_wait_ms_max: 30_000,
             replica_lag_time_max_ms: 30_000,
             offsets_topic_partitions: 50,
@@ -341,6 +355,8 @@ struct FileConfig {
     log_cleaner_io_bytes_per_second: Option<i64>,
     log_cleaner_backoff_ms: Option<i64>,
     log_cleaner_dedupe_buffer_bytes: Option<i64>,
+    producer_id_expiration_ms: Option<i64>,
+    producer_snapshot_interval_ms: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
     replica_lag_time_max_ms: Option<i64>,
     offsets_topic_partitions: Option<i64>,
@@ -445,6 +461,12 @@ pub struct Cli {
     /// Log cleaner key-map budget per pass [default: 33554432].
     #[arg(long)]
     pub log_cleaner_dedupe_buffer_bytes: Option<i64>,
+    /// Idle time after which a partition forgets an idempotent producer [default: 86400000].
+    #[arg(long)]
+    pub producer_id_expiration_ms: Option<i64>,
+    /// How often a partition snapshots its idempotent producers' state [default: 30000].
+    #[arg(long)]
+    pub producer_snapshot_interval_ms: Option<i64>,
     /// Upper bound on Fetch max_wait_ms [default: 30000].
     #[arg(long)]
     pub fetch_wait_ms_max: Option<i64>,
@@ -723,6 +745,14 @@ impl Config {
         if let Some(v) = pick!(log_cleaner_dedupe_buffer_bytes) {
             config.log_cleaner_dedupe_buffer_bytes =
                 in_range("log_cleaner_dedupe_buffer_bytes", v, 1 << 16, 4 << 30)? as u64;
+        }
+        if let Some(v) = pick!(producer_id_expiration_ms) {
+            config.producer_id_expiration_ms =
+                in_range("producer_id_expiration_ms", v, 1000, i64::from(i32::MAX))? as u64;
+        }
+        if let Some(v) = pick!(producer_snapshot_interval_ms) {
+            config.producer_snapshot_interval_ms =
+                in_range("producer_snapshot_interval_ms", v, 10, 3_600_000)? as u64;
         }
         if let Some(v) = pick!(fetch_wait_ms_max) {
             config.fetch_wait_ms_max = in_range("fetch_wait_ms_max", v, 0, 300_000)? as u64;

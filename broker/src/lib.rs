@@ -59,6 +59,7 @@ pub mod error;
 pub mod group;
 pub mod leadership;
 pub mod metrics;
+pub mod producer_ids;
 pub mod replica;
 pub mod runtime;
 pub mod server;

@@ -90,6 +90,7 @@ pub fn decode_request_kind(
         ApiKey::DescribeGroups => RequestKind::DescribeGroups(decode_request(body, version)?),
         ApiKey::DeleteGroups => RequestKind::DeleteGroups(decode_request(body, version)?),
         ApiKey::OffsetDelete => RequestKind::OffsetDelete(decode_request(body, version)?),
+        ApiKey::InitProducerId => RequestKind::InitProducerId(decode_request(body, version)?),
         // Served (the table says so) but with no decoder here: a bug that the test
         // `every_served_api_and_version_decodes` catches; answered as unsupported meanwhile.
         _ => {
@@ -390,7 +391,8 @@ mod tests {
                     LeaveGroup => LeaveGroupRequest, OffsetCommit => OffsetCommitRequest,
                     OffsetFetch => OffsetFetchRequest, ListGroups => ListGroupsRequest,
                     DescribeGroups => DescribeGroupsRequest,
-                    DeleteGroups => DeleteGroupsRequest, OffsetDelete => OffsetDeleteRequest);
+                    DeleteGroups => DeleteGroupsRequest, OffsetDelete => OffsetDeleteRequest,
+                    InitProducerId => InitProducerIdRequest);
                 let header = RequestHeader {
                     api_key: range.api_key,
                     api_version: v,

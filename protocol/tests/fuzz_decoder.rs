@@ -460,6 +460,11 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
         ApiKey::OffsetDelete => {
             encode_seed(api, v, &random_message::<OffsetDeleteRequest>(rng.gen(), v))
         }
+        ApiKey::InitProducerId => encode_seed(
+            api,
+            v,
+            &random_message::<InitProducerIdRequest>(rng.gen(), v),
+        ),
         other => panic!("no seed builder for served api {other:?}: add one"),
     }
 }
@@ -1303,6 +1308,9 @@ macro_rules! with_message_types {
             ),
             ApiKey::OffsetDelete => call_with!(
                 $which, $f, OffsetDeleteRequest, OffsetDeleteResponse, $($arg),*
+            ),
+            ApiKey::InitProducerId => call_with!(
+                $which, $f, InitProducerIdRequest, InitProducerIdResponse, $($arg),*
             ),
             other => panic!("served api {other:?} has no line in with_message_types!: add one"),
         }

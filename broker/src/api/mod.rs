@@ -14,6 +14,7 @@ pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -131,6 +132,11 @@ pub async fn dispatch(
             let request = decode!(DescribeConfigsRequest);
             let _held = turn.take().await;
             encode!(describe_configs::handle(broker, request, version))
+        }
+        ApiKey::InitProducerId => {
+            let request = decode!(InitProducerIdRequest);
+            let _held = turn.take().await;
+            encode!(init_producer_id::handle(broker, request).await)
         }
         ApiKey::DescribeCluster => {
             let request = decode!(DescribeClusterRequest);

@@ -14,7 +14,8 @@
 //!                 | CreateTopic      (tag 2) name:string topic_id:uuid configs assignments
 //!                 | CreatePartitions (tag 3) topic_id:uuid assignments
 //!                 | DeleteTopic      (tag 4) topic_id:uuid
-//!                 | ProducerIdBlock  (tag 5) broker_id:i32 first_producer_id:i64 size:i32
+//!                 | ProducerIdBlock  (tag 8) broker_id:i32 incarnation_id:uuid
+//!                                            first_producer_id:i64 size:i32
 //!                 | LeaderHint       (tag 6) topic_id:uuid partition:i32 leader:i32
 //!                                            leader_epoch:i32
 //!                 | Checkpoint       (tag 7) snapshot:bytes   (a `super::snapshot` encoding)
@@ -60,7 +61,8 @@ mod tag {
     pub const CREATE_TOPIC: u8 = 2;
     pub const CREATE_PARTITIONS: u8 = 3;
     pub const DELETE_TOPIC: u8 = 4;
-    pub const PRODUCER_ID_BLOCK: u8 = 5;
+    // Tag 5 was a ProducerIdBlock without the incarnation; nothing ever proposed it.
+    pub const PRODUCER_ID_BLOCK: u8 = 8;
     pub const LEADER_HINT: u8 = 6;
     pub const CHECKPOINT: u8 = 7;
 }
@@ -134,9 +136,15 @@ pub enum MetadataRecord {
     },
     /// A block of producer ids was handed to a broker for idempotent producers: ids
     /// `first_producer_id .. first_producer_id + size` are that broker's to give out.
+    ///
+    /// Only the incarnation that asked for it uses it: a restarted broker (or one whose
+    /// applier replays the log) never takes a block of an earlier process, whose ids may
+    /// have been handed out already, so no id is given out twice.
     ProducerIdBlock {
         /// The broker the block belongs to.
         broker_id: i32,
+        /// The process (incarnation) of that broker that asked for it.
+        incarnation_id: Uuid,
         /// First id of the block; must be where the previous block ended.
         first_producer_id: i64,
         /// Ids in the block; positive.
@@ -300,11 +308,13 @@ impl MetadataRecord {
             }
             MetadataRecord::ProducerIdBlock {
                 broker_id,
+                incarnation_id,
                 first_producer_id,
                 size,
             } => {
                 out.put_u8(tag::PRODUCER_ID_BLOCK);
                 out.put_i32(*broker_id);
+                out.put_u128(incarnation_id.as_u128());
                 out.put_i64(*first_producer_id);
                 out.put_i32(*size);
             }
@@ -376,6 +386,7 @@ impl MetadataRecord {
             },
             tag::PRODUCER_ID_BLOCK => MetadataRecord::ProducerIdBlock {
                 broker_id: r.int32()?,
+                incarnation_id: r.uuid()?,
                 first_producer_id: r.int64()?,
                 size: r.int32()?,
             },

@@ -27,6 +27,7 @@
 pub mod engine;
 pub mod hard_state;
 mod leadership;
+pub mod producer_state;
 pub mod store;
 
 use std::collections::{HashSet, VecDeque};
@@ -44,6 +45,7 @@ use crate::error::BrokerError;
 use crate::metrics::Metrics;
 use engine::{Engine, Timer};
 use hard_state::ReplicaKey;
+use producer_state::{BatchSequence, SequenceError, Verdict};
 use store::{broker_id, epoch_of, PartitionStore};
 
 /// What a replica shows to requests without taking its lock.
@@ -642,6 +644,36 @@ impl Partition {
             )));
         }
         let term = st.raft.term();
+        // Idempotent producers: checked against every batch in the log, proposed or not,
+        // under the lock that orders appends (`producer_state`'s module docs).
+        let sequences: Vec<BatchSequence> = rill_record::batches(batches)
+            .filter_map(|view| view.ok().as_ref().and_then(BatchSequence::of))
+            .collect();
+        if !sequences.is_empty() {
+            let verdict = st
+                .raft
+                .store()
+                .producers()
+                .check(&sequences)
+                .map_err(sequence_error)?;
+            if let Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } = verdict
+            {
+                // Nothing is written; acks=-1 waits until the original is committed in
+                // this term (a leader never truncates its own log while it leads).
+                Metrics::add(&self.metrics.duplicate_batches_total, 1);
+                return Ok(Appended {
+                    base_offset: base_offset as i64,
+                    last_offset: last_offset as i64,
+                    log_start_offset: st.log().log_start_offset() as i64,
+                    term,
+                    discards: st.discards,
+                    leader: st.raft.leader().map(broker_id),
+                });
+            }
+        }
         let base_offset = st.log().log_end_offset();
         debug_assert_eq!(
             base_offset,
@@ -924,6 +956,25 @@ impl Partition {
         }
     }
 
+    /// Forgets idempotent producers idle for `expiration_ms` (see
+    /// [`producer_state::ProducerStates::expire`]).
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) {
+        let expired = self
+            .state()
+            .raft
+            .store_mut()
+            .producers_mut()
+            .expire(now_ms, expiration_ms);
+        if expired > 0 {
+            tracing::debug!(topic = %self.topic, partition = self.index, expired, "idle producers expired");
+        }
+    }
+
+    /// How many idempotent producers this replica holds state for (tests, admin).
+    pub fn producer_count(&self) -> usize {
+        self.state().raft.store().producers().len()
+    }
+
     /// The end of the replica's Raft log: everything appended, committed or not.
     pub fn log_end_offset(&self) -> i64 {
         self.state().raft.last_end_offset() as i64
@@ -1082,6 +1133,15 @@ impl Partition {
             s.failed = true;
             changed
         });
+    }
+}
+
+/// The produce error for a refused idempotent batch.
+fn sequence_error(e: SequenceError) -> BrokerError {
+    match e {
+        SequenceError::OutOfOrder { .. } => BrokerError::OutOfOrderSequence(e.to_string()),
+        SequenceError::InvalidEpoch { .. } => BrokerError::InvalidProducerEpoch(e.to_string()),
+        SequenceError::UnknownProducer { .. } => BrokerError::UnknownProducerId(e.to_string()),
     }
 }
 

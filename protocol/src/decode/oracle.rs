@@ -125,4 +125,5 @@ oracle_tests! {
     describe_groups_matches_kafka_protocol: DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
     delete_groups_matches_kafka_protocol: DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
     offset_delete_matches_kafka_protocol: OffsetDelete => OffsetDeleteRequest, OffsetDeleteResponse;
+    init_producer_id_matches_kafka_protocol: InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
 }

@@ -206,10 +206,16 @@ pub fn record_batch(values: &[&[u8]], first_timestamp_ms: i64) -> Bytes {
             headers: IndexMap::new(),
         })
         .collect();
+    encode_batch(&records)
+}
+
+/// `records` as uncompressed RecordBatch v2 bytes (kafka-protocol starts a new batch
+/// wherever offset − sequence changes).
+pub fn encode_batch(records: &[Record]) -> Bytes {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
-        &records,
+        records,
         &RecordEncodeOptions {
             version: 2,
             compression: Compression::None,

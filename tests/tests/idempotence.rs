@@ -19,18 +19,16 @@ mod cluster_common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cluster_common::*;
 use kafka_protocol::messages::{
     CreateTopicsRequest, InitProducerIdRequest, ProduceRequest, ProducerId, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, TimestampType};
 use rill_client::{Producer, ProducerConfig};
 use rill_tests::history::{Duplicates, History};
-use rill_tests::raw::{batch_producer_ids, read_all, requests, RawConn};
+use rill_tests::raw::{batch_producer_ids, encode_batch, read_all, requests, RawConn};
 use rill_tests::RilldProcess;
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -78,17 +76,7 @@ fn idempotent_batch(id: i64, epoch: i16, first_seq: i32, values: &[&str]) -> Byt
             headers: Default::default(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    encode_batch(&records)
 }
 
 /// Produces one batch (acks=all, v9) to `topic`-0: (error code, base offset).
@@ -315,51 +303,6 @@ async fn rdkafka_idempotent_producer_writes_each_record_once_in_order() {
 
 const ROUNDS_DEFAULT: u32 = 3;
 
-/// Like [`rdkafka_produce_for`] with `enable.idempotence=true`; also returns its
-/// values per partition in the order they were handed to librdkafka.
-fn rdkafka_idempotent_produce_for(
-    bootstrap: &str,
-    round: u32,
-    duration: Duration,
-) -> tokio::task::JoinHandle<Outcomes> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
-        .create()
-        .expect("rdkafka producer");
-    tokio::spawn(async move {
-        let deadline = Instant::now() + duration;
-        let mut out = Vec::new();
-        let mut n = 0u64;
-        while Instant::now() < deadline {
-            let sends: Vec<_> = (0..50)
-                .map(|_| {
-                    let value = format!("round{round}-rdk-{n}");
-                    let partition = (n % PARTITIONS as u64) as i32;
-                    n += 1;
-                    let producer = producer.clone();
-                    async move {
-                        let record = FutureRecord::<(), str>::to(TOPIC)
-                            .payload(&value)
-                            .partition(partition);
-                        let delivered = producer
-                            .send(record, Duration::from_secs(60))
-                            .await
-                            .ok()
-                            .map(|d| (d.partition, d.offset));
-                        (Bytes::from(value), delivered)
-                    }
-                })
-                .collect();
-            out.extend(futures::future::join_all(sends).await);
-        }
-        out
-    })
-}
-
 /// Records a producer's outcomes and, per partition, the order it sent them in (its
 /// values carry their partition: `n % PARTITIONS`).
 fn record_with_order(history: &mut History, outcomes: Outcomes) -> usize {
@@ -413,7 +356,12 @@ async fn idempotent_producers_write_each_record_once_in_order_across_leader_kill
         assert!(config.is_idempotent(), "idempotence is the default");
         let producer = Producer::new(config).expect("producer");
         let ours = produce_for(producer, round, Duration::from_millis(2500));
-        let theirs = rdkafka_idempotent_produce_for(&bootstrap, round, Duration::from_millis(2500));
+        let theirs = rdkafka_produce_with(
+            &bootstrap,
+            round,
+            Duration::from_millis(2500),
+            &[("enable.idempotence", "true")],
+        );
         tokio::time::sleep(Duration::from_millis(800)).await;
         cluster.brokers[(leader - 1) as usize].kill();
         let killed_at = Instant::now();

@@ -256,14 +256,32 @@ pub fn rdkafka_produce_for(
     round: u32,
     duration: Duration,
 ) -> tokio::task::JoinHandle<Outcomes> {
+    rdkafka_produce_with(bootstrap, round, duration, &[("acks", "all")])
+}
+
+/// [`rdkafka_produce_for`] with extra librdkafka settings (`enable.idempotence`, …):
+/// batches of 50 sends round-robin over the partitions until `duration` has passed;
+/// returns every outcome, each partition's in the order it was handed to librdkafka.
+pub fn rdkafka_produce_with(
+    bootstrap: &str,
+    round: u32,
+    duration: Duration,
+    settings: &[(&str, &str)],
+) -> tokio::task::JoinHandle<Outcomes> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
+    const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+    let mut config = rdkafka::ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .expect("rdkafka producer");
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        );
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let producer: FutureProducer = config.create().expect("rdkafka producer");
     tokio::spawn(async move {
         let deadline = Instant::now() + duration;
         let mut out = Vec::new();
@@ -280,7 +298,7 @@ pub fn rdkafka_produce_for(
                             .payload(&value)
                             .partition(partition);
                         let delivered = producer
-                            .send(record, Duration::from_secs(30))
+                            .send(record, DELIVERY_TIMEOUT)
                             .await
                             .ok()
                             .map(|d| (d.partition, d.offset));

@@ -493,6 +493,21 @@ impl PartitionLog {
         &self.config
     }
 
+    /// Replaces the configuration of an open log (a topic's configs altered): retention,
+    /// `segment_ms` and the index interval apply from the next call that reads them; a
+    /// smaller `segment_bytes` also caps the active segment, so it rolls at the new size
+    /// (or at once, if it is already larger); a larger one applies from the next segment.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        let segment_bytes = config.segment_bytes as usize;
+        if segment_bytes < self.active.capacity {
+            let used = self.active_segment().size_bytes;
+            self.active.capacity = segment_bytes.max(used);
+        }
+        self.config = config;
+        Ok(())
+    }
+
     /// First offset still in the log.
     pub fn log_start_offset(&self) -> u64 {
         self.log_start_offset

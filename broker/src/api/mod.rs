@@ -3,6 +3,7 @@
 //! version against the served table, decodes the body with `rill-protocol`, calls
 //! the handler, and encodes the response frame.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -131,6 +132,16 @@ pub async fn dispatch(
             let request = decode!(DescribeConfigsRequest);
             let _held = turn.take().await;
             encode!(describe_configs::handle(broker, request, version))
+        }
+        ApiKey::AlterConfigs => {
+            let request = decode!(AlterConfigsRequest);
+            let _held = turn.take().await;
+            encode!(alter_configs::handle_alter(broker, request).await)
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let request = decode!(IncrementalAlterConfigsRequest);
+            let _held = turn.take().await;
+            encode!(alter_configs::handle_incremental(broker, request).await)
         }
         ApiKey::DescribeCluster => {
             let request = decode!(DescribeClusterRequest);

@@ -518,6 +518,9 @@ impl MetadataImage {
                 self.check_new_partitions(&topic.partitions, new_partitions)
             }
             MetadataRecord::DeleteTopic { topic_id } => self.topic(*topic_id).map(|_| ()),
+            // Values were checked by the controller that proposed them; a broker that
+            // cannot use one keeps the topic's previous effective config and says so.
+            MetadataRecord::AlterTopicConfigs { topic_id, .. } => self.topic(*topic_id).map(|_| ()),
             MetadataRecord::ProducerIdBlock {
                 broker_id,
                 first_producer_id,
@@ -708,6 +711,12 @@ impl MetadataImage {
                     self.recent_deleted_topics.pop_front();
                 }
                 self.recent_deleted_topics.push_back(*topic_id);
+            }
+            MetadataRecord::AlterTopicConfigs { topic_id, configs } => {
+                let Some(topic) = self.topics.get_mut(topic_id) else {
+                    unreachable!("check accepted AlterTopicConfigs of unknown topic {topic_id}");
+                };
+                topic.configs = configs.clone();
             }
             MetadataRecord::ProducerIdBlock {
                 first_producer_id,

@@ -753,6 +753,17 @@ impl Partition {
         }
     }
 
+    /// Replaces the log's configuration (the topic's configs were altered): takes effect
+    /// on this replica at once, without a restart.
+    pub fn set_log_config(&self, config: rill_storage::LogConfig) -> Result<(), BrokerError> {
+        let mut st = self.state();
+        st.raft
+            .store_mut()
+            .log_mut()
+            .set_config(config)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
+    }
+
     /// At an applied checkpoint at `offset` (committed): deletes the log's closed
     /// segments wholly below it, then starts a new segment, so that the segment holding
     /// this checkpoint is deleted at the next one (the log keeps at most about two

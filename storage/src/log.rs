@@ -30,6 +30,10 @@ pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
 pub const LOG_START_FILE: &str = "log-start-offset-checkpoint";
 pub(crate) const RECOVERY_POINT_KEY: &str = "recovery_point";
 const LOG_START_KEY: &str = "log_start_offset";
+/// File that keeps the records start offset (DeleteRecords), see
+/// [`PartitionLog::delete_records_below`].
+pub const RECORDS_START_FILE: &str = "records-start-offset-checkpoint";
+const RECORDS_START_KEY: &str = "records_start_offset";
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +92,11 @@ pub struct PartitionLog {
     segments: Vec<Segment>,
     active: Active,
     log_start_offset: u64,
+    /// Records below this were deleted by DeleteRecords (Kafka's log start offset may lie
+    /// inside a segment, or inside a batch); consumers see
+    /// `max(log_start_offset, records_start_offset)`. Segments, Raft and retention keep
+    /// working on `log_start_offset`, which is always a segment's base offset.
+    records_start_offset: u64,
     epochs: EpochCache,
     /// Every offset below this is durable.
     flushed_offset: u64,
@@ -212,6 +221,8 @@ impl PartitionLog {
         if log_start_ck != Some(log.log_start_offset) {
             atomic_file::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
         }
+        log.records_start_offset =
+            atomic_file::read_u64(dir, RECORDS_START_FILE, RECORDS_START_KEY)?.unwrap_or(0);
         let end = log.log_end_offset();
         let mut recovery_point = end;
         if recovery_ck != Some(end) {
@@ -247,6 +258,7 @@ impl PartitionLog {
             segments,
             active,
             log_start_offset,
+            records_start_offset: 0,
             epochs,
             flushed_offset: log_start_offset,
             generation: 0,
@@ -508,9 +520,34 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// First offset still in the log.
+    /// First offset consumers may read (Kafka's log start offset, ListOffsets
+    /// earliest): the first offset of the first segment, or the records start set by
+    /// [`PartitionLog::delete_records_below`] if later (capped at the log end).
     pub fn log_start_offset(&self) -> u64 {
         self.log_start_offset
+            .max(self.records_start_offset.min(self.log_end_offset()))
+    }
+
+    /// First offset of the first segment: where the log's entries start for
+    /// replication (a Raft log starts at a batch boundary).
+    pub fn segment_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    /// DeleteRecords: records below `offset` are gone for consumers from now on (the
+    /// log start offset becomes `offset`, capped at the log end); closed segments wholly
+    /// below it are deleted at once, the rest of the segment holding `offset` when that
+    /// segment goes. Recorded durably first, so a restart keeps it. Never moves back.
+    /// Returns the new log start offset.
+    pub fn delete_records_below(&mut self, offset: u64) -> Result<u64> {
+        let offset = offset.min(self.log_end_offset());
+        if offset <= self.log_start_offset() {
+            return Ok(self.log_start_offset());
+        }
+        atomic_file::write_u64(&self.dir, RECORDS_START_FILE, RECORDS_START_KEY, offset)?;
+        self.records_start_offset = offset;
+        self.delete_segments_below(offset)?;
+        Ok(self.log_start_offset())
     }
 
     /// Offset the next appended record gets.

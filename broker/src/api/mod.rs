@@ -8,6 +8,7 @@ pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -132,6 +133,11 @@ pub async fn dispatch(
             let request = decode!(DescribeConfigsRequest);
             let _held = turn.take().await;
             encode!(describe_configs::handle(broker, request, version))
+        }
+        ApiKey::DeleteRecords => {
+            let request = decode!(DeleteRecordsRequest);
+            let _held = turn.take().await;
+            encode!(delete_records::handle(broker, request).await)
         }
         ApiKey::AlterConfigs => {
             let request = decode!(AlterConfigsRequest);

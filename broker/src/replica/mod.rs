@@ -753,6 +753,49 @@ impl Partition {
         }
     }
 
+    /// DeleteRecords at the leader: appends a DeleteRecords control entry (see
+    /// `store`), which moves the log start offset to `offset` (-1: the high watermark) on
+    /// every replica that writes it, and waits until it commits. An offset above the
+    /// high watermark is OFFSET_OUT_OF_RANGE; one at or below the log start changes
+    /// nothing. Returns the log start offset after it (the low watermark).
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, BrokerError> {
+        let status = self.status();
+        if status.failed {
+            return Err(self.engine.offline_error());
+        }
+        if !status.leader_ready {
+            return Err(BrokerError::NotLeaderOrFollower);
+        }
+        let high_watermark = status.commit_offset;
+        let target = if offset == -1 { high_watermark } else { offset };
+        let log_start_offset = self.log_start_offset();
+        if target < 0 || target > high_watermark {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                log_end_offset: high_watermark,
+            });
+        }
+        if target <= log_start_offset {
+            return Ok(log_start_offset);
+        }
+        let batch = rill_record::control::control_batch(
+            rill_record::control::CONTROL_TYPE_RILL_DELETE_RECORDS,
+            &target.to_be_bytes(),
+            crate::clock::now_ms(),
+        )
+        .map_err(|e| BrokerError::Storage(e.to_string()))?;
+        let appended = self.append(
+            &Bytes::from(batch),
+            BatchCounts {
+                batches: 1,
+                offsets: 1,
+            },
+        )?;
+        self.wait_acknowledgeable(&appended).await?;
+        Ok(self.log_start_offset())
+    }
+
     /// Replaces the log's configuration (the topic's configs were altered): takes effect
     /// on this replica at once, without a restart.
     pub fn set_log_config(&self, config: rill_storage::LogConfig) -> Result<(), BrokerError> {

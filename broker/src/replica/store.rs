@@ -20,7 +20,8 @@ use rill_raft::{
     MessageBody, NodeId, Persist, Term,
 };
 use rill_record::control::{
-    control_batch, control_record, CONTROL_TYPE_LEADER_CHANGE, CONTROL_TYPE_RILL_MEMBERSHIP,
+    control_batch, control_record, CONTROL_TYPE_LEADER_CHANGE, CONTROL_TYPE_RILL_DELETE_RECORDS,
+    CONTROL_TYPE_RILL_MEMBERSHIP,
 };
 use rill_record::BatchView;
 use rill_storage::{PartitionLog, StorageError};
@@ -190,6 +191,33 @@ impl PartitionStore {
                 reason: "entry's offset count does not match its batches",
             });
         }
+        if let EntryKind::Data = entry.kind {
+            self.apply_delete_records(batches)?;
+        }
+        Ok(())
+    }
+
+    /// A DeleteRecords entry (a control batch of [`CONTROL_TYPE_RILL_DELETE_RECORDS`],
+    /// which only a leader's `Partition::delete_records` writes: Produce refuses control
+    /// batches) moves the log start offset on every replica as it is written. Safe before
+    /// it commits: the leader checked that the offset is at or below its high watermark,
+    /// so the records it deletes are committed, and a replica that holds the entry holds
+    /// the leader's log up to it (Raft's log matching). The leader's outcome is answered
+    /// once the entry commits.
+    fn apply_delete_records(&mut self, batches: &[u8]) -> Result<(), StorageError> {
+        let Ok(view) = BatchView::new(batches) else {
+            return Ok(());
+        };
+        if !view.header().is_control() {
+            return Ok(());
+        }
+        if let Ok(Some((CONTROL_TYPE_RILL_DELETE_RECORDS, value))) = control_record(&view) {
+            if let Ok(bytes) = <[u8; 8]>::try_from(value) {
+                let offset = i64::from_be_bytes(bytes).max(0) as u64;
+                let start = self.log.delete_records_below(offset)?;
+                tracing::info!(dir = %self.log.dir().display(), log_start_offset = start, "records deleted (DeleteRecords)");
+            }
+        }
         Ok(())
     }
 
@@ -312,7 +340,7 @@ fn parse_membership(value: &[u8]) -> Option<Membership> {
 
 impl LogStore for PartitionStore {
     fn log_start(&self) -> LogStart {
-        let offset = self.log.log_start_offset();
+        let offset = self.log.segment_start_offset();
         if let Some(start) = self.reset_start.filter(|s| s.offset == offset) {
             return start;
         }
@@ -361,7 +389,7 @@ impl LogStore for PartitionStore {
         bytes_max: usize,
         out: &mut Vec<Entry>,
     ) -> Result<(), LogReadError> {
-        if from_offset < self.log.log_start_offset() {
+        if from_offset < self.log.segment_start_offset() {
             return Err(LogReadError::Compacted {
                 offset: from_offset,
             });
@@ -406,7 +434,10 @@ impl LogStore for PartitionStore {
         // replica (the cluster); a group of one never writes one.
         BootState {
             hard_state: self.hard_state,
-            memberships: vec![(self.log.log_start_offset(), self.start_membership.clone())],
+            memberships: vec![(
+                self.log.segment_start_offset(),
+                self.start_membership.clone(),
+            )],
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod produce_check;
+pub mod produce_rewrite;
 pub mod sync_group;
 
 use bytes::{BufMut, Bytes, BytesMut};

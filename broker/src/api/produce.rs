@@ -185,6 +185,7 @@ async fn acknowledge(
             response
                 .with_base_offset(appended.base_offset)
                 .with_log_start_offset(appended.log_start_offset)
+                .with_log_append_time_ms(appended.log_append_time_ms)
         }
         Err(e) => {
             tracing::debug!(topic, partition = index, error = %e, "produce failed");
@@ -219,6 +220,9 @@ fn append_partition(
     let records = data.records.clone().unwrap_or_default();
     let counts =
         super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;
-    let appended = partition.append(&records, counts)?;
+    let (records, log_append_time_ms) =
+        super::produce_rewrite::rewrite_for_topic(records, &topic.config, crate::clock::now_ms())?;
+    let mut appended = partition.append(&records, counts)?;
+    appended.log_append_time_ms = log_append_time_ms.unwrap_or(-1);
     Ok((appended, partition))
 }

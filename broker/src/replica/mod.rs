@@ -91,6 +91,9 @@ pub struct Appended {
     pub discards: u64,
     /// [`ReplicaStatus::leader`] at the append: this broker.
     pub leader: Option<i32>,
+    /// The time stamped on the batches of a LogAppendTime topic (Produce answers it),
+    /// -1 otherwise.
+    pub log_append_time_ms: i64,
 }
 
 /// A leader's append written to storage while the group's `Ready` was being synced,
@@ -645,6 +648,7 @@ impl Partition {
             term,
             discards: st.discards,
             leader: st.raft.leader().map(broker_id),
+            log_append_time_ms: -1,
         };
         self.schedule(&mut st);
         drop(st);

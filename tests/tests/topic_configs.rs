@@ -223,6 +223,7 @@ fn kafka_python_creates_alters_describes_and_deletes_records() {
     assert_eq!(step(&steps, "earliest")["offset"], 5);
 
     // Everything survives a restart.
+    broker.stop();
     broker.restart();
     let mut conn = RawConn::connect(broker.addr());
     let described = describe_topic(&mut conn, "kp-configs");
@@ -397,7 +398,7 @@ fn bad_config_requests_get_clear_errors_and_the_broker_keeps_serving() {
         config_of(&described, "retention.ms").map(|(_, source)| source),
         Some(SOURCE_DEFAULT)
     );
-    let metadata = conn.call(12, &MetadataRequest::default());
+    let metadata = conn.call(12, &MetadataRequest::default().with_topics(None));
     assert!(metadata
         .topics
         .iter()
@@ -511,11 +512,10 @@ async fn configs_altered_through_librdkafka_and_rill_are_on_every_broker_and_sur
         )
         .await
         .expect("create");
+    // (librdkafka's result carries the code only; the message naming the key is checked
+    // with kafka-python and raw requests.)
     let refusal = format!("{:?}", unknown[0]);
-    assert!(
-        refusal.contains("InvalidConfig") && refusal.contains("retention.mss"),
-        "{refusal}"
-    );
+    assert!(refusal.contains("InvalidConfig"), "{refusal}");
 
     // librdkafka's AlterConfigs (the legacy API: the whole set) goes to the controller.
     let altered = admin

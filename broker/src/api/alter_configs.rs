@@ -87,7 +87,13 @@ pub async fn handle_incremental(
                 .min(topic_config::TOPIC_CONFIGS.len()),
         );
         let mut bad = None;
-        for c in &resource.configs {
+        // Keys are topic keys only for a topic; other resources are refused whole below.
+        let configs = if resource.resource_type == RESOURCE_TOPIC {
+            &resource.configs[..]
+        } else {
+            &[]
+        };
+        for c in configs {
             let key = c.name.as_str();
             if ops
                 .iter()

@@ -342,17 +342,16 @@ impl Admin {
             .await?
             .request(&request)
             .await?;
-        for t in &response.topics {
-            for p in &t.partitions {
-                if let Some(e) = Error::from_code(p.error_code, None) {
-                    return Err(e);
-                }
-                return Ok(p.low_watermark);
-            }
+        let answered = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| Error::Protocol("DeleteRecords answered no partition".into()))?;
+        match Error::from_code(answered.error_code, None) {
+            Some(e) => Err(e),
+            None => Ok(answered.low_watermark),
         }
-        Err(Error::Protocol(
-            "DeleteRecords answered no partition".into(),
-        ))
     }
 
     /// Cluster id, controller and brokers. Uses DescribeCluster where the broker supports

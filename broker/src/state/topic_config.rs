@@ -5,13 +5,16 @@
 //!
 //! # Which keys Rill acts on
 //!
-//! Acted on: `cleanup.policy` (stored; deletion by retention, compaction where the
-//! cleaner supports it), `compression.type` (produce recompresses when it names a codec),
+//! Acted on: `compression.type` (produce recompresses when it names a codec),
 //! `index.interval.bytes`, `max.message.bytes`, `message.timestamp.type`
 //! (`LogAppendTime` stamps batches on the leader), `retention.bytes`, `retention.ms`,
 //! `segment.bytes`, `segment.ms`. A change of any of them through AlterConfigs takes
 //! effect on every replica without a restart (a smaller `segment.bytes` at the next
 //! roll).
+//!
+//! `cleanup.policy` is stored and described; segments are cleaned by deletion
+//! (retention), and `compact` has effect only where a log cleaner runs (not in this
+//! module's scope).
 //!
 //! Every other key is validated, stored and described, but has no effect in Rill
 //! ([`ConfigDef::acted_on`] is false, and its documentation says so): the flush keys
@@ -131,7 +134,7 @@ macro_rules! def {
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     def!("cleanup.policy", List, DefaultValue::Fixed("delete"),
         Validator::ListOf(&["compact", "delete"]), Some("log.cleanup.policy"), true,
-        "delete, compact or compact,delete: how old log segments are cleaned."),
+        "delete, compact or compact,delete: how old log segments are cleaned (compact needs the log cleaner)."),
     def!("compression.gzip.level", Int, DefaultValue::Fixed("-1"), Validator::Range(-1, 9),
         Some("compression.gzip.level"), false,
         "Level of gzip when compression.type is gzip (-1 = codec default). Stored and described; Rill does not act on it."),

@@ -420,8 +420,23 @@ fn watermarks(bootstrap: &str, topic: &str) -> (i64, i64) {
         .set("group.id", "watermarks")
         .create()
         .expect("consumer");
-    rdkafka::consumer::Consumer::fetch_watermarks(&consumer, topic, 0, Duration::from_secs(20))
-        .expect("watermarks")
+    // A broker that just restarted knows no topic until it replayed the metadata log.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rdkafka::consumer::Consumer::fetch_watermarks(
+            &consumer,
+            topic,
+            0,
+            Duration::from_secs(10),
+        ) {
+            Ok(watermarks) => return watermarks,
+            Err(e) if Instant::now() < deadline => {
+                println!("watermarks not yet: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("watermarks: {e}"),
+        }
+    }
 }
 
 fn rdkafka_admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
@@ -646,4 +661,65 @@ async fn configs_altered_through_librdkafka_and_rill_are_on_every_broker_and_sur
     let (low, high) = watermarks(&cluster.bootstrap(), topic);
     println!("watermarks after restart: low {low} high {high}");
     assert_eq!(low, 8);
+}
+
+/// The log start offset of `topic`-0 on a single broker, from its admin port.
+fn log_start(broker: &RilldProcess, topic: &str) -> i64 {
+    let json: Value = serde_json::from_str(&broker.admin_get("/partitions")).expect("json");
+    json["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["topic"] == topic && p["partition"] == 0)
+        .map_or(-1, |p| p["log_start_offset"].as_i64().unwrap())
+}
+
+#[test]
+fn retention_altered_on_a_live_topic_deletes_segments_without_a_restart() {
+    let broker = RilldProcess::start_with(&["--retention-check-interval-ms", "200"]);
+    let mut conn = RawConn::connect(broker.addr());
+    let topic = "live-retention";
+    let created = conn.call(
+        4,
+        &requests::create_topic(topic, 1, &[("segment.bytes", "1048576")]),
+    );
+    assert_eq!(created.topics[0].error_code, 0);
+    // About 4 MiB in 400 KiB batches: four 1 MiB segments or so, timestamped now (the
+    // default retention.ms keeps them).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let value = vec![7u8; 100 * 1024];
+    for i in 0..10 {
+        let values: Vec<&[u8]> = vec![&value; 4];
+        let produced = conn.call(
+            9,
+            &requests::produce(topic, 0, rill_tests::raw::record_batch(&values, now_ms + i), -1),
+        );
+        assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    }
+    // No retention by size yet: nothing goes.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(log_start(&broker, topic), 0);
+
+    let altered = conn.call(
+        1,
+        &incremental(topic, vec![("retention.bytes".into(), 0, Some("1048576".into()))]),
+    );
+    assert_eq!(altered.responses[0].error_code, 0);
+    let started = Instant::now();
+    while log_start(&broker, topic) <= 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "retention.bytes did not apply to the live topic\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "log start {} after {} ms",
+        log_start(&broker, topic),
+        started.elapsed().as_millis()
+    );
 }

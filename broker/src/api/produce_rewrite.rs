@@ -37,6 +37,10 @@ pub fn rewrite_for_topic(
         TopicCompression::Lz4 => Some(Compression::Lz4),
         TopicCompression::Zstd => Some(Compression::Zstd),
     };
+    if target.is_none() && !config.log_append_time {
+        // The default: nothing to do, not even a walk over the batch headers.
+        return Ok((records, None));
+    }
     let needs_codec_change = |view: &BatchView<'_>| {
         target.is_some_and(|codec| view.header().compression() != Some(codec))
     };

@@ -1,6 +1,8 @@
 """kafka-python's KafkaAdminClient against rilld, driven by tests/tests/topic_configs.rs.
 
 Usage:
+  kafka_python_admin.py alter BOOTSTRAP TOPIC KEY=VALUE...
+      IncrementalAlterConfigs SET of each KEY=VALUE on TOPIC; prints the result as JSON.
   kafka_python_admin.py BOOTSTRAP TOPIC
       Runs the steps below against a single broker and prints one JSON object per step
       (flushed), so the Rust test asserts on what the client library saw:
@@ -30,7 +32,19 @@ def describe(admin, topic):
             for key, e in entries.items()}
 
 
+def alter(bootstrap, topic, pairs):
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="kafka-python-admin")
+    configs = dict(pair.split("=", 1) for pair in pairs)
+    result = admin.alter_configs([ConfigResource("TOPIC", topic, configs=configs)],
+                                 raise_on_unknown=False)
+    say("alter", result=result)
+    admin.close()
+
+
 def main():
+    if sys.argv[1] == "alter":
+        alter(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return
     bootstrap, topic = sys.argv[1], sys.argv[2]
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="kafka-python-admin")
 

@@ -415,14 +415,15 @@ fn bad_config_requests_get_clear_errors_and_the_broker_keeps_serving() {
 
 /// ListOffsets earliest and latest of `topic`-0, through librdkafka.
 fn watermarks(bootstrap: &str, topic: &str) -> (i64, i64) {
-    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "watermarks")
-        .create()
-        .expect("consumer");
-    // A broker that just restarted knows no topic until it replayed the metadata log.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // A broker that just restarted knows no topic until it replayed the metadata log; a
+    // fresh client each time, so no cached metadata of that moment stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "watermarks")
+            .create()
+            .expect("consumer");
         match rdkafka::consumer::Consumer::fetch_watermarks(
             &consumer,
             topic,
@@ -432,7 +433,7 @@ fn watermarks(bootstrap: &str, topic: &str) -> (i64, i64) {
             Ok(watermarks) => return watermarks,
             Err(e) if Instant::now() < deadline => {
                 println!("watermarks not yet: {e}");
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => panic!("watermarks: {e}"),
         }
@@ -555,6 +556,42 @@ async fn configs_altered_through_librdkafka_and_rill_are_on_every_broker_and_sur
         "after librdkafka's AlterConfigs",
     );
 
+    // kafka-python sends AlterConfigs to any broker, not the controller: a broker that
+    // is not the controller forwards it.
+    let controller = rill_client::Admin::new(rill_client::ClientConfig::new(&cluster.bootstrap()))
+        .expect("admin")
+        .describe_cluster()
+        .await
+        .expect("describe cluster")
+        .controller_id;
+    let other = cluster
+        .brokers
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i as i32 + 1 != controller)
+        .map(|(_, b)| b.bootstrap())
+        .expect("a broker that is not the controller");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join("kafka_python_admin.py");
+    let mut command = Command::new(python());
+    command
+        .arg(script)
+        .args(["alter", &other, topic, "segment.ms=3600000"]);
+    let output = run_piped(command, None, "kafka_python_admin.py alter");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success() && stdout.contains(r#""cluster-configs": "OK""#),
+        "kafka-python alter through broker {other} (controller {controller}): {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_configs_everywhere(
+        &cluster,
+        topic,
+        &[("segment.ms", "3600000", SOURCE_TOPIC)],
+        "after kafka-python's IncrementalAlterConfigs through a non-controller broker",
+    );
+
     // `rill topic alter`: IncrementalAlterConfigs, the other keys keep their values.
     let mut command = Command::new(rill_bin());
     command.args([
@@ -576,6 +613,7 @@ async fn configs_altered_through_librdkafka_and_rill_are_on_every_broker_and_sur
     );
     let expected = [
         ("compression.type", "lz4", SOURCE_TOPIC),
+        ("segment.ms", "3600000", SOURCE_TOPIC),
         ("segment.bytes", "2097152", SOURCE_TOPIC),
         ("max.message.bytes", "2000000", SOURCE_TOPIC),
         ("retention.ms", "604800000", SOURCE_DEFAULT),
@@ -695,7 +733,12 @@ fn retention_altered_on_a_live_topic_deletes_segments_without_a_restart() {
         let values: Vec<&[u8]> = vec![&value; 4];
         let produced = conn.call(
             9,
-            &requests::produce(topic, 0, rill_tests::raw::record_batch(&values, now_ms + i), -1),
+            &requests::produce(
+                topic,
+                0,
+                rill_tests::raw::record_batch(&values, now_ms + i),
+                -1,
+            ),
         );
         assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
     }
@@ -705,7 +748,10 @@ fn retention_altered_on_a_live_topic_deletes_segments_without_a_restart() {
 
     let altered = conn.call(
         1,
-        &incremental(topic, vec![("retention.bytes".into(), 0, Some("1048576".into()))]),
+        &incremental(
+            topic,
+            vec![("retention.bytes".into(), 0, Some("1048576".into()))],
+        ),
     );
     assert_eq!(altered.responses[0].error_code, 0);
     let started = Instant::now();

@@ -2,9 +2,14 @@
 //! IncrementalAlterConfigs (api key 44: SET, DELETE, APPEND, SUBTRACT per key) for
 //! topics. Every key and value is checked as CreateTopics checks them (an unknown key is
 //! INVALID_CONFIG naming it), then the new set is stored through the controller in a
-//! cluster (others answer NOT_CONTROLLER, as for CreateTopics) and applied on every
-//! replica. `validate_only` checks without storing. Broker resources are read-only here:
-//! rilld's own keys come from its config file.
+//! cluster and applied on every replica. `validate_only` checks without storing. Broker
+//! resources are read-only here: rilld's own keys come from its config file.
+//!
+//! In a cluster, a broker that is not the controller forwards the request to the
+//! controller over the client protocol and relays its answer (kafka-python sends
+//! AlterConfigs to any broker, unlike CreateTopics); a forwarded request is never
+//! forwarded again, and if the controller cannot be reached the broker answers
+//! NOT_CONTROLLER itself, as for CreateTopics.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +19,8 @@ use kafka_protocol::messages::{
     AlterConfigsRequest, AlterConfigsResponse, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse,
 };
+use kafka_protocol::protocol::{Encodable, Request};
+use rill_protocol::decode::Decode;
 
 use super::create_topics::request_configs;
 use super::describe_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
@@ -28,6 +35,78 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
+/// Client id of a request a broker forwards to the controller: a broker that receives
+/// one answers it itself, never forwarding it again.
+pub const FORWARDED_CLIENT_ID: &str = "rill-forwarded-admin";
+/// How long a forwarded request may take, connection included.
+const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest answer a forwarded request may get (a few bytes per resource in practice).
+const FORWARD_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Sends `request` (at `version`) to the controller and returns its answer, when this
+/// broker is in a cluster, is not the controller, knows the controller's address, and the
+/// request was not forwarded to it already. `None`: answer locally.
+async fn forward<R>(
+    broker: &Broker,
+    request: &R,
+    version: i16,
+    client_id: Option<&str>,
+) -> Option<R::Response>
+where
+    R: Request + Encodable,
+    R::Response: Decode,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if client_id == Some(FORWARDED_CLIENT_ID) {
+        return None;
+    }
+    let cluster = broker.manager.cluster()?;
+    let controller = cluster.controller_id()?;
+    if controller == broker.config.node_id {
+        return None;
+    }
+    let (host, port, _) = cluster.endpoint(controller)?;
+    let header = rill_protocol::header::RequestHeader {
+        api_key: R::KEY,
+        api_version: version,
+        correlation_id: 1,
+        client_id: Some(FORWARDED_CLIENT_ID.to_string()),
+    };
+    let frame = rill_protocol::codec::encode_request(&header, request).ok()?;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        stream.write_all(&frame).await.ok()?;
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await.ok()?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > FORWARD_RESPONSE_BYTES_MAX {
+            return None;
+        }
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await.ok()?;
+        rill_protocol::codec::decode_response::<R::Response>(
+            bytes::Bytes::from(body),
+            R::KEY,
+            version,
+        )
+        .ok()
+        .map(|(_, response)| response)
+    };
+    let answer = tokio::time::timeout(FORWARD_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten();
+    if answer.is_none() {
+        tracing::warn!(
+            controller,
+            "could not forward a config change to the controller"
+        );
+    }
+    answer
+}
+
 /// One requested change of a topic's overrides.
 enum Change {
     /// AlterConfigs: these are the topic's overrides from now on.
@@ -37,7 +116,15 @@ enum Change {
 }
 
 /// Answers AlterConfigs.
-pub async fn handle_alter(broker: &Broker, request: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn handle_alter(
+    broker: &Broker,
+    request: AlterConfigsRequest,
+    version: i16,
+    client_id: Option<&str>,
+) -> AlterConfigsResponse {
+    if let Some(answer) = forward(broker, &request, version, client_id).await {
+        return answer;
+    }
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in &request.resources {
         let change = request_configs(
@@ -77,7 +164,12 @@ pub async fn handle_alter(broker: &Broker, request: AlterConfigsRequest) -> Alte
 pub async fn handle_incremental(
     broker: &Broker,
     request: IncrementalAlterConfigsRequest,
+    version: i16,
+    client_id: Option<&str>,
 ) -> IncrementalAlterConfigsResponse {
+    if let Some(answer) = forward(broker, &request, version, client_id).await {
+        return answer;
+    }
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in &request.resources {
         let mut ops = Vec::with_capacity(

@@ -143,12 +143,23 @@ pub async fn dispatch(
         ApiKey::AlterConfigs => {
             let request = decode!(AlterConfigsRequest);
             let _held = turn.take().await;
-            encode!(alter_configs::handle_alter(broker, request).await)
+            encode!(
+                alter_configs::handle_alter(broker, request, version, header.client_id.as_deref())
+                    .await
+            )
         }
         ApiKey::IncrementalAlterConfigs => {
             let request = decode!(IncrementalAlterConfigsRequest);
             let _held = turn.take().await;
-            encode!(alter_configs::handle_incremental(broker, request).await)
+            encode!(
+                alter_configs::handle_incremental(
+                    broker,
+                    request,
+                    version,
+                    header.client_id.as_deref()
+                )
+                .await
+            )
         }
         ApiKey::DescribeCluster => {
             let request = decode!(DescribeClusterRequest);

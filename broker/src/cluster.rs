@@ -66,6 +66,35 @@
 //!   down across a deletion whose record has since been trimmed still removes that
 //!   topic's replica directories when it applies the checkpoint.
 //!
+//! * **Brokers outside `controller_voters`** (KRaft's observers) are learners of the
+//!   metadata group. Such a broker opens its metadata replica with the configured
+//!   voters as its membership (so it is not a voter: it never campaigns and never
+//!   counts for the quorum) and connects to the voters. Its handshake announces its
+//!   inter-broker address, which the controller registers with the rest of its
+//!   registration; every broker applying a registration adds the broker to its
+//!   transport's peers (voters stay at their configured addresses), and leadership
+//!   reports go to every registered broker. The controller then adds each registered
+//!   broker that is not a member of the metadata group as a learner
+//!   (`MembershipChange::AddLearner`, one at a time), so its leader replicates the
+//!   metadata log (or, behind a trimmed log, the checkpoint at its start) to it. A
+//!   registered learner is eligible for placement like any broker.
+//!
+//!   Membership survives restarts: membership entries are control batches of the
+//!   metadata log, and the metadata replica reads them on open
+//!   (`PartitionStore::recover_memberships`). Entries trimmed away below a checkpoint
+//!   are not needed: a replica whose log holds none starts with the voters, and the
+//!   controller adds any registered broker missing from its membership again, so a
+//!   controller restarted on a trimmed log re-adds its learners within one
+//!   registration tick. Members disagreeing about learners is harmless: only the
+//!   voters (fixed) elect and commit.
+//!
+//!   A learner that is down stays registered and a learner however long it is gone
+//!   (as Kafka keeps registered brokers): the leader keeps probing it (so the metadata
+//!   group does not go quiet meanwhile, one group's ticks), and when it returns it
+//!   catches up from the log or, if the log was trimmed past it, from the checkpoint at
+//!   the log start; on an empty data directory it starts as any fresh learner.
+//!   Learners are never promoted to voters: the voters are `controller_voters`.
+//!
 //! Limits: assignments never change after creation (no reassignment).
 //!
 //! # Broker identity: duplicates, stale incarnations, rejoining
@@ -101,7 +130,7 @@
 //!   vote and never campaigns.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -167,6 +196,10 @@ const LEADER_SILENCE: Duration = Duration::from_secs(1);
 /// so other brokers learn a new leader within this long of its election.
 const LEADERSHIP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Producer-id block requests from peers queued at most (more are dropped; a peer
+/// asks again every second while it waits).
+const PRODUCER_ID_REQUESTS_QUEUED_MAX: usize = 64;
+
 /// One partition as Metadata and the CLI describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionView {
@@ -215,6 +248,9 @@ pub struct Cluster {
     append_lock: tokio::sync::Mutex<()>,
     /// Metadata records applied since the last checkpoint (or this start).
     records_since_checkpoint: AtomicU64,
+    /// Held by the controller around each producer-id block allocation (propose and
+    /// apply), so each block starts where the applied image says the previous ended.
+    producer_ids_lock: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
@@ -238,7 +274,7 @@ impl Cluster {
         let log = PartitionLog::open(&dir, log_config)
             .map_err(|e| BrokerError::Storage(format!("{}: {e}", dir.display())))?;
         let voter_ids: Vec<i32> = voters.iter().map(|(id, _)| *id).collect();
-        let metadata = Partition::open(
+        let metadata = Partition::open_with_changing_membership(
             METADATA_TOPIC.to_string(),
             0,
             METADATA_TOPIC_ID,
@@ -263,7 +299,13 @@ impl Cluster {
             silent: Mutex::new((None, HashSet::new())),
             append_lock: tokio::sync::Mutex::new(()),
             records_since_checkpoint: AtomicU64::new(0),
+            producer_ids_lock: tokio::sync::Mutex::new(()),
         });
+        // Peers' requests for producer-id blocks (served while this broker controls).
+        let (requests_tx, requests_rx) =
+            tokio::sync::mpsc::channel(PRODUCER_ID_REQUESTS_QUEUED_MAX);
+        cluster.manager.engine.set_producer_id_requests(requests_tx);
+        tokio::spawn(Arc::clone(&cluster).producer_id_request_loop(requests_rx));
         let applier = Arc::clone(&cluster);
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -312,6 +354,70 @@ impl Cluster {
     /// Whether this broker is the controller and may propose changes.
     fn is_controller(&self) -> bool {
         self.metadata.status().leader_ready
+    }
+
+    /// Where the next producer-id block starts: every id below was handed to some
+    /// broker.
+    pub fn next_producer_id(&self) -> i64 {
+        self.image.read().expect("image lock").next_producer_id()
+    }
+
+    /// Asks for a block of producer ids for this process, without waiting: the
+    /// controller allocates one for itself at once; another broker sends the request to
+    /// the controller. The block arrives through the metadata applier
+    /// ([`crate::producer_ids`]).
+    pub fn request_producer_ids(self: &Arc<Self>) {
+        let me = self.me.broker_id;
+        let incarnation_id = self.me.registration.incarnation_id;
+        if self.is_controller() {
+            let this = Arc::clone(self);
+            tokio::spawn(async move { this.allocate_producer_ids(me, incarnation_id).await });
+        } else if let Some(controller) = self.controller_id() {
+            let envelope =
+                crate::leadership::producer_ids_request_envelope(me, controller, incarnation_id);
+            if let Err(e) = self.transport.send(controller, envelope) {
+                tracing::debug!(controller, error = %e, "producer id request not sent");
+            }
+        }
+    }
+
+    /// The controller's loop serving peers' producer-id block requests.
+    async fn producer_id_request_loop(
+        self: Arc<Self>,
+        mut requests: tokio::sync::mpsc::Receiver<(i32, Uuid)>,
+    ) {
+        while let Some((broker_id, incarnation_id)) = requests.recv().await {
+            if self.metadata.is_closed() {
+                return;
+            }
+            if self.is_controller() {
+                self.allocate_producer_ids(broker_id, incarnation_id).await;
+            }
+        }
+    }
+
+    /// At the controller: proposes the next producer-id block for `incarnation_id` of
+    /// `broker_id`, if that is the incarnation the image registers (a fenced process
+    /// gets nothing), and waits until it is applied.
+    async fn allocate_producer_ids(&self, broker_id: i32, incarnation_id: Uuid) {
+        let _one_at_a_time = self.producer_ids_lock.lock().await;
+        let record = {
+            let image = self.image.read().expect("image lock");
+            if image.broker(broker_id).map(|b| b.incarnation_id) != Some(incarnation_id) {
+                tracing::debug!(broker_id, %incarnation_id, "producer ids not allocated: not the registered incarnation");
+                return;
+            }
+            MetadataRecord::ProducerIdBlock {
+                broker_id,
+                incarnation_id,
+                first_producer_id: image.next_producer_id(),
+                size: crate::producer_ids::PRODUCER_ID_BLOCK_SIZE,
+            }
+        };
+        match self.propose(&record).await {
+            Ok(()) => tracing::debug!(?record, "producer id block allocated"),
+            Err(e) => tracing::debug!(broker_id, error = %e, "producer id block not committed"),
+        }
     }
 
     /// The registered brokers: (id, client host, client port).
@@ -785,9 +891,10 @@ impl Cluster {
                 continue;
             }
             self.leadership.apply(me, outgoing.clone());
+            let peers = self.other_brokers();
             for chunk in outgoing.chunks(REPORTS_PER_MESSAGE_MAX) {
                 let data = encode_reports(chunk);
-                for (peer, _) in self.voters.iter().filter(|(id, _)| *id != me) {
+                for peer in &peers {
                     if let Err(e) = self
                         .transport
                         .send(*peer, report_envelope(me, *peer, data.clone()))
@@ -797,6 +904,19 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Every other broker: the voters and the registered brokers.
+    fn other_brokers(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.voters.iter().map(|(id, _)| *id).collect();
+        {
+            let image = self.image.read().expect("image lock");
+            ids.extend(image.brokers().map(|b| b.broker_id));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.retain(|id| *id != self.me.broker_id);
+        ids
     }
 
     /// Appends `record` to the metadata log and waits until this broker applied it.
@@ -906,29 +1026,64 @@ impl Cluster {
                     break;
                 }
             }
+            self.add_missing_learner();
+        }
+    }
+
+    /// The controller adds one registered broker that is not a controller voter, and
+    /// not yet a member of the metadata group, as a learner of it (see the module
+    /// docs). One change at a time: the next waits until this one is committed (the
+    /// core refuses it meanwhile, and the next tick tries again).
+    fn add_missing_learner(&self) {
+        let (voters, learners) = self.metadata.members();
+        let missing = {
+            let image = self.image.read().expect("image lock");
+            let found = image
+                .brokers()
+                .map(|b| b.broker_id)
+                .find(|id| !voters.contains(id) && !learners.contains(id));
+            found
+        };
+        let Some(broker) = missing else { return };
+        let change = rill_raft::MembershipChange::AddLearner(raft_node_id(broker));
+        match self.metadata.propose_membership_change(change) {
+            Ok(()) => {
+                tracing::info!(broker, "adding broker as a learner of the metadata group")
+            }
+            Err(e) => tracing::debug!(broker, error = %e, "learner not added yet"),
         }
     }
 
     /// Registrations the image lacks or holds for another incarnation: this broker's
-    /// own, and each peer's as its handshake announced it (at the address
-    /// `controller_voters` gives it), if that incarnation's session here is live — a
+    /// own, and each peer's as its handshake announced it (a voter at the address
+    /// `controller_voters` gives it, any other broker at the inter-broker address its
+    /// handshake announced), if that incarnation's session here is live — a
     /// registration fences its predecessor, so only a process that is there now may
     /// take the id over.
     fn missing_registrations(&self) -> Vec<MetadataRecord> {
         let image = self.image.read().expect("image lock");
         let mut out = Vec::new();
         let me = &self.me;
-        let mut known: Vec<(i32, BrokerRegistrationInfo, SocketAddr)> =
-            vec![(me.broker_id, me.registration.clone(), me.inter_broker)];
+        let mut known: Vec<(i32, BrokerRegistrationInfo, String, u16)> = vec![(
+            me.broker_id,
+            me.registration.clone(),
+            me.inter_broker.ip().to_string(),
+            me.inter_broker.port(),
+        )];
         for (id, info) in self.transport.peer_registrations() {
             if !self.transport.is_live(id, info.incarnation_id) {
                 continue;
             }
-            if let Some((_, addr)) = self.voters.iter().find(|(v, _)| *v == id) {
-                known.push((id, info, *addr));
-            }
+            // A voter is reached where `controller_voters` says; any other broker
+            // where its handshake says (the receiving transport already replaced an
+            // unspecified host with the connection's address).
+            let (host, port) = match self.voters.iter().find(|(v, _)| *v == id) {
+                Some((_, addr)) => (addr.ip().to_string(), addr.port()),
+                None => (info.inter_broker_host.clone(), info.inter_broker_port),
+            };
+            known.push((id, info, host, port));
         }
-        for (broker_id, info, inter_broker) in known {
+        for (broker_id, info, inter_broker_host, inter_broker_port) in known {
             if image
                 .broker(broker_id)
                 .is_some_and(|b| b.incarnation_id == info.incarnation_id)
@@ -940,8 +1095,8 @@ impl Cluster {
                 incarnation_id: info.incarnation_id,
                 client_host: info.client_host,
                 client_port: info.client_port,
-                inter_broker_host: inter_broker.ip().to_string(),
-                inter_broker_port: inter_broker.port(),
+                inter_broker_host,
+                inter_broker_port,
                 rack: info.rack,
             });
         }
@@ -1005,6 +1160,7 @@ impl Cluster {
             }
             let mut changed = false;
             let mut deletions = false;
+            let mut registrations = false;
             let mut checkpoint_at = None;
             for view in rill_record::batches(&read.records) {
                 let view = view.map_err(|e| BrokerError::Storage(e.to_string()))?;
@@ -1034,6 +1190,7 @@ impl Cluster {
                                 checkpoint_at = Some(record_offset);
                                 changed = true;
                                 deletions = true;
+                                registrations = true;
                             }
                             continue;
                         }
@@ -1057,6 +1214,19 @@ impl Cluster {
                                     // In log order on every broker: fences the
                                     // incarnation it replaces.
                                     self.transport.set_registered(*broker_id, *incarnation_id);
+                                    registrations = true;
+                                }
+                                MetadataRecord::ProducerIdBlock {
+                                    broker_id,
+                                    incarnation_id,
+                                    first_producer_id,
+                                    size,
+                                } if *broker_id == self.me.broker_id
+                                    && *incarnation_id == self.me.registration.incarnation_id =>
+                                {
+                                    self.manager
+                                        .producer_ids
+                                        .add_block(*first_producer_id, *size);
                                 }
                                 _ => {}
                             },
@@ -1068,6 +1238,9 @@ impl Cluster {
                     }
                 }
                 offset = next;
+            }
+            if registrations {
+                self.connect_registered_brokers();
             }
             if changed && *complete {
                 self.reconcile();
@@ -1115,6 +1288,42 @@ impl Cluster {
                 false
             }
         }
+    }
+
+    /// Makes the transport's peers every registered broker, at its registered
+    /// inter-broker address, besides the voters (at their configured ones): brokers
+    /// outside `controller_voters` are known only from their registrations.
+    fn connect_registered_brokers(&self) {
+        let mut peers: HashMap<i32, SocketAddr> = self.voters.iter().copied().collect();
+        let registered: Vec<(i32, String, u16)> = {
+            let image = self.image.read().expect("image lock");
+            image
+                .brokers()
+                .filter(|b| !peers.contains_key(&b.broker_id))
+                .map(|b| {
+                    (
+                        b.broker_id,
+                        b.inter_broker_host.clone(),
+                        b.inter_broker_port,
+                    )
+                })
+                .collect()
+        };
+        for (broker, host, port) in registered {
+            // On the applier's thread, so a name may be resolved here.
+            match (host.as_str(), port)
+                .to_socket_addrs()
+                .map(|mut a| a.next())
+            {
+                Ok(Some(addr)) => {
+                    peers.insert(broker, addr);
+                }
+                Ok(None) | Err(_) => {
+                    tracing::warn!(broker, %host, port, "registered broker's inter-broker address does not resolve");
+                }
+            }
+        }
+        self.transport.set_peers(peers);
     }
 
     /// Opens the replicas the image assigns to this broker (and an entry for every

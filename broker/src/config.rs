@@ -60,7 +60,10 @@ pub struct Config {
     /// `controller_voters`: the brokers of the cluster's metadata group, as
     /// `id@host:port` of their `inter_broker_listen`, comma-separated
     /// (`1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293`). Empty (the default):
-    /// this broker is a cluster of one. `node_id` must be among them.
+    /// this broker is a cluster of one. A broker whose `node_id` is not among them
+    /// joins the cluster as a learner of the metadata group (KRaft: an observer): it
+    /// hosts replicas and serves clients like any broker, but never votes for or
+    /// becomes the controller (see [`crate::cluster`]).
     pub controller_voters: Vec<(i32, SocketAddr)>,
     /// `cluster_id`: the id every broker of the cluster shares (Kafka's formatted
     /// cluster id), checked in each inter-broker handshake and returned by Metadata and
@@ -141,6 +144,30 @@ pub struct Config {
     /// `retention_check_interval_ms`: how often retention deletes expired segments.
     /// Default 300000 (5 min, like Kafka). Range 100..=86400000.
     pub retention_check_interval_ms: u64,
+    /// `log_cleaner_io_bytes_per_second`: the log cleaner's read plus write rate bound
+    /// (one cleaner thread per data directory compacts `cleanup.policy=compact` topics).
+    /// Default 104857600 (100 MiB/s). Range 1048576..=10737418240.
+    pub log_cleaner_io_bytes_per_second: u64,
+    /// `log_cleaner_backoff_ms`: how long the cleaner sleeps when no log is dirty
+    /// enough (Kafka's `log.cleaner.backoff.ms`). Default 15000. Range 10..=3600000.
+    pub log_cleaner_backoff_ms: u64,
+    /// `log_cleaner_dedupe_buffer_bytes`: memory budget of one cleaning pass's key map
+    /// (Kafka's `log.cleaner.dedupe.buffer.size`); a log with more distinct dirty
+    /// keys is cleaned in several passes. Default 33554432 (32 MiB). Range
+    /// 65536..=4294967296.
+    pub log_cleaner_dedupe_buffer_bytes: u64,
+    /// `producer_id_expiration_ms`: an idempotent producer that wrote nothing to a
+    /// partition for this long is forgotten there (its next batch with a sequence other
+    /// than 0 gets UNKNOWN_PRODUCER_ID; Kafka's `producer.id.expiration.ms`). Checked with
+    /// retention, every `retention_check_interval_ms`. Default 86400000 (1 day).
+    /// Range 1000..=2147483647.
+    pub producer_id_expiration_ms: u64,
+    /// `producer_snapshot_interval_ms`: a partition whose idempotent producers wrote
+    /// snapshots their state (`producer-state.snapshot` next to its segments, written by
+    /// the persist thread) at most this often, and also after each segment's worth of
+    /// bytes, so a restart reads only the log after the snapshot. Default 30000.
+    /// Range 10..=3600000.
+    pub producer_snapshot_interval_ms: u64,
     /// `fetch_wait_ms_max`: upper bound on a Fetch request's max_wait_ms, so a
     /// client cannot park a request for longer. Default 30000. Range 0..=300000.
     pub fetch_wait_ms_max: u64,
@@ -249,6 +276,11 @@ impl Default for Config {
             flush_interval_ms: 1000,
             journal_bytes: 64 << 20,
             retention_check_interval_ms: 300_000,
+            log_cleaner_io_bytes_per_second: 100 << 20,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_bytes: 32 << 20,
+            producer_id_expiration_ms: 86_400_000,
+            producer_snapshot_interval_ms: 30_000,
             fetch_wait_ms_max: 30_000,
             replica_lag_time_max_ms: 30_000,
             offsets_topic_partitions: 50,
@@ -320,6 +352,11 @@ struct FileConfig {
     flush_interval_ms: Option<i64>,
     journal_bytes: Option<i64>,
     retention_check_interval_ms: Option<i64>,
+    log_cleaner_io_bytes_per_second: Option<i64>,
+    log_cleaner_backoff_ms: Option<i64>,
+    log_cleaner_dedupe_buffer_bytes: Option<i64>,
+    producer_id_expiration_ms: Option<i64>,
+    producer_snapshot_interval_ms: Option<i64>,
     fetch_wait_ms_max: Option<i64>,
     replica_lag_time_max_ms: Option<i64>,
     offsets_topic_partitions: Option<i64>,
@@ -415,6 +452,21 @@ pub struct Cli {
     /// Retention check period [default: 300000].
     #[arg(long)]
     pub retention_check_interval_ms: Option<i64>,
+    /// Log cleaner I/O rate bound, bytes/s [default: 104857600].
+    #[arg(long)]
+    pub log_cleaner_io_bytes_per_second: Option<i64>,
+    /// Log cleaner sleep when nothing is dirty enough [default: 15000].
+    #[arg(long)]
+    pub log_cleaner_backoff_ms: Option<i64>,
+    /// Log cleaner key-map budget per pass [default: 33554432].
+    #[arg(long)]
+    pub log_cleaner_dedupe_buffer_bytes: Option<i64>,
+    /// Idle time after which a partition forgets an idempotent producer [default: 86400000].
+    #[arg(long)]
+    pub producer_id_expiration_ms: Option<i64>,
+    /// How often a partition snapshots its idempotent producers' state [default: 30000].
+    #[arg(long)]
+    pub producer_snapshot_interval_ms: Option<i64>,
     /// Upper bound on Fetch max_wait_ms [default: 30000].
     #[arg(long)]
     pub fetch_wait_ms_max: Option<i64>,
@@ -623,17 +675,6 @@ impl Config {
         if let Some(v) = pick!(controller_voters) {
             config.controller_voters = parse_voters(&v)?;
         }
-        if !config.controller_voters.is_empty()
-            && !config
-                .controller_voters
-                .iter()
-                .any(|(id, _)| *id == config.node_id)
-        {
-            return Err(invalid(
-                "controller_voters",
-                format!("node_id {} is not among them", config.node_id),
-            ));
-        }
         if let Some(v) = pick!(cluster_id) {
             config.cluster_id = Some(parse_cluster_id(&v)?);
         }
@@ -692,6 +733,26 @@ impl Config {
         if let Some(v) = pick!(retention_check_interval_ms) {
             config.retention_check_interval_ms =
                 in_range("retention_check_interval_ms", v, 100, 86_400_000)? as u64;
+        }
+        if let Some(v) = pick!(log_cleaner_io_bytes_per_second) {
+            config.log_cleaner_io_bytes_per_second =
+                in_range("log_cleaner_io_bytes_per_second", v, 1 << 20, 10 << 30)? as u64;
+        }
+        if let Some(v) = pick!(log_cleaner_backoff_ms) {
+            config.log_cleaner_backoff_ms =
+                in_range("log_cleaner_backoff_ms", v, 10, 3_600_000)? as u64;
+        }
+        if let Some(v) = pick!(log_cleaner_dedupe_buffer_bytes) {
+            config.log_cleaner_dedupe_buffer_bytes =
+                in_range("log_cleaner_dedupe_buffer_bytes", v, 1 << 16, 4 << 30)? as u64;
+        }
+        if let Some(v) = pick!(producer_id_expiration_ms) {
+            config.producer_id_expiration_ms =
+                in_range("producer_id_expiration_ms", v, 1000, i64::from(i32::MAX))? as u64;
+        }
+        if let Some(v) = pick!(producer_snapshot_interval_ms) {
+            config.producer_snapshot_interval_ms =
+                in_range("producer_snapshot_interval_ms", v, 10, 3_600_000)? as u64;
         }
         if let Some(v) = pick!(fetch_wait_ms_max) {
             config.fetch_wait_ms_max = in_range("fetch_wait_ms_max", v, 0, 300_000)? as u64;
@@ -828,7 +889,7 @@ mod tests {
     }
 
     #[test]
-    fn controller_voters_parse_and_must_name_this_broker() {
+    fn controller_voters_parse_and_may_leave_this_broker_out() {
         let cli = Cli::parse_from([
             "rilld",
             "--node-id",
@@ -840,12 +901,22 @@ mod tests {
         let ids: Vec<i32> = config.controller_voters.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [1, 2, 3]);
         assert_eq!(config.controller_voters[1].1.port(), 9193);
+        // A broker outside the voters is a learner of the metadata group.
+        let cli = Cli::parse_from([
+            "rilld",
+            "--node-id",
+            "4",
+            "--controller-voters",
+            "1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293",
+        ]);
+        let config = Config::load(&cli).unwrap();
+        assert_eq!(config.controller_voters.len(), 3);
+        assert_eq!(config.node_id, 4);
         for bad in [
             "1@127.0.0.1:9093,1@127.0.0.1:9193",
             "x@127.0.0.1:9093",
             "2:127.0.0.1:9093",
             "2@localhost",
-            "1@127.0.0.1:9093",
         ] {
             let cli = Cli::parse_from(["rilld", "--node-id", "2", "--controller-voters", bad]);
             let err = Config::load(&cli).unwrap_err().to_string();

@@ -107,6 +107,27 @@ pub enum BrokerError {
     /// Metadata names.
     #[error("this broker is not the controller")]
     NotController,
+
+    /// An idempotent producer's batch does not follow the last one this partition holds
+    /// from it (a gap, or a sequence older than the five batches kept): the producer bumps
+    /// its epoch and resends (KIP-360).
+    #[error("out of order sequence number: {0}")]
+    OutOfOrderSequence(String),
+    /// An idempotent producer's batch carries an epoch older than the partition's for its
+    /// producer id: a newer incarnation of the producer wrote since.
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
+    /// A batch with a sequence other than 0 from a producer id the partition holds no
+    /// state of (never seen, or expired after `producer_id_expiration_ms`).
+    #[error("unknown producer id: {0}")]
+    UnknownProducerId(String),
+    /// InitProducerId could not get a producer id yet (no block from the controller);
+    /// retriable.
+    #[error("no producer id available: {0}")]
+    ProducerIdUnavailable(String),
+    /// InitProducerId with a transactional id: transactions are not implemented.
+    #[error("transactions are not supported: {0}")]
+    TransactionsUnsupported(String),
 }
 
 impl BrokerError {
@@ -137,6 +158,17 @@ impl BrokerError {
             BrokerError::Busy(_) => ResponseError::NotEnoughReplicas,
             BrokerError::NotController => ResponseError::NotController,
             BrokerError::InternalTopic { .. } => ResponseError::TopicAuthorizationFailed,
+            BrokerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
+            BrokerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
+            BrokerError::UnknownProducerId(_) => ResponseError::UnknownProducerId,
+            // Retriable: librdkafka and kafka-python send InitProducerId again after their
+            // retry backoff.
+            BrokerError::ProducerIdUnavailable(_) => ResponseError::CoordinatorNotAvailable,
+            // What a Kafka broker answers a client that may not use a transactional id;
+            // fatal for the producer, which names the cause, instead of a retry loop.
+            BrokerError::TransactionsUnsupported(_) => {
+                ResponseError::TransactionalIdAuthorizationFailed
+            }
         }
     }
 

@@ -172,6 +172,38 @@ pub fn decode_reports(bytes: Bytes) -> Result<Vec<LeaderReport>, ReportError> {
     Ok(reports)
 }
 
+/// The partition of [`LEADERSHIP_TOPIC_ID`] whose messages ask the controller for a
+/// block of producer ids (`crate::producer_ids`); entry data: version:u8 (= 1)
+/// incarnation_id:16, the asking process's incarnation.
+pub const PRODUCER_IDS_PARTITION: i32 = 1;
+/// Version byte of a producer-id request.
+const PRODUCER_IDS_REQUEST_VERSION: u8 = 1;
+
+/// The message asking the controller `to` for a producer-id block for incarnation
+/// `incarnation_id` of broker `from`.
+pub fn producer_ids_request_envelope(from: i32, to: i32, incarnation_id: Uuid) -> Envelope {
+    let mut data = BytesMut::with_capacity(17);
+    data.put_u8(PRODUCER_IDS_REQUEST_VERSION);
+    data.put_u128(incarnation_id.as_u128());
+    let mut envelope = report_envelope(from, to, data.freeze());
+    envelope.group.1 = PRODUCER_IDS_PARTITION;
+    envelope
+}
+
+/// The incarnation a producer-id request names, or `None` for a malformed one.
+pub fn decode_producer_ids_request(message: &Message) -> Option<Uuid> {
+    let MessageBody::Append { entries, .. } = &message.body else {
+        return None;
+    };
+    let data = &entries.first()?.data;
+    if data.len() != 17 || data[0] != PRODUCER_IDS_REQUEST_VERSION {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&data[1..]);
+    Some(Uuid::from_bytes(id))
+}
+
 /// The message carrying `data` (encoded reports) from broker `from` to broker `to`.
 pub fn report_envelope(from: i32, to: i32, data: Bytes) -> Envelope {
     Envelope {

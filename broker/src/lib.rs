@@ -35,6 +35,8 @@
 //! * [`group`] — the consumer-group coordinator: groups and committed offsets kept in
 //!   `__consumer_offsets`, the classic Join/Sync/Heartbeat/Leave protocol, session and
 //!   rebalance timeouts.
+//! * [`cleaner`] — the log cleaner thread: compacts `cleanup.policy=compact` replicas
+//!   below their commit point, rate-limited, off the runtime.
 //! * [`admin`] — the admin HTTP port (`/metrics`, `/partitions`).
 //! * [`metrics`] — counters.
 //! * [`clock`] — the wall clock (`now_ms`).
@@ -47,6 +49,7 @@
 pub mod admin;
 pub mod api;
 pub mod balancer;
+pub mod cleaner;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -56,6 +59,7 @@ pub mod error;
 pub mod group;
 pub mod leadership;
 pub mod metrics;
+pub mod producer_ids;
 pub mod replica;
 pub mod runtime;
 pub mod server;

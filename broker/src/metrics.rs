@@ -36,6 +36,9 @@ pub struct Metrics {
     pub log_flush_errors_total: AtomicU64,
     /// Produce partition responses sent for acks=-1 after their flush.
     pub acks_all_responses_total: AtomicU64,
+    /// Produces answered as duplicates of batches already in the log (idempotent
+    /// producers' retries), nothing appended.
+    pub duplicate_batches_total: AtomicU64,
     /// Record batches appended.
     pub batches_in_total: AtomicU64,
     /// Bytes of record batches appended.
@@ -77,6 +80,7 @@ impl Default for Metrics {
             appends_with_file_io_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
+            duplicate_batches_total: AtomicU64::new(0),
             batches_in_total: AtomicU64::new(0),
             bytes_in_total: AtomicU64::new(0),
             bytes_out_total: AtomicU64::new(0),
@@ -179,6 +183,11 @@ impl Metrics {
                 "rill_acks_all_responses_total",
                 "acks=-1 partition responses sent after their flush.",
                 &self.acks_all_responses_total,
+            ),
+            (
+                "rill_duplicate_batches_total",
+                "Produces answered as duplicates of batches already in the log.",
+                &self.duplicate_batches_total,
             ),
             (
                 "rill_batches_in_total",

@@ -62,6 +62,7 @@ impl Node {
                 debug_flush_delay: Duration::ZERO,
                 data_dir: data_dir.to_path_buf(),
                 journal_bytes: 1 << 20,
+                producer_snapshot_interval: Duration::from_secs(30),
             },
             Arc::clone(&metrics),
         )

@@ -1,6 +1,7 @@
-//! Cluster administration: topics, partitions, configs, cluster description (consumer
-//! groups: [`crate::groups`]).
+//! Cluster administration: topics, partitions, configs, cluster description, and
+//! consumer groups ([`groups`]).
 
+pub mod groups;
 mod lag;
 
 use std::collections::BTreeMap;

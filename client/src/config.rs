@@ -189,9 +189,19 @@ pub struct ProducerConfig {
     /// the brokers are busy). The cost, as in Kafka without idempotence: when a batch
     /// fails retriably while a later one of its partition succeeds, the retried batch
     /// lands after it. A retry waits until nothing earlier is in flight and goes out
-    /// first, so only batches already in flight can overtake it. Default: 1 (strict
-    /// order).
+    /// first, so only batches already in flight can overtake it. With idempotence
+    /// (the default) the broker refuses a batch that would overtake an earlier one, so
+    /// order holds and nothing is written twice; then at most 5 (what a broker keeps
+    /// per producer). Default: 5.
     pub in_flight_batches_per_partition_max: usize,
+    /// Idempotent producer (Kafka's `enable.idempotence`, on by default as in Kafka 3+):
+    /// the producer gets a producer id (InitProducerId) before its first batch and
+    /// numbers each partition's records, so the leader drops a retried batch it already
+    /// holds (answering with its offset) and refuses one that would leave a gap: retries
+    /// neither duplicate nor reorder records. Applies with [`Acks::All`] only — as in
+    /// Kafka when idempotence is not set explicitly, a producer with another `acks` is
+    /// not idempotent. Default: true.
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -207,7 +217,8 @@ impl Default for ProducerConfig {
             delivery_timeout_ms: 120_000,
             metadata_wait_ms_max: 30_000,
             allow_auto_topic_creation: true,
-            in_flight_batches_per_partition_max: 1,
+            in_flight_batches_per_partition_max: IDEMPOTENT_IN_FLIGHT_BATCHES_MAX,
+            enable_idempotence: true,
         }
     }
 }
@@ -242,9 +253,25 @@ impl ProducerConfig {
                 "in_flight_batches_per_partition_max must be at least 1".into(),
             ));
         }
+        if self.is_idempotent()
+            && self.in_flight_batches_per_partition_max > IDEMPOTENT_IN_FLIGHT_BATCHES_MAX
+        {
+            return Err(Error::Config(format!(
+                "an idempotent producer keeps at most {IDEMPOTENT_IN_FLIGHT_BATCHES_MAX} batches in flight per partition (in_flight_batches_per_partition_max), since a broker keeps the last 5 per producer; or set enable_idempotence = false"
+            )));
+        }
         Ok(())
     }
+
+    /// Whether this producer is idempotent: `enable_idempotence` with `acks = All`.
+    pub fn is_idempotent(&self) -> bool {
+        self.enable_idempotence && self.acks == Acks::All
+    }
 }
+
+/// Most batches an idempotent producer keeps in flight per partition: a broker keeps the
+/// last 5 batches of each producer, so any retry is among them.
+pub const IDEMPOTENT_IN_FLIGHT_BATCHES_MAX: usize = 5;
 
 /// What a consumer does when its position is outside the partition's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,8 +311,11 @@ pub struct ConsumerConfig {
     /// A member not heard from for this long is removed from the group. Default: 45,000 ms
     /// (Kafka's).
     pub session_timeout_ms: i32,
-    /// How long the coordinator waits for every member to rejoin in a rebalance (Kafka's
-    /// `max.poll.interval.ms`). Default: 300,000 ms.
+    /// Kafka's `max.poll.interval.ms`, which is also the rebalance timeout it sends: how
+    /// long the coordinator waits for every member to rejoin in a rebalance, and how long
+    /// the application may hold records without asking for more (awaiting the consumer
+    /// `Stream`) before this member leaves the group so others take its partitions
+    /// (they are reported lost; it rejoins at its next poll). Default: 300,000 ms.
     pub rebalance_timeout_ms: i32,
     /// Interval between heartbeats; a rebalance is noticed within about this long.
     /// Default: 3,000 ms.

@@ -102,6 +102,49 @@ struct PartitionState {
     start: Option<i64>,
 }
 
+/// Kafka's `max.poll.interval.ms` timer for a `Stream` consumer: the application is
+/// "in poll" while it awaits the next record and no record is ready; otherwise the
+/// timer runs from when it took the latest fetched chunk (a batch of records). Taking
+/// a chunk or waiting stores one atomic — nothing per record.
+pub(crate) struct PollTimer {
+    base: std::time::Instant,
+    /// Milliseconds after `base` when the latest chunk was taken, or [`Self::WAITING`].
+    taken_at_ms: AtomicU64,
+}
+
+impl PollTimer {
+    const WAITING: u64 = u64::MAX;
+
+    fn new() -> PollTimer {
+        PollTimer {
+            base: std::time::Instant::now(),
+            taken_at_ms: AtomicU64::new(Self::WAITING),
+        }
+    }
+
+    fn waiting(&self) {
+        self.taken_at_ms.store(Self::WAITING, Ordering::Relaxed);
+    }
+
+    fn took_chunk(&self) {
+        let now_ms = self.base.elapsed().as_millis() as u64;
+        self.taken_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// How long the application has gone without polling, when that exceeds `limit`.
+    pub(crate) fn overdue(&self, limit: Duration) -> Option<Duration> {
+        let taken_at_ms = self.taken_at_ms.load(Ordering::Relaxed);
+        if taken_at_ms == Self::WAITING {
+            return None;
+        }
+        let since = self
+            .base
+            .elapsed()
+            .saturating_sub(Duration::from_millis(taken_at_ms));
+        (since > limit).then_some(since)
+    }
+}
+
 /// State the consumer, its fetcher and its group task share.
 pub(crate) struct Shared {
     pub(crate) cluster: Arc<Cluster>,
@@ -109,6 +152,9 @@ pub(crate) struct Shared {
     partitions: Mutex<HashMap<TopicPartition, PartitionState>>,
     changed: Notify,
     next_epoch: AtomicU64,
+    /// When the application last polled (`max.poll.interval.ms`, checked by the group
+    /// task).
+    pub(crate) poll_timer: PollTimer,
 }
 
 impl Shared {
@@ -265,6 +311,7 @@ impl Consumer {
             partitions: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             next_epoch: AtomicU64::new(1),
+            poll_timer: PollTimer::new(),
         });
         let fetcher = tokio::spawn(run_fetcher(shared.clone(), tx.clone()));
         Ok(Consumer {
@@ -583,12 +630,16 @@ impl Stream for Consumer {
             if let Some(chunk) = this.queued.pop_front() {
                 let current_epoch = this.shared.lock().get(&chunk.tp).map(|s| s.epoch);
                 if current_epoch == Some(chunk.epoch) {
+                    this.shared.poll_timer.took_chunk();
                     this.current = Some(chunk);
                 }
                 continue;
             }
             match this.responses.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    this.shared.poll_timer.waiting();
+                    return Poll::Pending;
+                }
                 // The fetcher only stops when the consumer is dropped.
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),

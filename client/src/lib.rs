@@ -39,12 +39,14 @@ mod conn;
 pub mod consumer;
 pub mod error;
 pub mod group;
-pub mod groups;
 pub mod partitioner;
 pub mod producer;
 pub mod record;
 mod wire;
 
+pub use admin::groups::{
+    GroupDescription, GroupList, GroupListing, MemberDescription, OffsetSpec, PartitionLag,
+};
 pub use admin::{Admin, ClusterDescription, ConfigEntry, NewTopic};
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::{
@@ -54,6 +56,5 @@ pub use config::{
 pub use consumer::{Consumer, Offset};
 pub use error::{Error, ResponseError, Result};
 pub use group::{RebalanceListener, Subscription};
-pub use groups::{GroupDescription, GroupListing, MemberDescription, OffsetSpec, PartitionLag};
 pub use producer::{DeliveryFuture, Producer};
 pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};

@@ -207,11 +207,29 @@ impl BatchWriter {
         result.map_err(|e| Error::Protocol(e.to_string()))
     }
 
-    pub(crate) fn finish(self) -> Result<Bytes> {
-        self.builder
-            .build()
-            .map_err(|e| Error::Protocol(e.to_string()))
+    /// Builds the batch; `producer` (id, epoch, first sequence) makes it idempotent.
+    pub(crate) fn finish(self, producer: Option<(i64, i16, i32)>) -> Result<Bytes> {
+        let builder = match producer {
+            Some((id, epoch, sequence)) => self.builder.with_producer(id, epoch, sequence),
+            None => self.builder,
+        };
+        builder.build().map_err(|e| Error::Protocol(e.to_string()))
     }
+}
+
+/// A copy of a built batch under another producer id, epoch and first sequence (CRC
+/// recomputed): a batch resent after an epoch bump, whose partition's sequences start
+/// over (KIP-360).
+pub(crate) fn restamp_producer(
+    records: &Bytes,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<Bytes> {
+    let mut copy = records.to_vec();
+    batch::set_producer(&mut copy, producer_id, producer_epoch, base_sequence)
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(Bytes::from(copy))
 }
 
 /// Decodes the record batches in a fetched `records` blob into `out`, skipping records

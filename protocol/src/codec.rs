@@ -95,6 +95,7 @@ pub fn decode_request_kind(
             RequestKind::IncrementalAlterConfigs(decode_request(body, version)?)
         }
         ApiKey::DeleteRecords => RequestKind::DeleteRecords(decode_request(body, version)?),
+        ApiKey::InitProducerId => RequestKind::InitProducerId(decode_request(body, version)?),
         // Served (the table says so) but with no decoder here: a bug that the test
         // `every_served_api_and_version_decodes` catches; answered as unsupported meanwhile.
         _ => {
@@ -398,7 +399,8 @@ mod tests {
                     DeleteGroups => DeleteGroupsRequest, OffsetDelete => OffsetDeleteRequest,
                     AlterConfigs => AlterConfigsRequest,
                     IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
-                    DeleteRecords => DeleteRecordsRequest);
+                    DeleteRecords => DeleteRecordsRequest,
+                    InitProducerId => InitProducerIdRequest);
                 let header = RequestHeader {
                     api_key: range.api_key,
                     api_version: v,

@@ -50,6 +50,8 @@ const fn range(api_key: ApiKey, min: i16, max: i16) -> ApiRange {
 ///   DeleteGroups 0..=2, OffsetDelete 0..=0 (its only version).
 /// * Topic configs and records: AlterConfigs 0..=2, IncrementalAlterConfigs 0..=1 and
 ///   DeleteRecords 0..=2 — everything kafka-protocol knows.
+/// * InitProducerId 0..=5 — librdkafka v4, kafka-python v?, the Java client v5; v3+ names the producer's id and
+///   epoch for KIP-360 epoch bumps. Idempotent producers only (`broker::api::init_producer_id`).
 pub const SUPPORTED: &[ApiRange] = &[
     range(ApiKey::Produce, 3, 10),
     range(ApiKey::Fetch, 4, 16),
@@ -68,6 +70,7 @@ pub const SUPPORTED: &[ApiRange] = &[
     range(ApiKey::CreateTopics, 2, 4),
     range(ApiKey::DeleteTopics, 1, 4),
     range(ApiKey::DeleteRecords, 0, 2),
+    range(ApiKey::InitProducerId, 0, 5),
     range(ApiKey::OffsetForLeaderEpoch, 2, 4),
     range(ApiKey::DescribeConfigs, 1, 4),
     range(ApiKey::AlterConfigs, 0, 2),
@@ -205,6 +208,7 @@ mod tests {
             ("librdkafka", ApiKey::OffsetCommit, 9),
             ("librdkafka", ApiKey::OffsetFetch, 9),
             ("librdkafka", ApiKey::ListGroups, 5),
+            ("librdkafka", ApiKey::InitProducerId, 4),
             ("kafka-python", ApiKey::FindCoordinator, 6),
             ("kafka-python", ApiKey::JoinGroup, 7),
             ("kafka-python", ApiKey::SyncGroup, 5),

@@ -473,6 +473,11 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
             v,
             &random_message::<DeleteRecordsRequest>(rng.gen(), v),
         ),
+        ApiKey::InitProducerId => encode_seed(
+            api,
+            v,
+            &random_message::<InitProducerIdRequest>(rng.gen(), v),
+        ),
         other => panic!("no seed builder for served api {other:?}: add one"),
     }
 }
@@ -1326,6 +1331,9 @@ macro_rules! with_message_types {
             ),
             ApiKey::DeleteRecords => call_with!(
                 $which, $f, DeleteRecordsRequest, DeleteRecordsResponse, $($arg),*
+            ),
+            ApiKey::InitProducerId => call_with!(
+                $which, $f, InitProducerIdRequest, InitProducerIdResponse, $($arg),*
             ),
             other => panic!("served api {other:?} has no line in with_message_types!: add one"),
         }

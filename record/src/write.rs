@@ -45,6 +45,24 @@ pub fn set_log_append_time(batch: &mut [u8], timestamp_ms: i64) -> Result<(), Re
     Ok(())
 }
 
+/// Overwrites the idempotence fields (producerId, producerEpoch, baseSequence) of a whole
+/// batch and recomputes the CRC, which covers them: what a producer does to a batch it
+/// resends under a new epoch (KIP-360), whose sequences start over.
+pub fn set_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), RecordError> {
+    need(batch, HEADER_BYTES)?;
+    batch[PRODUCER_ID_POS..PRODUCER_ID_POS + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH_POS..PRODUCER_EPOCH_POS + 2]
+        .copy_from_slice(&producer_epoch.to_be_bytes());
+    batch[BASE_SEQUENCE_POS..BASE_SEQUENCE_POS + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    write_crc(batch);
+    Ok(())
+}
+
 fn write_crc(batch: &mut [u8]) {
     let crc = compute_crc(batch);
     batch[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());

@@ -101,6 +101,15 @@ pub enum StorageError {
         reason: String,
     },
 
+    /// The cleaner's key map budget cannot hold even the first dirty batch's keys.
+    #[error("cleaner dedupe buffer of {dedupe_buffer_bytes} bytes too small for one batch of {}", dir.display())]
+    CleanerBufferTooSmall {
+        /// The partition directory.
+        dir: PathBuf,
+        /// The budget in force.
+        dedupe_buffer_bytes: usize,
+    },
+
     /// A [`crate::LogConfig`] value is out of its allowed range.
     #[error("invalid storage config `{key}`: {reason}")]
     Config {

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`log`](crate::PartitionLog) | [`PartitionLog`]: open/recovery, append, read, roll, truncation, reset, retention, timestamps, leader epochs |
 //! | `journal` | [`Journal`]: one data directory's shared journal, so one fdatasync makes many partitions' new bytes durable (group commit across partitions); replayed before logs open |
+//! | `clean` | log compaction: [`CleanJob`] (key → last offset map, rewrite, `.log.cleaned` → `.log.swapped` → `.log` swap with crash recovery), [`CleanStats`] for choosing a log |
 //! | `flush` | [`FlushJob`]/[`FlushedTo`]: durability split so the fsync runs outside the caller's lock |
 //! | `segment` | one segment: file naming and creation, batch scanners for recovery, reads and index rebuilds |
 //! | `index` | sparse `.index` (relative offset u32 → position u32) and `.timeindex` (timestamp i64 → relative offset u32) |
@@ -23,8 +24,8 @@
 //! One directory per partition replica. Segments are named by their base offset in
 //! 20 digits: `00000000000000000000.log`, `.index`, `.timeindex`. The active segment
 //! is mapped shared over its whole `segment_bytes`, but its file is allocated with
-//! `fallocate` in growing steps (1 MiB first, doubling up to 16 MiB a step) just
-//! before appends reach them, so an idle partition costs about 1 MiB of disk and a
+//! `fallocate` in growing steps (64 KiB first, doubling up to 16 MiB a step) just
+//! before appends reach them, so an idle partition costs about 64 KiB of disk and a
 //! full disk fails an append, never a page fault; an append validates the batches
 //! and copies them once, with one `pwritev` whose iovecs swap in the leader's
 //! stamped headers, into the allocated space, whose page-cache pages the map shows.
@@ -34,6 +35,9 @@
 //! zero-copy `Bytes` slices of the maps.
 //! Next to them: `recovery-point-offset-checkpoint`, `log-start-offset-checkpoint`
 //! and `leader-epoch-checkpoint`, each in the [`atomic_file`] format (CRC'd header line).
+//! A new log writes none of them (absent means the log's own start); the epoch file
+//! is brought up to date only before the recovery point passes a new epoch, since
+//! recovery rebuilds later epochs from the batches it scans.
 //!
 //! ## Using it
 //!
@@ -73,6 +77,7 @@
 
 pub mod atomic_file;
 pub mod batch;
+mod clean;
 mod config;
 mod epoch;
 mod error;
@@ -83,6 +88,10 @@ mod log;
 mod mmap;
 mod segment;
 
+pub use clean::{
+    remove_deleted_files, CleanJob, CleanOptions, CleanOutcome, CleanStats, CleanedSegments,
+    SwapStep, CLEANER_CHECKPOINT_FILE, DEDUPE_BUFFER_BYTES_DEFAULT,
+};
 pub use config::{
     LogConfig, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_GROWTH_STEP_BYTES_MAX,
     SEGMENT_GROWTH_STEP_BYTES_MIN,

@@ -11,10 +11,11 @@ use bytes::Bytes;
 
 use crate::atomic_file;
 use crate::batch::{self, BatchView};
+use crate::clean::{self, CleanerCheckpoint};
 use crate::config::LogConfig;
 use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
-use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints};
+use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints, UnsavedEpochs};
 use crate::index::SegmentIndex;
 use crate::journal::JournalWrite;
 use crate::mmap::{self, MapFile, MapWriter};
@@ -86,22 +87,25 @@ struct CacheEntry {
 /// [`read`]: PartitionLog::read
 #[derive(Debug)]
 pub struct PartitionLog {
-    dir: PathBuf,
-    config: LogConfig,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
     /// Ordered by base offset, contiguous; the last one is the active segment.
-    segments: Vec<Segment>,
+    pub(crate) segments: Vec<Segment>,
     active: Active,
-    log_start_offset: u64,
+    pub(crate) log_start_offset: u64,
     /// Records below this were deleted by DeleteRecords (Kafka's log start offset may lie
     /// inside a segment, or inside a batch); consumers see
     /// `max(log_start_offset, records_start_offset)`. Segments, Raft and retention keep
     /// working on `log_start_offset`, which is always a segment's base offset.
     records_start_offset: u64,
     epochs: EpochCache,
+    /// Bumped by every change of `epochs`; the epoch file holds the version
+    /// `checkpoints` names (see [`SharedCheckpoints`] for why it may lag).
+    epochs_version: u64,
     /// Every offset below this is durable.
-    flushed_offset: u64,
+    pub(crate) flushed_offset: u64,
     /// Bumped by truncation and reset; flush completions from an older generation are ignored.
-    generation: u64,
+    pub(crate) generation: u64,
     checkpoints: Arc<SharedCheckpoints>,
     cache: Mutex<MapCache>,
     /// Directory entries created or removed (monotonic), and how many are known durable.
@@ -111,6 +115,10 @@ pub struct PartitionLog {
     /// data directory's journal rather than in place (see `journal`): while that
     /// epoch is current, a truncation, reset or deletion must checkpoint it first.
     journal_epoch: Option<u64>,
+    /// The cleaner's checkpoint (cleaned offset, when offsets were first cleaned).
+    pub(crate) cleaner: CleanerCheckpoint,
+    /// Replaced segment files awaiting their unlink (`take_deleted_files`).
+    pub(crate) deleted_files: Vec<PathBuf>,
 }
 
 fn now_ms() -> i64 {
@@ -137,6 +145,9 @@ impl PartitionLog {
                 atomic_file::sync_dir(parent)?;
             }
         }
+        // A cleaner swap interrupted by a crash is finished (or undone) first.
+        clean::recover_swaps(dir)?;
+        let cleaner = CleanerCheckpoint::load(dir)?;
         let mut bases = Vec::new();
         let mut index_bases = Vec::new();
         let entries =
@@ -215,24 +226,42 @@ impl PartitionLog {
         };
         // Rewrite only what changed: a clean reopen costs one directory fsync.
         atomic_file::sync_dir(dir)?;
+        let mut epochs_saved = true;
         if log.epochs.entries() != epochs_on_disk.entries() {
-            log.epochs.save(dir)?;
+            match log.epochs.save(dir) {
+                Ok(()) => {}
+                // Recovery rebuilt them from the batches (a crash came before the
+                // flush that writes them): on a full disk the log still opens and serves
+                // reads; the epochs stay unsaved, and the recovery point stays where it
+                // was until a flush has written them.
+                Err(e) if is_no_space(&e) => {
+                    tracing::warn!(dir = %dir.display(), "no space to update the leader-epoch checkpoint; it is written by the next flush");
+                    log.epochs_version = 1;
+                    epochs_saved = false;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        if log_start_ck != Some(log.log_start_offset) {
+        // An absent checkpoint means what a new log would write (log start = the first
+        // segment's base, recovery point = the log start), so a new partition is
+        // created without two checkpoint files and their four fsyncs (fifty of them
+        // for `__consumer_offsets`).
+        let first_base = log.segments[0].base_offset;
+        if log_start_ck.unwrap_or(first_base) != log.log_start_offset {
             atomic_file::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
         }
         log.records_start_offset =
             atomic_file::read_u64(dir, RECORDS_START_FILE, RECORDS_START_KEY)?.unwrap_or(0);
         let end = log.log_end_offset();
         let mut recovery_point = end;
-        if recovery_ck != Some(end) {
+        if !epochs_saved {
+            recovery_point = recovery_ck.unwrap_or(0).min(end);
+        } else if recovery_ck.unwrap_or(log.log_start_offset) != end {
             match atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, end) {
                 Ok(()) => {}
                 // The checkpoint only shortens the next recovery; a full disk must not
                 // stop a broker from opening its logs and serving reads.
-                Err(StorageError::Io { source, .. })
-                    if source.raw_os_error() == Some(28 /* ENOSPC */) =>
-                {
+                Err(e) if is_no_space(&e) => {
                     tracing::warn!(dir = %dir.display(), "no space to update the recovery checkpoint; the next start scans more");
                     recovery_point = recovery_ck.unwrap_or(0).min(end);
                 }
@@ -240,6 +269,7 @@ impl PartitionLog {
             }
         }
         log.checkpoints = Arc::new(SharedCheckpoints::new(recovery_point));
+        log.cleaner = cleaner;
         log.flushed_offset = end;
         Ok(log)
     }
@@ -260,6 +290,7 @@ impl PartitionLog {
             log_start_offset,
             records_start_offset: 0,
             epochs,
+            epochs_version: 0,
             flushed_offset: log_start_offset,
             generation: 0,
             checkpoints: Arc::new(SharedCheckpoints::new(log_start_offset)),
@@ -267,6 +298,8 @@ impl PartitionLog {
             dir_changes: 0,
             dir_changes_synced: 0,
             journal_epoch: None,
+            cleaner: CleanerCheckpoint::default(),
+            deleted_files: Vec::new(),
         }
     }
 
@@ -725,10 +758,11 @@ impl PartitionLog {
         // Reserve the space before anything else changes, so a full disk fails the
         // append with the log untouched.
         self.reserve_active(self.active_segment().size_bytes + total)?;
-        // Record new epochs durably before the data that carries them.
+        // New epochs change the cache only; the epoch file follows before the recovery
+        // point passes them (see `SharedCheckpoints`).
         let mut saved_epochs = None;
         if new_epochs {
-            let saved = self.epochs.clone();
+            saved_epochs = Some(self.epochs.clone());
             match leader_epoch {
                 Some(epoch) => self.epochs.push(epoch, log_end),
                 None => {
@@ -743,11 +777,7 @@ impl PartitionLog {
                     }
                 }
             }
-            if let Err(e) = self.epochs.save(&self.dir) {
-                self.epochs = saved;
-                return Err(e);
-            }
-            saved_epochs = Some(saved);
+            self.epochs_version += 1;
         }
         // Pass 2: one copy into the file (pwritev; the map shows the same page-cache
         // pages), with the leader's stamped headers swapped in through the iovecs.
@@ -766,7 +796,7 @@ impl PartitionLog {
             let _ = self.active.writer.zero(start_pos, end_pos);
             if let Some(saved) = saved_epochs {
                 self.epochs = saved;
-                let _ = self.epochs.save(&self.dir);
+                self.epochs_version += 1;
             }
             let path = segment_path(&self.dir, seg_base, LOG_SUFFIX);
             return Err(StorageError::io("write segment", path, e));
@@ -1057,7 +1087,7 @@ impl PartitionLog {
         }
     }
 
-    fn cache_remove(&mut self, base_offset: u64) {
+    pub(crate) fn cache_remove(&mut self, base_offset: u64) {
         self.cache
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
@@ -1254,7 +1284,7 @@ impl PartitionLog {
         let new_end = seg.next_offset;
         self.flushed_offset = self.flushed_offset.min(new_end);
         if self.epochs.truncate_from(new_end) {
-            self.epochs.save(&self.dir)?;
+            self.save_epochs_now()?;
         }
         Ok(new_end)
     }
@@ -1291,7 +1321,7 @@ impl PartitionLog {
         self.flushed_offset = start_offset;
         self.dir_changes_synced = self.dir_changes;
         if self.epochs.clear() {
-            self.epochs.save(&self.dir)?;
+            self.save_epochs_now()?;
         }
         Ok(())
     }
@@ -1377,7 +1407,7 @@ impl PartitionLog {
         }
         self.dir_changes += 1;
         if self.epochs.truncate_prefix(new_start) {
-            self.epochs.save(&self.dir)?;
+            self.save_epochs_now()?;
         }
         Ok(RetentionOutcome {
             segments_deleted: delete,
@@ -1400,6 +1430,7 @@ impl PartitionLog {
     /// synced. Run the returned job outside the lock, then pass its result to
     /// [`complete_flush`](Self::complete_flush).
     pub fn prepare_flush(&self) -> FlushJob {
+        let epochs = self.unsaved_epochs();
         let mut ranges = Vec::new();
         let mut closed_synced = Vec::new();
         let mut index_files = Vec::new();
@@ -1426,6 +1457,7 @@ impl PartitionLog {
             dir: self.dir.clone(),
             sync_dir: self.dir_changes > self.dir_changes_synced,
             checkpoints: self.checkpoints.clone(),
+            epochs,
             outcome: self.flushed_to_end(self.active.needs_sync, closed_synced),
         }
     }
@@ -1534,8 +1566,32 @@ impl PartitionLog {
     /// Flushes, records the log end as the recovery point, and closes the log.
     pub fn close(mut self) -> Result<()> {
         self.flush()?;
-        self.checkpoints
-            .write_recovery_point(&self.dir, self.log_end_offset(), self.generation)
+        let epochs = self.unsaved_epochs();
+        self.checkpoints.write_recovery_point(
+            &self.dir,
+            self.log_end_offset(),
+            self.generation,
+            epochs.as_ref(),
+        )
+    }
+
+    /// The epoch cache, if the epoch file does not hold its current version.
+    fn unsaved_epochs(&self) -> Option<UnsavedEpochs> {
+        (self.epochs_version > self.checkpoints.epochs_version()).then(|| UnsavedEpochs {
+            cache: self.epochs.clone(),
+            version: self.epochs_version,
+        })
+    }
+
+    /// Writes the epoch cache to its file now, after a change that removed entries (a
+    /// stale file could name epochs the log no longer holds).
+    fn save_epochs_now(&mut self) -> Result<()> {
+        self.epochs_version += 1;
+        let epochs = UnsavedEpochs {
+            cache: self.epochs.clone(),
+            version: self.epochs_version,
+        };
+        self.checkpoints.save_epochs(&self.dir, &epochs)
     }
 }
 
@@ -1603,6 +1659,11 @@ fn new_active(writer: MapWriter, capacity: usize, size_bytes: usize) -> Active {
         created_ms: now_ms(),
         last_batch_offset: None,
     }
+}
+
+/// Whether `e` is a write that failed for lack of space.
+fn is_no_space(e: &StorageError) -> bool {
+    matches!(e, StorageError::Io { source, .. } if source.raw_os_error() == Some(28 /* ENOSPC */))
 }
 
 #[cfg(test)]

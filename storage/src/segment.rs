@@ -406,9 +406,22 @@ mod tests {
             len = grown_len(len, len + 1, capacity);
             lengths.push(len);
         }
+        const KIB: usize = 1024;
         assert_eq!(
-            &lengths[..7],
-            &[MIB, 2 * MIB, 4 * MIB, 8 * MIB, 16 * MIB, 32 * MIB, 48 * MIB]
+            &lengths[..11],
+            &[
+                64 * KIB,
+                128 * KIB,
+                256 * KIB,
+                512 * KIB,
+                MIB,
+                2 * MIB,
+                4 * MIB,
+                8 * MIB,
+                16 * MIB,
+                32 * MIB,
+                48 * MIB
+            ]
         );
         assert_eq!(*lengths.last().unwrap(), capacity);
         assert!(lengths.windows(2).all(|w| w[1] - w[0] <= 16 * MIB));

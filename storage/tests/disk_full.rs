@@ -29,7 +29,7 @@ const MIB: u64 = 1024 * 1024;
 const CASES: [(u64, u64); 2] = [
     // Below the first allocation step: the first segment exists before the limit is
     // set, writes past the limit fail, and a new segment cannot be allocated.
-    (MIB, MIB / 2),
+    (MIB, SEGMENT_GROWTH_STEP_BYTES_MIN as u64 / 2),
     // Past the first step of a larger segment: growing the file fails.
     (4 * MIB, 3 * MIB / 2),
 ];

@@ -108,7 +108,18 @@ fn segment_file_grows_in_doubling_steps_as_appends_cross_them_and_recovers_after
         );
         lengths.push(len);
     }
-    assert_eq!(lengths, [MIB, 2 * MIB, 4 * MIB, 8 * MIB, 16 * MIB]);
+    // 64 KiB, doubling (128 KiB … 1 MiB) until the log passed 1 MiB, then one doubling
+    // per target.
+    assert_eq!(
+        lengths,
+        [
+            SEGMENT_GROWTH_STEP_BYTES_MIN as u64,
+            2 * MIB,
+            4 * MIB,
+            8 * MIB,
+            16 * MIB
+        ]
+    );
     assert_log_reads_back(&log);
 
     // Clean close and reopen: same log, same file, appends go on and grow it again.
@@ -153,8 +164,13 @@ fn rolled_segment_is_trimmed_and_the_next_one_starts_at_the_first_step() {
         log.size_bytes() - batch_len,
         "a closed segment is trimmed to its used length"
     );
+    // A fresh first step, grown only as far as the batch that rolled needs.
     let (active_len, _) = file_space(&segment_file(dir.path(), bases[1]));
-    assert_eq!(active_len, SEGMENT_GROWTH_STEP_BYTES_MIN as u64);
+    let first_step = SEGMENT_GROWTH_STEP_BYTES_MIN as u64;
+    assert!(
+        active_len >= batch_len && active_len <= 2 * first_step.max(batch_len),
+        "the new segment reserved {active_len} bytes for a {batch_len}-byte batch"
+    );
     assert_log_reads_back(&log);
     log.close().unwrap();
     let log = PartitionLog::open(dir.path(), config).unwrap();
@@ -170,7 +186,7 @@ fn append_needs_file_io_only_when_a_segment_must_grow_roll_or_be_created() {
         ..config()
     };
     let mut log = PartitionLog::open(dir.path(), config).unwrap();
-    let small = batch_bytes(0, 1, 100, 1000, 0);
+    let small = batch_bytes(0, 1, 4, 1000, 0);
     // The first step of the active segment is reserved at the first append.
     let first = log.append_needs_file_io(small.len(), 0);
     log.append(&small).unwrap();
@@ -179,10 +195,10 @@ fn append_needs_file_io_only_when_a_segment_must_grow_roll_or_be_created() {
         "room already reserved: a plain append"
     );
     // Fill the first step: the next append must grow the file.
-    append_until(
-        &mut log,
-        SEGMENT_GROWTH_STEP_BYTES_MIN as u64 - 2 * small.len() as u64,
-    );
+    while log.size_bytes() + 2 * (small.len() as u64) < SEGMENT_GROWTH_STEP_BYTES_MIN as u64 {
+        let next = log.log_end_offset() as i64;
+        log.append(&batch_bytes(next, 1, 4, 1000, 0)).unwrap();
+    }
     let room = SEGMENT_GROWTH_STEP_BYTES_MIN - log.size_bytes() as usize;
     assert!(log.append_needs_file_io(room + 1, 0), "growth is file I/O");
     // More than the segment holds: a roll.

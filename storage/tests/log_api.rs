@@ -363,3 +363,44 @@ fn a_new_config_takes_effect_on_an_open_log() {
     assert!(log.set_config(small_config(10)).is_err());
     assert_eq!(log.config().segment_bytes, 1024);
 }
+
+/// The body lines of the `leader-epoch-checkpoint` file in `dir` (empty if absent).
+fn epoch_file_lines(dir: &std::path::Path) -> Vec<String> {
+    match std::fs::read_to_string(dir.join("leader-epoch-checkpoint")) {
+        Ok(text) => text.lines().skip(1).map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The epoch file is written lazily — a new leader's first append writes no file — but
+/// always before the recovery point passes the epochs it names: recovery trusts the
+/// file for the segments below the recovery point and rebuilds only later entries from
+/// the batches. After appends in epochs 1, 2 and 3 over several segments and a flush,
+/// the file lists all three, and a reopen answers OffsetForLeaderEpoch as before.
+#[test]
+fn epochs_reach_their_file_before_the_recovery_point_passes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(4096)).unwrap();
+    let b = batch_bytes(0, -1, 3, 100, 1000);
+    for epoch in 1..=3 {
+        for _ in 0..12 {
+            log.append_as_leader(&b, epoch).unwrap();
+        }
+    }
+    assert!(log.segment_count() > 3, "the appends span several segments");
+    assert!(
+        !epoch_file_lines(dir.path()).contains(&"3 72".to_string()),
+        "the append path wrote the epoch file"
+    );
+    log.flush().unwrap();
+    assert_eq!(
+        epoch_file_lines(dir.path()),
+        vec!["1 0", "2 36", "3 72"],
+        "the flush moved the recovery point without writing the epochs below it"
+    );
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config(4096)).unwrap();
+    assert_eq!(log.end_offset_for_epoch(1), Some((1, 36)));
+    assert_eq!(log.end_offset_for_epoch(2), Some((2, 72)));
+    assert_eq!(log.end_offset_for_epoch(3), Some((3, 108)));
+}

@@ -87,7 +87,9 @@ def main():
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
                              client_id="kafka-python-producer")
-    metadata = [producer.send(topic, value=f"v-{i}".encode(), partition=0,
+    # cleanup.policy includes compact now: the broker refuses keyless records (as Kafka
+    # does), so every record has its own key (and compaction removes none of them).
+    metadata = [producer.send(topic, key=f"k-{i}".encode(), value=f"v-{i}".encode(), partition=0,
                               timestamp_ms=1_000_000 + i) for i in range(10)]
     results = [m.get(timeout=30) for m in metadata]
     producer.close()

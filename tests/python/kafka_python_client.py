@@ -2,7 +2,8 @@
 
 Usage:
   kafka_python_client.py produce BOOTSTRAP TOPIC PARTITIONS PREFIX COUNT
-      Sends COUNT records "PREFIX-i" round-robin over the partitions with acks=all, waits
+      Sends COUNT records "PREFIX-i" round-robin over the partitions with the default
+      (idempotent, acks=all) producer, waits
       for every acknowledgement, prints "PRODUCED COUNT" and exits.
   kafka_python_client.py consume BOOTSTRAP GROUP TOPIC
       Joins GROUP subscribed to TOPIC (manual commits, earliest reset) and prints, one
@@ -28,10 +29,8 @@ def say(line):
 
 
 def produce(bootstrap, topic, partitions, prefix, count):
-    # kafka-python 3.0 turns idempotence on by default, and Rill does not serve
-    # InitProducerId yet (it does not advertise it, so the producer would fail at once).
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5,
-                             enable_idempotence=False, client_id="kafka-python-producer")
+    # kafka-python's defaults: idempotence on (InitProducerId, sequence numbers).
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="kafka-python-producer")
     futures = [
         producer.send(topic, value=f"{prefix}-{i}".encode(), partition=i % partitions)
         for i in range(count)

@@ -18,7 +18,10 @@
 //! - an offset holding two different values (across reads, or across acknowledgements),
 //! - a value read at two positions (a duplicate: an error or not by [`Duplicates`]),
 //! - a value never attempted (a phantom),
-//! - offsets not increasing within one read.
+//! - offsets not increasing within one read,
+//! - values one producer sent to a partition read in another order than sent
+//!   ([`History::record_send_order`]; with an idempotent producer, retries never
+//!   reorder).
 //!
 //! Gaps in offsets are not violations: control batches (each Raft term's
 //! LEADER_CHANGE entry) hold offsets that consumers skip.
@@ -42,7 +45,8 @@ use bytes::Bytes;
 
 pub use replicas::replicas_identical;
 pub use report::{
-    Ack, Duplicate, Moved, NonMonotonic, OffsetReuse, Phantom, Report, Source, EXAMPLES_SHOWN,
+    Ack, Duplicate, Moved, NonMonotonic, OffsetReuse, Phantom, Reordered, Report, Source,
+    EXAMPLES_SHOWN,
 };
 
 /// Whether a value read at two positions is a violation.
@@ -62,6 +66,8 @@ pub struct History {
     acks: Vec<Ack>,
     failed: BTreeSet<Bytes>,
     reads: Vec<PartitionRead>,
+    /// Per partition, streams of values in the order one producer sent them.
+    send_orders: Vec<(i32, Vec<Bytes>)>,
 }
 
 /// One read of one partition's log: (offset, value) in the order read.
@@ -72,6 +78,13 @@ struct PartitionRead {
 }
 
 impl History {
+    /// One producer sent `values` to `partition` in this order: the check reports any
+    /// two of them that a read found in the other order (values never read are
+    /// skipped: indeterminate ones may be missing).
+    pub fn record_send_order(&mut self, partition: i32, values: Vec<Bytes>) {
+        self.send_orders.push((partition, values));
+    }
+
     /// A producer is about to send `value`.
     pub fn record_attempt(&mut self, value: impl Into<Bytes>) {
         self.attempted.insert(value.into());
@@ -174,6 +187,31 @@ impl History {
                     ack: ack.clone(),
                     read_offsets,
                 });
+            }
+        }
+
+        for (partition, values) in &self.send_orders {
+            let mut previous: Option<(&Bytes, i64)> = None;
+            for value in values {
+                // The first position read: a duplicate is reported as such.
+                let Some(offset) = positions.get(value).and_then(|at| {
+                    at.iter()
+                        .filter(|(p, _)| p == partition)
+                        .map(|(_, o)| *o)
+                        .min()
+                }) else {
+                    continue;
+                };
+                if let Some((earlier, earlier_offset)) = previous {
+                    if earlier_offset > offset {
+                        report.reordered.push(Reordered {
+                            partition: *partition,
+                            earlier: (earlier.clone(), earlier_offset),
+                            later: (value.clone(), offset),
+                        });
+                    }
+                }
+                previous = Some((value, offset));
             }
         }
 

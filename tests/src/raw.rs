@@ -290,6 +290,43 @@ pub fn read_all_from(
     }
 }
 
+/// The producer ids of every data batch of `topic`-`partition` (control batches left
+/// out), read raw from the log.
+pub fn batch_producer_ids(conn: &mut RawConn, topic: &str, partition: i32) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let mut next = 0;
+    loop {
+        let response = conn.call::<kafka_protocol::messages::FetchRequest>(
+            12,
+            &requests::fetch(topic, partition, next, 0, 0),
+        );
+        let records = response.responses[0].partitions[0]
+            .records
+            .clone()
+            .unwrap_or_default();
+        let mut rest = &records[..];
+        let mut progressed = false;
+        while rest.len() >= 61 {
+            let length = i32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+            if rest.len() < 12 + length {
+                break;
+            }
+            let base = i64::from_be_bytes(rest[0..8].try_into().unwrap());
+            let attributes = i16::from_be_bytes(rest[21..23].try_into().unwrap());
+            let last_delta = i32::from_be_bytes(rest[23..27].try_into().unwrap());
+            if attributes & 0x20 == 0 {
+                ids.push(i64::from_be_bytes(rest[43..51].try_into().unwrap()));
+            }
+            next = base + i64::from(last_delta) + 1;
+            progressed = true;
+            rest = &rest[12 + length..];
+        }
+        if !progressed {
+            return ids;
+        }
+    }
+}
+
 /// Request builders for the APIs the broker tests use most.
 pub mod requests {
     use bytes::Bytes;

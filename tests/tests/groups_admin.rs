@@ -637,12 +637,14 @@ fn clients_cannot_delete_grow_or_produce_to_consumer_offsets() {
 /// Three brokers: groups are coordinated by the leaders of their `__consumer_offsets`
 /// partitions, spread over the brokers. `rill group list` gathers every broker's groups;
 /// OffsetDelete at a broker that does not coordinate the group is NOT_COORDINATOR, and
-/// through `Admin` (which finds the coordinator) it succeeds.
+/// through `Admin` (which finds the coordinator) it succeeds. With one broker killed,
+/// `rill group list` still lists the others' groups, names the broker it could not ask,
+/// and exits non-zero (the list is incomplete).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_of_every_coordinator_are_listed_and_offset_delete_elsewhere_is_not_coordinator() {
     const NOT_COORDINATOR: i16 = 16;
     let test_started = Instant::now();
-    let cluster = cluster_common::Cluster::start_with(BROKER_ARGS);
+    let mut cluster = cluster_common::Cluster::start_with(BROKER_ARGS);
     cluster_common::wait_registered(&cluster, 3).await;
     let b = cluster.bootstrap();
     println!("cluster registered at {:?}", test_started.elapsed());
@@ -744,4 +746,31 @@ async fn groups_of_every_coordinator_are_listed_and_offset_delete_elsewhere_is_n
         .await
         .expect("offsets")
         .is_empty());
+
+    // A broker down: the survivors' groups are still listed, the gap is named.
+    let killed = coordinator;
+    cluster.brokers[(killed - 1) as usize].kill();
+    let survivors_groups: BTreeSet<&str> = coordinators
+        .iter()
+        .filter(|(_, c)| **c != killed)
+        .map(|(g, _)| g.as_str())
+        .collect();
+    let partial = rill(&cluster.bootstrap_without(&[killed]), &["group", "list"]);
+    let stdout = String::from_utf8_lossy(&partial.stdout);
+    let stderr = String::from_utf8_lossy(&partial.stderr);
+    println!("rill group list with broker {killed} down:\n{stdout}{stderr}");
+    assert!(!partial.status.success(), "a partial list must fail");
+    assert!(
+        stderr.contains(&format!("broker {killed} could not be asked")),
+        "{stderr}"
+    );
+    let listed: BTreeSet<&str> = stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        listed.is_superset(&survivors_groups),
+        "listed {listed:?}, survivors coordinate {survivors_groups:?}"
+    );
 }

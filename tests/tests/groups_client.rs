@@ -4,7 +4,9 @@
 //! others revoke only the partitions that move; a rill-client member and a librdkafka
 //! member share one `range` group; a pattern subscription picks up a topic created later;
 //! `rill consume --group` resumes after what it printed; in a 3-broker cluster a member
-//! whose coordinator is killed finds the new one and keeps consuming and committing.
+//! whose coordinator is killed finds the new one and keeps consuming and committing; a
+//! member that stops polling for longer than `max.poll.interval.ms` leaves the group
+//! (its partitions go to the others) and rejoins when it polls again.
 
 mod client_common;
 mod cluster_common;
@@ -296,6 +298,87 @@ async fn rill_client_groups_of_two_and_three_split_partitions_commit_and_resume(
     // Two members commit with commit_sync; three rely on auto commit at close.
     members_split_commit_and_a_new_member_resumes(&bootstrap, 2, false).await;
     members_split_commit_and_a_new_member_resumes(&bootstrap, 3, true).await;
+}
+
+/// Kafka's `max.poll.interval.ms` (our `rebalance_timeout_ms`): a member that holds its
+/// records without polling for longer leaves the group — far sooner than its session
+/// timeout, since its heartbeats would keep it in — so the other member takes every
+/// partition; its own partitions are reported lost. When it polls again it rejoins and
+/// the partitions are split again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_polling_leaves_and_rejoins_when_it_polls_again() {
+    const POLL_INTERVAL_MAX_MS: i32 = 2_000;
+    let broker = RilldProcess::start_with(BROKER_ARGS);
+    let bootstrap = broker.bootstrap();
+    let topic = "stalls";
+    create_topic(&bootstrap, topic, PARTITIONS).await;
+    produce(&bootstrap, topic, "stalls", 40).await;
+    let mut config = group_config(&bootstrap, "stalling", AssignmentStrategy::Range, true);
+    // Its heartbeats would keep a member that stopped polling in the group for good;
+    // only the poll timer can take its partitions away.
+    config.rebalance_timeout_ms = POLL_INTERVAL_MAX_MS;
+    let subscription = Subscription::Topics(vec![topic.to_string()]);
+    let steady = spawn_member(config.clone(), subscription.clone(), Seen::default());
+
+    let mut stalling = Consumer::new(config).expect("consumer");
+    let stalling_events = Arc::new(Recorder::default());
+    stalling
+        .subscribe_with(subscription, Some(stalling_events.clone()))
+        .expect("subscribe");
+    // Poll until the group split the partitions and a record came back, then stop
+    // polling while holding it (a `next()` still pending counts as polling).
+    let deadline = Instant::now() + TIMEOUT;
+    let mut produced_after_split = false;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the group never split the partitions"
+        );
+        let got = tokio::time::timeout(Duration::from_millis(50), stalling.next()).await;
+        let split =
+            steady.assigned.load(Ordering::Acquire) > 0 && !stalling.assignment().is_empty();
+        if split && matches!(got, Ok(Some(Ok(_)))) {
+            break;
+        }
+        if split && !produced_after_split {
+            // Records for its new partitions even if it read everything before the split.
+            produce(&bootstrap, topic, "after-split", 40).await;
+            produced_after_split = true;
+        }
+    }
+    let held = stalling.assignment();
+    println!("the stalling member holds {held:?}; it stops polling");
+    let taken_over = wait_until("the steady member to take every partition", || {
+        steady.assigned.load(Ordering::Acquire) == PARTITIONS as usize
+    })
+    .await;
+    println!(
+        "the steady member holds all {PARTITIONS} partitions {:.2} s after the other stopped \
+         polling (max.poll.interval.ms {POLL_INTERVAL_MAX_MS}, session timeout 6 s)",
+        taken_over.as_secs_f64()
+    );
+    let events = stalling_events.events();
+    assert!(
+        events
+            .iter()
+            .any(|(kind, parts)| *kind == "lost" && !parts.is_empty()),
+        "the stalled member's partitions were not reported lost: {events:?}"
+    );
+
+    // It polls again: it rejoins and the partitions are split again.
+    let deadline = Instant::now() + TIMEOUT;
+    while stalling.assignment().is_empty()
+        || steady.assigned.load(Ordering::Acquire) == PARTITIONS as usize
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled member never rejoined"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), stalling.next()).await;
+    }
+    println!("rejoined with {:?}", stalling.assignment());
+    stalling.close().await.expect("close");
+    steady.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

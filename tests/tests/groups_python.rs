@@ -2,7 +2,8 @@
 //! `rilld`: groups of two and three members (each a Python process) split a 4-partition
 //! topic, read every record once between them, commit and close; then a new member of the
 //! same group resumes exactly after the committed offsets. The records are produced by the
-//! same client library, so its Produce path is exercised too.
+//! same client library, so its Produce path is exercised too (kafka-python's default
+//! producer is idempotent: its batches must carry a producer id).
 //!
 //! The clients live in a virtual environment that `scripts/test` installs (pinned in
 //! `tests/python/requirements.txt`) and names in `RILL_TEST_PYTHON`; the scripts the test
@@ -343,6 +344,16 @@ async fn groups_of_two_and_three(library: Library) {
         let topic = format!("{}-split{members}", format!("{library:?}").to_lowercase());
         create_topic(&bootstrap, &topic).await;
         members_split_commit_and_a_new_member_resumes(library, &bootstrap, &topic, members);
+        if matches!(library, Library::KafkaPython) {
+            // kafka-python's default producer is idempotent: its batches carry the
+            // producer id InitProducerId gave it.
+            let mut conn = rill_tests::raw::RawConn::connect(broker.addr());
+            let ids = rill_tests::raw::batch_producer_ids(&mut conn, &topic, 0);
+            assert!(
+                !ids.is_empty() && ids.iter().all(|id| *id >= 0),
+                "kafka-python's default producer wrote non-idempotent batches: producer ids {ids:?}"
+            );
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! source (TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG), synonyms on request and
 //! its type and documentation (v3+); and the broker's own keys (read-only). Which topic
 //! keys Rill acts on is in [`crate::state::topic_config`]; the documentation of the
-//! others says they are stored only.
+//! others says they are stored only. `cleanup.policy=compact` topics are compacted by
+//! the broker's log cleaner (`broker/src/cleaner.rs`).
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,

@@ -16,6 +16,7 @@ pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
@@ -160,6 +161,11 @@ pub async fn dispatch(
                 )
                 .await
             )
+        }
+        ApiKey::InitProducerId => {
+            let request = decode!(InitProducerIdRequest);
+            let _held = turn.take().await;
+            encode!(init_producer_id::handle(broker, request).await)
         }
         ApiKey::DescribeCluster => {
             let request = decode!(DescribeClusterRequest);

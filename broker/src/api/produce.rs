@@ -220,6 +220,9 @@ fn append_partition(
     let records = data.records.clone().unwrap_or_default();
     let counts =
         super::produce_check::check_client_batches(&records, topic.config.max_message_bytes)?;
+    if topic.config.is_compacted() {
+        super::produce_check::check_keys_for_compaction(&records)?;
+    }
     let (records, log_append_time_ms) =
         super::produce_rewrite::rewrite_for_topic(records, &topic.config, crate::clock::now_ms())?;
     let mut appended = partition.append(&records, counts)?;

@@ -525,6 +525,7 @@ impl MetadataImage {
                 broker_id,
                 first_producer_id,
                 size,
+                ..
             } => {
                 self.registered(*broker_id)?;
                 if *first_producer_id != self.next_producer_id {
@@ -1192,6 +1193,7 @@ mod tests {
     fn producer_id_blocks_are_consecutive() {
         let block = |first_producer_id, size| MetadataRecord::ProducerIdBlock {
             broker_id: 1,
+            incarnation_id: Uuid::from_u128(9),
             first_producer_id,
             size,
         };

@@ -14,11 +14,12 @@
 //!                 | CreateTopic      (tag 2) name:string topic_id:uuid configs assignments
 //!                 | CreatePartitions (tag 3) topic_id:uuid assignments
 //!                 | DeleteTopic      (tag 4) topic_id:uuid
-//!                 | ProducerIdBlock  (tag 5) broker_id:i32 first_producer_id:i64 size:i32
+//!                 | ProducerIdBlock  (tag 8) broker_id:i32 incarnation_id:uuid
+//!                                            first_producer_id:i64 size:i32
 //!                 | LeaderHint       (tag 6) topic_id:uuid partition:i32 leader:i32
 //!                                            leader_epoch:i32
 //!                 | Checkpoint       (tag 7) snapshot:bytes   (a `super::snapshot` encoding)
-//!                 | AlterTopicConfigs (tag 8) topic_id:uuid configs
+//!                 | AlterTopicConfigs (tag 9) topic_id:uuid configs
 //! configs         = count:i32 (key:string value:string)*count   (keys strictly ascending)
 //! assignments     = count:i32 (replica_count:i32 broker_id:i32*replica_count)*count
 //! string          = length:i16 utf8                (Kafka STRING)
@@ -61,10 +62,11 @@ mod tag {
     pub const CREATE_TOPIC: u8 = 2;
     pub const CREATE_PARTITIONS: u8 = 3;
     pub const DELETE_TOPIC: u8 = 4;
-    pub const PRODUCER_ID_BLOCK: u8 = 5;
+    // Tag 5 was a ProducerIdBlock without the incarnation; nothing ever proposed it.
+    pub const PRODUCER_ID_BLOCK: u8 = 8;
     pub const LEADER_HINT: u8 = 6;
     pub const CHECKPOINT: u8 = 7;
-    pub const ALTER_TOPIC_CONFIGS: u8 = 8;
+    pub const ALTER_TOPIC_CONFIGS: u8 = 9;
 }
 
 /// Largest snapshot a [`MetadataRecord::Checkpoint`] carries: one Raft entry goes out
@@ -136,9 +138,15 @@ pub enum MetadataRecord {
     },
     /// A block of producer ids was handed to a broker for idempotent producers: ids
     /// `first_producer_id .. first_producer_id + size` are that broker's to give out.
+    ///
+    /// Only the incarnation that asked for it uses it: a restarted broker (or one whose
+    /// applier replays the log) never takes a block of an earlier process, whose ids may
+    /// have been handed out already, so no id is given out twice.
     ProducerIdBlock {
         /// The broker the block belongs to.
         broker_id: i32,
+        /// The process (incarnation) of that broker that asked for it.
+        incarnation_id: Uuid,
         /// First id of the block; must be where the previous block ended.
         first_producer_id: i64,
         /// Ids in the block; positive.
@@ -312,11 +320,13 @@ impl MetadataRecord {
             }
             MetadataRecord::ProducerIdBlock {
                 broker_id,
+                incarnation_id,
                 first_producer_id,
                 size,
             } => {
                 out.put_u8(tag::PRODUCER_ID_BLOCK);
                 out.put_i32(*broker_id);
+                out.put_u128(incarnation_id.as_u128());
                 out.put_i64(*first_producer_id);
                 out.put_i32(*size);
             }
@@ -393,6 +403,7 @@ impl MetadataRecord {
             },
             tag::PRODUCER_ID_BLOCK => MetadataRecord::ProducerIdBlock {
                 broker_id: r.int32()?,
+                incarnation_id: r.uuid()?,
                 first_producer_id: r.int64()?,
                 size: r.int32()?,
             },
@@ -819,7 +830,7 @@ mod tests {
 
         #[test]
         fn random_bodies_after_a_valid_header_never_panic(
-            tag in 0u8..9,
+            tag in 0u8..10,
             body in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             let mut bytes = vec![RECORD_VERSION, tag];

@@ -103,6 +103,7 @@ pub(super) fn arb_record() -> impl Strategy<Value = MetadataRecord> {
             .prop_map(|(broker_id, first_producer_id, size)| {
                 MetadataRecord::ProducerIdBlock {
                     broker_id,
+                    incarnation_id: Uuid::from_u128(first_producer_id as u128),
                     first_producer_id,
                     size,
                 }
@@ -214,6 +215,7 @@ fn aimed(image: &MetadataImage, kind: u8, picks: [u32; 6]) -> MetadataRecord {
         }
         (4, _) => MetadataRecord::ProducerIdBlock {
             broker_id: brokers.get(pick(1, brokers.len())).copied().unwrap_or(0),
+            incarnation_id: Uuid::from_u128(u128::from(off)),
             first_producer_id: image.next_producer_id() + i64::from(off),
             size: 1 + pick(2, 1000) as i32,
         },

@@ -211,8 +211,11 @@ impl GroupCoordinator {
         if let Some(topic) = self.manager.topic(OFFSETS_TOPIC) {
             return Ok(topic);
         }
-        // Never deleted by retention: compaction (not implemented yet) is what will bound
-        // it, as in Kafka.
+        // Never deleted by retention: the log cleaner compacts it (the last commit per
+        // group and partition, tombstones of deleted groups and offsets dropped after
+        // delete.retention.ms), as in Kafka. `replay` takes the last value per key and
+        // walks batches by their last offset, so a compacted log (emptied batches
+        // included) replays to the same state.
         let configs = [("cleanup.policy", "compact"), ("retention.ms", "-1")]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -109,6 +109,9 @@ pub struct EngineConfig {
     pub data_dir: std::path::PathBuf,
     /// Size of the shared journal (`meta/journal`).
     pub journal_bytes: u64,
+    /// How often a partition whose idempotent producers wrote may snapshot their state
+    /// (also after a segment's worth of bytes); see `super::store`.
+    pub producer_snapshot_interval: Duration,
 }
 
 /// The shared journal of a data directory, locked by the persist loop (holding no
@@ -161,6 +164,9 @@ pub struct Engine {
     /// Where leadership reports from peers go (messages of the reserved group
     /// [`crate::leadership::LEADERSHIP_TOPIC_ID`]); unset on a single node.
     leadership: OnceLock<Arc<crate::leadership::LeadershipTable>>,
+    /// Where peers' requests for producer-id blocks go (the controller serves them);
+    /// unset on a single node.
+    producer_id_requests: OnceLock<tokio::sync::mpsc::Sender<(i32, uuid::Uuid)>>,
     /// This start created the data directory's identity (see the module docs).
     fresh_data_dir: AtomicBool,
     /// When the engine started (the rejoin wait counts from here).
@@ -229,6 +235,7 @@ impl Engine {
             metrics,
             transport: OnceLock::new(),
             leadership: OnceLock::new(),
+            producer_id_requests: OnceLock::new(),
             fresh_data_dir: AtomicBool::new(false),
             started: Instant::now(),
         });
@@ -287,6 +294,11 @@ impl Engine {
         let _ = self.leadership.set(table);
     }
 
+    /// Where peers' producer-id block requests go (see [`crate::producer_ids`]).
+    pub fn set_producer_id_requests(&self, requests: tokio::sync::mpsc::Sender<(i32, uuid::Uuid)>) {
+        let _ = self.producer_id_requests.set(requests);
+    }
+
     /// Watches the peers' handshakes: a peer's new incarnation may have lost its disk,
     /// so every group this broker leads forgets what that peer acknowledged
     /// ([`Partition::peer_restarted`]). Runs on the current tokio runtime.
@@ -339,8 +351,17 @@ impl Engine {
             .envelopes
             .into_iter()
             .partition(|e| e.group.0 == crate::leadership::LEADERSHIP_TOPIC_ID);
-        if let Some(table) = self.leadership.get() {
-            for report in reports {
+        for report in reports {
+            if report.group.1 == crate::leadership::PRODUCER_IDS_PARTITION {
+                let request = crate::leadership::decode_producer_ids_request(&report.message);
+                match (request, self.producer_id_requests.get()) {
+                    // Full: the requester asks again within a second.
+                    (Some(incarnation), Some(requests)) => {
+                        let _ = requests.try_send((batch.from_broker, incarnation));
+                    }
+                    _ => tracing::debug!(from = batch.from_broker, "producer id request dropped"),
+                }
+            } else if let Some(table) = self.leadership.get() {
                 table.receive(batch.from_broker, report.message);
             }
         }
@@ -750,6 +771,18 @@ impl Engine {
             partition.after_input(&mut st);
             st.reserve_ahead();
             partition.publish(&mut st);
+            let snapshot = st
+                .raft
+                .store_mut()
+                .take_producer_snapshot(Instant::now(), self.config.producer_snapshot_interval);
+            drop(st);
+            if let Some((path, body)) = snapshot {
+                // Off the partition's lock: appends go on while the file is written. A
+                // failure costs only a longer scan at the next start.
+                if let Err(e) = rill_storage::atomic_file::write(&path, &body) {
+                    tracing::warn!(path = %path.display(), error = %e, "producer state snapshot not written");
+                }
+            }
         }
     }
 

@@ -57,6 +57,52 @@ impl Partition {
             .collect()
     }
 
+    /// The group's members as broker ids: (voters, learners).
+    pub fn members(&self) -> (Vec<i32>, Vec<i32>) {
+        let st = self.state();
+        let membership = st.raft.membership();
+        let ids = |set: &std::collections::BTreeSet<rill_raft::NodeId>| {
+            set.iter().map(|&node| broker_id(node)).collect()
+        };
+        (ids(&membership.voters), ids(&membership.learners))
+    }
+
+    /// Leader: proposes a single-server membership change of the group (one at a
+    /// time, after the leader committed an entry of its term: the core refuses
+    /// others). It takes effect once appended; the caller learns of the commit from
+    /// the replica's status. `Busy` while the persist loop holds the group, or while
+    /// another change is pending: try again later.
+    pub fn propose_membership_change(
+        &self,
+        change: rill_raft::MembershipChange,
+    ) -> Result<(), BrokerError> {
+        let mut st = self.state();
+        if self.is_closed() {
+            return Err(BrokerError::UnknownTopicOrPartition);
+        }
+        if st.ready_out {
+            return Err(BrokerError::Busy(
+                "the group's Ready is being persisted".into(),
+            ));
+        }
+        let proposed = st.raft.propose_membership_change(change);
+        // The membership entry, if any, is written and scheduled like a proposal's.
+        self.after_input(&mut st);
+        match proposed {
+            Ok(_) => {
+                tracing::info!(topic = %self.topic, partition = self.index, ?change, "membership change proposed");
+                Ok(())
+            }
+            Err(rill_raft::ProposeError::NotLeader { .. }) => Err(BrokerError::NotLeaderOrFollower),
+            Err(
+                e @ (rill_raft::ProposeError::MembershipChangePending
+                | rill_raft::ProposeError::LearnerNotCaughtUp(_)
+                | rill_raft::ProposeError::TransferInProgress),
+            ) => Err(BrokerError::Busy(e.to_string())),
+            Err(e) => Err(BrokerError::InvalidRequest(e.to_string())),
+        }
+    }
+
     /// Leader: hands leadership to the replica on broker `to`. Proposals are refused
     /// (NOT_LEADER_OR_FOLLOWER) until it took over or the transfer was abandoned
     /// after an election timeout. Refused while the persist loop holds the group

@@ -27,6 +27,7 @@
 pub mod engine;
 pub mod hard_state;
 mod leadership;
+pub mod producer_state;
 pub mod store;
 
 use std::collections::{HashSet, VecDeque};
@@ -35,13 +36,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rill_raft::{Entry, EntryKind, ProposeError, Raft, Role};
-use rill_storage::{PartitionLog, StorageError};
+use rill_storage::{
+    CleanJob, CleanOptions, CleanOutcome, CleanStats, CleanedSegments, PartitionLog, StorageError,
+};
 use tokio::sync::watch;
 
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
 use engine::{Engine, Timer};
 use hard_state::ReplicaKey;
+use producer_state::{BatchSequence, SequenceError, Verdict};
 use store::{broker_id, epoch_of, PartitionStore};
 
 /// What a replica shows to requests without taking its lock.
@@ -161,10 +165,20 @@ impl ReplicaState {
         &self.raft
     }
 
-    /// Hands the core the restarted peers noted while it could take no input.
+    /// Hands the core the restarted peers noted while it could take no input. A leader
+    /// forgets what each acknowledged (its disk may be gone). A follower whose leader
+    /// restarted has lost that leader: a restarted process leads nothing, and a quiet
+    /// follower would otherwise trust it for good — it ticks no election timer, and a
+    /// process back within a second never looks silent to the transport. If the new
+    /// process came up on an empty data directory it may not campaign either (vote
+    /// restraint), so nobody would ever start an election.
     fn forget_restarted_peers(&mut self) {
         for node in std::mem::take(&mut self.restarted_peers) {
-            self.raft.forget_follower_match(node);
+            if self.raft.role() != Role::Leader && self.raft.leader() == Some(node) {
+                self.raft.unquiesce(true);
+            } else {
+                self.raft.forget_follower_match(node);
+            }
         }
     }
 
@@ -239,6 +253,11 @@ impl ReplicaState {
     }
 }
 
+/// The membership of a group of `voters` (broker ids) and no learners.
+fn voters_membership(voters: &[i32]) -> rill_raft::Membership {
+    rill_raft::Membership::with_voters(voters.iter().map(|&b| store::raft_node_id(b)))
+}
+
 /// Most bytes the persist loop grows a segment ahead of its writes.
 const RESERVE_AHEAD_BYTES_MAX: usize = 32 * 1024 * 1024;
 
@@ -301,24 +320,70 @@ impl Partition {
         voters: &[i32],
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Partition>, BrokerError> {
-        let key = (topic_id, index);
-        let hard_state = engine.hard_state(key);
-        let node = store::raft_node_id(broker_id);
         if !voters.contains(&broker_id) {
             return Err(BrokerError::Storage(format!(
                 "replica of {topic}-{index} on broker {broker_id}, which is not among its voters {voters:?}"
             )));
         }
-        let sole_voter = voters.len() == 1;
-        let membership =
-            rill_raft::Membership::with_voters(voters.iter().map(|&b| store::raft_node_id(b)));
         let store = PartitionStore::new(
             log,
-            hard_state,
-            membership,
+            engine.hard_state((topic_id, index)),
+            voters_membership(voters),
             broker_id,
             Some(Arc::clone(engine.journal())),
         );
+        Self::start(
+            topic, index, topic_id, store, engine, broker_id, voters, metrics,
+        )
+    }
+
+    /// Opens the replica of a group whose membership changes (the metadata group,
+    /// which adds the brokers outside `voters` as learners): its membership is the
+    /// latest membership entry of its log, or `voters` when the log holds none (a new
+    /// group, or one whose membership entries were trimmed). `broker_id` need not be
+    /// among `voters`: a broker that is not starts as a non-voting member, which never
+    /// campaigns, and follows whatever leader replicates to it.
+    #[allow(clippy::too_many_arguments)] // one replica's identity, log and context
+    pub fn open_with_changing_membership(
+        topic: String,
+        index: i32,
+        topic_id: uuid::Uuid,
+        log: PartitionLog,
+        engine: Arc<Engine>,
+        broker_id: i32,
+        voters: &[i32],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let mut store = PartitionStore::new(
+            log,
+            engine.hard_state((topic_id, index)),
+            voters_membership(voters),
+            broker_id,
+            Some(Arc::clone(engine.journal())),
+        );
+        store
+            .recover_memberships()
+            .map_err(|e| BrokerError::Storage(format!("{topic}-{index}: {e}")))?;
+        Self::start(
+            topic, index, topic_id, store, engine, broker_id, voters, metrics,
+        )
+    }
+
+    /// Starts a replica over its store (see [`Partition::open`]).
+    #[allow(clippy::too_many_arguments)] // one replica's identity, log and context
+    fn start(
+        topic: String,
+        index: i32,
+        topic_id: uuid::Uuid,
+        store: PartitionStore,
+        engine: Arc<Engine>,
+        broker_id: i32,
+        voters: &[i32],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Partition>, BrokerError> {
+        let key = (topic_id, index);
+        let node = store::raft_node_id(broker_id);
+        let sole_voter = voters == [broker_id];
         let mut config = rill_raft::Config::new(node, rand::random());
         // Appends are bounded by the request budget and QUEUED_BYTES_MAX; the data of
         // a leader's uncommitted entries are slices of its mapped segments.
@@ -418,7 +483,9 @@ impl Partition {
 
     /// The broker `peer` restarted (a new incarnation): if this replica leads, it
     /// forgets what that broker's replica acknowledged and probes it again, since a
-    /// restart may come with an empty data directory (`Raft::forget_follower_match`).
+    /// restart may come with an empty data directory (`Raft::forget_follower_match`);
+    /// if it follows `peer`, it wakes and campaigns unless a new leader speaks first
+    /// ([`ReplicaState::forget_restarted_peers`]).
     pub fn peer_restarted(&self, peer: i32) {
         if self.is_closed() {
             return;
@@ -580,6 +647,37 @@ impl Partition {
             )));
         }
         let term = st.raft.term();
+        // Idempotent producers: checked against every batch in the log, proposed or not,
+        // under the lock that orders appends (`producer_state`'s module docs).
+        let sequences: Vec<BatchSequence> = rill_record::batches(batches)
+            .filter_map(|view| view.ok().as_ref().and_then(BatchSequence::of))
+            .collect();
+        if !sequences.is_empty() {
+            let verdict = st
+                .raft
+                .store()
+                .producers()
+                .check(&sequences)
+                .map_err(sequence_error)?;
+            if let Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } = verdict
+            {
+                // Nothing is written; acks=-1 waits until the original is committed in
+                // this term (a leader never truncates its own log while it leads).
+                Metrics::add(&self.metrics.duplicate_batches_total, 1);
+                return Ok(Appended {
+                    base_offset: base_offset as i64,
+                    last_offset: last_offset as i64,
+                    log_start_offset: st.log().log_start_offset() as i64,
+                    term,
+                    discards: st.discards,
+                    leader: st.raft.leader().map(broker_id),
+                    log_append_time_ms: -1,
+                });
+            }
+        }
         let base_offset = st.log().log_end_offset();
         debug_assert_eq!(
             base_offset,
@@ -811,6 +909,76 @@ impl Partition {
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
     }
 
+    /// The log cleaner's view of this replica: clean and dirty bytes below the commit
+    /// point (see `rill_storage::CleanStats`). `None` while offline or closed.
+    pub fn clean_stats(&self, now_ms: i64, min_compaction_lag_ms: i64) -> Option<CleanStats> {
+        if self.is_closed() || self.engine.is_offline() {
+            return None;
+        }
+        let below = self.visible_end_offset().max(0) as u64;
+        Some(
+            self.state()
+                .log()
+                .clean_stats(below, now_ms, min_compaction_lag_ms),
+        )
+    }
+
+    /// First step of a cleaning pass (cheap, under the lock): only committed offsets
+    /// (below the high watermark this replica knows) are ever cleaned, so compaction
+    /// never touches what Raft may still truncate.
+    pub fn prepare_clean(
+        &self,
+        mut options: CleanOptions,
+    ) -> Result<Option<CleanJob>, BrokerError> {
+        if self.is_closed() || self.engine.is_offline() {
+            return Ok(None);
+        }
+        options.cleanable_below_offset = self.visible_end_offset().max(0) as u64;
+        self.state()
+            .log()
+            .prepare_clean(options)
+            .map_err(|e| BrokerError::Storage(e.to_string()))
+    }
+
+    /// Last step of a cleaning pass: swaps the cleaned segments in under the lock,
+    /// waiting (up to about a second) while the persist loop holds the group, as
+    /// retention does; gives the job up (`None`) if it cannot.
+    pub fn complete_clean(
+        &self,
+        done: CleanedSegments,
+    ) -> Result<Option<CleanOutcome>, BrokerError> {
+        const WAIT_ROUNDS_MAX: u32 = 200;
+        for _ in 0..WAIT_ROUNDS_MAX {
+            if self.is_closed() || self.engine.is_offline() {
+                break;
+            }
+            let mut st = self.state();
+            if st.ready_out {
+                drop(st);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            }
+            // The swap rewrites segment files in place of others: journalled bytes of
+            // this log must never be replayed over them (the journal's rule, as for a
+            // truncation).
+            if let Err(e) = st.raft.store_mut().journal_barrier() {
+                done.discard();
+                return Err(BrokerError::Storage(e.to_string()));
+            }
+            let log = st.raft.store_mut().log_mut();
+            let outcome = log.complete_clean(done);
+            let deleted = log.take_deleted_files();
+            drop(st);
+            // Unlinking the replaced segments takes time: not under the lock.
+            rill_storage::remove_deleted_files(deleted);
+            return outcome
+                .map(Some)
+                .map_err(|e| BrokerError::Storage(e.to_string()));
+        }
+        done.discard();
+        Ok(None)
+    }
+
     /// At an applied checkpoint at `offset` (committed): deletes the log's closed
     /// segments wholly below it, then starts a new segment, so that the segment holding
     /// this checkpoint is deleted at the next one (the log keeps at most about two
@@ -845,6 +1013,25 @@ impl Partition {
                 false
             }
         }
+    }
+
+    /// Forgets idempotent producers idle for `expiration_ms` (see
+    /// [`producer_state::ProducerStates::expire`]).
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) {
+        let expired = self
+            .state()
+            .raft
+            .store_mut()
+            .producers_mut()
+            .expire(now_ms, expiration_ms);
+        if expired > 0 {
+            tracing::debug!(topic = %self.topic, partition = self.index, expired, "idle producers expired");
+        }
+    }
+
+    /// How many idempotent producers this replica holds state for (tests, admin).
+    pub fn producer_count(&self) -> usize {
+        self.state().raft.store().producers().len()
     }
 
     /// The end of the replica's Raft log: everything appended, committed or not.
@@ -1005,6 +1192,15 @@ impl Partition {
             s.failed = true;
             changed
         });
+    }
+}
+
+/// The produce error for a refused idempotent batch.
+fn sequence_error(e: SequenceError) -> BrokerError {
+    match e {
+        SequenceError::OutOfOrder { .. } => BrokerError::OutOfOrderSequence(e.to_string()),
+        SequenceError::InvalidEpoch { .. } => BrokerError::InvalidProducerEpoch(e.to_string()),
+        SequenceError::UnknownProducer { .. } => BrokerError::UnknownProducerId(e.to_string()),
     }
 }
 

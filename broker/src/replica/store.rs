@@ -27,6 +27,12 @@ use rill_record::BatchView;
 use rill_storage::{PartitionLog, StorageError};
 
 use super::engine::SharedJournal;
+use super::producer_state::{BatchSequence, ProducerStates};
+
+/// Bytes read at a time when the producer state is rebuilt from the log.
+const PRODUCER_REBUILD_READ_BYTES: usize = 1 << 20;
+/// The producer-state snapshot, next to the segments (see [`PartitionStore::take_producer_snapshot`]).
+pub const PRODUCER_SNAPSHOT_FILE: &str = "producer-state.snapshot";
 
 /// A partition log seen as a Raft log (see the module docs).
 #[derive(Debug)]
@@ -40,13 +46,27 @@ pub struct PartitionStore {
     hard_state: HardState,
     /// Membership in effect at the log start.
     start_membership: Membership,
+    /// The membership entries of the log, by end offset, as
+    /// [`PartitionStore::recover_memberships`] found them on open (empty unless called).
+    log_memberships: Vec<(u64, Membership)>,
     /// The latest membership written (named by this broker's LEADER_CHANGE records).
     membership: Membership,
     /// This broker's id.
     broker_id: i32,
     /// The data directory's shared journal (`None` in unit tests without one).
     journal: Option<SharedJournal>,
+    /// Idempotent producers' state as of the storage log end: every write and
+    /// truncation goes through this store, which keeps it current
+    /// (`super::producer_state`'s module docs).
+    producers: ProducerStates,
+    /// Bytes of idempotent batches recorded since the last producer-state snapshot.
+    producer_bytes_since_snapshot: u64,
+    /// When the last producer-state snapshot was taken (or the store opened).
+    producer_snapshot_at: std::time::Instant,
 }
+
+/// Bytes read at a time while looking for membership entries.
+const MEMBERSHIP_SCAN_BYTES: usize = 1 << 20;
 
 /// Timestamp of the control batches the replication layer writes: none (-1), so
 /// ListOffsets by timestamp and time-based retention see only the records clients
@@ -70,16 +90,197 @@ impl PartitionStore {
         journal: Option<SharedJournal>,
     ) -> Self {
         let raft_end = log.log_end_offset();
-        PartitionStore {
+        let mut store = PartitionStore {
             log,
             raft_end,
             reset_start: None,
             hard_state,
             start_membership: membership.clone(),
+            log_memberships: Vec::new(),
             membership,
             broker_id,
             journal,
+            producers: ProducerStates::new(),
+            producer_bytes_since_snapshot: 0,
+            producer_snapshot_at: std::time::Instant::now(),
+        };
+        store.rebuild_producers();
+        store
+    }
+
+    /// The idempotent producers' state as of the storage log end.
+    pub fn producers(&self) -> &ProducerStates {
+        &self.producers
+    }
+
+    /// The idempotent producers' state, for expiry.
+    pub fn producers_mut(&mut self) -> &mut ProducerStates {
+        &mut self.producers
+    }
+
+    /// On the persist thread after a round: when idempotent producers wrote since the
+    /// last snapshot and `interval` passed (or a segment's worth of their bytes), the
+    /// producer state as of the end of the core's log (entries the core knows are never
+    /// rewritten in the same term: Raft's log matching), with the path to write it to.
+    /// The caller writes it without holding the partition's lock.
+    pub fn take_producer_snapshot(
+        &mut self,
+        now: std::time::Instant,
+        interval: std::time::Duration,
+    ) -> Option<(std::path::PathBuf, Vec<u8>)> {
+        if self.producer_bytes_since_snapshot == 0 {
+            return None;
         }
+        let due = self.producer_bytes_since_snapshot >= self.log.config().segment_bytes
+            || now.duration_since(self.producer_snapshot_at) >= interval;
+        if !due || self.raft_end == 0 {
+            return None;
+        }
+        let term = self.log.term_at(self.raft_end - 1)?;
+        let mut table = self.producers.clone();
+        if table.truncate(self.raft_end) {
+            // A producer seen only in appends not yet proposed: next round.
+            return None;
+        }
+        self.producer_bytes_since_snapshot = 0;
+        self.producer_snapshot_at = now;
+        Some((
+            self.log.dir().join(PRODUCER_SNAPSHOT_FILE),
+            table.encode_snapshot(self.raft_end, term),
+        ))
+    }
+
+    /// The producer-state snapshot, if there is one that this log still matches (its
+    /// end within the log and the entry ending there of the same term): its table and
+    /// end offset. Anything else (none, unreadable, a log cut or replaced below it) means
+    /// a scan from the log start.
+    fn load_producer_snapshot(&self) -> Option<(ProducerStates, u64)> {
+        let path = self.log.dir().join(PRODUCER_SNAPSHOT_FILE);
+        let body = match rill_storage::atomic_file::read(&path) {
+            Ok(Some(body)) => body,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "producer state snapshot unreadable: the log is scanned instead");
+                return None;
+            }
+        };
+        let Some((end, term, table)) = ProducerStates::decode_snapshot(&body) else {
+            tracing::warn!(path = %path.display(), "producer state snapshot malformed: the log is scanned instead");
+            return None;
+        };
+        if end == 0 || end > self.log.log_end_offset() || self.log.term_at(end - 1) != Some(term) {
+            tracing::debug!(path = %path.display(), end, "producer state snapshot does not match the log");
+            return None;
+        }
+        Some((table, end))
+    }
+
+    /// Rebuilds the producer state (at open, and when a truncation cut a producer's
+    /// whole kept window): from the snapshot when it matches the log, then every batch
+    /// after it; else every batch from the log start. Reads headers only; a read error
+    /// stops the scan where it happened (the log is read again at the next rebuild).
+    fn rebuild_producers(&mut self) {
+        self.producers.clear();
+        let end = self.log.log_end_offset();
+        let mut offset = self.log.segment_start_offset();
+        let snapshot_end = match self.load_producer_snapshot() {
+            Some((table, snapshot_end)) if snapshot_end >= offset => {
+                self.producers = table;
+                offset = snapshot_end;
+                Some(snapshot_end)
+            }
+            _ => None,
+        };
+        let scan_from = offset;
+        let mut batches_read = 0u64;
+        while offset < end {
+            let bytes = match self.log.read(offset, PRODUCER_REBUILD_READ_BYTES, end) {
+                Ok(bytes) if !bytes.is_empty() => bytes,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(dir = %self.log.dir().display(), offset, error = %e, "producer state rebuild stopped: log unreadable");
+                    break;
+                }
+            };
+            let mut next = offset;
+            for view in rill_record::batches(&bytes) {
+                let Ok(view) = view else { break };
+                let base = view.base_offset().max(0) as u64;
+                if let Some(sequence) = BatchSequence::of(&view) {
+                    self.producers
+                        .record(&sequence, base, sequence.max_timestamp_ms);
+                }
+                batches_read += 1;
+                next = base + u64::from(view.last_offset_delta().max(0) as u32) + 1;
+            }
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        if snapshot_end.is_some() || !self.producers.is_empty() {
+            tracing::info!(
+                dir = %self.log.dir().display(),
+                snapshot_end_offset = snapshot_end,
+                scanned_from_offset = scan_from,
+                batches_read,
+                producers = self.producers.len(),
+                "producer state rebuilt{}",
+                if snapshot_end.is_some() { " from a snapshot and the log after it" } else { " from the log" }
+            );
+        }
+    }
+
+    /// Records the idempotent batches of an entry just written at `base_offset`.
+    fn record_producers(&mut self, batches: &[u8], base_offset: u64) {
+        let now_ms = crate::clock::now_ms();
+        let mut offset = base_offset;
+        for view in rill_record::batches(batches) {
+            let Ok(view) = view else { break };
+            if let Some(sequence) = BatchSequence::of(&view) {
+                self.producers.record(&sequence, offset, now_ms);
+                self.producer_bytes_since_snapshot += view.size_bytes() as u64;
+            }
+            offset += u64::from(view.last_offset_delta().max(0) as u32) + 1;
+        }
+    }
+
+    /// Reads the membership entries of the whole log, so the core boots with the
+    /// membership its log holds rather than the one it was created with (Raft
+    /// dissertation §4.1: a server uses the latest configuration in its log). Every
+    /// batch header is read, so this is for small logs (the metadata group's, which
+    /// checkpoints bound); partition groups never change membership.
+    pub fn recover_memberships(&mut self) -> Result<(), StorageError> {
+        let mut found = Vec::new();
+        let mut offset = self.log.segment_start_offset();
+        while offset < self.raft_end {
+            let bytes = self
+                .log
+                .read(offset, MEMBERSHIP_SCAN_BYTES, self.raft_end)?;
+            if bytes.is_empty() {
+                break;
+            }
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let view = BatchView::new(&bytes[pos..]).map_err(record_error)?;
+                pos += view.size_bytes();
+                offset = view.next_offset() as u64;
+                if let Some((CONTROL_TYPE_RILL_MEMBERSHIP, value)) =
+                    control_record(&view).ok().flatten()
+                {
+                    let membership = parse_membership(value).ok_or(StorageError::CorruptBatch {
+                        position: 0,
+                        reason: "malformed membership record",
+                    })?;
+                    found.push((offset, membership));
+                }
+            }
+        }
+        if let Some((_, latest)) = found.last() {
+            self.membership = latest.clone();
+        }
+        self.log_memberships = found;
+        Ok(())
     }
 
     /// Truncates the log to `offset` behind the journal barrier (a no-op cut, at or
@@ -88,7 +289,11 @@ impl PartitionStore {
         if offset < self.log.log_end_offset() {
             self.journal_barrier()?;
         }
-        self.log.truncate_suffix(offset).map(|_| ())
+        self.log.truncate_suffix(offset)?;
+        if self.producers.truncate(offset) {
+            self.rebuild_producers();
+        }
+        Ok(())
     }
 
     /// Gives the control entries (leader change, membership) of outgoing appends the
@@ -191,7 +396,8 @@ impl PartitionStore {
                 reason: "entry's offset count does not match its batches",
             });
         }
-        if let EntryKind::Data = entry.kind {
+        if entry.kind == EntryKind::Data {
+            self.record_producers(batches, entry.base_offset);
             self.apply_delete_records(batches)?;
         }
         Ok(())
@@ -246,6 +452,8 @@ impl PartitionStore {
             );
             self.journal_barrier()?;
             self.log.reset_to(reset.start.offset)?;
+            // Nothing of the old log is left to hold producer state for.
+            self.producers.clear();
             self.raft_end = reset.start.offset;
             self.reset_start = Some(reset.start);
             self.start_membership = reset.membership.clone();
@@ -430,14 +638,21 @@ impl LogStore for PartitionStore {
     }
 
     fn boot_state(&self) -> BootState {
-        // Membership entries are read from the log when a group has more than one
-        // replica (the cluster); a group of one never writes one.
+        // Only groups whose membership changes (the metadata group) look for
+        // membership entries on open (`recover_memberships`); partition groups keep
+        // the voters of their assignment. The segments' start, not the records' start
+        // (DeleteRecords may move that inside a segment): memberships are per segment.
+        let start = self.log.segment_start_offset();
+        let mut memberships = vec![(start, self.start_membership.clone())];
+        memberships.extend(
+            self.log_memberships
+                .iter()
+                .filter(|(end, _)| *end > start && *end <= self.raft_end)
+                .cloned(),
+        );
         BootState {
             hard_state: self.hard_state,
-            memberships: vec![(
-                self.log.segment_start_offset(),
-                self.start_membership.clone(),
-            )],
+            memberships,
         }
     }
 }
@@ -547,5 +762,46 @@ mod tests {
         store.raft_end = cut;
         reference.truncate_to(cut);
         compare(&store, &reference);
+    }
+
+    /// A reopened log boots with the membership entries it holds (a learner added to
+    /// a group of three), not only the membership the group was created with.
+    #[test]
+    fn a_reopened_log_boots_with_its_membership_entries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let voters = Membership::with_voters([1, 2, 3].map(raft_node_id));
+        let with_learner = voters
+            .apply(rill_raft::MembershipChange::AddLearner(raft_node_id(4)))
+            .expect("add learner");
+        {
+            let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("open");
+            let mut store = PartitionStore::new(log, HardState::default(), voters.clone(), 1, None);
+            let entries = [
+                entry(1, 0, EntryKind::LeaderChange, 1),
+                entry(1, 1, EntryKind::Data, 3),
+                entry(1, 4, EntryKind::Membership(with_learner.clone()), 1),
+                entry(1, 5, EntryKind::Data, 2),
+            ];
+            for e in &entries {
+                store.write_entry(e).expect("write");
+                store.raft_end = e.end_offset;
+            }
+        }
+        let reopen = || {
+            let log = PartitionLog::open(dir.path(), LogConfig::default()).expect("reopen");
+            PartitionStore::new(log, HardState::default(), voters.clone(), 1, None)
+        };
+        // Without looking for them (a partition group), the creation membership.
+        assert_eq!(reopen().boot_state().memberships, vec![(0, voters.clone())]);
+        let mut store = reopen();
+        store.recover_memberships().expect("recover");
+        assert_eq!(
+            store.boot_state().memberships,
+            vec![(0, voters.clone()), (5, with_learner.clone())]
+        );
+        // The core restored from it replicates to the learner.
+        let raft =
+            rill_raft::Raft::new(rill_raft::Config::new(raft_node_id(1), 7), store).expect("raft");
+        assert_eq!(raft.membership(), &with_learner);
     }
 }

@@ -142,6 +142,11 @@ impl Server {
             background.spawn(crate::admin::serve(admin, Arc::clone(&broker)));
         }
         background.spawn(retention_loop(Arc::clone(&broker)));
+        // One data directory, one cleaner thread (ends when the manager is dropped).
+        crate::cleaner::spawn(
+            Arc::downgrade(&broker.manager),
+            crate::cleaner::CleanerConfig::from(&*broker.config),
+        )?;
 
         let limit = Arc::new(Semaphore::new(config.connections_max));
         let per_ip = Arc::new(ConnectionsPerIp::default());
@@ -244,6 +249,9 @@ async fn join_cluster(
     let registration = BrokerRegistrationInfo {
         client_host: advertised_host.to_string(),
         client_port: u16::try_from(advertised_port)?,
+        // A broker outside `controller_voters` is reached at the address it announces.
+        inter_broker_host: config.inter_broker_listen.ip().to_string(),
+        inter_broker_port: config.inter_broker_listen.port(),
         rack: None,
         incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
     };

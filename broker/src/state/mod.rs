@@ -75,6 +75,8 @@ pub struct PartitionManager {
     /// In a cluster (`controller_voters` set): the metadata group and controller, which
     /// own topic creation; unset on a single node.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Producer ids this broker hands out (InitProducerId).
+    pub producer_ids: crate::producer_ids::ProducerIds,
 }
 
 /// Checks a topic name the way Kafka does.
@@ -169,12 +171,16 @@ impl PartitionManager {
                 debug_flush_delay: std::time::Duration::from_millis(config.debug_flush_delay_ms),
                 data_dir: config.data_dir.clone(),
                 journal_bytes: config.journal_bytes,
+                producer_snapshot_interval: std::time::Duration::from_millis(
+                    config.producer_snapshot_interval_ms,
+                ),
             },
             Arc::clone(&metrics),
         )?;
         if fresh_data_dir {
             engine.mark_fresh_data_dir();
         }
+        let producer_ids = crate::producer_ids::ProducerIds::new(&config.data_dir);
         let manager = PartitionManager {
             engine,
             _data_dir_lock: data_dir_lock,
@@ -184,6 +190,7 @@ impl PartitionManager {
             cluster_id,
             metrics,
             cluster: std::sync::OnceLock::new(),
+            producer_ids,
         };
         let mut topics = HashMap::new();
         for meta in topic_meta::load_all(&meta_dir)? {
@@ -242,8 +249,12 @@ impl PartitionManager {
         LogConfig {
             segment_bytes: config.segment_bytes as u64,
             segment_ms: Some(config.segment_ms as u64),
-            retention_ms: (config.retention_ms >= 0).then_some(config.retention_ms),
-            retention_bytes: (config.retention_bytes >= 0).then_some(config.retention_bytes as u64),
+            // A compact-only topic keeps its (compacted) history: retention applies
+            // with `delete` in the policy, as in Kafka.
+            retention_ms: (config.retention_ms >= 0 && config.is_deleted_by_retention())
+                .then_some(config.retention_ms),
+            retention_bytes: (config.retention_bytes >= 0 && config.is_deleted_by_retention())
+                .then_some(config.retention_bytes as u64),
             // Checked against 1..=i32::MAX by the topic config.
             index_interval_bytes: config.index_interval_bytes.clamp(1, i64::from(u32::MAX)) as u32,
             ..LogConfig::default()
@@ -1002,8 +1013,10 @@ impl PartitionManager {
 
     /// Applies retention to every partition.
     pub fn apply_retention(&self, now_ms: i64) {
+        let expiration_ms = self.config().producer_id_expiration_ms as i64;
         for (_, partition) in self.all_partitions() {
             partition.apply_retention(now_ms);
+            partition.expire_producers(now_ms, expiration_ms);
         }
     }
 }

@@ -5,23 +5,21 @@
 //!
 //! # Which keys Rill acts on
 //!
-//! Acted on: `compression.type` (produce recompresses when it names a codec),
-//! `index.interval.bytes`, `max.message.bytes`, `message.timestamp.type`
-//! (`LogAppendTime` stamps batches on the leader), `retention.bytes`, `retention.ms`,
-//! `segment.bytes`, `segment.ms`. A change of any of them through AlterConfigs takes
-//! effect on every replica without a restart (a smaller `segment.bytes` at the next
-//! roll).
-//!
-//! `cleanup.policy` is stored and described; segments are cleaned by deletion
-//! (retention), and `compact` has effect only where a log cleaner runs (not in this
-//! module's scope).
+//! Acted on: `cleanup.policy` (`delete` applies retention; `compact` makes the broker's
+//! log cleaner keep the last record per key; `compact,delete` both),
+//! `compression.type` (produce recompresses when it names a codec),
+//! `delete.retention.ms`, `index.interval.bytes`, `max.compaction.lag.ms`,
+//! `max.message.bytes`, `message.timestamp.type` (`LogAppendTime` stamps batches on the
+//! leader), `min.cleanable.dirty.ratio`, `min.compaction.lag.ms` (the cleaner reads the
+//! four compaction keys), `retention.bytes`, `retention.ms`, `segment.bytes`,
+//! `segment.ms`. A change of any of them through AlterConfigs takes effect on every
+//! replica without a restart (a smaller `segment.bytes` at the next roll).
 //!
 //! Every other key is validated, stored and described, but has no effect in Rill
 //! ([`ConfigDef::acted_on`] is false, and its documentation says so): the flush keys
 //! (Rill's durability is the broker's `durability`/`flush_interval_ms`), throttling,
 //! tiered storage, timestamp bounds, `min.insync.replicas` (Raft commits on a majority),
-//! `unclean.leader.election.enable` (Raft never elects an unclean leader), the
-//! compaction tuning keys, `preallocate`, `file.delete.delay.ms`,
+//! `unclean.leader.election.enable` (Raft never elects an unclean leader), `preallocate`, `file.delete.delay.ms`,
 //! `segment.index.bytes`, `segment.jitter.ms`, `message.downconversion.enable`,
 //! `message.format.version`.
 
@@ -134,7 +132,7 @@ macro_rules! def {
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     def!("cleanup.policy", List, DefaultValue::Fixed("delete"),
         Validator::ListOf(&["compact", "delete"]), Some("log.cleanup.policy"), true,
-        "delete, compact or compact,delete: how old log segments are cleaned (compact needs the log cleaner)."),
+        "delete, compact or compact,delete: compact keeps the last record per key (the broker's log cleaner), delete applies retention.ms / retention.bytes, compact,delete both."),
     def!("compression.gzip.level", Int, DefaultValue::Fixed("-1"), Validator::Range(-1, 9),
         Some("compression.gzip.level"), false,
         "Level of gzip when compression.type is gzip (-1 = codec default). Stored and described; Rill does not act on it."),
@@ -149,8 +147,8 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         Some("compression.zstd.level"), false,
         "Level of zstd when compression.type is zstd. Stored and described; Rill does not act on it."),
     def!("delete.retention.ms", Long, DefaultValue::Fixed("86400000"),
-        Validator::Range(0, i64::MAX), Some("log.cleaner.delete.retention.ms"), false,
-        "How long tombstones are kept in a compacted topic."),
+        Validator::Range(0, i64::MAX), Some("log.cleaner.delete.retention.ms"), true,
+        "How long a tombstone stays after its offset was first compacted, so consumers see deletions."),
     def!("file.delete.delay.ms", Long, DefaultValue::Fixed("60000"), Validator::Range(0, i64::MAX),
         Some("log.segment.delete.delay.ms"), false,
         "Delay before a deleted segment's file is removed. Stored and described; Rill does not act on it (unlinking is safe while mapped)."),
@@ -176,8 +174,8 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         Some("log.local.retention.ms"), false,
         "Tiered storage: time kept locally (-2 = retention.ms). Stored and described; Rill does not act on it."),
     def!("max.compaction.lag.ms", Long, DefaultValue::Fixed(LONG_MAX), Validator::Range(1, i64::MAX),
-        Some("log.cleaner.max.compaction.lag.ms"), false,
-        "Longest time a record stays uncompacted."),
+        Some("log.cleaner.max.compaction.lag.ms"), true,
+        "A compacted log whose oldest uncompacted record is older than this is cleaned whatever its dirty ratio."),
     ConfigDef {
         rill_broker_key: Some("message_max_bytes"),
         ..def!("max.message.bytes", Int, DefaultValue::Broker(|d| d.max_message_bytes),
@@ -203,11 +201,11 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         Validator::OneOf(&["CreateTime", "LogAppendTime"]), Some("log.message.timestamp.type"), true,
         "CreateTime keeps the producer's timestamps; LogAppendTime makes the leader's clock the batch's timestamp."),
     def!("min.cleanable.dirty.ratio", Double, DefaultValue::Fixed("0.5"), Validator::RangeF(0.0, 1.0),
-        Some("log.cleaner.min.cleanable.ratio"), false,
-        "Least share of uncleaned log before a compaction."),
+        Some("log.cleaner.min.cleanable.ratio"), true,
+        "A compacted log is cleaned once uncompacted bytes are at least this share of its cleanable bytes."),
     def!("min.compaction.lag.ms", Long, DefaultValue::Fixed("0"), Validator::Range(0, i64::MAX),
-        Some("log.cleaner.min.compaction.lag.ms"), false,
-        "Shortest time a record stays uncompacted."),
+        Some("log.cleaner.min.compaction.lag.ms"), true,
+        "Records stay uncompacted at least this long."),
     def!("min.insync.replicas", Int, DefaultValue::Fixed("1"), Validator::Range(1, I32_MAX),
         Some("min.insync.replicas"), false,
         "Least in-sync replicas for acks=all. Stored and described; Rill does not act on it: Raft commits on a majority of the replicas."),
@@ -459,8 +457,13 @@ impl TopicCompression {
     }
 }
 
+/// Kafka's `delete.retention.ms` default: one day.
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 86_400_000;
+/// Kafka's `min.cleanable.dirty.ratio` default.
+pub const MIN_CLEANABLE_DIRTY_RATIO_DEFAULT: f64 = 0.5;
+
 /// A topic's effective configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TopicConfig {
     /// `cleanup.policy`, normalised (`delete`, `compact` or `compact,delete`).
     pub cleanup_policy: String,
@@ -470,6 +473,14 @@ pub struct TopicConfig {
     pub log_append_time: bool,
     /// `index.interval.bytes`.
     pub index_interval_bytes: i64,
+    /// `delete.retention.ms` (Kafka's default: one day).
+    pub delete_retention_ms: i64,
+    /// `max.compaction.lag.ms` (default: never forces a cleaning).
+    pub max_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio` (default 0.5), within 0..=1.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms` (default 0).
+    pub min_compaction_lag_ms: i64,
     /// `max.message.bytes`.
     pub max_message_bytes: i64,
     /// `retention.bytes`, -1 = unlimited.
@@ -534,6 +545,12 @@ impl TopicConfig {
             compression: TopicCompression::parse(&value("compression.type")),
             log_append_time: value("message.timestamp.type").eq_ignore_ascii_case("LogAppendTime"),
             index_interval_bytes: number("index.interval.bytes"),
+            delete_retention_ms: number("delete.retention.ms"),
+            max_compaction_lag_ms: number("max.compaction.lag.ms"),
+            min_cleanable_dirty_ratio: value("min.cleanable.dirty.ratio")
+                .parse::<f64>()
+                .unwrap_or(MIN_CLEANABLE_DIRTY_RATIO_DEFAULT),
+            min_compaction_lag_ms: number("min.compaction.lag.ms"),
             max_message_bytes: number("max.message.bytes"),
             retention_bytes: number("retention.bytes"),
             retention_ms: number("retention.ms"),
@@ -542,6 +559,16 @@ impl TopicConfig {
             overrides,
             defaults: defaults.clone(),
         })
+    }
+
+    /// Whether the log cleaner compacts this topic (`compact` or `compact,delete`).
+    pub fn is_compacted(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p == "compact")
+    }
+
+    /// Whether retention deletes old segments (`delete` or `compact,delete`).
+    pub fn is_deleted_by_retention(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p == "delete")
     }
 
     /// The effective value of `key` as text, or None for an unknown key.
@@ -639,6 +666,42 @@ mod tests {
         assert_eq!(config.compression, TopicCompression::Lz4);
         assert!(config.log_append_time);
         assert_eq!(config.cleanup_policy, "compact,delete");
+    }
+
+    #[test]
+    fn the_compaction_keys_reach_the_cleaner_fields() {
+        let config = with(&[]).unwrap();
+        assert_eq!(config.cleanup_policy, "delete");
+        assert!(!config.is_compacted() && config.is_deleted_by_retention());
+        assert_eq!(config.delete_retention_ms, DELETE_RETENTION_MS_DEFAULT);
+        assert_eq!(config.max_compaction_lag_ms, i64::MAX);
+        assert_eq!(
+            config.min_cleanable_dirty_ratio,
+            MIN_CLEANABLE_DIRTY_RATIO_DEFAULT
+        );
+        assert_eq!(config.min_compaction_lag_ms, 0);
+        let config = with(&[
+            ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "5"),
+            ("max.compaction.lag.ms", "6"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+            ("min.compaction.lag.ms", "7"),
+        ])
+        .unwrap();
+        assert!(config.is_compacted() && !config.is_deleted_by_retention());
+        assert_eq!(config.delete_retention_ms, 5);
+        assert_eq!(config.max_compaction_lag_ms, 6);
+        assert_eq!(config.min_cleanable_dirty_ratio, 0.25);
+        assert_eq!(config.min_compaction_lag_ms, 7);
+        for key in [
+            "cleanup.policy",
+            "delete.retention.ms",
+            "max.compaction.lag.ms",
+            "min.cleanable.dirty.ratio",
+            "min.compaction.lag.ms",
+        ] {
+            assert!(definition(key).unwrap().acted_on, "{key}");
+        }
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! membership= count:u32 voter:u64*count count:u32 learner:u64*count   (strictly ascending)
 //! bool      = 0 | 1
 //! hello     = length:u32 magic:"RLTX" version:u8 broker_id:i32 cluster_id:string
-//!             client_host:string client_port:u16 rack:nullable_string incarnation_id:16
+//!             client_host:string client_port:u16 inter_broker_host:string
+//!             inter_broker_port:u16 rack:nullable_string incarnation_id:16
 //!             known_incarnation:16                 (nil: the receiver is not registered)
 //! refusal   = length:u32 magic:"RLTN" version:u8 broker_id:i32 code:u8 reason:string
 //!             (sent instead of a hello by a broker that refuses the connecting identity;
@@ -69,7 +70,9 @@ use crate::replica::hard_state::ReplicaKey;
 /// * 4 — the handshake carries the incarnation the sender's metadata registers for the
 ///   receiver ([`Hello::known_incarnation`]), and a broker may answer a handshake with a
 ///   [`Refusal`].
-pub const WIRE_VERSION: u8 = 4;
+/// * 5 — the registration carries the sender's inter-broker address, so a broker that
+///   is not a controller voter (whose address no configuration lists) can be reached.
+pub const WIRE_VERSION: u8 = 5;
 
 /// First bytes of a handshake body, so a connection from something that is not a Rill
 /// transport (a Kafka client on the wrong port) fails at once with a clear error.
@@ -94,14 +97,14 @@ pub const CLIENT_HOST_BYTES_MAX: usize = 255;
 /// Longest [`BrokerRegistrationInfo::rack`] a handshake may carry.
 pub const RACK_BYTES_MAX: usize = 255;
 
-/// Bytes of a handshake body besides its strings: magic, version, broker id, the three
-/// string lengths, client port, incarnation id, known incarnation.
-const HELLO_FIXED_BYTES: usize = HELLO_MAGIC.len() + 1 + 4 + 2 + 2 + 2 + 2 + 16 + 16;
+/// Bytes of a handshake body besides its strings: magic, version, broker id, the four
+/// string lengths, client port, inter-broker port, incarnation id, known incarnation.
+const HELLO_FIXED_BYTES: usize = HELLO_MAGIC.len() + 1 + 4 + 2 + 2 + 2 + 2 + 2 + 2 + 16 + 16;
 
 /// Largest handshake body: every string at its longest. The handshake is read with this
 /// as its frame limit, so a peer cannot make the receiver buffer more before it is checked.
 pub const HELLO_BYTES_MAX: usize =
-    HELLO_FIXED_BYTES + CLUSTER_ID_BYTES_MAX + CLIENT_HOST_BYTES_MAX + RACK_BYTES_MAX;
+    HELLO_FIXED_BYTES + CLUSTER_ID_BYTES_MAX + 2 * CLIENT_HOST_BYTES_MAX + RACK_BYTES_MAX;
 
 /// Bytes of a frame before its first envelope: length prefix, version, sender, count.
 pub const FRAME_HEADER_BYTES: usize = FRAME_PREFIX_BYTES + 1 + 4 + 4;
@@ -224,6 +227,12 @@ pub struct BrokerRegistrationInfo {
     pub client_host: String,
     /// Port of that listener.
     pub client_port: u16,
+    /// Host (name or address) other brokers connect to: its `inter_broker_listen`
+    /// address. An unspecified address (`0.0.0.0`) is taken by the receiver to mean
+    /// the address the handshake came from. At most [`CLIENT_HOST_BYTES_MAX`] bytes.
+    pub inter_broker_host: String,
+    /// Port of `inter_broker_listen`.
+    pub inter_broker_port: u16,
     /// The broker's rack (`broker.rack`), if it has one. At most [`RACK_BYTES_MAX`] bytes.
     pub rack: Option<String>,
     /// Random per process start ([`BrokerRegistrationInfo::random_incarnation_id`]), so a
@@ -646,6 +655,11 @@ pub fn encode_hello(hello: &Hello) -> Bytes {
             CLIENT_HOST_BYTES_MAX,
         ),
         (
+            "inter-broker host",
+            registration.inter_broker_host.len(),
+            CLIENT_HOST_BYTES_MAX,
+        ),
+        (
             "rack",
             registration.rack.as_ref().map_or(0, String::len),
             RACK_BYTES_MAX,
@@ -664,8 +678,11 @@ pub fn encode_hello(hello: &Hello) -> Bytes {
 pub(crate) fn encode_hello_unchecked(hello: &Hello) -> Bytes {
     let registration = &hello.registration;
     let rack_bytes = registration.rack.as_ref().map_or(0, String::len);
-    let body_bytes =
-        HELLO_FIXED_BYTES + hello.cluster_id.len() + registration.client_host.len() + rack_bytes;
+    let body_bytes = HELLO_FIXED_BYTES
+        + hello.cluster_id.len()
+        + registration.client_host.len()
+        + registration.inter_broker_host.len()
+        + rack_bytes;
     let mut out = BytesMut::with_capacity(FRAME_PREFIX_BYTES + body_bytes);
     out.put_u32(body_bytes as u32);
     out.put_slice(&HELLO_MAGIC);
@@ -674,6 +691,8 @@ pub(crate) fn encode_hello_unchecked(hello: &Hello) -> Bytes {
     put_string(&mut out, &hello.cluster_id);
     put_string(&mut out, &registration.client_host);
     out.put_u16(registration.client_port);
+    put_string(&mut out, &registration.inter_broker_host);
+    out.put_u16(registration.inter_broker_port);
     match &registration.rack {
         Some(rack) => put_string(&mut out, rack),
         None => out.put_i16(-1),
@@ -771,6 +790,13 @@ pub fn decode_hello(body: Bytes) -> Result<Hello, CodecError> {
         });
     }
     let client_port = r.uint16()?;
+    let inter_broker_host = r.string(false)?;
+    if inter_broker_host.len() > CLIENT_HOST_BYTES_MAX {
+        return Err(CodecError::ClientHostTooLong {
+            bytes: inter_broker_host.len(),
+        });
+    }
+    let inter_broker_port = r.uint16()?;
     let rack = r.nullable_string(false)?;
     if let Some(rack) = &rack {
         if rack.len() > RACK_BYTES_MAX {
@@ -787,6 +813,8 @@ pub fn decode_hello(body: Bytes) -> Result<Hello, CodecError> {
         registration: BrokerRegistrationInfo {
             client_host: client_host.to_string(),
             client_port,
+            inter_broker_host: inter_broker_host.to_string(),
+            inter_broker_port,
             rack: rack.map(|rack| rack.to_string()),
             incarnation_id,
         },
@@ -1064,12 +1092,22 @@ mod tests {
             short_string(),
             short_string(),
             any::<u16>(),
+            (short_string(), any::<u16>()),
             proptest::option::of(short_string()),
             any::<u128>(),
             proptest::option::of(1..=u128::MAX),
         )
             .prop_map(
-                |(broker_id, cluster_id, client_host, client_port, rack, incarnation, known)| {
+                |(
+                    broker_id,
+                    cluster_id,
+                    client_host,
+                    client_port,
+                    (inter_broker_host, inter_broker_port),
+                    rack,
+                    incarnation,
+                    known,
+                )| {
                     Hello {
                         broker_id,
                         cluster_id,
@@ -1077,6 +1115,8 @@ mod tests {
                         registration: BrokerRegistrationInfo {
                             client_host,
                             client_port,
+                            inter_broker_host,
+                            inter_broker_port,
                             rack,
                             incarnation_id: Uuid::from_u128(incarnation),
                         },
@@ -1105,6 +1145,8 @@ mod tests {
             registration: BrokerRegistrationInfo {
                 client_host: "broker-42.example".into(),
                 client_port: 9092,
+                inter_broker_host: "10.0.0.42".into(),
+                inter_broker_port: 9093,
                 rack: Some("eu-west-1a".into()),
                 incarnation_id: Uuid::from_u128(0x1234_5678_9abc_def0),
             },
@@ -1387,6 +1429,7 @@ mod tests {
         let mut hello = sample_hello();
         hello.cluster_id = at_limit(CLUSTER_ID_BYTES_MAX);
         hello.registration.client_host = at_limit(CLIENT_HOST_BYTES_MAX);
+        hello.registration.inter_broker_host = at_limit(CLIENT_HOST_BYTES_MAX);
         hello.registration.rack = Some(at_limit(RACK_BYTES_MAX));
         let longest = encode_hello(&hello);
         assert_eq!(longest.len() - FRAME_PREFIX_BYTES, HELLO_BYTES_MAX);
@@ -1396,6 +1439,12 @@ mod tests {
         long_host.registration.client_host = at_limit(CLIENT_HOST_BYTES_MAX + 1);
         assert_eq!(
             decode_hello(hello_body(&long_host)),
+            Err(CodecError::ClientHostTooLong { bytes: 256 })
+        );
+        let mut long_inter_broker_host = sample_hello();
+        long_inter_broker_host.registration.inter_broker_host = at_limit(CLIENT_HOST_BYTES_MAX + 1);
+        assert_eq!(
+            decode_hello(hello_body(&long_inter_broker_host)),
             Err(CodecError::ClientHostTooLong { bytes: 256 })
         );
         let mut long_rack = sample_hello();

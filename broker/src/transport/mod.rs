@@ -33,7 +33,7 @@
 //! # Registrations
 //!
 //! Every handshake carries the sender's [`BrokerRegistrationInfo`] (its client address,
-//! rack and incarnation id; [`TransportConfig::registration`]). The transport keeps the
+//! inter-broker address, rack and incarnation id; [`TransportConfig::registration`]). The transport keeps the
 //! latest one of every peer whose inbound connection completed a handshake — the peer's
 //! own claim, keyed by its broker id — and a controller reads them with
 //! [`Transport::peer_registrations`], woken by [`Transport::registrations_changed`].
@@ -180,6 +180,8 @@ impl TransportConfig {
             registration: BrokerRegistrationInfo {
                 client_host: "127.0.0.1".into(),
                 client_port: 9092,
+                inter_broker_host: listen_addr.ip().to_string(),
+                inter_broker_port: listen_addr.port(),
                 rack: None,
                 incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
             },
@@ -212,6 +214,17 @@ impl TransportConfig {
                 format!(
                     "{} bytes, not in 1..={}",
                     host.len(),
+                    codec::CLIENT_HOST_BYTES_MAX
+                ),
+            );
+        }
+        let inter_broker_host = &self.registration.inter_broker_host;
+        if inter_broker_host.is_empty() || inter_broker_host.len() > codec::CLIENT_HOST_BYTES_MAX {
+            return invalid(
+                "registration.inter_broker_host",
+                format!(
+                    "{} bytes, not in 1..={}",
+                    inter_broker_host.len(),
                     codec::CLIENT_HOST_BYTES_MAX
                 ),
             );
@@ -958,6 +971,7 @@ async fn serve_inbound(
     let config = &shared.config;
     let counters = &shared.counters;
     stream.set_nodelay(true)?;
+    let peer_ip = stream.peer_addr().ok().map(|addr| addr.ip());
     // The write half is kept for the whole connection: dropping it would send a FIN,
     // which the peer's writer takes for a lost connection.
     let (reader, mut writer) = stream.into_split();
@@ -1002,7 +1016,19 @@ async fn serve_inbound(
     writer
         .write_all(&codec::encode_hello(&shared.hello_for(from_broker)))
         .await?;
-    shared.record_registration(from_broker, hello.registration);
+    let mut registration = hello.registration;
+    // A peer listening on every interface (0.0.0.0) is reached at the address its
+    // connection came from.
+    if registration
+        .inter_broker_host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        if let Some(peer_ip) = peer_ip {
+            registration.inter_broker_host = peer_ip.to_string();
+        }
+    }
+    shared.record_registration(from_broker, registration);
     let heard = shared.heard_clock(from_broker);
     heard.store(shared.now_ms(), Ordering::Relaxed);
     *frames.decoder_mut() = FrameDecoder::new(config.frame_bytes_max);

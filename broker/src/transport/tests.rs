@@ -697,6 +697,8 @@ fn registration(host: &str, port: u16, rack: Option<&str>) -> BrokerRegistration
     BrokerRegistrationInfo {
         client_host: host.into(),
         client_port: port,
+        inter_broker_host: "127.0.0.1".into(),
+        inter_broker_port: 9093,
         rack: rack.map(Into::into),
         incarnation_id: BrokerRegistrationInfo::random_incarnation_id(),
     }

@@ -173,7 +173,26 @@ impl Membership {
         let mut next_heartbeat = Instant::now();
         let mut next_auto_commit = Instant::now() + auto_commit_every;
         let mut next_metadata_check = Instant::now() + metadata_every;
+        let poll_interval_max = Duration::from_millis(config.rebalance_timeout_ms.max(0) as u64);
+        let mut left_for_poll_timeout = false;
         loop {
+            if left_for_poll_timeout {
+                // Out of the group until the application polls again.
+                tokio::select! {
+                    cmd = commands.recv() => {
+                        self.close(cmd).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(heartbeat_every) => {
+                        if self.consumer.poll_timer.overdue(poll_interval_max).is_none() {
+                            tracing::info!(group = %self.ctx.group_id, "the application polls again; rejoining the group");
+                            left_for_poll_timeout = false;
+                            rejoin = true;
+                        }
+                    }
+                }
+                continue;
+            }
             if rejoin {
                 let (joined, close) = {
                     let join = self.join_and_sync();
@@ -237,6 +256,11 @@ impl Membership {
                 }
                 _ = tokio::time::sleep_until(next_heartbeat) => {
                     next_heartbeat = Instant::now() + heartbeat_every;
+                    if let Some(since) = self.consumer.poll_timer.overdue(poll_interval_max) {
+                        self.leave_for_poll_timeout(since).await;
+                        left_for_poll_timeout = true;
+                        continue;
+                    }
                     match self.heartbeat().await {
                         Ok(()) => {}
                         Err(Next::Rejoin) => rejoin = true,
@@ -505,6 +529,28 @@ impl Membership {
         if let Some(l) = &self.listener {
             l.on_revoked(partitions);
         }
+    }
+
+    /// Kafka's poll timeout: the application held its records longer than
+    /// `max.poll.interval.ms`, so it is presumed stuck. Its partitions are lost (nothing
+    /// is committed for them: the others may already read them), and a dynamic member
+    /// leaves at once so the group rebalances now rather than after its session timeout;
+    /// a static member only stops heartbeating (its session timeout decides, KIP-345).
+    async fn leave_for_poll_timeout(&mut self, since: Duration) {
+        tracing::warn!(
+            group = %self.ctx.group_id,
+            since_ms = since.as_millis() as u64,
+            limit_ms = self.consumer.config.rebalance_timeout_ms,
+            "the application has not polled within max.poll.interval.ms (rebalance_timeout_ms); leaving the group until it polls again"
+        );
+        self.lose_all();
+        if self.ctx.group_instance_id.is_none() {
+            if let Err(e) = self.leave().await {
+                tracing::debug!(group = %self.ctx.group_id, error = %e, "LeaveGroup failed");
+            }
+        }
+        let mut s = lock(&self.ctx.session);
+        s.generation = -1;
     }
 
     /// The member was fenced: its partitions may already be someone else's, so nothing is

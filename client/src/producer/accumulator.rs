@@ -9,6 +9,13 @@
 //! flight that keeps strict order across retries; with more, a batch already in flight
 //! behind a failed one can still land first (Kafka's producer without idempotence
 //! behaves the same).
+//!
+//! Idempotence: once [`Accumulator::set_producer`] gave it a producer id and epoch, each
+//! batch is stamped when it closes with them and its partition's next sequence, so
+//! sequences follow closing order, which is sending order; a retry resends the same
+//! bytes (same sequence), which the leader recognises. After an epoch bump
+//! ([`Accumulator::reset_producer`], with nothing in flight) every partition's sequences
+//! start over at 0 and the batches waiting are stamped again in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,6 +48,8 @@ pub(crate) struct ClosedBatch {
     /// Position among its partition's batches (closing order): the order they are sent
     /// and requeued in.
     pub(crate) seq: u64,
+    /// Idempotent batches: the producer epoch stamped in them.
+    pub(crate) producer_epoch: Option<i16>,
 }
 
 struct OpenBatch {
@@ -64,6 +73,8 @@ struct PartitionQueue {
     retry_at: Option<Instant>,
     /// The `seq` of the next batch to close.
     next_seq: u64,
+    /// Idempotence: the sequence number of the next record to close into a batch.
+    next_sequence: i32,
 }
 
 impl PartitionQueue {
@@ -120,6 +131,8 @@ pub(crate) struct Accumulator {
     in_flight_max: usize,
     /// While positive, linger is ignored (someone is waiting in `flush`).
     pub(crate) flushes_pending: usize,
+    /// Idempotence: the producer id and epoch batches are stamped with when they close.
+    producer: Option<(i64, i16)>,
 }
 
 impl Accumulator {
@@ -136,7 +149,63 @@ impl Accumulator {
             compression,
             in_flight_max: in_flight_max.max(1),
             flushes_pending: 0,
+            producer: None,
         }
+    }
+
+    /// The producer id and epoch of an idempotent producer, if it has them.
+    pub(crate) fn producer(&self) -> Option<(i64, i16)> {
+        self.producer
+    }
+
+    /// Makes every batch closed from now on idempotent under `producer_id` and `epoch`.
+    pub(crate) fn set_producer(&mut self, producer_id: i64, epoch: i16) {
+        self.producer = Some((producer_id, epoch));
+    }
+
+    /// An epoch bump (or a new producer id): every partition's sequences start over at 0
+    /// and the batches waiting to be sent are stamped again, in order. Called only with
+    /// nothing in flight (a batch in flight keeps the old stamp).
+    pub(crate) fn reset_producer(&mut self, producer_id: i64, epoch: i16) -> Result<()> {
+        debug_assert_eq!(self.in_flight_total(), 0);
+        self.producer = Some((producer_id, epoch));
+        for queues in self.topics.values_mut() {
+            for queue in &mut queues.partitions {
+                queue.next_sequence = 0;
+                for batch in queue.closed.iter_mut() {
+                    batch.records = crate::wire::restamp_producer(
+                        &batch.records,
+                        producer_id,
+                        epoch,
+                        queue.next_sequence,
+                    )?;
+                    batch.producer_epoch = Some(epoch);
+                    queue.next_sequence = next_sequence(queue.next_sequence, batch.record_count);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Batches in flight in every partition.
+    pub(crate) fn in_flight_total(&self) -> usize {
+        self.topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .map(|q| q.in_flight.len())
+            .sum()
+    }
+
+    /// Whether a batch of the partition closed before batch `seq` is still unsettled (in
+    /// flight, or waiting for a retry): then a sequence error of `seq` is explained by it
+    /// (the leader saw a gap) and `seq` is simply sent again after it.
+    pub(crate) fn has_earlier_unsettled(&self, topic: &str, partition: i32, seq: u64) -> bool {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .is_some_and(|q| {
+                q.in_flight.iter().any(|(s, _)| *s < seq) || q.closed.iter().any(|b| b.seq < seq)
+            })
     }
 
     /// Adds a record to its partition's open batch. `partition_count` comes from
@@ -174,7 +243,7 @@ impl Accumulator {
         // Close the open batch if this record would push it past the limit.
         if let Some(open) = &queue.open {
             if open.record_count > 0 && open.size_estimate_bytes + size > self.batch_bytes_max {
-                close_open(queue, now)?;
+                close_open(queue, now, self.producer)?;
                 topic_queues
                     .sticky
                     .on_batch_closed(partition, partition_count);
@@ -197,7 +266,7 @@ impl Accumulator {
         open.reserved_bytes += reserved_bytes;
         let completion = open.completion.clone();
         if open.size_estimate_bytes >= self.batch_bytes_max {
-            close_open(queue, now)?;
+            close_open(queue, now, self.producer)?;
             topic_queues
                 .sticky
                 .on_batch_closed(partition, partition_count);
@@ -225,7 +294,7 @@ impl Accumulator {
                 if let Some(open) = &queue.open {
                     let due = open.opened_at + self.linger;
                     if flushing || due <= now {
-                        close_open(queue, now)?;
+                        close_open(queue, now, self.producer)?;
                         queues.sticky.on_batch_closed(index as i32, partition_count);
                     } else {
                         next = Some(next.map_or(due, |n| n.min(due)));
@@ -311,9 +380,27 @@ impl Accumulator {
     }
 }
 
-fn close_open(queue: &mut PartitionQueue, now: Instant) -> Result<()> {
+/// Kafka's sequence arithmetic: `i32::MAX` is followed by 0.
+fn next_sequence(sequence: i32, records: u32) -> i32 {
+    let records = records.min(i32::MAX as u32) as i32;
+    if sequence > i32::MAX - records {
+        records - (i32::MAX - sequence) - 1
+    } else {
+        sequence + records
+    }
+}
+
+fn close_open(
+    queue: &mut PartitionQueue,
+    now: Instant,
+    producer: Option<(i64, i16)>,
+) -> Result<()> {
     if let Some(open) = queue.open.take() {
-        let records = open.writer.finish()?;
+        let stamp = producer.map(|(id, epoch)| (id, epoch, queue.next_sequence));
+        let records = open.writer.finish(stamp)?;
+        if stamp.is_some() {
+            queue.next_sequence = next_sequence(queue.next_sequence, open.record_count);
+        }
         queue.closed.push_back(ClosedBatch {
             records,
             record_count: open.record_count,
@@ -322,6 +409,7 @@ fn close_open(queue: &mut PartitionQueue, now: Instant) -> Result<()> {
             attempts: 0,
             closed_at: now,
             seq: queue.next_seq,
+            producer_epoch: producer.map(|(_, epoch)| epoch),
         });
         queue.next_seq += 1;
     }
@@ -349,6 +437,49 @@ mod tests {
             Compression::None,
             in_flight_max,
         )
+    }
+
+    fn header(records: &Bytes) -> (i64, i16, i32) {
+        let view = rill_protocol::batch::BatchView::new(records).unwrap();
+        view.verify_crc().unwrap();
+        (
+            view.producer_id(),
+            view.producer_epoch(),
+            view.base_sequence(),
+        )
+    }
+
+    #[test]
+    fn idempotent_batches_number_records_per_partition_and_restart_after_a_bump() {
+        let mut a = acc_pipelined(0, 256, 5);
+        a.set_producer(42, 3);
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            a.append(&record(Some("k"), 100), 0, 1, 150, t0).unwrap();
+        }
+        let (ready, _) = a.drain(t0).unwrap();
+        assert!(ready.len() >= 3, "pipelined: {}", ready.len());
+        let mut expected_sequence = 0;
+        for d in &ready {
+            assert_eq!(header(&d.batch.records), (42, 3, expected_sequence));
+            expected_sequence += d.batch.record_count as i32;
+        }
+        // The first batch fails and comes back; the rest complete. A bump restamps it.
+        let mut ready = ready.into_iter();
+        let first = ready.next().unwrap();
+        for d in ready {
+            a.complete("t", 0, d.batch.seq);
+        }
+        assert!(a.has_earlier_unsettled("t", 0, first.batch.seq + 1));
+        a.requeue("t", 0, first.batch, t0);
+        a.reset_producer(42, 4).unwrap();
+        let (ready, _) = a.drain(t0).unwrap();
+        assert_eq!(
+            header(&ready[0].batch.records),
+            (42, 4, 0),
+            "sequences start over"
+        );
+        assert_eq!(ready[0].batch.producer_epoch, Some(4));
     }
 
     #[test]

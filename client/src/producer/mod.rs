@@ -11,8 +11,20 @@
 //! Memory is bounded: every queued record holds `buffer_bytes_max` budget (its size
 //! estimate) until its batch completes; `send` waits for budget when it is used up.
 //!
-//! Delivery is *at least once*: this producer is not idempotent, so a batch whose
-//! response was lost (e.g. the broker died after writing it) is written again on retry.
+//! Idempotence (on by default with acks=all, `ProducerConfig::enable_idempotence`): the
+//! first `send` gets a producer id (InitProducerId); every batch carries it, its epoch
+//! and its partition's sequence numbers, so a leader answers a retry of a batch it holds
+//! with the original offset instead of writing it again, and refuses a batch that would
+//! leave a gap (OUT_OF_ORDER_SEQUENCE_NUMBER), which is resent after the earlier one.
+//! Delivery is then exactly once and in order per partition, across retries, leader
+//! changes and broker restarts. A sequence error no earlier batch explains (the broker
+//! lost the producer's state: UNKNOWN_PRODUCER_ID, or a gap after a batch that failed for
+//! good) bumps the epoch as Kafka's producer does (KIP-360): the sender waits until
+//! nothing is in flight, asks InitProducerId for epoch + 1, and every partition's
+//! sequences start over at 0.
+//!
+//! Without idempotence delivery is *at least once*: a batch whose response was lost
+//! (e.g. the broker died after writing it) is written again on retry.
 
 mod accumulator;
 mod delivery;
@@ -22,8 +34,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
+};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use self::accumulator::{Accumulator, Drained};
@@ -52,6 +67,12 @@ struct Inner {
     /// Per leader broker id, the queue of its lane task (see the module docs). A lane
     /// ends when the producer is dropped (its queue closes).
     lanes: Mutex<HashMap<i32, mpsc::UnboundedSender<Vec<Drained>>>>,
+    /// Idempotence: held while the producer id is first fetched, so `send`s wait for it.
+    init_lock: tokio::sync::Mutex<()>,
+    /// Idempotence: a sequence error asked for an epoch bump (see the module docs).
+    bump_needed: AtomicBool,
+    /// Epoch bumps done (KIP-360 resets).
+    epoch_bumps_total: AtomicU64,
 }
 
 /// An asynchronous Kafka producer.
@@ -93,6 +114,9 @@ impl Producer {
             closed: AtomicBool::new(false),
             retries_total: AtomicU64::new(0),
             lanes: Mutex::new(HashMap::new()),
+            init_lock: tokio::sync::Mutex::new(()),
+            bump_needed: AtomicBool::new(false),
+            epoch_bumps_total: AtomicU64::new(0),
             cluster,
             config,
         });
@@ -126,6 +150,16 @@ impl Producer {
                     partition: p,
                 });
             }
+        }
+        if inner.config.is_idempotent()
+            && inner
+                .accumulator
+                .lock()
+                .expect("accumulator lock")
+                .producer()
+                .is_none()
+        {
+            init_producer_id(inner).await?;
         }
         let permit = inner
             .memory
@@ -172,6 +206,21 @@ impl Producer {
     /// (since this producer was created).
     pub fn retries_total(&self) -> u64 {
         self.inner.retries_total.load(Ordering::Relaxed)
+    }
+
+    /// How many times the producer bumped its epoch to recover from a sequence error
+    /// (KIP-360; see the module docs).
+    pub fn epoch_bumps_total(&self) -> u64 {
+        self.inner.epoch_bumps_total.load(Ordering::Relaxed)
+    }
+
+    /// The producer id and epoch, once an idempotent producer has them.
+    pub fn producer_id_and_epoch(&self) -> Option<(i64, i16)> {
+        self.inner
+            .accumulator
+            .lock()
+            .expect("accumulator lock")
+            .producer()
     }
 
     /// Number of partitions of `topic` (fetching metadata if needed).
@@ -227,10 +276,126 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Gets the idempotent producer's id (once; concurrent `send`s wait for the first).
+async fn init_producer_id(inner: &Inner) -> Result<()> {
+    let _one = inner.init_lock.lock().await;
+    if inner
+        .accumulator
+        .lock()
+        .expect("accumulator lock")
+        .producer()
+        .is_some()
+    {
+        return Ok(());
+    }
+    let (id, epoch) = request_producer_id(inner, None).await?;
+    inner
+        .accumulator
+        .lock()
+        .expect("accumulator lock")
+        .set_producer(id, epoch);
+    tracing::debug!(producer_id = id, epoch, "idempotent producer initialised");
+    Ok(())
+}
+
+/// InitProducerId at any broker, retried with backoff on retriable errors within
+/// `delivery_timeout_ms`. With `current` (KIP-360), the broker bumps that id's epoch.
+async fn request_producer_id(inner: &Inner, current: Option<(i64, i16)>) -> Result<(i64, i16)> {
+    let (id, epoch) = current.unwrap_or((-1, -1));
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(i32::MAX)
+        .with_producer_id(ProducerId(id))
+        .with_producer_epoch(epoch);
+    let deadline = Instant::now() + Duration::from_millis(inner.config.delivery_timeout_ms);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match inner.cluster.request_any(&request).await {
+            Ok(response) => match Error::from_code(response.error_code, None) {
+                None => return Ok((response.producer_id.0, response.producer_epoch)),
+                Some(e) => e,
+            },
+            Err(e) => e,
+        };
+        if !error.is_retriable() || Instant::now() >= deadline {
+            return Err(error);
+        }
+        tracing::debug!(error = %error, attempts, "InitProducerId failed; retrying");
+        tokio::time::sleep(inner.config.client.backoff(attempts)).await;
+    }
+}
+
+/// Bumps the epoch once nothing is in flight (see the module docs); false while
+/// batches are still in flight or the bump failed (retried at the next wake-up).
+async fn bump_epoch_if_needed(inner: &Inner) -> bool {
+    if !inner.bump_needed.load(Ordering::Acquire) {
+        return true;
+    }
+    let current = {
+        let acc = inner.accumulator.lock().expect("accumulator lock");
+        if acc.in_flight_total() > 0 {
+            return false;
+        }
+        acc.producer()
+    };
+    match request_producer_id(inner, current).await {
+        Ok((id, epoch)) => {
+            let reset = inner
+                .accumulator
+                .lock()
+                .expect("accumulator lock")
+                .reset_producer(id, epoch);
+            if let Err(e) = reset {
+                tracing::error!(error = %e, "cannot restamp batches after an epoch bump");
+                return false;
+            }
+            inner.bump_needed.store(false, Ordering::Release);
+            inner.epoch_bumps_total.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                producer_id = id,
+                epoch,
+                "idempotent producer bumped its epoch; sequences start over"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "epoch bump failed; retrying");
+            tokio::time::sleep(inner.config.client.backoff(1)).await;
+            false
+        }
+    }
+}
+
 /// The sender loop: drain due batches, dispatch them, sleep until the next deadline or
 /// a wake-up. Ends when the producer is closed and nothing is left.
 async fn run_sender(inner: Arc<Inner>) {
     loop {
+        if inner.closed.load(Ordering::Acquire)
+            && inner
+                .accumulator
+                .lock()
+                .expect("accumulator lock")
+                .is_idle()
+        {
+            return;
+        }
+        if !bump_epoch_if_needed(&inner).await {
+            // Waiting for in-flight batches to settle (each settles with a wake-up), or
+            // retrying a failed bump.
+            if inner.bump_needed.load(Ordering::Acquire)
+                && inner
+                    .accumulator
+                    .lock()
+                    .expect("accumulator lock")
+                    .in_flight_total()
+                    == 0
+            {
+                continue;
+            }
+            inner.wake_sender.notified().await;
+            continue;
+        }
         let drained = inner.accumulator.lock().unwrap().drain(Instant::now());
         let (batches, next_due) = match drained {
             Ok(x) => x,
@@ -430,6 +595,9 @@ fn settle(inner: &Inner, batches: Vec<Drained>, response: &ProduceResponse) {
             }
             Some(p) => match Error::from_code(p.error_code, p.error_message.as_deref()) {
                 None => succeed(inner, d, p.base_offset),
+                Some(e) if is_sequence_error(&e) && d.batch.producer_epoch.is_some() => {
+                    sequence_error(inner, d, e)
+                }
                 Some(e) => {
                     inner.cluster.observe_error(&e);
                     retry_or_fail(inner, d, e);
@@ -437,6 +605,50 @@ fn settle(inner: &Inner, batches: Vec<Drained>, response: &ProduceResponse) {
             },
         }
     }
+}
+
+/// The errors an idempotent batch gets for its sequence or epoch.
+fn is_sequence_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Broker {
+            code: ResponseError::OutOfOrderSequenceNumber
+                | ResponseError::UnknownProducerId
+                | ResponseError::InvalidProducerEpoch,
+            ..
+        }
+    )
+}
+
+/// An idempotent batch refused for its sequence: sent again after the earlier batch the
+/// leader is missing, when one is unsettled; otherwise the producer's state at the
+/// leader is gone or broken and the epoch is bumped (the batch is stamped again and
+/// resent). A batch of an epoch older than the producer's is resent under the new one.
+fn sequence_error(inner: &Inner, d: Drained, error: Error) {
+    let (explained, current_epoch) = {
+        let acc = inner.accumulator.lock().expect("accumulator lock");
+        (
+            acc.has_earlier_unsettled(&d.topic, d.partition, d.batch.seq),
+            acc.producer().map(|(_, epoch)| epoch),
+        )
+    };
+    let stale_epoch = d.batch.producer_epoch < current_epoch;
+    if !explained && !stale_epoch {
+        if matches!(
+            error,
+            Error::Broker {
+                code: ResponseError::InvalidProducerEpoch,
+                ..
+            }
+        ) {
+            // Someone else bumped this producer id's epoch: it is fenced for good.
+            fail(inner, d, error);
+            return;
+        }
+        tracing::debug!(topic = %d.topic, partition = d.partition, error = %error, "sequence error: bumping the producer epoch");
+        inner.bump_needed.store(true, Ordering::Release);
+    }
+    retry_if(inner, d, error, true);
 }
 
 fn succeed(inner: &Inner, d: Drained, base_offset: i64) {
@@ -455,11 +667,17 @@ fn fail(inner: &Inner, d: Drained, error: Error) {
 
 /// A failed send: requeue at the head of the partition with backoff if the error is
 /// retriable and neither `retries_max` nor `delivery_timeout_ms` ran out; else fail.
-fn retry_or_fail(inner: &Inner, mut d: Drained, error: Error) {
+fn retry_or_fail(inner: &Inner, d: Drained, error: Error) {
+    let retriable = error.is_retriable();
+    retry_if(inner, d, error, retriable);
+}
+
+/// [`retry_or_fail`] with the caller's judgement of whether `error` is retriable.
+fn retry_if(inner: &Inner, mut d: Drained, error: Error, retriable: bool) {
     d.batch.attempts += 1;
     let timed_out =
         d.batch.closed_at.elapsed() >= Duration::from_millis(inner.config.delivery_timeout_ms);
-    if error.is_retriable() && d.batch.attempts < inner.config.retries_max && !timed_out {
+    if retriable && d.batch.attempts < inner.config.retries_max && !timed_out {
         tracing::debug!(
             topic = %d.topic,
             partition = d.partition,

@@ -24,7 +24,9 @@ pub use rill_record::layout::{
     BATCH_LENGTH_MIN, HEADER_BYTES as BATCH_HEADER_BYTES,
     LOG_OVERHEAD_BYTES as BATCH_LENGTH_PREFIX_BYTES, MAGIC_V2,
 };
-pub use rill_record::write::{set_base_offset, set_log_append_time, set_partition_leader_epoch};
+pub use rill_record::write::{
+    set_base_offset, set_log_append_time, set_partition_leader_epoch, set_producer,
+};
 pub use rill_record::{
     batches, validate_client_batch, BatchView, Batches, ClientBatchRules, Compression, HeaderView,
     Headers, RecordError, RecordView, Records, TimestampType,

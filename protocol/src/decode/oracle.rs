@@ -128,4 +128,5 @@ oracle_tests! {
     alter_configs_matches_kafka_protocol: AlterConfigs => AlterConfigsRequest, AlterConfigsResponse;
     incremental_alter_configs_matches_kafka_protocol: IncrementalAlterConfigs => IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse;
     delete_records_matches_kafka_protocol: DeleteRecords => DeleteRecordsRequest, DeleteRecordsResponse;
+    init_producer_id_matches_kafka_protocol: InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
 }

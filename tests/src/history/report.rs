@@ -85,6 +85,18 @@ pub struct NonMonotonic {
     pub offset: i64,
 }
 
+/// Two values one producer sent to a partition in one order and a read found in the
+/// other (see [`History::record_send_order`](super::History::record_send_order)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reordered {
+    /// The partition.
+    pub partition: i32,
+    /// The value sent first, and the offset it was read at.
+    pub earlier: (Bytes, i64),
+    /// The value sent after it, read at a lower offset.
+    pub later: (Bytes, i64),
+}
+
 /// Everything [`History::check`](super::History::check) found. `Display` prints
 /// counts and the first [`EXAMPLES_SHOWN`] examples of each kind of violation.
 #[derive(Clone, Debug)]
@@ -114,6 +126,8 @@ pub struct Report {
     pub phantoms: Vec<Phantom>,
     /// Offsets that did not increase within a read.
     pub non_monotonic: Vec<NonMonotonic>,
+    /// Values of one producer's partition stream read out of their send order.
+    pub reordered: Vec<Reordered>,
 }
 
 impl Report {
@@ -131,6 +145,7 @@ impl Report {
             duplicates: Vec::new(),
             phantoms: Vec::new(),
             non_monotonic: Vec::new(),
+            reordered: Vec::new(),
         }
     }
 
@@ -143,6 +158,7 @@ impl Report {
             && (self.duplicates.is_empty() || self.duplicates_policy == Duplicates::Allowed)
             && self.phantoms.is_empty()
             && self.non_monotonic.is_empty()
+            && self.reordered.is_empty()
     }
 
     /// Panics with the report's display unless [`Report::is_ok`].
@@ -233,6 +249,22 @@ impl fmt::Display for Report {
                     f,
                     "read {} of partition {}: offset {} after {}",
                     n.read, n.partition, n.offset, n.previous_offset
+                )
+            },
+        )?;
+        section(
+            f,
+            "values read out of their send order",
+            &self.reordered,
+            |f, r| {
+                write!(
+                    f,
+                    "partition {}: {} (sent first) at offset {}, {} (sent after) at offset {}",
+                    r.partition,
+                    ShowValue(&r.earlier.0),
+                    r.earlier.1,
+                    ShowValue(&r.later.0),
+                    r.later.1
                 )
             },
         )

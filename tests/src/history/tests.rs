@@ -352,3 +352,24 @@ fn no_replicas_is_an_error() {
     let none: &[std::path::PathBuf] = &[];
     assert!(replicas_identical(none).is_err());
 }
+
+#[test]
+fn values_read_out_of_their_send_order_are_reordered() {
+    let mut history = clean_history();
+    // One producer sent v0, v1, v2, v3 in this order (v8 was never read: skipped).
+    history.record_send_order(0, vec![value(0), value(1), value(8), value(2), value(3)]);
+    history.check(Duplicates::Forbidden).assert_ok();
+    // Another sent v3 before v2 to partition 0: read the other way round.
+    history.record_send_order(0, vec![value(3), value(2)]);
+    let report = history.check(Duplicates::Forbidden);
+    assert_eq!(
+        report.reordered,
+        vec![Reordered {
+            partition: 0,
+            earlier: (value(3), 4),
+            later: (value(2), 3),
+        }]
+    );
+    assert!(!report.is_ok());
+    assert!(report.to_string().contains("out of their send order"));
+}

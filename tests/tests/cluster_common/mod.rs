@@ -46,6 +46,8 @@ pub fn voters_text(ports: &[u16]) -> String {
 
 pub struct Cluster {
     pub brokers: Vec<RilldProcess>,
+    /// The first broker's `--controller-voters` (what a broker added later is given).
+    pub voters: String,
 }
 
 impl Cluster {
@@ -75,6 +77,7 @@ impl Cluster {
             voters.len(),
             "one voter list per broker"
         );
+        let first_voters = voters.first().cloned().unwrap_or_default();
         let brokers = inter_broker_ports
             .iter()
             .zip(voters)
@@ -93,7 +96,28 @@ impl Cluster {
                 RilldProcess::start_with(&args)
             })
             .collect();
-        Cluster { brokers }
+        Cluster {
+            brokers,
+            voters: first_voters,
+        }
+    }
+
+    /// Starts one more broker (the next id) that is not among the controller voters:
+    /// it joins as a learner of the metadata group. Returns its id.
+    pub fn start_non_voter(&mut self, extra: &[&str]) -> i32 {
+        let id = self.brokers.len() as i32 + 1;
+        let mut args = vec![
+            "--node-id".to_string(),
+            id.to_string(),
+            "--controller-voters".to_string(),
+            self.voters.clone(),
+            "--inter-broker-listen".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.brokers.push(RilldProcess::start_with(&args));
+        id
     }
 
     /// The client addresses of the running brokers.
@@ -446,4 +470,70 @@ pub fn replica_dirs(data_dir: &Path, topic: &str) -> Vec<PathBuf> {
         .unwrap_or_default();
     dirs.sort();
     dirs
+}
+
+/// The smallest base offset of the metadata log's segment files on `broker`: above 0
+/// once a checkpoint let the broker delete the log's first segments.
+pub fn metadata_log_start(broker: &RilldProcess) -> u64 {
+    let dir = broker.data_dir().join("meta/cluster-metadata-0");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse::<u64>().ok()
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// Creates and deletes topics through `admin` until the metadata logs of the brokers at
+/// `indexes` (into `cluster.brokers`) have lost their first segment.
+pub async fn churn_until_trimmed(
+    cluster: &Cluster,
+    admin: &Admin,
+    indexes: &[usize],
+    prefix: &str,
+) {
+    let trimmed = |i: &usize| metadata_log_start(&cluster.brokers[*i]) > 0;
+    let starts = |c: &Cluster| -> Vec<u64> {
+        indexes
+            .iter()
+            .map(|i| metadata_log_start(&c.brokers[*i]))
+            .collect()
+    };
+    let before = starts(cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut churned = 0;
+    // Past where each log started before: a second trim when the first one happened.
+    while !indexes.iter().all(trimmed)
+        || starts(cluster)
+            .iter()
+            .zip(&before)
+            .any(|(now, was)| now == was)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the metadata log was never trimmed ({churned} topics churned)\n{}",
+            cluster.logs()
+        );
+        let name = format!("{prefix}-{churned}");
+        churned += 1;
+        admin
+            .create_topics(&[NewTopic {
+                replication_factor: 2,
+                ..NewTopic::new(name.as_str(), 1)
+            }])
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}\n{}", cluster.logs()));
+        admin
+            .delete_topics(&[name.as_str()])
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}\n{}", cluster.logs()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "metadata log starts {:?} after {churned} topics created and deleted",
+        starts(cluster)
+    );
 }

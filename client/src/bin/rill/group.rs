@@ -147,12 +147,20 @@ pub(crate) async fn run(client: ClientConfig, cmd: GroupCommand) -> Result<(), E
     match cmd {
         GroupCommand::List { states } => {
             let states: Vec<&str> = states.iter().map(String::as_str).collect();
-            let groups = admin.list_groups(&states).await?;
+            let list = admin.list_groups(&states).await?;
             println!("{:<40} {:<20} PROTOCOL-TYPE", "GROUP", "STATE");
-            for g in groups {
+            for g in &list.groups {
                 println!("{:<40} {:<20} {}", g.group_id, g.state, g.protocol_type);
             }
-            Ok(())
+            // The groups those brokers coordinate are missing: say so, and fail, so a
+            // script never takes a partial list for the whole.
+            for (broker, e) in &list.unreachable {
+                eprintln!("broker {broker} could not be asked (its groups are not listed): {e}");
+            }
+            match list.unreachable.into_iter().next() {
+                Some((_, e)) => Err(e),
+                None => Ok(()),
+            }
         }
         GroupCommand::Describe { groups } => {
             let refs: Vec<&str> = groups.iter().map(String::as_str).collect();

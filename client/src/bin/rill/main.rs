@@ -151,10 +151,14 @@ pub(crate) struct ProducerOptions {
     #[arg(long, default_value_t = 64 << 20)]
     pub(crate) buffer_bytes_max: usize,
     /// Batches of one partition in flight at once (Kafka's
-    /// max.in.flight.requests.per.connection). Above 1, a retried batch can land after
-    /// a later one (no idempotence yet).
-    #[arg(long, default_value_t = 1)]
+    /// max.in.flight.requests.per.connection); at most 5 with idempotence. Without
+    /// idempotence, above 1 a retried batch can land after a later one.
+    #[arg(long, default_value_t = 5)]
     pub(crate) in_flight_per_partition: usize,
+    /// Turn idempotence off (it applies with --acks all only): retries may then write a
+    /// batch twice.
+    #[arg(long)]
+    pub(crate) no_idempotence: bool,
 }
 
 impl ProducerOptions {
@@ -167,6 +171,7 @@ impl ProducerOptions {
             batch_bytes_max: self.batch_bytes_max,
             buffer_bytes_max: self.buffer_bytes_max,
             in_flight_batches_per_partition_max: self.in_flight_per_partition,
+            enable_idempotence: !self.no_idempotence,
             ..ProducerConfig::default()
         })
     }

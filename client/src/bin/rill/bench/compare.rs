@@ -93,6 +93,7 @@ impl ClusterBench {
                 batch_bytes_max: 1 << 20,
                 buffer_bytes_max: 64 << 20,
                 in_flight_per_partition: self.in_flight_per_partition,
+                no_idempotence: false,
             },
         }
     }

@@ -54,6 +54,16 @@ pub struct GroupListing {
     pub state: String,
 }
 
+/// What [`Admin::list_groups`] gathered: the groups of every broker that answered, and
+/// the brokers that did not (their groups are missing from the list).
+#[derive(Debug, Default)]
+pub struct GroupList {
+    /// The groups, sorted by id.
+    pub groups: Vec<GroupListing>,
+    /// Brokers that could not be asked, with why.
+    pub unreachable: Vec<(i32, Error)>,
+}
+
 /// One member of a group as DescribeGroups reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberDescription {
@@ -210,45 +220,75 @@ impl Admin {
     }
 
     /// Groups of every broker, sorted by id; only those in one of `states` (Kafka's
-    /// names, case-insensitive) unless `states` is empty.
-    pub async fn list_groups(&self, states: &[&str]) -> Result<Vec<GroupListing>> {
+    /// names, case-insensitive) unless `states` is empty. Each broker lists only the
+    /// groups it coordinates, so a broker that cannot be asked leaves a gap: it is
+    /// named in [`GroupList::unreachable`] (as Kafka's admin client separates valid
+    /// listings from errors), and only when no broker answered is the whole call an error.
+    pub async fn list_groups(&self, states: &[&str]) -> Result<GroupList> {
         // The cached metadata: broker connections are looked up in it.
         let metadata = self.cluster.metadata().await?;
         let mut brokers: Vec<i32> = metadata.brokers.keys().copied().collect();
         brokers.sort_unstable();
         let mut groups: BTreeMap<String, GroupListing> = BTreeMap::new();
-        let mut conns = Vec::with_capacity(brokers.len());
+        let mut unreachable = Vec::new();
+        let mut answered = false;
         if brokers.is_empty() {
-            conns.push(self.cluster.any_connection().await?);
+            let conn = self.cluster.any_connection().await?;
+            self.list_groups_of(&conn, states, &mut groups).await?;
+            answered = true;
         }
         for id in brokers {
-            conns.push(self.cluster.broker_connection(id).await?);
-        }
-        for conn in conns {
-            let version = conn.version_of::<ListGroupsRequest>()?;
-            let mut request = ListGroupsRequest::default();
-            if version >= 4 {
-                request.states_filter = states.iter().map(|s| str_bytes(s)).collect();
+            let listed = match self.cluster.broker_connection(id).await {
+                Ok(conn) => self.list_groups_of(&conn, states, &mut groups).await,
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok(()) => answered = true,
+                Err(e) => unreachable.push((id, e)),
             }
-            let response = conn.request_at(&request, version).await?;
-            if let Some(e) = Error::from_code(response.error_code, None) {
+        }
+        if !answered {
+            if let Some((_, e)) = unreachable.pop() {
                 return Err(e);
             }
-            for g in response.groups {
-                let listing = GroupListing {
-                    group_id: g.group_id.to_string(),
-                    protocol_type: g.protocol_type.to_string(),
-                    state: g.group_state.to_string(),
-                };
-                // The broker filters (v4+), as Kafka's admin client relies on; one too old
-                // to filter (v0–v3) reports no states: its groups are kept only when no
-                // filter was asked for.
-                if version >= 4 || states.is_empty() {
-                    groups.insert(listing.group_id.clone(), listing);
-                }
+        }
+        Ok(GroupList {
+            groups: groups.into_values().collect(),
+            unreachable,
+        })
+    }
+
+    /// Adds the groups `conn`'s broker coordinates (in `states`, see
+    /// [`Admin::list_groups`]) to `groups`.
+    async fn list_groups_of(
+        &self,
+        conn: &Connection,
+        states: &[&str],
+        groups: &mut BTreeMap<String, GroupListing>,
+    ) -> Result<()> {
+        let version = conn.version_of::<ListGroupsRequest>()?;
+        let mut request = ListGroupsRequest::default();
+        if version >= 4 {
+            request.states_filter = states.iter().map(|s| str_bytes(s)).collect();
+        }
+        let response = conn.request_at(&request, version).await?;
+        if let Some(e) = Error::from_code(response.error_code, None) {
+            return Err(e);
+        }
+        for g in response.groups {
+            let listing = GroupListing {
+                group_id: g.group_id.to_string(),
+                protocol_type: g.protocol_type.to_string(),
+                state: g.group_state.to_string(),
+            };
+            // The broker filters (v4+), as Kafka's admin client relies on; one too old
+            // to filter (v0–v3) reports no states: its groups are kept only when no
+            // filter was asked for.
+            if version >= 4 || states.is_empty() {
+                groups.insert(listing.group_id.clone(), listing);
             }
         }
-        Ok(groups.into_values().collect())
+        Ok(())
     }
 
     /// State, protocol and members (with their decoded assignments) of each group, in

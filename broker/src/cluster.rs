@@ -26,9 +26,10 @@
 //!   in `<topic>-<partition>.<topic id>` directories
 //!   ([`crate::config::replica_dir`]), so a topic created again under an old name never
 //!   meets a replica of the old one.
-//! * **DeleteTopics and CreatePartitions** are served by the controller like
-//!   CreateTopics (others answer NOT_CONTROLLER): a `DeleteTopic` or `CreatePartitions`
-//!   record, after which every broker's applier removes or opens its replicas. A
+//! * **DeleteTopics, CreatePartitions and (Incremental)AlterConfigs** are served by the
+//!   controller like CreateTopics (others answer NOT_CONTROLLER): a `DeleteTopic`,
+//!   `CreatePartitions` or `AlterTopicConfigs` record, after which every broker's applier
+//!   removes or opens its replicas, or gives them the topic's new configs. A
 //!   broker that was down during a deletion removes the directories when its applier
 //!   replays the deletion.
 //! * **Leaders and in-sync replicas known everywhere.** Each partition leader reports
@@ -582,6 +583,37 @@ impl Cluster {
             .await?;
         tracing::info!(topic = name, %topic_id, "deleted topic");
         Ok(topic_id)
+    }
+
+    /// AlterConfigs / IncrementalAlterConfigs of a topic at the controller: proposes the
+    /// topic's new set of config overrides (checked by the caller); every broker applies
+    /// it to its replicas when it applies the record. Returns once this broker applied it.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        if !self.is_controller() {
+            return Err(BrokerError::NotController);
+        }
+        let topic_id = {
+            let image = self.image.read().expect("image lock");
+            let topic = image
+                .topic_by_name(name)
+                .ok_or(BrokerError::UnknownTopicOrPartition)?;
+            if topic.configs == configs {
+                return Ok(());
+            }
+            topic.topic_id
+        };
+        if validate_only {
+            return Ok(());
+        }
+        self.propose(&MetadataRecord::AlterTopicConfigs { topic_id, configs })
+            .await?;
+        tracing::info!(topic = name, %topic_id, "altered topic configs");
+        Ok(())
     }
 
     /// CreatePartitions at the controller: places the new partitions' replicas (or

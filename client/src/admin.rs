@@ -9,11 +9,17 @@ use std::sync::Arc;
 
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, TopicName,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -263,6 +269,90 @@ impl Admin {
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
+    }
+
+    /// Alters a topic's configs through IncrementalAlterConfigs at the controller: sets
+    /// each `(key, value)` of `set` and returns each key of `delete` to its default; the
+    /// other keys keep their values. An unknown key or a bad value is
+    /// [`Error::Broker`] with INVALID_CONFIG naming the key.
+    pub async fn alter_topic_configs(
+        &self,
+        topic: &str,
+        set: &[(String, String)],
+        delete: &[String],
+    ) -> Result<()> {
+        /// Kafka's ConfigResource.Type.TOPIC.
+        const RESOURCE_TYPE_TOPIC: i8 = 2;
+        /// Kafka's AlterConfigOp SET and DELETE.
+        const OP_SET: i8 = 0;
+        const OP_DELETE: i8 = 1;
+        let mut configs: Vec<AlterableConfig> = set
+            .iter()
+            .map(|(k, v)| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_string(k.clone()))
+                    .with_config_operation(OP_SET)
+                    .with_value(Some(StrBytes::from_string(v.clone())))
+            })
+            .collect();
+        configs.extend(delete.iter().map(|k| {
+            AlterableConfig::default()
+                .with_name(StrBytes::from_string(k.clone()))
+                .with_config_operation(OP_DELETE)
+        }));
+        let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(RESOURCE_TYPE_TOPIC)
+                .with_resource_name(StrBytes::from_string(topic.to_owned()))
+                .with_configs(configs),
+        ]);
+        let response = self.controller().await?.request(&request).await?;
+        for r in &response.responses {
+            if let Some(e) = Error::from_code(r.error_code, r.error_message.as_deref()) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the records of `topic`-`partition` below `offset` (DeleteRecords at the
+    /// partition's leader; -1 means the high watermark). Returns the partition's new
+    /// log start offset (its low watermark).
+    pub async fn delete_records(&self, topic: &str, partition: i32, offset: i64) -> Result<i64> {
+        let metadata = self
+            .cluster
+            .topic(topic, std::time::Duration::from_secs(5))
+            .await?;
+        let leader = metadata
+            .topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .map(|p| p.leader)
+            .filter(|l| *l >= 0)
+            .ok_or_else(|| Error::UnknownTopic(format!("{topic}-{partition}")))?;
+        let request = DeleteRecordsRequest::default()
+            .with_timeout_ms(ADMIN_OPERATION_TIMEOUT_MS)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(partition)
+                    .with_offset(offset)])]);
+        let response = self
+            .cluster
+            .broker_connection(leader)
+            .await?
+            .request(&request)
+            .await?;
+        let answered = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.partition_index == partition)
+            .ok_or_else(|| Error::Protocol("DeleteRecords answered no partition".into()))?;
+        match Error::from_code(answered.error_code, None) {
+            Some(e) => Err(e),
+            None => Ok(answered.low_watermark),
+        }
     }
 
     /// Cluster id, controller and brokers. Uses DescribeCluster where the broker supports

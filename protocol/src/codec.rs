@@ -90,6 +90,11 @@ pub fn decode_request_kind(
         ApiKey::DescribeGroups => RequestKind::DescribeGroups(decode_request(body, version)?),
         ApiKey::DeleteGroups => RequestKind::DeleteGroups(decode_request(body, version)?),
         ApiKey::OffsetDelete => RequestKind::OffsetDelete(decode_request(body, version)?),
+        ApiKey::AlterConfigs => RequestKind::AlterConfigs(decode_request(body, version)?),
+        ApiKey::IncrementalAlterConfigs => {
+            RequestKind::IncrementalAlterConfigs(decode_request(body, version)?)
+        }
+        ApiKey::DeleteRecords => RequestKind::DeleteRecords(decode_request(body, version)?),
         ApiKey::InitProducerId => RequestKind::InitProducerId(decode_request(body, version)?),
         // Served (the table says so) but with no decoder here: a bug that the test
         // `every_served_api_and_version_decodes` catches; answered as unsupported meanwhile.
@@ -392,6 +397,9 @@ mod tests {
                     OffsetFetch => OffsetFetchRequest, ListGroups => ListGroupsRequest,
                     DescribeGroups => DescribeGroupsRequest,
                     DeleteGroups => DeleteGroupsRequest, OffsetDelete => OffsetDeleteRequest,
+                    AlterConfigs => AlterConfigsRequest,
+                    IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
+                    DeleteRecords => DeleteRecordsRequest,
                     InitProducerId => InitProducerIdRequest);
                 let header = RequestHeader {
                     api_key: range.api_key,

@@ -48,6 +48,8 @@ const fn range(api_key: ApiKey, min: i16, max: i16) -> ApiRange {
 ///   consumer protocol), OffsetFetch 1..=9 (librdkafka v9, kafka-python v8: groups from v8),
 ///   DescribeGroups 0..=6, ListGroups 0..=5 (librdkafka v5: state and type filters),
 ///   DeleteGroups 0..=2, OffsetDelete 0..=0 (its only version).
+/// * Topic configs and records: AlterConfigs 0..=2, IncrementalAlterConfigs 0..=1 and
+///   DeleteRecords 0..=2 — everything kafka-protocol knows.
 /// * InitProducerId 0..=5 — librdkafka v4, kafka-python v?, the Java client v5; v3+ names the producer's id and
 ///   epoch for KIP-360 epoch bumps. Idempotent producers only (`broker::api::init_producer_id`).
 pub const SUPPORTED: &[ApiRange] = &[
@@ -67,11 +69,14 @@ pub const SUPPORTED: &[ApiRange] = &[
     range(ApiKey::ApiVersions, 0, 4),
     range(ApiKey::CreateTopics, 2, 4),
     range(ApiKey::DeleteTopics, 1, 4),
+    range(ApiKey::DeleteRecords, 0, 2),
     range(ApiKey::InitProducerId, 0, 5),
     range(ApiKey::OffsetForLeaderEpoch, 2, 4),
     range(ApiKey::DescribeConfigs, 1, 4),
+    range(ApiKey::AlterConfigs, 0, 2),
     range(ApiKey::CreatePartitions, 0, 3),
     range(ApiKey::DeleteGroups, 0, 2),
+    range(ApiKey::IncrementalAlterConfigs, 0, 1),
     range(ApiKey::OffsetDelete, 0, 0),
     range(ApiKey::DescribeCluster, 0, 1),
 ];

@@ -460,6 +460,19 @@ fn seed_frame(api: ApiKey, v: i16, rng: &mut StdRng) -> Bytes {
         ApiKey::OffsetDelete => {
             encode_seed(api, v, &random_message::<OffsetDeleteRequest>(rng.gen(), v))
         }
+        ApiKey::AlterConfigs => {
+            encode_seed(api, v, &random_message::<AlterConfigsRequest>(rng.gen(), v))
+        }
+        ApiKey::IncrementalAlterConfigs => encode_seed(
+            api,
+            v,
+            &random_message::<IncrementalAlterConfigsRequest>(rng.gen(), v),
+        ),
+        ApiKey::DeleteRecords => encode_seed(
+            api,
+            v,
+            &random_message::<DeleteRecordsRequest>(rng.gen(), v),
+        ),
         ApiKey::InitProducerId => encode_seed(
             api,
             v,
@@ -1308,6 +1321,16 @@ macro_rules! with_message_types {
             ),
             ApiKey::OffsetDelete => call_with!(
                 $which, $f, OffsetDeleteRequest, OffsetDeleteResponse, $($arg),*
+            ),
+            ApiKey::AlterConfigs => call_with!(
+                $which, $f, AlterConfigsRequest, AlterConfigsResponse, $($arg),*
+            ),
+            ApiKey::IncrementalAlterConfigs => call_with!(
+                $which, $f, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+                $($arg),*
+            ),
+            ApiKey::DeleteRecords => call_with!(
+                $which, $f, DeleteRecordsRequest, DeleteRecordsResponse, $($arg),*
             ),
             ApiKey::InitProducerId => call_with!(
                 $which, $f, InitProducerIdRequest, InitProducerIdResponse, $($arg),*

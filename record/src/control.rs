@@ -19,6 +19,10 @@ pub const CONTROL_TYPE_LEADER_CHANGE: i16 = 2;
 /// Rill's membership-change control record (not a Kafka type; consumers skip it like
 /// any control batch). Value: Rill's own membership encoding.
 pub const CONTROL_TYPE_RILL_MEMBERSHIP: i16 = 0x5201;
+/// Rill's DeleteRecords control record (not a Kafka type; consumers skip it): every
+/// replica that writes it moves its log start offset up to the value, an INT64
+/// big-endian offset.
+pub const CONTROL_TYPE_RILL_DELETE_RECORDS: i16 = 0x5202;
 
 /// Builds a control batch of one record with the given type and value. baseOffset
 /// and partitionLeaderEpoch are left 0 and -1 for the log to stamp (both lie outside

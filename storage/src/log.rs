@@ -31,6 +31,10 @@ pub const RECOVERY_POINT_FILE: &str = "recovery-point-offset-checkpoint";
 pub const LOG_START_FILE: &str = "log-start-offset-checkpoint";
 pub(crate) const RECOVERY_POINT_KEY: &str = "recovery_point";
 const LOG_START_KEY: &str = "log_start_offset";
+/// File that keeps the records start offset (DeleteRecords), see
+/// [`PartitionLog::delete_records_below`].
+pub const RECORDS_START_FILE: &str = "records-start-offset-checkpoint";
+const RECORDS_START_KEY: &str = "records_start_offset";
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +93,11 @@ pub struct PartitionLog {
     pub(crate) segments: Vec<Segment>,
     active: Active,
     pub(crate) log_start_offset: u64,
+    /// Records below this were deleted by DeleteRecords (Kafka's log start offset may lie
+    /// inside a segment, or inside a batch); consumers see
+    /// `max(log_start_offset, records_start_offset)`. Segments, Raft and retention keep
+    /// working on `log_start_offset`, which is always a segment's base offset.
+    records_start_offset: u64,
     epochs: EpochCache,
     /// Bumped by every change of `epochs`; the epoch file holds the version
     /// `checkpoints` names (see [`SharedCheckpoints`] for why it may lag).
@@ -241,6 +250,8 @@ impl PartitionLog {
         if log_start_ck.unwrap_or(first_base) != log.log_start_offset {
             atomic_file::write_u64(dir, LOG_START_FILE, LOG_START_KEY, log.log_start_offset)?;
         }
+        log.records_start_offset =
+            atomic_file::read_u64(dir, RECORDS_START_FILE, RECORDS_START_KEY)?.unwrap_or(0);
         let end = log.log_end_offset();
         let mut recovery_point = end;
         if !epochs_saved {
@@ -277,6 +288,7 @@ impl PartitionLog {
             segments,
             active,
             log_start_offset,
+            records_start_offset: 0,
             epochs,
             epochs_version: 0,
             flushed_offset: log_start_offset,
@@ -526,9 +538,49 @@ impl PartitionLog {
         &self.config
     }
 
-    /// First offset still in the log.
+    /// Replaces the configuration of an open log (a topic's configs altered): retention,
+    /// `segment_ms` and the index interval apply from the next call that reads them; a
+    /// smaller `segment_bytes` also caps the active segment, so it rolls at the new size
+    /// (or at once, if it is already larger); a larger one applies from the next segment.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        let segment_bytes = config.segment_bytes as usize;
+        if segment_bytes < self.active.capacity {
+            let used = self.active_segment().size_bytes;
+            self.active.capacity = segment_bytes.max(used);
+        }
+        self.config = config;
+        Ok(())
+    }
+
+    /// First offset consumers may read (Kafka's log start offset, ListOffsets
+    /// earliest): the first offset of the first segment, or the records start set by
+    /// [`PartitionLog::delete_records_below`] if later (capped at the log end).
     pub fn log_start_offset(&self) -> u64 {
         self.log_start_offset
+            .max(self.records_start_offset.min(self.log_end_offset()))
+    }
+
+    /// First offset of the first segment: where the log's entries start for
+    /// replication (a Raft log starts at a batch boundary).
+    pub fn segment_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    /// DeleteRecords: records below `offset` are gone for consumers from now on (the
+    /// log start offset becomes `offset`, capped at the log end); closed segments wholly
+    /// below it are deleted at once, the rest of the segment holding `offset` when that
+    /// segment goes. Recorded durably first, so a restart keeps it. Never moves back.
+    /// Returns the new log start offset.
+    pub fn delete_records_below(&mut self, offset: u64) -> Result<u64> {
+        let offset = offset.min(self.log_end_offset());
+        if offset <= self.log_start_offset() {
+            return Ok(self.log_start_offset());
+        }
+        atomic_file::write_u64(&self.dir, RECORDS_START_FILE, RECORDS_START_KEY, offset)?;
+        self.records_start_offset = offset;
+        self.delete_segments_below(offset)?;
+        Ok(self.log_start_offset())
     }
 
     /// Offset the next appended record gets.

@@ -317,6 +317,53 @@ fn truncation_into_a_closed_segment_keeps_every_handed_out_slice() {
     assert_eq!(log.term_at(cut), Some(2));
 }
 
+#[test]
+fn deleted_records_move_the_start_inside_a_segment_and_it_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(4096);
+    let mut log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+    for i in 0..60 {
+        log.append_as_leader(&batch_bytes(0, -1, 2, 100, i), 1)
+            .unwrap();
+    }
+    let segments = log.segment_count();
+    // 71 lies inside a batch (70..=71) inside a closed segment.
+    assert_eq!(log.delete_records_below(71).unwrap(), 71);
+    assert_eq!(log.log_start_offset(), 71);
+    let segment_start = log.segment_start_offset();
+    assert!(segment_start > 0 && segment_start <= 70, "{segment_start}");
+    assert!(log.segment_count() < segments);
+    // Never backwards, never past the end.
+    assert_eq!(log.delete_records_below(10).unwrap(), 71);
+    assert_eq!(log.delete_records_below(1_000).unwrap(), 120);
+    assert_eq!(log.log_start_offset(), 120);
+    drop(log);
+    let log = PartitionLog::open(dir.path(), config).unwrap();
+    assert_eq!(log.log_start_offset(), 120);
+    assert_eq!(log.log_end_offset(), 120);
+    assert!(log.segment_start_offset() <= 120);
+}
+
+#[test]
+fn a_new_config_takes_effect_on_an_open_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(64 * 1024)).unwrap();
+    for i in 0..10 {
+        log.append_as_leader(&batch_bytes(0, -1, 2, 100, i), 1)
+            .unwrap();
+    }
+    assert_eq!(log.segment_count(), 1);
+    // A smaller segment size caps the active segment: the next append rolls.
+    log.set_config(small_config(1024)).unwrap();
+    log.append_as_leader(&batch_bytes(0, -1, 2, 100, 10), 1)
+        .unwrap();
+    assert_eq!(log.segment_count(), 2);
+    assert_eq!(log.config().segment_bytes, 1024);
+    // An invalid config is refused and the old one stays.
+    assert!(log.set_config(small_config(10)).is_err());
+    assert_eq!(log.config().segment_bytes, 1024);
+}
+
 /// The body lines of the `leader-epoch-checkpoint` file in `dir` (empty if absent).
 fn epoch_file_lines(dir: &std::path::Path) -> Vec<String> {
     match std::fs::read_to_string(dir.join("leader-epoch-checkpoint")) {

@@ -72,8 +72,16 @@ async fn rdkafka_creates_produces_consumes_and_deletes() {
             .and_then(|e| e.value.as_deref()),
         Some("compact")
     );
+    // A key nobody set is a default; segment.bytes is not: the harness sets the broker's
+    // log_segment_bytes (Kafka's source STATIC_BROKER_CONFIG).
     assert!(
         resource
+            .get("delete.retention.ms")
+            .expect("delete.retention.ms")
+            .is_default
+    );
+    assert!(
+        !resource
             .get("segment.bytes")
             .expect("segment.bytes")
             .is_default

@@ -11,12 +11,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use super::{error_parts, str_bytes};
 use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::state::topic_config::TOPIC_CONFIG_KEYS;
-
-/// DescribeConfigs' config_source values (Kafka's `ConfigSource`).
-pub const SOURCE_TOPIC: i8 = 1;
-/// A broker default that the operator did not set.
-pub const SOURCE_DEFAULT: i8 = 5;
+use crate::state::topic_config::{self, TopicConfigError, TOPIC_CONFIGS};
 
 /// Creates (or validates) each requested topic.
 pub async fn handle(
@@ -27,16 +22,16 @@ pub async fn handle(
     let mut results = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.to_string();
-        let mut configs = BTreeMap::new();
-        let mut bad = None;
-        for c in &topic.configs {
-            match &c.value {
-                Some(v) => {
-                    configs.insert(c.name.to_string(), v.to_string());
-                }
-                None => bad = Some(format!("config `{}` has a null value", c.name)),
-            }
-        }
+        let configs = request_configs(
+            topic
+                .configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
+        );
+        let (configs, bad) = match configs {
+            Ok(configs) => (configs, None),
+            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+        };
         let result = if let Some(message) = bad {
             Err(BrokerError::InvalidConfig(message))
         } else if !topic.assignments.is_empty()
@@ -145,17 +140,13 @@ pub async fn handle(
             }
             if version >= 5 {
                 entry = entry.with_configs(Some(
-                    TOPIC_CONFIG_KEYS
+                    TOPIC_CONFIGS
                         .iter()
-                        .map(|key| {
+                        .map(|def| {
                             CreatableTopicConfigs::default()
-                                .with_name(str_bytes(*key))
-                                .with_value(created.config.value(key).map(str_bytes))
-                                .with_config_source(if created.config.is_override(key) {
-                                    SOURCE_TOPIC
-                                } else {
-                                    SOURCE_DEFAULT
-                                })
+                                .with_name(str_bytes(def.name))
+                                .with_value(created.config.value(def.name).map(str_bytes))
+                                .with_config_source(created.config.source(def.name))
                         })
                         .collect(),
                 ));
@@ -164,4 +155,30 @@ pub async fn handle(
         results.push(entry);
     }
     CreateTopicsResponse::default().with_topics(results)
+}
+
+/// The configs of a request (CreateTopics, AlterConfigs) as a map, each key and value
+/// checked ([`topic_config::check`]): the first unknown key, bad value, null value or
+/// duplicate key is the error, so a request with 10,000 configs costs at most one pass
+/// and names the key at fault.
+pub fn request_configs<'a>(
+    configs: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> Result<BTreeMap<String, String>, TopicConfigError> {
+    let mut map = BTreeMap::new();
+    for (key, value) in configs {
+        let Some(value) = value else {
+            return Err(TopicConfigError {
+                key: key.chars().take(256).collect(),
+                message: "null value".to_string(),
+            });
+        };
+        topic_config::check(key, value)?;
+        if map.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(TopicConfigError {
+                key: key.to_string(),
+                message: "given twice".to_string(),
+            });
+        }
+    }
+    Ok(map)
 }

@@ -1,47 +1,28 @@
-//! DescribeConfigs: topic configs (with their source, synonyms and documentation)
-//! and the broker's topic defaults.
-//!
-//! `cleanup.policy=compact` topics are compacted by the broker's log cleaner
-//! (`broker/src/cleaner.rs`).
+//! DescribeConfigs: every topic config Kafka defines, under Kafka's key names, with its
+//! source (TOPIC_CONFIG, STATIC_BROKER_CONFIG, DEFAULT_CONFIG), synonyms on request and
+//! its type and documentation (v3+); and the broker's own keys (read-only). Which topic
+//! keys Rill acts on is in [`crate::state::topic_config`]; the documentation of the
+//! others says they are stored only. `cleanup.policy=compact` topics are compacted by
+//! the broker's log cleaner (`broker/src/cleaner.rs`).
 
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
-use kafka_protocol::protocol::StrBytes;
 
-use super::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use super::str_bytes;
 use crate::context::Broker;
 use crate::error::BrokerError;
-use crate::state::topic_config::{self, broker_key, documentation, TopicConfig, TOPIC_CONFIG_KEYS};
+use crate::state::topic_config::{
+    TopicConfig, SOURCE_DEFAULT, SOURCE_STATIC_BROKER, SOURCE_TOPIC, TOPIC_CONFIGS,
+};
 
 /// Kafka's ConfigResource types.
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
-/// Kafka's ConfigSource for a broker key set in the broker's config.
-const SOURCE_STATIC_BROKER: i8 = 4;
-/// Kafka's ConfigType values.
+pub const RESOURCE_TOPIC: i8 = 2;
+/// Kafka's ConfigResource type of a broker.
+pub const RESOURCE_BROKER: i8 = 4;
+/// Kafka's ConfigType of text.
 const TYPE_STRING: i8 = 2;
-const TYPE_INT: i8 = 3;
-const TYPE_LONG: i8 = 5;
-const TYPE_LIST: i8 = 7;
-const TYPE_DOUBLE: i8 = 6;
-
-fn config_type(key: &str) -> i8 {
-    match key {
-        "cleanup.policy" => TYPE_LIST,
-        "max.message.bytes" | "segment.bytes" => TYPE_INT,
-        "retention.bytes"
-        | "retention.ms"
-        | "segment.ms"
-        | "delete.retention.ms"
-        | "max.compaction.lag.ms"
-        | "min.compaction.lag.ms" => TYPE_LONG,
-        "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
-        _ => TYPE_STRING,
-    }
-}
 
 /// Answers every requested resource.
 pub fn handle(
@@ -98,65 +79,55 @@ fn describe_topic(
     request: &DescribeConfigsRequest,
     version: i16,
 ) -> Vec<DescribeConfigsResourceResult> {
-    TOPIC_CONFIG_KEYS
+    TOPIC_CONFIGS
         .iter()
-        .filter(|key| wanted(key))
-        .map(|key| {
+        .filter(|def| wanted(def.name))
+        .map(|def| {
+            let key = def.name;
             let value = config.value(key).map(str_bytes);
-            let source = if config.is_override(key) {
-                SOURCE_TOPIC
-            } else {
-                SOURCE_DEFAULT
-            };
             let mut entry = DescribeConfigsResourceResult::default()
-                .with_name(str_bytes(*key))
+                .with_name(str_bytes(key))
                 .with_value(value.clone())
-                .with_config_source(source);
+                .with_config_source(config.source(key));
             if request.include_synonyms {
+                // Kafka's order: the most specific source first.
                 let mut synonyms = Vec::new();
                 if config.is_override(key) {
                     synonyms.push(
                         DescribeConfigsSynonym::default()
-                            .with_name(str_bytes(*key))
+                            .with_name(str_bytes(key))
                             .with_value(value)
                             .with_source(SOURCE_TOPIC),
                     );
                 }
+                let broker_key = def.broker_key.unwrap_or(key);
+                if def.set_by_broker(config.defaults()) {
+                    synonyms.push(
+                        DescribeConfigsSynonym::default()
+                            .with_name(str_bytes(broker_key))
+                            .with_value(Some(str_bytes(def.default_value(config.defaults()))))
+                            .with_source(SOURCE_STATIC_BROKER),
+                    );
+                }
                 synonyms.push(
                     DescribeConfigsSynonym::default()
-                        .with_name(str_bytes(broker_key(key)))
-                        .with_value(default_value(key))
+                        .with_name(str_bytes(broker_key))
+                        .with_value(Some(str_bytes(
+                            def.default_value(&crate::config::TopicDefaults::default()),
+                        )))
                         .with_source(SOURCE_DEFAULT),
                 );
                 entry = entry.with_synonyms(synonyms);
             }
             if version >= 3 {
-                entry = entry.with_config_type(config_type(key));
+                entry = entry.with_config_type(def.config_type as i8);
                 if request.include_documentation {
-                    entry = entry.with_documentation(Some(str_bytes(documentation(key))));
+                    entry = entry.with_documentation(Some(str_bytes(def.doc)));
                 }
             }
             entry
         })
         .collect()
-}
-
-fn default_value(key: &str) -> Option<StrBytes> {
-    let defaults = crate::config::TopicDefaults::default();
-    let value = match key {
-        "cleanup.policy" => "delete".to_string(),
-        "max.message.bytes" => defaults.max_message_bytes.to_string(),
-        "retention.bytes" => defaults.retention_bytes.to_string(),
-        "retention.ms" => defaults.retention_ms.to_string(),
-        "segment.bytes" => defaults.segment_bytes.to_string(),
-        "segment.ms" => defaults.segment_ms.to_string(),
-        "delete.retention.ms" => topic_config::DELETE_RETENTION_MS_DEFAULT.to_string(),
-        "max.compaction.lag.ms" => i64::MAX.to_string(),
-        "min.cleanable.dirty.ratio" => topic_config::MIN_CLEANABLE_DIRTY_RATIO_DEFAULT.to_string(),
-        "min.compaction.lag.ms" => "0".to_string(),
-        _ => return None,
-    };
-    Some(str_bytes(value))
 }
 
 fn describe_broker(

@@ -3,10 +3,12 @@
 //! version against the served table, decodes the body with `rill-protocol`, calls
 //! the handler, and encodes the response frame.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -26,6 +28,7 @@ pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod produce_check;
+pub mod produce_rewrite;
 pub mod sync_group;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -132,6 +135,32 @@ pub async fn dispatch(
             let request = decode!(DescribeConfigsRequest);
             let _held = turn.take().await;
             encode!(describe_configs::handle(broker, request, version))
+        }
+        ApiKey::DeleteRecords => {
+            let request = decode!(DeleteRecordsRequest);
+            let _held = turn.take().await;
+            encode!(delete_records::handle(broker, request).await)
+        }
+        ApiKey::AlterConfigs => {
+            let request = decode!(AlterConfigsRequest);
+            let _held = turn.take().await;
+            encode!(
+                alter_configs::handle_alter(broker, request, version, header.client_id.as_deref())
+                    .await
+            )
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let request = decode!(IncrementalAlterConfigsRequest);
+            let _held = turn.take().await;
+            encode!(
+                alter_configs::handle_incremental(
+                    broker,
+                    request,
+                    version,
+                    header.client_id.as_deref()
+                )
+                .await
+            )
         }
         ApiKey::InitProducerId => {
             let request = decode!(InitProducerIdRequest);

@@ -185,6 +185,7 @@ async fn acknowledge(
             response
                 .with_base_offset(appended.base_offset)
                 .with_log_start_offset(appended.log_start_offset)
+                .with_log_append_time_ms(appended.log_append_time_ms)
         }
         Err(e) => {
             tracing::debug!(topic, partition = index, error = %e, "produce failed");
@@ -222,6 +223,9 @@ fn append_partition(
     if topic.config.is_compacted() {
         super::produce_check::check_keys_for_compaction(&records)?;
     }
-    let appended = partition.append(&records, counts)?;
+    let (records, log_append_time_ms) =
+        super::produce_rewrite::rewrite_for_topic(records, &topic.config, crate::clock::now_ms())?;
+    let mut appended = partition.append(&records, counts)?;
+    appended.log_append_time_ms = log_append_time_ms.unwrap_or(-1);
     Ok((appended, partition))
 }

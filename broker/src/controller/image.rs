@@ -518,6 +518,9 @@ impl MetadataImage {
                 self.check_new_partitions(&topic.partitions, new_partitions)
             }
             MetadataRecord::DeleteTopic { topic_id } => self.topic(*topic_id).map(|_| ()),
+            // Values were checked by the controller that proposed them; a broker that
+            // cannot use one keeps the topic's previous effective config and says so.
+            MetadataRecord::AlterTopicConfigs { topic_id, .. } => self.topic(*topic_id).map(|_| ()),
             MetadataRecord::ProducerIdBlock {
                 broker_id,
                 first_producer_id,
@@ -710,6 +713,12 @@ impl MetadataImage {
                 }
                 self.recent_deleted_topics.push_back(*topic_id);
             }
+            MetadataRecord::AlterTopicConfigs { topic_id, configs } => {
+                let Some(topic) = self.topics.get_mut(topic_id) else {
+                    unreachable!("check accepted AlterTopicConfigs of unknown topic {topic_id}");
+                };
+                topic.configs = configs.clone();
+            }
             MetadataRecord::ProducerIdBlock {
                 first_producer_id,
                 size,
@@ -867,6 +876,32 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn altered_topic_configs_replace_the_set_and_are_in_the_snapshot() {
+        let altered = MetadataRecord::AlterTopicConfigs {
+            topic_id: Uuid::from_u128(7),
+            configs: BTreeMap::from([("compression.type".into(), "lz4".into())]),
+        };
+        let (image, results) = apply_all(&[register(1, 1), create("t", 7, &[&[1]]), altered]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let topic = image.topic_by_name("t").unwrap();
+        // The whole set: retention.ms from the creation is gone.
+        assert_eq!(
+            topic.configs,
+            BTreeMap::from([("compression.type".to_string(), "lz4".to_string())])
+        );
+        let snapshot = crate::controller::encode_snapshot(&image).unwrap();
+        let decoded = crate::controller::decode_snapshot(snapshot).unwrap();
+        assert_eq!(decoded.topic_by_name("t").unwrap().configs, topic.configs);
+        // A topic that does not exist: skipped.
+        let unknown = MetadataRecord::AlterTopicConfigs {
+            topic_id: Uuid::from_u128(99),
+            configs: BTreeMap::new(),
+        };
+        let (_, results) = apply_all(&[register(1, 1), unknown]);
+        assert!(matches!(results[1], Err(ApplyError::UnknownTopicId { .. })));
     }
 
     /// Applies `log` at offsets 0, 1, 2, … and returns the image and every result.

@@ -19,6 +19,7 @@
 //!                 | LeaderHint       (tag 6) topic_id:uuid partition:i32 leader:i32
 //!                                            leader_epoch:i32
 //!                 | Checkpoint       (tag 7) snapshot:bytes   (a `super::snapshot` encoding)
+//!                 | AlterTopicConfigs (tag 9) topic_id:uuid configs
 //! configs         = count:i32 (key:string value:string)*count   (keys strictly ascending)
 //! assignments     = count:i32 (replica_count:i32 broker_id:i32*replica_count)*count
 //! string          = length:i16 utf8                (Kafka STRING)
@@ -65,6 +66,7 @@ mod tag {
     pub const PRODUCER_ID_BLOCK: u8 = 8;
     pub const LEADER_HINT: u8 = 6;
     pub const CHECKPOINT: u8 = 7;
+    pub const ALTER_TOPIC_CONFIGS: u8 = 9;
 }
 
 /// Largest snapshot a [`MetadataRecord::Checkpoint`] carries: one Raft entry goes out
@@ -175,6 +177,15 @@ pub enum MetadataRecord {
         /// The encoded image, at most [`CHECKPOINT_BYTES_MAX`] bytes.
         snapshot: Bytes,
     },
+    /// A topic's configs were altered (AlterConfigs, IncrementalAlterConfigs): `configs`
+    /// is the topic's whole new set of overrides, replacing the old one, so applying the
+    /// record twice or after a checkpoint gives the same image.
+    AlterTopicConfigs {
+        /// The topic.
+        topic_id: Uuid,
+        /// Topic-level configs that differ from the broker defaults, after the change.
+        configs: BTreeMap<String, String>,
+    },
 }
 
 /// Where one partition's replicas live.
@@ -242,6 +253,7 @@ impl MetadataRecord {
             MetadataRecord::ProducerIdBlock { .. } => "ProducerIdBlock",
             MetadataRecord::LeaderHint { .. } => "LeaderHint",
             MetadataRecord::Checkpoint { .. } => "Checkpoint",
+            MetadataRecord::AlterTopicConfigs { .. } => "AlterTopicConfigs",
         }
     }
 
@@ -342,6 +354,11 @@ impl MetadataRecord {
                 out.put_u32(snapshot.len() as u32);
                 out.put_slice(snapshot);
             }
+            MetadataRecord::AlterTopicConfigs { topic_id, configs } => {
+                out.put_u8(tag::ALTER_TOPIC_CONFIGS);
+                out.put_u128(topic_id.as_u128());
+                put_configs(&mut out, configs)?;
+            }
         }
         Ok(out.freeze())
     }
@@ -409,6 +426,10 @@ impl MetadataRecord {
                 }
                 MetadataRecord::Checkpoint { snapshot }
             }
+            tag::ALTER_TOPIC_CONFIGS => MetadataRecord::AlterTopicConfigs {
+                topic_id: r.uuid()?,
+                configs: get_configs(&mut r)?,
+            },
             tag => return Err(RecordError::UnknownTag { tag }),
         };
         r.finish()?;
@@ -809,7 +830,7 @@ mod tests {
 
         #[test]
         fn random_bodies_after_a_valid_header_never_panic(
-            tag in 0u8..8,
+            tag in 0u8..10,
             body in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             let mut bytes = vec![RECORD_VERSION, tag];

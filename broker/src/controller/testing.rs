@@ -88,6 +88,14 @@ pub(super) fn arb_record() -> impl Strategy<Value = MetadataRecord> {
         }),
         1 => topic_id().prop_map(|topic_id| MetadataRecord::DeleteTopic { topic_id }),
         1 => (
+            topic_id(),
+            proptest::collection::btree_map("[a-z.]{1,10}", ".{0,10}", 0..4),
+        )
+            .prop_map(|(topic_id, configs)| MetadataRecord::AlterTopicConfigs {
+                topic_id,
+                configs: configs.into_iter().collect::<BTreeMap<_, _>>(),
+            }),
+        1 => (
             broker_id(),
             prop_oneof![4 => 0i64..200, 1 => any::<i64>()],
             prop_oneof![4 => -1i32..100, 1 => any::<i32>()],

@@ -95,6 +95,9 @@ pub struct Appended {
     pub discards: u64,
     /// [`ReplicaStatus::leader`] at the append: this broker.
     pub leader: Option<i32>,
+    /// The time stamped on the batches of a LogAppendTime topic (Produce answers it),
+    /// -1 otherwise.
+    pub log_append_time_ms: i64,
 }
 
 /// A leader's append written to storage while the group's `Ready` was being synced,
@@ -671,6 +674,7 @@ impl Partition {
                     term,
                     discards: st.discards,
                     leader: st.raft.leader().map(broker_id),
+                    log_append_time_ms: -1,
                 });
             }
         }
@@ -742,6 +746,7 @@ impl Partition {
             term,
             discards: st.discards,
             leader: st.raft.leader().map(broker_id),
+            log_append_time_ms: -1,
         };
         self.schedule(&mut st);
         drop(st);
@@ -848,6 +853,60 @@ impl Partition {
                 tracing::warn!(topic = %self.topic, partition = self.index, error = %e, "retention failed")
             }
         }
+    }
+
+    /// DeleteRecords at the leader: appends a DeleteRecords control entry (see
+    /// `store`), which moves the log start offset to `offset` (-1: the high watermark) on
+    /// every replica that writes it, and waits until it commits. An offset above the
+    /// high watermark is OFFSET_OUT_OF_RANGE; one at or below the log start changes
+    /// nothing. Returns the log start offset after it (the low watermark).
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, BrokerError> {
+        let status = self.status();
+        if status.failed {
+            return Err(self.engine.offline_error());
+        }
+        if !status.leader_ready {
+            return Err(BrokerError::NotLeaderOrFollower);
+        }
+        let high_watermark = status.commit_offset;
+        let target = if offset == -1 { high_watermark } else { offset };
+        let log_start_offset = self.log_start_offset();
+        if target < 0 || target > high_watermark {
+            return Err(BrokerError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                log_end_offset: high_watermark,
+            });
+        }
+        if target <= log_start_offset {
+            return Ok(log_start_offset);
+        }
+        let batch = rill_record::control::control_batch(
+            rill_record::control::CONTROL_TYPE_RILL_DELETE_RECORDS,
+            &target.to_be_bytes(),
+            crate::clock::now_ms(),
+        )
+        .map_err(|e| BrokerError::Storage(e.to_string()))?;
+        let appended = self.append(
+            &Bytes::from(batch),
+            BatchCounts {
+                batches: 1,
+                offsets: 1,
+            },
+        )?;
+        self.wait_acknowledgeable(&appended).await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Replaces the log's configuration (the topic's configs were altered): takes effect
+    /// on this replica at once, without a restart.
+    pub fn set_log_config(&self, config: rill_storage::LogConfig) -> Result<(), BrokerError> {
+        let mut st = self.state();
+        st.raft
+            .store_mut()
+            .log_mut()
+            .set_config(config)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
     }
 
     /// The log cleaner's view of this replica: clean and dirty bytes below the commit

@@ -20,7 +20,8 @@ use rill_raft::{
     MessageBody, NodeId, Persist, Term,
 };
 use rill_record::control::{
-    control_batch, control_record, CONTROL_TYPE_LEADER_CHANGE, CONTROL_TYPE_RILL_MEMBERSHIP,
+    control_batch, control_record, CONTROL_TYPE_LEADER_CHANGE, CONTROL_TYPE_RILL_DELETE_RECORDS,
+    CONTROL_TYPE_RILL_MEMBERSHIP,
 };
 use rill_record::BatchView;
 use rill_storage::{PartitionLog, StorageError};
@@ -181,7 +182,7 @@ impl PartitionStore {
     fn rebuild_producers(&mut self) {
         self.producers.clear();
         let end = self.log.log_end_offset();
-        let mut offset = self.log.log_start_offset();
+        let mut offset = self.log.segment_start_offset();
         let snapshot_end = match self.load_producer_snapshot() {
             Some((table, snapshot_end)) if snapshot_end >= offset => {
                 self.producers = table;
@@ -251,7 +252,7 @@ impl PartitionStore {
     /// checkpoints bound); partition groups never change membership.
     pub fn recover_memberships(&mut self) -> Result<(), StorageError> {
         let mut found = Vec::new();
-        let mut offset = self.log.log_start_offset();
+        let mut offset = self.log.segment_start_offset();
         while offset < self.raft_end {
             let bytes = self
                 .log
@@ -397,6 +398,31 @@ impl PartitionStore {
         }
         if entry.kind == EntryKind::Data {
             self.record_producers(batches, entry.base_offset);
+            self.apply_delete_records(batches)?;
+        }
+        Ok(())
+    }
+
+    /// A DeleteRecords entry (a control batch of [`CONTROL_TYPE_RILL_DELETE_RECORDS`],
+    /// which only a leader's `Partition::delete_records` writes: Produce refuses control
+    /// batches) moves the log start offset on every replica as it is written. Safe before
+    /// it commits: the leader checked that the offset is at or below its high watermark,
+    /// so the records it deletes are committed, and a replica that holds the entry holds
+    /// the leader's log up to it (Raft's log matching). The leader's outcome is answered
+    /// once the entry commits.
+    fn apply_delete_records(&mut self, batches: &[u8]) -> Result<(), StorageError> {
+        let Ok(view) = BatchView::new(batches) else {
+            return Ok(());
+        };
+        if !view.header().is_control() {
+            return Ok(());
+        }
+        if let Ok(Some((CONTROL_TYPE_RILL_DELETE_RECORDS, value))) = control_record(&view) {
+            if let Ok(bytes) = <[u8; 8]>::try_from(value) {
+                let offset = i64::from_be_bytes(bytes).max(0) as u64;
+                let start = self.log.delete_records_below(offset)?;
+                tracing::info!(dir = %self.log.dir().display(), log_start_offset = start, "records deleted (DeleteRecords)");
+            }
         }
         Ok(())
     }
@@ -522,7 +548,7 @@ fn parse_membership(value: &[u8]) -> Option<Membership> {
 
 impl LogStore for PartitionStore {
     fn log_start(&self) -> LogStart {
-        let offset = self.log.log_start_offset();
+        let offset = self.log.segment_start_offset();
         if let Some(start) = self.reset_start.filter(|s| s.offset == offset) {
             return start;
         }
@@ -571,7 +597,7 @@ impl LogStore for PartitionStore {
         bytes_max: usize,
         out: &mut Vec<Entry>,
     ) -> Result<(), LogReadError> {
-        if from_offset < self.log.log_start_offset() {
+        if from_offset < self.log.segment_start_offset() {
             return Err(LogReadError::Compacted {
                 offset: from_offset,
             });
@@ -614,8 +640,9 @@ impl LogStore for PartitionStore {
     fn boot_state(&self) -> BootState {
         // Only groups whose membership changes (the metadata group) look for
         // membership entries on open (`recover_memberships`); partition groups keep
-        // the voters of their assignment.
-        let start = self.log.log_start_offset();
+        // the voters of their assignment. The segments' start, not the records' start
+        // (DeleteRecords may move that inside a segment): memberships are per segment.
+        let start = self.log.segment_start_offset();
         let mut memberships = vec![(start, self.start_membership.clone())];
         memberships.extend(
             self.log_memberships

@@ -255,6 +255,8 @@ impl PartitionManager {
                 .then_some(config.retention_ms),
             retention_bytes: (config.retention_bytes >= 0 && config.is_deleted_by_retention())
                 .then_some(config.retention_bytes as u64),
+            // Checked against 1..=i32::MAX by the topic config.
+            index_interval_bytes: config.index_interval_bytes.clamp(1, i64::from(u32::MAX)) as u32,
             ..LogConfig::default()
         }
     }
@@ -633,8 +635,13 @@ impl PartitionManager {
                 // The name now belongs to another topic: the old one's deletion was
                 // applied in the same read as this creation.
                 self.remove_replicated_topic(name, existing.id);
-            } else if existing.partitions.len() >= replicas.len() {
-                return Ok(());
+            } else {
+                if existing.config.overrides != configs {
+                    self.replace_topic_config(existing, configs.clone())?;
+                }
+                if existing.partitions.len() >= replicas.len() {
+                    return Ok(());
+                }
             }
         }
         let existing = self.topic(name).filter(|t| t.id == id);
@@ -683,6 +690,76 @@ impl PartitionManager {
             hosted_here = hosted,
             "opened the replicas of a cluster topic"
         );
+        Ok(())
+    }
+
+    /// Alters a topic's config overrides: `change` computes the new set from the current
+    /// config (under the admin lock, so two alterations never lose one another's keys).
+    /// In a cluster the controller proposes the new set through the metadata log and
+    /// every broker applies it ([`PartitionManager::ensure_replicated_topic`]); on a single
+    /// node the topic's metadata file is rewritten. Either way every hosted replica's log
+    /// takes the new values at once. With `validate_only` nothing changes.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        change: impl FnOnce(&TopicConfig) -> Result<BTreeMap<String, String>, BrokerError>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topic(name)
+            .ok_or(BrokerError::UnknownTopicOrPartition)?;
+        let overrides = change(&topic.config)?;
+        let config = TopicConfig::new(&self.config.topic_defaults, overrides.clone())
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        // What the storage layer would refuse is refused here, before anything is stored.
+        self.log_config(&config)
+            .validate()
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        if let Some(cluster) = self.cluster.get() {
+            return cluster
+                .alter_topic_configs(name, overrides, validate_only)
+                .await;
+        }
+        if validate_only || overrides == topic.config.overrides {
+            return Ok(());
+        }
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: topic.id.to_string(),
+            partitions: topic.partitions.len() as i32,
+            configs: overrides.clone(),
+        };
+        crate::runtime::off_runtime(|| topic_meta::write(&self.config.topics_dir(), &meta))?;
+        self.replace_topic_config(&topic, overrides)?;
+        tracing::info!(topic = name, "altered topic configs");
+        Ok(())
+    }
+
+    /// Gives `topic` the config built from `overrides`: every hosted replica's log takes
+    /// the new values, and the topic entry is replaced.
+    fn replace_topic_config(
+        &self,
+        topic: &Topic,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let config = TopicConfig::new(&self.config.topic_defaults, overrides)
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+        let log_config = self.log_config(&config);
+        for partition in topic.hosted() {
+            partition.set_log_config(log_config.clone())?;
+        }
+        let updated = Arc::new(Topic {
+            name: topic.name.clone(),
+            id: topic.id,
+            config,
+            partitions: topic.partitions.clone(),
+        });
+        let mut topics = self.topics.write().expect("topics lock");
+        // Only if the topic is still the one changed (not deleted or re-created meanwhile).
+        if topics.get(&topic.name).is_some_and(|t| t.id == topic.id) {
+            topics.insert(topic.name.clone(), updated);
+        }
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Record compression (gzip, snappy, lz4, zstd behind the `compression` feature) and
-//! [`DecompressRecords`], bounded decompression of a batch's records section. The broker never
-//! decompresses; clients do.
+//! [`DecompressRecords`], bounded decompression of a batch's records section. Clients
+//! decompress; the broker only for a topic whose `compression.type` asks for another codec.
 
 use bytes::Bytes;
 use rill_record::BatchView;

@@ -125,5 +125,8 @@ oracle_tests! {
     describe_groups_matches_kafka_protocol: DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
     delete_groups_matches_kafka_protocol: DeleteGroups => DeleteGroupsRequest, DeleteGroupsResponse;
     offset_delete_matches_kafka_protocol: OffsetDelete => OffsetDeleteRequest, OffsetDeleteResponse;
+    alter_configs_matches_kafka_protocol: AlterConfigs => AlterConfigsRequest, AlterConfigsResponse;
+    incremental_alter_configs_matches_kafka_protocol: IncrementalAlterConfigs => IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse;
+    delete_records_matches_kafka_protocol: DeleteRecords => DeleteRecordsRequest, DeleteRecordsResponse;
     init_producer_id_matches_kafka_protocol: InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
 }

@@ -100,6 +100,28 @@ enum TopicCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Change a topic's configs: set keys, or return them to their defaults.
+    Alter {
+        /// Topic name.
+        name: String,
+        /// Config to set as key=value (repeatable), e.g. retention.ms=60000.
+        #[arg(short, long = "config", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+        /// Config key to return to its default (repeatable).
+        #[arg(long = "delete-config")]
+        delete_configs: Vec<String>,
+    },
+    /// Delete the records of a partition below an offset (its new log start).
+    DeleteRecords {
+        /// Topic name.
+        name: String,
+        /// Partition.
+        #[arg(short, long)]
+        partition: i32,
+        /// Records below this offset go; -1 = the high watermark (all records).
+        #[arg(short, long)]
+        offset: i64,
+    },
     /// Grow a topic to a new total partition count.
     AddPartitions {
         /// Topic name.
@@ -380,6 +402,29 @@ async fn topic(client: ClientConfig, cmd: TopicCommand) -> Result<(), Error> {
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             admin.delete_topics(&refs).await?;
             println!("deleted {}", names.join(", "));
+        }
+        TopicCommand::Alter {
+            name,
+            configs,
+            delete_configs,
+        } => {
+            if configs.is_empty() && delete_configs.is_empty() {
+                return Err(Error::Config(
+                    "nothing to alter: give --config key=value or --delete-config key".into(),
+                ));
+            }
+            admin
+                .alter_topic_configs(&name, &configs, &delete_configs)
+                .await?;
+            println!("altered topic {name}");
+        }
+        TopicCommand::DeleteRecords {
+            name,
+            partition,
+            offset,
+        } => {
+            let low_watermark = admin.delete_records(&name, partition, offset).await?;
+            println!("{name}-{partition} now starts at offset {low_watermark}");
         }
         TopicCommand::AddPartitions { name, partitions } => {
             admin.create_partitions(&name, partitions).await?;

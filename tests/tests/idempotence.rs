@@ -16,7 +16,7 @@
 
 mod cluster_common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -302,27 +302,6 @@ async fn rdkafka_idempotent_producer_writes_each_record_once_in_order() {
 }
 
 const ROUNDS_DEFAULT: u32 = 3;
-
-/// Records a producer's outcomes and, per partition, the order it sent them in (its
-/// values carry their partition: `n % PARTITIONS`).
-fn record_with_order(history: &mut History, outcomes: Outcomes) -> usize {
-    let mut order: BTreeMap<i32, Vec<Bytes>> = BTreeMap::new();
-    for (i, (value, _)) in outcomes.iter().enumerate() {
-        let n: usize = std::str::from_utf8(value)
-            .ok()
-            .and_then(|v| v.rsplit('-').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(i);
-        order
-            .entry((n % PARTITIONS as usize) as i32)
-            .or_default()
-            .push(value.clone());
-    }
-    for (partition, values) in order {
-        history.record_send_order(partition, values);
-    }
-    record_outcomes(history, outcomes)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producers_write_each_record_once_in_order_across_leader_kills() {

@@ -250,6 +250,27 @@ pub fn produce_for(
     })
 }
 
+/// Records a producer's outcomes and, per partition, the order it sent them in (its
+/// values carry their partition: `n % PARTITIONS`).
+pub fn record_with_order(history: &mut History, outcomes: Outcomes) -> usize {
+    let mut order: BTreeMap<i32, Vec<Bytes>> = BTreeMap::new();
+    for (i, (value, _)) in outcomes.iter().enumerate() {
+        let n: usize = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.rsplit('-').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(i);
+        order
+            .entry((n % PARTITIONS as usize) as i32)
+            .or_default()
+            .push(value.clone());
+    }
+    for (partition, values) in order {
+        history.record_send_order(partition, values);
+    }
+    record_outcomes(history, outcomes)
+}
+
 /// Like [`produce_for`], with librdkafka (the rdkafka crate) as the producer.
 pub fn rdkafka_produce_for(
     bootstrap: &str,

@@ -54,13 +54,25 @@ fn group_config(
 
 /// Sends `count` records `<prefix>-<i>` round-robin over the partitions; returns them.
 async fn produce(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<String> {
+    produce_over(bootstrap, topic, PARTITIONS, prefix, count).await
+}
+
+/// Sends `count` records `<prefix>-<i>` round-robin over `partitions` partitions of
+/// `topic`; returns them.
+async fn produce_over(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
     let producer = Producer::new(ProducerConfig::new(bootstrap)).expect("producer");
     let mut deliveries = Vec::new();
     let mut values = Vec::new();
     for i in 0..count {
         let value = format!("{prefix}-{i}");
         let record = ProducerRecord::new(topic, value.clone().into_bytes())
-            .with_partition(i as i32 % PARTITIONS);
+            .with_partition(i as i32 % partitions);
         deliveries.push(producer.send(record).await.expect("send"));
         values.push(value);
     }
@@ -739,7 +751,14 @@ async fn a_member_finds_the_new_coordinator_after_the_old_one_is_killed() {
         member.assigned.load(Ordering::Acquire) == partitions
     })
     .await;
-    let before = produce_to(&cluster.bootstrap(), topic, "before", 50).await;
+    let before = produce_over(
+        &cluster.bootstrap(),
+        topic,
+        cluster_common::PARTITIONS,
+        "before",
+        50,
+    )
+    .await;
     wait_until("the member to read them", || {
         seen.lock().unwrap().len() >= before.len()
     })
@@ -766,7 +785,7 @@ async fn a_member_finds_the_new_coordinator_after_the_old_one_is_killed() {
             }
         }
     };
-    let after = produce_to(&live, topic, "after", 50).await;
+    let after = produce_over(&live, topic, cluster_common::PARTITIONS, "after", 50).await;
     let want: Vec<String> = before.iter().chain(&after).cloned().collect();
     wait_until(
         "the member to read the records produced after the kill",
@@ -812,24 +831,4 @@ async fn a_member_finds_the_new_coordinator_after_the_old_one_is_killed() {
         "rebalance events: {:?}; records read twice: {duplicates}",
         listener.events()
     );
-}
-
-/// Sends `count` records `<prefix>-<i>` to `topic` (whatever its partition count),
-/// round-robin over `cluster_common::PARTITIONS`.
-async fn produce_to(bootstrap: &str, topic: &str, prefix: &str, count: usize) -> Vec<String> {
-    let producer = Producer::new(ProducerConfig::new(bootstrap)).expect("producer");
-    let mut deliveries = Vec::new();
-    let mut values = Vec::new();
-    for i in 0..count {
-        let value = format!("{prefix}-{i}");
-        let record = ProducerRecord::new(topic, value.clone().into_bytes())
-            .with_partition(i as i32 % cluster_common::PARTITIONS);
-        deliveries.push(producer.send(record).await.expect("send"));
-        values.push(value);
-    }
-    for d in deliveries {
-        d.await.expect("delivered");
-    }
-    producer.close().await.expect("close producer");
-    values
 }

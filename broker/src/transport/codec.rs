@@ -757,11 +757,17 @@ pub fn decode_reply(body: Bytes) -> Result<HandshakeReply, CodecError> {
     }))
 }
 
-/// A Kafka STRING: `i16` length, then the UTF-8 bytes.
+/// A Kafka STRING: `i16` length, then the UTF-8 bytes. Every string sent is bounded
+/// far below `i16::MAX` (cluster id, hosts, rack, refusal reason); a longer one is cut
+/// at a character boundary rather than panicking, and the peer's bounded decoder then
+/// refuses the handshake.
 fn put_string(out: &mut BytesMut, s: &str) {
-    let len = i16::try_from(s.len()).expect("string fits an i16 length");
-    out.put_i16(len);
-    out.put_slice(s.as_bytes());
+    let mut end = s.len().min(i16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.put_i16(end as i16);
+    out.put_slice(&s.as_bytes()[..end]);
 }
 
 /// Decodes a handshake body (the bytes after its length prefix).

@@ -327,6 +327,7 @@ fn suite(a: SuiteArgs) -> Result<(), Error> {
         drop_cache: !a.no_drop_cache,
         runtime,
         bar: bar.clone(),
+        quiet: a.quiet,
     };
     let mut rows = Vec::new();
     for run in 1..=runs {

@@ -123,7 +123,7 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<30} {:>4} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>18} {:>7}",
+        "{:<38} {:>4} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
         "scenario",
         "runs",
         "MB/s",
@@ -135,19 +135,19 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
         "max ms",
         "brk s/G",
         "cli s/G",
-        "vs limit",
-        "vs peer"
+        "vs peer",
+        "vs limit"
     );
     for (row, runs) in medians {
         if let Some(why) = &row.not_measured {
             if *runs == 0 {
-                let _ = writeln!(out, "{:<30} {:>4} {why}", row.name, 0);
+                let _ = writeln!(out, "{:<38} {:>4} {why}", row.name, 0);
                 continue;
             }
         }
         let ms = |us: f64| us / 1000.0;
         let limit = vs_limit(row, limits, medians)
-            .map_or(String::new(), |(r, what)| format!("{r:.2} {what}"));
+            .map_or(String::new(), |(r, what)| format!("{r:.2} of {what}"));
         let peer = vs_peer(row, medians).map_or(String::new(), |r| format!("{r:.2}"));
         let name = match row.rate_per_s {
             Some(rate) => format!("{} @{:.0}/s", row.name, rate),
@@ -155,7 +155,7 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<30} {:>4} {:>8.1} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>18} {:>7}",
+            "{:<38} {:>4} {:>8.1} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>7}  {}",
             name,
             runs,
             row.mb_per_s,
@@ -167,13 +167,13 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
             ms(row.latency_us[4]),
             row.broker_cpu_s_per_gb(),
             row.client_cpu_s_per_gb(),
-            limit,
-            peer
+            peer,
+            limit
         );
         if let Some(q) = row.request_latency_us {
             let _ = writeln!(
                 out,
-                "{:<30} {:>4} {:>8} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   (produce request round trip)",
+                "{:<38} {:>4} {:>8} {:>10} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   (produce request round trip)",
                 "", "", "", "", ms(q[0]), ms(q[1]), ms(q[2]), ms(q[3]), ms(q[4])
             );
         }

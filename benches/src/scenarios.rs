@@ -3,6 +3,7 @@
 //! kernel (the clients' rusage from `wait4`, the brokers' `/proc/<pid>/stat` over the
 //! steps' run), and each client's `--json` outcome read back into a [`Row`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -494,6 +495,8 @@ pub(crate) struct Runner {
     pub(crate) drop_cache: bool,
     pub(crate) runtime: tokio::runtime::Runtime,
     pub(crate) bar: ProgressBar,
+    /// No per-step lines.
+    pub(crate) quiet: bool,
 }
 
 /// The brokers of a running case.
@@ -596,8 +599,13 @@ impl Runner {
                 Step::Consume(c) => self.consume(case, run, c, &running, &rows),
             };
             self.bar.inc(1);
-            if !self.bar.is_hidden() {
-                self.bar.println(crate::report::one_line(&row));
+            if !self.quiet {
+                // A hidden bar (not a terminal) prints nothing: the lines go to stdout.
+                if self.bar.is_hidden() {
+                    println!("{}", crate::report::one_line(&row));
+                } else {
+                    self.bar.println(crate::report::one_line(&row));
+                }
             }
             rows.push(row);
         }
@@ -783,6 +791,7 @@ impl Runner {
 /// longest client's, each latency quantile the worst client's (quantiles do not
 /// merge; with one client they are exact), timelines add up interval by interval.
 fn fill_from_json(row: &mut Row, outcomes: &[PathBuf]) -> Result<(), String> {
+    let mut timeline: BTreeMap<u64, Interval> = BTreeMap::new();
     for path in outcomes {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
@@ -815,25 +824,15 @@ fn fill_from_json(row: &mut Row, outcomes: &[PathBuf]) -> Result<(), String> {
         for interval in &intervals {
             let g = |k: &str| interval.get(k).and_then(Value::as_u64).unwrap_or(0);
             // Clients started together: their intervals line up by start time.
-            let start_ms = g("start_ms");
-            match row.timeline.iter_mut().find(|x| x.start_ms == start_ms) {
-                Some(x) => {
-                    x.records += g("records");
-                    x.bytes += g("bytes");
-                    x.p50_us = x.p50_us.max(g("p50_us"));
-                    x.p99_us = x.p99_us.max(g("p99_us"));
-                }
-                None => row.timeline.push(Interval {
-                    start_ms,
-                    records: g("records"),
-                    bytes: g("bytes"),
-                    p50_us: g("p50_us"),
-                    p99_us: g("p99_us"),
-                }),
-            }
+            let x = timeline.entry(g("start_ms")).or_default();
+            x.start_ms = g("start_ms");
+            x.records += g("records");
+            x.bytes += g("bytes");
+            x.p50_us = x.p50_us.max(g("p50_us"));
+            x.p99_us = x.p99_us.max(g("p99_us"));
         }
     }
-    row.timeline.sort_by_key(|i| i.start_ms);
+    row.timeline = timeline.into_values().collect();
     let secs = row.elapsed_s.max(1e-9);
     row.mb_per_s = row.bytes as f64 / secs / 1e6;
     row.records_per_s = row.records as f64 / secs;

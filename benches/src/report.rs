@@ -123,7 +123,7 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<38} {:>4} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
+        "{:<38} {:>4} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  vs limit",
         "scenario",
         "runs",
         "MB/s",
@@ -136,7 +136,6 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
         "brk s/G",
         "cli s/G",
         "vs peer",
-        "vs limit"
     );
     for (row, runs) in medians {
         if let Some(why) = &row.not_measured {

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Error;
 
@@ -177,20 +177,7 @@ impl LocalBroker {
     /// Stops the broker: SIGTERM by pid, SIGKILL if it has not exited after
     /// `STOP_GRACE`.
     fn stop(&mut self) {
-        crate::cleanup::unregister_pid(self.child.id());
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        crate::cleanup::signal(self.pid(), libc::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cleanup::stop_child(&mut self.child, STOP_GRACE);
     }
 }
 

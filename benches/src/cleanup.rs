@@ -47,6 +47,25 @@ pub(crate) fn signal(pid: u32, signal: libc::c_int) {
     }
 }
 
+/// Stops `child` by its pid: SIGTERM, then SIGKILL if it has not exited after
+/// `grace`; reaps it and forgets its pid.
+pub(crate) fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    unregister_pid(child.id());
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    signal(child.id(), libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Whether `pid` still exists (a zombie counts until it is reaped).
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()

@@ -86,20 +86,7 @@ impl Tansu {
     }
 
     fn stop(&mut self) {
-        crate::cleanup::unregister_pid(self.child.id());
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        crate::cleanup::signal(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cleanup::stop_child(&mut self.child, STOP_GRACE);
     }
 }
 

@@ -79,7 +79,7 @@ struct SuiteArgs {
     #[arg(long)]
     runs: Option<usize>,
     /// Records of 1 KiB per single-producer acks=1 run; the other steps scale from it
-    /// (default 1,000,000; --quick 100,000; --full 2,000,000).
+    /// (default 2,000,000, i.e. 2 GB; --quick 100,000; --full 4,000,000).
     #[arg(long)]
     count: Option<u64>,
     /// Seconds of each fixed-rate (half the measured maximum) run.
@@ -198,8 +198,8 @@ fn suite(a: SuiteArgs) -> Result<(), Error> {
     let sizes = Sizes {
         count: a.count.unwrap_or(match profile {
             Profile::Quick => 100_000,
-            Profile::Default => 1_000_000,
-            Profile::Full => 2_000_000,
+            Profile::Default => 2_000_000,
+            Profile::Full => 4_000_000,
         }),
         rate_seconds: a.rate_seconds.unwrap_or(match profile {
             Profile::Quick => 2.0,

@@ -169,6 +169,9 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
             peer,
             limit
         );
+        // Rows without a peer or limit would end in spaces.
+        out.truncate(out.trim_end().len());
+        out.push('\n');
         if let Some(q) = row.request_latency_us {
             let _ = writeln!(
                 out,

@@ -454,3 +454,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_timestamps_are_civil_dates() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "19700101-000000");
+        // 2026-11-26 09:25:05 UTC
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_685_105);
+        assert_eq!(utc_timestamp(t), "20261126-092505");
+        // 2024-02-29 23:59:59 UTC (a leap day)
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_251_199);
+        assert_eq!(utc_timestamp(t), "20240229-235959");
+    }
+}

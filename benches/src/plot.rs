@@ -37,10 +37,14 @@ fn font_loaded() -> bool {
 
 /// Writes `row`'s timeline to `path`; an error says why it could not.
 pub(crate) fn plot_row(row: &Row, path: &Path) -> Result<(), String> {
+    draw(row, path, font_loaded())
+}
+
+/// Draws the plot, with labels and legends when `text`.
+fn draw(row: &Row, path: &Path, text: bool) -> Result<(), String> {
     if row.timeline.is_empty() {
         return Err("no timeline".to_owned());
     }
-    let text = font_loaded();
     let interval_s = 0.1;
     let points_mb: Vec<(f64, f64)> = row
         .timeline
@@ -123,4 +127,45 @@ pub(crate) fn plot_row(row: &Row, path: &Path) -> Result<(), String> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenarios::{Compare, Interval, Row};
+
+    fn row() -> Row {
+        let mut row = Row::new("case", 1, "step", Compare::None, None);
+        row.timeline = (0..20)
+            .map(|i| Interval {
+                start_ms: i * 100,
+                records: 1000 + i,
+                bytes: 1_024_000 + i,
+                p50_us: 500 + i,
+                p99_us: 900 + 10 * i,
+            })
+            .collect();
+        row
+    }
+
+    /// Without a font file the plot is still drawn (no labels): a missing font never
+    /// fails the run.
+    #[test]
+    fn plots_with_and_without_a_font() {
+        let dir = std::env::temp_dir().join(format!("rill-bench-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bare = dir.join("bare.png");
+        draw(&row(), &bare, false).expect("plot without text");
+        let labelled = dir.join("labelled.png");
+        draw(&row(), &labelled, font_loaded()).expect("plot");
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        assert!(size(&bare) > 1000, "bare plot {} bytes", size(&bare));
+        assert!(size(&labelled) > 1000);
+        let empty = Row {
+            timeline: Vec::new(),
+            ..row()
+        };
+        assert!(draw(&empty, &bare, false).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

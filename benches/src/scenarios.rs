@@ -418,7 +418,13 @@ pub(crate) struct Row {
 }
 
 impl Row {
-    fn new(case: &str, run: usize, name: &str, compare: Compare, peer_of: Option<String>) -> Row {
+    pub(crate) fn new(
+        case: &str,
+        run: usize,
+        name: &str,
+        compare: Compare,
+        peer_of: Option<String>,
+    ) -> Row {
         Row {
             name: name.to_owned(),
             case: case.to_owned(),

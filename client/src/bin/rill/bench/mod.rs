@@ -1,12 +1,19 @@
-//! `rill bench produce|consume`: throughput and latency against a running broker;
-//! `rill bench cluster`: starts its own brokers and compares a 3-node RF=3 cluster
-//! with a single node (`compare.rs`, brokers started by `brokers.rs`).
+//! `rill bench produce|consume`: throughput and latency against a running broker. The
+//! benchmark suite (`benches/`, `rill-bench suite`) starts brokers and runs these.
 //!
 //! Produce latency is per record, from `send` to its acknowledgement (so it includes
 //! `linger_ms` and queueing behind earlier batches). Consume latency is per record, the
 //! time the application waited in `next()` — near zero while prefetched records are
 //! ready, a fetch round trip when they are not.
+//!
+//! With `--rate`, produce latency is coordinated-omission aware: it counts from each
+//! record's due time on the fixed-rate schedule (or its send, if that came earlier), so
+//! a stall that delays later sends shows in their latencies instead of hiding them.
+//!
+//! `--json FILE` writes the outcome and a 100 ms timeline for the benchmark suite
+//! (`report.rs`).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +22,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use report::Recorder;
 use rill_client::{
     Admin, ClientConfig, Consumer, ConsumerConfig, Error, NewTopic, Offset, Producer,
     ProducerRecord, ResponseError, TopicPartition,
@@ -22,8 +30,7 @@ use rill_client::{
 
 use crate::ProducerOptions;
 
-mod brokers;
-mod compare;
+mod report;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
@@ -31,10 +38,6 @@ pub(crate) enum BenchCommand {
     Produce(ProduceBench),
     /// Consume `--count` records from the beginning and report throughput and latency.
     Consume(ConsumeBench),
-    /// Start a single broker and a 3-broker cluster on loopback and compare them:
-    /// single-node acks=1 against 3-node RF=3 acks=all in the same run, then the CPU
-    /// of idle RF=3 partitions per broker.
-    Cluster(compare::ClusterBench),
 }
 
 #[derive(Args, Debug)]
@@ -61,6 +64,10 @@ pub(crate) struct ProduceBench {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Also write the outcome (totals, latency quantiles, a 100 ms timeline) as JSON
+    /// to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
     #[command(flatten)]
     producer: ProducerOptions,
 }
@@ -78,13 +85,16 @@ pub(crate) struct ConsumeBench {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Also write the outcome (totals, latency quantiles, a 100 ms timeline) as JSON
+    /// to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 pub(crate) async fn run(client: ClientConfig, cmd: BenchCommand) -> Result<(), Error> {
     match cmd {
         BenchCommand::Produce(b) => produce(client, b).await,
         BenchCommand::Consume(b) => consume(client, b).await,
-        BenchCommand::Cluster(b) => compare::run(b).await,
     }
 }
 
@@ -102,11 +112,6 @@ fn progress(count: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 1 hour, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
-}
-
 /// What a produce run measured.
 pub(crate) struct ProduceOutcome {
     /// Records acknowledged.
@@ -115,23 +120,9 @@ pub(crate) struct ProduceOutcome {
     pub(crate) bytes: u64,
     /// From the first send to the last acknowledgement.
     pub(crate) elapsed: Duration,
-    /// Per-record latency from `send` to acknowledgement, in µs.
+    /// Per-record latency from `send` (or its due time under `--rate`) to
+    /// acknowledgement, in µs.
     pub(crate) latency_us: Histogram<u64>,
-}
-
-impl ProduceOutcome {
-    pub(crate) fn mb_per_s(&self) -> f64 {
-        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
-    }
-
-    pub(crate) fn records_per_s(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// Latency at quantile `q`, in ms.
-    pub(crate) fn latency_ms(&self, q: f64) -> f64 {
-        self.latency_us.value_at_quantile(q) as f64 / 1000.0
-    }
 }
 
 fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: &Histogram<u64>) {
@@ -154,7 +145,25 @@ fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: &
 }
 
 async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
-    let outcome = produce_run(client, &b, -1).await?;
+    let (outcome, mut recorder) = produce_run(client, &b, -1).await?;
+    if let Some(path) = &b.json {
+        let params = serde_json::json!({
+            "topic": b.topic, "size": b.size, "count": b.count, "partitions": b.partitions,
+            "keyed": b.keyed, "rate": b.rate, "acks": b.producer.acks,
+            "compression": b.producer.compression, "linger_ms": b.producer.linger_ms,
+            "in_flight_per_partition": b.producer.in_flight_per_partition,
+        });
+        recorder
+            .write_json(
+                path,
+                "produce",
+                params,
+                outcome.records,
+                outcome.bytes,
+                outcome.elapsed,
+            )
+            .map_err(|e| Error::Config(format!("write {}: {e}", path.display())))?;
+    }
     report(
         "produced",
         outcome.records,
@@ -166,12 +175,13 @@ async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
 }
 
 /// Runs a produce bench (creating the topic with `replication_factor` if missing) and
-/// returns what it measured; the first failed delivery is the error.
+/// returns what it measured (and the recorder with its timeline); the first failed
+/// delivery is the error.
 async fn produce_run(
     client: ClientConfig,
     b: &ProduceBench,
     replication_factor: i16,
-) -> Result<ProduceOutcome, Error> {
+) -> Result<(ProduceOutcome, Recorder), Error> {
     let admin = Admin::new(client.clone())?;
     let topic = NewTopic {
         replication_factor,
@@ -212,25 +222,33 @@ async fn produce_run(
             .collect::<Vec<u8>>(),
     );
     let bar = progress(b.count, b.quiet);
-    let mut latency = histogram();
+    let mut latency = Recorder::new();
+    let record_bytes = b.size as u64;
     let mut inflight = FuturesUnordered::new();
     let mut acked: u64 = 0;
     let mut failed: u64 = 0;
     let mut first_error: Option<Error> = None;
     let started = Instant::now();
     for n in 0..b.count {
+        let mut due = None;
         if b.rate > 0 {
             // Pace in ~1 ms bursts: the timer cannot sleep per record at high rates.
-            let due = started + Duration::from_secs_f64(n as f64 / b.rate as f64);
-            if due > Instant::now() + Duration::from_millis(1) {
-                tokio::time::sleep_until(due.into()).await;
+            let at = started + Duration::from_secs_f64(n as f64 / b.rate as f64);
+            if at > Instant::now() + Duration::from_millis(1) {
+                tokio::time::sleep_until(at.into()).await;
             }
+            due = Some(at);
         }
         let mut record = ProducerRecord::new(b.topic.clone(), payload.clone());
         if b.keyed {
             record.key = Some(Bytes::from(format!("key-{}", n % 10_000)));
         }
-        let sent_at = Instant::now();
+        let mut sent_at = Instant::now();
+        // Coordinated omission: latency counts from when the schedule wanted the record
+        // sent, not from when a loop held up by a slow broker got to it.
+        if let Some(due) = due {
+            sent_at = sent_at.min(due);
+        }
         let delivery = producer.send(record).await?;
         inflight.push(delivery.map(move |r| (sent_at.elapsed(), r)));
         // Collect whatever is already acknowledged, without waiting.
@@ -239,6 +257,7 @@ async fn produce_run(
                 took,
                 result,
                 &mut latency,
+                record_bytes,
                 &mut acked,
                 &mut failed,
                 &mut first_error,
@@ -253,6 +272,7 @@ async fn produce_run(
             took,
             result,
             &mut latency,
+            record_bytes,
             &mut acked,
             &mut failed,
             &mut first_error,
@@ -268,18 +288,22 @@ async fn produce_run(
         println!("{failed} records failed; first error: {e}");
         return Err(e);
     }
-    Ok(ProduceOutcome {
-        records: acked,
-        bytes: acked * b.size as u64,
-        elapsed,
-        latency_us: latency,
-    })
+    Ok((
+        ProduceOutcome {
+            records: acked,
+            bytes: acked * b.size as u64,
+            elapsed,
+            latency_us: latency.latency_us.clone(),
+        },
+        latency,
+    ))
 }
 
 fn settle(
     took: Duration,
     result: Result<rill_client::RecordMetadata, Error>,
-    latency: &mut Histogram<u64>,
+    latency: &mut Recorder,
+    record_bytes: u64,
     acked: &mut u64,
     failed: &mut u64,
     first_error: &mut Option<Error>,
@@ -287,7 +311,7 @@ fn settle(
     match result {
         Ok(_) => {
             *acked += 1;
-            latency.saturating_record(took.as_micros().max(1) as u64);
+            latency.record(took, record_bytes);
         }
         Err(e) => {
             *failed += 1;
@@ -317,7 +341,7 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
         b.count, b.size, b.topic, partitions
     );
     let bar = progress(b.count, b.quiet);
-    let mut latency = histogram();
+    let mut latency = Recorder::new();
     let mut records: u64 = 0;
     let mut bytes: u64 = 0;
     let started = Instant::now();
@@ -327,16 +351,25 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
             break;
         };
         let record = record?;
-        latency.saturating_record(waited_from.elapsed().as_micros().max(1) as u64);
-        records += 1;
-        bytes += record.value.as_ref().map_or(0, |v| v.len() as u64)
+        let record_bytes = record.value.as_ref().map_or(0, |v| v.len() as u64)
             + record.key.as_ref().map_or(0, |k| k.len() as u64);
+        latency.record(waited_from.elapsed(), record_bytes);
+        records += 1;
+        bytes += record_bytes;
         if records % 1024 == 0 {
             bar.set_position(records);
         }
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    report("consumed", records, bytes, elapsed, &latency);
+    report("consumed", records, bytes, elapsed, &latency.latency_us);
+    if let Some(path) = &b.json {
+        let params = serde_json::json!({
+            "topic": b.topic, "size": b.size, "count": b.count, "partitions": partitions,
+        });
+        latency
+            .write_json(path, "consume", params, records, bytes, elapsed)
+            .map_err(|e| Error::Config(format!("write {}: {e}", path.display())))?;
+    }
     Ok(())
 }

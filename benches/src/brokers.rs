@@ -1,15 +1,17 @@
-//! Brokers a bench starts itself: `rilld` child processes on loopback, each with a data
-//! directory of its own under the bench's directory. Each is stopped by its process id
-//! (SIGTERM, then SIGKILL after a grace period) and its directory removed when dropped.
+//! Brokers the suite starts itself: `rilld` child processes on loopback, each with a
+//! data directory of its own under the suite's directory. Each is stopped by its
+//! process id (SIGTERM, then SIGKILL after a grace period) and its directory removed
+//! when dropped; its pid is registered with [`crate::cleanup`] meanwhile, so Ctrl-C
+//! stops it too.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rill_client::Error;
+use crate::Error;
 
 /// How long a broker may take to print its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -19,30 +21,27 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 /// Linux architecture the kernel exposes to user space).
 const USER_HZ: f64 = 100.0;
 
-/// The `rilld` binary: `given`, or the one next to this `rill` (both are built into
-/// the same target directory).
-pub(crate) fn rilld_path(given: Option<PathBuf>) -> Result<PathBuf, Error> {
-    let path = match given {
+/// A binary of ours: `given`, else `$env_var`, else the one named `name` next to this
+/// executable (the suite is built into the same target directory).
+pub(crate) fn binary_path(
+    given: Option<PathBuf>,
+    env_var: &str,
+    name: &str,
+) -> Result<PathBuf, Error> {
+    let path = match given.or_else(|| std::env::var_os(env_var).map(PathBuf::from)) {
         Some(path) => path,
         None => std::env::current_exe()
             .map_err(|e| Error::Config(format!("cannot locate this executable: {e}")))?
-            .with_file_name("rilld"),
+            .with_file_name(name),
     };
     if !path.is_file() {
         return Err(Error::Config(format!(
-            "no rilld at {} (build it with `cargo build --release -p rill-broker`, or pass --rilld)",
+            "no {name} at {} (build it with `cargo build --release -p rill-broker -p rill-client`, \
+             or pass --{name} / set {env_var})",
             path.display()
         )));
     }
     Ok(path)
-}
-
-/// A free loopback port: bound, then released for the broker to bind next.
-pub(crate) fn free_port() -> Result<u16, Error> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error::Config(format!("no free loopback port: {e}")))
 }
 
 /// CPU seconds (user + system) used so far by process `pid` (`self` for this one).
@@ -99,6 +98,7 @@ impl LocalBroker {
             .stderr(log)
             .spawn()
             .map_err(|e| io(&format!("start {}", rilld.display()), e))?;
+        crate::cleanup::register_pid(child.id());
         let stdout = child.stdout.take().expect("stdout is piped");
         // The first stdout line names the bound ports; read it on a thread so a broker
         // that never prints it cannot hang the bench.
@@ -177,22 +177,7 @@ impl LocalBroker {
     /// Stops the broker: SIGTERM by pid, SIGKILL if it has not exited after
     /// `STOP_GRACE`.
     fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cleanup::stop_child(&mut self.child, STOP_GRACE);
     }
 }
 
@@ -211,7 +196,9 @@ pub(crate) fn start_cluster(
     n: i32,
     args: &[String],
 ) -> Result<Vec<LocalBroker>, Error> {
-    let ports = (0..n).map(|_| free_port()).collect::<Result<Vec<_>, _>>()?;
+    // Below the ephemeral range, so no outgoing connection takes a port between its
+    // pick and the broker's bind.
+    let ports: Vec<u16> = (0..n).map(|_| rill_tests::ports::reserve()).collect();
     let voters = ports
         .iter()
         .enumerate()

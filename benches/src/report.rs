@@ -1,0 +1,311 @@
+//! The suite's output: medians over runs, the table, the machine limits, the targets
+//! of issue 13 computed from this run (printed, never asserted), and `suite.json`.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::limits::Limits;
+use crate::scenarios::{Compare, Quantiles, Row};
+
+/// A row's one-line summary (the progress output as each step ends).
+pub(crate) fn one_line(row: &Row) -> String {
+    match &row.not_measured {
+        Some(why) => format!("{:<30} run {}: {why}", row.name, row.run),
+        None => format!(
+            "{:<30} run {}: {:>8.1} MB/s {:>10.0} rec/s  p99 {:>8.2} ms  broker {:.2} client {:.2} CPU-s/GB",
+            row.name,
+            row.run,
+            row.mb_per_s,
+            row.records_per_s,
+            row.latency_us[2] / 1000.0,
+            row.broker_cpu_s_per_gb(),
+            row.client_cpu_s_per_gb()
+        ),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// The median of each figure of the measured runs of each step, in the order steps
+/// first appear; a step no run measured keeps its first run's reason.
+pub(crate) fn medians(rows: &[Row]) -> Vec<(Row, usize)> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in rows {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let all: Vec<&Row> = rows.iter().filter(|r| r.name == name).collect();
+            let first = *all.first()?;
+            let ok: Vec<&Row> = all
+                .iter()
+                .copied()
+                .filter(|r| r.not_measured.is_none())
+                .collect();
+            if ok.is_empty() {
+                return Some((first.clone(), 0));
+            }
+            let m = |f: &dyn Fn(&Row) -> f64| median(ok.iter().map(|r| f(r)).collect());
+            let mut out = ok[0].clone();
+            out.mb_per_s = m(&|r| r.mb_per_s);
+            out.records_per_s = m(&|r| r.records_per_s);
+            out.elapsed_s = m(&|r| r.elapsed_s);
+            for i in 0..5 {
+                out.latency_us[i] = m(&|r| r.latency_us[i]);
+            }
+            if out.request_latency_us.is_some() {
+                let mut q: Quantiles = [0.0; 5];
+                for (i, x) in q.iter_mut().enumerate() {
+                    *x = m(&|r| r.request_latency_us.map_or(f64::NAN, |q| q[i]));
+                }
+                out.request_latency_us = Some(q);
+            }
+            // CPU per GB is a median of per-run ratios, kept through bytes = 1 GB.
+            let broker = m(&|r| r.broker_cpu_s_per_gb());
+            let client = m(&|r| r.client_cpu_s_per_gb());
+            out.bytes = m(&|r| r.bytes as f64) as u64;
+            out.records = m(&|r| r.records as f64) as u64;
+            let gb = (out.bytes as f64 / 1e9).max(1e-12);
+            out.broker_cpu_s = broker * gb;
+            out.client_cpu_s = client * gb;
+            out.rate_per_s = ok[0]
+                .rate_per_s
+                .map(|_| m(&|r| r.rate_per_s.unwrap_or(f64::NAN)));
+            out.run = 0;
+            Some((out, ok.len()))
+        })
+        .collect()
+}
+
+/// The row's throughput over what it is compared with.
+fn vs_limit(row: &Row, limits: &Limits, medians: &[(Row, usize)]) -> Option<(f64, String)> {
+    let (base, what) = match &row.compare {
+        Compare::None => return None,
+        Compare::Loopback => (limits.loopback_tcp_mb_s, "loopback".to_owned()),
+        Compare::Fdatasync => (limits.fdatasync_write_mb_s, "fdatasync".to_owned()),
+        Compare::Row(name) => (
+            medians
+                .iter()
+                .find(|(r, n)| &r.name == name && *n > 0)
+                .map(|(r, _)| r.mb_per_s)?,
+            name.clone(),
+        ),
+    };
+    (base > 0.0).then(|| (row.mb_per_s / base, what))
+}
+
+/// Rill's row over its peer counterpart.
+fn vs_peer(row: &Row, medians: &[(Row, usize)]) -> Option<f64> {
+    let (peer, _) = medians
+        .iter()
+        .find(|(r, n)| r.peer_of.as_deref() == Some(&row.name) && *n > 0)?;
+    (peer.mb_per_s > 0.0).then(|| row.mb_per_s / peer.mb_per_s)
+}
+
+/// The table of medians, as printed.
+pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<38} {:>4} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  vs limit",
+        "scenario",
+        "runs",
+        "MB/s",
+        "records/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "brk s/G",
+        "cli s/G",
+        "vs peer",
+    );
+    for (row, runs) in medians {
+        if let Some(why) = &row.not_measured {
+            if *runs == 0 {
+                let _ = writeln!(out, "{:<38} {:>4} {why}", row.name, 0);
+                continue;
+            }
+        }
+        let ms = |us: f64| us / 1000.0;
+        let limit = vs_limit(row, limits, medians)
+            .map_or(String::new(), |(r, what)| format!("{r:.2} of {what}"));
+        let peer = vs_peer(row, medians).map_or(String::new(), |r| format!("{r:.2}"));
+        let name = match row.rate_per_s {
+            Some(rate) => format!("{} @{:.0}/s", row.name, rate),
+            None => row.name.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<38} {:>4} {:>8.1} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>7}  {}",
+            name,
+            runs,
+            row.mb_per_s,
+            row.records_per_s,
+            ms(row.latency_us[0]),
+            ms(row.latency_us[1]),
+            ms(row.latency_us[2]),
+            ms(row.latency_us[3]),
+            ms(row.latency_us[4]),
+            row.broker_cpu_s_per_gb(),
+            row.client_cpu_s_per_gb(),
+            peer,
+            limit
+        );
+        // Rows without a peer or limit would end in spaces.
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        if let Some(q) = row.request_latency_us {
+            let _ = writeln!(
+                out,
+                "{:<38} {:>4} {:>8} {:>10} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   (produce request round trip)",
+                "", "", "", "", ms(q[0]), ms(q[1]), ms(q[2]), ms(q[3]), ms(q[4])
+            );
+        }
+    }
+    out
+}
+
+/// The machine limits, as printed.
+pub(crate) fn limits_text(limits: &Limits) -> String {
+    format!(
+        "machine limits: buffered write {:.0} MB/s, write+fdatasync every 1 MiB {:.0} MB/s, \
+         memcpy {:.0} MB/s, loopback TCP single stream {:.0} MB/s\n",
+        limits.buffered_write_mb_s,
+        limits.fdatasync_write_mb_s,
+        limits.memcpy_mb_s,
+        limits.loopback_tcp_mb_s
+    )
+}
+
+/// One acceptance target: its name, the figure of this run, the bound and whether
+/// the figure must be at least (`true`) or at most the bound.
+struct Target {
+    name: String,
+    value: Option<f64>,
+    bound: f64,
+    at_least: bool,
+}
+
+fn targets(medians: &[(Row, usize)], limits: &Limits) -> Vec<Target> {
+    let get = |name: &str| {
+        medians
+            .iter()
+            .find(|(r, n)| r.name == name && *n > 0)
+            .map(|(r, _)| r)
+    };
+    let ratio = |a: Option<f64>, b: f64| a.filter(|_| b > 0.0).map(|a| a / b);
+    let mut out = vec![
+        Target {
+            name: "acks=1 1 KiB 1 partition / loopback TCP".to_owned(),
+            value: ratio(
+                get("1n-acks1-1p-1k").map(|r| r.mb_per_s),
+                limits.loopback_tcp_mb_s,
+            ),
+            bound: 0.60,
+            at_least: true,
+        },
+        Target {
+            name: "acks=1 1 KiB 1 partition broker CPU-s/GB".to_owned(),
+            value: get("1n-acks1-1p-1k").map(Row::broker_cpu_s_per_gb),
+            bound: 0.35,
+            at_least: false,
+        },
+        Target {
+            name: "acks=all (fsync) / write+fdatasync 1 MiB".to_owned(),
+            value: ratio(
+                get("1n-acksall-1p-1k").map(|r| r.mb_per_s),
+                limits.fdatasync_write_mb_s,
+            ),
+            bound: 0.80,
+            at_least: true,
+        },
+        Target {
+            name: "consumer catch-up (page cache) / loopback".to_owned(),
+            value: ratio(
+                get("1n-consume-cache-1p-1k").map(|r| r.mb_per_s),
+                limits.loopback_tcp_mb_s,
+            ),
+            bound: 0.80,
+            at_least: true,
+        },
+        Target {
+            name: "RF=3 acks=all / 1-node acks=1".to_owned(),
+            value: ratio(
+                get("3n-rf3-acksall-1p-1k").map(|r| r.mb_per_s),
+                get("1n-acks1-1p-1k").map_or(0.0, |r| r.mb_per_s),
+            ),
+            bound: 0.40,
+            at_least: true,
+        },
+        Target {
+            name: "client (rill bench) CPU-s/GB produced, acks=1".to_owned(),
+            value: get("1n-acks1-1p-1k").map(Row::client_cpu_s_per_gb),
+            bound: 0.30,
+            at_least: false,
+        },
+    ];
+    for (row, n) in medians {
+        if row.rate_per_s.is_some() && *n > 0 {
+            out.push(Target {
+                name: format!("p99 ms at half max rate, {}", row.name),
+                value: Some(row.latency_us[2] / 1000.0),
+                bound: 10.0,
+                at_least: false,
+            });
+        }
+    }
+    out
+}
+
+/// The targets section, as printed.
+pub(crate) fn targets_text(medians: &[(Row, usize)], limits: &Limits) -> String {
+    let mut out = String::from("targets (issue 13; computed from this run, not asserted):\n");
+    for t in targets(medians, limits) {
+        let op = if t.at_least { ">=" } else { "<=" };
+        let verdict = match t.value {
+            None => "not measured".to_owned(),
+            Some(v) if (t.at_least && v >= t.bound) || (!t.at_least && v <= t.bound) => {
+                format!("{v:.2}  met")
+            }
+            Some(v) => format!("{v:.2}  NOT met"),
+        };
+        let _ = writeln!(out, "  {:<58} {op} {:<5} {verdict}", t.name, t.bound);
+    }
+    out
+}
+
+/// The targets as JSON.
+pub(crate) fn targets_json(medians: &[(Row, usize)], limits: &Limits) -> Value {
+    Value::Array(
+        targets(medians, limits)
+            .into_iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "value": t.value,
+                    "bound": t.bound,
+                    "at_least": t.at_least,
+                    "met": t.value.map(|v| if t.at_least { v >= t.bound } else { v <= t.bound }),
+                })
+            })
+            .collect(),
+    )
+}

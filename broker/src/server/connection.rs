@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
-use super::framing::{FramePool, RequestFrames, POOLED_FRAME_BYTES_MAX};
+use super::framing::{FramePool, RequestFrames, POOLED_FRAME_BYTES_MAX, POOLED_FRAME_BYTES_MIN};
 use super::write::write_all_chunks;
 use crate::api::{self, Reply};
 use crate::context::order::{Turn, TurnChain};
@@ -90,8 +90,9 @@ impl Activity {
 /// of that many bytes instead when it is free, so clients that send small requests
 /// one at a time (metadata, fetches, small produces) never wait for the shared budget.
 ///
-/// A frame larger than the read-ahead and of at most [`POOLED_FRAME_BYTES_MAX`] is read
-/// into a buffer of `frame_pool` (see [`FramePool`]), once its budget is held.
+/// A frame of [`POOLED_FRAME_BYTES_MIN`] to [`POOLED_FRAME_BYTES_MAX`] bytes is read into
+/// a buffer of `frame_pool` (see [`FramePool`]) when the budget can cover that whole
+/// buffer, not only the frame.
 pub async fn serve(
     socket: TcpStream,
     broker: Arc<Broker>,
@@ -195,6 +196,11 @@ pub async fn serve(
     // The frame at the front, when it is read into a pooled buffer (size prefix
     // included); `buf` then holds nothing.
     let mut pooled: Option<Vec<u8>> = None;
+    // The body size the frame at the front announced, once `budget` holds it (the
+    // budget may hold more: a pooled frame's covers its whole buffer).
+    let mut frame_body_bytes = 0usize;
+    // Whether that frame is read into a pooled buffer.
+    let mut pool_frame = false;
     // The budget of the frame at the front of `buf`, once its size prefix is known.
     let mut budget: Option<OwnedSemaphorePermit> = None;
     // When the frame at the front of `buf` must be complete; `None` while `buf` is empty.
@@ -264,6 +270,24 @@ pub async fn serve(
                         permit
                     }
                 };
+                let mut permit = permit;
+                // A frame read into a pooled buffer holds budget for the whole buffer:
+                // the buffer's memory may all be resident (it served earlier frames)
+                // however few bytes a stalled peer sends. Frames of at least half a
+                // buffer only, so that costs at most twice their size; if the budget
+                // cannot spare it now, the frame gets a buffer of its own size.
+                pool_frame = false;
+                if (POOLED_FRAME_BYTES_MIN..=POOLED_FRAME_BYTES_MAX)
+                    .contains(&(FRAME_PREFIX_BYTES + body_bytes))
+                    && !small
+                {
+                    let rest = (POOLED_FRAME_BYTES_MAX - body_bytes) as u32;
+                    if let Ok(more) = Arc::clone(&request_budget).try_acquire_many_owned(rest) {
+                        permit.merge(more);
+                        pool_frame = true;
+                    }
+                }
+                frame_body_bytes = body_bytes;
                 budget = Some(permit);
             }
         }
@@ -271,10 +295,8 @@ pub async fn serve(
         // into a pooled buffer, and the socket reads the rest straight into it.
         let frame_bytes = budget
             .as_ref()
-            .map(|permit| FRAME_PREFIX_BYTES + permit.num_permits());
-        let poolable = frame_bytes.is_some_and(|bytes| {
-            bytes > READ_AHEAD_UNBUDGETED_BYTES && bytes <= POOLED_FRAME_BYTES_MAX
-        });
+            .map(|_| FRAME_PREFIX_BYTES + frame_body_bytes);
+        let poolable = budget.is_some() && pool_frame;
         if poolable && pooled.is_none() && buf.len() >= FRAME_PREFIX_BYTES + 2 {
             if let Err(e) = frames.announced_body_bytes(&buf) {
                 tracing::info!(error = %e, "closing connection");
@@ -293,7 +315,16 @@ pub async fn serve(
                 };
                 frame_deadline = None;
                 let frame = frame_pool.frame(buffer);
-                if !dispatch(&broker, &order_tx, &mut turns, &activity, frame, frame_budget).await {
+                if !dispatch(
+                    &broker,
+                    &order_tx,
+                    &mut turns,
+                    &activity,
+                    frame,
+                    frame_budget,
+                )
+                .await
+                {
                     break; // the writer stopped
                 }
                 continue;

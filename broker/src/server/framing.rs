@@ -18,6 +18,10 @@
 //! [`RequestFrames::announced_body_bytes`]), so what peers that announce and stall can
 //! reserve is bounded by the budget, and the kernel backs it with memory only as bytes
 //! arrive. Larger frames keep the codec's growth policy.
+//!
+//! The connection does better still for the frames between [`POOLED_FRAME_BYTES_MIN`]
+//! and [`POOLED_FRAME_BYTES_MAX`]: it reads them into a reused buffer of the broker's
+//! [`FramePool`] (no page faults and zeroing of fresh memory per request).
 
 use std::sync::{Arc, Mutex};
 
@@ -30,14 +34,21 @@ use tokio_util::codec::Decoder;
 pub const REQUEST_RESERVE_WHOLE_BYTES_MAX: usize = 1024 * 1024;
 
 /// Capacity of each buffer in the [`FramePool`]: frames (size prefix included) of at
-/// most this many bytes are read into a pooled buffer. 2 MiB covers the 1 MiB batches
-/// producers send by default (`rill`'s `batch_bytes_max`, librdkafka's
-/// `message.max.bytes`) plus their request headers, which a 1 MiB buffer would not.
-pub const POOLED_FRAME_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// most this many bytes are read into a pooled buffer. It covers the 1 MiB batches
+/// producers send by default (`rill`'s `batch_bytes_max`; librdkafka's
+/// `message.max.bytes` is 1,000,000) plus their request headers, which a 1 MiB buffer
+/// would not.
+pub const POOLED_FRAME_BYTES_MAX: usize = 1024 * 1024 + 64 * 1024;
+
+/// Smallest frame read into a pooled buffer: half a buffer, so a frame's budget,
+/// which covers its whole buffer, is at most twice its size (smaller frames cost
+/// little to allocate anyway).
+pub const POOLED_FRAME_BYTES_MIN: usize = POOLED_FRAME_BYTES_MAX / 2;
 
 /// Most bytes of idle buffers the [`FramePool`] keeps: memory that stays with the
-/// broker between requests (busy buffers are bounded by `queued_request_max_bytes`).
-pub const FRAME_POOL_IDLE_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// broker between requests, outside `queued_request_max_bytes` (busy buffers are
+/// within it). Enough for a producer's 5 requests in flight and a few more.
+pub const FRAME_POOL_IDLE_BYTES_MAX: usize = 8 * POOLED_FRAME_BYTES_MAX;
 
 /// Buffers for large request frames, reused from one request to the next.
 ///
@@ -291,6 +302,49 @@ mod tests {
         assert!(ours <= 8 * 1024, "{ours} bytes copied again");
         let plain = bytes_copied_again(FrameCodec::new(100 << 20), body_bytes).await;
         eprintln!("1 MB request: {ours} bytes re-copied with RequestFrames, {plain} with FrameCodec alone");
+    }
+
+    /// A pooled frame of `body_bytes` whose body bytes are `0, 1, 2, ...`.
+    fn pooled_frame(pool: &Arc<FramePool>, body_bytes: usize) -> (Bytes, usize) {
+        let mut buffer = pool.take();
+        let address = buffer.as_ptr() as usize;
+        buffer.extend_from_slice(&(body_bytes as i32).to_be_bytes());
+        buffer.extend((0..body_bytes).map(|i| i as u8));
+        (pool.frame(buffer), address)
+    }
+
+    #[test]
+    fn a_pooled_frame_goes_back_to_the_pool_when_its_last_slice_drops() {
+        let pool = FramePool::new();
+        let (frame, address) = pooled_frame(&pool, 100_000);
+        assert_eq!(
+            frame.len(),
+            100_000,
+            "the size prefix is not part of the frame"
+        );
+        assert_eq!(frame[..3], [0, 1, 2]);
+        // Decoding keeps slices of the frame (a Produce's records) beyond the frame itself.
+        let records = frame.slice(1000..2000);
+        drop(frame);
+        assert_eq!(pool.idle_buffers(), 0, "a slice still uses the buffer");
+        drop(records);
+        assert_eq!(pool.idle_buffers(), 1);
+        // The next frame is read into the same memory: no fresh pages to fault in.
+        let (again, again_address) = pooled_frame(&pool, 50_000);
+        assert_eq!(again_address, address);
+        assert_eq!(again[..3], [0, 1, 2]);
+        assert_eq!(pool.idle_buffers(), 0);
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_its_idle_bytes() {
+        let pool = FramePool::new();
+        let idle_max = FRAME_POOL_IDLE_BYTES_MAX / POOLED_FRAME_BYTES_MAX;
+        let frames: Vec<Bytes> = (0..idle_max + 3)
+            .map(|_| pooled_frame(&pool, 10).0)
+            .collect();
+        drop(frames);
+        assert_eq!(pool.idle_buffers(), idle_max);
     }
 
     fn frame_prefix(size: i32, api_key: i16) -> BytesMut {

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
 use tracing::Instrument;
 
-use super::framing::RequestFrames;
+use super::framing::{FramePool, RequestFrames, POOLED_FRAME_BYTES_MAX, POOLED_FRAME_BYTES_MIN};
 use super::write::write_all_chunks;
 use crate::api::{self, Reply};
 use crate::context::order::{Turn, TurnChain};
@@ -89,7 +89,16 @@ impl Activity {
 /// A frame of at most [`REQUEST_ALLOWANCE_BYTES`] takes the connection's own allowance
 /// of that many bytes instead when it is free, so clients that send small requests
 /// one at a time (metadata, fetches, small produces) never wait for the shared budget.
-pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<Semaphore>) {
+///
+/// A frame of [`POOLED_FRAME_BYTES_MIN`] to [`POOLED_FRAME_BYTES_MAX`] bytes is read into
+/// a buffer of `frame_pool` (see [`FramePool`]) when the budget can cover that whole
+/// buffer, not only the frame.
+pub async fn serve(
+    socket: TcpStream,
+    broker: Arc<Broker>,
+    request_budget: Arc<Semaphore>,
+    frame_pool: Arc<FramePool>,
+) {
     let client_host: Arc<str> = socket
         .peer_addr()
         .map(|peer| format!("/{}", peer.ip()))
@@ -184,6 +193,14 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
     let mut shutdown = broker.shutdown.clone();
     let mut turns = TurnChain::default();
     let mut buf = BytesMut::with_capacity(READ_AHEAD_UNBUDGETED_BYTES);
+    // The frame at the front, when it is read into a pooled buffer (size prefix
+    // included); `buf` then holds nothing.
+    let mut pooled: Option<Vec<u8>> = None;
+    // The body size the frame at the front announced, once `budget` holds it (the
+    // budget may hold more: a pooled frame's covers its whole buffer).
+    let mut frame_body_bytes = 0usize;
+    // Whether that frame is read into a pooled buffer.
+    let mut pool_frame = false;
     // The budget of the frame at the front of `buf`, once its size prefix is known.
     let mut budget: Option<OwnedSemaphorePermit> = None;
     // When the frame at the front of `buf` must be complete; `None` while `buf` is empty.
@@ -253,10 +270,66 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
                         permit
                     }
                 };
+                let mut permit = permit;
+                // A frame read into a pooled buffer holds budget for the whole buffer:
+                // the buffer's memory may all be resident (it served earlier frames)
+                // however few bytes a stalled peer sends. Frames of at least half a
+                // buffer only, so that costs at most twice their size; if the budget
+                // cannot spare it now, the frame gets a buffer of its own size.
+                pool_frame = false;
+                if (POOLED_FRAME_BYTES_MIN..=POOLED_FRAME_BYTES_MAX)
+                    .contains(&(FRAME_PREFIX_BYTES + body_bytes))
+                    && !small
+                {
+                    let rest = (POOLED_FRAME_BYTES_MAX - body_bytes) as u32;
+                    if let Ok(more) = Arc::clone(&request_budget).try_acquire_many_owned(rest) {
+                        permit.merge(more);
+                        pool_frame = true;
+                    }
+                }
+                frame_body_bytes = body_bytes;
                 budget = Some(permit);
             }
         }
-        if budget.is_some() {
+        // A large frame whose budget is held (and whose api key has been checked) moves
+        // into a pooled buffer, and the socket reads the rest straight into it.
+        let frame_bytes = budget
+            .as_ref()
+            .map(|_| FRAME_PREFIX_BYTES + frame_body_bytes);
+        let poolable = budget.is_some() && pool_frame;
+        if poolable && pooled.is_none() && buf.len() >= FRAME_PREFIX_BYTES + 2 {
+            if let Err(e) = frames.announced_body_bytes(&buf) {
+                tracing::info!(error = %e, "closing connection");
+                break;
+            }
+            let mut buffer = frame_pool.take();
+            // Between frames at most the read-ahead arrived: all of it is this frame's.
+            buffer.extend_from_slice(&buf);
+            buf.clear();
+            pooled = Some(buffer);
+        }
+        if let (Some(buffer), Some(frame_bytes)) = (&pooled, frame_bytes) {
+            if buffer.len() == frame_bytes {
+                let (Some(buffer), Some(frame_budget)) = (pooled.take(), budget.take()) else {
+                    unreachable!("checked just above");
+                };
+                frame_deadline = None;
+                let frame = frame_pool.frame(buffer);
+                if !dispatch(
+                    &broker,
+                    &order_tx,
+                    &mut turns,
+                    &activity,
+                    frame,
+                    frame_budget,
+                )
+                .await
+                {
+                    break; // the writer stopped
+                }
+                continue;
+            }
+        } else if budget.is_some() && !(poolable && buf.len() < FRAME_PREFIX_BYTES + 2) {
             match frames.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     let Some(frame_budget) = budget.take() else {
@@ -298,13 +371,14 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
         // Between frames, read only a little ahead: those bytes are outside the budget.
         // Within a frame, read only up to its end: bytes of the next frame would be
         // outside the budget too, and could be as many as the frame buffer's spare room.
-        let read_bytes_max = match &budget {
-            Some(permit) => (FRAME_PREFIX_BYTES + permit.num_permits())
-                .saturating_sub(buf.len())
+        let buffered_bytes = pooled.as_ref().map_or(buf.len(), Vec::len);
+        let read_bytes_max = match frame_bytes {
+            Some(frame_bytes) => frame_bytes.saturating_sub(buffered_bytes).max(1),
+            None => READ_AHEAD_UNBUDGETED_BYTES
+                .saturating_sub(buffered_bytes)
                 .max(1),
-            None => READ_AHEAD_UNBUDGETED_BYTES.saturating_sub(buf.len()).max(1),
         };
-        if buf.capacity() == buf.len() {
+        if pooled.is_none() && buf.capacity() == buf.len() {
             buf.reserve(READ_AHEAD_UNBUDGETED_BYTES.min(read_bytes_max));
         }
         let idle_deadline = if activity.requests_in_progress.load(Ordering::Relaxed) > 0 {
@@ -312,9 +386,21 @@ pub async fn serve(socket: TcpStream, broker: Arc<Broker>, request_budget: Arc<S
         } else {
             last_read.max(activity.last_write()) + idle_timeout
         };
-        let mut room = (&mut buf).limit(read_bytes_max);
+        // A pooled buffer has room for its whole frame (POOLED_FRAME_BYTES_MAX).
+        let mut into_pooled;
+        let mut into_buf;
+        let room: &mut (dyn BufMut + Send) = match pooled.as_mut() {
+            Some(buffer) => {
+                into_pooled = buffer.limit(read_bytes_max);
+                &mut into_pooled
+            }
+            None => {
+                into_buf = (&mut buf).limit(read_bytes_max);
+                &mut into_buf
+            }
+        };
         tokio::select! {
-            read = read_half.read_buf(&mut room) => match read {
+            read = read_half.read_buf(room) => match read {
                 Ok(0) => break, // the peer closed (a partial frame is dropped with it)
                 Ok(_) => {
                     last_read = Instant::now();

@@ -151,6 +151,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(config.connections_max));
         let per_ip = Arc::new(ConnectionsPerIp::default());
         let request_budget = Arc::new(Semaphore::new(config.queued_request_max_bytes));
+        let frame_pool = framing::FramePool::new();
         let mut connections = JoinSet::new();
         let mut shutdown = broker.shutdown.clone();
         tokio::pin!(signal);
@@ -185,8 +186,9 @@ impl Server {
                     let span = tracing::info_span!("conn", %peer);
                     let broker = Arc::clone(&broker);
                     let request_budget = Arc::clone(&request_budget);
+                    let frame_pool = Arc::clone(&frame_pool);
                     connections.spawn(async move {
-                        connection::serve(socket, broker, request_budget).await;
+                        connection::serve(socket, broker, request_budget, frame_pool).await;
                         drop(ip_slot);
                         drop(permit);
                     }.instrument(span));

@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::delivery::Completion;
 use crate::config::Compression;
@@ -133,7 +133,19 @@ pub(crate) struct Accumulator {
     pub(crate) flushes_pending: usize,
     /// Idempotence: the producer id and epoch batches are stamped with when they close.
     producer: Option<(i64, i16)>,
+    /// Buffers of completed batches, reused by new ones (see [`Accumulator::recycle`]).
+    buffer_pool: Vec<BytesMut>,
 }
+
+/// Idle batch buffers kept for reuse: enough to cover the churn of batches completing
+/// while others open, so a steady producer allocates (and page-faults) no new batch
+/// memory. The pool holds at most this many times `batch_bytes_max` beyond the
+/// `buffer_bytes_max` budget.
+const BUFFER_POOL_MAX: usize = 8;
+
+/// Capacity of a fresh batch buffer (capped at `batch_bytes_max`): buffers grow as
+/// records come, and recycled ones keep what they grew to.
+const BUFFER_INITIAL_BYTES: usize = 64 << 10;
 
 impl Accumulator {
     pub(crate) fn new(
@@ -150,7 +162,28 @@ impl Accumulator {
             in_flight_max: in_flight_max.max(1),
             flushes_pending: 0,
             producer: None,
+            buffer_pool: Vec::new(),
         }
+    }
+
+    /// Takes back the bytes of a completed batch for a later batch to write into, if
+    /// nothing else holds them and the pool has room; otherwise they are freed.
+    pub(crate) fn recycle(&mut self, records: Bytes) {
+        if self.buffer_pool.len() >= BUFFER_POOL_MAX {
+            return;
+        }
+        if let Ok(buf) = records.try_into_mut() {
+            // A buffer that grew for an oversized record is not kept.
+            if buf.capacity() <= self.batch_bytes_max + BUFFER_INITIAL_BYTES {
+                self.buffer_pool.push(buf);
+            }
+        }
+    }
+
+    /// Buffers waiting in the pool (tests).
+    #[cfg(test)]
+    pub(crate) fn pooled_buffers(&self) -> usize {
+        self.buffer_pool.len()
     }
 
     /// The producer id and epoch of an idempotent producer, if it has them.
@@ -211,6 +244,7 @@ impl Accumulator {
     /// Adds a record to its partition's open batch. `partition_count` comes from
     /// metadata; an explicit `record.partition` was checked against it by the caller.
     /// `reserved_bytes` of buffer memory were acquired for it.
+    #[cfg(test)]
     pub(crate) fn append(
         &mut self,
         record: &ProducerRecord,
@@ -218,6 +252,25 @@ impl Accumulator {
         partition_count: i32,
         reserved_bytes: usize,
         now: Instant,
+    ) -> Result<Appended> {
+        self.append_with_clock(
+            record,
+            timestamp_ms,
+            partition_count,
+            reserved_bytes,
+            || now,
+        )
+    }
+
+    /// [`Accumulator::append`] reading the clock only when a batch opens or closes (the
+    /// linger timer and the delivery timeout need it; most records do neither).
+    pub(crate) fn append_with_clock(
+        &mut self,
+        record: &ProducerRecord,
+        timestamp_ms: i64,
+        partition_count: i32,
+        reserved_bytes: usize,
+        now: impl Fn() -> Instant,
     ) -> Result<Appended> {
         let topic_queues = match self.topics.get_mut(record.topic.as_str()) {
             Some(q) => q,
@@ -243,7 +296,7 @@ impl Accumulator {
         // Close the open batch if this record would push it past the limit.
         if let Some(open) = &queue.open {
             if open.record_count > 0 && open.size_estimate_bytes + size > self.batch_bytes_max {
-                close_open(queue, now, self.producer)?;
+                close_open(queue, now(), self.producer)?;
                 topic_queues
                     .sticky
                     .on_batch_closed(partition, partition_count);
@@ -251,9 +304,16 @@ impl Accumulator {
             }
         }
         wake_sender |= queue.open.is_none();
+        let pool = &mut self.buffer_pool;
+        let (compression, batch_bytes_max) = (self.compression, self.batch_bytes_max);
         let open = queue.open.get_or_insert_with(|| OpenBatch {
-            writer: BatchWriter::new(self.compression, timestamp_ms),
-            opened_at: now,
+            writer: BatchWriter::new(
+                compression,
+                pool.pop().unwrap_or_else(|| {
+                    BytesMut::with_capacity(BUFFER_INITIAL_BYTES.min(batch_bytes_max))
+                }),
+            ),
+            opened_at: now(),
             record_count: 0,
             size_estimate_bytes: crate::wire::BATCH_OVERHEAD_BYTES,
             reserved_bytes: 0,
@@ -266,7 +326,7 @@ impl Accumulator {
         open.reserved_bytes += reserved_bytes;
         let completion = open.completion.clone();
         if open.size_estimate_bytes >= self.batch_bytes_max {
-            close_open(queue, now, self.producer)?;
+            close_open(queue, now(), self.producer)?;
             topic_queues
                 .sticky
                 .on_batch_closed(partition, partition_count);

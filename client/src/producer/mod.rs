@@ -35,19 +35,20 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
 };
+use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use self::accumulator::{Accumulator, Drained};
-pub use self::delivery::DeliveryFuture;
-use crate::admin::topic_name;
+pub use self::delivery::{BatchDelivery, BatchReport, DeliveryFuture};
 use crate::cluster::Cluster;
 use crate::config::{Acks, ProducerConfig};
+use crate::conn::Frame;
 use crate::error::{Error, Result};
 use crate::record::ProducerRecord;
+use crate::wire::{self, ProduceTopic};
 
 /// Upper bound on the record bytes put into one Produce request; more batches for the
 /// same broker go into further requests.
@@ -73,6 +74,42 @@ struct Inner {
     bump_needed: AtomicBool,
     /// Epoch bumps done (KIP-360 resets).
     epoch_bumps_total: AtomicU64,
+    /// `config.client.client_id`, as request headers carry it.
+    client_id: StrBytes,
+    /// Round trips of Produce requests.
+    request_latency: RequestLatency,
+}
+
+/// The round trips of the most recent Produce requests that got a response (from queued
+/// on the connection to the response read), in µs: a ring of `REQUEST_LATENCY_SAMPLES_MAX`
+/// samples, one per request (not per record), so recording is cheap and memory bounded.
+#[derive(Default)]
+struct RequestLatency {
+    ring: Mutex<LatencyRing>,
+}
+
+#[derive(Default)]
+struct LatencyRing {
+    samples_us: Vec<u64>,
+    /// Samples ever recorded (the next slot is `recorded % REQUEST_LATENCY_SAMPLES_MAX`).
+    recorded: u64,
+}
+
+/// Request round trips the producer remembers (8 MiB of samples).
+const REQUEST_LATENCY_SAMPLES_MAX: usize = 1 << 20;
+
+impl RequestLatency {
+    fn record(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (ring.recorded % REQUEST_LATENCY_SAMPLES_MAX as u64) as usize;
+        if slot < ring.samples_us.len() {
+            ring.samples_us[slot] = us;
+        } else {
+            ring.samples_us.push(us);
+        }
+        ring.recorded += 1;
+    }
 }
 
 /// An asynchronous Kafka producer.
@@ -117,6 +154,8 @@ impl Producer {
             init_lock: tokio::sync::Mutex::new(()),
             bump_needed: AtomicBool::new(false),
             epoch_bumps_total: AtomicU64::new(0),
+            client_id: StrBytes::from_string(config.client.client_id.clone()),
+            request_latency: RequestLatency::default(),
             cluster,
             config,
         });
@@ -131,6 +170,14 @@ impl Producer {
     /// [`DeliveryFuture`] then resolves when the broker acknowledges the record, to its
     /// partition and offset, or to the error that ended its delivery.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        self.send_ref(&record).await
+    }
+
+    /// [`Producer::send`] of a borrowed record: the producer copies the record's bytes
+    /// into its batch, so a caller sending many records (a loader, a benchmark) can
+    /// build one and change only what differs, without allocating or cloning a record,
+    /// its topic name or its value per send.
+    pub async fn send_ref(&self, record: &ProducerRecord) -> Result<DeliveryFuture> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -146,7 +193,7 @@ impl Producer {
         if let Some(p) = record.partition {
             if p < 0 || p >= partition_count {
                 return Err(Error::UnknownPartition {
-                    topic: record.topic,
+                    topic: record.topic.clone(),
                     partition: p,
                 });
             }
@@ -172,7 +219,7 @@ impl Producer {
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
         let appended = {
             let mut acc = inner.accumulator.lock().unwrap();
-            acc.append(&record, timestamp_ms, partition_count, size, Instant::now())
+            acc.append_with_clock(record, timestamp_ms, partition_count, size, Instant::now)
         };
         let appended = match appended {
             Ok(a) => a,
@@ -212,6 +259,21 @@ impl Producer {
     /// (KIP-360; see the module docs).
     pub fn epoch_bumps_total(&self) -> u64 {
         self.inner.epoch_bumps_total.load(Ordering::Relaxed)
+    }
+
+    /// Round trips of this producer's Produce requests, in µs, from the request queued on
+    /// its connection to its response read: the broker's and the network's share of a
+    /// record's latency, without the time records wait in the producer (`linger_ms`,
+    /// buffer, in-flight limits). One sample per request that got a response, the most
+    /// recent 2^20 of them, in no particular order. acks=0 requests have none.
+    pub fn request_latencies_us(&self) -> Vec<u64> {
+        let ring = self
+            .inner
+            .request_latency
+            .ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ring.samples_us.clone()
     }
 
     /// The producer id and epoch, once an idempotent producer has them.
@@ -522,39 +584,57 @@ async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
             return;
         }
     };
-    let mut topic_data: Vec<TopicProduceData> = Vec::new();
+    let mut topics: Vec<ProduceTopic<'_>> = Vec::new();
     for d in &batches {
-        let partition = PartitionProduceData::default()
-            .with_index(d.partition)
-            .with_records(Some(d.batch.records.clone()));
-        match topic_data.iter_mut().find(|t| *t.name.0 == *d.topic) {
-            Some(t) => t.partition_data.push(partition),
-            None => topic_data.push(
-                TopicProduceData::default()
-                    .with_name(topic_name(&d.topic))
-                    .with_partition_data(vec![partition]),
-            ),
+        let part = (d.partition, &d.batch.records);
+        match topics.iter_mut().find(|(name, _)| *name == &*d.topic) {
+            Some((_, parts)) => parts.push(part),
+            None => topics.push((&d.topic, vec![part])),
         }
     }
     let acks = inner.config.acks;
-    let request = ProduceRequest::default()
-        .with_acks(acks.as_i16())
-        .with_timeout_ms(inner.config.client.request_timeout_ms.min(i32::MAX as u64) as i32)
-        .with_topic_data(topic_data);
+    let timeout_ms = inner.config.client.request_timeout_ms.min(i32::MAX as u64) as i32;
+    let client_id = &inner.client_id;
+    // The batches are written from their own buffers, not copied into the request.
+    let queued = conn
+        .send_encoded(
+            ProduceRequest::KEY,
+            version,
+            acks != Acks::None,
+            |correlation_id| {
+                wire::encode_produce_parts(
+                    version,
+                    correlation_id,
+                    client_id,
+                    acks.as_i16(),
+                    timeout_ms,
+                    &topics,
+                )
+                .map(Frame::Parts)
+            },
+        )
+        .await;
+    drop(topics);
 
     if acks == Acks::None {
-        let sent = conn.send_only(&request, version).await;
         for d in batches {
-            match &sent {
-                Ok(()) => succeed(&inner, d, -1),
+            match &queued {
+                Ok(_) => succeed(&inner, d, -1),
                 Err(e) => retry_or_fail(&inner, d, e.clone()),
             }
         }
         return;
     }
 
-    let sent = match conn.send(&request, version).await {
-        Ok(sent) => sent,
+    let sent = match queued {
+        Ok(Some(sent)) => sent,
+        Ok(None) => {
+            let e = Error::Protocol("a produce request got no reply channel".into());
+            for d in batches {
+                retry_or_fail(&inner, d, e.clone());
+            }
+            return;
+        }
         Err(e) => {
             inner.cluster.observe_error(&e);
             for d in batches {
@@ -563,9 +643,15 @@ async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
             return;
         }
     };
+    // The request's round trip, from queued on the connection to its response read:
+    // what the broker and network take, without the time records queued in the producer.
+    let queued_at = Instant::now();
     tokio::spawn(async move {
         match conn.response::<ProduceRequest>(sent).await {
-            Ok(response) => settle(&inner, batches, &response),
+            Ok(response) => {
+                inner.request_latency.record(queued_at.elapsed());
+                settle(&inner, batches, &response)
+            }
             Err(e) => {
                 inner.cluster.observe_error(&e);
                 for d in batches {
@@ -652,17 +738,22 @@ fn sequence_error(inner: &Inner, d: Drained, error: Error) {
 }
 
 fn succeed(inner: &Inner, d: Drained, base_offset: i64) {
-    d.batch.completion.complete(Ok((d.partition, base_offset)));
-    finish_batch(inner, &d);
+    d.batch
+        .completion
+        .complete(Ok((d.partition, base_offset)), d.batch.record_count);
+    finish_batch(inner, d);
 }
 
 fn fail(inner: &Inner, d: Drained, error: Error) {
     let attempts = d.batch.attempts + 1;
-    d.batch.completion.complete(Err(Error::DeliveryFailed {
-        attempts,
-        last_error: Box::new(error),
-    }));
-    finish_batch(inner, &d);
+    d.batch.completion.complete(
+        Err(Error::DeliveryFailed {
+            attempts,
+            last_error: Box::new(error),
+        }),
+        d.batch.record_count,
+    );
+    finish_batch(inner, d);
 }
 
 /// A failed send: requeue at the head of the partition with backoff if the error is
@@ -700,12 +791,12 @@ fn retry_if(inner: &Inner, mut d: Drained, error: Error, retriable: bool) {
     }
 }
 
-fn finish_batch(inner: &Inner, d: &Drained) {
+fn finish_batch(inner: &Inner, d: Drained) {
     inner.memory.add_permits(d.batch.reserved_bytes);
-    inner
-        .accumulator
-        .lock()
-        .unwrap()
-        .complete(&d.topic, d.partition, d.batch.seq);
+    {
+        let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+        acc.complete(&d.topic, d.partition, d.batch.seq);
+        acc.recycle(d.batch.records);
+    }
     inner.wake_sender.notify_one();
 }

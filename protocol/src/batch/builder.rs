@@ -54,7 +54,17 @@ fn put_nullable(buf: &mut BytesMut, b: Option<&[u8]>) {
 impl BatchBuilder {
     /// An empty, non-idempotent batch using `compression`.
     pub fn new(compression: Compression) -> BatchBuilder {
-        let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 1024);
+        BatchBuilder::with_buffer(
+            compression,
+            BytesMut::with_capacity(BATCH_HEADER_BYTES + 1024),
+        )
+    }
+
+    /// An empty, non-idempotent batch using `compression` that writes into `buf`, cleared
+    /// first: its capacity is reused, so a caller that recycles batch buffers spares the
+    /// allocator, the growth copies and the kernel's page faults of fresh memory.
+    pub fn with_buffer(compression: Compression, mut buf: BytesMut) -> BatchBuilder {
+        buf.clear();
         buf.put_bytes(0, BATCH_HEADER_BYTES);
         BatchBuilder {
             buf,

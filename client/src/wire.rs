@@ -291,7 +291,9 @@ impl BatchWriter {
     pub(crate) fn push(&mut self, record: &ProducerRecord, timestamp_ms: i64) -> Result<()> {
         let key = record.key.as_deref();
         let value = record.value.as_deref();
-        let result = if record.headers.len() <= INLINE_HEADERS_MAX {
+        let result = if record.headers.is_empty() {
+            self.builder.push(timestamp_ms, key, value, &[])
+        } else if record.headers.len() <= INLINE_HEADERS_MAX {
             let mut inline: [(&str, Option<&[u8]>); INLINE_HEADERS_MAX] =
                 [("", None); INLINE_HEADERS_MAX];
             for (slot, h) in inline.iter_mut().zip(&record.headers) {

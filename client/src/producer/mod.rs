@@ -32,7 +32,9 @@ mod delivery;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+#[cfg(not(target_os = "linux"))]
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
@@ -189,7 +191,20 @@ impl Producer {
                 limit_bytes: inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX),
             });
         }
-        let partition_count = self.partition_count(&record.topic).await?;
+        // The partition count is remembered per metadata generation, so a send looks
+        // it up in the metadata only after a refresh.
+        let generation = inner.cluster.generation();
+        let (known_count, needs_producer_id) = {
+            let acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                acc.known_partition_count(&record.topic, generation),
+                inner.config.is_idempotent() && acc.producer().is_none(),
+            )
+        };
+        let partition_count = match known_count {
+            Some(n) => n,
+            None => self.partition_count(&record.topic).await?,
+        };
         if let Some(p) = record.partition {
             if p < 0 || p >= partition_count {
                 return Err(Error::UnknownPartition {
@@ -198,14 +213,7 @@ impl Producer {
                 });
             }
         }
-        if inner.config.is_idempotent()
-            && inner
-                .accumulator
-                .lock()
-                .expect("accumulator lock")
-                .producer()
-                .is_none()
-        {
+        if needs_producer_id {
             init_producer_id(inner).await?;
         }
         let permit = inner
@@ -218,7 +226,10 @@ impl Producer {
         permit.forget();
         let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
         let appended = {
-            let mut acc = inner.accumulator.lock().unwrap();
+            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+            if known_count.is_none() {
+                acc.remember_partition_count(&record.topic, generation, partition_count);
+            }
             acc.append_with_clock(record, timestamp_ms, partition_count, size, Instant::now)
         };
         let appended = match appended {
@@ -236,8 +247,8 @@ impl Producer {
 
     /// Partition count of `topic`, from cached metadata or after fetching it.
     async fn partition_count(&self, topic: &str) -> Result<i32> {
-        if let Some(t) = self.inner.cluster.cached().topics.get(topic) {
-            return Ok(t.partitions.len() as i32);
+        if let Some(n) = self.inner.cluster.cached_partition_count(topic) {
+            return Ok(n);
         }
         let wait = Duration::from_millis(self.inner.config.metadata_wait_ms_max);
         let metadata = self.inner.cluster.topic(topic, wait).await?;
@@ -332,10 +343,24 @@ impl Drop for Producer {
     }
 }
 
+/// Wall-clock ms since the Unix epoch for a record's CreateTime, read per record. On
+/// Linux from the kernel's coarse clock (the time of the last tick: a read of the vDSO
+/// page without a TSC read, several times cheaper than a precise read), so a timestamp
+/// is at most one tick (1-4 ms) early.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    #[cfg(target_os = "linux")]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        t.tv_sec
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.tv_nsec) / 1_000_000)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
 }
 
 /// Gets the idempotent producer's id (once; concurrent `send`s wait for the first).

@@ -41,7 +41,7 @@ use kafka_protocol::messages::{
     InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore, TryAcquireError};
 
 use self::accumulator::{Accumulator, Drained};
 pub use self::delivery::{BatchDelivery, BatchReport, DeliveryFuture};
@@ -191,48 +191,20 @@ impl Producer {
                 limit_bytes: inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX),
             });
         }
-        // The partition count is remembered per metadata generation, so a send looks
-        // it up in the metadata only after a refresh.
-        let generation = inner.cluster.generation();
-        let (known_count, needs_producer_id) = {
-            let acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                acc.known_partition_count(&record.topic, generation),
-                inner.config.is_idempotent() && acc.producer().is_none(),
-            )
-        };
-        let partition_count = match known_count {
-            Some(n) => n,
-            None => self.partition_count(&record.topic).await?,
-        };
-        if let Some(p) = record.partition {
-            if p < 0 || p >= partition_count {
-                return Err(Error::UnknownPartition {
-                    topic: record.topic.clone(),
-                    partition: p,
-                });
-            }
+        // Buffer budget first: without waiters the semaphore's fast path, no future.
+        match inner.memory.try_acquire_many(size as u32) {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(TryAcquireError::NoPermits) => inner
+                .memory
+                .acquire_many(size as u32)
+                .await
+                .map_err(|_| Error::Closed)?
+                .forget(),
         }
-        if needs_producer_id {
-            init_producer_id(inner).await?;
-        }
-        let permit = inner
-            .memory
-            .acquire_many(size as u32)
-            .await
-            .map_err(|_| Error::Closed)?;
         // The budget is returned by hand when the batch completes (see `finish_batch`),
-        // so a record costs no permit object.
-        permit.forget();
-        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
-        let appended = {
-            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
-            if known_count.is_none() {
-                acc.remember_partition_count(&record.topic, generation, partition_count);
-            }
-            acc.append_with_clock(record, timestamp_ms, partition_count, size, Instant::now)
-        };
-        let appended = match appended {
+        // so a record costs no permit object; a send that fails here returns it.
+        let appended = match self.append_reserved(record, size).await {
             Ok(a) => a,
             Err(e) => {
                 inner.memory.add_permits(size);
@@ -243,6 +215,44 @@ impl Producer {
             inner.wake_sender.notify_one();
         }
         Ok(DeliveryFuture::new(appended.completion, appended.index))
+    }
+
+    /// Appends `record` (its `size` of budget already held) to its partition's batch.
+    /// The partition count is remembered per metadata generation, so the common case
+    /// takes the accumulator's lock once and never looks at the metadata.
+    async fn append_reserved(
+        &self,
+        record: &ProducerRecord,
+        size: usize,
+    ) -> Result<accumulator::Appended> {
+        let inner = &self.inner;
+        let generation = inner.cluster.generation();
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        {
+            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+            let ready = !inner.config.is_idempotent() || acc.producer().is_some();
+            if let Some(partition_count) = acc
+                .known_partition_count(&record.topic, generation)
+                .filter(|_| ready)
+            {
+                check_partition(record, partition_count)?;
+                return acc.append_with_clock(
+                    record,
+                    timestamp_ms,
+                    partition_count,
+                    size,
+                    Instant::now,
+                );
+            }
+        }
+        let partition_count = self.partition_count(&record.topic).await?;
+        check_partition(record, partition_count)?;
+        if inner.config.is_idempotent() {
+            init_producer_id(inner).await?;
+        }
+        let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+        acc.remember_partition_count(&record.topic, generation, partition_count);
+        acc.append_with_clock(record, timestamp_ms, partition_count, size, Instant::now)
     }
 
     /// Partition count of `topic`, from cached metadata or after fetching it.
@@ -343,6 +353,17 @@ impl Drop for Producer {
     }
 }
 
+/// An explicit partition must exist.
+fn check_partition(record: &ProducerRecord, partition_count: i32) -> Result<()> {
+    match record.partition {
+        Some(p) if p < 0 || p >= partition_count => Err(Error::UnknownPartition {
+            topic: record.topic.clone(),
+            partition: p,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Wall-clock ms since the Unix epoch for a record's CreateTime, read per record. On
 /// Linux from the kernel's coarse clock (the time of the last tick: a read of the vDSO
 /// page without a TSC read, several times cheaper than a precise read), so a timestamp
@@ -351,6 +372,8 @@ fn now_ms() -> i64 {
     #[cfg(target_os = "linux")]
     {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        // `tv_nsec` is an i64 on 64-bit targets but not on every Linux target.
+        #[allow(clippy::useless_conversion)]
         t.tv_sec
             .saturating_mul(1000)
             .saturating_add(i64::from(t.tv_nsec) / 1_000_000)

@@ -80,6 +80,10 @@ pub(crate) struct ConsumeBench {
     /// Expected value size, used only for the progress bar's byte rate.
     #[arg(short, long, default_value_t = 1024)]
     size: usize,
+    /// Most bytes one fetch returns per partition (the consumer's
+    /// `partition_fetch_bytes_max`): what each round trip can carry.
+    #[arg(long, default_value_t = ConsumerConfig::default().partition_fetch_bytes_max)]
+    partition_fetch_bytes_max: i32,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -404,6 +408,7 @@ async fn produce_paced(
 async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     let mut consumer = Consumer::new(ConsumerConfig {
         client,
+        partition_fetch_bytes_max: b.partition_fetch_bytes_max,
         ..ConsumerConfig::default()
     })?;
     let partitions = consumer.partitions_for(&b.topic).await?;

@@ -97,8 +97,9 @@ struct LatencyRing {
     recorded: u64,
 }
 
-/// Request round trips the producer remembers (8 MiB of samples).
-const REQUEST_LATENCY_SAMPLES_MAX: usize = 1 << 20;
+/// Request round trips the producer remembers (at most 512 KiB of samples, grown as
+/// requests come): plenty for a p99.9, small for a producer that lives for months.
+const REQUEST_LATENCY_SAMPLES_MAX: usize = 1 << 16;
 
 impl RequestLatency {
     fn record(&self, took: Duration) {
@@ -847,4 +848,27 @@ fn finish_batch(inner: &Inner, d: Drained) {
         acc.recycle(d.batch.records);
     }
     inner.wake_sender.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring keeps the most recent samples and never grows past its bound.
+    #[test]
+    fn request_latency_ring_keeps_the_latest_samples_within_its_bound() {
+        let ring = RequestLatency::default();
+        let total = REQUEST_LATENCY_SAMPLES_MAX as u64 + 10;
+        for us in 0..total {
+            ring.record(Duration::from_micros(us));
+        }
+        let samples = ring.ring.lock().unwrap().samples_us.clone();
+        assert_eq!(samples.len(), REQUEST_LATENCY_SAMPLES_MAX);
+        assert_eq!(
+            samples.iter().min(),
+            Some(&10),
+            "the 10 oldest were overwritten"
+        );
+        assert_eq!(samples.iter().max(), Some(&(total - 1)));
+    }
 }

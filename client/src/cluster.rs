@@ -8,6 +8,7 @@
 
 use rill_protocol::decode::Decode;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -160,6 +161,10 @@ pub(crate) struct Cluster {
     refresh_lock: AsyncMutex<()>,
     connections: AsyncMutex<HashMap<String, Arc<Connection>>>,
     allow_auto_topic_creation: bool,
+    /// The cache's `generation`, readable without its lock: a caller that remembers
+    /// something derived from a snapshot (the producer's partition counts) knows it is
+    /// still current while this has not moved.
+    published_generation: AtomicU64,
 }
 
 impl Cluster {
@@ -177,6 +182,7 @@ impl Cluster {
             refresh_lock: AsyncMutex::new(()),
             connections: AsyncMutex::new(HashMap::new()),
             allow_auto_topic_creation,
+            published_generation: AtomicU64::new(0),
         })
     }
 
@@ -198,6 +204,22 @@ impl Cluster {
     /// The cached snapshot without any refresh.
     pub(crate) fn cached(&self) -> Arc<Metadata> {
         self.cache.lock().unwrap().metadata.clone()
+    }
+
+    /// The generation of the metadata snapshot (it moves with every refresh).
+    pub(crate) fn generation(&self) -> u64 {
+        self.published_generation.load(Ordering::Acquire)
+    }
+
+    /// The partition count of `topic` in the cached snapshot, if it is there (no
+    /// snapshot clone).
+    pub(crate) fn cached_partition_count(&self, topic: &str) -> Option<i32> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .metadata
+            .topics
+            .get(topic)
+            .map(|t| t.partitions.len() as i32)
     }
 
     /// Marks metadata stale; the next [`Cluster::metadata`] refreshes it.
@@ -264,6 +286,8 @@ impl Cluster {
         cache.metadata = Arc::new(metadata);
         cache.fetched_at = Some(Instant::now());
         cache.generation += 1;
+        self.published_generation
+            .store(cache.generation, Ordering::Release);
         cache.stale = false;
         Ok(())
     }

@@ -49,9 +49,16 @@ struct Pending {
     _permit: OwnedSemaphorePermit,
 }
 
+/// An encoded request frame: whole, or in parts written back to back (a Produce
+/// request whose batches are written from their own buffers, not copied into it).
+pub(crate) enum Frame {
+    Whole(Bytes),
+    Parts(Vec<Bytes>),
+}
+
 /// An encoded frame for the writer, with its response slot (if one is expected).
 struct WriteJob {
-    frame: Bytes,
+    frame: Frame,
     pending: Option<Pending>,
 }
 
@@ -198,14 +205,6 @@ impl Connection {
         wire::decode_response::<R>(frame, version)
     }
 
-    /// Sends `request` at `version` without waiting for (or expecting) a response:
-    /// Produce with `acks=0`. Returns once the frame is queued for writing.
-    pub(crate) async fn send_only<R: Request>(&self, request: &R, version: i16) -> Result<()> {
-        self.exchange(request, version, false, self.request_timeout)
-            .await
-            .map(|_| ())
-    }
-
     async fn exchange<R: Request>(
         &self,
         request: &R,
@@ -222,20 +221,7 @@ impl Connection {
         }
     }
 
-    /// Queues `request` at `version` for writing and returns its response, to be awaited
-    /// with [`Connection::response`]. Requests are written in the order their `send`s
-    /// return, so a caller that needs two requests in order (a partition's pipelined
-    /// Produce batches) sends the second after the first's `send` returned.
-    pub(crate) async fn send<R: Request>(&self, request: &R, version: i16) -> Result<Sent> {
-        let sent = self
-            .enqueue(request, version, true, self.request_timeout)
-            .await?;
-        sent.ok_or_else(|| {
-            Error::Protocol("a request sent for a response got no reply channel".into())
-        })
-    }
-
-    /// Awaits the response of a request queued by [`Connection::send`], within what is
+    /// Awaits the response of a request queued by [`Connection::send_encoded`], within what is
     /// left of its `request_timeout_ms`, and decodes it.
     pub(crate) async fn response<R: Request>(&self, sent: Sent) -> Result<R::Response>
     where
@@ -244,6 +230,29 @@ impl Connection {
         let version = sent.version;
         let frame = self.wait(sent).await?;
         wire::decode_response::<R>(frame, version)
+    }
+
+    /// Queues a request that `encode` builds from its correlation id (a Produce request
+    /// in parts) and, with `expect_response`, returns its response to be awaited with
+    /// [`Connection::response`]; without, returns once the frame is queued (Produce with
+    /// `acks=0`). Requests are written in the order these calls return, so a caller that
+    /// needs two requests in order (a partition's pipelined Produce batches) sends the
+    /// second after the first's call returned.
+    pub(crate) async fn send_encoded(
+        &self,
+        api_key: i16,
+        version: i16,
+        expect_response: bool,
+        encode: impl FnOnce(i32) -> Result<Frame>,
+    ) -> Result<Option<Sent>> {
+        self.enqueue_with(
+            api_key,
+            version,
+            expect_response,
+            self.request_timeout,
+            encode,
+        )
+        .await
     }
 
     /// Takes an in-flight slot, encodes and queues `request` for the writer; the whole
@@ -255,8 +264,30 @@ impl Connection {
         expect_response: bool,
         timeout: Duration,
     ) -> Result<Option<Sent>> {
+        self.enqueue_with(
+            R::KEY,
+            version,
+            expect_response,
+            timeout,
+            |correlation_id| {
+                wire::encode_request(request, version, correlation_id, &self.client_id)
+                    .map(Frame::Whole)
+            },
+        )
+        .await
+    }
+
+    /// [`Connection::enqueue`] with the frame built by `encode` from the correlation id.
+    async fn enqueue_with(
+        &self,
+        api_key: i16,
+        version: i16,
+        expect_response: bool,
+        timeout: Duration,
+        encode: impl FnOnce(i32) -> Result<Frame>,
+    ) -> Result<Option<Sent>> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let api = wire::api_name(R::KEY);
+        let api = wire::api_name(api_key);
         let work = async {
             if self.is_broken() {
                 return Err(Error::Disconnected {
@@ -270,7 +301,7 @@ impl Connection {
                 .await
                 .map_err(|_| Error::Closed)?;
             let correlation_id = self.next_correlation_id.fetch_add(1, Ordering::Relaxed);
-            let frame = wire::encode_request(request, version, correlation_id, &self.client_id)?;
+            let frame = encode(correlation_id)?;
             let (pending, sent) = if expect_response {
                 let (reply, reply_rx) = oneshot::channel();
                 (
@@ -406,7 +437,22 @@ async fn write_loop(
                     return;
                 }
             }
-            if let Err(e) = out.write_all(&job.frame).await {
+            // A part larger than the buffer goes straight to the socket (BufWriter
+            // flushes what it holds first), so a batch is never copied here.
+            let written = match &job.frame {
+                Frame::Whole(frame) => out.write_all(frame).await,
+                Frame::Parts(parts) => {
+                    let mut result = Ok(());
+                    for part in parts {
+                        result = out.write_all(part).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                    result
+                }
+            };
+            if let Err(e) = written {
                 tracing::debug!(%addr, error = %e, "write failed");
                 broken.store(true, Ordering::Release);
                 return;

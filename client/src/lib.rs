@@ -56,5 +56,5 @@ pub use config::{
 pub use consumer::{Consumer, Offset};
 pub use error::{Error, ResponseError, Result};
 pub use group::{RebalanceListener, Subscription};
-pub use producer::{DeliveryFuture, Producer};
+pub use producer::{BatchDelivery, BatchReport, DeliveryFuture, Producer};
 pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};

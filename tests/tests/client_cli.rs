@@ -166,6 +166,33 @@ fn bench_prints_throughput_and_latency_percentiles() {
             "{figure} missing from:\n{produced}"
         );
     }
+    // Produce requests' round trips, apart from the records' end-to-end latency.
+    let requests: u64 = produced
+        .lines()
+        .find_map(|l| l.strip_prefix("request latency ms: p50 "))
+        .and_then(|l| {
+            l.rsplit_once('(')?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no request latency line in:\n{produced}"));
+    assert!(requests > 0, "{produced}");
+    // At a fixed rate every record's own latency is measured, and all are counted.
+    let paced = stdout(&rill(
+        &b,
+        &[
+            "bench", "produce", "paced", "--size", "100", "--count", "2000", "--rate", "20000",
+            "--quiet",
+        ],
+        None,
+    ));
+    assert!(
+        paced.contains("produced: 2000 records, 200000 bytes"),
+        "{paced}"
+    );
     let consumed = stdout(&rill(
         &b,
         &["bench", "consume", "bench", "--count", "5000", "--quiet"],

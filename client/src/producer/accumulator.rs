@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::delivery::Completion;
 use crate::config::Compression;
@@ -99,6 +99,9 @@ impl PartitionQueue {
 struct TopicQueues {
     partitions: Vec<PartitionQueue>,
     sticky: StickyPartitioner,
+    /// The topic's partition count and the metadata generation it was read at (so a
+    /// send need not look it up in the metadata while the generation holds).
+    partition_count: Option<(u64, i32)>,
 }
 
 /// Where `append` put a record.
@@ -121,9 +124,37 @@ pub(crate) struct Drained {
     pub(crate) batch: ClosedBatch,
 }
 
+/// FNV-1a: the accumulator looks its topic up per record, and SipHash (the std
+/// default, which resists hash flooding) costs more than the rest of the lookup.
+/// Topic names come from the application, not from peers.
+#[derive(Default)]
+struct TopicHasher(u64);
+
+impl std::hash::Hasher for TopicHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            hash ^= u64::from(*b);
+            hash = hash.wrapping_mul(PRIME);
+        }
+        self.0 = hash;
+    }
+}
+
+type TopicMap = HashMap<Arc<str>, TopicQueues, std::hash::BuildHasherDefault<TopicHasher>>;
+
 /// All partitions' batches of one producer.
 pub(crate) struct Accumulator {
-    topics: HashMap<Arc<str>, TopicQueues>,
+    topics: TopicMap,
     linger: Duration,
     batch_bytes_max: usize,
     compression: Compression,
@@ -133,7 +164,15 @@ pub(crate) struct Accumulator {
     pub(crate) flushes_pending: usize,
     /// Idempotence: the producer id and epoch batches are stamped with when they close.
     producer: Option<(i64, i16)>,
+    /// Buffers of completed batches, reused by new ones (see [`Accumulator::recycle`]).
+    buffer_pool: Vec<BytesMut>,
 }
+
+/// Idle batch buffers kept for reuse: enough to cover the churn of batches completing
+/// while others open, so a steady producer allocates (and page-faults) no new batch
+/// memory. The pool holds at most this many times `batch_bytes_max` beyond the
+/// `buffer_bytes_max` budget.
+const BUFFER_POOL_MAX: usize = 8;
 
 impl Accumulator {
     pub(crate) fn new(
@@ -143,14 +182,55 @@ impl Accumulator {
         in_flight_max: usize,
     ) -> Self {
         Accumulator {
-            topics: HashMap::new(),
+            topics: TopicMap::default(),
             linger,
             batch_bytes_max,
             compression,
             in_flight_max: in_flight_max.max(1),
             flushes_pending: 0,
             producer: None,
+            buffer_pool: Vec::new(),
         }
+    }
+
+    /// Takes back the bytes of a completed batch for a later batch to write into, if
+    /// nothing else holds them and the pool has room; otherwise they are freed.
+    pub(crate) fn recycle(&mut self, records: Bytes) {
+        if self.buffer_pool.len() >= BUFFER_POOL_MAX {
+            return;
+        }
+        if let Ok(buf) = records.try_into_mut() {
+            // A buffer that grew for an oversized record is not kept.
+            if buf.capacity() <= 2 * self.batch_bytes_max {
+                self.buffer_pool.push(buf);
+            }
+        }
+    }
+
+    /// The partition count of `topic` remembered at metadata `generation`, if that is
+    /// the one remembered.
+    pub(crate) fn known_partition_count(&self, topic: &str, generation: u64) -> Option<i32> {
+        match self.topics.get(topic)?.partition_count {
+            Some((g, n)) if g == generation => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Remembers the partition count of `topic` read from metadata of `generation` (or
+    /// a later one: the generation is read before the count, so a change in between
+    /// only makes the next send look again).
+    pub(crate) fn remember_partition_count(&mut self, topic: &str, generation: u64, count: i32) {
+        let queues = match self.topics.get_mut(topic) {
+            Some(q) => q,
+            None => self.topics.entry(Arc::from(topic)).or_default(),
+        };
+        queues.partition_count = Some((generation, count));
+    }
+
+    /// Buffers waiting in the pool (tests).
+    #[cfg(test)]
+    pub(crate) fn pooled_buffers(&self) -> usize {
+        self.buffer_pool.len()
     }
 
     /// The producer id and epoch of an idempotent producer, if it has them.
@@ -211,6 +291,7 @@ impl Accumulator {
     /// Adds a record to its partition's open batch. `partition_count` comes from
     /// metadata; an explicit `record.partition` was checked against it by the caller.
     /// `reserved_bytes` of buffer memory were acquired for it.
+    #[cfg(test)]
     pub(crate) fn append(
         &mut self,
         record: &ProducerRecord,
@@ -218,6 +299,25 @@ impl Accumulator {
         partition_count: i32,
         reserved_bytes: usize,
         now: Instant,
+    ) -> Result<Appended> {
+        self.append_with_clock(
+            record,
+            timestamp_ms,
+            partition_count,
+            reserved_bytes,
+            || now,
+        )
+    }
+
+    /// [`Accumulator::append`] reading the clock only when a batch opens or closes (the
+    /// linger timer and the delivery timeout need it; most records do neither).
+    pub(crate) fn append_with_clock(
+        &mut self,
+        record: &ProducerRecord,
+        timestamp_ms: i64,
+        partition_count: i32,
+        reserved_bytes: usize,
+        now: impl Fn() -> Instant,
     ) -> Result<Appended> {
         let topic_queues = match self.topics.get_mut(record.topic.as_str()) {
             Some(q) => q,
@@ -243,7 +343,7 @@ impl Accumulator {
         // Close the open batch if this record would push it past the limit.
         if let Some(open) = &queue.open {
             if open.record_count > 0 && open.size_estimate_bytes + size > self.batch_bytes_max {
-                close_open(queue, now, self.producer)?;
+                close_open(queue, now(), self.producer)?;
                 topic_queues
                     .sticky
                     .on_batch_closed(partition, partition_count);
@@ -251,9 +351,18 @@ impl Accumulator {
             }
         }
         wake_sender |= queue.open.is_none();
+        let pool = &mut self.buffer_pool;
+        let (compression, batch_bytes_max) = (self.compression, self.batch_bytes_max);
         let open = queue.open.get_or_insert_with(|| OpenBatch {
-            writer: BatchWriter::new(self.compression, timestamp_ms),
-            opened_at: now,
+            writer: BatchWriter::new(
+                compression,
+                // A fresh buffer gets the whole batch's capacity at once, so it never
+                // grows (each growth copies it and touches new pages). That reserves
+                // address space only: the kernel gives pages as records fill them.
+                pool.pop()
+                    .unwrap_or_else(|| BytesMut::with_capacity(batch_bytes_max)),
+            ),
+            opened_at: now(),
             record_count: 0,
             size_estimate_bytes: crate::wire::BATCH_OVERHEAD_BYTES,
             reserved_bytes: 0,
@@ -266,7 +375,7 @@ impl Accumulator {
         open.reserved_bytes += reserved_bytes;
         let completion = open.completion.clone();
         if open.size_estimate_bytes >= self.batch_bytes_max {
-            close_open(queue, now, self.producer)?;
+            close_open(queue, now(), self.producer)?;
             topic_queues
                 .sticky
                 .on_batch_closed(partition, partition_count);
@@ -480,6 +589,56 @@ mod tests {
             "sequences start over"
         );
         assert_eq!(ready[0].batch.producer_epoch, Some(4));
+    }
+
+    /// A completed batch's buffer is written into by the next batch instead of a fresh
+    /// allocation, unless something else still holds its bytes; the pool is bounded.
+    #[test]
+    fn completed_batch_buffers_are_reused_by_later_batches() {
+        let mut a = acc(0, 4096);
+        let t0 = Instant::now();
+        a.append(&record(None, 100), 0, 1, 150, t0).unwrap();
+        let (mut ready, _) = a.drain(t0).unwrap();
+        let d = ready.pop().unwrap();
+        a.complete("t", 0, d.batch.seq);
+        let held = d.batch.records.clone();
+        a.recycle(d.batch.records);
+        assert_eq!(
+            a.pooled_buffers(),
+            0,
+            "bytes still referenced are not reused"
+        );
+        drop(held);
+
+        a.append(&record(None, 100), 0, 1, 150, t0).unwrap();
+        let (mut ready, _) = a.drain(t0).unwrap();
+        let d = ready.pop().unwrap();
+        a.complete("t", 0, d.batch.seq);
+        // While pooled the buffer stays allocated, so a fresh allocation could not
+        // have its address.
+        let second_ptr = d.batch.records.as_ptr();
+        a.recycle(d.batch.records);
+        assert_eq!(a.pooled_buffers(), 1);
+
+        a.append(&record(None, 100), 0, 1, 150, t0).unwrap();
+        assert_eq!(
+            a.pooled_buffers(),
+            0,
+            "the open batch took the pooled buffer"
+        );
+        let (mut ready, _) = a.drain(t0).unwrap();
+        let d = ready.pop().unwrap();
+        assert_eq!(
+            d.batch.records.as_ptr(),
+            second_ptr,
+            "written into the recycled buffer"
+        );
+        header(&d.batch.records);
+
+        for _ in 0..2 * BUFFER_POOL_MAX {
+            a.recycle(Bytes::from(vec![0u8; 100]));
+        }
+        assert_eq!(a.pooled_buffers(), BUFFER_POOL_MAX);
     }
 
     #[test]

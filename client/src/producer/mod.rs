@@ -32,22 +32,25 @@ mod delivery;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+#[cfg(not(target_os = "linux"))]
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId,
 };
-use tokio::sync::{mpsc, Notify, Semaphore};
+use kafka_protocol::protocol::{Request, StrBytes};
+use tokio::sync::{mpsc, Notify, Semaphore, TryAcquireError};
 
 use self::accumulator::{Accumulator, Drained};
-pub use self::delivery::DeliveryFuture;
-use crate::admin::topic_name;
+pub use self::delivery::{BatchDelivery, BatchReport, DeliveryFuture};
 use crate::cluster::Cluster;
 use crate::config::{Acks, ProducerConfig};
+use crate::conn::Frame;
 use crate::error::{Error, Result};
 use crate::record::ProducerRecord;
+use crate::wire::{self, ProduceTopic};
 
 /// Upper bound on the record bytes put into one Produce request; more batches for the
 /// same broker go into further requests.
@@ -73,6 +76,43 @@ struct Inner {
     bump_needed: AtomicBool,
     /// Epoch bumps done (KIP-360 resets).
     epoch_bumps_total: AtomicU64,
+    /// `config.client.client_id`, as request headers carry it.
+    client_id: StrBytes,
+    /// Round trips of Produce requests.
+    request_latency: RequestLatency,
+}
+
+/// The round trips of the most recent Produce requests that got a response (from queued
+/// on the connection to the response read), in µs: a ring of `REQUEST_LATENCY_SAMPLES_MAX`
+/// samples, one per request (not per record), so recording is cheap and memory bounded.
+#[derive(Default)]
+struct RequestLatency {
+    ring: Mutex<LatencyRing>,
+}
+
+#[derive(Default)]
+struct LatencyRing {
+    samples_us: Vec<u64>,
+    /// Samples ever recorded (the next slot is `recorded % REQUEST_LATENCY_SAMPLES_MAX`).
+    recorded: u64,
+}
+
+/// Request round trips the producer remembers (at most 512 KiB of samples, grown as
+/// requests come): plenty for a p99.9, small for a producer that lives for months.
+const REQUEST_LATENCY_SAMPLES_MAX: usize = 1 << 16;
+
+impl RequestLatency {
+    fn record(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (ring.recorded % REQUEST_LATENCY_SAMPLES_MAX as u64) as usize;
+        if slot < ring.samples_us.len() {
+            ring.samples_us[slot] = us;
+        } else {
+            ring.samples_us.push(us);
+        }
+        ring.recorded += 1;
+    }
 }
 
 /// An asynchronous Kafka producer.
@@ -117,6 +157,8 @@ impl Producer {
             init_lock: tokio::sync::Mutex::new(()),
             bump_needed: AtomicBool::new(false),
             epoch_bumps_total: AtomicU64::new(0),
+            client_id: StrBytes::from_string(config.client.client_id.clone()),
+            request_latency: RequestLatency::default(),
             cluster,
             config,
         });
@@ -131,6 +173,14 @@ impl Producer {
     /// [`DeliveryFuture`] then resolves when the broker acknowledges the record, to its
     /// partition and offset, or to the error that ended its delivery.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        self.send_ref(&record).await
+    }
+
+    /// [`Producer::send`] of a borrowed record: the producer copies the record's bytes
+    /// into its batch, so a caller sending many records (a loader, a benchmark) can
+    /// build one and change only what differs, without allocating or cloning a record,
+    /// its topic name or its value per send.
+    pub async fn send_ref(&self, record: &ProducerRecord) -> Result<DeliveryFuture> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
@@ -142,39 +192,20 @@ impl Producer {
                 limit_bytes: inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX),
             });
         }
-        let partition_count = self.partition_count(&record.topic).await?;
-        if let Some(p) = record.partition {
-            if p < 0 || p >= partition_count {
-                return Err(Error::UnknownPartition {
-                    topic: record.topic,
-                    partition: p,
-                });
-            }
+        // Buffer budget first: without waiters the semaphore's fast path, no future.
+        match inner.memory.try_acquire_many(size as u32) {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(TryAcquireError::NoPermits) => inner
+                .memory
+                .acquire_many(size as u32)
+                .await
+                .map_err(|_| Error::Closed)?
+                .forget(),
         }
-        if inner.config.is_idempotent()
-            && inner
-                .accumulator
-                .lock()
-                .expect("accumulator lock")
-                .producer()
-                .is_none()
-        {
-            init_producer_id(inner).await?;
-        }
-        let permit = inner
-            .memory
-            .acquire_many(size as u32)
-            .await
-            .map_err(|_| Error::Closed)?;
         // The budget is returned by hand when the batch completes (see `finish_batch`),
-        // so a record costs no permit object.
-        permit.forget();
-        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
-        let appended = {
-            let mut acc = inner.accumulator.lock().unwrap();
-            acc.append(&record, timestamp_ms, partition_count, size, Instant::now())
-        };
-        let appended = match appended {
+        // so a record costs no permit object; a send that fails here returns it.
+        let appended = match self.append_reserved(record, size).await {
             Ok(a) => a,
             Err(e) => {
                 inner.memory.add_permits(size);
@@ -187,10 +218,48 @@ impl Producer {
         Ok(DeliveryFuture::new(appended.completion, appended.index))
     }
 
+    /// Appends `record` (its `size` of budget already held) to its partition's batch.
+    /// The partition count is remembered per metadata generation, so the common case
+    /// takes the accumulator's lock once and never looks at the metadata.
+    async fn append_reserved(
+        &self,
+        record: &ProducerRecord,
+        size: usize,
+    ) -> Result<accumulator::Appended> {
+        let inner = &self.inner;
+        let generation = inner.cluster.generation();
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        {
+            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+            let ready = !inner.config.is_idempotent() || acc.producer().is_some();
+            if let Some(partition_count) = acc
+                .known_partition_count(&record.topic, generation)
+                .filter(|_| ready)
+            {
+                check_partition(record, partition_count)?;
+                return acc.append_with_clock(
+                    record,
+                    timestamp_ms,
+                    partition_count,
+                    size,
+                    Instant::now,
+                );
+            }
+        }
+        let partition_count = self.partition_count(&record.topic).await?;
+        check_partition(record, partition_count)?;
+        if inner.config.is_idempotent() {
+            init_producer_id(inner).await?;
+        }
+        let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+        acc.remember_partition_count(&record.topic, generation, partition_count);
+        acc.append_with_clock(record, timestamp_ms, partition_count, size, Instant::now)
+    }
+
     /// Partition count of `topic`, from cached metadata or after fetching it.
     async fn partition_count(&self, topic: &str) -> Result<i32> {
-        if let Some(t) = self.inner.cluster.cached().topics.get(topic) {
-            return Ok(t.partitions.len() as i32);
+        if let Some(n) = self.inner.cluster.cached_partition_count(topic) {
+            return Ok(n);
         }
         let wait = Duration::from_millis(self.inner.config.metadata_wait_ms_max);
         let metadata = self.inner.cluster.topic(topic, wait).await?;
@@ -212,6 +281,21 @@ impl Producer {
     /// (KIP-360; see the module docs).
     pub fn epoch_bumps_total(&self) -> u64 {
         self.inner.epoch_bumps_total.load(Ordering::Relaxed)
+    }
+
+    /// Round trips of this producer's Produce requests, in µs, from the request queued on
+    /// its connection to its response read: the broker's and the network's share of a
+    /// record's latency, without the time records wait in the producer (`linger_ms`,
+    /// buffer, in-flight limits). One sample per request that got a response, the most
+    /// recent 2^20 of them, in no particular order. acks=0 requests have none.
+    pub fn request_latencies_us(&self) -> Vec<u64> {
+        let ring = self
+            .inner
+            .request_latency
+            .ring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        ring.samples_us.clone()
     }
 
     /// The producer id and epoch, once an idempotent producer has them.
@@ -270,10 +354,37 @@ impl Drop for Producer {
     }
 }
 
+/// An explicit partition must exist.
+fn check_partition(record: &ProducerRecord, partition_count: i32) -> Result<()> {
+    match record.partition {
+        Some(p) if p < 0 || p >= partition_count => Err(Error::UnknownPartition {
+            topic: record.topic.clone(),
+            partition: p,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Wall-clock ms since the Unix epoch for a record's CreateTime, read per record. On
+/// Linux from the kernel's coarse clock (the time of the last tick: a read of the vDSO
+/// page without a TSC read, several times cheaper than a precise read), so a timestamp
+/// is at most one tick (1-4 ms) early.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    #[cfg(target_os = "linux")]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        // `tv_nsec` is an i64 on 64-bit targets but not on every Linux target.
+        #[allow(clippy::useless_conversion)]
+        t.tv_sec
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.tv_nsec) / 1_000_000)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    }
 }
 
 /// Gets the idempotent producer's id (once; concurrent `send`s wait for the first).
@@ -522,39 +633,57 @@ async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
             return;
         }
     };
-    let mut topic_data: Vec<TopicProduceData> = Vec::new();
+    let mut topics: Vec<ProduceTopic<'_>> = Vec::new();
     for d in &batches {
-        let partition = PartitionProduceData::default()
-            .with_index(d.partition)
-            .with_records(Some(d.batch.records.clone()));
-        match topic_data.iter_mut().find(|t| *t.name.0 == *d.topic) {
-            Some(t) => t.partition_data.push(partition),
-            None => topic_data.push(
-                TopicProduceData::default()
-                    .with_name(topic_name(&d.topic))
-                    .with_partition_data(vec![partition]),
-            ),
+        let part = (d.partition, &d.batch.records);
+        match topics.iter_mut().find(|(name, _)| *name == &*d.topic) {
+            Some((_, parts)) => parts.push(part),
+            None => topics.push((&d.topic, vec![part])),
         }
     }
     let acks = inner.config.acks;
-    let request = ProduceRequest::default()
-        .with_acks(acks.as_i16())
-        .with_timeout_ms(inner.config.client.request_timeout_ms.min(i32::MAX as u64) as i32)
-        .with_topic_data(topic_data);
+    let timeout_ms = inner.config.client.request_timeout_ms.min(i32::MAX as u64) as i32;
+    let client_id = &inner.client_id;
+    // The batches are written from their own buffers, not copied into the request.
+    let queued = conn
+        .send_encoded(
+            ProduceRequest::KEY,
+            version,
+            acks != Acks::None,
+            |correlation_id| {
+                wire::encode_produce_parts(
+                    version,
+                    correlation_id,
+                    client_id,
+                    acks.as_i16(),
+                    timeout_ms,
+                    &topics,
+                )
+                .map(Frame::Parts)
+            },
+        )
+        .await;
+    drop(topics);
 
     if acks == Acks::None {
-        let sent = conn.send_only(&request, version).await;
         for d in batches {
-            match &sent {
-                Ok(()) => succeed(&inner, d, -1),
+            match &queued {
+                Ok(_) => succeed(&inner, d, -1),
                 Err(e) => retry_or_fail(&inner, d, e.clone()),
             }
         }
         return;
     }
 
-    let sent = match conn.send(&request, version).await {
-        Ok(sent) => sent,
+    let sent = match queued {
+        Ok(Some(sent)) => sent,
+        Ok(None) => {
+            let e = Error::Protocol("a produce request got no reply channel".into());
+            for d in batches {
+                retry_or_fail(&inner, d, e.clone());
+            }
+            return;
+        }
         Err(e) => {
             inner.cluster.observe_error(&e);
             for d in batches {
@@ -563,9 +692,15 @@ async fn produce(inner: Arc<Inner>, leader: i32, batches: Vec<Drained>) {
             return;
         }
     };
+    // The request's round trip, from queued on the connection to its response read:
+    // what the broker and network take, without the time records queued in the producer.
+    let queued_at = Instant::now();
     tokio::spawn(async move {
         match conn.response::<ProduceRequest>(sent).await {
-            Ok(response) => settle(&inner, batches, &response),
+            Ok(response) => {
+                inner.request_latency.record(queued_at.elapsed());
+                settle(&inner, batches, &response)
+            }
             Err(e) => {
                 inner.cluster.observe_error(&e);
                 for d in batches {
@@ -652,17 +787,22 @@ fn sequence_error(inner: &Inner, d: Drained, error: Error) {
 }
 
 fn succeed(inner: &Inner, d: Drained, base_offset: i64) {
-    d.batch.completion.complete(Ok((d.partition, base_offset)));
-    finish_batch(inner, &d);
+    d.batch
+        .completion
+        .complete(Ok((d.partition, base_offset)), d.batch.record_count);
+    finish_batch(inner, d);
 }
 
 fn fail(inner: &Inner, d: Drained, error: Error) {
     let attempts = d.batch.attempts + 1;
-    d.batch.completion.complete(Err(Error::DeliveryFailed {
-        attempts,
-        last_error: Box::new(error),
-    }));
-    finish_batch(inner, &d);
+    d.batch.completion.complete(
+        Err(Error::DeliveryFailed {
+            attempts,
+            last_error: Box::new(error),
+        }),
+        d.batch.record_count,
+    );
+    finish_batch(inner, d);
 }
 
 /// A failed send: requeue at the head of the partition with backoff if the error is
@@ -700,12 +840,35 @@ fn retry_if(inner: &Inner, mut d: Drained, error: Error, retriable: bool) {
     }
 }
 
-fn finish_batch(inner: &Inner, d: &Drained) {
+fn finish_batch(inner: &Inner, d: Drained) {
     inner.memory.add_permits(d.batch.reserved_bytes);
-    inner
-        .accumulator
-        .lock()
-        .unwrap()
-        .complete(&d.topic, d.partition, d.batch.seq);
+    {
+        let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+        acc.complete(&d.topic, d.partition, d.batch.seq);
+        acc.recycle(d.batch.records);
+    }
     inner.wake_sender.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ring keeps the most recent samples and never grows past its bound.
+    #[test]
+    fn request_latency_ring_keeps_the_latest_samples_within_its_bound() {
+        let ring = RequestLatency::default();
+        let total = REQUEST_LATENCY_SAMPLES_MAX as u64 + 10;
+        for us in 0..total {
+            ring.record(Duration::from_micros(us));
+        }
+        let samples = ring.ring.lock().unwrap().samples_us.clone();
+        assert_eq!(samples.len(), REQUEST_LATENCY_SAMPLES_MAX);
+        assert_eq!(
+            samples.iter().min(),
+            Some(&10),
+            "the 10 oldest were overwritten"
+        );
+        assert_eq!(samples.iter().max(), Some(&(total - 1)));
+    }
 }

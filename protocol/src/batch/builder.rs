@@ -41,6 +41,23 @@ fn nullable_len(b: Option<&[u8]>) -> usize {
     }
 }
 
+/// Longest zigzag varlong (an i64 in 7-bit groups).
+const VARLONG_BYTES_MAX: usize = 10;
+
+/// Writes `value` as a zigzag varlong at the start of `out` (at least
+/// `VARLONG_BYTES_MAX` long); returns the bytes written.
+fn varlong_into(out: &mut [u8], value: i64) -> usize {
+    let mut z = ((value << 1) ^ (value >> 63)) as u64;
+    let mut n = 0;
+    while z >= 0x80 {
+        out[n] = (z as u8) | 0x80;
+        z >>= 7;
+        n += 1;
+    }
+    out[n] = z as u8;
+    n + 1
+}
+
 fn put_nullable(buf: &mut BytesMut, b: Option<&[u8]>) {
     match b {
         None => put_varlong(buf, -1),
@@ -54,7 +71,17 @@ fn put_nullable(buf: &mut BytesMut, b: Option<&[u8]>) {
 impl BatchBuilder {
     /// An empty, non-idempotent batch using `compression`.
     pub fn new(compression: Compression) -> BatchBuilder {
-        let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 1024);
+        BatchBuilder::with_buffer(
+            compression,
+            BytesMut::with_capacity(BATCH_HEADER_BYTES + 1024),
+        )
+    }
+
+    /// An empty, non-idempotent batch using `compression` that writes into `buf`, cleared
+    /// first: its capacity is reused, so a caller that recycles batch buffers spares the
+    /// allocator, the growth copies and the kernel's page faults of fresh memory.
+    pub fn with_buffer(compression: Compression, mut buf: BytesMut) -> BatchBuilder {
+        buf.clear();
         buf.put_bytes(0, BATCH_HEADER_BYTES);
         BatchBuilder {
             buf,
@@ -136,11 +163,20 @@ impl BatchBuilder {
             });
         }
         self.buf.reserve(varlong_len(body_len as i64) + body_len);
-        put_varlong(&mut self.buf, body_len as i64);
-        self.buf.put_u8(0); // record attributes: unused
-        put_varlong(&mut self.buf, timestamp_delta);
-        put_varlong(&mut self.buf, offset_delta);
-        put_nullable(&mut self.buf, key);
+        // The fields before the key go out as one slice: per-byte puts, each checking
+        // capacity, cost more than the rest of a small record's framing.
+        let mut head = [0u8; 4 * VARLONG_BYTES_MAX + 1];
+        let mut at = 0;
+        at += varlong_into(&mut head[at..], body_len as i64);
+        head[at] = 0; // record attributes: unused
+        at += 1;
+        at += varlong_into(&mut head[at..], timestamp_delta);
+        at += varlong_into(&mut head[at..], offset_delta);
+        at += varlong_into(&mut head[at..], key.map_or(-1, |k| k.len() as i64));
+        self.buf.put_slice(&head[..at]);
+        if let Some(k) = key {
+            self.buf.put_slice(k);
+        }
         put_nullable(&mut self.buf, value);
         put_varlong(&mut self.buf, headers.len() as i64);
         for (k, v) in headers {

@@ -2,9 +2,14 @@
 //! benchmark suite (`benches/`, `rill-bench suite`) starts brokers and runs these.
 //!
 //! Produce latency is per record, from `send` to its acknowledgement (so it includes
-//! `linger_ms` and queueing behind earlier batches). Consume latency is per record, the
-//! time the application waited in `next()` — near zero while prefetched records are
-//! ready, a fetch round trip when they are not.
+//! `linger_ms` and queueing behind earlier batches). At `--rate` each record's own
+//! latency is measured; unlimited runs wait per batch instead of per record (the
+//! client's CPU is what they measure) and give every record its batch's latency, taken
+//! from before the batch's first record was sent: an upper bound for each record.
+//! Consume latency is per record, the time the application waited in `next()` — near
+//! zero while prefetched records are ready, a fetch round trip when they are not. The
+//! clock is read only for the waits: a record that was ready at the first poll counts as
+//! 1 µs, the histogram's floor.
 //!
 //! With `--rate`, produce latency is coordinated-omission aware: it counts from each
 //! record's due time on the fixed-rate schedule (or its send, if that came earlier), so
@@ -14,6 +19,7 @@
 //! (`report.rs`).
 
 use std::path::PathBuf;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,9 +28,9 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use report::Recorder;
+use report::{histogram, Recorder};
 use rill_client::{
-    Admin, ClientConfig, Consumer, ConsumerConfig, Error, NewTopic, Offset, Producer,
+    Admin, BatchReport, ClientConfig, Consumer, ConsumerConfig, Error, NewTopic, Offset, Producer,
     ProducerRecord, ResponseError, TopicPartition,
 };
 
@@ -82,6 +88,10 @@ pub(crate) struct ConsumeBench {
     /// Expected value size, used only for the progress bar's byte rate.
     #[arg(short, long, default_value_t = 1024)]
     size: usize,
+    /// Most bytes one fetch returns per partition (the consumer's
+    /// `partition_fetch_bytes_max`): what each round trip can carry.
+    #[arg(long, default_value_t = ConsumerConfig::default().partition_fetch_bytes_max)]
+    partition_fetch_bytes_max: i32,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -121,8 +131,12 @@ pub(crate) struct ProduceOutcome {
     /// From the first send to the last acknowledgement.
     pub(crate) elapsed: Duration,
     /// Per-record latency from `send` (or its due time under `--rate`) to
-    /// acknowledgement, in µs.
+    /// acknowledgement, in µs (see the module docs).
     pub(crate) latency_us: Histogram<u64>,
+    /// Round trips of the Produce requests, in µs: from a request queued on its
+    /// connection to its response read, without the time records spent queued in the
+    /// producer ([`Producer::request_latencies_us`]).
+    pub(crate) request_latency_us: Histogram<u64>,
 }
 
 fn report(what: &str, records: u64, bytes: u64, elapsed: Duration, latency_us: &Histogram<u64>) {
@@ -153,6 +167,7 @@ async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
             "compression": b.producer.compression, "linger_ms": b.producer.linger_ms,
             "in_flight_per_partition": b.producer.in_flight_per_partition,
         });
+        recorder.request_latency_us = Some(outcome.request_latency_us.clone());
         recorder
             .write_json(
                 path,
@@ -170,6 +185,17 @@ async fn produce(client: ClientConfig, b: ProduceBench) -> Result<(), Error> {
         outcome.bytes,
         outcome.elapsed,
         &outcome.latency_us,
+    );
+    let r = &outcome.request_latency_us;
+    let ms = |q: f64| r.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "request latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} requests)",
+        ms(0.50),
+        ms(0.90),
+        ms(0.99),
+        ms(0.999),
+        r.max() as f64 / 1000.0,
+        r.len()
     );
     Ok(())
 }
@@ -222,107 +248,189 @@ async fn produce_run(
             .collect::<Vec<u8>>(),
     );
     let bar = progress(b.count, b.quiet);
-    let mut latency = Recorder::new();
-    let record_bytes = b.size as u64;
-    let mut inflight = FuturesUnordered::new();
-    let mut acked: u64 = 0;
-    let mut failed: u64 = 0;
-    let mut first_error: Option<Error> = None;
+    let mut tally = Tally {
+        latency: Recorder::new(),
+        record_bytes: b.size as u64,
+        acked: 0,
+        failed: 0,
+        first_error: None,
+    };
     let started = Instant::now();
-    for n in 0..b.count {
-        let mut due = None;
-        if b.rate > 0 {
-            // Pace in ~1 ms bursts: the timer cannot sleep per record at high rates.
-            let at = started + Duration::from_secs_f64(n as f64 / b.rate as f64);
-            if at > Instant::now() + Duration::from_millis(1) {
-                tokio::time::sleep_until(at.into()).await;
-            }
-            due = Some(at);
-        }
-        let mut record = ProducerRecord::new(b.topic.clone(), payload.clone());
-        if b.keyed {
-            record.key = Some(Bytes::from(format!("key-{}", n % 10_000)));
-        }
-        let mut sent_at = Instant::now();
-        // Coordinated omission: latency counts from when the schedule wanted the record
-        // sent, not from when a loop held up by a slow broker got to it.
-        if let Some(due) = due {
-            sent_at = sent_at.min(due);
-        }
-        let delivery = producer.send(record).await?;
-        inflight.push(delivery.map(move |r| (sent_at.elapsed(), r)));
-        // Collect whatever is already acknowledged, without waiting.
-        while let Some(Some((took, result))) = inflight.next().now_or_never() {
-            settle(
-                took,
-                result,
-                &mut latency,
-                record_bytes,
-                &mut acked,
-                &mut failed,
-                &mut first_error,
-            );
-        }
-        if n % 1024 == 0 {
-            bar.set_position(acked + failed);
-        }
-    }
-    while let Some((took, result)) = inflight.next().await {
-        settle(
-            took,
-            result,
-            &mut latency,
-            record_bytes,
-            &mut acked,
-            &mut failed,
-            &mut first_error,
-        );
-        if (acked + failed) % 1024 == 0 {
-            bar.set_position(acked + failed);
-        }
+    if b.rate > 0 {
+        produce_paced(&producer, b, &payload, started, &bar, &mut tally).await?;
+    } else {
+        produce_flat_out(&producer, b, &payload, started, &bar, &mut tally).await?;
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     producer.close().await?;
-    if let Some(e) = first_error {
-        println!("{failed} records failed; first error: {e}");
+    let mut request_latency_us = histogram();
+    for us in producer.request_latencies_us() {
+        request_latency_us.saturating_record(us.max(1));
+    }
+    if tally.acked + tally.failed != b.count {
+        return Err(Error::Protocol(format!(
+            "bench accounting: {} records sent but {} acknowledged and {} failed",
+            b.count, tally.acked, tally.failed
+        )));
+    }
+    if let Some(e) = tally.first_error {
+        println!("{} records failed; first error: {e}", tally.failed);
         return Err(e);
     }
     Ok((
         ProduceOutcome {
-            records: acked,
-            bytes: acked * b.size as u64,
+            records: tally.acked,
+            bytes: tally.acked * b.size as u64,
             elapsed,
-            latency_us: latency.latency_us.clone(),
+            latency_us: tally.latency.latency_us.clone(),
+            request_latency_us,
         },
-        latency,
+        tally.latency,
     ))
 }
 
-fn settle(
-    took: Duration,
-    result: Result<rill_client::RecordMetadata, Error>,
-    latency: &mut Recorder,
+/// What the produce loops count.
+struct Tally {
+    /// Latency histogram and the timeline of acknowledgements.
+    latency: Recorder,
+    /// Value bytes of one record.
     record_bytes: u64,
-    acked: &mut u64,
-    failed: &mut u64,
-    first_error: &mut Option<Error>,
-) {
-    match result {
-        Ok(_) => {
-            *acked += 1;
-            latency.record(took, record_bytes);
-        }
-        Err(e) => {
-            *failed += 1;
-            first_error.get_or_insert(e);
+    acked: u64,
+    failed: u64,
+    first_error: Option<Error>,
+}
+
+impl Tally {
+    /// Counts `records` records that share one outcome and one latency.
+    fn settle(&mut self, took: Duration, records: u32, result: Result<(), Error>) {
+        match result {
+            Ok(()) => {
+                self.acked += u64::from(records);
+                self.latency
+                    .record_n(took, u64::from(records), self.record_bytes);
+            }
+            Err(e) => {
+                self.failed += u64::from(records);
+                self.first_error.get_or_insert(e);
+            }
         }
     }
+}
+
+/// Gives the bench's one record the key of record `n` (if keyed): the record is built
+/// once and sent by reference, so a send allocates nothing.
+fn set_bench_key(b: &ProduceBench, record: &mut ProducerRecord, n: u64) {
+    if b.keyed {
+        record.key = Some(Bytes::from(format!("key-{}", n % 10_000)));
+    }
+}
+
+/// Unlimited rate: waits per batch, not per record (see the module docs). A record's
+/// latency is its batch's: from a clock mark taken before the batch's first record was
+/// sent to the batch's acknowledgement. The mark is read every `MARK_EVERY_RECORDS`
+/// sends and again after any send that had to wait for buffer space, so it is never
+/// later than the first record's send: the figure can only over-state a record's
+/// latency (by the sends since the mark, microseconds, plus the batch's fill time for
+/// records after the first), never under-state it.
+async fn produce_flat_out(
+    producer: &Producer,
+    b: &ProduceBench,
+    payload: &Bytes,
+    started: Instant,
+    bar: &ProgressBar,
+    tally: &mut Tally,
+) -> Result<(), Error> {
+    const MARK_EVERY_RECORDS: u64 = 16;
+    let mut batches = FuturesUnordered::new();
+    let mut mark = started;
+    let mut record = ProducerRecord::new(b.topic.clone(), payload.clone());
+    for n in 0..b.count {
+        if n % MARK_EVERY_RECORDS == 0 {
+            mark = Instant::now();
+        }
+        set_bench_key(b, &mut record, n);
+        let mut send = std::pin::pin!(producer.send_ref(&record));
+        let (delivery, sent_at) = match futures::poll!(send.as_mut()) {
+            Poll::Ready(delivery) => (delivery?, mark),
+            Poll::Pending => {
+                // Back-pressure: this record's batch (if it opens one) keeps the mark
+                // from before the wait; later records get a fresh one.
+                let delivery = send.await?;
+                let sent_at = mark;
+                mark = Instant::now();
+                (delivery, sent_at)
+            }
+        };
+        if !delivery.opens_batch() {
+            // Its batch's first record stands for it (dropping does not cancel).
+            continue;
+        }
+        batches.push(delivery.batch().map(move |r| (sent_at, r)));
+        // A batch opened: collect the ones already settled, without waiting.
+        while let Some(Some((sent_at, report))) = batches.next().now_or_never() {
+            settle_batch(tally, sent_at, report);
+        }
+        bar.set_position(tally.acked + tally.failed);
+    }
+    while let Some((sent_at, report)) = batches.next().await {
+        settle_batch(tally, sent_at, report);
+        bar.set_position(tally.acked + tally.failed);
+    }
+    Ok(())
+}
+
+fn settle_batch(tally: &mut Tally, sent_at: Instant, report: BatchReport) {
+    let took = report.settled_at.saturating_duration_since(sent_at);
+    tally.settle(took, report.records, report.first.map(|_| ()));
+}
+
+/// Fixed rate: every record's own latency, from its due time on the schedule (or its
+/// `send`, if earlier) to its acknowledgement (the pacing reads the clock per record
+/// anyway).
+async fn produce_paced(
+    producer: &Producer,
+    b: &ProduceBench,
+    payload: &Bytes,
+    started: Instant,
+    bar: &ProgressBar,
+    tally: &mut Tally,
+) -> Result<(), Error> {
+    let mut inflight = FuturesUnordered::new();
+    let mut record = ProducerRecord::new(b.topic.clone(), payload.clone());
+    for n in 0..b.count {
+        // Pace in ~1 ms bursts: the timer cannot sleep per record at high rates.
+        let due = started + Duration::from_secs_f64(n as f64 / b.rate as f64);
+        if due > Instant::now() + Duration::from_millis(1) {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        set_bench_key(b, &mut record, n);
+        // Coordinated omission: latency counts from when the schedule wanted the record
+        // sent, not from when a loop held up by a slow broker got to it.
+        let sent_at = Instant::now().min(due);
+        let delivery = producer.send_ref(&record).await?;
+        inflight.push(delivery.map(move |r| (sent_at.elapsed(), r)));
+        // Collect whatever is already acknowledged, without waiting.
+        while let Some(Some((took, result))) = inflight.next().now_or_never() {
+            tally.settle(took, 1, result.map(|_| ()));
+        }
+        if n % 1024 == 0 {
+            bar.set_position(tally.acked + tally.failed);
+        }
+    }
+    while let Some((took, result)) = inflight.next().await {
+        tally.settle(took, 1, result.map(|_| ()));
+        if (tally.acked + tally.failed) % 1024 == 0 {
+            bar.set_position(tally.acked + tally.failed);
+        }
+    }
+    Ok(())
 }
 
 async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     let mut consumer = Consumer::new(ConsumerConfig {
         client,
+        partition_fetch_bytes_max: b.partition_fetch_bytes_max,
         ..ConsumerConfig::default()
     })?;
     let partitions = consumer.partitions_for(&b.topic).await?;
@@ -346,14 +454,25 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     let mut bytes: u64 = 0;
     let started = Instant::now();
     while records < b.count {
-        let waited_from = Instant::now();
-        let Some(record) = consumer.next().await else {
+        let mut next = consumer.next();
+        // A record ready at the first poll waited one poll: counted as the histogram's
+        // floor of 1 µs (an upper bound), without reading the clock.
+        let (record, waited) = match futures::poll!(&mut next) {
+            Poll::Ready(record) => (record, Duration::ZERO),
+            Poll::Pending => {
+                let waited_from = Instant::now();
+                let record = next.await;
+                // + 1 µs: the first poll, before the clock was read.
+                (record, waited_from.elapsed() + Duration::from_micros(1))
+            }
+        };
+        let Some(record) = record else {
             break;
         };
         let record = record?;
         let record_bytes = record.value.as_ref().map_or(0, |v| v.len() as u64)
             + record.key.as_ref().map_or(0, |k| k.len() as u64);
-        latency.record(waited_from.elapsed(), record_bytes);
+        latency.record(waited, record_bytes);
         records += 1;
         bytes += record_bytes;
         if records % 1024 == 0 {
@@ -366,6 +485,7 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     if let Some(path) = &b.json {
         let params = serde_json::json!({
             "topic": b.topic, "size": b.size, "count": b.count, "partitions": partitions,
+            "partition_fetch_bytes_max": b.partition_fetch_bytes_max,
         });
         latency
             .write_json(path, "consume", params, records, bytes, elapsed)

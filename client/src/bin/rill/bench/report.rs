@@ -81,24 +81,22 @@ impl Recorder {
 
     /// One record of `bytes` done, `latency` after it was due.
     pub(crate) fn record(&mut self, latency: Duration, bytes: u64) {
+        self.record_n(latency, 1, bytes);
+    }
+
+    /// `records` records of `bytes_each` done at once (one batch's acknowledgement),
+    /// each `latency` after it was due.
+    pub(crate) fn record_n(&mut self, latency: Duration, records: u64, bytes_each: u64) {
         let us = (latency.as_micros() as u64).max(1);
-        self.latency_us.saturating_record(us);
+        self.latency_us.saturating_record_n(us, records);
         let index =
             coarse_now_ns().saturating_sub(self.started_coarse_ns) / INTERVAL.as_nanos() as u64;
         if index != self.interval_index {
             self.close_interval(index);
         }
-        self.interval_records += 1;
-        self.interval_bytes += bytes;
-        self.interval_latency_us.saturating_record(us);
-    }
-
-    /// One produce request's round trip (from when it was written to its response).
-    #[allow(dead_code)] // fed once the producer reports request round trips
-    pub(crate) fn record_request(&mut self, round_trip: Duration) {
-        self.request_latency_us
-            .get_or_insert_with(histogram)
-            .saturating_record((round_trip.as_micros() as u64).max(1));
+        self.interval_records += records;
+        self.interval_bytes += records * bytes_each;
+        self.interval_latency_us.saturating_record_n(us, records);
     }
 
     /// Ends the current interval (if it saw anything) and moves to `next_index`.

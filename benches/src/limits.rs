@@ -1,6 +1,13 @@
 //! The machine's limits, measured in the same run as the scenarios: what the file
-//! system takes buffered and with an fdatasync every 1 MiB, memcpy bandwidth, and one
-//! loopback TCP stream. The scenarios' figures are divided by these.
+//! system takes buffered and with an fdatasync every 1 MiB (one stream, and three at
+//! once: three replicas sharing a disk), memcpy and CRC-32C bandwidth, and one loopback
+//! TCP stream. The scenarios' figures are divided by these.
+//!
+//! Each measurement also takes its threads' CPU time (`getrusage(RUSAGE_THREAD)`), so
+//! the suite can print the floor of CPU-seconds per GB that the unavoidable work of a
+//! producer (copy each value into its batch, checksum it, send it) and of a broker at
+//! acks=1 (receive, check the checksum, copy into the page cache) costs on this machine:
+//! a CPU target below its floor is out of reach of any code on this machine.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,22 +32,72 @@ pub(crate) struct LimitSizes {
     pub(crate) loopback_bytes: u64,
 }
 
-/// What the machine did, in MB/s (10^6 bytes per second).
+/// Concurrent write+fdatasync streams of the shared-disk measurement (one per replica
+/// of an RF=3 partition whose brokers share this machine's disk).
+const SHARED_DISK_STREAMS: u64 = 3;
+
+/// What the machine did, in MB/s (10^6 bytes per second), and what it cost in
+/// CPU-seconds per GB (10^9 bytes).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) buffered_write_mb_s: f64,
+    /// CPU of the writing thread, per GB: the copy into the page cache.
+    pub(crate) buffered_write_cpu_s_per_gb: f64,
     pub(crate) fdatasync_write_mb_s: f64,
+    /// Each of three concurrent write+fdatasync-every-1-MiB streams, on average.
+    pub(crate) fdatasync_write_3_streams_mb_s: f64,
     pub(crate) memcpy_mb_s: f64,
+    /// CRC-32C (the record batch checksum) over a buffer in cache, one thread.
+    pub(crate) crc32c_mb_s: f64,
     pub(crate) loopback_tcp_mb_s: f64,
+    /// CPU of the loopback sender's and receiver's threads, per GB moved.
+    pub(crate) loopback_send_cpu_s_per_gb: f64,
+    pub(crate) loopback_recv_cpu_s_per_gb: f64,
+}
+
+/// CPU-seconds per GB of work that runs at `mb_s` on one busy thread.
+fn cpu_s_per_gb(mb_s: f64) -> f64 {
+    1000.0 / mb_s.max(1e-9)
 }
 
 impl Limits {
+    /// The least CPU a producer spends per GB of 1 KiB records here: copy each value
+    /// into its batch (memcpy), checksum the batch (CRC-32C), send it (the loopback
+    /// sender's CPU).
+    pub(crate) fn client_floor_cpu_s_per_gb(&self) -> f64 {
+        cpu_s_per_gb(self.memcpy_mb_s)
+            + cpu_s_per_gb(self.crc32c_mb_s)
+            + self.loopback_send_cpu_s_per_gb
+    }
+
+    /// The least CPU a broker spends per GB produced at acks=1 here: receive it (the
+    /// loopback receiver's CPU), check the CRC-32C, copy it into the page cache (the
+    /// buffered writer's CPU); without the fdatasyncs and their writeback.
+    pub(crate) fn broker_floor_cpu_s_per_gb(&self) -> f64 {
+        self.loopback_recv_cpu_s_per_gb
+            + cpu_s_per_gb(self.crc32c_mb_s)
+            + self.buffered_write_cpu_s_per_gb
+    }
+
+    /// The most MB/s that one producer and one broker sharing this machine's two cores
+    /// could reach if each spent only its floor of CPU per GB.
+    pub(crate) fn produce_cpu_bound_mb_s(&self, cores: f64) -> f64 {
+        cores * 1000.0 / (self.client_floor_cpu_s_per_gb() + self.broker_floor_cpu_s_per_gb())
+    }
+
     pub(crate) fn to_json(self, sizes: LimitSizes) -> Value {
         json!({
             "buffered_write_mb_s": self.buffered_write_mb_s,
+            "buffered_write_cpu_s_per_gb": self.buffered_write_cpu_s_per_gb,
             "fdatasync_1mib_write_mb_s": self.fdatasync_write_mb_s,
+            "fdatasync_1mib_write_3_streams_mb_s_each": self.fdatasync_write_3_streams_mb_s,
             "memcpy_mb_s": self.memcpy_mb_s,
+            "crc32c_mb_s": self.crc32c_mb_s,
             "loopback_tcp_single_stream_mb_s": self.loopback_tcp_mb_s,
+            "loopback_send_cpu_s_per_gb": self.loopback_send_cpu_s_per_gb,
+            "loopback_recv_cpu_s_per_gb": self.loopback_recv_cpu_s_per_gb,
+            "client_floor_cpu_s_per_gb": self.client_floor_cpu_s_per_gb(),
+            "broker_floor_cpu_s_per_gb": self.broker_floor_cpu_s_per_gb(),
             "bytes": {
                 "buffered_write": sizes.buffered_write_bytes,
                 "fdatasync_write": sizes.fdatasync_write_bytes,
@@ -55,6 +112,24 @@ fn mb_per_s(bytes: u64, started: Instant) -> f64 {
     bytes as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6
 }
 
+/// CPU time (user + system) the calling thread has used, in seconds.
+fn thread_cpu_s() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given; zeroed is a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to an owned rusage; RUSAGE_THREAD is Linux's own thread.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    if rc != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// CPU-seconds per GB for `cpu_s` spent moving `bytes`.
+fn per_gb(cpu_s: f64, bytes: u64) -> f64 {
+    cpu_s / (bytes as f64 / 1e9).max(1e-9)
+}
+
 fn io(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::Config(format!("{what}: {e}"))
 }
@@ -65,17 +140,24 @@ fn chunk() -> Vec<u8> {
     (0..CHUNK_BYTES).map(|i| (i % 251) as u8).collect()
 }
 
-/// Writes `bytes` in 1 MiB chunks to a new file in `dir`, with an fdatasync after each
-/// chunk when `sync_each`; the file is removed afterwards (before its dirty pages
-/// would be written back into the next measurement).
-fn write_file(dir: &Path, bytes: u64, sync_each: bool) -> Result<f64, Error> {
-    let path = dir.join(if sync_each {
-        "limit-fdatasync.bin"
-    } else {
-        "limit-buffered.bin"
-    });
+/// Writes `bytes` in 1 MiB chunks to a new file `name` in `dir`, with an fdatasync
+/// after each chunk when `sync_each`; the file is removed afterwards (before its dirty
+/// pages would be written back into the next measurement). Returns MB/s and the
+/// writing thread's CPU-seconds per GB.
+fn write_file(dir: &Path, name: &str, bytes: u64, sync_each: bool) -> Result<(f64, f64), Error> {
+    let path = dir.join(name);
     let data = chunk();
     let mut file = std::fs::File::create(&path).map_err(io("create limit file"))?;
+    if !sync_each {
+        // Buffered writes go into preallocated space, as a broker's appends do (its
+        // segments grow by fallocate ahead of the writes): without it the figure
+        // includes the file system's block allocation, which appends do not pay.
+        use std::os::fd::AsRawFd;
+        let len = libc::off_t::try_from(bytes).unwrap_or(libc::off_t::MAX);
+        // SAFETY: fallocate on an fd we own; a failure only leaves the file unallocated.
+        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    }
+    let cpu_before = thread_cpu_s();
     let started = Instant::now();
     let mut written = 0u64;
     while written < bytes {
@@ -86,9 +168,45 @@ fn write_file(dir: &Path, bytes: u64, sync_each: bool) -> Result<f64, Error> {
         written += CHUNK_BYTES as u64;
     }
     let rate = mb_per_s(written, started);
+    let cpu = per_gb(thread_cpu_s() - cpu_before, written);
     drop(file);
     let _ = std::fs::remove_file(&path);
-    Ok(rate)
+    Ok((rate, cpu))
+}
+
+/// `SHARED_DISK_STREAMS` threads at once, each writing `bytes` with an fdatasync every
+/// 1 MiB to its own file: the average MB/s of one stream while the others run.
+fn shared_disk_streams(dir: &Path, bytes: u64) -> Result<f64, Error> {
+    let started = Instant::now();
+    let streams: Vec<_> = (0..SHARED_DISK_STREAMS)
+        .map(|i| {
+            let dir = dir.to_path_buf();
+            std::thread::spawn(move || {
+                write_file(&dir, &format!("limit-shared-{i}.bin"), bytes, true)
+            })
+        })
+        .collect();
+    for stream in streams {
+        stream
+            .join()
+            .map_err(|_| Error::Config("shared-disk writer panicked".to_owned()))??;
+    }
+    Ok(mb_per_s(bytes * SHARED_DISK_STREAMS, started) / SHARED_DISK_STREAMS as f64)
+}
+
+/// CRC-32C over a 1 MiB buffer (in cache, as a batch is when it is checked), `bytes`
+/// in all.
+fn crc32c(bytes: u64) -> f64 {
+    let data = chunk();
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut crc = 0u32;
+    while done < bytes {
+        crc = crc32c::crc32c_append(crc, std::hint::black_box(&data));
+        done += CHUNK_BYTES as u64;
+    }
+    std::hint::black_box(crc);
+    mb_per_s(done, started)
 }
 
 /// memcpy between two large buffers, `bytes` in all.
@@ -108,25 +226,28 @@ fn memcpy(bytes: u64) -> f64 {
 }
 
 /// One loopback TCP connection: 1 MiB writes from this thread, a reader thread with a
-/// 1 MiB buffer; timed until the reader has everything.
-fn loopback(bytes: u64) -> Result<f64, Error> {
+/// 1 MiB buffer; timed until the reader has everything. Returns MB/s and the sender's
+/// and receiver's CPU-seconds per GB.
+fn loopback(bytes: u64) -> Result<(f64, f64, f64), Error> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind loopback listener"))?;
     let addr = listener
         .local_addr()
         .map_err(io("loopback listener address"))?;
-    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+    let reader = std::thread::spawn(move || -> std::io::Result<(u64, f64)> {
         let (mut stream, _) = listener.accept()?;
         let mut buf = vec![0u8; CHUNK_BYTES];
         let mut total = 0u64;
+        let cpu_before = thread_cpu_s();
         loop {
             match stream.read(&mut buf)? {
-                0 => return Ok(total),
+                0 => return Ok((total, thread_cpu_s() - cpu_before)),
                 n => total += n as u64,
             }
         }
     });
     let mut stream = TcpStream::connect(addr).map_err(io("connect loopback"))?;
     let data = chunk();
+    let cpu_before = thread_cpu_s();
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < bytes {
@@ -134,26 +255,47 @@ fn loopback(bytes: u64) -> Result<f64, Error> {
         sent += CHUNK_BYTES as u64;
     }
     drop(stream);
-    let received = reader
+    let send_cpu_s = thread_cpu_s() - cpu_before;
+    let (received, recv_cpu_s) = reader
         .join()
         .map_err(|_| Error::Config("loopback reader panicked".to_owned()))?
         .map_err(io("read loopback"))?;
-    Ok(mb_per_s(received, started))
+    Ok((
+        mb_per_s(received, started),
+        per_gb(send_cpu_s, sent),
+        per_gb(recv_cpu_s, received),
+    ))
 }
 
-/// Measures all four, writing files in `dir` (on the brokers' file system).
+/// Measures them all, writing files in `dir` (on the brokers' file system).
 pub(crate) fn measure(dir: &Path, sizes: LimitSizes) -> Result<Limits, Error> {
-    let buffered_write_mb_s = write_file(dir, sizes.buffered_write_bytes, false)?;
+    let (buffered_write_mb_s, buffered_write_cpu_s_per_gb) =
+        write_file(dir, "limit-buffered.bin", sizes.buffered_write_bytes, false)?;
     // Let the kernel write back what the buffered run left before timing syncs.
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
-    let fdatasync_write_mb_s = write_file(dir, sizes.fdatasync_write_bytes, true)?;
+    let (fdatasync_write_mb_s, _) = write_file(
+        dir,
+        "limit-fdatasync.bin",
+        sizes.fdatasync_write_bytes,
+        true,
+    )?;
+    let fdatasync_write_3_streams_mb_s =
+        shared_disk_streams(dir, sizes.fdatasync_write_bytes / SHARED_DISK_STREAMS)?;
     let memcpy_mb_s = memcpy(sizes.memcpy_bytes);
-    let loopback_tcp_mb_s = loopback(sizes.loopback_bytes)?;
+    // CRC runs in cache and about as fast as memcpy: the same byte count is enough.
+    let crc32c_mb_s = crc32c(sizes.memcpy_bytes);
+    let (loopback_tcp_mb_s, loopback_send_cpu_s_per_gb, loopback_recv_cpu_s_per_gb) =
+        loopback(sizes.loopback_bytes)?;
     Ok(Limits {
         buffered_write_mb_s,
+        buffered_write_cpu_s_per_gb,
         fdatasync_write_mb_s,
+        fdatasync_write_3_streams_mb_s,
         memcpy_mb_s,
+        crc32c_mb_s,
         loopback_tcp_mb_s,
+        loopback_send_cpu_s_per_gb,
+        loopback_recv_cpu_s_per_gb,
     })
 }

@@ -59,8 +59,10 @@ const CLUSTER_ID: &str = "fault-proxy-cluster";
 /// Longest a partition may go without a new leader once its leader is cut off. An
 /// election takes 1-2 s (10-20 ticks of 100 ms) after the last heartbeat, up to 3 s
 /// for a deaf leader (its check-quorum step-down comes first); the bound is for a
-/// loaded CI machine and catches an election that does not happen.
-const ELECTION_MAX: Duration = Duration::from_secs(15);
+/// loaded CI machine and catches an election that does not happen. 15 s was once
+/// exceeded in round 0 with the machine at load 8-11 (two builds and a benchmark
+/// beside the tests); the same seed passed at once when rerun, so 30 s.
+const ELECTION_MAX: Duration = Duration::from_secs(30);
 /// Longest the groups may take to go quiet once producing stops (every group of
 /// every broker idle: all replicas match the leader's log and commit).
 const QUIET_MAX: Duration = Duration::from_secs(30);

@@ -225,31 +225,23 @@ impl FlushJob {
     /// Syncs: the epoch file if the cache changed, fdatasync of segments with
     /// unflushed data and of new index files, fsync of the directory if segments were
     /// created or deleted, and (about once per segment) the recovery-point checkpoint.
-    ///
-    /// The segment, index and directory syncs run concurrently when there are several
-    /// (the round after a roll: the new segment, the closed one, its two index files
-    /// and the directory). One after another, each waited for its own file-system
-    /// journal commit and device cache flush while the round's acks=all producers
-    /// waited; concurrent fsyncs on one file system share them. None of them depends
-    /// on another: all must succeed before the job reports anything durable.
     pub fn run(self) -> Result<FlushedTo> {
         // The epoch file first, so a clean stop leaves it current (and a restart on a
         // full disk has nothing to rewrite).
         self.checkpoints
             .save_epochs_if_newer(&self.dir, self.epochs.as_ref())?;
-        let mut syncs: Vec<SyncTarget<'_>> = Vec::with_capacity(
-            self.ranges.len() + self.index_files.len() + usize::from(self.sync_dir),
-        );
-        syncs.extend(self.ranges.iter().map(|r| SyncTarget::Segment(r)));
-        syncs.extend(
-            self.index_files
-                .iter()
-                .map(|f| SyncTarget::Index(f, &self.dir)),
-        );
-        if self.sync_dir {
-            syncs.push(SyncTarget::Dir(&self.dir));
+        for r in &self.ranges {
+            r.file
+                .sync_data()
+                .map_err(|e| StorageError::io("fdatasync segment", &r.path, e))?;
         }
-        run_concurrently(&syncs)?;
+        for f in &self.index_files {
+            f.sync_data()
+                .map_err(|e| StorageError::io("fdatasync index", &self.dir, e))?;
+        }
+        if self.sync_dir {
+            atomic_file::sync_dir(&self.dir)?;
+        }
         self.checkpoints.advance(
             &self.dir,
             self.outcome.offset,
@@ -258,121 +250,5 @@ impl FlushJob {
             self.epochs.as_ref(),
         )?;
         Ok(self.outcome)
-    }
-}
-
-/// One sync of a [`FlushJob`].
-enum SyncTarget<'a> {
-    Segment(&'a FlushRange),
-    /// An index file, and the partition directory (for the error).
-    Index(&'a File, &'a Path),
-    Dir(&'a Path),
-}
-
-impl SyncTarget<'_> {
-    fn run(&self) -> Result<()> {
-        match self {
-            SyncTarget::Segment(r) => r
-                .file
-                .sync_data()
-                .map_err(|e| StorageError::io("fdatasync segment", &r.path, e)),
-            SyncTarget::Index(f, dir) => f
-                .sync_data()
-                .map_err(|e| StorageError::io("fdatasync index", dir, e)),
-            SyncTarget::Dir(dir) => atomic_file::sync_dir(dir),
-        }
-    }
-}
-
-/// Most syncs of one job in flight at once (a job after a roll has five; more only
-/// when several closed segments wait for their sync, e.g. after failed rounds).
-const CONCURRENT_SYNCS_MAX: usize = 8;
-
-/// Runs `syncs`, at most [`CONCURRENT_SYNCS_MAX`] at a time, and returns the first
-/// error (after all of a chunk finished).
-fn run_concurrently(syncs: &[SyncTarget<'_>]) -> Result<()> {
-    for chunk in syncs.chunks(CONCURRENT_SYNCS_MAX) {
-        run_chunk(chunk)?;
-    }
-    Ok(())
-}
-
-/// Runs `syncs`, the first on this thread and each other one on a scoped thread of
-/// its own; waits for all and returns the first error. A thread that cannot be
-/// started runs its sync here.
-fn run_chunk(syncs: &[SyncTarget<'_>]) -> Result<()> {
-    let Some((first, rest)) = syncs.split_first() else {
-        return Ok(());
-    };
-    if rest.is_empty() {
-        return first.run();
-    }
-    std::thread::scope(|scope| {
-        let mut results = Vec::with_capacity(syncs.len());
-        let mut handles = Vec::with_capacity(rest.len());
-        for sync in rest {
-            match std::thread::Builder::new()
-                .name("rill-sync".to_owned())
-                .spawn_scoped(scope, move || sync.run())
-            {
-                Ok(handle) => handles.push(handle),
-                Err(_) => results.push(sync.run()),
-            }
-        }
-        results.push(first.run());
-        for handle in handles {
-            // A sync does not panic; if one did, its file is not known durable.
-            results.push(handle.join().unwrap_or_else(|_| {
-                Err(StorageError::io(
-                    "fdatasync",
-                    Path::new(""),
-                    std::io::Error::other("sync thread panicked"),
-                ))
-            }));
-        }
-        results.into_iter().collect::<Result<Vec<()>>>().map(|_| ())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every sync of a job counts: a failure in any of them (here the directory's,
-    /// run on its own thread) fails the whole job, and the others still ran.
-    #[test]
-    fn concurrent_syncs_report_any_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seg.log");
-        let file = Arc::new(File::create(&path).unwrap());
-        let range = FlushRange {
-            file: file.clone(),
-            path,
-        };
-        let index = File::create(dir.path().join("seg.index")).unwrap();
-        let missing = dir.path().join("gone");
-        let ok = [
-            SyncTarget::Segment(&range),
-            SyncTarget::Index(&index, dir.path()),
-            SyncTarget::Dir(dir.path()),
-        ];
-        run_concurrently(&ok).unwrap();
-        for failing_at in 0..3 {
-            let mut syncs = vec![
-                SyncTarget::Segment(&range),
-                SyncTarget::Index(&index, dir.path()),
-            ];
-            syncs.insert(failing_at, SyncTarget::Dir(&missing));
-            match run_concurrently(&syncs) {
-                Err(StorageError::Io { op, .. }) => assert_eq!(op, "fsync directory"),
-                other => panic!("sync failure at {failing_at} not reported: {other:?}"),
-            }
-        }
-        // More than one chunk: a failure in the last chunk is reported too.
-        let mut many: Vec<SyncTarget<'_>> = (0..CONCURRENT_SYNCS_MAX + 1)
-            .map(|_| SyncTarget::Segment(&range))
-            .collect();
-        many.push(SyncTarget::Dir(&missing));
-        assert!(run_concurrently(&many).is_err());
     }
 }

@@ -384,7 +384,7 @@ impl Engine {
 
     /// Sends a group's messages to its peer replicas (dropped without a transport:
     /// a group of one has no peers).
-    fn send(&self, group: ReplicaKey, messages: Vec<rill_raft::Message>) {
+    pub(super) fn send(&self, group: ReplicaKey, messages: Vec<rill_raft::Message>) {
         if messages.is_empty() {
             return;
         }
@@ -632,9 +632,11 @@ impl Engine {
             let mut ready = st.raft.ready();
             st.ready_out = true;
             st.raft.store().attach_control_data(&mut ready.messages);
-            drop(st);
-            // Need nothing durable (a leader's appends, vote requests): out at once.
+            // Need nothing durable (a leader's appends, vote requests): out at once,
+            // under the lock, so that appends proposed while the `Ready` is out (sent
+            // by `Partition::append`) follow them in order.
             self.send(partition.key(), ready.messages);
+            drop(st);
             pending.push(Work {
                 partition,
                 persist: ready.persist,
@@ -756,17 +758,6 @@ impl Engine {
             partition.vote_restrained(&mut st);
             if partition.is_closed() {
                 continue;
-            }
-            if let Err(e) = st.propose_queued() {
-                // Cannot happen while we lead (nothing else reached the core); if it
-                // does, the written appends leave the segment and their waiters learn it.
-                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "queued appends dropped");
-                st.discards += 1;
-                if let Err(e) = st.raft.store_mut().discard_unknown_suffix() {
-                    drop(st);
-                    self.go_offline(&e.to_string());
-                    return;
-                }
             }
             partition.after_input(&mut st);
             st.reserve_ahead();

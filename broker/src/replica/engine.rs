@@ -9,8 +9,10 @@
 //! (and a directory fsync where segments were created), the terms and votes of all
 //! groups one file write — and only then advance the groups, release their after-persist messages and publish
 //! their new high watermarks (persist before send: `Durable` receipts exist only after
-//! the sync). Appends that arrive during the sync are written and queued, and all
-//! share the next round (group commit across requests *and* partitions).
+//! the sync). Appends that arrive during the sync are written, proposed and sent to the
+//! followers at once (they write and sync them while the leader syncs; the leader
+//! counts them towards a commit only after its own next sync), and all share the next
+//! round (group commit across requests *and* partitions).
 //!
 //! The same thread is the one timer of every group: each `TICK` it ticks every group
 //! that is not in the middle of a round. Under `durability = interval` a round does not

@@ -10,6 +10,10 @@ pub(crate) struct RaftLog<S: LogStore> {
     pub(crate) store: S,
     /// Entries after `stable_end()` not yet confirmed durable.
     unstable: Vec<Entry>,
+    /// How many of `unstable` (from the front) the outstanding `Ready` holds: a
+    /// leader may append more while that `Ready` is being persisted, and those
+    /// stay unstable after `persisted` (they go into the next `Ready`).
+    handed_out: usize,
     /// Durable entries at offsets ≥ this are logically gone.
     truncate_to: Option<u64>,
     /// The whole durable log is logically replaced by an empty one here.
@@ -33,6 +37,7 @@ impl<S: LogStore> RaftLog<S> {
         RaftLog {
             store,
             unstable: Vec::new(),
+            handed_out: 0,
             truncate_to: None,
             reset: None,
             commit_offset,
@@ -192,21 +197,29 @@ impl<S: LogStore> RaftLog<S> {
     }
 
     /// The pending changes, for a `Ready`; they stay visible until `persisted`.
-    pub(crate) fn pending(&self) -> (Option<LogReset>, Option<u64>, Vec<Entry>) {
+    pub(crate) fn pending(&mut self) -> (Option<LogReset>, Option<u64>, Vec<Entry>) {
+        self.handed_out = self.unstable.len();
         (self.reset.clone(), self.truncate_to, self.unstable.clone())
     }
 
-    /// The driver made the pending changes durable in the store.
-    pub(crate) fn persisted(&mut self) {
-        let expected_end = self.last_end();
+    /// The driver made the pending changes of the last `pending` durable in the
+    /// store; entries appended since stay unstable for the next `Ready`. Returns
+    /// the end of the durable log.
+    pub(crate) fn persisted(&mut self) -> u64 {
+        let expected_end = match self.handed_out {
+            0 => self.stable_end(),
+            n => self.unstable[n - 1].end_offset,
+        };
         self.reset = None;
         self.truncate_to = None;
-        self.unstable.clear();
+        self.unstable.drain(..self.handed_out);
+        self.handed_out = 0;
         assert_eq!(
             self.store.end_offset(),
             expected_end,
             "the driver did not apply the Ready's persist to the store"
         );
+        expected_end
     }
 }
 

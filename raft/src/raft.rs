@@ -332,8 +332,16 @@ impl<S: LogStore> Raft<S> {
     /// last_end_offset()` and `term = term()`; a Kafka driver stamps both into
     /// the batch header before calling. The proposal is acknowledged once the
     /// commit offset reaches its end while its entry is still in the log.
+    ///
+    /// Unlike every other input, a proposal may come while a `Ready` is
+    /// outstanding (between [`ready`](Raft::ready) and
+    /// [`advance`](Raft::advance)): the entry is sent to followers at once
+    /// (take the appends with [`take_messages`](Raft::take_messages)) and goes
+    /// into the next `Ready`'s persist; the leader counts it towards a commit
+    /// only once that `Ready` is durable. This lets a leader replicate while it
+    /// fsyncs (Raft §10.2.1: a leader may write its log in parallel with
+    /// replicating it).
     pub fn propose(&mut self, data: Bytes, offset_count: u64) -> Result<Proposal, ProposeError> {
-        self.assert_no_ready("propose");
         self.check_can_propose()?;
         self.wake();
         if offset_count == 0 {
@@ -608,6 +616,14 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
+    /// Takes the messages that depend on nothing unpersisted, at any time: a
+    /// leader's appends for proposals made while a `Ready` is outstanding
+    /// (otherwise they would wait for that `Ready`'s fsync). Send them at once,
+    /// before any later `Ready`'s messages.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.msgs)
+    }
+
     /// Confirms that the last `Ready`'s persist is durable in the store.
     pub fn advance(&mut self, durable: Durable) {
         assert!(self.ready_outstanding, "advance() without ready()");
@@ -616,11 +632,11 @@ impl<S: LogStore> Raft<S> {
             "receipt of another Ready"
         );
         self.ready_outstanding = false;
-        self.log.persisted();
+        // Only what the `Ready` held: proposals made since are not durable yet.
+        self.durable_end = self.log.persisted();
         if let Some(hs) = self.pending_hard_state.take() {
             self.persisted_hard_state = hs;
         }
-        self.durable_end = self.log.last_end();
         match self.role {
             Role::Candidate if self.self_vote_pending => {
                 // Our vote for ourselves is now durable: count it (Raft §5.2 —

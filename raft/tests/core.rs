@@ -539,3 +539,50 @@ fn a_message_with_the_maximum_term_is_refused() {
     );
     assert_eq!(c.node(1).term(), 0);
 }
+
+#[test]
+fn a_leader_replicates_proposals_made_while_its_ready_is_out_but_counts_them_only_once_durable() {
+    let mut c = three();
+    elect(&mut c, 1);
+    let first = c.propose(1, "a").unwrap();
+    let rd = c.node(1).ready();
+    assert_eq!(rd.persist.entries.len(), 1);
+    // The leader's Ready is out (its fsync runs): a proposal still goes out at once.
+    let second = c.propose(1, "bb").unwrap();
+    assert_eq!(second.base_offset, first.end_offset);
+    let early = c.node(1).take_messages();
+    assert!(
+        early.iter().any(|m| m.to == 2
+            && matches!(&m.body, MessageBody::Append { entries, .. }
+                if entries.last().map(|e| e.end_offset) == Some(second.end_offset))),
+        "no append of the second proposal among {early:?}"
+    );
+    // Node 2 gets both appends, persists them and acknowledges the second.
+    let mut held_for_3 = Vec::new();
+    for m in rd.messages.iter().cloned().chain(early) {
+        if m.to == 2 {
+            c.mailbox.entry(2).or_default().push(m);
+        } else {
+            held_for_3.push(m);
+        }
+    }
+    c.deliver(2);
+    while c.process_ready(2) {}
+    assert_eq!(c.node(2).last_end_offset(), second.end_offset);
+    // The leader's Ready held only the first proposal: once durable, the leader's
+    // own match is the first proposal's end, so node 2's ack alone (one of three)
+    // commits the first proposal but not the second.
+    c.node(1).store_mut().apply(&rd.persist);
+    let durable = rd.persist.into_durable();
+    let _ = rd.after_persist.release(&durable);
+    c.node(1).advance(durable);
+    c.deliver(1);
+    assert_eq!(c.node(1).commit_offset(), first.end_offset);
+    // The next Ready persists the second proposal; then it commits.
+    assert!(c.node(1).has_ready());
+    while c.process_ready(1) {}
+    assert_eq!(c.node(1).commit_offset(), second.end_offset);
+    c.mailbox.entry(3).or_default().extend(held_for_3);
+    c.stabilize();
+    assert_eq!(c.node(3).last_end_offset(), second.end_offset);
+}

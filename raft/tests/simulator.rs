@@ -691,12 +691,12 @@ impl Sim {
     }
 
     fn client_actions(&mut self) -> Check {
+        // Leaders propose also while their Ready is being persisted (the broker does:
+        // a produce during the leader's fsync is proposed and replicated at once).
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|(_, n)| {
-                n.pending.is_none() && n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader)
-            })
+            .filter(|(_, n)| n.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
             .map(|(id, _)| *id)
             .collect();
         for id in leaders {
@@ -725,9 +725,22 @@ impl Sim {
                     });
                     self.steps += 1;
                     self.event(|| format!("{id} PROPOSE {e:?}"));
+                    // Appends of a proposal made during a persist go out at once.
+                    let msgs = self
+                        .nodes
+                        .get_mut(&id)
+                        .unwrap()
+                        .raft
+                        .as_mut()
+                        .unwrap()
+                        .take_messages();
+                    for m in msgs {
+                        self.send(m);
+                    }
                 }
             }
-            if self.pct(self.faults.membership_pct) {
+            // Membership changes wait for the node's persist, as the broker's do.
+            if self.nodes[&id].pending.is_none() && self.pct(self.faults.membership_pct) {
                 let node = &self.nodes[&id];
                 let m = node.raft.as_ref().unwrap().membership().clone();
                 let all: Vec<NodeId> = self.nodes.keys().copied().collect();
@@ -750,7 +763,7 @@ impl Sim {
                 self.steps += 1;
                 self.event(|| format!("{id} MEMBERSHIP {change:?} -> {result:?}"));
             }
-            if self.pct(self.faults.transfer_pct) {
+            if self.nodes[&id].pending.is_none() && self.pct(self.faults.transfer_pct) {
                 let raft = self.nodes.get_mut(&id).unwrap().raft.as_mut().unwrap();
                 let voters: Vec<NodeId> = raft.membership().voters.iter().copied().collect();
                 let to = voters[self.rng.below(voters.len() as u64) as usize];

@@ -9,8 +9,10 @@
 //! (and a directory fsync where segments were created), the terms and votes of all
 //! groups one file write — and only then advance the groups, release their after-persist messages and publish
 //! their new high watermarks (persist before send: `Durable` receipts exist only after
-//! the sync). Appends that arrive during the sync are written and queued, and all
-//! share the next round (group commit across requests *and* partitions).
+//! the sync). Appends that arrive during the sync are written, proposed and sent to the
+//! followers at once (they write and sync them while the leader syncs; the leader
+//! counts them towards a commit only after its own next sync), and all share the next
+//! round (group commit across requests *and* partitions).
 //!
 //! The same thread is the one timer of every group: each `TICK` it ticks every group
 //! that is not in the middle of a round. Under `durability = interval` a round does not
@@ -384,7 +386,7 @@ impl Engine {
 
     /// Sends a group's messages to its peer replicas (dropped without a transport:
     /// a group of one has no peers).
-    fn send(&self, group: ReplicaKey, messages: Vec<rill_raft::Message>) {
+    pub(super) fn send(&self, group: ReplicaKey, messages: Vec<rill_raft::Message>) {
         if messages.is_empty() {
             return;
         }
@@ -632,9 +634,11 @@ impl Engine {
             let mut ready = st.raft.ready();
             st.ready_out = true;
             st.raft.store().attach_control_data(&mut ready.messages);
-            drop(st);
-            // Need nothing durable (a leader's appends, vote requests): out at once.
+            // Need nothing durable (a leader's appends, vote requests): out at once,
+            // under the lock, so that appends proposed while the `Ready` is out (sent
+            // by `Partition::append`) follow them in order.
             self.send(partition.key(), ready.messages);
+            drop(st);
             pending.push(Work {
                 partition,
                 persist: ready.persist,
@@ -756,17 +760,6 @@ impl Engine {
             partition.vote_restrained(&mut st);
             if partition.is_closed() {
                 continue;
-            }
-            if let Err(e) = st.propose_queued() {
-                // Cannot happen while we lead (nothing else reached the core); if it
-                // does, the written appends leave the segment and their waiters learn it.
-                tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "queued appends dropped");
-                st.discards += 1;
-                if let Err(e) = st.raft.store_mut().discard_unknown_suffix() {
-                    drop(st);
-                    self.go_offline(&e.to_string());
-                    return;
-                }
             }
             partition.after_input(&mut st);
             st.reserve_ahead();

@@ -14,8 +14,9 @@
 //!   every group that has one, makes them durable with one sync round (and one write
 //!   of the terms and votes file, [`hard_state`]), then advances them. It also drives
 //!   every group's ticks from one timer. While a group's `Ready` is being synced the
-//!   core takes no input, so produces that arrive meanwhile are written and queued, and
-//!   proposed right after the `advance` — they share the next sync (group commit).
+//!   core takes no input but proposals: produces that arrive meanwhile are written,
+//!   proposed and sent to the followers at once (they sync them while the leader
+//!   syncs), and share the leader's next sync (group commit).
 //! * **Fail-stop**: a failed write or sync takes the data directory offline: every
 //!   partition answers KAFKA_STORAGE_ERROR, nothing is acknowledged after it and no
 //!   later sync is trusted; a restart recovers.
@@ -100,20 +101,9 @@ pub struct Appended {
     pub log_append_time_ms: i64,
 }
 
-/// A leader's append written to storage while the group's `Ready` was being synced,
-/// proposed after the `advance`.
-#[derive(Debug)]
-struct Queued {
-    data: Bytes,
-    base_offset: u64,
-    end_offset: u64,
-}
-
 /// The replica's mutable half, behind [`Partition::state`].
 pub struct ReplicaState {
     raft: Raft<PartitionStore>,
-    queued: VecDeque<Queued>,
-    queued_bytes: usize,
     /// The persist loop holds this group's `Ready` (no input to the core until it
     /// advances).
     ready_out: bool,
@@ -235,22 +225,6 @@ impl ReplicaState {
             }
         }
     }
-
-    /// After an `advance`: proposes the appends queued meanwhile, in order.
-    fn propose_queued(&mut self) -> Result<(), ProposeError> {
-        while let Some(q) = self.queued.pop_front() {
-            self.queued_bytes -= q.data.len();
-            let proposal = self
-                .raft
-                .propose(q.data, q.end_offset - q.base_offset)
-                .inspect_err(|_| {
-                    self.queued.clear();
-                    self.queued_bytes = 0;
-                })?;
-            debug_assert_eq!(proposal.base_offset, q.base_offset);
-        }
-        Ok(())
-    }
 }
 
 /// The membership of a group of `voters` (broker ids) and no learners.
@@ -261,7 +235,7 @@ fn voters_membership(voters: &[i32]) -> rill_raft::Membership {
 /// Most bytes the persist loop grows a segment ahead of its writes.
 const RESERVE_AHEAD_BYTES_MAX: usize = 32 * 1024 * 1024;
 
-/// Bytes of appends a leader may queue while its group's `Ready` is being synced.
+/// Bytes of appends a leader holds uncommitted (the core refuses more proposals).
 const QUEUED_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// One partition of a topic, served by this broker.
@@ -408,8 +382,6 @@ impl Partition {
             this: this.clone(),
             state: Mutex::new(ReplicaState {
                 raft,
-                queued: VecDeque::new(),
-                queued_bytes: 0,
                 ready_out: false,
                 scheduled: false,
                 in_round: false,
@@ -641,11 +613,6 @@ impl Partition {
         if st.raft.role() != Role::Leader {
             return Err(BrokerError::NotLeaderOrFollower);
         }
-        if st.ready_out && st.queued_bytes + batches.len() > QUEUED_BYTES_MAX {
-            return Err(BrokerError::Busy(format!(
-                "more than {QUEUED_BYTES_MAX} bytes of appends wait for a sync"
-            )));
-        }
         let term = st.raft.term();
         // Idempotent producers: checked against every batch in the log, proposed or not,
         // under the lock that orders appends (`producer_state`'s module docs).
@@ -679,14 +646,7 @@ impl Partition {
             }
         }
         let base_offset = st.log().log_end_offset();
-        debug_assert_eq!(
-            base_offset,
-            st.raft.last_end_offset()
-                + st.queued
-                    .iter()
-                    .map(|q| q.end_offset - q.base_offset)
-                    .sum::<u64>()
-        );
+        debug_assert_eq!(base_offset, st.raft.last_end_offset());
         let entry = Entry {
             term,
             base_offset,
@@ -720,20 +680,24 @@ impl Partition {
             .log()
             .read(base_offset, batches.len(), entry.end_offset)
             .unwrap_or_else(|_| batches.clone());
-        if st.ready_out {
-            st.queued_bytes += data.len();
-            st.queued.push_back(Queued {
-                data,
-                base_offset,
-                end_offset: entry.end_offset,
-            });
-        } else if let Err(e) = st.raft.propose(data, offset_count) {
+        // Proposed at once even while the persist loop holds the group's `Ready`: the
+        // core sends the entry to the followers now, so they write and fsync it while
+        // this leader fsyncs (before, it waited in `queued` for the leader's sync and
+        // only then went out: the leader's and the followers' syncs ran one after the
+        // other). The leader counts it towards a commit only after its own sync.
+        if let Err(e) = st.raft.propose(data, offset_count) {
             // Not in the core's log: take it back out of the segment.
-            let _ = st.raft.store_mut().discard_unknown_suffix();
+            let _ = st.raft.store_mut().discard_refused_append(base_offset);
             return Err(match e {
                 ProposeError::NotLeader { .. } => BrokerError::NotLeaderOrFollower,
                 other => BrokerError::Busy(other.to_string()),
             });
+        }
+        if st.ready_out {
+            // `schedule` is a no-op while the `Ready` is out: the appends go now.
+            let mut messages = st.raft.take_messages();
+            st.raft.store().attach_control_data(&mut messages);
+            self.engine.send(self.key(), messages);
         }
         st.appended_since_reserve += batches.len();
         if needs_file_io {

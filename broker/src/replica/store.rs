@@ -436,6 +436,14 @@ impl PartitionStore {
         Ok(())
     }
 
+    /// Removes an append this leader wrote at `base_offset` (the core's log end) that
+    /// the core then refused. Unlike [`Self::discard_unknown_suffix`] it keeps the
+    /// entries the core holds but no `Ready` has applied yet (proposed while a `Ready`
+    /// was out).
+    pub fn discard_refused_append(&mut self, base_offset: u64) -> Result<(), StorageError> {
+        self.truncate_suffix(base_offset.max(self.raft_end))
+    }
+
     /// Applies a `Ready`'s log changes in the required order (reset, truncate, append):
     /// entries the leader wrote already are only counted; others (a follower's) are
     /// written. Returns whether the log changed (a flush is needed). The hard state is

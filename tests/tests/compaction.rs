@@ -170,16 +170,24 @@ fn wait_cleaned(dirs: &[PathBuf], offset: i64, logs: impl Fn() -> String) {
 /// Every data record of a replica, read from its own `.log` files (control batches
 /// skipped, as consumers do), with the batch count and bytes.
 fn replica_records(dir: &Path) -> (Content, usize, usize) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
+    try_replica_records(dir).expect("read the replica's segment files")
+}
+
+/// [`replica_records`] of a replica whose broker may be running: the cleaner can swap
+/// a segment for its cleaned copy between the listing and the read (NotFound), and the
+/// caller then reads again.
+fn try_replica_records(dir: &Path) -> std::io::Result<(Content, usize, usize)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     files.sort();
     let mut content = Content::new();
     let (mut batch_count, mut bytes) = (0, 0);
     for file in files {
-        let data = std::fs::read(&file).unwrap();
+        let data = std::fs::read(&file)?;
         let mut pos = 0;
         while pos + 12 <= data.len() && data[pos + 8..pos + 12] != [0, 0, 0, 0] {
             let batch = rill_record::BatchView::new(&data[pos..]).expect("a whole batch");
@@ -202,7 +210,7 @@ fn replica_records(dir: &Path) -> (Content, usize, usize) {
             }
         }
     }
-    (content, batch_count, bytes)
+    Ok((content, batch_count, bytes))
 }
 
 /// Consumes partition 0 from offset 0 with librdkafka up to `last_offset`.
@@ -395,8 +403,8 @@ async fn compacted_consumer_offsets_replay_the_last_commit_after_a_restart() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let dirs = cleaned_offsets_partitions(&broker.data_dir());
-        if let Some(dir) = dirs.first() {
-            let (records, batches, bytes) = replica_records(dir);
+        // The broker runs: a segment swapped by the cleaner mid-read is read again.
+        if let Some(Ok((records, batches, bytes))) = dirs.first().map(|d| try_replica_records(d)) {
             if records.len() <= 3 {
                 println!(
                     "__consumer_offsets after compaction: {} records ({batches} batches, {bytes} bytes) for {commits} commits",

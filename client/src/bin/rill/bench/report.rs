@@ -84,9 +84,12 @@ impl Recorder {
         self.record_n(latency, 1, bytes);
     }
 
-    /// `records` records of `bytes_each` done at once (one batch's acknowledgement),
-    /// each `latency` after it was due.
-    pub(crate) fn record_n(&mut self, latency: Duration, records: u64, bytes_each: u64) {
+    /// `records` records of `bytes` in all done at once (one batch's acknowledgement,
+    /// or records a consumer found ready), each `latency` after it was due.
+    pub(crate) fn record_n(&mut self, latency: Duration, records: u64, bytes: u64) {
+        if records == 0 {
+            return;
+        }
         let us = (latency.as_micros() as u64).max(1);
         self.latency_us.saturating_record_n(us, records);
         let index =
@@ -95,7 +98,7 @@ impl Recorder {
             self.close_interval(index);
         }
         self.interval_records += records;
-        self.interval_bytes += records * bytes_each;
+        self.interval_bytes += bytes;
         self.interval_latency_us.saturating_record_n(us, records);
     }
 

@@ -32,6 +32,11 @@ pub struct Metrics {
     /// Appends that had to create, grow or roll a segment file themselves (the persist
     /// loop grows active segments ahead of the write stream, so this stays rare).
     pub appends_with_file_io_total: AtomicU64,
+    /// Leader appends sent to the followers while the leader's own `Ready` was being
+    /// synced (Raft §10.2.1: the followers write and sync them in parallel with the
+    /// leader's sync; the leader counts them towards a commit only after its next sync).
+    /// Shows how often replication overlaps the leader's fsync.
+    pub appends_replicated_during_sync_total: AtomicU64,
     /// Failed partition flushes.
     pub log_flush_errors_total: AtomicU64,
     /// Produce partition responses sent for acks=-1 after their flush.
@@ -78,6 +83,7 @@ impl Default for Metrics {
             journal_checkpoints_total: AtomicU64::new(0),
             journal_checkpoint_file_syncs_total: AtomicU64::new(0),
             appends_with_file_io_total: AtomicU64::new(0),
+            appends_replicated_during_sync_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
             duplicate_batches_total: AtomicU64::new(0),
@@ -173,6 +179,11 @@ impl Metrics {
                 "rill_appends_with_file_io_total",
                 "Appends that created, grew or rolled a segment file themselves.",
                 &self.appends_with_file_io_total,
+            ),
+            (
+                "rill_appends_replicated_during_sync_total",
+                "Leader appends sent to followers while the leader's own sync was in progress.",
+                &self.appends_replicated_during_sync_total,
             ),
             (
                 "rill_log_flush_errors_total",

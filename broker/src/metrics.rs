@@ -58,6 +58,9 @@ pub struct Metrics {
     pub connections_refused_total: AtomicU64,
     /// Gauge: Raft groups the engine ticks (neither quiet nor sole-member leaders).
     pub raft_ticking_groups: AtomicU64,
+    /// Gauge: request frame buffers of the pool (`FramePool`) in use: frames being
+    /// read into one, or requests read from one and not yet done.
+    pub request_pool_buffers_busy: AtomicU64,
     /// Gauge: quiet Raft groups (quiescence: idle, not ticked, no heartbeats).
     pub raft_quiet_groups: AtomicU64,
     /// Per api key: requests answered and their total handling time.
@@ -94,6 +97,7 @@ impl Default for Metrics {
             connections_total: AtomicU64::new(0),
             connections_refused_total: AtomicU64::new(0),
             raft_ticking_groups: AtomicU64::new(0),
+            request_pool_buffers_busy: AtomicU64::new(0),
             raft_quiet_groups: AtomicU64::new(0),
             requests_by_api: std::array::from_fn(|_| ApiStats::default()),
         }
@@ -239,6 +243,11 @@ impl Metrics {
                 "rill_raft_ticking_groups",
                 "Raft groups ticked by the engine's timer.",
                 &self.raft_ticking_groups,
+            ),
+            (
+                "rill_request_pool_buffers_busy",
+                "Pooled request frame buffers in use (each holds its size of queued_request_max_bytes).",
+                &self.request_pool_buffers_busy,
             ),
             (
                 "rill_raft_quiet_groups",

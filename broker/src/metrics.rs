@@ -32,6 +32,11 @@ pub struct Metrics {
     /// Appends that had to create, grow or roll a segment file themselves (the persist
     /// loop grows active segments ahead of the write stream, so this stays rare).
     pub appends_with_file_io_total: AtomicU64,
+    /// Leader appends sent to the followers while the leader's own `Ready` was being
+    /// synced (Raft §10.2.1: the followers write and sync them in parallel with the
+    /// leader's sync; the leader counts them towards a commit only after its next sync).
+    /// Shows how often replication overlaps the leader's fsync.
+    pub appends_replicated_during_sync_total: AtomicU64,
     /// Failed partition flushes.
     pub log_flush_errors_total: AtomicU64,
     /// Produce partition responses sent for acks=-1 after their flush.
@@ -53,6 +58,9 @@ pub struct Metrics {
     pub connections_refused_total: AtomicU64,
     /// Gauge: Raft groups the engine ticks (neither quiet nor sole-member leaders).
     pub raft_ticking_groups: AtomicU64,
+    /// Gauge: request frame buffers of the pool (`FramePool`) in use: frames being
+    /// read into one, or requests read from one and not yet done.
+    pub request_pool_buffers_busy: AtomicU64,
     /// Gauge: quiet Raft groups (quiescence: idle, not ticked, no heartbeats).
     pub raft_quiet_groups: AtomicU64,
     /// Per api key: requests answered and their total handling time.
@@ -78,6 +86,7 @@ impl Default for Metrics {
             journal_checkpoints_total: AtomicU64::new(0),
             journal_checkpoint_file_syncs_total: AtomicU64::new(0),
             appends_with_file_io_total: AtomicU64::new(0),
+            appends_replicated_during_sync_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
             duplicate_batches_total: AtomicU64::new(0),
@@ -88,6 +97,7 @@ impl Default for Metrics {
             connections_total: AtomicU64::new(0),
             connections_refused_total: AtomicU64::new(0),
             raft_ticking_groups: AtomicU64::new(0),
+            request_pool_buffers_busy: AtomicU64::new(0),
             raft_quiet_groups: AtomicU64::new(0),
             requests_by_api: std::array::from_fn(|_| ApiStats::default()),
         }
@@ -175,6 +185,11 @@ impl Metrics {
                 &self.appends_with_file_io_total,
             ),
             (
+                "rill_appends_replicated_during_sync_total",
+                "Leader appends sent to followers while the leader's own sync was in progress.",
+                &self.appends_replicated_during_sync_total,
+            ),
+            (
                 "rill_log_flush_errors_total",
                 "Failed partition log flushes.",
                 &self.log_flush_errors_total,
@@ -228,6 +243,11 @@ impl Metrics {
                 "rill_raft_ticking_groups",
                 "Raft groups ticked by the engine's timer.",
                 &self.raft_ticking_groups,
+            ),
+            (
+                "rill_request_pool_buffers_busy",
+                "Pooled request frame buffers in use (each holds its size of queued_request_max_bytes).",
+                &self.request_pool_buffers_busy,
             ),
             (
                 "rill_raft_quiet_groups",

@@ -159,6 +159,10 @@ pub struct Engine {
     interval_thread: Mutex<Option<JoinHandle<()>>>,
     /// Held by each sync of every group (interval thread, shutdown): one at a time.
     sync_all_lock: Mutex<()>,
+    /// Test-only fault ([`SYNC_TO_ADVANCE_DELAY_ENV`], unset by default): how long
+    /// each round that holds a leader's `Ready` waits before its syncs and again
+    /// between its syncs and advancing its groups, on this thread.
+    sync_to_advance_delay: Option<Duration>,
     metrics: Arc<Metrics>,
     /// Where the groups' messages to peer replicas go (unset on a single node, whose
     /// groups have no peers).
@@ -234,6 +238,7 @@ impl Engine {
             thread: Mutex::new(None),
             interval_thread: Mutex::new(None),
             sync_all_lock: Mutex::new(()),
+            sync_to_advance_delay: sync_to_advance_delay_from_env(),
             metrics,
             transport: OnceLock::new(),
             leadership: OnceLock::new(),
@@ -674,6 +679,17 @@ impl Engine {
         if work.is_empty() {
             return;
         }
+        // Test-only (`SYNC_TO_ADVANCE_DELAY_ENV`): a slow leader's round. Appends it
+        // writes and replicates while it waits after its syncs are not covered by
+        // them, and stay unsynced while it waits before the next round's syncs
+        // (followers' rounds are not slowed: their acknowledgements come first).
+        let leader_round_delay = self.sync_to_advance_delay.filter(|_| {
+            work.iter()
+                .any(|w| w.partition.state().raft.role() == rill_raft::Role::Leader)
+        });
+        if let Some(delay) = leader_round_delay {
+            std::thread::sleep(delay);
+        }
         // Sync: every dirty segment, then the terms and votes of all groups at once.
         if work.iter().any(|w| w.flush.is_some()) && !self.config.debug_flush_delay.is_zero() {
             std::thread::sleep(self.config.debug_flush_delay);
@@ -729,6 +745,9 @@ impl Engine {
         if synced > 0 || work.iter().any(|w| w.journalled.is_some()) {
             Metrics::add(&self.metrics.log_flushes_total, 1);
             Metrics::add(&self.metrics.partition_syncs_total, synced);
+        }
+        if let Some(delay) = leader_round_delay {
+            std::thread::sleep(delay);
         }
         // Durable: advance every group, then answer.
         for w in work {
@@ -940,6 +959,31 @@ impl Engine {
 
 /// Most threads one round syncs partition files on.
 const SYNC_THREADS_MAX: usize = 64;
+
+/// Environment variable of a test-only fault: milliseconds each persist round that
+/// holds a leader's `Ready` waits before its syncs, and again after them before it
+/// advances its groups (the `debug_flush_delay_ms` key slows every round, the
+/// followers' too). Appends that arrive during the second wait are written and
+/// replicated but not covered by the round's syncs, nor made durable before the next
+/// round's first wait is over: a wide window in which a leader must not count them as
+/// durable. Cluster tests set it; never set in production.
+pub const SYNC_TO_ADVANCE_DELAY_ENV: &str = "RILL_TEST_SYNC_TO_ADVANCE_DELAY_MS";
+
+/// [`SYNC_TO_ADVANCE_DELAY_ENV`], if set to a number of milliseconds above 0.
+fn sync_to_advance_delay_from_env() -> Option<Duration> {
+    let ms: u64 = std::env::var(SYNC_TO_ADVANCE_DELAY_ENV)
+        .ok()?
+        .parse()
+        .ok()?;
+    if ms == 0 {
+        return None;
+    }
+    tracing::warn!(
+        delay_ms = ms,
+        "{SYNC_TO_ADVANCE_DELAY_ENV} is set: a leader's persist rounds wait that long before and after their syncs (a test fault)"
+    );
+    Some(Duration::from_millis(ms))
+}
 
 /// Runs a round's syncs (each an fdatasync of one partition's dirty files), several
 /// at once: every partition has its own segment files, so one fdatasync cannot cover

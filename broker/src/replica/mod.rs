@@ -697,6 +697,9 @@ impl Partition {
             // `schedule` is a no-op while the `Ready` is out: the appends go now.
             let mut messages = st.raft.take_messages();
             st.raft.store().attach_control_data(&mut messages);
+            if !messages.is_empty() {
+                Metrics::add(&self.metrics.appends_replicated_during_sync_total, 1);
+            }
             self.engine.send(self.key(), messages);
         }
         st.appended_since_reserve += batches.len();

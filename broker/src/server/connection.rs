@@ -434,6 +434,10 @@ pub async fn serve(
             _ = order_tx.closed() => break,
         }
     }
+    // A frame cut short leaves its pooled buffer (and the busy gauge) to the pool.
+    if let Some(buffer) = pooled.take() {
+        frame_pool.give_back(buffer);
+    }
     drop(order_tx);
     // Finish writing every response already owed, then close.
     let _ = writer.await;

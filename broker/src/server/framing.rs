@@ -23,12 +23,15 @@
 //! and [`POOLED_FRAME_BYTES_MAX`]: it reads them into a reused buffer of the broker's
 //! [`FramePool`] (no page faults and zeroing of fresh memory per request).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use rill_protocol::frame::{FrameCodec, FRAME_PREFIX_BYTES};
 use rill_protocol::ProtocolError;
 use tokio_util::codec::Decoder;
+
+use crate::metrics::Metrics;
 
 /// Largest frame whose whole buffer is reserved from its size prefix alone.
 pub const REQUEST_RESERVE_WHOLE_BYTES_MAX: usize = 1024 * 1024;
@@ -63,9 +66,16 @@ pub const FRAME_POOL_IDLE_BYTES_MAX: usize = 8 * POOLED_FRAME_BYTES_MAX;
 /// when the last slice of it is dropped (the request is done: its records are in the
 /// log) the buffer goes back to the pool, unless the pool holds
 /// [`FRAME_POOL_IDLE_BYTES_MAX`] already.
+///
+/// Buffers taken and not yet given back are counted in the broker's
+/// `rill_request_pool_buffers_busy` gauge: each holds [`POOLED_FRAME_BYTES_MAX`] of
+/// `queued_request_max_bytes` while busy, so the gauge times that size never exceeds
+/// the budget (what a test can check without reading the allocator's mind).
 #[derive(Debug, Default)]
 pub struct FramePool {
     idle: Mutex<Vec<Vec<u8>>>,
+    /// Where the busy-buffer gauge is kept; none in unit tests.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl FramePool {
@@ -74,10 +84,24 @@ impl FramePool {
         Arc::new(FramePool::default())
     }
 
+    /// An empty pool that keeps `metrics.request_pool_buffers_busy`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Arc<FramePool> {
+        Arc::new(FramePool {
+            idle: Mutex::default(),
+            metrics: Some(metrics),
+        })
+    }
+
     /// An empty buffer of [`POOLED_FRAME_BYTES_MAX`] capacity: an idle one if any.
     /// Its spare capacity is not initialised (a socket read fills it without a memset).
+    /// Hand it back with [`FramePool::frame`] or [`FramePool::give_back`].
     pub fn take(&self) -> Vec<u8> {
         let reused = self.lock().pop();
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .request_pool_buffers_busy
+                .fetch_add(1, Ordering::Relaxed);
+        }
         reused.unwrap_or_else(|| Vec::with_capacity(POOLED_FRAME_BYTES_MAX))
     }
 
@@ -96,7 +120,14 @@ impl FramePool {
         self.lock().len()
     }
 
-    fn give_back(&self, mut buffer: Vec<u8>) {
+    /// Ends the use of a buffer from [`FramePool::take`] that never became a frame
+    /// (its connection closed mid-frame); the pool may keep it.
+    pub fn give_back(&self, mut buffer: Vec<u8>) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .request_pool_buffers_busy
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         if buffer.capacity() != POOLED_FRAME_BYTES_MAX {
             return;
         }

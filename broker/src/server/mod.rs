@@ -151,7 +151,7 @@ impl Server {
         let limit = Arc::new(Semaphore::new(config.connections_max));
         let per_ip = Arc::new(ConnectionsPerIp::default());
         let request_budget = Arc::new(Semaphore::new(config.queued_request_max_bytes));
-        let frame_pool = framing::FramePool::new();
+        let frame_pool = framing::FramePool::with_metrics(Arc::clone(&broker.manager.metrics));
         let mut connections = JoinSet::new();
         let mut shutdown = broker.shutdown.clone();
         tokio::pin!(signal);

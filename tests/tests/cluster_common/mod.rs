@@ -72,6 +72,30 @@ impl Cluster {
         voters: &[String],
         extra: &[&str],
     ) -> Cluster {
+        Cluster::start_with_voters_on(inter_broker_ports, voters, &[], extra)
+    }
+
+    /// Three brokers as [`Cluster::start_with`] gives them, broker `i + 1` on
+    /// `data_dirs[i]`, a directory the test owns (e.g. a `rill-lossyfs` mount).
+    pub fn start_on(data_dirs: &[&Path], extra: &[&str]) -> Cluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let voters = voters_text(&ports);
+        Cluster::start_with_voters_on(
+            &ports,
+            &[voters.clone(), voters.clone(), voters],
+            data_dirs,
+            extra,
+        )
+    }
+
+    /// [`Cluster::start_with_voters`], broker `i + 1` on `data_dirs[i]` if given (the
+    /// harness's temp dir otherwise).
+    fn start_with_voters_on(
+        inter_broker_ports: &[u16],
+        voters: &[String],
+        data_dirs: &[&Path],
+        extra: &[&str],
+    ) -> Cluster {
         assert_eq!(
             inter_broker_ports.len(),
             voters.len(),
@@ -93,7 +117,10 @@ impl Cluster {
                 ];
                 args.extend(extra.iter().map(|a| a.to_string()));
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                RilldProcess::start_with(&args)
+                match data_dirs.get(i) {
+                    Some(data_dir) => RilldProcess::start_with_data_dir(data_dir, &args),
+                    None => RilldProcess::start_with(&args),
+                }
             })
             .collect();
         Cluster {

@@ -183,12 +183,6 @@ impl SharedCheckpoints {
         self.lock().sealed = true;
     }
 
-    /// The recovery point as last written.
-    #[cfg(test)]
-    pub(crate) fn recovery_point(&self) -> u64 {
-        self.lock().recovery_point
-    }
-
     /// Writes `epochs` to the epoch file unless it holds that version already.
     fn save_epochs_if_newer(&self, dir: &Path, epochs: Option<&UnsavedEpochs>) -> Result<()> {
         self.lock().save_epochs(dir, epochs)

@@ -205,6 +205,11 @@ pub struct Config {
     /// `debug_flush_delay_ms`: FOR TESTS ONLY. Sleep this long before every partition
     /// flush, to make the order "flush, then acknowledge" observable. Default 0.
     pub debug_flush_delay_ms: u64,
+    /// `debug_deferred_sync_delay_ms`: FOR TESTS ONLY. Sleep this long before each
+    /// piece of deferred sync work (a rolled segment's index syncs and trim, the
+    /// recovery-point checkpoint, producer-state snapshots), so a test can cut the
+    /// power while that work is still pending. Default 0.
+    pub debug_deferred_sync_delay_ms: u64,
     /// `log_dir_free_bytes_min`: creating partitions (CreateTopics, CreatePartitions,
     /// auto-creation) is refused with KAFKA_STORAGE_ERROR while the file system of
     /// `data_dir` has fewer bytes than this available (statvfs `f_bavail`), so new
@@ -290,6 +295,7 @@ impl Default for Config {
             leader_balance_interval_ms: 30_000,
             metadata_checkpoint_records: 1_000,
             debug_flush_delay_ms: 0,
+            debug_deferred_sync_delay_ms: 0,
             log_dir_free_bytes_min: 1024 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
         }
@@ -366,6 +372,7 @@ struct FileConfig {
     leader_balance_interval_ms: Option<i64>,
     metadata_checkpoint_records: Option<i64>,
     debug_flush_delay_ms: Option<i64>,
+    debug_deferred_sync_delay_ms: Option<i64>,
     log_dir_free_bytes_min: Option<i64>,
     log_retention_ms: Option<i64>,
     log_retention_bytes: Option<i64>,
@@ -497,6 +504,9 @@ pub struct Cli {
     /// TESTS ONLY: delay before every flush [default: 0].
     #[arg(long)]
     pub debug_flush_delay_ms: Option<i64>,
+    /// TESTS ONLY: delay before every piece of deferred sync work [default: 0].
+    #[arg(long)]
+    pub debug_deferred_sync_delay_ms: Option<i64>,
     /// Refuse new partitions while the data directory has less free space than
     /// this; 0 disables [default: 1073741824].
     #[arg(long)]
@@ -786,6 +796,10 @@ impl Config {
         }
         if let Some(v) = pick!(debug_flush_delay_ms) {
             config.debug_flush_delay_ms = in_range("debug_flush_delay_ms", v, 0, 60_000)? as u64;
+        }
+        if let Some(v) = pick!(debug_deferred_sync_delay_ms) {
+            config.debug_deferred_sync_delay_ms =
+                in_range("debug_deferred_sync_delay_ms", v, 0, 600_000)? as u64;
         }
         if let Some(v) = pick!(log_dir_free_bytes_min) {
             config.log_dir_free_bytes_min =

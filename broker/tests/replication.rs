@@ -60,6 +60,7 @@ impl Node {
                 durability: Durability::Fsync,
                 flush_interval: Duration::from_secs(1),
                 debug_flush_delay: Duration::ZERO,
+                debug_deferred_sync_delay: Duration::ZERO,
                 data_dir: data_dir.to_path_buf(),
                 journal_bytes: 1 << 20,
                 producer_snapshot_interval: Duration::from_secs(30),

@@ -39,6 +39,14 @@ struct CheckpointState {
     /// The version of the epoch cache (see `PartitionLog`'s `epochs_version`) that the
     /// epoch file holds.
     epochs_version: u64,
+    /// Base offsets of closed segments whose index files a [`DeferredSync`] has yet to
+    /// sync (one entry per segment per job; a handful at most). The recovery point
+    /// stays at or below the lowest of them, so recovery scans such a segment and
+    /// rebuilds its indexes instead of trusting files that may not be on the disk.
+    index_syncs_pending: Vec<u64>,
+    /// The partition was closed for deletion: deferred work writes no file into its
+    /// directory any more (a new partition of the same name may be created there).
+    sealed: bool,
 }
 
 /// An epoch cache not yet in the epoch file, with its version.
@@ -49,6 +57,14 @@ pub(crate) struct UnsavedEpochs {
 }
 
 impl CheckpointState {
+    /// The highest recovery point that vouches for no segment whose indexes a
+    /// deferred sync still has to make durable.
+    fn capped(&self, offset: u64) -> u64 {
+        self.index_syncs_pending
+            .iter()
+            .fold(offset, |cap, &base| cap.min(base))
+    }
+
     /// Writes `epochs` to the epoch file unless it already holds that version or a
     /// newer one (a late job must not overwrite what a truncation wrote since).
     fn save_epochs(&mut self, dir: &Path, epochs: Option<&UnsavedEpochs>) -> Result<()> {
@@ -70,6 +86,8 @@ impl SharedCheckpoints {
                 generation: 0,
                 recovery_point,
                 epochs_version: 0,
+                index_syncs_pending: Vec::new(),
+                sealed: false,
             }),
         }
     }
@@ -124,6 +142,7 @@ impl SharedCheckpoints {
         epochs: Option<&UnsavedEpochs>,
     ) -> Result<()> {
         let mut state = self.lock();
+        let offset = state.capped(offset);
         if state.generation == generation {
             state.save_epochs(dir, epochs)?;
             atomic_file::write_u64(dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
@@ -146,6 +165,7 @@ impl SharedCheckpoints {
         epochs: Option<&UnsavedEpochs>,
     ) -> Result<()> {
         let mut state = self.lock();
+        let offset = state.capped(offset);
         if state.generation == generation
             && state.recovery_point < active_base_offset
             && offset > state.recovery_point
@@ -155,6 +175,12 @@ impl SharedCheckpoints {
             state.recovery_point = offset;
         }
         Ok(())
+    }
+
+    /// The partition is being deleted: no deferred work writes into its directory
+    /// from now on (waits for a write in progress).
+    pub(crate) fn seal(&self) {
+        self.lock().sealed = true;
     }
 
     /// Writes `epochs` to the epoch file unless it holds that version already.
@@ -170,6 +196,134 @@ pub(crate) struct FlushRange {
     pub(crate) path: PathBuf,
 }
 
+/// A closed segment's housekeeping that no acknowledgement needs: trimming the file
+/// to its used length and syncing its freshly written index files.
+#[derive(Debug)]
+pub(crate) struct ClosedWork {
+    pub(crate) base_offset: u64,
+    pub(crate) file: Arc<File>,
+    pub(crate) path: PathBuf,
+    /// Used bytes: the file is trimmed to this.
+    pub(crate) size_bytes: u64,
+    pub(crate) index_files: Vec<Arc<File>>,
+}
+
+impl ClosedWork {
+    /// Trims the (preallocated) file to its used length. Safe for readers: every
+    /// handed-out slice of the segment lies below `size_bytes` (a truncation with live
+    /// readers rewrites a closed segment into a new file instead of lowering this
+    /// one's end). Not needed for durability (recovery stops at the zeros of an
+    /// untrimmed tail), so a failure is only logged.
+    fn trim(&self) {
+        if let Err(e) = self.file.set_len(self.size_bytes) {
+            tracing::warn!(file = %self.path.display(), error = %e, "could not trim closed segment");
+        }
+    }
+
+    fn sync_indexes(&self, dir: &Path) -> Result<()> {
+        for f in &self.index_files {
+            f.sync_data()
+                .map_err(|e| StorageError::io("fdatasync index", dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// What a flush left for later because no acknowledgement waits for it (see
+/// [`FlushJob::run_deferring`]): the trim and index syncs of segments closed by a roll,
+/// then the recovery-point checkpoint (and the epoch file before it), and any small
+/// files the caller adds ([`DeferredSync::write_file`], e.g. a producer-state
+/// snapshot). `Send + 'static`; run it on any thread, after the flush it came from.
+///
+/// Why deferring is safe after a power loss: the segments' data and the directory
+/// entries were synced by the flush; until this job has synced a closed segment's
+/// indexes, the recovery point is kept at or below that segment's base offset (so
+/// recovery scans it and rebuilds its indexes); a recovery point that was not
+/// written only means a longer scan; a producer snapshot that was not written is
+/// replaced by an older one and the log after it (or a scan of the whole log).
+#[derive(Debug)]
+#[must_use = "deferred work does nothing until run"]
+pub struct DeferredSync {
+    dir: PathBuf,
+    checkpoints: Arc<SharedCheckpoints>,
+    closed: Vec<ClosedWork>,
+    /// The recovery point to advance to once the indexes are durable (as
+    /// [`FlushJob::run`] does inline), if the flush it came from may move it.
+    advance: Option<(FlushedTo, Option<UnsavedEpochs>)>,
+    files: Vec<(String, Vec<u8>)>,
+}
+
+impl DeferredSync {
+    /// A deferred job that only writes files (see [`DeferredSync::write_file`]).
+    pub(crate) fn files_only(dir: PathBuf, checkpoints: Arc<SharedCheckpoints>) -> DeferredSync {
+        DeferredSync {
+            dir,
+            checkpoints,
+            closed: Vec::new(),
+            advance: None,
+            files: Vec::new(),
+        }
+    }
+
+    /// Adds a small file of the log's directory to replace atomically (write, fsync,
+    /// rename, directory fsync) when the job runs, unless the partition was closed
+    /// for deletion by then.
+    pub fn write_file(&mut self, name: &str, body: Vec<u8>) {
+        self.files.push((name.to_string(), body));
+    }
+
+    /// How many closed segments' trims and index syncs this job carries.
+    pub fn closed_segments(&self) -> usize {
+        self.closed.len()
+    }
+
+    /// Runs the deferred work: trims and index syncs, then (unless the partition was
+    /// closed meanwhile) the files and the recovery point. A failed index sync keeps
+    /// the recovery point below that segment for good (its indexes are rebuilt at the
+    /// next start) and is returned.
+    pub fn run(self) -> Result<()> {
+        for c in &self.closed {
+            c.trim();
+        }
+        let mut synced = Ok(());
+        for c in &self.closed {
+            synced = c.sync_indexes(&self.dir);
+            if synced.is_err() {
+                break;
+            }
+        }
+        synced?;
+        let mut state = self.checkpoints.lock();
+        for c in &self.closed {
+            if let Some(i) = state
+                .index_syncs_pending
+                .iter()
+                .position(|&b| b == c.base_offset)
+            {
+                state.index_syncs_pending.swap_remove(i);
+            }
+        }
+        if state.sealed {
+            return Ok(());
+        }
+        for (name, body) in &self.files {
+            atomic_file::write(&self.dir.join(name), body)?;
+        }
+        if let Some((to, epochs)) = &self.advance {
+            let offset = state.capped(to.offset);
+            if state.generation == to.generation
+                && state.recovery_point < to.active_base_offset
+                && offset > state.recovery_point
+            {
+                state.save_epochs(&self.dir, epochs.as_ref())?;
+                atomic_file::write_u64(&self.dir, RECOVERY_POINT_FILE, RECOVERY_POINT_KEY, offset)?;
+                state.recovery_point = offset;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The slow half of a flush, detached from the log: `Send + 'static`, it holds its
 /// own references to the maps and files, so it can run on any thread without the
 /// log's lock. Created by [`PartitionLog::prepare_flush`](crate::PartitionLog::prepare_flush).
@@ -177,7 +331,8 @@ pub(crate) struct FlushRange {
 #[must_use = "a flush job does nothing until run"]
 pub struct FlushJob {
     pub(crate) ranges: Vec<FlushRange>,
-    pub(crate) index_files: Vec<Arc<File>>,
+    /// Closed segments this flush syncs whole: their trims and index syncs.
+    pub(crate) closed: Vec<ClosedWork>,
     pub(crate) dir: PathBuf,
     pub(crate) sync_dir: bool,
     pub(crate) checkpoints: Arc<SharedCheckpoints>,
@@ -226,21 +381,10 @@ impl FlushJob {
     /// unflushed data and of new index files, fsync of the directory if segments were
     /// created or deleted, and (about once per segment) the recovery-point checkpoint.
     pub fn run(self) -> Result<FlushedTo> {
-        // The epoch file first, so a clean stop leaves it current (and a restart on a
-        // full disk has nothing to rewrite).
-        self.checkpoints
-            .save_epochs_if_newer(&self.dir, self.epochs.as_ref())?;
-        for r in &self.ranges {
-            r.file
-                .sync_data()
-                .map_err(|e| StorageError::io("fdatasync segment", &r.path, e))?;
-        }
-        for f in &self.index_files {
-            f.sync_data()
-                .map_err(|e| StorageError::io("fdatasync index", &self.dir, e))?;
-        }
-        if self.sync_dir {
-            atomic_file::sync_dir(&self.dir)?;
+        self.sync_for_ack()?;
+        for c in &self.closed {
+            c.trim();
+            c.sync_indexes(&self.dir)?;
         }
         self.checkpoints.advance(
             &self.dir,
@@ -250,5 +394,70 @@ impl FlushJob {
             self.epochs.as_ref(),
         )?;
         Ok(self.outcome)
+    }
+
+    /// Like [`run`](Self::run), but does here only what makes the flushed records
+    /// durable: the segments' data and the directory entries of new segments (and the
+    /// epoch file, when a new leader epoch began). The rest (closed segments' trims
+    /// and index syncs, the recovery-point checkpoint) comes back as a
+    /// [`DeferredSync`] to run later, off the acknowledgement path. After a roll this
+    /// takes the round from ten fsync calls to four (storage/PERF-NOTES.md).
+    pub fn run_deferring(self) -> Result<(FlushedTo, Option<DeferredSync>)> {
+        {
+            // Before any sync: no other flush may advance the recovery point past
+            // these segments until their indexes are durable.
+            let mut state = self.checkpoints.lock();
+            state
+                .index_syncs_pending
+                .extend(self.closed.iter().map(|c| c.base_offset));
+        }
+        // On failure the pending entries stay: the recovery point cannot pass them
+        // (and the directory goes offline anyway).
+        self.sync_for_ack()?;
+        let FlushJob {
+            closed,
+            dir,
+            checkpoints,
+            epochs,
+            outcome,
+            ..
+        } = self;
+        // Without closed segments, a job only to move the recovery point (rare: after
+        // a checkpoint write failed, say); not while a deferred job is pending, which
+        // moves it when it runs.
+        let advance_due = {
+            let state = checkpoints.lock();
+            state.recovery_point < outcome.active_base_offset
+                && state.index_syncs_pending.is_empty()
+        };
+        if closed.is_empty() && !advance_due {
+            return Ok((outcome, None));
+        }
+        let job = DeferredSync {
+            dir,
+            checkpoints,
+            closed,
+            advance: Some((outcome.clone(), epochs)),
+            files: Vec::new(),
+        };
+        Ok((outcome, Some(job)))
+    }
+
+    /// The epoch file if the cache changed, fdatasync of the segments with unflushed
+    /// data, fsync of the directory if segments were created or deleted.
+    fn sync_for_ack(&self) -> Result<()> {
+        // The epoch file first, so a clean stop leaves it current (and a restart on a
+        // full disk has nothing to rewrite).
+        self.checkpoints
+            .save_epochs_if_newer(&self.dir, self.epochs.as_ref())?;
+        for r in &self.ranges {
+            r.file
+                .sync_data()
+                .map_err(|e| StorageError::io("fdatasync segment", &r.path, e))?;
+        }
+        if self.sync_dir {
+            atomic_file::sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 }

@@ -98,6 +98,6 @@ pub use config::{
 };
 pub use epoch::EpochEntry;
 pub use error::{Result, StorageError};
-pub use flush::{FlushJob, FlushedTo};
+pub use flush::{DeferredSync, FlushJob, FlushedTo};
 pub use journal::{Journal, JournalWrite, ReplayStats, JOURNAL_CAPACITY_BYTES_MIN};
 pub use log::{AppendInfo, PartitionLog, RetentionOutcome, LOG_START_FILE, RECOVERY_POINT_FILE};

@@ -15,7 +15,9 @@ use crate::clean::{self, CleanerCheckpoint};
 use crate::config::LogConfig;
 use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{Result, StorageError};
-use crate::flush::{FlushJob, FlushRange, FlushedTo, SharedCheckpoints, UnsavedEpochs};
+use crate::flush::{
+    ClosedWork, DeferredSync, FlushJob, FlushRange, FlushedTo, SharedCheckpoints, UnsavedEpochs,
+};
 use crate::index::SegmentIndex;
 use crate::journal::JournalWrite;
 use crate::mmap::{self, MapFile, MapWriter};
@@ -887,17 +889,16 @@ impl PartitionLog {
                 return Err(StorageError::io("write index", old_path, e));
             }
         };
-        // Trim to the used length. Safe for readers: every handed-out slice of this
-        // map lies below `size` (a truncation with live readers rewrites the file
-        // instead of lowering the end in place).
-        if let Err(e) = self.active.writer.file().set_len(size as u64) {
-            tracing::warn!(file = %old_path.display(), error = %e, "could not trim closed segment");
-        }
+        // The trim to the used length (`size`) is left to the flush that syncs this
+        // segment (`ClosedWork`): here, under the caller's lock on the append path, an
+        // ftruncate waited for the persist thread's fdatasync of the same file
+        // (0.06-18 ms, storage/PERF-NOTES.md).
         let old = std::mem::replace(&mut self.active, new_active(writer, capacity, 0));
         let old_map = old.writer.map().clone();
         // Kept until a flush has synced the tail of its data and its index files.
         self.segments.last_mut().expect("active segment").unsynced = Some(Unsynced {
             file: old.writer.file().clone(),
+            size_bytes: size as u64,
             index_files,
         });
         self.segments.push(empty_segment(new_base));
@@ -1433,7 +1434,7 @@ impl PartitionLog {
         let epochs = self.unsaved_epochs();
         let mut ranges = Vec::new();
         let mut closed_synced = Vec::new();
-        let mut index_files = Vec::new();
+        let mut closed = Vec::new();
         let n = self.segments.len();
         let active_seg = &self.segments[n - 1];
         if active_seg.flushed_bytes < active_seg.size_bytes || self.active.needs_sync {
@@ -1448,12 +1449,18 @@ impl PartitionLog {
                 file: unsynced.file.clone(),
                 path: segment_path(&self.dir, seg.base_offset, LOG_SUFFIX),
             });
-            index_files.extend(unsynced.index_files.iter().cloned());
+            closed.push(ClosedWork {
+                base_offset: seg.base_offset,
+                file: unsynced.file.clone(),
+                path: segment_path(&self.dir, seg.base_offset, LOG_SUFFIX),
+                size_bytes: unsynced.size_bytes,
+                index_files: unsynced.index_files.clone(),
+            });
             closed_synced.push(seg.base_offset);
         }
         FlushJob {
             ranges,
-            index_files,
+            closed,
             dir: self.dir.clone(),
             sync_dir: self.dir_changes > self.dir_changes_synced,
             checkpoints: self.checkpoints.clone(),
@@ -1561,6 +1568,20 @@ impl PartitionLog {
         if active_base == done.active_base_offset && done.active_needed_sync {
             self.active.needs_sync = false;
         }
+    }
+
+    /// A [`DeferredSync`] that only writes files into this log's directory (add them
+    /// with [`DeferredSync::write_file`]): small files no acknowledgement needs,
+    /// written off the caller's path and never after [`seal`](Self::seal).
+    pub fn deferred_writes(&self) -> DeferredSync {
+        DeferredSync::files_only(self.dir.clone(), self.checkpoints.clone())
+    }
+
+    /// The partition is being deleted (its directory may be removed and a new one
+    /// created under its name): no [`DeferredSync`] of this log writes a file from
+    /// now on. Waits for one that is writing.
+    pub fn seal(&self) {
+        self.checkpoints.seal();
     }
 
     /// Flushes, records the log end as the recovery point, and closes the log.

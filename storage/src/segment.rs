@@ -56,6 +56,8 @@ pub(crate) struct Segment {
 #[derive(Debug)]
 pub(crate) struct Unsynced {
     pub(crate) file: Arc<File>,
+    /// Used bytes, to trim the file to once it is synced.
+    pub(crate) size_bytes: u64,
     pub(crate) index_files: Vec<Arc<File>>,
 }
 

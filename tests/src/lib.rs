@@ -420,6 +420,13 @@ impl RilldProcess {
         self.spawn();
     }
 
+    /// Starts the broker again on the same data directory and ports, with these extra
+    /// flags instead of the earlier ones (kept for later restarts).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
+
     /// Sends `signal` (e.g. `"-STOP"`, `"-CONT"`) to the running broker without waiting.
     pub fn send_signal(&self, signal: &str) {
         let pid = self.pid().expect("broker running");

@@ -318,3 +318,212 @@ fn list_backing(dir: &std::path::Path) -> Vec<(String, u64)> {
     out.sort();
     out
 }
+
+/// Topic of the deferred-sync test: one partition, 1 MiB segments.
+const DEFERRED_TOPIC: &str = "deferred-sync";
+/// Records per idempotent batch and their size there: a batch is about 8 KiB, so
+/// about 128 batches fill a segment.
+const DEFERRED_RECORDS: i32 = 4;
+const DEFERRED_VALUE_BYTES: usize = 2000;
+
+/// One idempotent batch of producer `id` (epoch 0) with sequences `seq..seq + 4`.
+fn idempotent_batch(id: i64, seq: i32) -> bytes::Bytes {
+    use kafka_protocol::records::{Record, TimestampType};
+    let records: Vec<Record> = (0..DEFERRED_RECORDS)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: id,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(i),
+            sequence: seq + i,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::from(deferred_value(seq + i))),
+            headers: Default::default(),
+        })
+        .collect();
+    rill_tests::raw::encode_batch(&records)
+}
+
+/// The value of the record with sequence `seq`: its size and content follow from it.
+fn deferred_value(seq: i32) -> Vec<u8> {
+    let mut v = format!("seq-{seq}-").into_bytes();
+    v.resize(DEFERRED_VALUE_BYTES, b'a' + (seq % 26) as u8);
+    v
+}
+
+/// Produces the idempotent batch at `seq` (acks=all): (error code, base offset).
+fn produce_idempotent(conn: &mut RawConn, id: i64, seq: i32) -> (i16, i64) {
+    use kafka_protocol::messages::ProduceRequest;
+    let request =
+        rill_tests::raw::requests::produce(DEFERRED_TOPIC, 0, idempotent_batch(id, seq), -1);
+    let response = conn.call::<ProduceRequest>(9, &request);
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// Segment base offsets of the test partition's files in `dir`.
+fn segment_bases(dir: &std::path::Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut bases: Vec<u64> = entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// The deferred half of a roll's sync (the closed segment's trim and index syncs, the
+/// recovery-point checkpoint, the producer-state snapshot) runs after the acks of the
+/// records it covers, on a thread of its own. Held back here (a debug delay) so the
+/// power is cut with all of it pending right after a roll: the restarted broker must
+/// hold every acknowledged record at its offset, rebuild the closed segment's index
+/// from the log, replay the producer state forward from the older snapshot, and
+/// answer a retried batch as a duplicate.
+#[test]
+fn a_power_loss_before_a_rolls_deferred_syncs_loses_no_ack_and_no_dedupe() {
+    let started = Instant::now();
+    let Some(mut disk) = Disk::mount("deferred_sync", MountOptions::default()) else {
+        return;
+    };
+    let mut broker = RilldProcess::start_with_data_dir(disk.path(), &[]);
+    let mut conn = RawConn::connect(broker.addr());
+    let response = conn.call(
+        CREATE_TOPICS_V,
+        &create_topic(DEFERRED_TOPIC, 1, &[("segment.bytes", SEGMENT_BYTES)]),
+    );
+    assert_eq!(response.topics[0].error_code, 0);
+    let init = conn.call(
+        4,
+        &kafka_protocol::messages::InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+            .with_producer_epoch(-1),
+    );
+    assert_eq!(init.error_code, 0);
+    let id = init.producer_id.0;
+    let backing_dir = disk.backing().join(format!("{DEFERRED_TOPIC}-0"));
+    let snapshot_path = backing_dir.join("producer-state.snapshot");
+
+    // Phase 1, deferred work on time: past one roll, until the producer snapshot the
+    // roll made due is on the disk.
+    let mut acked: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+    let mut seq = 0i32;
+    let mut batches = Vec::new(); // (first sequence, base offset)
+    let mut produce_one =
+        |conn: &mut RawConn, seq: &mut i32, acked: &mut BTreeMap<i64, Vec<u8>>| {
+            let (code, base) = produce_idempotent(conn, id, *seq);
+            assert_eq!(code, 0, "produce of sequence {seq} failed");
+            for i in 0..DEFERRED_RECORDS {
+                acked.insert(base + i64::from(i), deferred_value(*seq + i));
+            }
+            batches.push((*seq, base));
+            *seq += DEFERRED_RECORDS;
+        };
+    while segment_bases(&backing_dir).len() < 2 || !snapshot_path.exists() {
+        produce_one(&mut conn, &mut seq, &mut acked);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no roll and producer snapshot after {} records",
+            acked.len()
+        );
+    }
+    let first_roll_at = segment_bases(&backing_dir)[1];
+    broker.kill();
+
+    // Phase 2, deferred work held back: past a second roll, then the power goes.
+    broker.restart_with(&["--debug-deferred-sync-delay-ms", "600000"]);
+    let mut conn = RawConn::connect(broker.addr());
+    let end_before_roll = loop {
+        produce_one(&mut conn, &mut seq, &mut acked);
+        let bases = segment_bases(&backing_dir);
+        if bases.len() >= 3 {
+            break bases[2];
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no second roll after {} records",
+            acked.len()
+        );
+    };
+    // A few more acknowledged batches in the new segment.
+    for _ in 0..5 {
+        produce_one(&mut conn, &mut seq, &mut acked);
+    }
+    let closed_index = backing_dir.join(format!("{first_roll_at:020}.index"));
+    let durable_index_bytes = std::fs::metadata(&closed_index).map_or(0, |m| m.len());
+    broker.kill();
+    let report = disk.power_cycle();
+    println!(
+        "deferred sync: first roll at {first_roll_at}, second at {end_before_roll}, {} records \
+         acked; the closed segment's index had {durable_index_bytes} durable bytes; the crash \
+         dropped {} bytes and undid {} namespace changes",
+        acked.len(),
+        report.bytes_dropped,
+        report.namespace_ops_undone
+    );
+    assert_eq!(
+        durable_index_bytes, 0,
+        "the deferred index sync of the second roll ran before the power loss: the test \
+         did not hold it back"
+    );
+
+    broker.restart_with(&[]);
+    let mut conn = RawConn::connect(broker.addr());
+    let log: BTreeMap<i64, Vec<u8>> = read_all(&mut conn, DEFERRED_TOPIC, 0).into_iter().collect();
+    let missing: Vec<i64> = acked
+        .iter()
+        .filter(|(o, v)| log.get(o) != Some(v))
+        .map(|(o, _)| *o)
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged records missing or changed after the power loss, first: {missing:?}\n{}",
+        broker.log()
+    );
+    assert!(
+        broker
+            .log()
+            .contains("producer state rebuilt from a snapshot and the log after it"),
+        "the producer state was not replayed forward from the older snapshot\n{}",
+        broker.log()
+    );
+    let log_end = log.keys().next_back().map_or(0, |o| o + 1);
+    // Retries of the last batches are duplicates: answered with their offsets.
+    for &(first_seq, base) in batches.iter().rev().take(5) {
+        let (code, retried_base) = produce_idempotent(&mut conn, id, first_seq);
+        assert_eq!(
+            (code, retried_base),
+            (0, base),
+            "a retry of sequence {first_seq} was not answered as the duplicate at {base}"
+        );
+    }
+    // The next sequence appends at the end (past the new leader's control batch).
+    let (code, next_base) = produce_idempotent(&mut conn, id, seq);
+    assert_eq!(code, 0, "the next sequence was refused");
+    assert!(
+        next_base >= log_end,
+        "the next sequence went to {next_base}, below the end {log_end}"
+    );
+    let after = read_all(&mut conn, DEFERRED_TOPIC, 0);
+    assert_eq!(
+        after.len(),
+        acked.len() + DEFERRED_RECORDS as usize,
+        "the retries appended records"
+    );
+    broker.kill();
+    println!(
+        "deferred sync power loss test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

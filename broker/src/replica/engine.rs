@@ -64,7 +64,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rill_storage::{FlushJob, FlushedTo, Journal, JournalWrite, StorageError};
+use rill_storage::{DeferredSync, FlushJob, FlushedTo, Journal, JournalWrite, StorageError};
 
 use super::hard_state::{HardStates, ReplicaKey};
 use super::Partition;
@@ -107,6 +107,8 @@ pub struct EngineConfig {
     pub flush_interval: Duration,
     /// Testing aid: sleep this long before each sync round (widens group commits).
     pub debug_flush_delay: Duration,
+    /// Testing aid: sleep this long before each deferred job (see [`DeferredSync`]).
+    pub debug_deferred_sync_delay: Duration,
     /// The data directory: root of the journal records' segment paths.
     pub data_dir: std::path::PathBuf,
     /// Size of the shared journal (`meta/journal`).
@@ -157,6 +159,11 @@ pub struct Engine {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The interval-sync thread (`durability = interval` only).
     interval_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Where rounds hand work no acknowledgement waits for (see [`DeferredSync`]):
+    /// the `rill-deferred-sync` thread runs it in order. Taken (closing the channel)
+    /// at shutdown.
+    deferred: Mutex<Option<std::sync::mpsc::SyncSender<DeferredSync>>>,
+    deferred_thread: Mutex<Option<JoinHandle<()>>>,
     /// Held by each sync of every group (interval thread, shutdown): one at a time.
     sync_all_lock: Mutex<()>,
     /// Test-only fault ([`SYNC_TO_ADVANCE_DELAY_ENV`], unset by default): how long
@@ -194,6 +201,8 @@ struct Work {
     after_persist: rill_raft::AfterPersist,
     flush: Option<FlushJob>,
     flushed: Option<FlushedTo>,
+    /// What the flush left for the deferred-sync thread.
+    deferred: Option<DeferredSync>,
     /// The round's new bytes as a journal write, when that is all the group needs.
     journal: Option<JournalWrite>,
     /// Made durable by the journal in this epoch.
@@ -237,6 +246,8 @@ impl Engine {
             short_of_space: AtomicBool::new(false),
             thread: Mutex::new(None),
             interval_thread: Mutex::new(None),
+            deferred: Mutex::new(None),
+            deferred_thread: Mutex::new(None),
             sync_all_lock: Mutex::new(()),
             sync_to_advance_delay: sync_to_advance_delay_from_env(),
             metrics,
@@ -252,6 +263,17 @@ impl Engine {
             .spawn(move || run(weak))
             .map_err(|e| BrokerError::Storage(format!("cannot start the persist thread: {e}")))?;
         *engine.thread.lock().expect("engine thread lock") = Some(handle);
+        let (deferred_tx, deferred_rx) = std::sync::mpsc::sync_channel(DEFERRED_QUEUE_JOBS_MAX);
+        let weak = Arc::downgrade(&engine);
+        let delay = engine.config.debug_deferred_sync_delay;
+        let handle = std::thread::Builder::new()
+            .name("rill-deferred-sync".into())
+            .spawn(move || run_deferred(weak, deferred_rx, delay))
+            .map_err(|e| {
+                BrokerError::Storage(format!("cannot start the deferred-sync thread: {e}"))
+            })?;
+        *engine.deferred.lock().expect("deferred lock") = Some(deferred_tx);
+        *engine.deferred_thread.lock().expect("deferred thread lock") = Some(handle);
         if engine.config.durability == Durability::Interval {
             let weak = Arc::downgrade(&engine);
             let interval = engine.config.flush_interval;
@@ -576,6 +598,17 @@ impl Engine {
         {
             let _ = handle.join();
         }
+        // The deferred work of the last rounds first (index syncs, checkpoints): a
+        // restart then scans only the active segments.
+        self.deferred.lock().expect("deferred lock").take();
+        if let Some(handle) = self
+            .deferred_thread
+            .lock()
+            .expect("deferred thread lock")
+            .take()
+        {
+            let _ = handle.join();
+        }
         if self.is_offline() {
             return Err(self.offline_error());
         }
@@ -650,6 +683,7 @@ impl Engine {
                 after_persist: ready.after_persist,
                 flush: None,
                 flushed: None,
+                deferred: None,
                 journal: None,
                 journalled: None,
             });
@@ -706,8 +740,9 @@ impl Engine {
         let mut synced = 0u64;
         for (i, result) in run_syncs(jobs) {
             match result {
-                Ok(done) => {
+                Ok((done, deferred)) => {
                     work[i].flushed = Some(done);
+                    work[i].deferred = deferred;
                     synced += 1;
                 }
                 Err(e) if work[i].partition.is_closed() => {
@@ -787,14 +822,52 @@ impl Engine {
                 .raft
                 .store_mut()
                 .take_producer_snapshot(Instant::now(), self.config.producer_snapshot_interval);
-            drop(st);
-            if let Some((path, body)) = snapshot {
-                // Off the partition's lock: appends go on while the file is written. A
-                // failure costs only a longer scan at the next start.
-                if let Err(e) = rill_storage::atomic_file::write(&path, &body) {
-                    tracing::warn!(path = %path.display(), error = %e, "producer state snapshot not written");
-                }
+            let mut deferred = w.deferred;
+            if let Some((name, body)) = snapshot {
+                // Written by the deferred-sync thread: a producer snapshot falls due at
+                // every roll (its byte threshold is the segment size), and its four
+                // fsync calls here delayed the next round's acknowledgements.
+                deferred
+                    .get_or_insert_with(|| st.log().deferred_writes())
+                    .write_file(name, body);
             }
+            drop(st);
+            if let Some(job) = deferred {
+                self.defer(job);
+            }
+        }
+    }
+
+    /// Hands `job` to the deferred-sync thread; runs it here when its queue is full
+    /// (bounded: a disk slower than the rolls only slows the rounds down again) or
+    /// gone (shutdown).
+    fn defer(&self, job: DeferredSync) {
+        use std::sync::mpsc::TrySendError;
+        let job = match self.deferred.lock().expect("deferred lock").as_ref() {
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+            },
+            None => job,
+        };
+        self.run_deferred_job(job);
+    }
+
+    /// Runs deferred work; a failed sync takes the directory offline (fail-stop, as
+    /// for the round's own syncs).
+    fn run_deferred_job(&self, job: DeferredSync) {
+        if self.is_offline() {
+            return;
+        }
+        let started = Instant::now();
+        let closed_segments = job.closed_segments();
+        match job.run() {
+            Ok(()) => tracing::debug!(
+                closed_segments,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "deferred sync done"
+            ),
+            Err(e) => self.go_offline(&format!("deferred sync: {e}")),
         }
     }
 
@@ -957,6 +1030,31 @@ impl Engine {
     }
 }
 
+/// What a round's sync of one group made durable, and what it left for later.
+type SyncResult = Result<(FlushedTo, Option<DeferredSync>), StorageError>;
+
+/// Most deferred jobs waiting for the deferred-sync thread; beyond, the persist loop
+/// runs them itself. One per rolled partition per round, or per producer snapshot.
+const DEFERRED_QUEUE_JOBS_MAX: usize = 1024;
+
+/// The deferred-sync thread: runs the rounds' deferred work in order until the engine
+/// closes the channel (shutdown: what is queued still runs) or is dropped.
+fn run_deferred(
+    engine: Weak<Engine>,
+    jobs: std::sync::mpsc::Receiver<DeferredSync>,
+    delay: Duration,
+) {
+    while let Ok(job) = jobs.recv() {
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        engine.run_deferred_job(job);
+    }
+}
+
 /// Most threads one round syncs partition files on.
 const SYNC_THREADS_MAX: usize = 64;
 
@@ -993,9 +1091,12 @@ fn sync_to_advance_delay_from_env() -> Option<Duration> {
 /// 17 rounds/s and 8 MB/s with sequential syncs; about 40 rounds/s and 18 MB/s (as
 /// before the replica engine, whose per-partition flush tasks ran on the blocking
 /// pool) with 64 at once, and half the device cache flushes of 16 at once.
-fn run_syncs(jobs: Vec<(usize, FlushJob)>) -> Vec<(usize, Result<FlushedTo, StorageError>)> {
+fn run_syncs(jobs: Vec<(usize, FlushJob)>) -> Vec<(usize, SyncResult)> {
     if jobs.len() <= 1 {
-        return jobs.into_iter().map(|(i, job)| (i, job.run())).collect();
+        return jobs
+            .into_iter()
+            .map(|(i, job)| (i, job.run_deferring()))
+            .collect();
     }
     let threads = jobs.len().min(SYNC_THREADS_MAX);
     let queue = Mutex::new(jobs);
@@ -1006,7 +1107,7 @@ fn run_syncs(jobs: Vec<(usize, FlushJob)>) -> Vec<(usize, Result<FlushedTo, Stor
                 let Some((i, job)) = queue.lock().expect("sync queue lock").pop() else {
                     return;
                 };
-                let result = job.run();
+                let result = job.run_deferring();
                 results.lock().expect("sync results lock").push((i, result));
             });
         }

@@ -1046,8 +1046,11 @@ impl Partition {
 
     fn mark_closed(&self) {
         {
-            let _st = self.state();
+            let st = self.state();
             self.closed.store(true, Ordering::Release);
+            // Deferred work still queued for this log (checkpoints, producer snapshot)
+            // must not write into the directory once it may be removed and recreated.
+            st.log().seal();
         }
         self.status.send_modify(|s| s.closed = true);
         self.engine.unregister(self);

@@ -121,13 +121,14 @@ impl PartitionStore {
     /// On the persist thread after a round: when idempotent producers wrote since the
     /// last snapshot and `interval` passed (or a segment's worth of their bytes), the
     /// producer state as of the end of the core's log (entries the core knows are never
-    /// rewritten in the same term: Raft's log matching), with the path to write it to.
-    /// The caller writes it without holding the partition's lock.
+    /// rewritten in the same term: Raft's log matching), with the file name (in the
+    /// log's directory) to write it to. The caller writes it without holding the
+    /// partition's lock.
     pub fn take_producer_snapshot(
         &mut self,
         now: std::time::Instant,
         interval: std::time::Duration,
-    ) -> Option<(std::path::PathBuf, Vec<u8>)> {
+    ) -> Option<(&'static str, Vec<u8>)> {
         if self.producer_bytes_since_snapshot == 0 {
             return None;
         }
@@ -145,7 +146,7 @@ impl PartitionStore {
         self.producer_bytes_since_snapshot = 0;
         self.producer_snapshot_at = now;
         Some((
-            self.log.dir().join(PRODUCER_SNAPSHOT_FILE),
+            PRODUCER_SNAPSHOT_FILE,
             table.encode_snapshot(self.raft_end, term),
         ))
     }

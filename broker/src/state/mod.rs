@@ -169,6 +169,9 @@ impl PartitionManager {
                 durability: config.durability,
                 flush_interval: std::time::Duration::from_millis(config.flush_interval_ms),
                 debug_flush_delay: std::time::Duration::from_millis(config.debug_flush_delay_ms),
+                debug_deferred_sync_delay: std::time::Duration::from_millis(
+                    config.debug_deferred_sync_delay_ms,
+                ),
                 data_dir: config.data_dir.clone(),
                 journal_bytes: config.journal_bytes,
                 producer_snapshot_interval: std::time::Duration::from_millis(

@@ -104,12 +104,24 @@ struct TopicQueues {
     partition_count: Option<(u64, i32)>,
 }
 
+/// Which records of a batch get a handle on its outcome.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Reports {
+    /// Every record (a `DeliveryFuture` each).
+    PerRecord,
+    /// Only the record that opens a batch (its `BatchDelivery` covers the batch): the
+    /// others cost no reference count on the batch's completion.
+    PerBatch,
+}
+
 /// Where `append` put a record.
 pub(crate) struct Appended {
     /// The partition chosen (the delivery report carries it too; tests check it here).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) partition: i32,
-    pub(crate) completion: Arc<Completion>,
+    /// The batch's completion: for every record with [`Reports::PerRecord`], for the
+    /// batch's first record only with [`Reports::PerBatch`].
+    pub(crate) completion: Option<Arc<Completion>>,
     /// The record's index in its batch (offset = base offset + index).
     pub(crate) index: u32,
     /// A batch became ready to send, or a new batch started its linger timer: the
@@ -297,6 +309,7 @@ impl Accumulator {
             partition_count,
             reserved_bytes,
             || now,
+            Reports::PerRecord,
         )
     }
 
@@ -309,6 +322,7 @@ impl Accumulator {
         partition_count: i32,
         reserved_bytes: usize,
         now: impl Fn() -> Instant,
+        reports: Reports,
     ) -> Result<Appended> {
         let topic_queues = match self.topics.get_mut(record.topic.as_str()) {
             Some(q) => q,
@@ -331,6 +345,7 @@ impl Accumulator {
             partition_count,
             reserved_bytes,
             now,
+            reports,
         )
     }
 
@@ -346,6 +361,7 @@ impl Accumulator {
         timestamp_ms: i64,
         reserved_bytes: usize,
         now: impl Fn() -> Instant,
+        reports: Reports,
     ) -> Option<Result<Appended>> {
         let topic_queues = self.topics.get_mut(record.topic.as_str())?;
         let partition_count = match topic_queues.partition_count {
@@ -374,6 +390,7 @@ impl Accumulator {
             partition_count,
             reserved_bytes,
             now,
+            reports,
         ))
     }
 
@@ -498,6 +515,7 @@ fn append_to(
     partition_count: i32,
     reserved_bytes: usize,
     now: impl Fn() -> Instant,
+    reports: Reports,
 ) -> Result<Appended> {
     if topic_queues.partitions.len() < partition_count as usize {
         topic_queues
@@ -545,7 +563,7 @@ fn append_to(
     open.record_count += 1;
     open.size_estimate_bytes += size;
     open.reserved_bytes += reserved_bytes;
-    let completion = open.completion.clone();
+    let completion = (index == 0 || reports == Reports::PerRecord).then(|| open.completion.clone());
     if open.size_estimate_bytes >= batching.batch_bytes_max {
         close_open(queue, now(), batching.producer)?;
         topic_queues
@@ -725,7 +743,41 @@ mod tests {
             .append(&record(Some("foobar"), 10), 0, 10, 50, now)
             .unwrap();
         assert_eq!((first.index, second.index), (0, 1));
-        assert!(Arc::ptr_eq(&first.completion, &second.completion));
+        assert!(Arc::ptr_eq(
+            first.completion.as_ref().unwrap(),
+            second.completion.as_ref().unwrap()
+        ));
+    }
+
+    /// Per-batch reports: only the record that opens a batch holds its completion,
+    /// and every batch has one such record.
+    #[test]
+    fn per_batch_reports_go_to_the_first_record_of_each_batch_only() {
+        let mut a = acc(60_000, 1024);
+        let t0 = Instant::now();
+        let mut opened = Vec::new();
+        for i in 0..20 {
+            let appended = a
+                .append_with_clock(&record(Some("k"), 100), 0, 1, 150, || t0, Reports::PerBatch)
+                .unwrap();
+            assert_eq!(
+                appended.completion.is_some(),
+                appended.index == 0,
+                "record {i} (index {})",
+                appended.index
+            );
+            if appended.index == 0 {
+                opened.push(appended.completion.unwrap());
+            }
+        }
+        a.in_flight_max = usize::MAX;
+        a.flushes_pending = 1;
+        let (ready, _) = a.drain(t0).unwrap();
+        assert!(ready.len() > 1, "several batches: {}", ready.len());
+        assert_eq!(ready.len(), opened.len(), "one report per batch");
+        for (d, c) in ready.iter().zip(&opened) {
+            assert!(Arc::ptr_eq(&d.batch.completion, c));
+        }
     }
 
     #[test]

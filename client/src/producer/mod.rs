@@ -43,7 +43,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::sync::{mpsc, Notify, Semaphore, TryAcquireError};
 
-use self::accumulator::{Accumulator, Drained};
+use self::accumulator::{Accumulator, Drained, Reports};
 pub use self::delivery::{BatchDelivery, BatchReport, DeliveryFuture};
 use crate::cluster::Cluster;
 use crate::config::{Acks, ProducerConfig};
@@ -115,10 +115,16 @@ impl RequestLatency {
     }
 }
 
+/// A queued record: its batch's completion (see [`Reports`]) and its index in the batch.
+struct Queued {
+    completion: Option<Arc<delivery::Completion>>,
+    index: u32,
+}
+
 /// What [`Producer::send_now`] got to.
 enum SendNow {
     /// The send is over: appended, or failed.
-    Done(Result<DeliveryFuture>),
+    Done(Result<Queued>),
     /// It has to wait: for `size` bytes of budget unless `budget_held`, then for the
     /// topic's metadata or the producer id.
     Wait { size: usize, budget_held: bool },
@@ -190,19 +196,45 @@ impl Producer {
     /// build one and change only what differs, without allocating or cloning a record,
     /// its topic name or its value per send.
     pub async fn send_ref(&self, record: &ProducerRecord) -> Result<DeliveryFuture> {
-        match self.send_now(record) {
+        let queued = self.send_reporting(record, Reports::PerRecord).await?;
+        match queued.completion {
+            Some(completion) => Ok(DeliveryFuture::new(completion, queued.index)),
+            None => Err(Error::Protocol(
+                "internal: a record sent for a report of its own got none".into(),
+            )),
+        }
+    }
+
+    /// [`Producer::send_ref`] for a caller that wants one report per batch rather than
+    /// per record (a bulk loader, a benchmark): the record that opens a batch gets the
+    /// batch's [`BatchDelivery`], whose [`BatchReport`] counts and settles every record
+    /// of the batch; the others get `None`. Each record is queued exactly as by
+    /// `send_ref` (same order, retries, back-pressure), but the records that join a
+    /// batch hold no reference to its outcome, which spares two atomic read-modify-writes
+    /// per record (the reference's count up and down).
+    pub async fn send_ref_batched(&self, record: &ProducerRecord) -> Result<Option<BatchDelivery>> {
+        let queued = self.send_reporting(record, Reports::PerBatch).await?;
+        Ok(queued
+            .completion
+            .filter(|_| queued.index == 0)
+            .map(BatchDelivery::new))
+    }
+
+    /// Queues `record`, with the batch's completion for the records `reports` names.
+    async fn send_reporting(&self, record: &ProducerRecord, reports: Reports) -> Result<Queued> {
+        match self.send_now(record, reports) {
             SendNow::Done(result) => result,
             // Boxed: the slow path's state (budget and metadata waits) would otherwise
             // make every send's future that large, to be set up and moved per record.
             SendNow::Wait { size, budget_held } => {
-                Box::pin(self.send_after_waits(record, size, budget_held)).await
+                Box::pin(self.send_after_waits(record, size, budget_held, reports)).await
             }
         }
     }
 
     /// The common send, without waiting: budget free, the topic's partition count
     /// known (and, idempotent, the producer id). Otherwise says what is left to wait for.
-    fn send_now(&self, record: &ProducerRecord) -> SendNow {
+    fn send_now(&self, record: &ProducerRecord, reports: Reports) -> SendNow {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return SendNow::Done(Err(Error::Closed));
@@ -235,7 +267,14 @@ impl Producer {
             if !ready {
                 None
             } else {
-                acc.append_if_known(record, generation, timestamp_ms, size, Instant::now)
+                acc.append_if_known(
+                    record,
+                    generation,
+                    timestamp_ms,
+                    size,
+                    Instant::now,
+                    reports,
+                )
             }
         };
         match appended {
@@ -254,7 +293,8 @@ impl Producer {
         record: &ProducerRecord,
         size: usize,
         budget_held: bool,
-    ) -> Result<DeliveryFuture> {
+        reports: Reports,
+    ) -> Result<Queued> {
         let inner = &self.inner;
         if !budget_held {
             inner
@@ -264,17 +304,13 @@ impl Producer {
                 .map_err(|_| Error::Closed)?
                 .forget();
         }
-        let appended = self.append_reserved(record, size).await;
+        let appended = self.append_reserved(record, size, reports).await;
         self.appended(appended, size)
     }
 
     /// A record's append done: its budget back if it failed, else the sender woken if
-    /// the append asks for it, and the record's delivery future.
-    fn appended(
-        &self,
-        appended: Result<accumulator::Appended>,
-        size: usize,
-    ) -> Result<DeliveryFuture> {
+    /// the append asks for it, and where the record went.
+    fn appended(&self, appended: Result<accumulator::Appended>, size: usize) -> Result<Queued> {
         let inner = &self.inner;
         let appended = match appended {
             Ok(a) => a,
@@ -286,7 +322,10 @@ impl Producer {
         if appended.wake_sender {
             inner.wake_sender.notify_one();
         }
-        Ok(DeliveryFuture::new(appended.completion, appended.index))
+        Ok(Queued {
+            completion: appended.completion,
+            index: appended.index,
+        })
     }
 
     /// Appends `record` (its `size` of budget already held) to its partition's batch.
@@ -296,6 +335,7 @@ impl Producer {
         &self,
         record: &ProducerRecord,
         size: usize,
+        reports: Reports,
     ) -> Result<accumulator::Appended> {
         let inner = &self.inner;
         let generation = inner.cluster.generation();
@@ -304,9 +344,14 @@ impl Producer {
             let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
             let ready = !inner.config.is_idempotent() || acc.producer().is_some();
             if ready {
-                if let Some(appended) =
-                    acc.append_if_known(record, generation, timestamp_ms, size, Instant::now)
-                {
+                if let Some(appended) = acc.append_if_known(
+                    record,
+                    generation,
+                    timestamp_ms,
+                    size,
+                    Instant::now,
+                    reports,
+                ) {
                     return appended;
                 }
             }
@@ -318,7 +363,14 @@ impl Producer {
         }
         let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
         acc.remember_partition_count(&record.topic, generation, partition_count);
-        acc.append_with_clock(record, timestamp_ms, partition_count, size, Instant::now)
+        acc.append_with_clock(
+            record,
+            timestamp_ms,
+            partition_count,
+            size,
+            Instant::now,
+            reports,
+        )
     }
 
     /// Partition count of `topic`, from cached metadata or after fetching it.

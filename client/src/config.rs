@@ -169,7 +169,13 @@ pub struct ProducerConfig {
     /// Default: 1 MiB.
     pub batch_bytes_max: usize,
     /// Memory for records not yet acknowledged; `send` waits (back-pressure) when it is
-    /// used up. Default: 64 MiB.
+    /// used up. Default: 16 MiB: several times what is in flight at once (a partition's
+    /// `in_flight_batches_per_partition_max` batches of `batch_bytes_max`), which is all a
+    /// producer needs to keep its connections busy; more only queues records longer and
+    /// lets batch data leave the CPU caches before it is sent (64 MiB cost the producer
+    /// 8-10 % more CPU per GB than 16 MiB, at the same throughput). Java's producer has
+    /// 32 MiB (`buffer.memory`, with 16 KiB batches); librdkafka bounds its queue at
+    /// 100,000 messages or 1 GiB.
     pub buffer_bytes_max: usize,
     /// Give up on a batch after this many sends. Default: `u32::MAX` (bounded by
     /// `delivery_timeout_ms` instead, as Kafka does).
@@ -212,7 +218,7 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             linger_ms: 5,
             batch_bytes_max: 1 << 20,
-            buffer_bytes_max: 64 << 20,
+            buffer_bytes_max: 16 << 20,
             retries_max: u32::MAX,
             delivery_timeout_ms: 120_000,
             metadata_wait_ms_max: 30_000,

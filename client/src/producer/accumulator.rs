@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::delivery::Completion;
 use crate::config::Compression;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::partitioner::{partition_for_key, StickyPartitioner};
 use crate::record::ProducerRecord;
 use crate::wire::BatchWriter;
@@ -104,12 +104,24 @@ struct TopicQueues {
     partition_count: Option<(u64, i32)>,
 }
 
+/// Which records of a batch get a handle on its outcome.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Reports {
+    /// Every record (a `DeliveryFuture` each).
+    PerRecord,
+    /// Only the record that opens a batch (its `BatchDelivery` covers the batch): the
+    /// others cost no reference count on the batch's completion.
+    PerBatch,
+}
+
 /// Where `append` put a record.
 pub(crate) struct Appended {
     /// The partition chosen (the delivery report carries it too; tests check it here).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) partition: i32,
-    pub(crate) completion: Arc<Completion>,
+    /// The batch's completion: for every record with [`Reports::PerRecord`], for the
+    /// batch's first record only with [`Reports::PerBatch`].
+    pub(crate) completion: Option<Arc<Completion>>,
     /// The record's index in its batch (offset = base offset + index).
     pub(crate) index: u32,
     /// A batch became ready to send, or a new batch started its linger timer: the
@@ -207,15 +219,6 @@ impl Accumulator {
         }
     }
 
-    /// The partition count of `topic` remembered at metadata `generation`, if that is
-    /// the one remembered.
-    pub(crate) fn known_partition_count(&self, topic: &str, generation: u64) -> Option<i32> {
-        match self.topics.get(topic)?.partition_count {
-            Some((g, n)) if g == generation => Some(n),
-            _ => None,
-        }
-    }
-
     /// Remembers the partition count of `topic` read from metadata of `generation` (or
     /// a later one: the generation is read before the count, so a change in between
     /// only makes the next send look again).
@@ -306,6 +309,7 @@ impl Accumulator {
             partition_count,
             reserved_bytes,
             || now,
+            Reports::PerRecord,
         )
     }
 
@@ -318,6 +322,7 @@ impl Accumulator {
         partition_count: i32,
         reserved_bytes: usize,
         now: impl Fn() -> Instant,
+        reports: Reports,
     ) -> Result<Appended> {
         let topic_queues = match self.topics.get_mut(record.topic.as_str()) {
             Some(q) => q,
@@ -326,67 +331,67 @@ impl Accumulator {
                 .entry(Arc::from(record.topic.as_str()))
                 .or_default(),
         };
-        if topic_queues.partitions.len() < partition_count as usize {
-            topic_queues
-                .partitions
-                .resize_with(partition_count as usize, PartitionQueue::default);
-        }
-        let partition = match (record.partition, &record.key) {
-            (Some(p), _) => p,
-            (None, Some(key)) => partition_for_key(key, partition_count),
-            (None, None) => topic_queues.sticky.partition(partition_count),
+        let batching = Batching {
+            batch_bytes_max: self.batch_bytes_max,
+            compression: self.compression,
+            producer: self.producer,
         };
-        let queue = &mut topic_queues.partitions[partition as usize];
-        let size = record.size_estimate_bytes();
-        let mut wake_sender = false;
+        append_to(
+            topic_queues,
+            &mut self.buffer_pool,
+            batching,
+            record,
+            timestamp_ms,
+            partition_count,
+            reserved_bytes,
+            now,
+            reports,
+        )
+    }
 
-        // Close the open batch if this record would push it past the limit.
-        if let Some(open) = &queue.open {
-            if open.record_count > 0 && open.size_estimate_bytes + size > self.batch_bytes_max {
-                close_open(queue, now(), self.producer)?;
-                topic_queues
-                    .sticky
-                    .on_batch_closed(partition, partition_count);
-                wake_sender = true;
+    /// [`Accumulator::append_with_clock`] with the topic's partition count remembered
+    /// at metadata `generation` (see [`Accumulator::remember_partition_count`]): the
+    /// common send, which looks the topic up once. `None` if the count is not known at
+    /// that generation (nothing was appended); an explicit partition outside the count
+    /// is an error.
+    pub(crate) fn append_if_known(
+        &mut self,
+        record: &ProducerRecord,
+        generation: u64,
+        timestamp_ms: i64,
+        reserved_bytes: usize,
+        now: impl Fn() -> Instant,
+        reports: Reports,
+    ) -> Option<Result<Appended>> {
+        let topic_queues = self.topics.get_mut(record.topic.as_str())?;
+        let partition_count = match topic_queues.partition_count {
+            Some((g, n)) if g == generation => n,
+            _ => return None,
+        };
+        if let Some(p) = record.partition {
+            if p < 0 || p >= partition_count {
+                return Some(Err(Error::UnknownPartition {
+                    topic: record.topic.clone(),
+                    partition: p,
+                }));
             }
         }
-        wake_sender |= queue.open.is_none();
-        let pool = &mut self.buffer_pool;
-        let (compression, batch_bytes_max) = (self.compression, self.batch_bytes_max);
-        let open = queue.open.get_or_insert_with(|| OpenBatch {
-            writer: BatchWriter::new(
-                compression,
-                // A fresh buffer gets the whole batch's capacity at once, so it never
-                // grows (each growth copies it and touches new pages). That reserves
-                // address space only: the kernel gives pages as records fill them.
-                pool.pop()
-                    .unwrap_or_else(|| BytesMut::with_capacity(batch_bytes_max)),
-            ),
-            opened_at: now(),
-            record_count: 0,
-            size_estimate_bytes: crate::wire::BATCH_OVERHEAD_BYTES,
-            reserved_bytes: 0,
-            completion: Arc::new(Completion::default()),
-        });
-        open.writer.push(record, timestamp_ms)?;
-        let index = open.record_count;
-        open.record_count += 1;
-        open.size_estimate_bytes += size;
-        open.reserved_bytes += reserved_bytes;
-        let completion = open.completion.clone();
-        if open.size_estimate_bytes >= self.batch_bytes_max {
-            close_open(queue, now(), self.producer)?;
-            topic_queues
-                .sticky
-                .on_batch_closed(partition, partition_count);
-            wake_sender = true;
-        }
-        Ok(Appended {
-            partition,
-            completion,
-            index,
-            wake_sender,
-        })
+        let batching = Batching {
+            batch_bytes_max: self.batch_bytes_max,
+            compression: self.compression,
+            producer: self.producer,
+        };
+        Some(append_to(
+            topic_queues,
+            &mut self.buffer_pool,
+            batching,
+            record,
+            timestamp_ms,
+            partition_count,
+            reserved_bytes,
+            now,
+            reports,
+        ))
     }
 
     /// Closes batches whose linger expired (all open batches while a flush is pending)
@@ -487,6 +492,91 @@ impl Accumulator {
             .get_mut(topic)
             .and_then(|t| t.partitions.get_mut(partition as usize))
     }
+}
+
+/// The accumulator's settings a record's append needs, copied out so the topic's queues
+/// and the buffer pool can be borrowed at once.
+#[derive(Clone, Copy)]
+struct Batching {
+    batch_bytes_max: usize,
+    compression: Compression,
+    producer: Option<(i64, i16)>,
+}
+
+/// Appends `record` to its partition's open batch in `topic_queues` (see
+/// [`Accumulator::append_with_clock`]); a new batch takes its buffer from `pool`.
+#[allow(clippy::too_many_arguments)]
+fn append_to(
+    topic_queues: &mut TopicQueues,
+    pool: &mut Vec<BytesMut>,
+    batching: Batching,
+    record: &ProducerRecord,
+    timestamp_ms: i64,
+    partition_count: i32,
+    reserved_bytes: usize,
+    now: impl Fn() -> Instant,
+    reports: Reports,
+) -> Result<Appended> {
+    if topic_queues.partitions.len() < partition_count as usize {
+        topic_queues
+            .partitions
+            .resize_with(partition_count as usize, PartitionQueue::default);
+    }
+    let partition = match (record.partition, &record.key) {
+        (Some(p), _) => p,
+        (None, Some(key)) => partition_for_key(key, partition_count),
+        (None, None) => topic_queues.sticky.partition(partition_count),
+    };
+    let queue = &mut topic_queues.partitions[partition as usize];
+    let size = record.size_estimate_bytes();
+    let mut wake_sender = false;
+
+    // Close the open batch if this record would push it past the limit.
+    if let Some(open) = &queue.open {
+        if open.record_count > 0 && open.size_estimate_bytes + size > batching.batch_bytes_max {
+            close_open(queue, now(), batching.producer)?;
+            topic_queues
+                .sticky
+                .on_batch_closed(partition, partition_count);
+            wake_sender = true;
+        }
+    }
+    wake_sender |= queue.open.is_none();
+    let (compression, batch_bytes_max) = (batching.compression, batching.batch_bytes_max);
+    let open = queue.open.get_or_insert_with(|| OpenBatch {
+        writer: BatchWriter::new(
+            compression,
+            // A fresh buffer gets the whole batch's capacity at once, so it never
+            // grows (each growth copies it and touches new pages). That reserves
+            // address space only: the kernel gives pages as records fill them.
+            pool.pop()
+                .unwrap_or_else(|| BytesMut::with_capacity(batch_bytes_max)),
+        ),
+        opened_at: now(),
+        record_count: 0,
+        size_estimate_bytes: crate::wire::BATCH_OVERHEAD_BYTES,
+        reserved_bytes: 0,
+        completion: Arc::new(Completion::default()),
+    });
+    open.writer.push(record, timestamp_ms)?;
+    let index = open.record_count;
+    open.record_count += 1;
+    open.size_estimate_bytes += size;
+    open.reserved_bytes += reserved_bytes;
+    let completion = (index == 0 || reports == Reports::PerRecord).then(|| open.completion.clone());
+    if open.size_estimate_bytes >= batching.batch_bytes_max {
+        close_open(queue, now(), batching.producer)?;
+        topic_queues
+            .sticky
+            .on_batch_closed(partition, partition_count);
+        wake_sender = true;
+    }
+    Ok(Appended {
+        partition,
+        completion,
+        index,
+        wake_sender,
+    })
 }
 
 /// Kafka's sequence arithmetic: `i32::MAX` is followed by 0.
@@ -653,7 +743,41 @@ mod tests {
             .append(&record(Some("foobar"), 10), 0, 10, 50, now)
             .unwrap();
         assert_eq!((first.index, second.index), (0, 1));
-        assert!(Arc::ptr_eq(&first.completion, &second.completion));
+        assert!(Arc::ptr_eq(
+            first.completion.as_ref().unwrap(),
+            second.completion.as_ref().unwrap()
+        ));
+    }
+
+    /// Per-batch reports: only the record that opens a batch holds its completion,
+    /// and every batch has one such record.
+    #[test]
+    fn per_batch_reports_go_to_the_first_record_of_each_batch_only() {
+        let mut a = acc(60_000, 1024);
+        let t0 = Instant::now();
+        let mut opened = Vec::new();
+        for i in 0..20 {
+            let appended = a
+                .append_with_clock(&record(Some("k"), 100), 0, 1, 150, || t0, Reports::PerBatch)
+                .unwrap();
+            assert_eq!(
+                appended.completion.is_some(),
+                appended.index == 0,
+                "record {i} (index {})",
+                appended.index
+            );
+            if appended.index == 0 {
+                opened.push(appended.completion.unwrap());
+            }
+        }
+        a.in_flight_max = usize::MAX;
+        a.flushes_pending = 1;
+        let (ready, _) = a.drain(t0).unwrap();
+        assert!(ready.len() > 1, "several batches: {}", ready.len());
+        assert_eq!(ready.len(), opened.len(), "one report per batch");
+        for (d, c) in ready.iter().zip(&opened) {
+            assert!(Arc::ptr_eq(&d.batch.completion, c));
+        }
     }
 
     #[test]

@@ -159,10 +159,7 @@ impl DeliveryFuture {
     /// A future of the whole batch this record is in: resolves once, when the batch is
     /// acknowledged or has failed, to a [`BatchReport`].
     pub fn batch(self) -> BatchDelivery {
-        BatchDelivery {
-            completion: self.completion,
-            slot: None,
-        }
+        BatchDelivery::new(self.completion)
     }
 }
 
@@ -184,6 +181,15 @@ pub struct BatchReport {
 pub struct BatchDelivery {
     completion: Arc<Completion>,
     slot: Option<usize>,
+}
+
+impl BatchDelivery {
+    pub(crate) fn new(completion: Arc<Completion>) -> Self {
+        BatchDelivery {
+            completion,
+            slot: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for BatchDelivery {

@@ -43,7 +43,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Request, StrBytes};
 use tokio::sync::{mpsc, Notify, Semaphore, TryAcquireError};
 
-use self::accumulator::{Accumulator, Drained};
+use self::accumulator::{Accumulator, Drained, Reports};
 pub use self::delivery::{BatchDelivery, BatchReport, DeliveryFuture};
 use crate::cluster::Cluster;
 use crate::config::{Acks, ProducerConfig};
@@ -115,6 +115,21 @@ impl RequestLatency {
     }
 }
 
+/// A queued record: its batch's completion (see [`Reports`]) and its index in the batch.
+struct Queued {
+    completion: Option<Arc<delivery::Completion>>,
+    index: u32,
+}
+
+/// What [`Producer::send_now`] got to.
+enum SendNow {
+    /// The send is over: appended, or failed.
+    Done(Result<Queued>),
+    /// It has to wait: for `size` bytes of budget unless `budget_held`, then for the
+    /// topic's metadata or the producer id.
+    Wait { size: usize, budget_held: bool },
+}
+
 /// An asynchronous Kafka producer.
 ///
 /// ```no_run
@@ -181,31 +196,123 @@ impl Producer {
     /// build one and change only what differs, without allocating or cloning a record,
     /// its topic name or its value per send.
     pub async fn send_ref(&self, record: &ProducerRecord) -> Result<DeliveryFuture> {
+        let queued = self.send_reporting(record, Reports::PerRecord).await?;
+        match queued.completion {
+            Some(completion) => Ok(DeliveryFuture::new(completion, queued.index)),
+            None => Err(Error::Protocol(
+                "internal: a record sent for a report of its own got none".into(),
+            )),
+        }
+    }
+
+    /// [`Producer::send_ref`] for a caller that wants one report per batch rather than
+    /// per record (a bulk loader, a benchmark): the record that opens a batch gets the
+    /// batch's [`BatchDelivery`], whose [`BatchReport`] counts and settles every record
+    /// of the batch; the others get `None`. Each record is queued exactly as by
+    /// `send_ref` (same order, retries, back-pressure), but the records that join a
+    /// batch hold no reference to its outcome, which spares two atomic read-modify-writes
+    /// per record (the reference's count up and down).
+    pub async fn send_ref_batched(&self, record: &ProducerRecord) -> Result<Option<BatchDelivery>> {
+        let queued = self.send_reporting(record, Reports::PerBatch).await?;
+        Ok(queued
+            .completion
+            .filter(|_| queued.index == 0)
+            .map(BatchDelivery::new))
+    }
+
+    /// Queues `record`, with the batch's completion for the records `reports` names.
+    async fn send_reporting(&self, record: &ProducerRecord, reports: Reports) -> Result<Queued> {
+        match self.send_now(record, reports) {
+            SendNow::Done(result) => result,
+            // Boxed: the slow path's state (budget and metadata waits) would otherwise
+            // make every send's future that large, to be set up and moved per record.
+            SendNow::Wait { size, budget_held } => {
+                Box::pin(self.send_after_waits(record, size, budget_held, reports)).await
+            }
+        }
+    }
+
+    /// The common send, without waiting: budget free, the topic's partition count
+    /// known (and, idempotent, the producer id). Otherwise says what is left to wait for.
+    fn send_now(&self, record: &ProducerRecord, reports: Reports) -> SendNow {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+            return SendNow::Done(Err(Error::Closed));
         }
         let size = record.size_estimate_bytes();
         if size > inner.config.buffer_bytes_max || size > REQUEST_RECORD_BYTES_MAX {
-            return Err(Error::RecordTooLarge {
+            return SendNow::Done(Err(Error::RecordTooLarge {
                 record_bytes: size,
                 limit_bytes: inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX),
-            });
+            }));
         }
         // Buffer budget first: without waiters the semaphore's fast path, no future.
+        // The budget is returned by hand when the batch completes (see `finish_batch`),
+        // so a record costs no permit object; a send that fails returns it.
         match inner.memory.try_acquire_many(size as u32) {
             Ok(permit) => permit.forget(),
-            Err(TryAcquireError::Closed) => return Err(Error::Closed),
-            Err(TryAcquireError::NoPermits) => inner
+            Err(TryAcquireError::Closed) => return SendNow::Done(Err(Error::Closed)),
+            Err(TryAcquireError::NoPermits) => {
+                return SendNow::Wait {
+                    size,
+                    budget_held: false,
+                }
+            }
+        }
+        let generation = inner.cluster.generation();
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let appended = {
+            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+            let ready = !inner.config.is_idempotent() || acc.producer().is_some();
+            if !ready {
+                None
+            } else {
+                acc.append_if_known(
+                    record,
+                    generation,
+                    timestamp_ms,
+                    size,
+                    Instant::now,
+                    reports,
+                )
+            }
+        };
+        match appended {
+            Some(appended) => SendNow::Done(self.appended(appended, size)),
+            None => SendNow::Wait {
+                size,
+                budget_held: true,
+            },
+        }
+    }
+
+    /// The rest of a send that [`Producer::send_now`] could not finish: waits for
+    /// budget (unless held) and the topic's metadata, then appends.
+    async fn send_after_waits(
+        &self,
+        record: &ProducerRecord,
+        size: usize,
+        budget_held: bool,
+        reports: Reports,
+    ) -> Result<Queued> {
+        let inner = &self.inner;
+        if !budget_held {
+            inner
                 .memory
                 .acquire_many(size as u32)
                 .await
                 .map_err(|_| Error::Closed)?
-                .forget(),
+                .forget();
         }
-        // The budget is returned by hand when the batch completes (see `finish_batch`),
-        // so a record costs no permit object; a send that fails here returns it.
-        let appended = match self.append_reserved(record, size).await {
+        let appended = self.append_reserved(record, size, reports).await;
+        self.appended(appended, size)
+    }
+
+    /// A record's append done: its budget back if it failed, else the sender woken if
+    /// the append asks for it, and where the record went.
+    fn appended(&self, appended: Result<accumulator::Appended>, size: usize) -> Result<Queued> {
+        let inner = &self.inner;
+        let appended = match appended {
             Ok(a) => a,
             Err(e) => {
                 inner.memory.add_permits(size);
@@ -215,7 +322,10 @@ impl Producer {
         if appended.wake_sender {
             inner.wake_sender.notify_one();
         }
-        Ok(DeliveryFuture::new(appended.completion, appended.index))
+        Ok(Queued {
+            completion: appended.completion,
+            index: appended.index,
+        })
     }
 
     /// Appends `record` (its `size` of budget already held) to its partition's batch.
@@ -225,6 +335,7 @@ impl Producer {
         &self,
         record: &ProducerRecord,
         size: usize,
+        reports: Reports,
     ) -> Result<accumulator::Appended> {
         let inner = &self.inner;
         let generation = inner.cluster.generation();
@@ -232,18 +343,17 @@ impl Producer {
         {
             let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
             let ready = !inner.config.is_idempotent() || acc.producer().is_some();
-            if let Some(partition_count) = acc
-                .known_partition_count(&record.topic, generation)
-                .filter(|_| ready)
-            {
-                check_partition(record, partition_count)?;
-                return acc.append_with_clock(
+            if ready {
+                if let Some(appended) = acc.append_if_known(
                     record,
+                    generation,
                     timestamp_ms,
-                    partition_count,
                     size,
                     Instant::now,
-                );
+                    reports,
+                ) {
+                    return appended;
+                }
             }
         }
         let partition_count = self.partition_count(&record.topic).await?;
@@ -253,7 +363,14 @@ impl Producer {
         }
         let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
         acc.remember_partition_count(&record.topic, generation, partition_count);
-        acc.append_with_clock(record, timestamp_ms, partition_count, size, Instant::now)
+        acc.append_with_clock(
+            record,
+            timestamp_ms,
+            partition_count,
+            size,
+            Instant::now,
+            reports,
+        )
     }
 
     /// Partition count of `topic`, from cached metadata or after fetching it.

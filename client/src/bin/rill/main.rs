@@ -148,7 +148,7 @@ pub(crate) struct ProducerOptions {
     #[arg(long, default_value_t = 1 << 20)]
     pub(crate) batch_bytes_max: usize,
     /// Memory for unacknowledged records, in bytes.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = ProducerConfig::default().buffer_bytes_max)]
     pub(crate) buffer_bytes_max: usize,
     /// Batches of one partition in flight at once (Kafka's
     /// max.in.flight.requests.per.connection); at most 5 with idempotence. Without

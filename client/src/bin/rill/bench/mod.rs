@@ -353,23 +353,24 @@ async fn produce_flat_out(
             mark = Instant::now();
         }
         set_bench_key(b, &mut record, n);
-        let mut send = std::pin::pin!(producer.send_ref(&record));
-        let (delivery, sent_at) = match futures::poll!(send.as_mut()) {
-            Poll::Ready(delivery) => (delivery?, mark),
+        // One report per batch: a record that joins an open batch gets none (its
+        // batch's report, held by the batch's first record, counts it).
+        let mut send = std::pin::pin!(producer.send_ref_batched(&record));
+        let (opened, sent_at) = match futures::poll!(send.as_mut()) {
+            Poll::Ready(opened) => (opened?, mark),
             Poll::Pending => {
                 // Back-pressure: this record's batch (if it opens one) keeps the mark
                 // from before the wait; later records get a fresh one.
-                let delivery = send.await?;
+                let opened = send.await?;
                 let sent_at = mark;
                 mark = Instant::now();
-                (delivery, sent_at)
+                (opened, sent_at)
             }
         };
-        if !delivery.opens_batch() {
-            // Its batch's first record stands for it (dropping does not cancel).
+        let Some(batch) = opened else {
             continue;
-        }
-        batches.push(delivery.batch().map(move |r| (sent_at, r)));
+        };
+        batches.push(batch.map(move |r| (sent_at, r)));
         // A batch opened: collect the ones already settled, without waiting.
         while let Some(Some((sent_at, report))) = batches.next().now_or_never() {
             settle_batch(tally, sent_at, report);

@@ -580,6 +580,8 @@ impl Consumer {
             state.position = Position::Fetch(at);
         }
         self.queued.retain(|c| &c.tp != tp);
+        // The next record the application can get is at the failed batch.
+        self.consumed_positions.insert(tp.clone(), at);
         self.shared.changed.notify_one();
     }
 

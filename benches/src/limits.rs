@@ -1,7 +1,9 @@
 //! The machine's limits, measured in the same run as the scenarios: what the file
 //! system takes buffered and with an fdatasync every 1 MiB (one stream, and three at
-//! once: three replicas sharing a disk), memcpy and CRC-32C bandwidth, and one loopback
-//! TCP stream. The scenarios' figures are divided by these.
+//! once: three replicas sharing a disk), memcpy and CRC-32C bandwidth, one loopback
+//! TCP stream, and one fetch-shaped loopback stream (sent from a mapped file in the page
+//! cache, CRC-checked on receive: what a consumer's catch-up can reach at most). The
+//! scenarios' figures are divided by these.
 //!
 //! Each measurement also takes its threads' CPU time (`getrusage(RUSAGE_THREAD)`), so
 //! the suite can print the floor of CPU-seconds per GB that the unavoidable work of a
@@ -22,6 +24,9 @@ use crate::Error;
 const CHUNK_BYTES: usize = 1 << 20;
 /// memcpy buffers: larger than any last-level cache, so this measures memory.
 const MEMCPY_BUFFER_BYTES: usize = 64 << 20;
+/// The file the fetch-shaped loopback sends from, cycling: larger than any last-level
+/// cache, as a catch-up read through log segments is.
+const FETCH_FILE_BYTES: usize = 64 << 20;
 
 /// Bytes each measurement moves.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +58,12 @@ pub(crate) struct Limits {
     /// CPU of the loopback sender's and receiver's threads, per GB moved.
     pub(crate) loopback_send_cpu_s_per_gb: f64,
     pub(crate) loopback_recv_cpu_s_per_gb: f64,
+    /// One loopback stream shaped like a consumer's catch-up: 1 MiB writes straight
+    /// from a mapped file in the page cache (as the broker writes fetch responses), read
+    /// in 1 MiB frames that are CRC-32C checked (as the consumer checks each batch).
+    pub(crate) fetch_loopback_mb_s: f64,
+    /// CPU of that stream's receiver (read + CRC), per GB.
+    pub(crate) fetch_loopback_recv_cpu_s_per_gb: f64,
 }
 
 /// CPU-seconds per GB of work that runs at `mb_s` on one busy thread.
@@ -96,6 +107,8 @@ impl Limits {
             "loopback_tcp_single_stream_mb_s": self.loopback_tcp_mb_s,
             "loopback_send_cpu_s_per_gb": self.loopback_send_cpu_s_per_gb,
             "loopback_recv_cpu_s_per_gb": self.loopback_recv_cpu_s_per_gb,
+            "fetch_loopback_crc_mb_s": self.fetch_loopback_mb_s,
+            "fetch_loopback_recv_cpu_s_per_gb": self.fetch_loopback_recv_cpu_s_per_gb,
             "client_floor_cpu_s_per_gb": self.client_floor_cpu_s_per_gb(),
             "broker_floor_cpu_s_per_gb": self.broker_floor_cpu_s_per_gb(),
             "bytes": {
@@ -267,6 +280,112 @@ fn loopback(bytes: u64) -> Result<(f64, f64, f64), Error> {
     ))
 }
 
+/// A file of `len` bytes mapped read-only, unmapped on drop.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &std::fs::File, len: usize) -> Result<Mapped, Error> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a read-only shared mapping of a file we own, of its written length;
+        // nothing truncates the file while it is mapped.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io("map limit file")(std::io::Error::last_os_error()));
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `self` is dropped.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// A consumer's catch-up with nothing but the unavoidable work: one loopback
+/// connection; the sender writes 1 MiB slices of a mapped file in the page cache (as
+/// the broker writes a fetch response's segment slices), the receiver reads whole
+/// 1 MiB frames and computes each one's CRC-32C (as the consumer checks each batch).
+/// No protocol, no records. Returns MB/s and the receiver's CPU-seconds per GB.
+fn fetch_loopback(dir: &Path, bytes: u64) -> Result<(f64, f64), Error> {
+    let path = dir.join("limit-fetch.bin");
+    {
+        let mut file = std::fs::File::create(&path).map_err(io("create limit file"))?;
+        let data = chunk();
+        for _ in 0..FETCH_FILE_BYTES / CHUNK_BYTES {
+            file.write_all(&data).map_err(io("write limit file"))?;
+        }
+    }
+    let file = std::fs::File::open(&path).map_err(io("open limit file"))?;
+    let mapped = Mapped::new(&file, FETCH_FILE_BYTES);
+    // The page cache keeps the pages; the name is not needed any more.
+    let _ = std::fs::remove_file(&path);
+    let mapped = mapped?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind loopback listener"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("loopback listener address"))?;
+    let reader = std::thread::spawn(move || -> std::io::Result<(u64, f64, u32)> {
+        let (mut stream, _) = listener.accept()?;
+        let mut frame = vec![0u8; CHUNK_BYTES];
+        let (mut total, mut filled, mut crc) = (0u64, 0usize, 0u32);
+        let cpu_before = thread_cpu_s();
+        loop {
+            match stream.read(&mut frame[filled..])? {
+                0 => return Ok((total, thread_cpu_s() - cpu_before, crc)),
+                n => {
+                    total += n as u64;
+                    filled += n;
+                    if filled == frame.len() {
+                        crc ^= crc32c::crc32c(&frame);
+                        filled = 0;
+                    }
+                }
+            }
+        }
+    });
+    let mut stream = TcpStream::connect(addr).map_err(io("connect loopback"))?;
+    // Touch every page once, so the sender measures sends, not first faults.
+    let warm: u8 = mapped.bytes().iter().step_by(4096).fold(0, |a, b| a ^ b);
+    std::hint::black_box(warm);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut at = 0usize;
+    while sent < bytes {
+        let end = at + CHUNK_BYTES;
+        stream
+            .write_all(&mapped.bytes()[at..end])
+            .map_err(io("write loopback"))?;
+        at = if end >= FETCH_FILE_BYTES { 0 } else { end };
+        sent += CHUNK_BYTES as u64;
+    }
+    drop(stream);
+    let (received, recv_cpu_s, crc) = reader
+        .join()
+        .map_err(|_| Error::Config("fetch loopback reader panicked".to_owned()))?
+        .map_err(io("read loopback"))?;
+    std::hint::black_box(crc);
+    Ok((mb_per_s(received, started), per_gb(recv_cpu_s, received)))
+}
+
 /// Measures them all, writing files in `dir` (on the brokers' file system).
 pub(crate) fn measure(dir: &Path, sizes: LimitSizes) -> Result<Limits, Error> {
     let (buffered_write_mb_s, buffered_write_cpu_s_per_gb) =
@@ -287,6 +406,8 @@ pub(crate) fn measure(dir: &Path, sizes: LimitSizes) -> Result<Limits, Error> {
     let crc32c_mb_s = crc32c(sizes.memcpy_bytes);
     let (loopback_tcp_mb_s, loopback_send_cpu_s_per_gb, loopback_recv_cpu_s_per_gb) =
         loopback(sizes.loopback_bytes)?;
+    let (fetch_loopback_mb_s, fetch_loopback_recv_cpu_s_per_gb) =
+        fetch_loopback(dir, sizes.loopback_bytes)?;
     Ok(Limits {
         buffered_write_mb_s,
         buffered_write_cpu_s_per_gb,
@@ -297,5 +418,7 @@ pub(crate) fn measure(dir: &Path, sizes: LimitSizes) -> Result<Limits, Error> {
         loopback_tcp_mb_s,
         loopback_send_cpu_s_per_gb,
         loopback_recv_cpu_s_per_gb,
+        fetch_loopback_mb_s,
+        fetch_loopback_recv_cpu_s_per_gb,
     })
 }

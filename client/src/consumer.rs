@@ -2,9 +2,11 @@
 //! with [`Consumer::seek`]; in subscribe mode ([`Consumer::subscribe`]) a consumer group
 //! assigns them (see [`crate::group`]). Either way records come as a [`Stream`].
 //!
-//! A background fetcher keeps one fetch per leader in flight and decodes responses into
-//! a bounded channel of `prefetch_responses_max` responses, so the next records are usually
-//! ready when the application asks. Every assignment or seek bumps the partition's
+//! A background fetcher keeps one fetch per leader in flight and hands responses over
+//! through a bounded channel of `prefetch_responses_max` responses, so the next records
+//! are usually ready when the application asks. It walks only the batch headers (to
+//! know the next offset) and sends the next fetch at once; the stream decodes the
+//! batches as it reaches them, so decoding overlaps the network and the broker. Every assignment or seek bumps the partition's
 //! *epoch*; chunks fetched under an older epoch are dropped, so a seek is never followed
 //! by records from before it.
 
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::Stream;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -231,11 +234,24 @@ impl Shared {
 }
 
 /// Records of one partition from one fetch, tagged with the epoch they were fetched at.
+///
+/// The fetcher only walks the batch headers (to know where to fetch next) and hands
+/// over the raw batches; they are decoded here, on the application's side, one batch
+/// at a time as the stream reaches them, so decoding overlaps the next fetch.
 pub(crate) struct Chunk {
     tp: TopicPartition,
+    /// The same topic name shared by every record of the chunk.
+    topic: Arc<str>,
     epoch: u64,
     cursor: Arc<Cursor>,
+    /// Decoded records not handed out yet. [`Chunk::fill`] keeps at least two here while
+    /// batches remain, so the stream knows when it hands out the chunk's last record.
     records: VecDeque<ConsumerRecord>,
+    /// Whole batches not decoded yet (cut by [`crate::wire::walk_batches`]).
+    batches: Bytes,
+    /// A batch that failed to decode, with the offset to fetch again from: reported
+    /// once the records before it are handed out.
+    failed: Option<(Error, i64)>,
     /// Offset after the chunk's last batch. Control batches (a Raft leader's entry,
     /// transaction markers) hold offsets but no records for the application, so the
     /// position moves here once the chunk's records are consumed, not to the last
@@ -243,6 +259,40 @@ pub(crate) struct Chunk {
     next_offset: i64,
     /// The offset the fetch asked for (the position while the chunk waits).
     fetch_offset: i64,
+}
+
+impl Chunk {
+    /// Decodes batches until two records are ready, every batch is decoded, or one
+    /// fails (kept in `failed`). Per batch, never per record: bounded by one batch's
+    /// records beyond the two.
+    fn fill(&mut self) {
+        while self.records.len() < 2 && !self.batches.is_empty() && self.failed.is_none() {
+            let result = crate::wire::decode_first_batch(
+                &mut self.batches,
+                &self.topic,
+                self.tp.partition,
+                self.fetch_offset,
+                &mut self.records,
+            );
+            if let Err(e) = result {
+                // Records below the failed batch were handed out (or are in `records`):
+                // reading resumes at the batch, or at the fetch offset inside it.
+                let at = crate::wire::first_base_offset(&self.batches)
+                    .map_or(self.fetch_offset, |b| b.max(self.fetch_offset));
+                self.batches = Bytes::new();
+                self.failed = Some((e, at));
+            }
+        }
+    }
+
+    /// The offset of the next record (or failure) the chunk hands out, if any.
+    fn next_position(&mut self) -> Option<i64> {
+        self.fill();
+        self.records
+            .front()
+            .map(|r| r.offset)
+            .or(self.failed.as_ref().map(|(_, at)| *at))
+    }
 }
 
 /// An assign-mode consumer. Read records through its [`Stream`] implementation:
@@ -516,6 +566,25 @@ impl Consumer {
         Ok(())
     }
 
+    /// After a batch of `tp` failed to decode: fetch again from `at` (a new epoch, so
+    /// chunks fetched beyond the batch are dropped), keeping what was delivered. The
+    /// application sees the error each time it polls past the batch, as with Kafka's
+    /// `CorruptRecordException`. Nothing happens if `tp` was sought since `epoch`.
+    fn rewind(&mut self, tp: &TopicPartition, epoch: u64, at: i64) {
+        {
+            let mut map = self.shared.lock();
+            let Some(state) = map.get_mut(tp).filter(|s| s.epoch == epoch) else {
+                return;
+            };
+            state.epoch = self.shared.epoch();
+            state.position = Position::Fetch(at);
+        }
+        self.queued.retain(|c| &c.tp != tp);
+        // The next record the application can get is at the failed batch.
+        self.consumed_positions.insert(tp.clone(), at);
+        self.shared.changed.notify_one();
+    }
+
     /// The offset of the next record the stream will return for `tp` (Kafka's
     /// `position`). A symbolic position (beginning, end, timestamp) is resolved now, so
     /// after `seek(tp, Offset::End)` this pins "the end" to the current log end.
@@ -526,17 +595,14 @@ impl Consumer {
                 partition: tp.partition,
             });
         }
-        if let Some(chunk) = self.current.as_ref().filter(|c| &c.tp == tp) {
-            if let Some(r) = chunk.records.front() {
-                return Ok(r.offset);
+        if let Some(chunk) = self.current.as_mut().filter(|c| &c.tp == tp) {
+            if let Some(o) = chunk.next_position() {
+                return Ok(o);
             }
         }
         // Fetched ahead but not handed out yet: the position is where that starts.
-        if let Some(chunk) = self.queued.iter().find(|c| &c.tp == tp) {
-            return Ok(chunk
-                .records
-                .front()
-                .map_or(chunk.fetch_offset, |r| r.offset));
+        if let Some(chunk) = self.queued.iter_mut().find(|c| &c.tp == tp) {
+            return Ok(chunk.next_position().unwrap_or(chunk.fetch_offset));
         }
         if let Some(o) = self.consumed_positions.get(tp) {
             return Ok(*o);
@@ -601,8 +667,11 @@ impl Stream for Consumer {
         let this = self.get_mut();
         loop {
             if let Some(chunk) = &mut this.current {
+                chunk.fill();
                 if let Some(record) = chunk.records.pop_front() {
-                    let last = chunk.records.is_empty();
+                    // `fill` left two records or decoded every batch: none left now
+                    // means this is the chunk's last, unless a failed batch follows.
+                    let last = chunk.records.is_empty() && chunk.failed.is_none();
                     let next = if last {
                         chunk.next_offset.max(record.offset + 1)
                     } else {
@@ -617,6 +686,12 @@ impl Stream for Consumer {
                         this.consumed_positions.insert(chunk.tp.clone(), next);
                     }
                     return Poll::Ready(Some(Ok(record)));
+                }
+                if let Some((e, at)) = chunk.failed.take() {
+                    let (tp, epoch) = (chunk.tp.clone(), chunk.epoch);
+                    this.current = None;
+                    this.rewind(&tp, epoch, at);
+                    return Poll::Ready(Some(Err(e)));
                 }
                 // A chunk of control batches only: nothing to hand out, but the
                 // position moves past them.
@@ -931,19 +1006,29 @@ async fn fetch_from(
             if records.is_empty() {
                 continue;
             }
-            let mut out = VecDeque::new();
-            let next =
-                crate::wire::decode_records(records, &topic_arc, tp.partition, offset, &mut out)?;
-            if let Some(next) = next.filter(|n| *n > offset) {
+            // Headers only: the records are decoded by the stream, while the next
+            // fetch is on its way.
+            let (batches, next) = match crate::wire::walk_batches(&records) {
+                Ok(Some(walked)) => walked,
+                Ok(None) => continue,
+                Err(e) => {
+                    tx.send(Err(e)).await.map_err(|_| Error::Closed)?;
+                    continue;
+                }
+            };
+            if next > offset {
                 let Some(cursor) = cursors.get(&tp).cloned() else {
                     continue;
                 };
                 advance(shared, &tp, epoch, Position::Fetch(next));
                 chunks.push(Chunk {
                     tp,
+                    topic: topic_arc.clone(),
                     epoch,
                     cursor,
-                    records: out,
+                    records: VecDeque::new(),
+                    batches,
+                    failed: None,
                     next_offset: next,
                     fetch_offset: offset,
                 });

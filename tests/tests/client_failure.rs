@@ -216,3 +216,122 @@ async fn consumer_resumes_at_the_next_offset_after_a_broker_restart() {
         expected += 1;
     }
 }
+
+/// The consumer's next answer, failing the test after 30 s.
+async fn next_within(
+    consumer: &mut rill_client::Consumer,
+) -> Result<rill_client::ConsumerRecord, rill_client::Error> {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("an answer within 30 s")
+        .expect("stream open")
+}
+
+/// The `.log` segment files under `dir` whose path names `topic`, sorted.
+fn segment_files(dir: &std::path::Path, topic: &str, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            segment_files(&path, topic, out);
+        } else if path.extension().is_some_and(|e| e == "log")
+            && path.to_string_lossy().contains(topic)
+        {
+            out.push(path);
+        }
+    }
+    out.sort();
+}
+
+/// A batch whose CRC fails on the way to the application (a byte flipped in the
+/// broker's segment file, under its mapping): the records before it arrive in order,
+/// then every poll reports the error instead of skipping the batch (the stream decodes
+/// batches after the fetcher has moved on, so it must rewind), and a seek past it reads
+/// on. Never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_reports_a_corrupt_batch_and_does_not_skip_it() {
+    use rill_client::{Consumer, ConsumerConfig, Offset, TopicPartition};
+    use std::io::{Seek, SeekFrom, Write};
+
+    let broker = RilldProcess::start();
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "corrupt", 1).await;
+    let producer = Producer::new(ProducerConfig::new(&bootstrap)).expect("producer");
+    // Three batches of 10 records: one flush each.
+    for b in 0..3 {
+        for n in 0..10 {
+            let _delivered = producer
+                .send(ProducerRecord::new("corrupt", format!("b{b}-r{n}")))
+                .await
+                .expect("send");
+        }
+        producer.flush().await.expect("flush");
+    }
+
+    // The data batches in the segment: (file, position, base offset, next offset).
+    let mut files = Vec::new();
+    segment_files(&broker.data_dir(), "corrupt", &mut files);
+    let mut batches = Vec::new();
+    for file in &files {
+        let data = std::fs::read(file).expect("read segment");
+        let mut pos = 0;
+        while pos + 12 <= data.len() && data[pos + 8..pos + 12] != [0, 0, 0, 0] {
+            let batch = rill_record::BatchView::new(&data[pos..]).expect("a whole batch");
+            if !batch.is_control() {
+                batches.push((file.clone(), pos, batch.base_offset(), batch.next_offset()));
+            }
+            pos += batch.size_bytes();
+        }
+    }
+    assert_eq!(batches.len(), 3, "three data batches in {files:?}");
+    let (file, pos, bad_base, bad_next) = batches[1].clone();
+    // The last byte of the middle batch: its last record's value, inside the CRC.
+    let bad_len = {
+        let data = std::fs::read(&file).expect("read segment");
+        rill_record::BatchView::new(&data[pos..])
+            .expect("batch")
+            .size_bytes()
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .expect("open segment");
+    f.seek(SeekFrom::Start((pos + bad_len - 1) as u64))
+        .expect("seek");
+    f.write_all(b"X").expect("flip a byte");
+    drop(f);
+
+    let mut config = ConsumerConfig::new(&bootstrap);
+    config.client.retry_backoff_max_ms = 100;
+    let mut consumer = Consumer::new(config).expect("consumer");
+    let tp = TopicPartition::new("corrupt", 0);
+    consumer.assign(std::slice::from_ref(&tp));
+    consumer.seek(&tp, Offset::Beginning).unwrap();
+    for n in 0..10 {
+        let record = next_within(&mut consumer)
+            .await
+            .expect("a record before the bad batch");
+        assert_eq!(record.value.as_deref(), Some(format!("b0-r{n}").as_bytes()));
+    }
+    for attempt in 0..3 {
+        match next_within(&mut consumer).await {
+            Err(e) => println!("poll {attempt} at the bad batch: {e}"),
+            Ok(r) => panic!(
+                "poll {attempt}: got offset {} past the corrupt batch {bad_base}..{bad_next}",
+                r.offset
+            ),
+        }
+    }
+    assert_eq!(consumer.position(&tp).await.expect("position"), bad_base);
+    consumer.seek(&tp, Offset::At(bad_next)).unwrap();
+    for n in 0..10 {
+        let record = next_within(&mut consumer)
+            .await
+            .expect("a record after the bad batch");
+        assert_eq!(record.value.as_deref(), Some(format!("b2-r{n}").as_bytes()));
+    }
+}

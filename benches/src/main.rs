@@ -85,6 +85,10 @@ struct SuiteArgs {
     /// Seconds of each fixed-rate (half the measured maximum) run.
     #[arg(long)]
     rate_seconds: Option<f64>,
+    /// The producer's linger in the fixed-rate runs, in ms (the client's default is 5;
+    /// up to that long is part of each record's latency).
+    #[arg(long, default_value_t = 1)]
+    rate_linger_ms: u64,
     /// MiB moved by each machine-limit measurement (default: 2048 buffered write,
     /// 512 fdatasync, 8192 memcpy, 4096 loopback; --quick a quarter or less).
     #[arg(long)]
@@ -206,6 +210,7 @@ fn suite(a: SuiteArgs) -> Result<(), Error> {
             Profile::Default => 5.0,
             Profile::Full => 10.0,
         }),
+        rate_linger_ms: a.rate_linger_ms,
     };
     let limit_sizes = match (a.limits_mib, profile) {
         (Some(mib), _) => LimitSizes {
@@ -366,7 +371,7 @@ fn suite(a: SuiteArgs) -> Result<(), Error> {
     let machine_after = machine();
     println!();
     print!("{}", report::table(&medians, &limits));
-    println!("(medians of the measured runs; latency from send, or from the schedule at a fixed rate; CPU-s/G: CPU-seconds per GB, brokers summed)");
+    println!("(medians of the measured runs; latency from send, or from the schedule at a fixed rate (producer linger {} ms there); CPU-s/G: CPU-seconds per GB, brokers summed)", sizes.rate_linger_ms);
     println!();
     print!("{}", report::limits_text(&limits));
     match &tansu {
@@ -411,6 +416,7 @@ fn suite(a: SuiteArgs) -> Result<(), Error> {
         "machine_after": machine_after,
         "profile": format!("{profile:?}"),
         "runs": runs,
+        "rate_linger_ms": sizes.rate_linger_ms,
         "rilld": rilld,
         "peer": tansu,
         "limits": limits.to_json(limit_sizes),

@@ -47,6 +47,10 @@ pub(crate) struct RateOf {
     pub(crate) of: String,
     pub(crate) fraction: f64,
     pub(crate) seconds: f64,
+    /// The producer's linger (`rill bench produce --linger-ms`) in these runs: a
+    /// batch may wait this long for more records before it is sent, so it is part
+    /// of every record's latency (see [`Sizes::rate_linger_ms`]).
+    pub(crate) linger_ms: u64,
 }
 
 /// `producers` concurrent `rill bench produce` processes.
@@ -117,6 +121,11 @@ pub(crate) struct Sizes {
     pub(crate) count: u64,
     /// Length of each fixed-rate run.
     pub(crate) rate_seconds: f64,
+    /// The producer's linger in fixed-rate runs. The client's default (5 ms, as
+    /// Kafka's and librdkafka's) holds a record in its batch for up to 5 ms before the
+    /// batch is sent, half of a 10 ms latency budget spent by design; the latency runs
+    /// default to 1 ms so that their figure is mostly the broker's round trip.
+    pub(crate) rate_linger_ms: u64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -143,7 +152,7 @@ fn produce(
     })
 }
 
-fn rate_half(name: &str, of: &Step, seconds: f64) -> Step {
+fn rate_half(name: &str, of: &Step, sizes: Sizes) -> Step {
     let Step::Produce(p) = of else {
         unreachable!("a rate step follows a produce step");
     };
@@ -154,7 +163,8 @@ fn rate_half(name: &str, of: &Step, seconds: f64) -> Step {
         rate: Some(RateOf {
             of: p.name.clone(),
             fraction: 0.5,
-            seconds,
+            seconds: sizes.rate_seconds,
+            linger_ms: sizes.rate_linger_ms,
         }),
         compare: Compare::None,
         peer_of: None,
@@ -176,12 +186,11 @@ fn consume(name: &str, of: &str, drop_cache: bool, compare: Compare) -> Step {
 /// cases.
 pub(crate) fn cases(profile: Profile, sizes: Sizes, peer: bool) -> Vec<Case> {
     let n = sizes.count;
-    let secs = sizes.rate_seconds;
     const KIB: usize = 1024;
     let mut cases = Vec::new();
 
     let acks1 = produce("1n-acks1-1p-1k", "1", 1, KIB, n, 1, Compare::Loopback);
-    let acks1_rate = rate_half("1n-acks1-1p-1k-rate50", &acks1, secs);
+    let acks1_rate = rate_half("1n-acks1-1p-1k-rate50", &acks1, sizes);
     cases.push(Case {
         name: "1n-acks1".to_owned(),
         nodes: Nodes::One,
@@ -218,7 +227,7 @@ pub(crate) fn cases(profile: Profile, sizes: Sizes, peer: bool) -> Vec<Case> {
         headline: true,
         steps: vec![
             acks_all.clone(),
-            rate_half("1n-acksall-1p-1k-rate50", &acks_all, secs),
+            rate_half("1n-acksall-1p-1k-rate50", &acks_all, sizes),
         ],
     });
     let rf3 = produce(
@@ -236,7 +245,7 @@ pub(crate) fn cases(profile: Profile, sizes: Sizes, peer: bool) -> Vec<Case> {
         headline: true,
         steps: vec![
             rf3.clone(),
-            rate_half("3n-rf3-acksall-1p-1k-rate50", &rf3, secs),
+            rate_half("3n-rf3-acksall-1p-1k-rate50", &rf3, sizes),
         ],
     });
     if peer {
@@ -683,9 +692,11 @@ impl Runner {
                 .arg(p.acks)
                 .arg("--json")
                 .arg(&json);
-            if let Some(rate) = row.rate_per_s {
+            if let (Some(rate), Some(of)) = (row.rate_per_s, &p.rate) {
                 cmd.arg("--rate")
-                    .arg((rate.round() as u64).max(1).to_string());
+                    .arg((rate.round() as u64).max(1).to_string())
+                    .arg("--linger-ms")
+                    .arg(of.linger_ms.to_string());
             }
             commands.push((cmd, json));
         }

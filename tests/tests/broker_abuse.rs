@@ -357,6 +357,37 @@ fn consume(bootstrap: &str, count: usize) -> (Vec<String>, Duration) {
     (values, started.elapsed())
 }
 
+/// A broker started with `args` plus room for every hostile connection (the limit under
+/// test is the budget, not the connection count), with the topic created and the paths
+/// the good client takes (produce, flush, fetch) warmed up, so that the RssAnon baseline
+/// read last includes what they allocate once. Returns the broker, its pid, the
+/// runtime of the good client and the baseline.
+fn start_warmed_broker(args: &[&str]) -> (RilldProcess, u32, tokio::runtime::Runtime, u64) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--connections-max",
+        "4096",
+        "--connections-max-per-ip",
+        "1000",
+    ]);
+    let broker = RilldProcess::start_with(&all);
+    let pid = broker.pid().expect("running");
+    let mut setup = RawConn::connect(broker.addr());
+    let response = setup.call(4, &create_topic(TOPIC, 1, &[]));
+    assert_eq!(response.topics[0].error_code, 0);
+    drop(setup);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bootstrap = broker.bootstrap();
+    produce_all(&runtime, &bootstrap, &["warm-up".to_string()]);
+    consume(&bootstrap, 1);
+    let baseline_anon = proc_status_bytes(pid, "RssAnon");
+    (broker, pid, runtime, baseline_anon)
+}
+
 #[test]
 fn a_client_is_served_and_memory_stays_within_the_budget_under_stalled_and_huge_frames() {
     let fds_needed = (STALLED_CONNECTIONS + STREAMING_CONNECTIONS) as u64 + 500;
@@ -365,37 +396,15 @@ fn a_client_is_served_and_memory_stays_within_the_budget_under_stalled_and_huge_
         "this test opens {fds_needed} sockets (and rilld inherits the limit): raise the \
          open-files limit (ulimit -n) to at least that"
     );
-    let broker = RilldProcess::start_with(&[
+    let (broker, pid, runtime, baseline_anon) = start_warmed_broker(&[
         "--queued-request-max-bytes",
         &BUDGET_BYTES.to_string(),
         "--socket-request-max-bytes",
         &SOCKET_REQUEST_MAX_BYTES.to_string(),
         "--request-read-timeout-ms",
         &READ_TIMEOUT_MS.to_string(),
-        // Room for every hostile connection, and reconnects the broker has not
-        // reaped yet: the limit under test is the budget, not the connection count.
-        "--connections-max",
-        "4096",
-        "--connections-max-per-ip",
-        "1000",
     ]);
-    let pid = broker.pid().expect("running");
     let bootstrap = broker.bootstrap();
-    let mut setup = RawConn::connect(broker.addr());
-    let response = setup.call(4, &create_topic(TOPIC, 1, &[]));
-    assert_eq!(response.topics[0].error_code, 0);
-    drop(setup);
-
-    // Warm up the paths the good client will take (produce, flush, fetch), so the
-    // baseline includes what they allocate once.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    produce_all(&runtime, &bootstrap, &["warm-up".to_string()]);
-    consume(&bootstrap, 1);
-    let baseline_anon = proc_status_bytes(pid, "RssAnon");
     // C: what the broker may hold beyond the budget (about 80 MiB; the baseline of the
     // debug build is about 1 MiB). The frame pool's idle buffers are outside the budget:
     // stalled peers closed mid-frame hand theirs back to the pool, which keeps up to
@@ -544,31 +553,13 @@ fn stalled_pool_sized_frames_hold_their_whole_buffer_in_the_budget_and_are_close
         open_files_limit() >= fds_needed,
         "this test opens {fds_needed} sockets: raise the open-files limit (ulimit -n)"
     );
-    let broker = RilldProcess::start_with(&[
+    let (broker, pid, runtime, baseline_anon) = start_warmed_broker(&[
         "--queued-request-max-bytes",
         &POOL_BUDGET_BYTES.to_string(),
         "--request-read-timeout-ms",
         &POOL_READ_TIMEOUT_MS.to_string(),
-        "--connections-max",
-        "4096",
-        "--connections-max-per-ip",
-        "1000",
     ]);
-    let pid = broker.pid().expect("running");
     let bootstrap = broker.bootstrap();
-    let mut setup = RawConn::connect(broker.addr());
-    let response = setup.call(4, &create_topic(TOPIC, 1, &[]));
-    assert_eq!(response.topics[0].error_code, 0);
-    drop(setup);
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    produce_all(&runtime, &bootstrap, &["warm-up".to_string()]);
-    consume(&bootstrap, 1);
-    let baseline_anon = proc_status_bytes(pid, "RssAnon");
     let overhead_bytes_max = baseline_anon
         + (POOL_STALLED_CONNECTIONS + POOL_FILLING_CONNECTIONS) as u64 * CONNECTION_OVERHEAD_BYTES
         + POOL_IDLE_BYTES

@@ -407,10 +407,18 @@ impl Accumulator {
             for (index, queue) in queues.partitions.iter_mut().enumerate() {
                 if let Some(open) = &queue.open {
                     let due = open.opened_at + self.linger;
-                    if flushing || due <= now {
+                    // A batch whose linger expired stays open (and keeps filling) while
+                    // it could not be sent anyway: its partition's window is full or
+                    // closed batches wait ahead of it. Closing it would queue a batch of
+                    // a few records per send (at linger 0, 65k requests of ~15 records
+                    // for 1 GB). The completion that frees a slot wakes the sender,
+                    // which closes it then; a full batch closes in `append` as before.
+                    let room =
+                        queue.closed.is_empty() && queue.in_flight.len() < self.in_flight_max;
+                    if flushing || (due <= now && room) {
                         close_open(queue, now, self.producer)?;
                         queues.sticky.on_batch_closed(index as i32, partition_count);
-                    } else {
+                    } else if due > now {
                         next = Some(next.map_or(due, |n| n.min(due)));
                     }
                 }
@@ -817,6 +825,32 @@ mod tests {
         let (ready, _) = a.drain(t0).unwrap();
         assert_eq!(ready.len(), 1, "one in flight per partition");
         assert!(ready[0].batch.records.len() <= 1024);
+    }
+
+    /// At linger 0 with the partition's window full, records keep filling one open
+    /// batch instead of each drain closing a batch of a few records; the completion
+    /// that frees the slot lets the whole batch go.
+    #[test]
+    fn an_expired_batch_keeps_filling_while_the_window_is_full() {
+        let mut a = acc(0, 1 << 20);
+        let t0 = Instant::now();
+        a.append(&record(Some("k"), 100), 0, 1, 150, t0).unwrap();
+        let (mut sent, _) = a.drain(t0).unwrap();
+        assert_eq!(sent.len(), 1);
+        let first = sent.pop().unwrap();
+        for _ in 0..5 {
+            a.append(&record(Some("k"), 100), 0, 1, 150, t0).unwrap();
+            let (ready, next) = a.drain(t0).unwrap();
+            assert!(ready.is_empty(), "the window is full");
+            assert_eq!(next, None, "nothing to wait for but the completion");
+        }
+        a.complete("t", 0, first.batch.seq);
+        let (ready, _) = a.drain(t0).unwrap();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(
+            ready[0].batch.record_count, 5,
+            "one batch of the five records"
+        );
     }
 
     #[test]

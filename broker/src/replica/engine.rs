@@ -272,8 +272,8 @@ impl Engine {
             .map_err(|e| {
                 BrokerError::Storage(format!("cannot start the deferred-sync thread: {e}"))
             })?;
-        *engine.deferred.lock().expect("deferred lock") = Some(deferred_tx);
-        *engine.deferred_thread.lock().expect("deferred thread lock") = Some(handle);
+        *lock_unpoisoned(&engine.deferred) = Some(deferred_tx);
+        *lock_unpoisoned(&engine.deferred_thread) = Some(handle);
         if engine.config.durability == Durability::Interval {
             let weak = Arc::downgrade(&engine);
             let interval = engine.config.flush_interval;
@@ -600,13 +600,8 @@ impl Engine {
         }
         // The deferred work of the last rounds first (index syncs, checkpoints): a
         // restart then scans only the active segments.
-        self.deferred.lock().expect("deferred lock").take();
-        if let Some(handle) = self
-            .deferred_thread
-            .lock()
-            .expect("deferred thread lock")
-            .take()
-        {
+        lock_unpoisoned(&self.deferred).take();
+        if let Some(handle) = lock_unpoisoned(&self.deferred_thread).take() {
             let _ = handle.join();
         }
         if self.is_offline() {
@@ -843,7 +838,7 @@ impl Engine {
     /// gone (shutdown).
     fn defer(&self, job: DeferredSync) {
         use std::sync::mpsc::TrySendError;
-        let job = match self.deferred.lock().expect("deferred lock").as_ref() {
+        let job = match lock_unpoisoned(&self.deferred).as_ref() {
             Some(tx) => match tx.try_send(job) {
                 Ok(()) => return,
                 Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
@@ -1216,4 +1211,10 @@ fn run_interval_syncs(engine: Weak<Engine>, interval: Duration) {
         }
         next_sync = Instant::now() + interval;
     }
+}
+
+/// Locks `m` even if a holder panicked: the deferred-sync sender and thread handle it
+/// guards are valid whatever a panicking holder did, and shutdown must still reach them.
+fn lock_unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

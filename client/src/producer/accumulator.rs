@@ -324,17 +324,13 @@ impl Accumulator {
         now: impl Fn() -> Instant,
         reports: Reports,
     ) -> Result<Appended> {
+        let batching = self.batching();
         let topic_queues = match self.topics.get_mut(record.topic.as_str()) {
             Some(q) => q,
             None => self
                 .topics
                 .entry(Arc::from(record.topic.as_str()))
                 .or_default(),
-        };
-        let batching = Batching {
-            batch_bytes_max: self.batch_bytes_max,
-            compression: self.compression,
-            producer: self.producer,
         };
         append_to(
             topic_queues,
@@ -347,6 +343,15 @@ impl Accumulator {
             now,
             reports,
         )
+    }
+
+    /// The settings a record's append needs (see [`Batching`]).
+    fn batching(&self) -> Batching {
+        Batching {
+            batch_bytes_max: self.batch_bytes_max,
+            compression: self.compression,
+            producer: self.producer,
+        }
     }
 
     /// [`Accumulator::append_with_clock`] with the topic's partition count remembered
@@ -363,6 +368,7 @@ impl Accumulator {
         now: impl Fn() -> Instant,
         reports: Reports,
     ) -> Option<Result<Appended>> {
+        let batching = self.batching();
         let topic_queues = self.topics.get_mut(record.topic.as_str())?;
         let partition_count = match topic_queues.partition_count {
             Some((g, n)) if g == generation => n,
@@ -376,11 +382,6 @@ impl Accumulator {
                 }));
             }
         }
-        let batching = Batching {
-            batch_bytes_max: self.batch_bytes_max,
-            compression: self.compression,
-            producer: self.producer,
-        };
         Some(append_to(
             topic_queues,
             &mut self.buffer_pool,

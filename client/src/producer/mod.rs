@@ -259,25 +259,7 @@ impl Producer {
                 }
             }
         }
-        let generation = inner.cluster.generation();
-        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
-        let appended = {
-            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
-            let ready = !inner.config.is_idempotent() || acc.producer().is_some();
-            if !ready {
-                None
-            } else {
-                acc.append_if_known(
-                    record,
-                    generation,
-                    timestamp_ms,
-                    size,
-                    Instant::now,
-                    reports,
-                )
-            }
-        };
-        match appended {
+        match self.append_if_ready(record, size, reports) {
             Some(appended) => SendNow::Done(self.appended(appended, size)),
             None => SendNow::Wait {
                 size,
@@ -328,6 +310,32 @@ impl Producer {
         })
     }
 
+    /// The append of the common case, under one lock: `None` (nothing appended) if the
+    /// topic's partition count is not known at the current metadata generation, or an
+    /// idempotent producer has no producer id yet.
+    fn append_if_ready(
+        &self,
+        record: &ProducerRecord,
+        size: usize,
+        reports: Reports,
+    ) -> Option<Result<accumulator::Appended>> {
+        let inner = &self.inner;
+        let generation = inner.cluster.generation();
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
+        let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.config.is_idempotent() && acc.producer().is_none() {
+            return None;
+        }
+        acc.append_if_known(
+            record,
+            generation,
+            timestamp_ms,
+            size,
+            Instant::now,
+            reports,
+        )
+    }
+
     /// Appends `record` (its `size` of budget already held) to its partition's batch.
     /// The partition count is remembered per metadata generation, so the common case
     /// takes the accumulator's lock once and never looks at the metadata.
@@ -338,24 +346,12 @@ impl Producer {
         reports: Reports,
     ) -> Result<accumulator::Appended> {
         let inner = &self.inner;
+        // Read before the partition count below (see `remember_partition_count`).
         let generation = inner.cluster.generation();
-        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
-        {
-            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
-            let ready = !inner.config.is_idempotent() || acc.producer().is_some();
-            if ready {
-                if let Some(appended) = acc.append_if_known(
-                    record,
-                    generation,
-                    timestamp_ms,
-                    size,
-                    Instant::now,
-                    reports,
-                ) {
-                    return appended;
-                }
-            }
+        if let Some(appended) = self.append_if_ready(record, size, reports) {
+            return appended;
         }
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(now_ms);
         let partition_count = self.partition_count(&record.topic).await?;
         check_partition(record, partition_count)?;
         if inner.config.is_idempotent() {

@@ -89,6 +89,12 @@ pub enum BrokerError {
     /// proposed and not yet committed); retriable.
     #[error("partition is busy: {0}")]
     Busy(String),
+    /// The partition's group already holds its limit of appended but uncommitted
+    /// bytes (its disk sync or its followers are behind). Nothing was written; the
+    /// produce handler waits for the commit to move and tries again, until the
+    /// request's timeout. Retriable.
+    #[error("the partition's uncommitted appends are at their limit")]
+    Backlogged,
 
     /// A client asked to delete or grow an internal topic (`__consumer_offsets`), which
     /// only the broker manages. Kafka's broker guards its internal topics with the
@@ -155,7 +161,7 @@ impl BrokerError {
             BrokerError::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
             // Kafka's retriable "wait and send again" for a leader that cannot take
             // the write yet.
-            BrokerError::Busy(_) => ResponseError::NotEnoughReplicas,
+            BrokerError::Busy(_) | BrokerError::Backlogged => ResponseError::NotEnoughReplicas,
             BrokerError::NotController => ResponseError::NotController,
             BrokerError::InternalTopic { .. } => ResponseError::TopicAuthorizationFailed,
             BrokerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,

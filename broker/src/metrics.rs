@@ -37,6 +37,9 @@ pub struct Metrics {
     /// leader's sync; the leader counts them towards a commit only after its next sync).
     /// Shows how often replication overlaps the leader's fsync.
     pub appends_replicated_during_sync_total: AtomicU64,
+    /// Produce appends that found their partition's uncommitted backlog full
+    /// (`Partition::append`'s back-pressure) and waited for the commit to move.
+    pub appends_backlogged_total: AtomicU64,
     /// Failed partition flushes.
     pub log_flush_errors_total: AtomicU64,
     /// Produce partition responses sent for acks=-1 after their flush.
@@ -87,6 +90,7 @@ impl Default for Metrics {
             journal_checkpoint_file_syncs_total: AtomicU64::new(0),
             appends_with_file_io_total: AtomicU64::new(0),
             appends_replicated_during_sync_total: AtomicU64::new(0),
+            appends_backlogged_total: AtomicU64::new(0),
             log_flush_errors_total: AtomicU64::new(0),
             acks_all_responses_total: AtomicU64::new(0),
             duplicate_batches_total: AtomicU64::new(0),
@@ -188,6 +192,11 @@ impl Metrics {
                 "rill_appends_replicated_during_sync_total",
                 "Leader appends sent to followers while the leader's own sync was in progress.",
                 &self.appends_replicated_during_sync_total,
+            ),
+            (
+                "rill_appends_backlogged_total",
+                "Produce appends that waited because their partition's uncommitted appends were at the limit (the disk or the followers are behind).",
+                &self.appends_backlogged_total,
             ),
             (
                 "rill_log_flush_errors_total",

@@ -347,19 +347,27 @@ impl<S: LogStore> Raft<S> {
         if offset_count == 0 {
             return Err(ProposeError::EmptyEntry);
         }
-        let size = data.len() + crate::types::ENTRY_OVERHEAD_BYTES;
-        if self.uncommitted_bytes > 0
-            && self.uncommitted_bytes + size > self.config.uncommitted_bytes_max
-        {
+        if !self.has_room_for(data.len()) {
             return Err(ProposeError::UncommittedBytesExceeded {
                 limit_bytes: self.config.uncommitted_bytes_max,
             });
         }
+        let size = data.len() + crate::types::ENTRY_OVERHEAD_BYTES;
         let proposal = self.append_own(EntryKind::Data, data, offset_count);
         self.uncommitted.push_back((proposal.end_offset, size));
         self.uncommitted_bytes += size;
         self.broadcast_append();
         Ok(proposal)
+    }
+
+    /// Whether a [`propose`](Raft::propose) of `data_bytes` would pass the
+    /// `uncommitted_bytes_max` back-pressure check now (one entry always fits when
+    /// nothing is uncommitted). A driver that writes an entry's data before proposing
+    /// it asks first, so a full backlog costs it a wait rather than undoing a write.
+    pub fn has_room_for(&self, data_bytes: usize) -> bool {
+        let size = data_bytes + crate::types::ENTRY_OVERHEAD_BYTES;
+        self.uncommitted_bytes == 0
+            || self.uncommitted_bytes + size <= self.config.uncommitted_bytes_max
     }
 
     /// Leader: proposes a single-server membership change. Only one change may

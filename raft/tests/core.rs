@@ -483,10 +483,15 @@ fn a_leader_without_acknowledgements_applies_back_pressure() {
     c.partition(&[1], &[2, 3]);
     let mut accepted = 0;
     let refused = loop {
+        let room = c.node(1).has_room_for(100);
         match c.node(1).propose(Bytes::from(vec![1u8; 100]), 1) {
             Ok(_) => accepted += 1,
-            Err(e) => break e,
+            Err(e) => {
+                assert!(!room, "has_room_for promised room the proposal did not get");
+                break e;
+            }
         }
+        assert!(room, "has_room_for refused what the proposal accepted");
         assert!(accepted < 100, "no back-pressure");
     };
     assert_eq!(

@@ -1,8 +1,8 @@
 //! The broker's limits on what peers can hold: the request byte budget
 //! (`queued_request_max_bytes`) and the memory it bounds, the deadline for a started
 //! frame (`request_read_timeout_ms`), connections per IP (`connections_max_per_ip`)
-//! and the idle timeout (`connections_max_idle_ms`). Each test is about one limit
-//! and fails with that limit disabled.
+//! the idle timeout (`connections_max_idle_ms`), and a partition's uncommitted backlog.
+//! Each test is about one limit and fails with that limit disabled.
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -413,5 +413,46 @@ fn a_peer_that_never_reads_its_responses_is_closed_after_the_idle_timeout() {
     assert!(
         read_bytes < FETCHES << 20,
         "{read_bytes} bytes: every answer arrived"
+    );
+}
+
+/// The uncommitted backlog (`QUEUED_BYTES_MAX`, 256 MiB a partition's group holds
+/// appended but not committed): an acks=1 producer that runs ahead of a slow disk is
+/// slowed down, not refused. Every flush is held back 2 s, so one connection's appends
+/// pass the limit within a round; every request must still be answered without an
+/// error, at the next offsets. (Before, the core's refusal came after the write: the
+/// batch was cut back out of the segment, a copy of the segment and fsyncs, and the
+/// request was answered NOT_ENOUGH_REPLICAS for the client to retry.)
+#[test]
+fn an_acks_1_producer_ahead_of_the_disk_waits_for_the_commit_instead_of_being_refused() {
+    let broker = RilldProcess::start_with(&["--debug-flush-delay-ms", "2000"]);
+    let mut conn = RawConn::connect(broker.addr());
+    assert_eq!(
+        conn.call(4, &create_topic("backlog", 1, &[])).topics[0].error_code,
+        0
+    );
+    // 1,000 records of 1,000 bytes: one batch just under max.message.bytes (1 MiB).
+    const RECORDS: i64 = 1_000;
+    let value = vec![7u8; 1_000];
+    let values: Vec<&[u8]> = vec![&value; RECORDS as usize];
+    let batch = record_batch(&values, 1_700_000_000_000);
+    // 300 batches of ~1 MB: more than the 256 MiB limit.
+    // (The log starts with the leader's own entry: offsets follow the first answer.)
+    let mut next_offset = None;
+    for i in 0..300 {
+        let response = conn.call(PRODUCE_V, &produce("backlog", 0, batch.clone(), 1));
+        let p = &response.responses[0].partition_responses[0];
+        let next_offset = next_offset.get_or_insert(p.base_offset.max(0));
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (0, *next_offset),
+            "request {i}: {:?}",
+            p.error_message
+        );
+        *next_offset += RECORDS;
+    }
+    assert!(
+        broker.metric("rill_appends_backlogged_total") > 0,
+        "the appends never reached the backlog limit: this test proved nothing"
     );
 }

@@ -11,6 +11,10 @@
 //! stage runs while the request holds its connection's turn; see
 //! [`crate::context::order`]).
 //!
+//! Back-pressure: a partition whose group holds its limit of uncommitted appends
+//! (256 MiB: the disk or the followers are behind) takes no more until its commit moves;
+//! the request waits for that, within its timeout (see [`append_partition`]).
+//!
 //! acks: 0 answers nothing; 1 answers after the append; -1 answers after the flush
 //! covering the batch under `durability = fsync` (group commit in
 //! [`crate::replica`]), after the append under `interval`.
@@ -50,26 +54,27 @@ pub async fn handle(
 ) -> Option<ProduceResponse> {
     let acks = request.acks;
     let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
-    let appends: Vec<Vec<PartitionAppend>> = request
-        .topic_data
-        .iter()
-        .map(|topic| {
-            let name = topic.name.0.as_str();
-            topic
-                .partition_data
-                .iter()
-                .map(|data| match append_partition(broker, name, data, acks) {
+    // One deadline for the whole request: waiting for room in a backlogged partition
+    // (below) and the acks=-1 wait both count against the client's timeout_ms.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut appends: Vec<Vec<PartitionAppend>> = Vec::with_capacity(request.topic_data.len());
+    for topic in &request.topic_data {
+        let name = topic.name.0.as_str();
+        let mut partitions = Vec::with_capacity(topic.partition_data.len());
+        for data in &topic.partition_data {
+            partitions.push(
+                match append_partition(broker, name, data, acks, deadline).await {
                     Ok((appended, partition)) => (data.index, Ok(appended), Some(partition)),
                     Err(e) => (data.index, Err(e), None),
-                })
-                .collect()
-        })
-        .collect();
+                },
+            );
+        }
+        appends.push(partitions);
+    }
     drop(turn);
     if acks == 0 {
         return None;
     }
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut topics = Vec::with_capacity(appends.len());
     let mut leaders_named = std::collections::BTreeSet::new();
     for (topic, partitions) in request.topic_data.into_iter().zip(appends) {
@@ -199,12 +204,18 @@ async fn acknowledge(
     }
 }
 
-/// Checks and appends one partition's batches, without waiting.
-fn append_partition(
+/// Checks and appends one partition's batches. It waits only while the partition's
+/// uncommitted backlog is full ([`BrokerError::Backlogged`]: its disk sync or its
+/// followers are behind), for the commit to move, until `deadline` (then
+/// REQUEST_TIMED_OUT, retriable). That wait holds the connection's turn, so the
+/// requests behind it wait too: back-pressure reaches the producer as slower answers,
+/// as from a Kafka broker whose disk is behind, instead of refusals it must retry.
+async fn append_partition(
     broker: &Broker,
     topic: &str,
     data: &PartitionProduceData,
     acks: i16,
+    deadline: tokio::time::Instant,
 ) -> Result<(Appended, Arc<Partition>), BrokerError> {
     if !matches!(acks, -1..=1) {
         return Err(BrokerError::InvalidRequiredAcks(acks));
@@ -225,7 +236,21 @@ fn append_partition(
     }
     let (records, log_append_time_ms) =
         super::produce_rewrite::rewrite_for_topic(records, &topic.config, crate::clock::now_ms())?;
-    let mut appended = partition.append(&records, counts)?;
+    let mut appended = loop {
+        // Subscribed before the attempt: a commit that lands between the refusal and
+        // the wait still wakes it.
+        let mut status = partition.watch_status();
+        match partition.append(&records, counts) {
+            Err(BrokerError::Backlogged) => {
+                match tokio::time::timeout_at(deadline, status.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return Err(BrokerError::UnknownTopicOrPartition),
+                    Err(_) => return Err(BrokerError::RequestTimedOut),
+                }
+            }
+            other => break other?,
+        }
+    };
     appended.log_append_time_ms = log_append_time_ms.unwrap_or(-1);
     Ok((appended, partition))
 }

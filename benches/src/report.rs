@@ -76,6 +76,13 @@ pub(crate) fn medians(rows: &[Row]) -> Vec<(Row, usize)> {
                 }
                 out.request_latency_us = Some(q);
             }
+            if ok.iter().any(|r| r.commit_floor_us.is_some()) {
+                let mut q: Quantiles = [0.0; 5];
+                for (i, x) in q.iter_mut().enumerate() {
+                    *x = m(&|r| r.commit_floor_us.map_or(f64::NAN, |q| q[i]));
+                }
+                out.commit_floor_us = Some(q);
+            }
             // CPU per GB is a median of per-run ratios, kept through bytes = 1 GB.
             let broker = m(&|r| r.broker_cpu_s_per_gb());
             let client = m(&|r| r.client_cpu_s_per_gb());
@@ -176,6 +183,13 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
             let _ = writeln!(
                 out,
                 "{:<38} {:>4} {:>8} {:>10} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   (produce request round trip)",
+                "", "", "", "", ms(q[0]), ms(q[1]), ms(q[2]), ms(q[3]), ms(q[4])
+            );
+        }
+        if let Some(q) = row.commit_floor_us {
+            let _ = writeln!(
+                out,
+                "{:<38} {:>4} {:>8} {:>10} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}   (disk alone at this rate: commit floor)",
                 "", "", "", "", ms(q[0]), ms(q[1]), ms(q[2]), ms(q[3]), ms(q[4])
             );
         }
@@ -315,7 +329,12 @@ fn targets(medians: &[(Row, usize)], limits: &Limits) -> Vec<Target> {
                 value: Some(row.latency_us[2] / 1000.0),
                 bound: 10.0,
                 at_least: false,
-                machine: None,
+                machine: row.commit_floor_us.map(|q| {
+                    (
+                        q[2] / 1000.0,
+                        "disk alone: group-commit p99 at this rate (rill-bench commit-floor)",
+                    )
+                }),
             });
         }
     }

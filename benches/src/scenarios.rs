@@ -417,6 +417,9 @@ pub(crate) struct Row {
     pub(crate) latency_us: Quantiles,
     /// Produce request round trips, when the client reports them.
     pub(crate) request_latency_us: Option<Quantiles>,
+    /// acks=all fixed-rate steps: the disk-alone latency floor at the same rate
+    /// ([`crate::commit_floor`]), measured right after the step on the brokers' disk.
+    pub(crate) commit_floor_us: Option<Quantiles>,
     pub(crate) broker_cpu_s: f64,
     pub(crate) client_cpu_s: f64,
     /// Target rate of a fixed-rate step, records/s.
@@ -446,6 +449,7 @@ impl Row {
             records_per_s: 0.0,
             latency_us: [0.0; 5],
             request_latency_us: None,
+            commit_floor_us: None,
             broker_cpu_s: 0.0,
             client_cpu_s: 0.0,
             rate_per_s: None,
@@ -483,6 +487,7 @@ impl Row {
             "records_per_s": self.records_per_s,
             "latency_us": q(&self.latency_us),
             "request_latency_us": self.request_latency_us.as_ref().map(q),
+            "commit_floor_us": self.commit_floor_us.as_ref().map(q),
             "broker_cpu_s": self.broker_cpu_s,
             "client_cpu_s": self.client_cpu_s,
             "broker_cpu_s_per_gb": self.broker_cpu_s_per_gb(),
@@ -701,6 +706,31 @@ impl Runner {
             commands.push((cmd, json));
         }
         self.run_clients(&mut row, running, commands);
+        if let (Some(rate), Some(of), "all", Running::Rill(brokers)) =
+            (row.rate_per_s, &p.rate, p.acks, running)
+        {
+            if row.not_measured.is_none() {
+                self.bar
+                    .set_message(format!("{} (run {run}): commit floor", p.name));
+                // Every replica's file on the brokers' disk; a majority must sync.
+                let replicas = brokers.len();
+                let floor = crate::commit_floor::measure(
+                    &self.data_dir,
+                    crate::commit_floor::Workload {
+                        records_per_s: rate,
+                        record_bytes: p.size_bytes,
+                        linger: Duration::from_millis(of.linger_ms),
+                        duration: Duration::from_secs_f64(of.seconds),
+                        replicas,
+                        quorum: replicas / 2 + 1,
+                    },
+                );
+                match floor {
+                    Ok(q) => row.commit_floor_us = Some(q),
+                    Err(e) => eprintln!("{}: commit floor not measured: {e}", p.name),
+                }
+            }
+        }
         row
     }
 

@@ -68,6 +68,7 @@ fn smallest_suite_prints_a_table_and_writes_positive_figures() {
     for expected in [
         "1n-acks1-1p-1k",
         "1n-acks1-1p-1k-rate50",
+        "1n-acks1-interval-1p-1k",
         "1n-consume-cache-1p-1k",
         "1n-acksall-1p-1k",
         "3n-rf3-acksall-1p-1k",
@@ -111,6 +112,20 @@ fn smallest_suite_prints_a_table_and_writes_positive_figures() {
         .and_then(|m| m["records_per_s"].as_f64())
         .expect("max rate");
     assert!((rate - max / 2.0).abs() < 1.0, "rate {rate} vs max {max}");
+    // The acks=all fixed-rate steps carry the disk's commit floor, acks=1 ones none.
+    for (name, floor) in [
+        ("1n-acksall-1p-1k-rate50", true),
+        ("3n-rf3-acksall-1p-1k-rate50", true),
+        ("1n-acks1-1p-1k-rate50", false),
+    ] {
+        let m = medians
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let p99 = m["commit_floor_us"]["p99"].as_f64();
+        assert_eq!(p99.is_some(), floor, "{name}: commit floor {p99:?}");
+        assert!(p99.unwrap_or(1.0) > 0.0, "{name}: commit floor p99 {p99:?}");
+    }
     // Clients wrote their outcome with a timeline; plots exist.
     let client = json(&results.join("1n-acks1-1p-1k-run1-p0.json"));
     assert_eq!(client["records"].as_u64(), Some(4000));

@@ -263,6 +263,17 @@ fn targets(medians: &[(Row, usize)], limits: &Limits) -> Vec<Target> {
         let synced = (bytes - UNCOMMITTED_BACKLOG_BYTES).max(bytes * 0.01);
         (limits.fdatasync_write_mb_s * bytes / synced / limits.loopback_tcp_mb_s.max(1e-9)).min(1.0)
     });
+    // Broker CPU per GB of an acks=1 row, against the floor of what it must do.
+    let broker_cpu_target = |name: &str, row: &str| Target {
+        name: name.to_owned(),
+        value: get(row).map(Row::broker_cpu_s_per_gb),
+        bound: 0.35,
+        at_least: false,
+        machine: Some((
+            limits.broker_floor_cpu_s_per_gb(),
+            "floor: receive + CRC + page-cache write",
+        )),
+    };
     let mut out = vec![
         Target {
             name: "acks=1 1 KiB 1 partition / loopback TCP".to_owned(),
@@ -283,16 +294,7 @@ fn targets(medians: &[(Row, usize)], limits: &Limits) -> Vec<Target> {
                 ),
             }),
         },
-        Target {
-            name: "acks=1 1 KiB 1 partition broker CPU-s/GB".to_owned(),
-            value: get("1n-acks1-1p-1k").map(Row::broker_cpu_s_per_gb),
-            bound: 0.35,
-            at_least: false,
-            machine: Some((
-                limits.broker_floor_cpu_s_per_gb(),
-                "floor: receive + CRC + page-cache write",
-            )),
-        },
+        broker_cpu_target("acks=1 1 KiB 1 partition broker CPU-s/GB", "1n-acks1-1p-1k"),
         Target {
             name: "the same at durability=interval / loopback TCP".to_owned(),
             value: ratio(
@@ -306,16 +308,10 @@ fn targets(medians: &[(Row, usize)], limits: &Limits) -> Vec<Target> {
                 "cores at the producer's and broker's CPU floors",
             )),
         },
-        Target {
-            name: "the same at durability=interval, broker CPU-s/GB".to_owned(),
-            value: get("1n-acks1-interval-1p-1k").map(Row::broker_cpu_s_per_gb),
-            bound: 0.35,
-            at_least: false,
-            machine: Some((
-                limits.broker_floor_cpu_s_per_gb(),
-                "floor: receive + CRC + page-cache write",
-            )),
-        },
+        broker_cpu_target(
+            "the same at durability=interval, broker CPU-s/GB",
+            "1n-acks1-interval-1p-1k",
+        ),
         Target {
             name: "acks=all (fsync) / write+fdatasync 1 MiB".to_owned(),
             value: ratio(

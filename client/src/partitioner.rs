@@ -71,6 +71,7 @@ pub(crate) struct StickyPartitioner {
 
 impl StickyPartitioner {
     /// The partition for the next null-key record.
+    #[inline]
     pub(crate) fn partition(&mut self, partition_count: i32) -> i32 {
         match self.current {
             Some(p) if p < partition_count => p,

@@ -206,6 +206,124 @@ async fn round_trip_100k_keyed_records_zstd() {
     round_trip(Compression::Zstd, Acks::All).await;
 }
 
+/// `Producer::try_send_many_batched` in the bulk loop its docs show (and `rill bench
+/// produce` runs), idempotent at acks=all, under a buffer so small that the fast path
+/// stops at back-pressure and the loop's `send_ref_batched` waits: every record lands
+/// exactly once, in send order per partition, keyed ones on their key's partition; the
+/// batch reports count every record, and their first offsets and counts tile each
+/// partition's offsets exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_sends_under_back_pressure_keep_order_and_report_every_batch() {
+    const BULK_RECORDS: usize = 20_000;
+    const GROUP_RECORDS: usize = 64;
+    let broker = RilldProcess::start();
+    let bootstrap = broker.bootstrap();
+    let topic = "bulk";
+    create_topic(&bootstrap, topic, PARTITIONS).await;
+    let mut config = ProducerConfig::new(&bootstrap);
+    config.acks = Acks::All;
+    config.linger_ms = 1;
+    config.batch_bytes_max = 16 * 1024;
+    config.buffer_bytes_max = 64 * 1024;
+    let producer = Producer::new(config).expect("producer");
+    let keyed = |n: usize| n % 3 == 0;
+    let records: Vec<ProducerRecord> = (0..BULK_RECORDS)
+        .map(|n| {
+            let record = ProducerRecord::new(topic, value(n));
+            if keyed(n) {
+                record.with_key(key(n))
+            } else {
+                record
+            }
+        })
+        .collect();
+    let mut opened = Vec::new();
+    let (mut next, mut waits) = (0, 0);
+    while next < records.len() {
+        let group_end = (next + GROUP_RECORDS).min(records.len());
+        next += producer
+            .try_send_many_batched(&records[next..group_end], &mut opened)
+            .expect("bulk send");
+        if next < group_end {
+            opened.extend(
+                producer
+                    .send_ref_batched(&records[next])
+                    .await
+                    .expect("send"),
+            );
+            next += 1;
+            waits += 1;
+        }
+    }
+    assert!(
+        waits > 0,
+        "the fast path never stopped: back-pressure was not exercised"
+    );
+    producer.flush().await.expect("flush");
+    let mut reported = 0;
+    let mut batches: HashMap<i32, Vec<(i64, u32)>> = HashMap::new();
+    for delivery in opened {
+        let report = delivery.await;
+        let first = report.first.expect("batch delivered");
+        reported += report.records as usize;
+        batches
+            .entry(first.partition)
+            .or_default()
+            .push((first.offset, report.records));
+    }
+    assert_eq!(
+        reported, BULK_RECORDS,
+        "the batch reports count every record"
+    );
+    producer.close().await.expect("close");
+
+    let read = consume_all(&bootstrap, topic, Duration::from_secs(60)).await;
+    assert_eq!(read.len(), BULK_RECORDS, "broker log:\n{}", broker.log());
+    let mut last: HashMap<i32, usize> = HashMap::new();
+    let mut per_partition: HashMap<i32, i64> = HashMap::new();
+    let mut seen = vec![false; BULK_RECORDS];
+    for r in &read {
+        let bytes = r.value.as_deref().expect("value");
+        let n: usize = std::str::from_utf8(&bytes[6..14])
+            .expect("utf-8")
+            .parse()
+            .expect("record number");
+        assert_eq!(bytes, value(n).as_bytes());
+        assert!(!std::mem::replace(&mut seen[n], true), "record {n} twice");
+        if keyed(n) {
+            assert_eq!(
+                r.partition,
+                partition_for_key(key(n).as_bytes(), PARTITIONS)
+            );
+        }
+        if let Some(previous) = last.insert(r.partition, n) {
+            assert!(
+                previous < n,
+                "partition {}: record {n} stored after record {previous}",
+                r.partition
+            );
+        }
+        *per_partition.entry(r.partition).or_default() += 1;
+    }
+    for (partition, mut ranges) in batches {
+        ranges.sort_unstable();
+        // Offset 0 of each partition is its LEADER_CHANGE control batch.
+        let mut expected = 1;
+        for (first, records) in ranges {
+            assert_eq!(
+                first, expected,
+                "partition {partition}: reports tile the log"
+            );
+            expected += i64::from(records);
+        }
+        assert_eq!(
+            expected - 1,
+            per_partition[&partition],
+            "partition {partition}"
+        );
+    }
+}
+
 async fn next(c: &mut Consumer) -> rill_client::ConsumerRecord {
     tokio::time::timeout(Duration::from_secs(30), c.next())
         .await

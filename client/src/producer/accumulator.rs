@@ -129,6 +129,19 @@ pub(crate) struct Appended {
     pub(crate) wake_sender: bool,
 }
 
+/// What [`Accumulator::append_many_if_known`] appended.
+#[derive(Default)]
+pub(crate) struct AppendedMany {
+    /// Records appended (a prefix of those given).
+    pub(crate) records: usize,
+    /// Their size estimates: the budget they hold.
+    pub(crate) reserved_bytes: usize,
+    /// The sender must look again (see [`Appended::wake_sender`]).
+    pub(crate) wake_sender: bool,
+    /// The encoding error that ended the prefix, if one did.
+    pub(crate) error: Option<Error>,
+}
+
 /// A batch handed to the sender.
 pub(crate) struct Drained {
     pub(crate) topic: Arc<str>,
@@ -393,6 +406,89 @@ impl Accumulator {
             now,
             reports,
         ))
+    }
+
+    /// Appends a prefix of `records` under one call (one lock for the caller): each as
+    /// [`Accumulator::append_if_known`] with [`Reports::PerBatch`], `timestamp_ms` for
+    /// the records without one of their own, and each record's size estimate as its
+    /// reserved budget. Stops before the first record that needs the common path's
+    /// slow side: its topic's partition count not known at `generation`, an explicit
+    /// partition outside it. `opened` gets the completion of every batch a record opened.
+    /// Returns the records appended and their reserved bytes, and whether the sender
+    /// must look again; an encoding error ends the prefix (the records before it stay
+    /// appended, and are counted in the error's place by the caller's budget).
+    pub(crate) fn append_many_if_known(
+        &mut self,
+        records: &[ProducerRecord],
+        generation: u64,
+        timestamp_ms: i64,
+        now: impl Fn() -> Instant,
+        opened: &mut Vec<Arc<Completion>>,
+    ) -> AppendedMany {
+        let batching = self.batching();
+        let Accumulator {
+            topics,
+            buffer_pool,
+            ..
+        } = self;
+        let mut done = AppendedMany::default();
+        // The topic of the previous record: a run of records to one topic looks it up once.
+        let mut current: Option<(&str, &mut TopicQueues, i32)> = None;
+        for record in records {
+            let topic = record.topic.as_str();
+            // The same name as the previous record's (a caller reusing one `String`
+            // compares no bytes).
+            let same_topic = current.as_ref().is_some_and(|(name, _, _)| {
+                (name.as_ptr() == topic.as_ptr() && name.len() == topic.len()) || *name == topic
+            });
+            if !same_topic {
+                let Some(queues) = topics.get_mut(topic) else {
+                    break;
+                };
+                let partition_count = match queues.partition_count {
+                    Some((g, n)) if g == generation => n,
+                    _ => break,
+                };
+                current = Some((topic, queues, partition_count));
+            }
+            let Some((_, queues, partition_count)) = current.as_mut() else {
+                break;
+            };
+            let partition_count = *partition_count;
+            if record
+                .partition
+                .is_some_and(|p| p < 0 || p >= partition_count)
+            {
+                break;
+            }
+            let size = record.size_estimate_bytes();
+            let appended = append_to(
+                queues,
+                buffer_pool,
+                batching,
+                record,
+                record.timestamp_ms.unwrap_or(timestamp_ms),
+                partition_count,
+                size,
+                &now,
+                Reports::PerBatch,
+            );
+            match appended {
+                Ok(a) => {
+                    done.records += 1;
+                    done.reserved_bytes += size;
+                    done.wake_sender |= a.wake_sender;
+                    if let Some(c) = a.completion {
+                        opened.push(c);
+                    }
+                }
+                Err(e) => {
+                    done.error = Some(e);
+                    break;
+                }
+            }
+        }
+        done
     }
 
     /// Closes batches whose linger expired (all open batches while a flush is pending)
@@ -787,6 +883,50 @@ mod tests {
         for (d, c) in ready.iter().zip(&opened) {
             assert!(Arc::ptr_eq(&d.batch.completion, c));
         }
+    }
+
+    /// The many-record append queues a prefix exactly as single appends would (one
+    /// completion per opened batch, every record's size reserved) and stops before a
+    /// record of a topic whose partition count is not known at this generation and
+    /// before an explicit partition outside the count.
+    #[test]
+    fn append_many_queues_a_prefix_and_stops_where_the_slow_path_must_decide() {
+        let mut a = acc(60_000, 1024);
+        a.remember_partition_count("t", 7, 2);
+        let t0 = Instant::now();
+        let mut records: Vec<ProducerRecord> = (0..20).map(|_| record(None, 100)).collect();
+        records[15].topic = "unknown".into();
+        let mut opened = Vec::new();
+        let done = a.append_many_if_known(&records, 7, 0, || t0, &mut opened);
+        assert!(done.error.is_none());
+        assert_eq!(done.records, 15, "stops at the unknown topic");
+        let size = records[0].size_estimate_bytes();
+        assert_eq!(done.reserved_bytes, 15 * size);
+        assert!(done.wake_sender);
+        a.in_flight_max = usize::MAX;
+        a.flushes_pending = 1;
+        let (ready, _) = a.drain(t0).unwrap();
+        assert!(ready.len() > 1, "several batches: {}", ready.len());
+        assert_eq!(ready.len(), opened.len(), "one completion per batch");
+        for d in &ready {
+            // Drained by partition, opened in time order: the same set.
+            assert!(opened.iter().any(|c| Arc::ptr_eq(&d.batch.completion, c)));
+        }
+        let queued: u32 = ready.iter().map(|d| d.batch.record_count).sum();
+        assert_eq!(queued, 15);
+        let reserved: usize = ready.iter().map(|d| d.batch.reserved_bytes).sum();
+        assert_eq!(reserved, done.reserved_bytes);
+
+        let stale = a.append_many_if_known(&records[..1], 8, 0, || t0, &mut opened);
+        assert_eq!(
+            stale.records, 0,
+            "a newer metadata generation: the count is re-read"
+        );
+        let mut explicit = records[..3].to_vec();
+        explicit[1].partition = Some(1);
+        explicit[2].partition = Some(2);
+        let done = a.append_many_if_known(&explicit, 7, 0, || t0, &mut opened);
+        assert_eq!(done.records, 2, "partition 2 of 2 is left to the slow path");
     }
 
     #[test]

@@ -220,6 +220,102 @@ impl Producer {
             .map(BatchDelivery::new))
     }
 
+    /// [`Producer::send_ref_batched`] for many records at once, without waiting: queues
+    /// the longest prefix of `records` that needs no wait, under one lock, one buffer
+    /// budget acquisition and one clock read (the records without a timestamp of their
+    /// own get the same CreateTime), and returns how many it queued. A
+    /// [`BatchDelivery`] for every batch one of them opened is pushed to `opened`. The
+    /// records are queued exactly as by `send_ref_batched` one by one (same order,
+    /// partitions, batches, retries, buffer bound).
+    ///
+    /// It stops before the first record that would have to wait (for buffer space, the
+    /// topic's metadata or an idempotent producer's id) or that `send_ref_batched` would
+    /// refuse (too large, an unknown partition): the caller sends that one with
+    /// `send_ref_batched`, which waits or says why not, then carries on here. So a bulk
+    /// loader's loop is
+    ///
+    /// ```no_run
+    /// # async fn demo(producer: &rill_client::Producer, records: &[rill_client::ProducerRecord]) -> Result<(), rill_client::Error> {
+    /// let mut opened = Vec::new();
+    /// let mut next = 0;
+    /// while next < records.len() {
+    ///     next += producer.try_send_many_batched(&records[next..], &mut opened)?;
+    ///     if let Some(record) = records.get(next) {
+    ///         opened.extend(producer.send_ref_batched(record).await?);
+    ///         next += 1;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// An error is returned if the producer is closed (nothing queued) or a record could
+    /// not be encoded (the records before it are queued; their batches' deliveries are
+    /// in `opened`).
+    pub fn try_send_many_batched(
+        &self,
+        records: &[ProducerRecord],
+        opened: &mut Vec<BatchDelivery>,
+    ) -> Result<usize> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        // The budget of the prefix that fits what is free now (the sender only adds to
+        // it meanwhile; another sending thread may take it first, and then this call
+        // queues nothing and the caller's `send_ref_batched` waits).
+        let free_bytes = inner.memory.available_permits();
+        let record_bytes_max = inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX);
+        let mut budget_bytes = 0usize;
+        let mut fitting = 0;
+        for record in records {
+            let size = record.size_estimate_bytes();
+            if size > record_bytes_max
+                || budget_bytes + size > free_bytes
+                || budget_bytes + size > u32::MAX as usize
+            {
+                break;
+            }
+            budget_bytes += size;
+            fitting += 1;
+        }
+        if fitting == 0 {
+            return Ok(0);
+        }
+        match inner.memory.try_acquire_many(budget_bytes as u32) {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(TryAcquireError::NoPermits) => return Ok(0),
+        }
+        let generation = inner.cluster.generation();
+        let timestamp_ms = now_ms();
+        let mut completions = Vec::new();
+        let done = {
+            let mut acc = inner.accumulator.lock().unwrap_or_else(|e| e.into_inner());
+            if inner.config.is_idempotent() && acc.producer().is_none() {
+                accumulator::AppendedMany::default()
+            } else {
+                acc.append_many_if_known(
+                    &records[..fitting],
+                    generation,
+                    timestamp_ms,
+                    Instant::now,
+                    &mut completions,
+                )
+            }
+        };
+        if budget_bytes > done.reserved_bytes {
+            inner.memory.add_permits(budget_bytes - done.reserved_bytes);
+        }
+        if done.wake_sender {
+            inner.wake_sender.notify_one();
+        }
+        opened.extend(completions.into_iter().map(BatchDelivery::new));
+        match done.error {
+            Some(e) => Err(e),
+            None => Ok(done.records),
+        }
+    }
+
     /// Queues `record`, with the batch's completion for the records `reports` names.
     async fn send_reporting(&self, record: &ProducerRecord, reports: Reports) -> Result<Queued> {
         match self.send_now(record, reports) {

@@ -310,7 +310,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let worker_threads = match &cli.command {
+        Command::Bench(cmd) => bench::worker_threads(cmd),
+        _ => None,
+    };
+    let runtime = match worker_threads {
+        Some(threads) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rill: cannot start runtime: {e}");

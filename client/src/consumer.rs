@@ -30,7 +30,7 @@ use crate::cluster::Cluster;
 use crate::config::{ConsumerConfig, OffsetReset};
 use crate::error::{Error, Result};
 use crate::group::{self, commit::GroupCtx, RebalanceListener, Subscription};
-use crate::record::{ConsumerRecord, TopicPartition};
+use crate::record::{ConsumerRecord, RecordBatchRef, RecordEntry, TopicPartition};
 
 /// A position to start reading from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,16 +237,25 @@ impl Shared {
 ///
 /// The fetcher only walks the batch headers (to know where to fetch next) and hands
 /// over the raw batches; they are decoded here, on the application's side, one batch
-/// at a time as the stream reaches them, so decoding overlaps the next fetch.
+/// at a time as the stream reaches them, so decoding overlaps the next fetch. A decoded
+/// batch is one `Bytes` and a reused `Vec` of record positions in it: nothing is
+/// allocated or reference-counted per record until a record is handed out.
 pub(crate) struct Chunk {
     tp: TopicPartition,
     /// The same topic name shared by every record of the chunk.
     topic: Arc<str>,
     epoch: u64,
     cursor: Arc<Cursor>,
-    /// Decoded records not handed out yet. [`Chunk::fill`] keeps at least two here while
-    /// batches remain, so the stream knows when it hands out the chunk's last record.
-    records: VecDeque<ConsumerRecord>,
+    /// The bytes of the batch being handed out (its records section, or decompressed).
+    source: Bytes,
+    /// The records of that batch at or above the fetch offset, as positions in `source`.
+    entries: Vec<RecordEntry>,
+    /// Index in `entries` of the next record to hand out.
+    next: usize,
+    /// The batch last handed out whole by [`Consumer::next_batch`], borrowed by the
+    /// application until its next call; its `Vec` is swapped back in for the next batch.
+    lent_source: Bytes,
+    lent: Vec<RecordEntry>,
     /// Whole batches not decoded yet (cut by [`crate::wire::walk_batches`]).
     batches: Bytes,
     /// A batch that failed to decode, with the offset to fetch again from: reported
@@ -262,20 +271,51 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    /// Decodes batches until two records are ready, every batch is decoded, or one
-    /// fails (kept in `failed`). Per batch, never per record: bounded by one batch's
-    /// records beyond the two.
+    fn new(
+        tp: TopicPartition,
+        topic: Arc<str>,
+        epoch: u64,
+        cursor: Arc<Cursor>,
+        batches: Bytes,
+        next_offset: i64,
+        fetch_offset: i64,
+    ) -> Chunk {
+        Chunk {
+            tp,
+            topic,
+            epoch,
+            cursor,
+            source: Bytes::new(),
+            entries: Vec::new(),
+            next: 0,
+            lent_source: Bytes::new(),
+            lent: Vec::new(),
+            batches,
+            failed: None,
+            next_offset,
+            fetch_offset,
+        }
+    }
+
+    /// Whether a decoded record is ready to hand out.
+    fn has_record(&self) -> bool {
+        self.next < self.entries.len()
+    }
+
+    /// Once the decoded batch is handed out, decodes batches until one has records for
+    /// the application, every batch is decoded, or one fails (kept in `failed`). Per
+    /// batch, never per record: memory is one batch's records.
     fn fill(&mut self) {
-        while self.records.len() < 2 && !self.batches.is_empty() && self.failed.is_none() {
+        while !self.has_record() && !self.batches.is_empty() && self.failed.is_none() {
+            self.next = 0;
             let result = crate::wire::decode_first_batch(
                 &mut self.batches,
-                &self.topic,
-                self.tp.partition,
                 self.fetch_offset,
-                &mut self.records,
+                &mut self.source,
+                &mut self.entries,
             );
             if let Err(e) = result {
-                // Records below the failed batch were handed out (or are in `records`):
+                // Records below the failed batch were handed out (or are ready):
                 // reading resumes at the batch, or at the fetch offset inside it.
                 let at = crate::wire::first_base_offset(&self.batches)
                     .map_or(self.fetch_offset, |b| b.max(self.fetch_offset));
@@ -285,14 +325,54 @@ impl Chunk {
         }
     }
 
+    /// The next decoded record, owned.
+    fn take_record(&mut self) -> Option<ConsumerRecord> {
+        let entry = self.entries.get(self.next)?;
+        let record = entry.to_record(&self.source, &self.topic, self.tp.partition);
+        self.next += 1;
+        Some(record)
+    }
+
+    /// Moves the rest of the decoded batch to the lent slot (read by
+    /// [`Chunk::lent_batch`]); returns the offset of its last record.
+    fn lend_batch(&mut self) -> Option<i64> {
+        if !self.has_record() {
+            return None;
+        }
+        self.entries.drain(..self.next);
+        std::mem::swap(&mut self.entries, &mut self.lent);
+        self.lent_source = std::mem::take(&mut self.source);
+        self.entries.clear();
+        self.next = 0;
+        self.lent.last().map(|e| e.offset)
+    }
+
+    fn lent_batch(&self) -> RecordBatchRef<'_> {
+        RecordBatchRef {
+            topic: &self.topic,
+            partition: self.tp.partition,
+            source: &self.lent_source,
+            entries: &self.lent,
+        }
+    }
+
     /// The offset of the next record (or failure) the chunk hands out, if any.
     fn next_position(&mut self) -> Option<i64> {
         self.fill();
-        self.records
-            .front()
+        self.entries
+            .get(self.next)
             .map(|r| r.offset)
             .or(self.failed.as_ref().map(|(_, at)| *at))
     }
+}
+
+/// What [`Consumer::poll_take`] hands out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// One owned record (the `Stream`).
+    Record,
+    /// The rest of a decoded batch, lent ([`Consumer::next_batch`]).
+    Batch,
 }
 
 /// An assign-mode consumer. Read records through its [`Stream`] implementation:
@@ -660,66 +740,114 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// The records of the next record batch (of one partition), borrowed until the next
+    /// call: the cheapest way to read, with no allocation and no reference count per
+    /// record ([`crate::RecordRef::to_record`] makes an owned record where one is
+    /// wanted). Records come in the same order, with the same positions, commits and
+    /// errors as through the [`Stream`], and the two can be mixed: a batch holds the
+    /// records the stream has not returned yet. `None` only once the consumer is shut
+    /// down. Cancel-safe: dropping the future loses no record.
+    pub async fn next_batch(&mut self) -> Option<Result<RecordBatchRef<'_>>> {
+        match std::future::poll_fn(|cx| self.poll_take(cx, Take::Batch)).await? {
+            Err(e) => Some(Err(e)),
+            // `poll_take` lends a batch of the current chunk before it answers.
+            Ok(_) => self.current.as_ref().map(|c| Ok(c.lent_batch())),
+        }
+    }
+
+    /// The next record ([`Take::Record`]: returned) or batch ([`Take::Batch`]: lent in
+    /// the current chunk, `None` returned), moving the delivered cursor past it.
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: Take,
+    ) -> Poll<Option<Result<Option<ConsumerRecord>>>> {
+        loop {
+            if let Some(chunk) = &mut self.current {
+                chunk.fill();
+                if chunk.has_record() {
+                    let (record, last_offset) = match take {
+                        Take::Record => {
+                            let record = chunk.take_record();
+                            let offset = record.as_ref().map_or(chunk.fetch_offset, |r| r.offset);
+                            (record, offset)
+                        }
+                        Take::Batch => {
+                            let offset = chunk.lend_batch().unwrap_or(chunk.fetch_offset);
+                            (None, offset)
+                        }
+                    };
+                    // Decodes the next batch if this one is done: none left now means
+                    // this was the chunk's last record, unless a failed batch follows.
+                    chunk.fill();
+                    let last = !chunk.has_record() && chunk.failed.is_none();
+                    let next = if last {
+                        chunk.next_offset.max(last_offset + 1)
+                    } else {
+                        last_offset + 1
+                    };
+                    // Revoked by the group meanwhile: the records belong to the next owner.
+                    if !chunk.cursor.advance(next) {
+                        self.current = None;
+                        continue;
+                    }
+                    if last {
+                        self.consumed_positions.insert(chunk.tp.clone(), next);
+                    }
+                    return Poll::Ready(Some(Ok(record)));
+                }
+                if let Some((e, at)) = chunk.failed.take() {
+                    let (tp, epoch) = (chunk.tp.clone(), chunk.epoch);
+                    self.current = None;
+                    self.rewind(&tp, epoch, at);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                // A chunk of control batches only: nothing to hand out, but the
+                // position moves past them.
+                chunk.cursor.advance(chunk.next_offset);
+                self.consumed_positions
+                    .entry(chunk.tp.clone())
+                    .and_modify(|p| *p = (*p).max(chunk.next_offset))
+                    .or_insert(chunk.next_offset);
+                self.current = None;
+            }
+            if let Some(chunk) = self.queued.pop_front() {
+                let current_epoch = self.shared.lock().get(&chunk.tp).map(|s| s.epoch);
+                if current_epoch == Some(chunk.epoch) {
+                    self.shared.poll_timer.took_chunk();
+                    self.current = Some(chunk);
+                }
+                continue;
+            }
+            match self.responses.poll_recv(cx) {
+                Poll::Pending => {
+                    self.shared.poll_timer.waiting();
+                    return Poll::Pending;
+                }
+                // The fetcher only stops when the consumer is dropped.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(chunks))) => self.queued.extend(chunks),
+            }
+        }
+    }
+}
+
 impl Stream for Consumer {
     type Item = Result<ConsumerRecord>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Some(chunk) = &mut this.current {
-                chunk.fill();
-                if let Some(record) = chunk.records.pop_front() {
-                    // `fill` left two records or decoded every batch: none left now
-                    // means this is the chunk's last, unless a failed batch follows.
-                    let last = chunk.records.is_empty() && chunk.failed.is_none();
-                    let next = if last {
-                        chunk.next_offset.max(record.offset + 1)
-                    } else {
-                        record.offset + 1
-                    };
-                    // Revoked by the group meanwhile: the record belongs to the next owner.
-                    if !chunk.cursor.advance(next) {
-                        this.current = None;
-                        continue;
-                    }
-                    if last {
-                        this.consumed_positions.insert(chunk.tp.clone(), next);
-                    }
-                    return Poll::Ready(Some(Ok(record)));
-                }
-                if let Some((e, at)) = chunk.failed.take() {
-                    let (tp, epoch) = (chunk.tp.clone(), chunk.epoch);
-                    this.current = None;
-                    this.rewind(&tp, epoch, at);
-                    return Poll::Ready(Some(Err(e)));
-                }
-                // A chunk of control batches only: nothing to hand out, but the
-                // position moves past them.
-                chunk.cursor.advance(chunk.next_offset);
-                this.consumed_positions
-                    .entry(chunk.tp.clone())
-                    .and_modify(|p| *p = (*p).max(chunk.next_offset))
-                    .or_insert(chunk.next_offset);
-                this.current = None;
-            }
-            if let Some(chunk) = this.queued.pop_front() {
-                let current_epoch = this.shared.lock().get(&chunk.tp).map(|s| s.epoch);
-                if current_epoch == Some(chunk.epoch) {
-                    this.shared.poll_timer.took_chunk();
-                    this.current = Some(chunk);
-                }
-                continue;
-            }
-            match this.responses.poll_recv(cx) {
-                Poll::Pending => {
-                    this.shared.poll_timer.waiting();
-                    return Poll::Pending;
-                }
-                // The fetcher only stops when the consumer is dropped.
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(chunks))) => this.queued.extend(chunks),
-            }
+            return match this.poll_take(cx, Take::Record) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(Some(record)))) => Poll::Ready(Some(Ok(record))),
+                // Not for `Take::Record`; asked again rather than taken as the end.
+                Poll::Ready(Some(Ok(None))) => continue,
+            };
         }
     }
 }
@@ -1021,17 +1149,15 @@ async fn fetch_from(
                     continue;
                 };
                 advance(shared, &tp, epoch, Position::Fetch(next));
-                chunks.push(Chunk {
+                chunks.push(Chunk::new(
                     tp,
-                    topic: topic_arc.clone(),
+                    topic_arc.clone(),
                     epoch,
                     cursor,
-                    records: VecDeque::new(),
                     batches,
-                    failed: None,
-                    next_offset: next,
-                    fetch_offset: offset,
-                });
+                    next,
+                    offset,
+                ));
             }
         }
     }

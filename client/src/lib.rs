@@ -57,4 +57,7 @@ pub use consumer::{Consumer, Offset};
 pub use error::{Error, ResponseError, Result};
 pub use group::{RebalanceListener, Subscription};
 pub use producer::{BatchDelivery, BatchReport, DeliveryFuture, Producer};
-pub use record::{ConsumerRecord, Header, ProducerRecord, RecordMetadata, TopicPartition};
+pub use record::{
+    ConsumerRecord, Header, ProducerRecord, RecordBatchRef, RecordHeaders, RecordMetadata,
+    RecordRef, TopicPartition,
+};

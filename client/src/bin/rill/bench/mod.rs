@@ -107,6 +107,10 @@ pub(crate) struct ConsumeBench {
     /// `partition_fetch_bytes_max`): what each round trip can carry.
     #[arg(long, default_value_t = ConsumerConfig::default().partition_fetch_bytes_max)]
     partition_fetch_bytes_max: i32,
+    /// Read through the consumer's per-record `Stream` (one owned record at a time)
+    /// instead of `Consumer::next_batch` (a borrowed batch at a time).
+    #[arg(long)]
+    per_record: bool,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -498,37 +502,76 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     // call (one coarse clock read) when a wait comes or every 1024 records.
     let (mut ready_records, mut ready_bytes) = (0u64, 0u64);
     while records < b.count {
-        let mut next = consumer.next();
-        // A record ready at the first poll waited one poll: counted as the histogram's
-        // floor of 1 µs (an upper bound), without reading the clock.
-        let (record, waited) = match futures::poll!(&mut next) {
-            Poll::Ready(record) => (record, Duration::ZERO),
-            Poll::Pending => {
-                let waited_from = Instant::now();
-                let record = next.await;
-                // + 1 µs: the first poll, before the clock was read.
-                (record, waited_from.elapsed() + Duration::from_micros(1))
+        let before = records;
+        let waited = if b.per_record {
+            let mut next = consumer.next();
+            // A record ready at the first poll waited one poll: counted as the
+            // histogram's floor of 1 µs (an upper bound), without reading the clock.
+            let (record, waited) = match futures::poll!(&mut next) {
+                Poll::Ready(record) => (record, Duration::ZERO),
+                Poll::Pending => {
+                    let waited_from = Instant::now();
+                    let record = next.await;
+                    // + 1 µs: the first poll, before the clock was read.
+                    (record, waited_from.elapsed() + Duration::from_micros(1))
+                }
+            };
+            let Some(record) = record else {
+                break;
+            };
+            let record = record?;
+            let record_bytes = record.value.as_ref().map_or(0, |v| v.len() as u64)
+                + record.key.as_ref().map_or(0, |k| k.len() as u64);
+            records += 1;
+            bytes += record_bytes;
+            if waited.is_zero() {
+                ready_records += 1;
+                ready_bytes += record_bytes;
+            } else {
+                latency.record(waited, record_bytes);
             }
-        };
-        let Some(record) = record else {
-            break;
-        };
-        let record = record?;
-        let record_bytes = record.value.as_ref().map_or(0, |v| v.len() as u64)
-            + record.key.as_ref().map_or(0, |k| k.len() as u64);
-        if waited.is_zero() {
-            ready_records += 1;
-            ready_bytes += record_bytes;
+            waited
         } else {
-            latency.record(waited, record_bytes);
-        }
-        records += 1;
-        bytes += record_bytes;
-        if records % 1024 == 0 || !waited.is_zero() {
+            let mut next = std::pin::pin!(consumer.next_batch());
+            // As above, per batch: its first record waited, the others were ready.
+            let (batch, waited) = match futures::poll!(&mut next) {
+                Poll::Ready(batch) => (batch, Duration::ZERO),
+                Poll::Pending => {
+                    let waited_from = Instant::now();
+                    let batch = next.await;
+                    (batch, waited_from.elapsed() + Duration::from_micros(1))
+                }
+            };
+            let Some(batch) = batch else {
+                break;
+            };
+            let batch = batch?;
+            let wanted = usize::try_from(b.count - records).unwrap_or(usize::MAX);
+            let mut first_bytes = None;
+            for r in batch.iter().take(wanted) {
+                let record_bytes =
+                    r.value().map_or(0, |v| v.len() as u64) + r.key().map_or(0, |k| k.len() as u64);
+                records += 1;
+                bytes += record_bytes;
+                if first_bytes.is_none() && !waited.is_zero() {
+                    first_bytes = Some(record_bytes);
+                } else {
+                    ready_records += 1;
+                    ready_bytes += record_bytes;
+                }
+            }
+            if let Some(first_bytes) = first_bytes {
+                latency.record(waited, first_bytes);
+            }
+            waited
+        };
+        // Every 1024 records (or batch crossing a multiple of 1024) and at each wait.
+        let crossed_1k = before / 1024 != records / 1024;
+        if crossed_1k || !waited.is_zero() {
             latency.record_n(Duration::ZERO, ready_records, ready_bytes);
             (ready_records, ready_bytes) = (0, 0);
         }
-        if records % 1024 == 0 {
+        if crossed_1k {
             bar.set_position(records);
         }
     }
@@ -539,7 +582,7 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     if let Some(path) = &b.json {
         let params = serde_json::json!({
             "topic": b.topic, "size": b.size, "count": b.count, "partitions": partitions,
-            "partition_fetch_bytes_max": b.partition_fetch_bytes_max,
+            "partition_fetch_bytes_max": b.partition_fetch_bytes_max, "per_record": b.per_record,
         });
         latency
             .write_json(path, "consume", params, records, bytes, elapsed)

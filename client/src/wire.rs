@@ -868,22 +868,19 @@ mod tests {
             .collect()
     }
 
+    /// Per record: offset, timestamp, key, value, headers; `Err` for a refused batch.
+    type Decoded = std::result::Result<Vec<DecodedRecord>, ()>;
+    type DecodedRecord = (
+        i64,
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
+
     /// What `rill_record::Records` (the broker's reference decoder) makes of the
     /// records section of `batch`: per record offset, timestamp, key, value, headers.
-    #[allow(clippy::type_complexity)]
-    fn reference(
-        batch: &[u8],
-        fetch_offset: i64,
-    ) -> std::result::Result<
-        Vec<(
-            i64,
-            i64,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Vec<(String, Option<Vec<u8>>)>,
-        )>,
-        (),
-    > {
+    fn reference(batch: &[u8], fetch_offset: i64) -> Decoded {
         let view = batch::batches(batch).next().ok_or(())?.map_err(|_| ())?;
         let mut out = Vec::new();
         for r in view.records().map_err(|_| ())? {
@@ -906,20 +903,7 @@ mod tests {
 
     /// The same through [`decode_first_batch`], the CRC left out of the comparison
     /// (mutated records fail it; the reference does not check it).
-    #[allow(clippy::type_complexity)]
-    fn ours(
-        batch: &[u8],
-        fetch_offset: i64,
-    ) -> std::result::Result<
-        Vec<(
-            i64,
-            i64,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Vec<(String, Option<Vec<u8>>)>,
-        )>,
-        (),
-    > {
+    fn ours(batch: &[u8], fetch_offset: i64) -> Decoded {
         let mut b = batch.to_vec();
         // Re-stamp the CRC so a mutation reaches the record decoder.
         if let Ok(view) = BatchView::new(&b) {

@@ -472,6 +472,21 @@ async fn produce_paced(
     Ok(())
 }
 
+/// Awaits `next` and says how long it waited: a value ready at the first poll waited
+/// one poll, counted as zero (the histogram's floor of 1 µs, an upper bound) without
+/// reading the clock; otherwise the wait plus 1 µs for that first poll.
+async fn await_timed<F: std::future::Future>(next: F) -> (F::Output, Duration) {
+    let mut next = std::pin::pin!(next);
+    match futures::poll!(&mut next) {
+        Poll::Ready(value) => (value, Duration::ZERO),
+        Poll::Pending => {
+            let waited_from = Instant::now();
+            let value = next.await;
+            (value, waited_from.elapsed() + Duration::from_micros(1))
+        }
+    }
+}
+
 async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     let mut consumer = Consumer::new(ConsumerConfig {
         client,
@@ -504,18 +519,7 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
     while records < b.count {
         let before = records;
         let waited = if b.per_record {
-            let mut next = consumer.next();
-            // A record ready at the first poll waited one poll: counted as the
-            // histogram's floor of 1 µs (an upper bound), without reading the clock.
-            let (record, waited) = match futures::poll!(&mut next) {
-                Poll::Ready(record) => (record, Duration::ZERO),
-                Poll::Pending => {
-                    let waited_from = Instant::now();
-                    let record = next.await;
-                    // + 1 µs: the first poll, before the clock was read.
-                    (record, waited_from.elapsed() + Duration::from_micros(1))
-                }
-            };
+            let (record, waited) = await_timed(consumer.next()).await;
             let Some(record) = record else {
                 break;
             };
@@ -532,16 +536,8 @@ async fn consume(client: ClientConfig, b: ConsumeBench) -> Result<(), Error> {
             }
             waited
         } else {
-            let mut next = std::pin::pin!(consumer.next_batch());
-            // As above, per batch: its first record waited, the others were ready.
-            let (batch, waited) = match futures::poll!(&mut next) {
-                Poll::Ready(batch) => (batch, Duration::ZERO),
-                Poll::Pending => {
-                    let waited_from = Instant::now();
-                    let batch = next.await;
-                    (batch, waited_from.elapsed() + Duration::from_micros(1))
-                }
-            };
+            // Per batch: its first record waited, the others were ready.
+            let (batch, waited) = await_timed(consumer.next_batch()).await;
             let Some(batch) = batch else {
                 break;
             };

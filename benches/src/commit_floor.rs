@@ -70,7 +70,7 @@ pub(crate) fn measure(dir: &Path, w: Workload) -> Result<Quantiles, Error> {
         let path = dir.join(format!("commit-floor-{i}.bin"));
         let file = File::create(&path).map_err(io("create commit-floor file"))?;
         paths.push(path);
-        preallocate(&file, (windows * window_bytes) as u64);
+        crate::limits::preallocate(&file, (windows * window_bytes) as u64);
         replicas.push(Arc::new(Replica {
             file,
             written: AtomicU64::new(0),
@@ -167,15 +167,6 @@ fn sync_loop(r: &Replica, done: &AtomicBool, start: Instant) -> std::io::Result<
         }
         synced = written;
     }
-}
-
-/// Allocates `[0, len)` of `file` as the broker's segments are (fallocate ahead of
-/// the writes); where the file system cannot, the writes allocate as they go.
-fn preallocate(file: &File, len: u64) {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
-    // SAFETY: fallocate on an fd we own; a failure only leaves the file unallocated.
-    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
 }
 
 #[cfg(test)]

@@ -153,6 +153,15 @@ fn chunk() -> Vec<u8> {
     (0..CHUNK_BYTES).map(|i| (i % 251) as u8).collect()
 }
 
+/// Allocates `[0, len)` of `file` as the broker's segments are (fallocate ahead of
+/// the writes); where the file system cannot, the writes allocate as they go.
+pub(crate) fn preallocate(file: &std::fs::File, len: u64) {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+    // SAFETY: fallocate on an fd we own; a failure only leaves the file unallocated.
+    unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+}
+
 /// Writes `bytes` in 1 MiB chunks to a new file `name` in `dir`, with an fdatasync
 /// after each chunk when `sync_each`; the file is removed afterwards (before its dirty
 /// pages would be written back into the next measurement). Returns MB/s and the
@@ -165,10 +174,7 @@ fn write_file(dir: &Path, name: &str, bytes: u64, sync_each: bool) -> Result<(f6
         // Buffered writes go into preallocated space, as a broker's appends do (its
         // segments grow by fallocate ahead of the writes): without it the figure
         // includes the file system's block allocation, which appends do not pay.
-        use std::os::fd::AsRawFd;
-        let len = libc::off_t::try_from(bytes).unwrap_or(libc::off_t::MAX);
-        // SAFETY: fallocate on an fd we own; a failure only leaves the file unallocated.
-        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        preallocate(&file, bytes);
     }
     let cpu_before = thread_cpu_s();
     let started = Instant::now();

@@ -193,6 +193,30 @@ fn bench_prints_throughput_and_latency_percentiles() {
         paced.contains("produced: 2000 records, 200000 bytes"),
         "{paced}"
     );
+    // With keys, over 3 partitions: the per-record path (a delivery future per record).
+    let keyed = stdout(&rill(
+        &b,
+        &[
+            "bench",
+            "produce",
+            "paced-keyed",
+            "--keyed",
+            "--partitions",
+            "3",
+            "--size",
+            "100",
+            "--count",
+            "2000",
+            "--rate",
+            "20000",
+            "--quiet",
+        ],
+        None,
+    ));
+    assert!(
+        keyed.contains("produced: 2000 records, 200000 bytes"),
+        "{keyed}"
+    );
     let consumed = stdout(&rill(
         &b,
         &["bench", "consume", "bench", "--count", "5000", "--quiet"],

@@ -201,22 +201,25 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
 pub(crate) fn limits_text(limits: &Limits) -> String {
     format!(
         "machine limits: buffered write {:.0} MB/s, write+fdatasync every 1 MiB {:.0} MB/s \
-         ({:.0} MB/s each of 3 streams at once), memcpy {:.0} MB/s, CRC-32C {:.0} MB/s, \
+         ({:.0} MB/s each of 3 streams at once; sustained, past the disk's first GBs: {:.0} MB/s), memcpy {:.0} MB/s, CRC-32C {:.0} MB/s, \
          loopback TCP single stream {:.0} MB/s, fetch-shaped (from a mapped file, CRC-32C \
          on receive) {:.0} MB/s\n\
-         CPU floors (CPU-s/GB): loopback send {:.2}, receive {:.2}, page-cache write {:.2}; \
-         producer (memcpy + CRC + send) {:.2}, broker at acks=1 (receive + CRC + write) {:.2}; \
+         CPU floors (CPU-s/GB): loopback send {:.2}, receive {:.2}, page-cache write {:.2} \
+         ({:.2} into fresh memory, {:.2} into host-backed memory); producer (memcpy + CRC + send) {:.2}, broker at acks=1 (receive + CRC + write) {:.2}; \
          both on {} cores: at most {:.0} MB/s\n",
         limits.buffered_write_mb_s,
         limits.fdatasync_write_mb_s,
         limits.fdatasync_write_3_streams_mb_s,
+        limits.fdatasync_sustained_mb_s,
         limits.memcpy_mb_s,
         limits.crc32c_mb_s,
         limits.loopback_tcp_mb_s,
         limits.fetch_loopback_mb_s,
         limits.loopback_send_cpu_s_per_gb,
         limits.loopback_recv_cpu_s_per_gb,
+        limits.page_cache_write_floor_cpu_s_per_gb(),
         limits.buffered_write_cpu_s_per_gb,
+        limits.buffered_write_backed_cpu_s_per_gb,
         limits.client_floor_cpu_s_per_gb(),
         limits.broker_floor_cpu_s_per_gb(),
         cores(),

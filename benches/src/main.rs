@@ -390,6 +390,7 @@ fn suite(a: SuiteArgs) -> Result<(), Error> {
         runtime,
         bar: bar.clone(),
         quiet: a.quiet,
+        disk_sustained_mb_s: Some(limits.fdatasync_sustained_mb_s),
     };
     let mut rows = Vec::new();
     for run in 1..=runs {
@@ -429,6 +430,7 @@ fn suite(a: SuiteArgs) -> Result<(), Error> {
     println!();
     print!("{}", report::table(&medians, &limits));
     println!("(medians of the measured runs; latency from send, or from the schedule at a fixed rate (producer linger {} ms there); CPU-s/G: CPU-seconds per GB, brokers summed)", sizes.rate_linger_ms);
+    println!("(fixed rate @N/s: half of the full-speed run's rate; @N/s*: half of what the disk sustains (write+fdatasync, second half of 4 GiB) for the copies the case writes to it, which was lower)");
     println!();
     print!("{}", report::limits_text(&limits));
     match &tansu {

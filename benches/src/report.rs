@@ -91,6 +91,7 @@ pub(crate) fn medians(rows: &[Row]) -> Vec<(Row, usize)> {
             let gb = (out.bytes as f64 / 1e9).max(1e-12);
             out.broker_cpu_s = broker * gb;
             out.client_cpu_s = client * gb;
+            out.rate_disk_bound = ok.iter().any(|r| r.rate_disk_bound);
             out.rate_per_s = ok[0]
                 .rate_per_s
                 .map(|_| m(&|r| r.rate_per_s.unwrap_or(f64::NAN)));
@@ -156,7 +157,12 @@ pub(crate) fn table(medians: &[(Row, usize)], limits: &Limits) -> String {
             .map_or(String::new(), |(r, what)| format!("{r:.2} of {what}"));
         let peer = vs_peer(row, medians).map_or(String::new(), |r| format!("{r:.2}"));
         let name = match row.rate_per_s {
-            Some(rate) => format!("{} @{:.0}/s", row.name, rate),
+            Some(rate) => format!(
+                "{} @{:.0}/s{}",
+                row.name,
+                rate,
+                if row.rate_disk_bound { "*" } else { "" }
+            ),
             None => row.name.clone(),
         };
         let _ = writeln!(

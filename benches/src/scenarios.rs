@@ -51,7 +51,15 @@ pub(crate) struct RateOf {
     /// batch may wait this long for more records before it is sent, so it is part
     /// of every record's latency (see [`Sizes::rate_linger_ms`]).
     pub(crate) linger_ms: u64,
+    /// Copies of each record the brokers fdatasync to this machine's one disk (1 on a
+    /// single node at `durability = fsync`, 3 for RF=3): the rate is also held to
+    /// `fraction` of what the disk sustains for that many copies, when that is lower.
+    pub(crate) disk_copies: u32,
 }
+
+/// Bytes a 1 KiB-class record takes on disk beyond its value (record header, its
+/// share of the batch header), for the disk's rate cap.
+const RECORD_DISK_OVERHEAD_BYTES: f64 = 16.0;
 
 /// `producers` concurrent `rill bench produce` processes.
 #[derive(Debug, Clone)]
@@ -154,7 +162,7 @@ fn produce(
     })
 }
 
-fn rate_half(name: &str, of: &Step, sizes: Sizes) -> Step {
+fn rate_half(name: &str, of: &Step, sizes: Sizes, disk_copies: u32) -> Step {
     let Step::Produce(p) = of else {
         unreachable!("a rate step follows a produce step");
     };
@@ -167,6 +175,7 @@ fn rate_half(name: &str, of: &Step, sizes: Sizes) -> Step {
             fraction: 0.5,
             seconds: sizes.rate_seconds,
             linger_ms: sizes.rate_linger_ms,
+            disk_copies,
         }),
         compare: Compare::None,
         peer_of: None,
@@ -192,7 +201,7 @@ pub(crate) fn cases(profile: Profile, sizes: Sizes, peer: bool) -> Vec<Case> {
     let mut cases = Vec::new();
 
     let acks1 = produce("1n-acks1-1p-1k", "1", 1, KIB, n, 1, Compare::Loopback);
-    let acks1_rate = rate_half("1n-acks1-1p-1k-rate50", &acks1, sizes);
+    let acks1_rate = rate_half("1n-acks1-1p-1k-rate50", &acks1, sizes, 1);
     cases.push(Case {
         rilld_args: Vec::new(),
         name: "1n-acks1".to_owned(),
@@ -250,7 +259,7 @@ pub(crate) fn cases(profile: Profile, sizes: Sizes, peer: bool) -> Vec<Case> {
         headline: true,
         steps: vec![
             acks_all.clone(),
-            rate_half("1n-acksall-1p-1k-rate50", &acks_all, sizes),
+            rate_half("1n-acksall-1p-1k-rate50", &acks_all, sizes, 1),
         ],
     });
     let rf3 = produce(
@@ -269,7 +278,7 @@ pub(crate) fn cases(profile: Profile, sizes: Sizes, peer: bool) -> Vec<Case> {
         headline: true,
         steps: vec![
             rf3.clone(),
-            rate_half("3n-rf3-acksall-1p-1k-rate50", &rf3, sizes),
+            rate_half("3n-rf3-acksall-1p-1k-rate50", &rf3, sizes, 3),
         ],
     });
     if peer {
@@ -451,6 +460,9 @@ pub(crate) struct Row {
     pub(crate) client_cpu_s: f64,
     /// Target rate of a fixed-rate step, records/s.
     pub(crate) rate_per_s: Option<f64>,
+    /// Whether that rate was held to the disk's sustained rate (lower than the
+    /// fraction of the full-speed run's).
+    pub(crate) rate_disk_bound: bool,
     pub(crate) timeline: Vec<Interval>,
     pub(crate) compare: Compare,
     pub(crate) peer_of: Option<String>,
@@ -480,6 +492,7 @@ impl Row {
             broker_cpu_s: 0.0,
             client_cpu_s: 0.0,
             rate_per_s: None,
+            rate_disk_bound: false,
             timeline: Vec::new(),
             compare,
             peer_of,
@@ -543,6 +556,7 @@ impl Row {
             "broker_cpu_s_per_gb": self.broker_cpu_s_per_gb(),
             "client_cpu_s_per_gb": self.client_cpu_s_per_gb(),
             "rate_per_s": self.rate_per_s,
+            "rate_disk_bound": self.rate_disk_bound,
             "timeline": self.timeline.iter().map(|i| json!({
                 "start_ms": i.start_ms, "records": i.records, "bytes": i.bytes,
                 "p50_us": i.p50_us, "p99_us": i.p99_us,
@@ -567,6 +581,9 @@ pub(crate) struct Runner {
     pub(crate) bar: ProgressBar,
     /// No per-step lines.
     pub(crate) quiet: bool,
+    /// The disk's sustained write+fdatasync MB/s (machine limits), which caps the
+    /// fixed-rate steps of disk-bound cases.
+    pub(crate) disk_sustained_mb_s: Option<f64>,
 }
 
 /// The brokers of a running case.
@@ -720,7 +737,20 @@ impl Runner {
                 row.not_measured = Some(format!("skipped: needs {}", rate.of));
                 return row;
             };
-            let per_s = (of.sustained_records_per_s() * rate.fraction).max(1.0);
+            let run_per_s = of.sustained_records_per_s();
+            let disk_per_s = self.disk_sustained_mb_s.map(|mb_s| {
+                mb_s * 1e6
+                    / f64::from(rate.disk_copies.max(1))
+                    / (p.size_bytes as f64 + RECORD_DISK_OVERHEAD_BYTES)
+            });
+            let max_per_s = match disk_per_s {
+                Some(disk) if rate.disk_copies > 0 && disk < run_per_s => {
+                    row.rate_disk_bound = true;
+                    disk
+                }
+                _ => run_per_s,
+            };
+            let per_s = (max_per_s * rate.fraction).max(1.0);
             row.rate_per_s = Some(per_s);
             count = ((per_s * rate.seconds) as u64).max(100);
         }

@@ -60,6 +60,7 @@ fn smallest_suite_prints_a_table_and_writes_positive_figures() {
         "memcpy_mb_s",
         "loopback_tcp_single_stream_mb_s",
         "fetch_loopback_crc_mb_s",
+        "produce_loopback_mb_s",
     ] {
         let v = suite["limits"][key].as_f64().unwrap_or(0.0);
         assert!(v > 0.0, "limit {key} = {v}");

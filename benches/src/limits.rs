@@ -52,9 +52,10 @@ pub(crate) struct Limits {
     /// memory the kernel hands out (on a VM that returns free memory to its host, the
     /// first write to each such page also pays a fault in the host).
     pub(crate) buffered_write_cpu_s_per_gb: f64,
-    /// The same write right after as much anonymous memory was touched and freed, so
-    /// that the page cache gets memory the host has backed: the kernel's own cost of a
-    /// page-cache write, without the VM's.
+    /// The same write right after as much anonymous memory was touched and freed,
+    /// meant to give the page cache memory the host has backed (the kernel's own cost
+    /// of a page-cache write, without the VM's); on 2026-11-26 it was the cheaper of
+    /// the two in four runs out of five.
     pub(crate) buffered_write_backed_cpu_s_per_gb: f64,
     pub(crate) fdatasync_write_mb_s: f64,
     /// write+fdatasync every 1 MiB over the second half of a longer run: what the disk

@@ -212,7 +212,7 @@ pub(crate) fn limits_text(limits: &Limits) -> String {
          on receive) {:.0} MB/s, produce-shaped (1 MiB frames received, CRC-32C checked and \
          written into the page cache on one thread) {:.0} MB/s\n\
          CPU floors (CPU-s/GB): loopback send {:.2}, receive {:.2}, page-cache write {:.2} \
-         ({:.2} into fresh memory, {:.2} into host-backed memory); producer (memcpy + CRC + send) {:.2}, broker at acks=1 (receive + CRC + write: \
+         (the cheaper of {:.2} as memory comes and {:.2} right after touching as much); producer (memcpy + CRC + send) {:.2}, broker at acks=1 (receive + CRC + write: \
          {:.2} measured apart, {:.2} together in the produce-shaped receiver); \
          both on {} cores: at most {:.0} MB/s\n",
         limits.buffered_write_mb_s,

@@ -276,12 +276,19 @@ async fn produce_run(
         first_error: None,
     };
     let started = Instant::now();
+    let run = ProduceRun {
+        producer: &producer,
+        b,
+        payload: &payload,
+        started,
+        bar: &bar,
+    };
     if b.rate > 0 && !b.keyed {
-        paced::produce_paced_batched(&producer, b, &payload, started, &bar, &mut tally).await?;
+        paced::produce_paced_batched(&run, &mut tally).await?;
     } else if b.rate > 0 {
-        produce_paced(&producer, b, &payload, started, &bar, &mut tally).await?;
+        produce_paced(&run, &mut tally).await?;
     } else {
-        produce_flat_out(&producer, b, &payload, &bar, &mut tally).await?;
+        produce_flat_out(&run, &mut tally).await?;
     }
     let elapsed = started.elapsed();
     bar.finish_and_clear();
@@ -310,6 +317,16 @@ async fn produce_run(
         },
         tally.latency,
     ))
+}
+
+/// What the produce loops work with: the producer, the bench's options, the one value
+/// every record carries, when the run started and its progress bar.
+struct ProduceRun<'a> {
+    producer: &'a Producer,
+    b: &'a ProduceBench,
+    payload: &'a Bytes,
+    started: Instant,
+    bar: &'a ProgressBar,
 }
 
 /// What the produce loops count.
@@ -363,13 +380,8 @@ const SEND_GROUP_RECORDS: usize = 64;
 /// batch's acknowledgement, so the figure can only over-state a record's latency (by
 /// the sends of its group before it, microseconds, plus the batch's fill time for
 /// records after the first), never under-state it.
-async fn produce_flat_out(
-    producer: &Producer,
-    b: &ProduceBench,
-    payload: &Bytes,
-    bar: &ProgressBar,
-    tally: &mut Tally,
-) -> Result<(), Error> {
+async fn produce_flat_out(run: &ProduceRun<'_>, tally: &mut Tally) -> Result<(), Error> {
+    let (producer, b, payload, bar) = (run.producer, run.b, run.payload, run.bar);
     let mut batches = FuturesUnordered::new();
     // Built once: a send copies the records' bytes, so the group is reused.
     let group_len = SEND_GROUP_RECORDS.min(usize::try_from(b.count).unwrap_or(usize::MAX));
@@ -422,14 +434,9 @@ fn settle_batch(tally: &mut Tally, sent_at: Instant, report: BatchReport) {
 /// (or its `send`, if earlier) to its acknowledgement, through a delivery future per
 /// record (keyed records share batches in no order the loop could follow; without keys
 /// `paced.rs` sends in groups and waits per batch).
-async fn produce_paced(
-    producer: &Producer,
-    b: &ProduceBench,
-    payload: &Bytes,
-    started: Instant,
-    bar: &ProgressBar,
-    tally: &mut Tally,
-) -> Result<(), Error> {
+async fn produce_paced(run: &ProduceRun<'_>, tally: &mut Tally) -> Result<(), Error> {
+    let (producer, b, payload, started, bar) =
+        (run.producer, run.b, run.payload, run.started, run.bar);
     let mut inflight = FuturesUnordered::new();
     let mut record = ProducerRecord::new(b.topic.clone(), payload.clone());
     for n in 0..b.count {

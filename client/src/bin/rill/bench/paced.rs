@@ -20,12 +20,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::FutureExt;
-use indicatif::ProgressBar;
-use rill_client::{BatchDelivery, BatchReport, Error, Producer, ProducerRecord};
+use rill_client::{BatchDelivery, BatchReport, Error, ProducerRecord};
 
-use super::{ProduceBench, Tally, SEND_GROUP_RECORDS};
+use super::{ProduceRun, Tally, SEND_GROUP_RECORDS};
 
 /// How far ahead of its due time a record may be sent: the timer cannot wake per record
 /// at these rates (tokio's resolution is 1 ms), so each wake-up sends the next
@@ -102,20 +100,17 @@ impl Unsettled {
 
 /// Fixed rate without keys; see the module docs.
 pub(super) async fn produce_paced_batched(
-    producer: &Producer,
-    b: &ProduceBench,
-    payload: &Bytes,
-    started: Instant,
-    bar: &ProgressBar,
+    run: &ProduceRun<'_>,
     tally: &mut Tally,
 ) -> Result<(), Error> {
+    let (producer, b, bar) = (run.producer, run.b, run.bar);
     let schedule = Schedule {
-        started,
+        started: run.started,
         rate_per_s: b.rate,
     };
     let group_len = SEND_GROUP_RECORDS.min(usize::try_from(b.count).unwrap_or(usize::MAX));
     let group: Vec<ProducerRecord> = (0..group_len)
-        .map(|_| ProducerRecord::new(b.topic.clone(), payload.clone()))
+        .map(|_| ProducerRecord::new(b.topic.clone(), run.payload.clone()))
         .collect();
     let mut unsettled = Unsettled {
         batches: VecDeque::new(),
@@ -193,15 +188,20 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A schedule of one record per millisecond from `started`.
+    fn per_ms(started: Instant) -> Schedule {
+        Schedule {
+            started,
+            rate_per_s: 1000,
+        }
+    }
+
     /// Two groups and two batches that straddle them: each record's latency runs from
     /// its own due time, or from its group's send where that came first.
     #[test]
     fn batches_settle_consecutive_records_from_their_due_or_send_time() {
         let started = Instant::now();
-        let schedule = Schedule {
-            started,
-            rate_per_s: 1000,
-        };
+        let schedule = per_ms(started);
         let mut unsettled = Unsettled {
             batches: VecDeque::new(),
             // Records 0..10 sent at 12 ms (all late: due at 0..9 ms), 10..20 at 13 ms
@@ -257,10 +257,7 @@ mod tests {
     #[test]
     fn the_schedule_counts_records_due_by_an_instant_and_back() {
         let started = Instant::now();
-        let s = Schedule {
-            started,
-            rate_per_s: 1000,
-        };
+        let s = per_ms(started);
         assert_eq!(s.due(0), started);
         assert_eq!(s.due(1500), started + Duration::from_millis(1500));
         assert_eq!(s.due_by(started), 1);

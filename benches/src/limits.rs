@@ -243,8 +243,14 @@ fn write_file(dir: &Path, name: &str, bytes: u64, sync_each: bool) -> Result<(f6
 /// already. Returns the writing thread's CPU-seconds per GB.
 fn write_file_host_backed(dir: &Path, bytes: u64) -> Result<f64, Error> {
     let len = usize::try_from(bytes).map_err(|_| Error::Config("limit size".to_owned()))?;
-    let mut touched = vec![0u8; len];
-    // vec! of zeros maps untouched memory: write every page so the host backs it.
+    let mut touched = Vec::<u8>::new();
+    touched.try_reserve_exact(len).map_err(|e| {
+        Error::Config(format!(
+            "host-backed write: cannot allocate {len} bytes to touch ({e}); lower --limits-mib"
+        ))
+    })?;
+    touched.resize(len, 0);
+    // Write every page, so the host backs each (zeros may map the shared zero page).
     for page in touched.chunks_mut(4096) {
         page[0] = 1;
     }

@@ -237,10 +237,10 @@ fn write_file(dir: &Path, name: &str, bytes: u64, sync_each: bool) -> Result<(f6
 }
 
 /// [`write_file`] (buffered) right after touching and freeing as much anonymous
-/// memory as it writes: the freed pages are the next the kernel hands out, and a VM
-/// has not yet returned them to its host (Linux's free page reporting waits about 2 s
-/// before it reports freed memory), so each page-cache page is backed by the host
-/// already. Returns the writing thread's CPU-seconds per GB.
+/// memory as it writes: the freed pages are the next the kernel hands out, meant to be
+/// ones the VM has not returned to its host yet (how long that takes was not measured;
+/// this write was the cheaper of the two in four runs of five on 2026-11-26). Returns
+/// the writing thread's CPU-seconds per GB.
 fn write_file_host_backed(dir: &Path, bytes: u64) -> Result<f64, Error> {
     let len = usize::try_from(bytes).map_err(|_| Error::Config("limit size".to_owned()))?;
     let mut touched = Vec::<u8>::new();

@@ -264,11 +264,22 @@ fn targets(medians: &[(Row, usize)], limits: &Limits) -> Vec<Target> {
     let ratio = |a: Option<f64>, b: f64| a.filter(|_| b > 0.0).map(|a| a / b);
     let cores_bound =
         (limits.produce_cpu_bound_mb_s(cores()) / limits.loopback_tcp_mb_s.max(1e-9)).min(1.0);
-    // acks=1 at `durability = fsync` also waits for the disk once it runs 256 MiB of
-    // unsynced appends ahead of it, but no estimate of that from the limits held up:
-    // the broker syncs larger groups than the 1 MiB of the fdatasync limit, and the
-    // runs beat an estimate built on it (0.36-0.41 of loopback against 0.27-0.29 on
-    // 2026-11-26). The cores bound is the one printed.
+    // An acks=1 row's MB/s against loopback, bounded by the cores at both processes'
+    // CPU floors. At `durability = fsync` acks=1 also waits for the disk once it runs
+    // 256 MiB of unsynced appends ahead of it, but no estimate of that from the limits
+    // held up: the broker syncs larger groups than the 1 MiB of the fdatasync limit, and
+    // the runs beat an estimate built on it (0.36-0.41 of loopback against 0.27-0.29 on
+    // 2026-11-26).
+    let loopback_target = |name: &str, row: &str| Target {
+        name: name.to_owned(),
+        value: ratio(get(row).map(|r| r.mb_per_s), limits.loopback_tcp_mb_s),
+        bound: 0.60,
+        at_least: true,
+        machine: Some((
+            cores_bound,
+            "cores at the producer's and broker's CPU floors",
+        )),
+    };
     // Broker CPU per GB of an acks=1 row, against the floor of what it must do.
     let broker_cpu_target = |name: &str, row: &str| Target {
         name: name.to_owned(),
@@ -281,33 +292,12 @@ fn targets(medians: &[(Row, usize)], limits: &Limits) -> Vec<Target> {
         )),
     };
     let mut out = vec![
-        Target {
-            name: "acks=1 1 KiB 1 partition / loopback TCP".to_owned(),
-            value: ratio(
-                get("1n-acks1-1p-1k").map(|r| r.mb_per_s),
-                limits.loopback_tcp_mb_s,
-            ),
-            bound: 0.60,
-            at_least: true,
-            machine: Some((
-                cores_bound,
-                "cores at the producer's and broker's CPU floors",
-            )),
-        },
+        loopback_target("acks=1 1 KiB 1 partition / loopback TCP", "1n-acks1-1p-1k"),
         broker_cpu_target("acks=1 1 KiB 1 partition broker CPU-s/GB", "1n-acks1-1p-1k"),
-        Target {
-            name: "the same at durability=interval / loopback TCP".to_owned(),
-            value: ratio(
-                get("1n-acks1-interval-1p-1k").map(|r| r.mb_per_s),
-                limits.loopback_tcp_mb_s,
-            ),
-            bound: 0.60,
-            at_least: true,
-            machine: Some((
-                cores_bound,
-                "cores at the producer's and broker's CPU floors",
-            )),
-        },
+        loopback_target(
+            "the same at durability=interval / loopback TCP",
+            "1n-acks1-interval-1p-1k",
+        ),
         broker_cpu_target(
             "the same at durability=interval, broker CPU-s/GB",
             "1n-acks1-interval-1p-1k",

@@ -57,8 +57,10 @@ pub(crate) struct RateOf {
     pub(crate) disk_copies: u32,
 }
 
-/// Bytes a 1 KiB-class record takes on disk beyond its value (record header, its
-/// share of the batch header), for the disk's rate cap.
+/// Bytes a record takes on disk beyond its value, for the disk's rate cap: by the
+/// record layout 9-13 for a 1 KiB value with no key or headers (length, attributes,
+/// timestamp and offset deltas, key and value lengths, header count) plus its share of
+/// the 61-byte batch header; 16 rounds that up (a higher figure only lowers the cap).
 const RECORD_DISK_OVERHEAD_BYTES: f64 = 16.0;
 
 /// `producers` concurrent `rill bench produce` processes.

@@ -208,12 +208,12 @@ impl RecordEntry {
     }
 
     fn headers<'a>(&self, source: &'a [u8]) -> RecordHeaders<'a> {
-        RecordHeaders {
-            rest: source
+        RecordHeaders::new(
+            source
                 .get(self.headers_at as usize..self.headers_end as usize)
                 .unwrap_or_default(),
-            remaining: self.header_count,
-        }
+            self.header_count as usize,
+        )
     }
 }
 
@@ -261,34 +261,9 @@ impl<'a> RecordRef<'a> {
     }
 }
 
-/// The headers of a [`RecordRef`], decoded lazily from bytes validated when the batch
-/// was decoded.
-#[derive(Debug, Clone)]
-pub struct RecordHeaders<'a> {
-    rest: &'a [u8],
-    remaining: u32,
-}
-
-impl<'a> Iterator for RecordHeaders<'a> {
-    type Item = (&'a str, Option<&'a [u8]>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 {
-            return None;
-        }
-        self.remaining -= 1;
-        let header = crate::wire::take_header(&mut self.rest);
-        if header.is_none() {
-            // Validated at decode; should it ever fail, the iteration ends.
-            self.remaining = 0;
-        }
-        header
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.remaining as usize))
-    }
-}
+/// The headers of a [`RecordRef`]: `(key, value)` pairs in wire order, decoded lazily
+/// from bytes the broker's record decoder validated when the batch was decoded.
+pub type RecordHeaders<'a> = rill_protocol::batch::Headers<'a>;
 
 /// The records of one record batch of one partition, borrowed from the consumer until
 /// its next call (see [`crate::Consumer::next_batch`]). Holds at least one record.

@@ -434,193 +434,59 @@ pub(crate) fn decode_first_batch(
             view.decompress_records()
                 .map_err(|e| Error::Protocol(e.to_string()))?
         };
-        let records = RecordsLayout {
-            count: view.records_count().max(0),
-            base_offset: view.base_offset(),
-            base_timestamp: view.base_timestamp(),
-            log_append_time_ms: view.is_log_append_time().then(|| view.max_timestamp()),
-        };
-        if let Err(reason) = records.decode(source, fetch_offset, out) {
+        if let Err(e) = record_entries(source, &view, fetch_offset, out) {
             out.clear();
-            return Err(Error::Protocol(format!("corrupt record: {reason}")));
+            return Err(protocol(e));
         }
     }
     batches.advance(size_bytes);
     Ok(())
 }
 
-/// What the records of a batch need from its header.
-struct RecordsLayout {
-    count: i32,
-    base_offset: i64,
-    base_timestamp: i64,
-    log_append_time_ms: Option<i64>,
-}
-
-impl RecordsLayout {
-    /// Decodes `count` records from `src` in one pass, checking every length and count
-    /// against the bytes left (the same checks as `rill_record::Records`), and pushes
-    /// those at or above `fetch_offset`. `out` grows by at most one entry per record
-    /// found in `src`, so it is bounded by the bytes received.
-    fn decode(
-        &self,
-        src: &[u8],
-        fetch_offset: i64,
-        out: &mut Vec<RecordEntry>,
-    ) -> std::result::Result<(), &'static str> {
-        // Positions are kept as u32.
-        if u32::try_from(src.len()).is_err() {
-            return Err("records section over 4 GiB");
-        }
-        // One allocation per batch at most (a record takes at least 7 bytes).
-        out.reserve((self.count as usize).min(src.len() / 7));
-        let mut pos = 0usize;
-        for _ in 0..self.count {
-            let len = read_varint(src, &mut pos)?;
-            let len = usize::try_from(len).map_err(|_| "negative record length")?;
-            let end = pos
-                .checked_add(len)
-                .filter(|end| *end <= src.len())
-                .ok_or("length runs past the record")?;
-            // Within the record only.
-            let rec = &src[..end];
-            if pos >= end {
-                return Err("length runs past the record");
-            }
-            pos += 1; // attributes: unused by every Kafka version so far
-            let timestamp_delta = read_varlong(rec, &mut pos)?;
-            let offset_delta = read_varint(rec, &mut pos)?;
-            let (key_at, key_len) = take_nullable(rec, &mut pos)?;
-            let (value_at, value_len) = take_nullable(rec, &mut pos)?;
-            let header_count = read_varint(rec, &mut pos)?;
-            let header_count = u32::try_from(header_count).map_err(|_| "negative header count")?;
-            // Each header takes at least two bytes: a count the record cannot hold is
-            // refused before the walk.
-            if header_count as usize > (end - pos) / 2 {
-                return Err("more headers than the record has bytes for");
-            }
-            let headers_at = pos;
-            let mut headers = &rec[pos..];
-            for _ in 0..header_count {
-                take_header(&mut headers).ok_or("malformed header")?;
-            }
-            if !headers.is_empty() {
-                return Err("trailing bytes in record");
-            }
-            pos = end;
-            let offset = self.base_offset.wrapping_add(i64::from(offset_delta));
-            if offset < fetch_offset {
-                continue;
-            }
-            out.push(RecordEntry {
-                offset,
-                timestamp_ms: self
-                    .log_append_time_ms
-                    .unwrap_or_else(|| self.base_timestamp.wrapping_add(timestamp_delta)),
-                // Below `src.len()`, checked to fit in u32 above.
-                key_at: key_at as u32,
-                key_len,
-                value_at: value_at as u32,
-                value_len,
-                headers_at: headers_at as u32,
-                headers_end: end as u32,
-                header_count,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Reads an unsigned LEB128 of at most `bytes_max` bytes at `*pos`. One- and two-byte
-/// encodings (most lengths and deltas of a batch) take the inlined fast path.
-#[inline(always)]
-fn read_unsigned(
+/// Decodes the records of `view` found in `src` (its records section, or its
+/// decompressed bytes) with the broker's own bounded decoder (`rill_record::Records`,
+/// every length and count checked against the bytes left), and pushes those at or
+/// above `fetch_offset` into `out` as positions in `src`: no allocation or reference
+/// count per record. `out` grows by at most one entry per record found in `src`, so it
+/// is bounded by the bytes received.
+fn record_entries(
     src: &[u8],
-    pos: &mut usize,
-    bytes_max: usize,
-) -> std::result::Result<u64, &'static str> {
-    let p = *pos;
-    if let Some(&b0) = src.get(p) {
-        if b0 < 0x80 {
-            *pos = p + 1;
-            return Ok(u64::from(b0));
-        }
-        if let Some(&b1) = src.get(p + 1) {
-            if b1 < 0x80 {
-                *pos = p + 2;
-                return Ok(u64::from(b0 & 0x7f) | (u64::from(b1) << 7));
-            }
-        }
+    view: &BatchView<'_>,
+    fetch_offset: i64,
+    out: &mut Vec<RecordEntry>,
+) -> std::result::Result<(), batch::RecordError> {
+    // Positions are kept as u32.
+    if u32::try_from(src.len()).is_err() {
+        return Err(batch::RecordError::CorruptRecord {
+            reason: "records section over 4 GiB",
+        });
     }
-    read_unsigned_slow(src, pos, bytes_max)
-}
-
-#[inline(never)]
-fn read_unsigned_slow(
-    src: &[u8],
-    pos: &mut usize,
-    bytes_max: usize,
-) -> std::result::Result<u64, &'static str> {
-    let mut value: u64 = 0;
-    for i in 0..bytes_max {
-        let &b = src.get(*pos).ok_or("truncated varint")?;
-        *pos += 1;
-        value |= u64::from(b & 0x7f) << (i * 7);
-        if b < 0x80 {
-            return Ok(value);
+    // One allocation per batch at most (a record takes at least 7 bytes).
+    out.reserve((view.records_count().max(0) as usize).min(src.len() / 7));
+    // Offsets of slices of `src` (each lies within it, as the decoder cut it from it).
+    let at = |field: &[u8]| (field.as_ptr() as usize - src.as_ptr() as usize) as u32;
+    let nullable = |field: Option<&[u8]>| field.map_or((0, -1), |f| (at(f), f.len() as i32));
+    for record in batch::Records::new(src, view) {
+        let record = record?;
+        if record.offset < fetch_offset {
+            continue;
         }
+        let (key_at, key_len) = nullable(record.key);
+        let (value_at, value_len) = nullable(record.value);
+        let headers = record.headers.as_bytes();
+        out.push(RecordEntry {
+            offset: record.offset,
+            timestamp_ms: record.timestamp,
+            key_at,
+            key_len,
+            value_at,
+            value_len,
+            headers_at: at(headers),
+            headers_end: at(headers) + headers.len() as u32,
+            header_count: record.headers.len() as u32,
+        });
     }
-    Err("varint longer than its type allows")
-}
-
-/// A zigzag varint: at most 5 bytes and within i32, as Kafka's `readVarint`.
-#[inline(always)]
-fn read_varint(src: &[u8], pos: &mut usize) -> std::result::Result<i32, &'static str> {
-    let z = read_unsigned(src, pos, 5)?;
-    let z = u32::try_from(z).map_err(|_| "varint out of i32 range")?;
-    Ok(((z >> 1) as i32) ^ -((z & 1) as i32))
-}
-
-/// A zigzag varlong: at most 10 bytes, as Kafka's `readVarlong`.
-#[inline(always)]
-fn read_varlong(src: &[u8], pos: &mut usize) -> std::result::Result<i64, &'static str> {
-    let z = read_unsigned(src, pos, 10)?;
-    Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
-}
-
-/// A nullable length-prefixed field: its start and length (-1 for null), skipped over.
-#[inline(always)]
-fn take_nullable(rec: &[u8], pos: &mut usize) -> std::result::Result<(usize, i32), &'static str> {
-    let len = read_varint(rec, pos)?;
-    if len == -1 {
-        return Ok((*pos, -1));
-    }
-    let n = usize::try_from(len).map_err(|_| "negative length")?;
-    let at = *pos;
-    let end = at
-        .checked_add(n)
-        .filter(|end| *end <= rec.len())
-        .ok_or("length runs past the record")?;
-    *pos = end;
-    Ok((at, len))
-}
-
-/// One header (`keyLength varint | key utf8 | valueLength varint | value`) at the front
-/// of `rest`, which moves past it; `None` if it is malformed.
-pub(crate) fn take_header<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, Option<&'a [u8]>)> {
-    let buf: &'a [u8] = rest;
-    let mut pos = 0;
-    let key_len = usize::try_from(read_varint(buf, &mut pos).ok()?).ok()?;
-    let key = buf.get(pos..pos.checked_add(key_len)?)?;
-    let key = std::str::from_utf8(key).ok()?;
-    pos += key_len;
-    let (at, len) = take_nullable(buf, &mut pos).ok()?;
-    let value = match usize::try_from(len) {
-        Ok(n) => Some(buf.get(at..at + n)?),
-        Err(_) => None,
-    };
-    *rest = buf.get(pos..)?;
-    Some((key, value))
+    Ok(())
 }
 
 /// The partitions in a consumer group member's assignment (Kafka's ConsumerProtocol
@@ -878,8 +744,8 @@ mod tests {
         Vec<(String, Option<Vec<u8>>)>,
     );
 
-    /// What `rill_record::Records` (the broker's reference decoder) makes of the
-    /// records section of `batch`: per record offset, timestamp, key, value, headers.
+    /// What `rill_record::Records` (the broker's decoder) makes of the records section
+    /// of `batch`, as owned values: per record offset, timestamp, key, value, headers.
     fn reference(batch: &[u8], fetch_offset: i64) -> Decoded {
         let view = batch::batches(batch).next().ok_or(())?.map_err(|_| ())?;
         let mut out = Vec::new();
@@ -933,10 +799,10 @@ mod tests {
             .collect())
     }
 
-    /// The one-pass decoder agrees with the reference decoder on well-formed batches
-    /// (from the batch start and from mid-batch) and on every single-byte corruption
-    /// of the records section: the same records, or an error where it errs; never a
-    /// panic.
+    /// The records rebuilt from the positions `decode_first_batch` keeps agree with
+    /// the reference decoding on well-formed batches (from the batch start and from
+    /// mid-batch) and on every single-byte corruption of the records section: the
+    /// same records, or an error where it errs; never a panic.
     #[test]
     fn record_decode_matches_the_reference_on_good_and_corrupt_input() {
         let mut w = BatchWriter::new(Compression::None, BytesMut::new());

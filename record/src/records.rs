@@ -71,6 +71,22 @@ pub struct Headers<'a> {
 }
 
 impl<'a> Headers<'a> {
+    /// `count` headers at the front of `bytes` (a record's headers section, after its
+    /// count), decoded lazily; the iteration ends early at a malformed one. [`Records`]
+    /// hands out only headers it validated; a caller that keeps a record's headers as
+    /// [`Headers::as_bytes`] and its count can rebuild them with this.
+    pub fn new(bytes: &'a [u8], count: usize) -> Headers<'a> {
+        Headers {
+            rest: bytes,
+            remaining: count,
+        }
+    }
+
+    /// The bytes of the headers not iterated yet.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.rest
+    }
+
     /// Headers left to iterate.
     pub fn len(&self) -> usize {
         self.remaining
@@ -89,9 +105,13 @@ impl<'a> Iterator for Headers<'a> {
             return None;
         }
         self.remaining -= 1;
-        // Validated when the record was decoded; an error cannot happen, and ending the
-        // iteration is the safe answer if it ever did.
-        take_header(&mut self.rest).ok()
+        // Validated when the record was decoded; should it ever fail, the iteration
+        // ends (and stays ended).
+        let header = take_header(&mut self.rest).ok();
+        if header.is_none() {
+            self.remaining = 0;
+        }
+        header
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -9,8 +9,28 @@ fn corrupt(reason: &'static str) -> RecordError {
     RecordError::CorruptRecord { reason }
 }
 
-/// Reads an unsigned LEB128 of at most `bytes_max` bytes, advancing `buf`.
+/// Reads an unsigned LEB128 of at most `bytes_max` bytes, advancing `buf`. One- and
+/// two-byte encodings (most lengths, deltas and counts of a batch of small or 1 KiB
+/// records) take an inlined path: a consumer decodes several varints per record.
+#[inline(always)]
 fn read_unsigned(buf: &mut &[u8], bytes_max: usize) -> Result<u64, RecordError> {
+    if let Some(&b0) = buf.first() {
+        if b0 < 0x80 {
+            *buf = &buf[1..];
+            return Ok(u64::from(b0));
+        }
+        if let Some(&b1) = buf.get(1) {
+            if b1 < 0x80 {
+                *buf = &buf[2..];
+                return Ok(u64::from(b0 & 0x7f) | (u64::from(b1) << 7));
+            }
+        }
+    }
+    read_unsigned_slow(buf, bytes_max)
+}
+
+#[inline(never)]
+fn read_unsigned_slow(buf: &mut &[u8], bytes_max: usize) -> Result<u64, RecordError> {
     let mut value: u64 = 0;
     for i in 0..bytes_max {
         let (&b, rest) = buf.split_first().ok_or(corrupt("truncated varint"))?;
@@ -24,6 +44,7 @@ fn read_unsigned(buf: &mut &[u8], bytes_max: usize) -> Result<u64, RecordError> 
 }
 
 /// Reads a zigzag varlong (at most 10 bytes, as Kafka's `readVarlong`), advancing `buf`.
+#[inline]
 pub fn read_varlong(buf: &mut &[u8]) -> Result<i64, RecordError> {
     let z = read_unsigned(buf, 10)?;
     Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
@@ -31,6 +52,7 @@ pub fn read_varlong(buf: &mut &[u8]) -> Result<i64, RecordError> {
 
 /// Reads a zigzag varint (at most 5 bytes and within i32, as Kafka's `readVarint`),
 /// advancing `buf`.
+#[inline]
 pub fn read_varint(buf: &mut &[u8]) -> Result<i32, RecordError> {
     let z = read_unsigned(buf, 5)?;
     let z = u32::try_from(z).map_err(|_| corrupt("varint out of i32 range"))?;

@@ -104,6 +104,14 @@ struct TopicQueues {
     partition_count: Option<(u64, i32)>,
 }
 
+impl TopicQueues {
+    /// The partition count, if it was read at metadata `generation`.
+    fn partition_count_at(&self, generation: u64) -> Option<i32> {
+        self.partition_count
+            .and_then(|(g, n)| (g == generation).then_some(n))
+    }
+}
+
 /// Which records of a batch get a handle on its outcome.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Reports {
@@ -383,10 +391,7 @@ impl Accumulator {
     ) -> Option<Result<Appended>> {
         let batching = self.batching();
         let topic_queues = self.topics.get_mut(record.topic.as_str())?;
-        let partition_count = match topic_queues.partition_count {
-            Some((g, n)) if g == generation => n,
-            _ => return None,
-        };
+        let partition_count = topic_queues.partition_count_at(generation)?;
         if let Some(p) = record.partition {
             if p < 0 || p >= partition_count {
                 return Some(Err(Error::UnknownPartition {
@@ -445,9 +450,8 @@ impl Accumulator {
                 let Some(queues) = topics.get_mut(topic) else {
                     break;
                 };
-                let partition_count = match queues.partition_count {
-                    Some((g, n)) if g == generation => n,
-                    _ => break,
+                let Some(partition_count) = queues.partition_count_at(generation) else {
+                    break;
                 };
                 current = Some((topic, queues, partition_count));
             }

@@ -264,7 +264,7 @@ impl Producer {
         // it meanwhile; another sending thread may take it first, and then this call
         // queues nothing and the caller's `send_ref_batched` waits).
         let free_bytes = inner.memory.available_permits();
-        let record_bytes_max = inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX);
+        let record_bytes_max = self.record_bytes_max();
         let mut budget_bytes = 0usize;
         let mut fitting = 0;
         for record in records {
@@ -316,6 +316,15 @@ impl Producer {
         }
     }
 
+    /// The largest record (by its size estimate) a send accepts: it must fit the
+    /// buffer and one request.
+    fn record_bytes_max(&self) -> usize {
+        self.inner
+            .config
+            .buffer_bytes_max
+            .min(REQUEST_RECORD_BYTES_MAX)
+    }
+
     /// Queues `record`, with the batch's completion for the records `reports` names.
     async fn send_reporting(&self, record: &ProducerRecord, reports: Reports) -> Result<Queued> {
         match self.send_now(record, reports) {
@@ -336,10 +345,10 @@ impl Producer {
             return SendNow::Done(Err(Error::Closed));
         }
         let size = record.size_estimate_bytes();
-        if size > inner.config.buffer_bytes_max || size > REQUEST_RECORD_BYTES_MAX {
+        if size > self.record_bytes_max() {
             return SendNow::Done(Err(Error::RecordTooLarge {
                 record_bytes: size,
-                limit_bytes: inner.config.buffer_bytes_max.min(REQUEST_RECORD_BYTES_MAX),
+                limit_bytes: self.record_bytes_max(),
             }));
         }
         // Buffer budget first: without waiters the semaphore's fast path, no future.

@@ -30,8 +30,8 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use report::{histogram, Recorder};
 use rill_client::{
-    Admin, BatchReport, ClientConfig, Consumer, ConsumerConfig, Error, NewTopic, Offset, Producer,
-    ProducerRecord, ResponseError, TopicPartition,
+    Admin, BatchDelivery, BatchReport, ClientConfig, Consumer, ConsumerConfig, Error, NewTopic,
+    Offset, Producer, ProducerRecord, ResponseError, TopicPartition,
 };
 
 use crate::ProducerOptions;
@@ -396,16 +396,9 @@ async fn produce_flat_out(run: &ProduceRun<'_>, tally: &mut Tally) -> Result<(),
         for (i, record) in group.iter_mut().enumerate() {
             set_bench_key(b, record, n + i as u64);
         }
+        // A batch opened by a record that waited keeps the mark from before the wait.
         let mark = Instant::now();
-        let mut queued = producer.try_send_many_batched(group, &mut opened)?;
-        if queued < len {
-            // Back-pressure (or a record the fast path leaves to `send_ref_batched`):
-            // this record waits; its batch, if it opens one, keeps the mark from before
-            // the wait.
-            opened.extend(producer.send_ref_batched(&group[queued]).await?);
-            queued += 1;
-        }
-        n += queued as u64;
+        n += send_group(producer, group, &mut opened).await? as u64;
         if opened.is_empty() {
             continue;
         }
@@ -423,6 +416,24 @@ async fn produce_flat_out(run: &ProduceRun<'_>, tally: &mut Tally) -> Result<(),
         bar.set_position(tally.acked + tally.failed);
     }
     Ok(())
+}
+
+/// Queues a prefix of `group` without waiting (`try_send_many_batched`), and where it
+/// stops before the end, the record it stopped at through `send_ref_batched`, which
+/// waits for buffer space or says why the record cannot go. Returns how many records
+/// were queued (at least one for a non-empty group); a batch any of them opened goes
+/// into `opened`.
+async fn send_group(
+    producer: &Producer,
+    group: &[ProducerRecord],
+    opened: &mut Vec<BatchDelivery>,
+) -> Result<usize, Error> {
+    let mut queued = producer.try_send_many_batched(group, opened)?;
+    if let Some(record) = group.get(queued) {
+        opened.extend(producer.send_ref_batched(record).await?);
+        queued += 1;
+    }
+    Ok(queued)
 }
 
 fn settle_batch(tally: &mut Tally, sent_at: Instant, report: BatchReport) {

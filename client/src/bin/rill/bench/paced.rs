@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rill_client::{BatchDelivery, BatchReport, Error, ProducerRecord};
 
-use super::{ProduceRun, Tally, SEND_GROUP_RECORDS};
+use super::{send_group, ProduceRun, Tally, SEND_GROUP_RECORDS};
 
 /// How far ahead of its due time a record may be sent: the timer cannot wake per record
 /// at these rates (tokio's resolution is 1 ms), so each wake-up sends the next
@@ -152,13 +152,7 @@ pub(super) async fn produce_paced_batched(
         unsettled.groups.push_back((n, now));
         while n < due {
             let len = group_len.min(usize::try_from(due - n).unwrap_or(usize::MAX));
-            let mut queued = producer.try_send_many_batched(&group[..len], &mut opened)?;
-            if queued == 0 {
-                // Back-pressure, or a record the fast path leaves to the slow one.
-                opened.extend(producer.send_ref_batched(&group[0]).await?);
-                queued = 1;
-            }
-            n += queued as u64;
+            n += send_group(producer, &group[..len], &mut opened).await? as u64;
             unsettled.batches.extend(opened.drain(..));
         }
         unsettled.settle_ready(&schedule, tally);
